@@ -1,0 +1,261 @@
+"""The sampler: one `jax.lax.scan` over the steps of any strategy.
+
+`sample` is pure and not jitted: key in, tokens out, composable inside a user's `jit`, `vmap`
+or sharded program. Strategy differences live in the `Plan` arrays built by
+`strategies.build_plan`; the step below is written once.
+
+Randomness is per example: example `i` of a call draws only from
+`fold_in(key, first_index + i)`, and step `j` from `fold_in(that, j)`. The tokens therefore do
+not depend on the batch split or on the number of devices.
+
+References:
+  Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
+  Scaling", NeurIPS 2025, arXiv 2503.00307 (sections 3-4, eq. 6).
+  Sahoo et al., "Simple and Effective Masked Diffusion Language Models", 2024,
+  arXiv 2406.07524 (SUBS, the final noise-removal step, caching).
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax import posterior
+from remdm_jax.config import SamplerConfig
+from remdm_jax.strategies import Plan, StepRule, build_plan
+from remdm_jax.topp import top_p_filter
+
+Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+def as_typed_key(key: jax.Array) -> jax.Array:
+  """Accepts a typed key (`jax.random.key`) or a legacy `uint32[2]` key; returns a typed one."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}")
+    return key
+  if key.dtype != jnp.uint32 or key.shape != (2,):
+    raise ValueError(
+        "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2], "
+        f"got {key.dtype}{list(key.shape)}")
+  return jax.random.wrap_key_data(key)
+
+
+def _check_sizes(batch_size, seq_len, mask_id) -> None:
+  for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+    if not isinstance(value, (int, np.integer)) or value < 1:
+      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
+  if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
+    raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
+
+
+def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int) -> int:
+  """Traces the denoiser abstractly and checks its output; returns V."""
+  out = jax.eval_shape(denoiser, jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
+                       jax.ShapeDtypeStruct((batch_size,), jnp.float32))
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) != 3 or shape[:2] != (batch_size, seq_len):
+    raise ValueError(
+        f"denoiser must return logits [batch_size, seq_len, V] = [{batch_size}, {seq_len}, V], "
+        f"got {shape}")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(f"denoiser must return floating logits, got dtype {out.dtype}")
+  if not mask_id < shape[2]:
+    raise ValueError(f"mask_id must be in [0, V) = [0, {shape[2]}), got {mask_id}")
+  return shape[2]
+
+
+def _check_prompt(prompt, batch_size: int, seq_len: int, vocab_size: int) -> jax.Array:
+  prompt = jnp.asarray(prompt)
+  if prompt.shape != (batch_size, seq_len):
+    raise ValueError(
+        f"prompt must have shape [batch_size, seq_len] = [{batch_size}, {seq_len}], "
+        f"got {list(prompt.shape)}")
+  if not jnp.issubdtype(prompt.dtype, jnp.integer):
+    raise ValueError(f"prompt must hold integer ids, got dtype {prompt.dtype}")
+  if not isinstance(prompt, jax.core.Tracer):
+    low, high = int(prompt.min()), int(prompt.max())
+    if low < 0 or high >= vocab_size:
+      raise ValueError(
+          f"prompt ids must be in [0, V) = [0, {vocab_size}), got values in [{low}, {high}]")
+  return prompt.astype(jnp.int32)
+
+
+def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
+  """Softmax over decoded positions of `-psi` (paper) or `-log psi`; 0 elsewhere; `[B, L] f32`."""
+  logit = -psi if score == "prob" else -jnp.log(psi)
+  logit = jnp.where(decoded, logit, -jnp.inf)
+  top = jnp.max(logit, axis=-1, keepdims=True)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  weight = jnp.where(decoded, jnp.exp(logit - top), 0.0)
+  return weight / jnp.maximum(jnp.sum(weight, axis=-1, keepdims=True), 1e-30)
+
+
+def _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi, token_prob):
+  """Per-token coin flips of eq. 6; returns `(unmask, remask)`, both `[B, L] bool`."""
+  del token_prob
+  masked = z == mask_id
+  decoded = ~masked & ~fixed
+  sigma = jnp.broadcast_to(row.sigma, z.shape)
+  if rule.conf_score is not None:
+    sigma = sigma * _conf_weights(psi, decoded, rule.conf_score)
+  p_remask, p_unmask = posterior.transition_probs(row, sigma)
+  remask = decoded & jax.vmap(posterior.bernoulli)(keys[:, 0], p_remask)
+  unmask = masked & jax.vmap(posterior.bernoulli)(keys[:, 1], p_unmask)
+  return unmask, remask
+
+
+def _top_count(score: jax.Array, count: jax.Array) -> jax.Array:
+  """Marks the `count[b]` highest scores of each row; `[B, L] f32, [B] int32 -> [B, L] bool`."""
+  rank = jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)        # [B, L]
+  return rank < count[:, None]
+
+
+def _select_rank(keys, row, rule, z, fixed, mask_id, psi, token_prob):
+  """Confidence decoding: remask the least confident decoded tokens, unmask the most confident.
+
+  The decoded count after the step is `round(decoded_frac * free positions)` per example.
+  """
+  del keys, rule
+  masked = z == mask_id
+  decoded = ~masked & ~fixed
+  n_free = jnp.sum(~fixed, axis=-1)
+  n_decoded = jnp.sum(decoded, axis=-1)
+  n_remask = jnp.minimum(row.remask_count, n_decoded)
+  remask = _top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
+  target = jnp.round(row.decoded_frac * n_free).astype(jnp.int32)
+  n_unmask = jnp.clip(target - (n_decoded - n_remask), 0, jnp.sum(masked, axis=-1))
+  unmask = _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
+  return unmask, remask
+
+
+_SELECTORS = {"bernoulli": _select_bernoulli, "rank": _select_rank}
+
+
+def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule, mask_id: int) -> jax.Array:
+  """SUBS probabilities after temperature and top-p; `[B, L, V] float32`."""
+  probs = jnp.exp(posterior.subs_log_probs(logits, mask_id, plan.temperature))
+  if rule.use_top_p:
+    probs = top_p_filter(probs, plan.top_p, mode=rule.top_p_mode, impl=rule.top_p_impl)
+  return probs
+
+
+def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
+  """Keys `[B, 3]` (remask, unmask, token) of one step, derived per example."""
+  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
+
+
+def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history):
+  """The scan body, shared by every strategy."""
+  select = _SELECTORS[rule.select]
+
+  def step(carry, xs):
+    z, psi, cache = carry
+    index, row = xs
+    t = jnp.full(z.shape[:1], row.t, jnp.float32)
+    if rule.cache:
+      cached_logits, changed = cache
+      logits = jax.lax.cond(changed, lambda: denoiser(z, t), lambda: cached_logits)
+    else:
+      logits = denoiser(z, t)
+    keys = _step_keys(example_keys, index)
+    probs = _x_theta(logits, plan, rule, mask_id)                    # [B, L, V] f32
+    tokens, token_prob = jax.vmap(posterior.draw_categorical)(keys[:, 2], probs)
+    unmask, remask = select(keys, row, rule, z, fixed, mask_id, psi, token_prob)
+    z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
+    psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
+    if rule.cache:
+      cache = (logits, jnp.any(z_next != z))
+    return (z_next, psi_next, cache), (z_next if return_history else None)
+
+  return step
+
+
+def _final_denoise(denoiser, z, t_final, mask_id):
+  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p)."""
+  logits = denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32))
+  log_probs = posterior.subs_log_probs(logits, mask_id, jnp.float32(1.0))
+  return jnp.where(z == mask_id, jnp.argmax(log_probs, axis=-1).astype(jnp.int32), z)
+
+
+def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepRule, *,
+                     batch_size: int, seq_len: int, mask_id: int,
+                     prompt: jax.Array | None = None, first_index=0,
+                     batch_sharding: jax.sharding.Sharding | None = None,
+                     return_history: bool = False):
+  """`sample` with a prebuilt plan: pass `plan` as a jit argument to sweep eta, top_p or
+  temperature without recompiling. Arguments as in `sample`.
+
+  With `return_history=True` returns `(tokens, history)`, `history [n, B, L] int32` holding
+  the tokens after each of the n steps (before the final noise removal).
+  """
+  _check_sizes(batch_size, seq_len, mask_id)
+  key = as_typed_key(key)
+  vocab_size = _vocab_size(denoiser, batch_size, seq_len, mask_id)
+  if prompt is None:
+    z = jnp.full((batch_size, seq_len), mask_id, jnp.int32)
+  else:
+    z = _check_prompt(prompt, batch_size, seq_len, vocab_size)
+  example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      first_index + jnp.arange(batch_size, dtype=jnp.int32))
+  psi = jnp.zeros((batch_size, seq_len), jnp.float32)
+  if batch_sharding is not None:
+    z, psi = jax.lax.with_sharding_constraint((z, psi), batch_sharding)
+  fixed = z != mask_id
+  cache = None
+  if rule.cache:
+    out = jax.eval_shape(denoiser, z, jnp.zeros((batch_size,), jnp.float32))
+    cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
+  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history)
+  num_steps = plan.table.t.shape[0]
+  (z, _, _), history = jax.lax.scan(step, (z, psi, cache),
+                                    (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
+  tokens = _final_denoise(denoiser, z, plan.t_final, mask_id)
+  return (tokens, history) if return_history else tokens
+
+
+def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_size: int,
+           seq_len: int, mask_id: int, prompt: jax.Array | None = None, first_index=0,
+           batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+  """Samples sequences from a masked diffusion model with MDLM or a ReMDM strategy.
+
+  Starting from all masks (or `prompt`), runs `config.num_steps` steps of the strategy's
+  backward process (paper eq. 6) in one `lax.scan`, then one greedy noise-removal call.
+
+  Args:
+    key: `jax.random.key(seed)` or a legacy `jax.random.PRNGKey(seed)`.
+    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (any float dtype; V
+      includes `mask_id`; raw logits, SUBS is applied here).
+    config: a `SamplerConfig` (static under jit).
+    batch_size: B. seq_len: L. mask_id: the mask id, in [0, V).
+    prompt: optional `[B, L] int32` template: `mask_id` at free positions; the other
+      positions come back unchanged and are never remasked (prompts and infilling).
+    first_index: global index of this batch's first example (int or traced int32); example
+      `i` draws only from `fold_in(key, first_index + i)`.
+    batch_sharding: optional sharding of `[B, L]` arrays (e.g. `NamedSharding(mesh,
+      P("data"))`) to split the batch over devices inside a jitted call.
+
+  Returns:
+    `[B, L] int32` tokens, no `mask_id` left.
+
+  Raises:
+    ValueError: bad sizes, key, prompt or denoiser output (before any compilation).
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, remdm_jax
+    >>> def denoiser(z, t):  # uniform over ids 0..3; id 4 is the mask
+    ...   return jnp.zeros(z.shape + (5,), jnp.float32)
+    >>> cfg = remdm_jax.SamplerConfig(strategy="cap", num_steps=8, eta=0.1)
+    >>> out = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=2, seq_len=6,
+    ...                        mask_id=4)
+    >>> out.shape, out.dtype, bool((out < 4).all())
+    ((2, 6), dtype('int32'), True)
+  """
+  plan, rule = build_plan(config)
+  return sample_with_plan(key, denoiser, plan, rule, batch_size=batch_size, seq_len=seq_len,
+                          mask_id=mask_id, prompt=prompt, first_index=first_index,
+                          batch_sharding=batch_sharding)

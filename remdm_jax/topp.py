@@ -1,0 +1,96 @@
+"""Nucleus (top-p) filtering of probability vectors, two semantics and two implementations.
+
+Semantics (brief section 6):
+  - `reference`: keep the tokens whose sorted cumulative probability is `<= p`, plus always the
+    top token (the ReMDM/MDLM reference code); the token that crosses `p` is dropped.
+  - `standard`: keep the minimal set whose mass is `>= p` (Holtzman et al. 2020, Hugging Face).
+Implementations:
+  - `sort`: a full descending sort and cumulative sum per row.
+  - `bisect`: no sort. Non-negative float32 values are ordered like their int32 bit patterns,
+    so a bisection over bit patterns finds the exact keep threshold in 30 masked sums.
+Both keep every token tied with the threshold value (the sort order of ties is arbitrary).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_ONE_BITS = 0x3F800000  # bit pattern of float32 1.0; probabilities lie in [0, ONE_BITS]
+
+
+def _threshold_by_sort(probs: jax.Array, top_p: jax.Array, mode: str) -> jax.Array:
+  """Smallest kept probability per row; `[..., V] f32 -> [..., 1] f32`."""
+  sorted_desc = -jnp.sort(-probs, axis=-1)                  # [..., V]
+  cum = jnp.cumsum(sorted_desc, axis=-1)                    # [..., V]
+  if mode == "reference":
+    kept = cum <= top_p
+  else:
+    kept = (cum - sorted_desc) < top_p
+  kept = kept.at[..., 0].set(True)
+  return jnp.min(jnp.where(kept, sorted_desc, jnp.inf), axis=-1, keepdims=True)
+
+
+def _mass_at_or_above(probs: jax.Array, bits: jax.Array) -> jax.Array:
+  """Mass of `probs >= float(bits)` per row; bits `[..., 1] int32`."""
+  threshold = jax.lax.bitcast_convert_type(bits, jnp.float32)
+  return jnp.sum(jnp.where(probs >= threshold, probs, 0.0), axis=-1, keepdims=True)
+
+
+def _threshold_by_bisect(probs: jax.Array, top_p: jax.Array, mode: str) -> jax.Array:
+  """Same threshold as `_threshold_by_sort`, found by bisection on bit patterns.
+
+  `mass(tau) = sum(p_i for p_i >= tau)` decreases with `tau`. The reference set is
+  `{i: mass(p_i) <= p}`: its threshold is the smallest tau with `mass(tau) <= p`. The standard
+  set's threshold is the largest tau with `mass(tau) >= p`.
+  """
+  batch_shape = probs.shape[:-1] + (1,)
+  lo = jnp.zeros(batch_shape, jnp.int32)
+  hi = jnp.full(batch_shape, _ONE_BITS + 1, jnp.int32)
+
+  def body(_, bounds):
+    lo, hi = bounds
+    mid = lo + (hi - lo) // 2
+    mass = _mass_at_or_above(probs, mid)
+    if mode == "reference":     # invariant: mass(lo) > p >= mass(hi)
+      go_up = mass > top_p
+    else:                       # invariant: mass(lo) >= p > mass(hi)
+      go_up = mass >= top_p
+    return jnp.where(go_up, mid, lo), jnp.where(go_up, hi, mid)
+
+  lo, hi = jax.lax.fori_loop(0, 31, body, (lo, hi))
+  bits = hi if mode == "reference" else lo
+  threshold = jax.lax.bitcast_convert_type(bits, jnp.float32)
+  return jnp.minimum(threshold, jnp.max(probs, axis=-1, keepdims=True))
+
+
+def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
+                 impl: str = "sort") -> jax.Array:
+  """Zeroes the tokens outside the nucleus and renormalises.
+
+  Args:
+    probs: `[..., V] float32`, rows summing to 1.
+    top_p: `[] float32` in (0, 1].
+    mode: "reference" or "standard" (module docstring).
+    impl: "sort" or "bisect" (module docstring); both give the same set.
+
+  Returns:
+    `[..., V] float32`, rows summing to 1, the top token always kept.
+
+  Examples:
+    >>> import jax.numpy as jnp
+    >>> p = jnp.array([0.5, 0.3, 0.2])
+    >>> top_p_filter(p, jnp.float32(0.85)).tolist()  # 0.5 + 0.3 <= 0.85
+    [0.625, 0.375, 0.0]
+    >>> top_p_filter(p, jnp.float32(0.85), mode="standard").tolist()
+    [0.5, 0.30000001192092896, 0.20000000298023224]
+  """
+  finder = {"sort": _threshold_by_sort, "bisect": _threshold_by_bisect}
+  if impl not in finder:
+    raise ValueError(f"unknown top_p impl {impl!r}; choose from {sorted(finder)}")
+  if mode not in ("reference", "standard"):
+    raise ValueError(f"unknown top_p mode {mode!r}; choose from ['reference', 'standard']")
+  probs = probs.astype(jnp.float32)
+  threshold = finder[impl](probs, top_p, mode)              # [..., 1]
+  kept = jnp.where(probs >= threshold, probs, 0.0)
+  return kept / jnp.sum(kept, axis=-1, keepdims=True)

@@ -1,0 +1,60 @@
+"""Shared fixtures: 8 fake CPU devices, a toy mixture distribution and its exact denoiser."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+
+import itertools  # noqa: E402
+
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+
+# A known distribution: a mixture of a few fixed sequences over ids 0..3; id 4 is the mask.
+MIXTURE_SEQS = np.array([[0, 1, 2, 3, 0, 1],
+                         [1, 1, 0, 0, 2, 2],
+                         [3, 2, 1, 0, 3, 2],
+                         [2, 0, 3, 1, 1, 3]], dtype=np.int32)
+MIXTURE_WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
+MASK_ID = 4
+
+
+def oracle_denoiser(seqs: np.ndarray, weights: np.ndarray, vocab_size: int):
+  """Exact x_theta for a mixture of sequences: the posterior over the sequences that agree
+  with every decoded position, marginalised per position. Returns log-probabilities."""
+  seqs_j = jnp.asarray(seqs)                                       # [K, L]
+  log_w = jnp.log(jnp.asarray(weights, jnp.float32))               # [K]
+  onehot = jax.nn.one_hot(seqs_j, vocab_size, dtype=jnp.float32)  # [K, L, V]
+  mask_id = vocab_size - 1
+
+  def denoiser(z, t):
+    del t
+    agree = (z[:, None, :] == seqs_j[None]) | (z[:, None, :] == mask_id)   # [B, K, L]
+    consistent = jnp.all(agree, axis=-1)                                      # [B, K]
+    post = jax.nn.softmax(jnp.where(consistent, log_w, -jnp.inf), axis=-1)   # [B, K]
+    probs = jnp.einsum("bk,klv->blv", post, onehot)                           # [B, L, V]
+    return jnp.log(probs)
+
+  return denoiser
+
+
+@pytest.fixture
+def mixture():
+  return oracle_denoiser(MIXTURE_SEQS, MIXTURE_WEIGHTS, MASK_ID + 1)
+
+
+def tv_to_mixture(samples: np.ndarray) -> float:
+  """Total variation between the samples' empirical distribution and the mixture."""
+  counts = {}
+  for row in map(tuple, np.asarray(samples)):
+    counts[row] = counts.get(row, 0) + 1
+  n = len(samples)
+  target = {tuple(s): w for s, w in zip(MIXTURE_SEQS, MIXTURE_WEIGHTS)}
+  keys = set(counts) | set(target)
+  return 0.5 * sum(abs(counts.get(k, 0) / n - target.get(k, 0.0)) for k in keys)
+
+
+def all_sequences(vocab: int, length: int):
+  return np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int32)

@@ -1,0 +1,54 @@
+"""Schedules against closed forms and finite differences, in float64 and under jit."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from remdm_jax import schedules
+
+T_VALUES = np.linspace(0.01, 0.99, 25)
+CLOSED_FORMS = {
+    "loglinear": (dict(eps=1e-3), lambda t: 1 - (1 - 1e-3) * t),
+    "cosine": (dict(), lambda t: np.cos(np.pi * t / 2)),
+    "linear": (dict(), lambda t: np.exp(-10.0 * t)),
+    "polynomial": (dict(power=3.0), lambda t: 1 - t ** 3),
+}
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_alpha_closed_form_and_derivative(name):
+  kwargs, closed = CLOSED_FORMS[name]
+  sched = schedules.get_schedule(name, **kwargs)
+  np.testing.assert_allclose(sched.alpha(T_VALUES), closed(T_VALUES), rtol=1e-12)
+  h = 1e-6
+  numeric = (closed(T_VALUES + h) - closed(T_VALUES - h)) / (2 * h)
+  np.testing.assert_allclose(sched.alpha_prime(T_VALUES), numeric, rtol=1e-5)
+  assert np.all(np.diff(sched.alpha(T_VALUES)) < 0)
+
+
+@pytest.mark.parametrize("name", sorted(CLOSED_FORMS))
+def test_jax_input_stays_jax_float32(name):
+  kwargs, closed = CLOSED_FORMS[name]
+  sched = schedules.get_schedule(name, **kwargs)
+  t = jnp.asarray(T_VALUES, jnp.float32)
+  alpha = jax.jit(sched.alpha)(t)
+  assert alpha.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(alpha), closed(T_VALUES), rtol=1e-5, atol=1e-6)
+  assert jax.jit(sched.alpha_prime)(t).dtype == jnp.float32
+
+
+def test_uniform_grid_is_the_reference_grid():
+  grid = schedules.uniform_grid(4, 1e-5)
+  np.testing.assert_allclose(grid, np.linspace(1, 1e-5, 5))
+  with pytest.raises(ValueError, match="num_steps must be >= 1, got 0"):
+    schedules.uniform_grid(0)
+
+
+def test_bad_schedule_arguments():
+  with pytest.raises(ValueError, match="unknown schedule 'exp'; choose from"):
+    schedules.get_schedule("exp")
+  with pytest.raises(ValueError, match="eps must be in"):
+    schedules.LogLinear(eps=1.0)
+  with pytest.raises(ValueError, match="power must be > 0"):
+    schedules.Polynomial(power=0.0)
