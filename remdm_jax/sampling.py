@@ -70,19 +70,21 @@ def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int)
 
 
 def _check_prompt(prompt, batch_size: int, seq_len: int, vocab_size: int) -> jax.Array:
-  prompt = jnp.asarray(prompt)
+  """Checks shape and dtype always, and the id range when the prompt is concrete."""
+  concrete = not isinstance(prompt, jax.core.Tracer)
+  prompt = np.asarray(prompt) if concrete else prompt
   if prompt.shape != (batch_size, seq_len):
     raise ValueError(
         f"prompt must have shape [batch_size, seq_len] = [{batch_size}, {seq_len}], "
         f"got {list(prompt.shape)}")
   if not jnp.issubdtype(prompt.dtype, jnp.integer):
     raise ValueError(f"prompt must hold integer ids, got dtype {prompt.dtype}")
-  if not isinstance(prompt, jax.core.Tracer):
+  if concrete:
     low, high = int(prompt.min()), int(prompt.max())
     if low < 0 or high >= vocab_size:
       raise ValueError(
           f"prompt ids must be in [0, V) = [0, {vocab_size}), got values in [{low}, {high}]")
-  return prompt.astype(jnp.int32)
+  return jnp.asarray(prompt, jnp.int32)
 
 
 def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
@@ -126,10 +128,10 @@ def _select_rank(keys, row, rule, z, fixed, mask_id, psi, token_prob):
   n_free = jnp.sum(~fixed, axis=-1)
   n_decoded = jnp.sum(decoded, axis=-1)
   n_remask = jnp.minimum(row.remask_count, n_decoded)
-  remask = _top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
+  remask = decoded & _top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
   target = jnp.round(row.decoded_frac * n_free).astype(jnp.int32)
   n_unmask = jnp.clip(target - (n_decoded - n_remask), 0, jnp.sum(masked, axis=-1))
-  unmask = _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
+  unmask = masked & _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
   return unmask, remask
 
 

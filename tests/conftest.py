@@ -58,3 +58,33 @@ def tv_to_mixture(samples: np.ndarray) -> float:
 
 def all_sequences(vocab: int, length: int):
   return np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int32)
+
+
+def direct_step_probs(cfg):
+  """Per-step (p_remask, p_unmask) written out from the paper's formulas, float64, for the
+  uniform-grid strategies with alpha = 1 - t; independent of `remdm_jax.strategies`."""
+  grid = np.linspace(1.0, cfg.t_min, cfg.num_steps + 1)
+  t, s = grid[:-1], grid[1:]
+  a_t, a_s = 1.0 - t, 1.0 - s
+  with np.errstate(divide="ignore", invalid="ignore"):
+    smax = np.where(a_t > 0, np.minimum(1.0, s / (1.0 - t)), 1.0)   # (1 - a_s) / a_t
+    if cfg.strategy in ("mdlm", "topk"):
+      sigma = np.zeros_like(t)
+    elif cfg.strategy == "cap":
+      sigma = np.minimum(cfg.eta, smax)
+    elif cfg.strategy == "rescale":
+      sigma = cfg.eta * smax
+    elif cfg.strategy == "conf":
+      sigma = smax
+    elif cfg.strategy == "fb":
+      sigma = np.where(a_t > 0, np.minimum((a_s - a_t) / a_t, smax), 1.0)
+    elif cfg.strategy == "loop":
+      def alpha(x):
+        return np.where(x > cfg.t_on, cfg.alpha_on * (1 - x) / (1 - cfg.t_on),
+                        np.where(x > cfg.t_off, cfg.alpha_on,
+                                 1 - (1 - cfg.alpha_on) * x / cfg.t_off))
+      a_t, a_s = alpha(t), alpha(s)
+      sigma = np.where((t <= cfg.t_on) & (s >= cfg.t_off), cfg.eta, 0.0)
+    else:
+      raise ValueError(cfg.strategy)
+  return sigma, (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)

@@ -7,44 +7,14 @@ import remdm_jax
 from remdm_jax import strategies
 from remdm_jax.config import SamplerConfig
 
+from conftest import direct_step_probs
+
 T = 64
 
 
 def _grid(num_steps):
   t = np.linspace(1.0, 1e-5, num_steps + 1)
   return t[:-1], t[1:]
-
-
-def _remdm_probs(a_t, a_s, sigma):
-  """Eq. 6 directly: (p_remask, p_unmask), float64."""
-  return sigma, (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
-
-
-def _expected(cfg):
-  """Independent per-step (p_remask, p_unmask) for each strategy with alpha = 1 - t."""
-  t, s = _grid(cfg.num_steps)
-  a_t, a_s = 1.0 - t, 1.0 - s
-  with np.errstate(divide="ignore", invalid="ignore"):
-    smax = np.where(a_t > 0, np.minimum(1.0, s / (1.0 - t)), 1.0)   # (1 - a_s) / a_t
-    if cfg.strategy in ("mdlm", "topk"):
-      sigma = np.zeros_like(t)
-    elif cfg.strategy == "cap":
-      sigma = np.minimum(cfg.eta, smax)
-    elif cfg.strategy == "rescale":
-      sigma = cfg.eta * smax
-    elif cfg.strategy == "conf":
-      sigma = smax
-    elif cfg.strategy == "fb":
-      sigma = np.where(a_t > 0, np.minimum((a_s - a_t) / a_t, smax), 1.0)
-    elif cfg.strategy == "loop":
-      def alpha(x):
-        return np.where(x > cfg.t_on, cfg.alpha_on * (1 - x) / (1 - cfg.t_on),
-                        np.where(x > cfg.t_off, cfg.alpha_on,
-                                 1 - (1 - cfg.alpha_on) * x / cfg.t_off))
-      a_t, a_s = alpha(t), alpha(s)
-      in_phase2 = (t <= cfg.t_on) & (s >= cfg.t_off)
-      sigma = np.where(in_phase2, cfg.eta, 0.0)
-  return _remdm_probs(a_t, a_s, sigma)
 
 
 @pytest.mark.parametrize("cfg", [
@@ -58,7 +28,7 @@ def _expected(cfg):
 ], ids=lambda c: c.strategy)
 def test_step_probabilities_match_formulas(cfg):
   table = remdm_jax.build_table(cfg)
-  p_remask, p_unmask = _expected(cfg)
+  p_remask, p_unmask = direct_step_probs(cfg)
   got_unmask = np.asarray(table.unmask_base) + np.asarray(table.sigma) * np.asarray(
       table.unmask_per_sigma)
   np.testing.assert_allclose(np.asarray(table.sigma), p_remask, rtol=1e-6, atol=1e-7)

@@ -1,0 +1,331 @@
+"""The sampler: one suite over every strategy, exact and statistical checks, sharding."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import remdm_jax
+from remdm_jax import SamplerConfig
+
+from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
+
+SUITE = [
+    SamplerConfig(strategy="mdlm", num_steps=16),
+    SamplerConfig(strategy="cap", num_steps=16, eta=0.05),
+    SamplerConfig(strategy="rescale", num_steps=16, eta=0.5, top_p=0.9),
+    SamplerConfig(strategy="conf", num_steps=16),
+    SamplerConfig(strategy="conf", num_steps=16, conf_score="logprob", conf_base="cap",
+                  eta=0.1),
+    SamplerConfig(strategy="loop", num_steps=16, eta=0.05),
+    SamplerConfig(strategy="loop", num_steps=16, eta=0.5, loop_base="rescale"),
+    SamplerConfig(strategy="loop", num_steps=16, eta=0.5, loop_base="conf",
+                  conf_base="rescale", top_p=0.8, top_p_impl="bisect"),
+    SamplerConfig(strategy="fb", num_steps=16),
+    SamplerConfig(strategy="dfm", num_steps=16),
+    SamplerConfig(strategy="topk", num_steps=16),
+    SamplerConfig(strategy="topk", num_steps=16, topk_remask=1, temperature=0.7),
+    SamplerConfig(strategy="mdlm", num_steps=16, cache=True, top_p=0.9,
+                  top_p_mode="standard"),
+]
+B, L = 32, 6
+
+
+def _ids(cfg):
+  return f"{cfg.strategy}-{cfg.sigma_base}-{cfg.top_p}-{cfg.cache}-{cfg.topk_remask}"
+
+
+def _run(cfg, denoiser, key=0, **kwargs):
+  fn = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, batch_size=B, seq_len=L,
+                                          mask_id=MASK_ID, **kwargs))
+  return fn(jax.random.key(key))
+
+
+def _prompt():
+  """Per-example templates taken from the mixture's sequences (so the oracle is defined)."""
+  source = MIXTURE_SEQS[np.arange(B) % 4]
+  prompt = np.full((B, L), MASK_ID, np.int32)
+  prompt[:, 0] = source[:, 0]          # a fixed first token per example
+  prompt[::2, 3] = source[::2, 3]      # and an infilled position in half of them
+  return jnp.asarray(prompt)
+
+
+@pytest.mark.parametrize("cfg", SUITE, ids=_ids)
+class TestEveryStrategy:
+
+  def test_shape_dtype_no_mask_left_and_keys(self, cfg, mixture):
+    """Output contract, and: same key gives the same tokens, another key other tokens."""
+    fn = jax.jit(lambda k: remdm_jax.sample(k, mixture, cfg, batch_size=B, seq_len=L,
+                                            mask_id=MASK_ID))
+    out, again, other = (fn(jax.random.key(seed)) for seed in (5, 5, 6))
+    chex.assert_shape(out, (B, L))
+    chex.assert_type(out, jnp.int32)
+    assert int(jnp.max(out)) < MASK_ID and int(jnp.min(out)) >= 0
+    np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
+    assert np.any(np.asarray(out) != np.asarray(other))
+
+  def test_prompt_positions_never_change(self, cfg, mixture):
+    prompt = _prompt()
+    plan, rule = remdm_jax.build_plan(cfg)
+    out, history = jax.jit(lambda k: remdm_jax.sample_with_plan(
+        k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID, prompt=prompt,
+        return_history=True))(jax.random.key(3))
+    fixed = np.asarray(prompt) != MASK_ID
+    np.testing.assert_array_equal(np.asarray(out)[fixed], np.asarray(prompt)[fixed])
+    for step in np.asarray(history):
+      np.testing.assert_array_equal(step[fixed], np.asarray(prompt)[fixed])
+
+  def test_decoded_tokens_change_only_by_remasking(self, cfg, mixture):
+    """A decoded token either stays or becomes the mask; without remasking it never moves."""
+    plan, rule = remdm_jax.build_plan(cfg)
+    _, history = jax.jit(lambda k: remdm_jax.sample_with_plan(
+        k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID,
+        return_history=True))(jax.random.key(4))
+    history = np.asarray(history)
+    before, after = history[:-1], history[1:]
+    decoded = before != MASK_ID
+    assert np.all((after[decoded] == before[decoded]) | (after[decoded] == MASK_ID))
+    remasks = np.any(decoded & (after == MASK_ID))
+    if float(np.max(np.asarray(plan.table.sigma))) == 0 and int(
+        np.max(np.asarray(plan.table.remask_count))) == 0:
+      assert not remasks
+
+  def test_traced_once_across_keys(self, cfg, mixture):
+    chex.clear_trace_counter()
+
+    @jax.jit
+    @chex.assert_max_traces(n=1)
+    def fn(key):
+      return remdm_jax.sample(key, mixture, cfg, batch_size=B, seq_len=L, mask_id=MASK_ID)
+    for seed in range(3):
+      fn(jax.random.key(seed)).block_until_ready()
+
+
+def _sample_mixture(cfg, denoiser, n=4000, key=1):
+  fn = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, batch_size=n, seq_len=L,
+                                          mask_id=MASK_ID))
+  return np.asarray(fn(jax.random.key(key)))
+
+
+def test_mdlm_converges_to_the_data_as_steps_grow(mixture):
+  """TV to a 4-sequence mixture falls with T (parallel decoding errors vanish); N = 4000,
+  seed 1. Measured: T=2 0.67, T=8 0.28, T=64 0.03 (sampling noise alone is about 0.01)."""
+  tvs = [tv_to_mixture(_sample_mixture(SamplerConfig(num_steps=t), mixture))
+         for t in (2, 8, 64)]
+  assert tvs[0] > tvs[1] > tvs[2]
+  assert tvs[2] < 0.05
+
+
+@pytest.mark.parametrize("cfg", [
+    SamplerConfig(strategy="mdlm", num_steps=256),
+    SamplerConfig(strategy="cap", num_steps=256, eta=0.005),
+    SamplerConfig(strategy="rescale", num_steps=256, eta=0.02),
+    SamplerConfig(strategy="conf", num_steps=256, conf_base="cap", eta=0.005),
+    SamplerConfig(strategy="loop", num_steps=256, eta=0.005),
+    SamplerConfig(strategy="fb", num_steps=256),
+    SamplerConfig(strategy="dfm", num_steps=256, dfm_beta_scale=1.0),
+], ids=lambda c: c.strategy)
+def test_every_strategy_reproduces_the_data(cfg, mixture):
+  """With an exact denoiser and small remasking, samples match the mixture: TV < 0.05 at
+  N = 4000 (seed 1; sampling noise alone gives about 0.01). topk is excluded: picking the
+  most confident draws biases towards likely tokens by design."""
+  assert tv_to_mixture(_sample_mixture(cfg, mixture)) < 0.05
+
+
+# --- The AB/BA example of brief section 10, enumerated exactly. ------------------------
+A, BB, M = 0, 1, 2   # ids: A, B, mask
+
+
+def _x_theta(other):
+  """Exact x_theta of one position given the other's value: its complement, or uniform."""
+  return {A: np.array([0.0, 1.0]), BB: np.array([1.0, 0.0]), M: np.array([0.5, 0.5])}[other]
+
+
+def _position_step(value, other, p_remask, p_unmask):
+  """Distribution over {A, B, M} of one position after a step."""
+  if value != M:
+    out = np.zeros(3)
+    out[value], out[M] = 1.0 - p_remask, p_remask
+    return out
+  return np.concatenate([p_unmask * _x_theta(other), [1.0 - p_unmask]])
+
+
+def exact_ab_distribution(p_remask, p_unmask):
+  """Exact law of the final pair under the chain, including the greedy final step."""
+  dist = np.zeros((3, 3))
+  dist[M, M] = 1.0
+  for r, u in zip(p_remask, p_unmask):
+    nxt = np.zeros((3, 3))
+    for x in range(3):
+      for y in range(3):
+        if dist[x, y]:
+          nxt += dist[x, y] * np.outer(_position_step(x, y, r, u), _position_step(y, x, r, u))
+    dist = nxt
+  final = np.zeros((2, 2))
+  for x in range(3):
+    for y in range(3):
+      fx = x if x != M else int(np.argmax(_x_theta(y)))
+      fy = y if y != M else int(np.argmax(_x_theta(x)))
+      final[fx, fy] += dist[x, y]
+  return final
+
+
+AB_CONFIGS = [SamplerConfig(strategy="mdlm", num_steps=4),
+              SamplerConfig(strategy="cap", num_steps=8, eta=0.2),
+              SamplerConfig(strategy="loop", num_steps=12, eta=0.1, t_on=0.7, t_off=0.2)]
+
+
+@pytest.mark.parametrize("cfg", AB_CONFIGS, ids=lambda c: c.strategy)
+def test_ab_ba_sampled_frequencies_match_exact_enumeration(cfg):
+  """N = 40000 samples (seed 0): each of AA, AB, BA, BB within 5 binomial sd of the exact
+  enumeration made from the paper's formulas."""
+  exact = exact_ab_distribution(*direct_step_probs(cfg)).reshape(-1)
+  denoiser = oracle_denoiser(np.array([[A, BB], [BB, A]]), np.array([0.5, 0.5]), 3)
+  n = 40_000
+  out = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, batch_size=n, seq_len=2,
+                                           mask_id=M))(jax.random.key(0))
+  out = np.asarray(out)
+  freq = np.bincount(out[:, 0] * 2 + out[:, 1], minlength=4) / n
+  sd = np.sqrt(exact * (1 - exact) / n)
+  assert np.all(np.abs(freq - exact) <= 5 * sd + 1.0 / n), (freq, exact)
+
+
+def test_more_loop_steps_strictly_lower_impossible_pairs():
+  """Exact P(AA) + P(BB) under the library's loop tables falls strictly with T."""
+  errors = []
+  for num_steps in (8, 16, 32, 64, 128):
+    table = remdm_jax.build_table(SamplerConfig(strategy="loop", num_steps=num_steps,
+                                                eta=0.05))
+    sigma = np.asarray(table.sigma, np.float64)
+    unmask = np.asarray(table.unmask_base, np.float64) + sigma * np.asarray(
+        table.unmask_per_sigma, np.float64)
+    final = exact_ab_distribution(sigma, unmask)
+    errors.append(final[0, 0] + final[1, 1])
+  assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+def test_each_extra_loop_step_lowers_impossible_pairs():
+  """Brief section 10, exactly: phase 1 (4 MDLM steps up to alpha_on = 0.9), k loop steps
+  (alpha held, sigma = 0.01), phase 3 (2 MDLM steps); P(AA) + P(BB) falls strictly with k."""
+  alpha_on, eta = 0.9, 0.01
+  alphas1, alphas3 = np.linspace(0.0, alpha_on, 5), np.linspace(alpha_on, 1.0, 3)
+  def mdlm_steps(alphas):
+    a_t, a_s = alphas[:-1], alphas[1:]
+    return np.zeros_like(a_t), (a_s - a_t) / (1.0 - a_t)
+  (r1, u1), (r3, u3) = mdlm_steps(alphas1), mdlm_steps(alphas3)
+  errors = []
+  for k in range(0, 30):
+    r2, u2 = np.full(k, eta), np.full(k, eta * alpha_on / (1 - alpha_on))
+    final = exact_ab_distribution(np.concatenate([r1, r2, r3]), np.concatenate([u1, u2, u3]))
+    errors.append(final[0, 0] + final[1, 1])
+  assert all(a > b for a, b in zip(errors, errors[1:])), errors
+
+
+# --- Keys, batch splits and devices. -----------------------------------------------------
+def _mlp_denoiser_and_params(vocab=MASK_ID + 1, hidden=16):
+  keys = jax.random.split(jax.random.key(42), 3)
+  params = {"embed": jax.random.normal(keys[0], (vocab, hidden)),
+            "mix": jax.random.normal(keys[1], (hidden, hidden)) / 4,
+            "out": jax.random.normal(keys[2], (hidden, vocab))}
+
+  def apply(params, z, t):
+    h = params["embed"][z]                                     # [B, L, H]
+    h = h + jnp.tanh(jnp.mean(h, axis=1, keepdims=True) @ params["mix"])
+    return (h @ params["out"]) * (1.0 + t[:, None, None])       # [B, L, V]
+  return apply, params
+
+
+def test_same_tokens_on_one_and_eight_devices_and_any_batch_split():
+  assert len(jax.devices()) == 8
+  apply, params = _mlp_denoiser_and_params()
+  cfg = SamplerConfig(strategy="loop", num_steps=32, eta=0.05, top_p=0.9)
+  key = jax.random.key(7)
+
+  def run(params, key, batch, first, sharding=None):
+    return remdm_jax.sample(key, lambda z, t: apply(params, z, t), cfg, batch_size=batch,
+                            seq_len=L, mask_id=MASK_ID, first_index=first,
+                            batch_sharding=sharding)
+
+  single = jax.jit(run, static_argnums=(2, 3))(params, key, 16, 0)
+  mesh = Mesh(np.array(jax.devices()), ("data",))
+  sharding = NamedSharding(mesh, P("data"))
+  sharded = jax.jit(run, static_argnums=(2, 3, 4),
+                    in_shardings=(NamedSharding(mesh, P()), None),
+                    out_shardings=sharding)(params, key, 16, 0, sharding)
+  assert len({s.device for s in sharded.addressable_shards}) == 8
+  np.testing.assert_array_equal(np.asarray(single), np.asarray(sharded))
+  halves = [jax.jit(run, static_argnums=(2, 3))(params, key, 8, first) for first in (0, 8)]
+  np.testing.assert_array_equal(np.asarray(single), np.concatenate(halves))
+  legacy = jax.jit(run, static_argnums=(2, 3))(params, jax.random.PRNGKey(7), 16, 0)
+  np.testing.assert_array_equal(np.asarray(single), np.asarray(legacy))
+
+
+def test_eta_sweep_compiles_once(mixture):
+  chex.clear_trace_counter()
+
+  @jax.jit
+  @chex.assert_max_traces(n=1)
+  def run(key, plan):
+    return remdm_jax.sample_with_plan(key, mixture, plan, rule, batch_size=B, seq_len=L,
+                                      mask_id=MASK_ID)
+  for eta in (0.01, 0.02, 0.04):
+    plan, rule = remdm_jax.build_plan(SamplerConfig(strategy="cap", num_steps=8, eta=eta,
+                                                    top_p=0.9))
+    run(jax.random.key(0), plan).block_until_ready()
+
+
+def test_cache_skips_calls_and_keeps_tokens(mixture):
+  calls = []
+
+  def counted(z, t):
+    jax.debug.callback(lambda: calls.append(1))
+    return mixture(z, t)
+
+  def run(cfg):
+    out = remdm_jax.sample(jax.random.key(0), counted, cfg, batch_size=2, seq_len=L,
+                           mask_id=MASK_ID)
+    return np.asarray(out.block_until_ready())
+
+  plain = run(SamplerConfig(strategy="mdlm", num_steps=64))
+  uncached_calls, calls[:] = len(calls), []
+  cached = run(SamplerConfig(strategy="mdlm", num_steps=64, cache=True))
+  np.testing.assert_array_equal(plain, cached)
+  # At most 2 * 6 steps change a token, so at most 12 + 1 scan calls and the final one.
+  assert uncached_calls == 65 and len(calls) <= 14
+
+
+def test_guidance_mixes_log_probs():
+  cond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.7, 0.2, 0.1]), z.shape + (3,)))
+  uncond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.2, 0.3, 0.5]), z.shape + (3,)))
+  z, t = jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,), jnp.float32)
+  for gamma in (0.0, 1.0, 2.0):
+    guided = remdm_jax.classifier_free_guidance(cond, uncond, gamma)(z, t)
+    direct = np.array([0.7, 0.2, 0.1]) ** gamma * np.array([0.2, 0.3, 0.5]) ** (1 - gamma)
+    np.testing.assert_allclose(np.exp(np.asarray(guided[0, 0])), direct / direct.sum(),
+                               rtol=1e-5)
+
+
+# --- Bad input: clear errors before compilation. -------------------------------------------
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(prompt=jnp.zeros((B, L + 1), jnp.int32)), r"prompt must have shape \[batch_size, "),
+    (dict(prompt=jnp.full((B, L), 9, jnp.int32)), r"prompt ids must be in \[0, V\) = \[0, 5\)"),
+    (dict(prompt=jnp.zeros((B, L), jnp.float32)), r"prompt must hold integer ids"),
+    (dict(mask_id=5), r"mask_id must be in \[0, V\) = \[0, 5\), got 5"),
+    (dict(batch_size=0), r"batch_size must be an int >= 1, got 0"),
+    (dict(key=jnp.zeros((3,), jnp.uint32)), r"key must be jax.random.key"),
+])
+def test_bad_input_named(kwargs, match, mixture):
+  args = dict(key=jax.random.key(0), batch_size=B, seq_len=L, mask_id=MASK_ID)
+  args.update(kwargs)
+  key = args.pop("key")
+  with pytest.raises(ValueError, match=match):
+    remdm_jax.sample(key, mixture, SamplerConfig(), **args)
+
+
+def test_wrong_denoiser_shape_named():
+  bad = lambda z, t: jnp.zeros(z.shape[:1] + (3,), jnp.float32)
+  with pytest.raises(ValueError, match=r"denoiser must return logits \[batch_size, seq_len, V\]"):
+    remdm_jax.sample(jax.random.key(0), bad, SamplerConfig(), batch_size=2, seq_len=4,
+                     mask_id=1)
