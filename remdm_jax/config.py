@@ -38,7 +38,7 @@ class SamplerConfig:
   alpha_on: float = 0.9         # loop: alpha held in phase 2
   top_p: float = 1.0            # nucleus mass in (0, 1]; 1 disables it
   top_p_mode: str = "reference" # reference: cumsum <= p plus top token; standard: mass >= p
-  top_p_impl: str = "sort"      # sort: exact full sort; bisect: threshold by bit bisection
+  top_p_impl: str = "bisect"    # bisect: threshold by bit bisection (fast); sort: full sort
   temperature: float = 1.0      # logits are divided by it before the softmax
   schedule: str = "loglinear"   # alpha(t) used on the grid; loglinear is alpha = 1 - t
   t_min: float = 1e-5           # last time of the grid, as in the reference sampler

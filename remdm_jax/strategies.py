@@ -57,7 +57,7 @@ class StepRule:
   select: str = "bernoulli"   # bernoulli: per-token coin flips; rank: topk by confidence
   conf_score: str | None = None  # None, "prob" or "logprob": conf weighting of sigma
   top_p_mode: str = "reference"
-  top_p_impl: str = "sort"
+  top_p_impl: str = "bisect"
   use_top_p: bool = False
   cache: bool = False
 
