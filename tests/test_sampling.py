@@ -329,3 +329,15 @@ def test_wrong_denoiser_shape_named():
   with pytest.raises(ValueError, match=r"denoiser must return logits \[batch_size, seq_len, V\]"):
     remdm_jax.sample(jax.random.key(0), bad, SamplerConfig(), batch_size=2, seq_len=4,
                      mask_id=1)
+
+
+def test_sample_jits_with_config_static(mixture):
+  """The public function itself under jax.jit, config and sizes static, key traced."""
+  jitted = jax.jit(remdm_jax.sample, static_argnums=(1, 2),
+                   static_argnames=("batch_size", "seq_len", "mask_id"))
+  cfg = SamplerConfig(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
+  kwargs = dict(batch_size=B, seq_len=L, mask_id=MASK_ID)
+  out = jitted(jax.random.key(9), mixture, cfg, **kwargs)
+  eager = remdm_jax.sample(jax.random.key(9), mixture, cfg, **kwargs)
+  chex.assert_type(out, jnp.int32)
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(eager))
