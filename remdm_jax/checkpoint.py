@@ -1,0 +1,63 @@
+"""Saving and loading models: an orbax checkpoint of the parameters plus `config.json`.
+
+Layout of a model folder:
+  config.json   {"model": "dit", "config": {DiTConfig fields}}
+  params/       orbax StandardCheckpointer output (the NNX Param state)
+The model is rebuilt from the JSON config, so a folder is self-describing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import pathlib
+
+import orbax.checkpoint as ocp
+from flax import nnx
+
+from remdm_jax.models.dit import DiT, DiTConfig
+
+_CONFIG = "config.json"
+_PARAMS = "params"
+
+
+def save_model(model: DiT, directory) -> pathlib.Path:
+  """Writes `model` to `directory` (created; must not already hold a model)."""
+  directory = pathlib.Path(directory).absolute()
+  if (directory / _CONFIG).exists():
+    raise ValueError(f"{directory} already holds a model (config.json); refusing to overwrite")
+  directory.mkdir(parents=True, exist_ok=True)
+  state = nnx.state(model, nnx.Param)
+  checkpointer = ocp.StandardCheckpointer()
+  checkpointer.save(directory / _PARAMS, state)
+  checkpointer.wait_until_finished()
+  payload = {"model": "dit", "config": dataclasses.asdict(model.cfg)}
+  (directory / _CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
+  return directory
+
+
+def load_config(directory) -> DiTConfig:
+  """Reads the `DiTConfig` of a model folder, with a clear error if it is not one."""
+  directory = pathlib.Path(directory).absolute()
+  path = directory / _CONFIG
+  if not path.is_file() or not (directory / _PARAMS).is_dir():
+    raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
+                     f"{_PARAMS}/)")
+  payload = json.loads(path.read_text())
+  if payload.get("model") != "dit":
+    raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected 'dit'")
+  return DiTConfig(**payload["config"])
+
+
+def load_model(directory) -> DiT:
+  """Rebuilds the model of a folder written by `save_model` or `python -m remdm_jax.convert`.
+
+  Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
+  honouring the checkpoint's `time_conditioning`.
+  """
+  directory = pathlib.Path(directory).absolute()
+  cfg = load_config(directory)
+  abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+  graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
+  state = ocp.StandardCheckpointer().restore(directory / _PARAMS, abstract_state)
+  return nnx.merge(graphdef, state, rest)

@@ -1,0 +1,176 @@
+"""Import of the released MDLM PyTorch weights into the Flax DiT.
+
+Sources (brief section 8):
+  - a Hugging Face style folder: `config.json` (hidden_dim, cond_dim, n_blocks, n_heads,
+    vocab_size, model_length, time_conditioning) and `model.safetensors` with `backbone.` keys,
+    read with the safetensors NumPy API (no torch needed);
+  - a Lightning `.ckpt` (needs torch): the EMA weights `ema.shadow_params`, matched to names by
+    the parameter order of the checkpoint's own `state_dict`.
+`convert_tensors` takes any `Mapping[str, np.ndarray]` for in-memory conversion.
+
+  python -m remdm_jax.convert SRC DST
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import sys
+from typing import Mapping
+
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from remdm_jax.checkpoint import save_model
+from remdm_jax.models.dit import DiT, DiTConfig
+
+_PREFIX = "backbone."
+_INV_FREQ = "rotary_emb.inv_freq"
+
+
+def released_names(cfg: DiTConfig) -> dict[str, tuple[tuple, bool]]:
+  """Released key (without `backbone.`) -> (NNX parameter path, transpose?)."""
+  linear = lambda src, dst, bias=True: {
+      f"{src}.weight": (dst + ("kernel",), True),
+      **({f"{src}.bias": (dst + ("bias",), False)} if bias else {})}
+  names = {"vocab_embed.embedding": (("vocab_embed", "embedding"), False)}
+  names |= linear("sigma_map.mlp.0", ("sigma_map", "mlp_0"))
+  names |= linear("sigma_map.mlp.2", ("sigma_map", "mlp_2"))
+  for i in range(cfg.blocks):
+    b = f"blocks.{i}"
+    names[f"{b}.norm1.weight"] = (("blocks", i, "norm1", "scale"), False)
+    names[f"{b}.norm2.weight"] = (("blocks", i, "norm2", "scale"), False)
+    names |= linear(f"{b}.attn_qkv", ("blocks", i, "attn_qkv"), bias=False)
+    names |= linear(f"{b}.attn_out", ("blocks", i, "attn_out"), bias=False)
+    names |= linear(f"{b}.mlp.0", ("blocks", i, "mlp_0"))
+    names |= linear(f"{b}.mlp.2", ("blocks", i, "mlp_2"))
+    names |= linear(f"{b}.adaLN_modulation", ("blocks", i, "adaLN_modulation"))
+  names["output_layer.norm_final.weight"] = (("norm_final", "scale"), False)
+  names |= linear("output_layer.linear", ("output_linear",))
+  names |= linear("output_layer.adaLN_modulation", ("output_adaLN",))
+  return names
+
+
+def _check_inv_freq(value: np.ndarray, cfg: DiTConfig) -> None:
+  head_dim = cfg.hidden // cfg.heads
+  expected = 1.0 / 10_000.0 ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
+  if value.shape != expected.shape or not np.allclose(value, expected, rtol=1e-5):
+    raise ValueError(f"{_PREFIX}{_INV_FREQ} does not match the rotary formula "
+                     f"1 / 10000^(2k / {head_dim}) (shape {value.shape})")
+
+
+def convert_tensors(tensors: Mapping[str, np.ndarray], cfg: DiTConfig) -> DiT:
+  """Builds a `DiT` from released tensors (keys with or without `backbone.`).
+
+  Raises:
+    ValueError: one line naming the first missing, unknown or wrongly shaped key.
+  """
+  tensors = {k.removeprefix(_PREFIX): np.asarray(v) for k, v in tensors.items()}
+  if _INV_FREQ in tensors:
+    _check_inv_freq(tensors.pop(_INV_FREQ), cfg)
+  names = released_names(cfg)
+  missing = [k for k in names if k not in tensors]
+  unknown = [k for k in tensors if k not in names]
+  if missing or unknown:
+    raise ValueError(f"checkpoint keys do not match the config: missing {missing[:3]}"
+                     f"{'...' if len(missing) > 3 else ''}, unknown {unknown[:3]}"
+                     f"{'...' if len(unknown) > 3 else ''}")
+  abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+  graphdef, state, rest = nnx.split(abstract, nnx.Param, ...)
+  expected_shapes = {path: v.shape for path, v in nnx.to_flat_state(state)}
+  pure = {}
+  for key, (path, transpose) in names.items():
+    value = tensors[key].T if transpose else tensors[key]
+    if value.shape != expected_shapes[path]:
+      shown = value.T.shape if transpose else value.shape
+      want = expected_shapes[path][::-1] if transpose else expected_shapes[path]
+      raise ValueError(f"{_PREFIX}{key} has shape {list(shown)}, the config needs "
+                       f"{list(want)}")
+    node = pure
+    for part in path[:-1]:
+      node = node.setdefault(part, {})
+    node[path[-1]] = jnp.asarray(value, jnp.float32)
+  nnx.replace_by_pure_dict(state, pure)
+  return nnx.merge(graphdef, state, rest)
+
+
+def config_from_hf(payload: Mapping) -> DiTConfig:
+  """`DiTConfig` from a released Hugging Face `config.json`."""
+  try:
+    return DiTConfig(vocab_size=payload["vocab_size"], hidden=payload["hidden_dim"],
+                     heads=payload["n_heads"], blocks=payload["n_blocks"],
+                     cond_dim=payload["cond_dim"], max_length=payload["model_length"],
+                     time_conditioning=bool(payload.get("time_conditioning", False)))
+  except KeyError as err:
+    raise ValueError(f"config.json lacks the field {err.args[0]!r}") from None
+
+
+def read_hf_folder(src) -> tuple[DiTConfig, dict[str, np.ndarray]]:
+  """Reads `config.json` and `model.safetensors` from a folder."""
+  from safetensors.numpy import load_file
+  src = pathlib.Path(src)
+  for name in ("config.json", "model.safetensors"):
+    if not (src / name).is_file():
+      raise ValueError(f"{src} is not a released MDLM folder: {name} is missing")
+  cfg = config_from_hf(json.loads((src / "config.json").read_text()))
+  return cfg, load_file(str(src / "model.safetensors"))
+
+
+def read_lightning_ckpt(path) -> dict[str, np.ndarray]:
+  """EMA weights of a Lightning `.ckpt`, named by the `state_dict` parameter order."""
+  try:
+    import torch
+  except ImportError:
+    raise ValueError("reading a Lightning .ckpt needs torch: pip install 'remdm-jax[torch]'"
+                     ) from None
+  ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
+  state_dict, shadow = ckpt.get("state_dict"), ckpt.get("ema", {}).get("shadow_params")
+  if state_dict is None or shadow is None:
+    raise ValueError(f"{path} has no state_dict or ema.shadow_params")
+  names = [k for k in state_dict if k.startswith(_PREFIX) and not k.endswith(_INV_FREQ)]
+  if len(shadow) < len(names):
+    raise ValueError(f"{path}: {len(shadow)} EMA tensors for {len(names)} backbone parameters")
+  tensors = {}
+  for name, value in zip(names, shadow):
+    if tuple(value.shape) != tuple(state_dict[name].shape):
+      raise ValueError(f"{path}: EMA tensor for {name} has shape {list(value.shape)}, "
+                       f"state_dict has {list(state_dict[name].shape)}")
+    tensors[name] = value.detach().float().numpy()
+  return tensors
+
+
+def convert(src, dst, config_json=None) -> pathlib.Path:
+  """Converts a released folder or `.ckpt` at `src` into a model folder at `dst`."""
+  src = pathlib.Path(src)
+  if src.is_dir():
+    cfg, tensors = read_hf_folder(src)
+  elif src.suffix == ".ckpt":
+    if config_json is None:
+      raise ValueError("a .ckpt needs --config, a released config.json")
+    cfg = config_from_hf(json.loads(pathlib.Path(config_json).read_text()))
+    tensors = read_lightning_ckpt(src)
+  else:
+    raise ValueError(f"SRC must be a released folder or a .ckpt file, got {src}")
+  return save_model(convert_tensors(tensors, cfg), dst)
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(prog="python -m remdm_jax.convert",
+                                   description="Convert released MDLM weights.")
+  parser.add_argument("src", help="released folder (config.json + model.safetensors) or .ckpt")
+  parser.add_argument("dst", help="new model folder (orbax params + config.json)")
+  parser.add_argument("--config", help="released config.json, for a .ckpt source")
+  args = parser.parse_args(argv)
+  try:
+    out = convert(args.src, args.dst, args.config)
+  except ValueError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  print(f"wrote {out}")
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

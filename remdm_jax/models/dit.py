@@ -1,0 +1,144 @@
+"""The MDLM diffusion transformer (DiT), laid out to match the released PyTorch weights.
+
+Sahoo et al., "Simple and Effective Masked Diffusion Language Models", 2024, arXiv
+2406.07524: rotary attention blocks with adaLN-Zero modulation from a noise embedding. Each
+attribute name mirrors a released key (`blocks.{i}.attn_qkv`, `sigma_map.mlp_0`, ...), so a
+weight import is a rename and a transpose. Weight import and the causal variant are not here.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+
+@dataclasses.dataclass(frozen=True)
+class DiTConfig:
+  """Sizes of a DiT; the defaults are the released small OpenWebText model."""
+
+  vocab_size: int = 50_258         # V, including the mask id
+  hidden: int = 768                # D
+  heads: int = 12                  # D / heads = 64 per head
+  blocks: int = 12
+  cond_dim: int = 128              # C, width of the noise conditioning
+  max_length: int = 1024           # longest sequence the rotary cache is checked against
+  time_conditioning: bool = False  # False: sigma is ignored (the release feeds 0)
+  dropout: float = 0.1             # applied only when rngs are passed at call time
+  dtype: str = "float32"           # compute dtype of the matmuls; LayerNorm and logits f32
+
+  def __post_init__(self):
+    for name in ("vocab_size", "hidden", "heads", "blocks", "cond_dim", "max_length"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.hidden % self.heads or (self.hidden // self.heads) % 2:
+      raise ValueError(f"hidden / heads must be an even integer, got hidden={self.hidden}, "
+                       f"heads={self.heads}")
+    if not 0.0 <= self.dropout < 1.0:
+      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+
+  @classmethod
+  def tiny(cls, **overrides) -> DiTConfig:
+    return dataclasses.replace(cls(hidden=512, heads=8, blocks=8), **overrides)
+
+
+def timestep_features(sigma: jax.Array, dim: int = 256) -> jax.Array:
+  """Sinusoid features `[cos(sigma f_k), sin(sigma f_k)]`, `f_k = 10000^(-k / (dim/2))`;
+  `[B] f32 -> [B, dim] f32`."""
+  half = dim // 2
+  freqs = jnp.exp(-math.log(10_000.0) * jnp.arange(half, dtype=jnp.float32) / half)
+  args = sigma.astype(jnp.float32)[:, None] * freqs[None]                # [B, half]
+  return jnp.concatenate([jnp.cos(args), jnp.sin(args)], axis=-1)
+
+
+def rotary(x: jax.Array) -> jax.Array:
+  """GPT-NeoX rotary embedding (rotate-half, base 10000); `[B, L, H, Dh] -> same`."""
+  length, head_dim = x.shape[1], x.shape[-1]
+  inv_freq = 1.0 / 10_000.0 ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
+  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None]  # [L, Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)[None, :, None, :]     # [1, L, 1, Dh]
+  first, second = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+  rotated = jnp.concatenate([-second, first], axis=-1)
+  return (x * jnp.cos(angles) + rotated * jnp.sin(angles)).astype(x.dtype)
+
+
+def _modulate(x, shift, scale):
+  return x * (1.0 + scale[:, None]) + shift[:, None]
+
+
+def _zero_linear(cin, cout, rngs, dtype):
+  return nnx.Linear(cin, cout, kernel_init=nnx.initializers.zeros, dtype=dtype, rngs=rngs)
+
+
+class SigmaMap(nnx.Module):
+  """`sigma -> SiLU(Linear(SiLU(Linear(features(sigma)))))`: the conditioning `c [B, C]`."""
+
+  def __init__(self, cond_dim: int, *, rngs: nnx.Rngs):
+    self.mlp_0 = nnx.Linear(256, cond_dim, rngs=rngs)
+    self.mlp_2 = nnx.Linear(cond_dim, cond_dim, rngs=rngs)
+
+  def __call__(self, sigma):
+    return jax.nn.silu(self.mlp_2(jax.nn.silu(self.mlp_0(timestep_features(sigma)))))
+
+
+class Block(nnx.Module):
+  """One DiT block: adaLN-modulated rotary self-attention and a tanh-GELU MLP."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    d, dtype = cfg.hidden, jnp.dtype(cfg.dtype)
+    self.heads = cfg.heads
+    self.norm1 = nnx.LayerNorm(d, epsilon=1e-5, use_bias=False, rngs=rngs)
+    self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, use_bias=False, rngs=rngs)
+    self.attn_qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
+    self.attn_out = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
+    self.mlp_0 = nnx.Linear(d, 4 * d, dtype=dtype, rngs=rngs)
+    self.mlp_2 = nnx.Linear(4 * d, d, dtype=dtype, rngs=rngs)
+    self.adaLN_modulation = _zero_linear(cfg.cond_dim, 6 * d, rngs, jnp.float32)
+    self.dropout = nnx.Dropout(cfg.dropout)
+
+  def _drop(self, x, rngs):
+    return self.dropout(x, deterministic=rngs is None, rngs=rngs)
+
+  def __call__(self, x, c, rngs):
+    b, l, d = x.shape
+    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
+        self.adaLN_modulation(c), 6, axis=-1)                            # 6 x [B, D]
+    h = _modulate(self.norm1(x.astype(jnp.float32)), shift1, scale1)
+    qkv = self.attn_qkv(h).reshape(b, l, 3, self.heads, d // self.heads)  # [B, L, 3, H, Dh]
+    q, k, v = rotary(qkv[:, :, 0]), rotary(qkv[:, :, 1]), qkv[:, :, 2]
+    att = jax.nn.dot_product_attention(q, k, v).reshape(b, l, d)          # [B, L, D]
+    x = x + gate1[:, None] * self._drop(self.attn_out(att), rngs)
+    h = _modulate(self.norm2(x.astype(jnp.float32)), shift2, scale2)
+    mlp = self.mlp_2(jax.nn.gelu(self.mlp_0(h), approximate=True))
+    return x + gate2[:, None] * self._drop(mlp, rngs)
+
+
+class DiT(nnx.Module):
+  """`model(tokens [B, L] int32, sigma [B] f32) -> logits [B, L, V] float32`."""
+
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    self.cfg = cfg
+    self.vocab_embed = nnx.Embed(cfg.vocab_size, cfg.hidden, rngs=rngs)
+    self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
+    self.norm_final = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, use_bias=False, rngs=rngs)
+    self.output_adaLN = _zero_linear(cfg.cond_dim, 2 * cfg.hidden, rngs, jnp.float32)
+    self.output_linear = _zero_linear(cfg.hidden, cfg.vocab_size, rngs, jnp.float32)
+
+  def __call__(self, tokens: jax.Array, sigma: jax.Array, *, rngs: nnx.Rngs | None = None):
+    """Args: tokens `[B, L] int32`; sigma `[B] float32`; rngs enables dropout (training)."""
+    if tokens.shape[1] > self.cfg.max_length:
+      raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
+                       f"got {tokens.shape[1]}")
+    if not self.cfg.time_conditioning:
+      sigma = jnp.zeros_like(sigma)
+    c = self.sigma_map(sigma)                                             # [B, C]
+    x = self.vocab_embed(tokens).astype(jnp.dtype(self.cfg.dtype))        # [B, L, D]
+    for block in self.blocks:
+      x = block(x, c, rngs)
+    shift, scale = jnp.split(self.output_adaLN(c), 2, axis=-1)
+    h = _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)
+    return self.output_linear(h).astype(jnp.float32)                      # [B, L, V]
