@@ -1,5 +1,6 @@
 """remdm_jax: masked discrete diffusion (MDLM) and ReMDM remasking samplers in JAX."""
 
+from remdm_jax.checkpoint import load_model, save_model
 from remdm_jax.config import SamplerConfig
 from remdm_jax.guidance import classifier_free_guidance
 from remdm_jax.sampling import sample, sample_with_plan
@@ -9,6 +10,6 @@ from remdm_jax.topp import top_p_filter
 
 __all__ = [
     "STRATEGIES", "Plan", "SamplerConfig", "StepRule", "StepTable", "build_plan",
-    "build_table", "classifier_free_guidance", "get_schedule", "sample", "sample_with_plan",
-    "top_p_filter", "uniform_grid",
+    "build_table", "classifier_free_guidance", "get_schedule", "load_model", "sample",
+    "sample_with_plan", "save_model", "top_p_filter", "uniform_grid",
 ]

@@ -118,27 +118,40 @@ def read_hf_folder(src) -> tuple[DiTConfig, dict[str, np.ndarray]]:
   return cfg, load_file(str(src / "model.safetensors"))
 
 
-def read_lightning_ckpt(path) -> dict[str, np.ndarray]:
-  """EMA weights of a Lightning `.ckpt`, named by the `state_dict` parameter order."""
-  try:
-    import torch
-  except ImportError:
-    raise ValueError("reading a Lightning .ckpt needs torch: pip install 'remdm-jax[torch]'"
-                     ) from None
-  ckpt = torch.load(str(path), map_location="cpu", weights_only=False)
-  state_dict, shadow = ckpt.get("state_dict"), ckpt.get("ema", {}).get("shadow_params")
+def _to_numpy(value) -> np.ndarray:
+  if hasattr(value, "detach"):            # a torch tensor
+    value = value.detach().cpu().float().numpy()
+  return np.asarray(value, np.float32)
+
+
+def ema_tensors(ckpt: Mapping) -> dict[str, np.ndarray]:
+  """EMA weights of a loaded Lightning checkpoint dict, named by its `state_dict` order.
+
+  `ema.shadow_params` follows `backbone.parameters()`, which is the order of the backbone's
+  parameters in `state_dict` (buffers such as `rotary_emb.inv_freq` excluded).
+  """
+  state_dict, shadow = ckpt.get("state_dict"), (ckpt.get("ema") or {}).get("shadow_params")
   if state_dict is None or shadow is None:
-    raise ValueError(f"{path} has no state_dict or ema.shadow_params")
+    raise ValueError("the checkpoint has no state_dict or ema.shadow_params")
   names = [k for k in state_dict if k.startswith(_PREFIX) and not k.endswith(_INV_FREQ)]
   if len(shadow) < len(names):
-    raise ValueError(f"{path}: {len(shadow)} EMA tensors for {len(names)} backbone parameters")
+    raise ValueError(f"{len(shadow)} EMA tensors for {len(names)} backbone parameters")
   tensors = {}
   for name, value in zip(names, shadow):
     if tuple(value.shape) != tuple(state_dict[name].shape):
-      raise ValueError(f"{path}: EMA tensor for {name} has shape {list(value.shape)}, "
-                       f"state_dict has {list(state_dict[name].shape)}")
-    tensors[name] = value.detach().float().numpy()
+      raise ValueError(f"EMA tensor for {name} has shape {list(value.shape)}, state_dict has "
+                       f"{list(state_dict[name].shape)}")
+    tensors[name] = _to_numpy(value)
   return tensors
+
+
+def read_lightning_ckpt(path) -> dict[str, np.ndarray]:
+  """Loads a Lightning `.ckpt` with torch and returns its EMA weights (`ema_tensors`)."""
+  try:
+    import torch
+  except ImportError:
+    raise ValueError("reading a Lightning .ckpt needs torch (pip install torch)") from None
+  return ema_tensors(torch.load(str(path), map_location="cpu", weights_only=False))
 
 
 def convert(src, dst, config_json=None) -> pathlib.Path:

@@ -15,6 +15,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from remdm_jax.schedules import LogLinear
+
 
 @dataclasses.dataclass(frozen=True)
 class DiTConfig:
@@ -142,3 +144,19 @@ class DiT(nnx.Module):
     shift, scale = jnp.split(self.output_adaLN(c), 2, axis=-1)
     h = _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)
     return self.output_linear(h).astype(jnp.float32)                      # [B, L, V]
+
+
+def as_denoiser(model: DiT, schedule=None):
+  """Wraps a DiT as a sampler denoiser `(z [B, L] int32, t [B] f32) -> logits [B, L, V]`.
+
+  The sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
+  log-linear with eps = 1e-3, as MDLM trains); a model without time conditioning ignores it.
+  To keep parameters a jit argument: `graphdef, state = nnx.split(model)` outside, and
+  `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function.
+  """
+  schedule = LogLinear(eps=1e-3) if schedule is None else schedule
+
+  def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
+    return model(z, -jnp.log(schedule.alpha(t)))
+
+  return denoiser

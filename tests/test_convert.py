@@ -1,0 +1,112 @@
+"""Weight import and model folders: CLI round trip, EMA order, one-line errors."""
+
+import collections
+import json
+
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from safetensors.numpy import save_file
+
+import remdm_jax
+from remdm_jax import convert
+from remdm_jax.checkpoint import load_model, save_model
+
+from test_dit import SMALL, numpy_forward, released_tensors
+
+
+def _released_folder(path, cfg=SMALL, tensors=None):
+  path.mkdir()
+  hf = {"hidden_dim": cfg.hidden, "cond_dim": cfg.cond_dim, "n_blocks": cfg.blocks,
+        "n_heads": cfg.heads, "vocab_size": cfg.vocab_size, "model_length": cfg.max_length,
+        "time_conditioning": cfg.time_conditioning}
+  (path / "config.json").write_text(json.dumps(hf))
+  save_file(tensors if tensors is not None else released_tensors(cfg),
+            str(path / "model.safetensors"))
+  return path
+
+
+def test_cli_round_trip_matches_numpy(tmp_path, capsys):
+  src = _released_folder(tmp_path / "release")
+  assert convert.main([str(src), str(tmp_path / "converted")]) == 0
+  model = load_model(tmp_path / "converted")
+  tokens = np.arange(20).reshape(2, 10) % SMALL.vocab_size
+  sigma = np.array([0.0, 1.5])
+  got = np.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.asarray(sigma, jnp.float32)))
+  want = numpy_forward(released_tensors(SMALL), tokens, sigma, SMALL)
+  assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
+  assert "wrote" in capsys.readouterr().out
+
+
+def _one_error_line(capsys, argv):
+  assert convert.main(argv) == 2
+  err = capsys.readouterr().err.strip()
+  assert err.count("\n") == 0 and err.startswith("error: ")
+  return err
+
+
+def test_bad_checkpoints_give_one_line(tmp_path, capsys):
+  tensors = released_tensors(SMALL)
+  tensors["backbone.blocks.1.attn_out.weight"] = np.zeros((4, 4), np.float32)
+  src = _released_folder(tmp_path / "shape", tensors=tensors)
+  err = _one_error_line(capsys, [str(src), str(tmp_path / "a")])
+  assert "backbone.blocks.1.attn_out.weight has shape [4, 4], the config needs [32, 32]" in err
+  tensors = released_tensors(SMALL)
+  del tensors["backbone.output_layer.linear.bias"]
+  src = _released_folder(tmp_path / "missing", tensors=tensors)
+  assert "missing ['output_layer.linear.bias']" in _one_error_line(
+      capsys, [str(src), str(tmp_path / "b")])
+  src = _released_folder(tmp_path / "vocab", tensors=released_tensors(
+      remdm_jax.models.DiTConfig(**{**SMALL.__dict__, "vocab_size": 17})))
+  assert "vocab_embed.embedding has shape [17, 32], the config needs [13, 32]" in \
+      _one_error_line(capsys, [str(src), str(tmp_path / "c")])
+  tensors = released_tensors(SMALL)
+  tensors["backbone.rotary_emb.inv_freq"] *= 2
+  src = _released_folder(tmp_path / "rotary", tensors=tensors)
+  assert "inv_freq does not match" in _one_error_line(capsys, [str(src), str(tmp_path / "d")])
+  assert "is not a released MDLM folder" in _one_error_line(
+      capsys, [str(tmp_path), str(tmp_path / "e")])
+  for bad in ("a", "b", "c", "d", "e"):
+    assert not (tmp_path / bad).exists()
+
+
+def test_ema_tensors_follow_state_dict_order():
+  tensors = released_tensors(SMALL)
+  state_dict = collections.OrderedDict(tensors)
+  state_dict["noise.sigma_min"] = np.zeros(())
+  names = [k for k in state_dict if k.startswith("backbone.") and "inv_freq" not in k]
+  shadow = [tensors[k] + 1.0 for k in names]
+  got = convert.ema_tensors({"state_dict": state_dict, "ema": {"shadow_params": shadow}})
+  assert list(got) == names
+  np.testing.assert_array_equal(got[names[3]], tensors[names[3]] + 1.0)
+  with pytest.raises(ValueError, match="EMA tensor for backbone.vocab_embed.embedding"):
+    convert.ema_tensors({"state_dict": state_dict, "ema": {"shadow_params": shadow[::-1]}})
+  with pytest.raises(ValueError, match="no state_dict or ema.shadow_params"):
+    convert.ema_tensors({"state_dict": state_dict})
+
+
+def test_model_folder_errors(tmp_path):
+  model = convert.convert_tensors(released_tensors(SMALL), SMALL)
+  save_model(model, tmp_path / "m")
+  with pytest.raises(ValueError, match="already holds a model"):
+    save_model(model, tmp_path / "m")
+  with pytest.raises(ValueError, match="is not a remdm_jax model folder"):
+    load_model(tmp_path)
+
+
+def test_sample_end_to_end_with_a_small_dit():
+  import jax
+  from flax import nnx
+  from remdm_jax.models import as_denoiser
+  model = convert.convert_tensors(released_tensors(SMALL), SMALL)
+  graphdef, state = nnx.split(model)
+  cfg = remdm_jax.SamplerConfig(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
+
+  @jax.jit
+  def run(key, state):
+    return remdm_jax.sample(key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=4,
+                            seq_len=12, mask_id=SMALL.vocab_size - 1)
+  out = run(jax.random.key(0), state)
+  assert out.shape == (4, 12) and out.dtype == jnp.int32
+  assert int(out.max()) < SMALL.vocab_size - 1
+  np.testing.assert_array_equal(np.asarray(out), np.asarray(run(jax.random.key(0), state)))

