@@ -31,13 +31,17 @@ _INV_FREQ = "rotary_emb.inv_freq"
 
 
 def released_names(cfg: DiTConfig) -> dict[str, tuple[tuple, bool]]:
-  """Released key (without `backbone.`) -> (NNX parameter path, transpose?)."""
+  """Released key (without `backbone.`) -> (NNX parameter path, transpose?).
+
+  A causal config has no `sigma_map` and no `adaLN_modulation` keys.
+  """
   linear = lambda src, dst, bias=True: {
       f"{src}.weight": (dst + ("kernel",), True),
       **({f"{src}.bias": (dst + ("bias",), False)} if bias else {})}
   names = {"vocab_embed.embedding": (("vocab_embed", "embedding"), False)}
-  names |= linear("sigma_map.mlp.0", ("sigma_map", "mlp_0"))
-  names |= linear("sigma_map.mlp.2", ("sigma_map", "mlp_2"))
+  if not cfg.causal:
+    names |= linear("sigma_map.mlp.0", ("sigma_map", "mlp_0"))
+    names |= linear("sigma_map.mlp.2", ("sigma_map", "mlp_2"))
   for i in range(cfg.blocks):
     b = f"blocks.{i}"
     names[f"{b}.norm1.weight"] = (("blocks", i, "norm1", "scale"), False)
@@ -46,10 +50,12 @@ def released_names(cfg: DiTConfig) -> dict[str, tuple[tuple, bool]]:
     names |= linear(f"{b}.attn_out", ("blocks", i, "attn_out"), bias=False)
     names |= linear(f"{b}.mlp.0", ("blocks", i, "mlp_0"))
     names |= linear(f"{b}.mlp.2", ("blocks", i, "mlp_2"))
-    names |= linear(f"{b}.adaLN_modulation", ("blocks", i, "adaLN_modulation"))
+    if not cfg.causal:
+      names |= linear(f"{b}.adaLN_modulation", ("blocks", i, "adaLN_modulation"))
   names["output_layer.norm_final.weight"] = (("norm_final", "scale"), False)
   names |= linear("output_layer.linear", ("output_linear",))
-  names |= linear("output_layer.adaLN_modulation", ("output_adaLN",))
+  if not cfg.causal:
+    names |= linear("output_layer.adaLN_modulation", ("output_adaLN",))
   return names
 
 

@@ -43,8 +43,8 @@ def released_tensors(cfg, seed=0):
   return out
 
 
-def numpy_forward(w, tokens, sigma, cfg):
-  """float64 forward pass of brief section 8, from released tensors."""
+def numpy_forward(w, tokens, sigma, cfg, causal=False):
+  """float64 forward pass of brief section 8, from released tensors (optionally masked)."""
   w = {k.removeprefix("backbone."): v.astype(np.float64) for k, v in w.items()}
   silu = lambda x: x / (1 + np.exp(-x))
   gelu = lambda x: 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
@@ -77,6 +77,8 @@ def numpy_forward(w, tokens, sigma, cfg):
     qkv = lin(hid, p + ".attn_qkv", bias=False).reshape(b, l, 3, h, dh)
     q, kk, v = rot(qkv[:, :, 0]), rot(qkv[:, :, 1]), qkv[:, :, 2]
     s = np.einsum("bqhd,bkhd->bhqk", q, kk) / np.sqrt(dh)
+    if causal:
+      s = np.where(np.tril(np.ones((l, l), bool)), s, -np.inf)
     s = np.exp(s - s.max(-1, keepdims=True))
     att = np.einsum("bhqk,bkhd->bqhd", s / s.sum(-1, keepdims=True), v).reshape(b, l, d)
     x = x + g1 * lin(att, p + ".attn_out", bias=False)
@@ -152,3 +154,31 @@ def test_bad_config_and_long_input():
   model = DiT(SMALL, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="sequence length must be <= max_length=32, got 33"):
     model(jnp.zeros((1, 33), jnp.int32), jnp.zeros((1,)))
+
+
+def _without_adaln(weights, cfg):
+  """Causal-model tensors, and the same network written with identity adaLN for NumPy."""
+  causal = {k: v for k, v in weights.items() if "adaLN" not in k and "sigma_map" not in k}
+  identity = dict(weights)
+  for key in [k for k in weights if "adaLN_modulation" in k]:
+    identity[key] = np.zeros_like(weights[key])
+  for i in range(cfg.blocks):   # gates (chunks 3 and 6 of 6) equal 1
+    bias = identity[f"backbone.blocks.{i}.adaLN_modulation.bias"].reshape(6, -1)
+    bias[2] = bias[5] = 1.0
+  return causal, identity
+
+
+def test_causal_variant_matches_numpy_with_causal_mask():
+  cfg = dataclasses.replace(SMALL, causal=True)
+  causal, identity = _without_adaln(released_tensors(SMALL), SMALL)
+  model = convert_tensors(causal, cfg)
+  assert model.sigma_map is None and model.blocks[0].adaLN_modulation is None
+  tokens = np.random.default_rng(0).integers(0, SMALL.vocab_size, (2, 9))
+  got = np.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.zeros((2,))))
+  want = numpy_forward(identity, tokens, np.zeros(2), SMALL, causal=True)
+  assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
+  changed = tokens.copy()
+  changed[:, 5] = (changed[:, 5] + 1) % SMALL.vocab_size
+  got2 = np.asarray(model(jnp.asarray(changed, jnp.int32), jnp.zeros((2,))))
+  np.testing.assert_array_equal(got[:, :5], got2[:, :5])   # the past ignores the future
+  assert np.any(got[:, 5:] != got2[:, 5:])

@@ -29,6 +29,7 @@ class DiTConfig:
   cond_dim: int = 128              # C, width of the noise conditioning
   max_length: int = 1024           # longest sequence the rotary cache is checked against
   time_conditioning: bool = False  # False: sigma is ignored (the release feeds 0)
+  causal: bool = False             # True: causal attention, no adaLN (autoregressive model)
   dropout: float = 0.1             # applied only when rngs are passed at call time
   dtype: str = "float32"           # compute dtype of the matmuls; LayerNorm and logits f32
 
@@ -68,7 +69,15 @@ def rotary(x: jax.Array) -> jax.Array:
 
 
 def _modulate(x, shift, scale):
-  return x * (1.0 + scale[:, None]) + shift[:, None]
+  return x * (1.0 + scale) + shift
+
+
+def _modulations(layer, c, count):
+  """`count` adaLN outputs `[B, 1, D]` from `c`, or (shift 0, scale 0, gate 1) pairs for a
+  causal model, which has no adaLN layers."""
+  if layer is None:
+    return (0.0, 0.0, 1.0, 0.0, 0.0, 1.0)[:count]
+  return jnp.split(layer(c)[:, None, :], count, axis=-1)
 
 
 def _zero_linear(cin, cout, rngs, dtype):
@@ -91,14 +100,15 @@ class Block(nnx.Module):
 
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     d, dtype = cfg.hidden, jnp.dtype(cfg.dtype)
-    self.heads = cfg.heads
+    self.heads, self.causal = cfg.heads, cfg.causal
     self.norm1 = nnx.LayerNorm(d, epsilon=1e-5, use_bias=False, rngs=rngs)
     self.norm2 = nnx.LayerNorm(d, epsilon=1e-5, use_bias=False, rngs=rngs)
     self.attn_qkv = nnx.Linear(d, 3 * d, use_bias=False, dtype=dtype, rngs=rngs)
     self.attn_out = nnx.Linear(d, d, use_bias=False, dtype=dtype, rngs=rngs)
     self.mlp_0 = nnx.Linear(d, 4 * d, dtype=dtype, rngs=rngs)
     self.mlp_2 = nnx.Linear(4 * d, d, dtype=dtype, rngs=rngs)
-    self.adaLN_modulation = _zero_linear(cfg.cond_dim, 6 * d, rngs, jnp.float32)
+    self.adaLN_modulation = (None if cfg.causal else
+                             _zero_linear(cfg.cond_dim, 6 * d, rngs, jnp.float32))
     self.dropout = nnx.Dropout(cfg.dropout)
 
   def _drop(self, x, rngs):
@@ -106,28 +116,34 @@ class Block(nnx.Module):
 
   def __call__(self, x, c, rngs):
     b, l, d = x.shape
-    shift1, scale1, gate1, shift2, scale2, gate2 = jnp.split(
-        self.adaLN_modulation(c), 6, axis=-1)                            # 6 x [B, D]
+    shift1, scale1, gate1, shift2, scale2, gate2 = _modulations(
+        self.adaLN_modulation, c, 6)                                      # 6 x [B, 1, D]
     h = _modulate(self.norm1(x.astype(jnp.float32)), shift1, scale1)
     qkv = self.attn_qkv(h).reshape(b, l, 3, self.heads, d // self.heads)  # [B, L, 3, H, Dh]
     q, k, v = rotary(qkv[:, :, 0]), rotary(qkv[:, :, 1]), qkv[:, :, 2]
-    att = jax.nn.dot_product_attention(q, k, v).reshape(b, l, d)          # [B, L, D]
-    x = x + gate1[:, None] * self._drop(self.attn_out(att), rngs)
+    att = jax.nn.dot_product_attention(q, k, v, is_causal=self.causal)   # [B, L, H, Dh]
+    x = x + gate1 * self._drop(self.attn_out(att.reshape(b, l, d)), rngs)
     h = _modulate(self.norm2(x.astype(jnp.float32)), shift2, scale2)
     mlp = self.mlp_2(jax.nn.gelu(self.mlp_0(h), approximate=True))
-    return x + gate2[:, None] * self._drop(mlp, rngs)
+    return x + gate2 * self._drop(mlp, rngs)
 
 
 class DiT(nnx.Module):
-  """`model(tokens [B, L] int32, sigma [B] f32) -> logits [B, L, V] float32`."""
+  """`model(tokens [B, L] int32, sigma [B] f32) -> logits [B, L, V] float32`.
+
+  With `cfg.causal`, the same blocks with a causal mask and without adaLN: position `i` sees
+  tokens `<= i` (logits at `i` are meant to predict token `i + 1`) and `sigma` is ignored.
+  """
 
   def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
+    conditioned = not cfg.causal
     self.vocab_embed = nnx.Embed(cfg.vocab_size, cfg.hidden, rngs=rngs)
-    self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs)
+    self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs) if conditioned else None
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
     self.norm_final = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, use_bias=False, rngs=rngs)
-    self.output_adaLN = _zero_linear(cfg.cond_dim, 2 * cfg.hidden, rngs, jnp.float32)
+    self.output_adaLN = (_zero_linear(cfg.cond_dim, 2 * cfg.hidden, rngs, jnp.float32)
+                         if conditioned else None)
     self.output_linear = _zero_linear(cfg.hidden, cfg.vocab_size, rngs, jnp.float32)
 
   def __call__(self, tokens: jax.Array, sigma: jax.Array, *, rngs: nnx.Rngs | None = None):
@@ -135,13 +151,14 @@ class DiT(nnx.Module):
     if tokens.shape[1] > self.cfg.max_length:
       raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
                        f"got {tokens.shape[1]}")
-    if not self.cfg.time_conditioning:
-      sigma = jnp.zeros_like(sigma)
-    c = self.sigma_map(sigma)                                             # [B, C]
+    c = None
+    if self.sigma_map is not None:
+      sigma = sigma if self.cfg.time_conditioning else jnp.zeros_like(sigma)
+      c = self.sigma_map(sigma)                                           # [B, C]
     x = self.vocab_embed(tokens).astype(jnp.dtype(self.cfg.dtype))        # [B, L, D]
     for block in self.blocks:
       x = block(x, c, rngs)
-    shift, scale = jnp.split(self.output_adaLN(c), 2, axis=-1)
+    shift, scale = _modulations(self.output_adaLN, c, 2)                  # 2 x [B, 1, D]
     h = _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)
     return self.output_linear(h).astype(jnp.float32)                      # [B, L, V]
 
