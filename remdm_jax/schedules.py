@@ -24,7 +24,7 @@ import jax.numpy as jnp
 import numpy as np
 
 
-def _xp(t):
+def array_module(t):
   """NumPy for host values, jax.numpy for JAX arrays and tracers."""
   return jnp if isinstance(t, jax.Array) else np
 
@@ -46,7 +46,7 @@ class LogLinear:
     return 1.0 - (1.0 - self.eps) * t
 
   def alpha_prime(self, t):
-    return -(1.0 - self.eps) * _xp(t).ones_like(t)
+    return -(1.0 - self.eps) * array_module(t).ones_like(t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -60,10 +60,10 @@ class Cosine:
       raise ValueError(f"eps must be in [0, 1), got {self.eps}")
 
   def alpha(self, t):
-    return (1.0 - self.eps) * _xp(t).cos(0.5 * math.pi * t)
+    return (1.0 - self.eps) * array_module(t).cos(0.5 * math.pi * t)
 
   def alpha_prime(self, t):
-    return -(1.0 - self.eps) * 0.5 * math.pi * _xp(t).sin(0.5 * math.pi * t)
+    return -(1.0 - self.eps) * 0.5 * math.pi * array_module(t).sin(0.5 * math.pi * t)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,7 +80,7 @@ class Linear:
           f"sigma_max={self.sigma_max}")
 
   def alpha(self, t):
-    return _xp(t).exp(-(self.sigma_min + t * (self.sigma_max - self.sigma_min)))
+    return array_module(t).exp(-(self.sigma_min + t * (self.sigma_max - self.sigma_min)))
 
   def alpha_prime(self, t):
     return -(self.sigma_max - self.sigma_min) * self.alpha(t)

@@ -69,21 +69,29 @@ def _safe_div(num: np.ndarray, den: np.ndarray, at_zero: float) -> np.ndarray:
   return out
 
 
-def sigma_max(alpha_t: np.ndarray, alpha_s: np.ndarray) -> np.ndarray:
-  """`min(1, (1 - alpha_s) / alpha_t)`, the largest valid remasking probability; `[n] f64`."""
-  return np.minimum(1.0, _safe_div(1.0 - alpha_s, alpha_t, at_zero=1.0))
+def sigma_max(alpha_t, alpha_s):
+  """`min(1, (1 - alpha_s) / alpha_t)` (1 where `alpha_t = 0`), the largest valid remasking
+  probability; NumPy (host tables) or JAX (training losses) arrays."""
+  xp = schedules.array_module(alpha_t)
+  positive = alpha_t > 0
+  ratio = (1.0 - alpha_s) / xp.where(positive, alpha_t, 1.0)
+  return xp.where(positive, xp.minimum(1.0, ratio), 1.0)
 
 
-def _base_sigma(name: str, eta: float, smax: np.ndarray) -> np.ndarray:
-  """The base rules shared by several strategies; `[n] f64`."""
+def base_sigma(name: str, eta, smax):
+  """The sigma rules shared by strategies and the ReMDM NELBO: constant, cap, rescale, max
+  (and zero for mdlm / topk); NumPy or JAX arrays shaped like `smax`."""
+  xp = schedules.array_module(smax)
   rules = {
-      "constant": lambda: np.full_like(smax, eta),
-      "cap": lambda: np.minimum(eta, smax),
+      "constant": lambda: xp.full_like(smax, eta),
+      "cap": lambda: xp.minimum(eta, smax),
       "rescale": lambda: eta * smax,
       "max": lambda: smax,
-      "mdlm": lambda: np.zeros_like(smax),
-      "topk": lambda: np.zeros_like(smax),
+      "mdlm": lambda: xp.zeros_like(smax),
+      "topk": lambda: xp.zeros_like(smax),
   }
+  if name not in rules:
+    raise ValueError(f"unknown sigma rule {name!r}; choose from {sorted(rules)}")
   return rules[name]()
 
 
@@ -135,7 +143,7 @@ def _schedule_alpha(cfg: SamplerConfig, t: np.ndarray) -> np.ndarray:
 
 
 def _sigma_plain(cfg, t, s, a_t, a_s, smax):
-  return _base_sigma(cfg.sigma_base, cfg.eta, smax)
+  return base_sigma(cfg.sigma_base, cfg.eta, smax)
 
 
 def _sigma_fb(cfg, t, s, a_t, a_s, smax):
@@ -150,7 +158,7 @@ def _sigma_dfm(cfg, t, s, a_t, a_s, smax):
 
 def _sigma_loop(cfg, t, s, a_t, a_s, smax):
   in_phase2 = loop_phase(cfg, t, s) == 2
-  return np.where(in_phase2, _base_sigma(cfg.sigma_base, cfg.eta, smax), 0.0)
+  return np.where(in_phase2, base_sigma(cfg.sigma_base, cfg.eta, smax), 0.0)
 
 
 @dataclasses.dataclass(frozen=True)
