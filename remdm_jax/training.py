@@ -142,7 +142,7 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
     ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1.0 - cfg.ema_decay) * p,
                        state["ema"], params)
     new = {"params": params, "opt_state": opt_state, "ema": ema, "step": state["step"] + 1}
-    return new, {"loss": loss, "grad_norm": optax.global_norm(grads)}
+    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
 
   def eval_loss(params, batch, index):
     return loss_of(params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), index),

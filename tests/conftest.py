@@ -88,3 +88,28 @@ def direct_step_probs(cfg):
     else:
       raise ValueError(cfg.strategy)
   return sigma, (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
+
+
+@pytest.fixture(scope="session")
+def shakespeare(tmp_path_factory):
+  """(train rows, validation rows) of the Shakespeare plays, byte-level, L = 64."""
+  from remdm_jax import data
+  from remdm_jax.tokenizers import ByteTokenizer
+  root = tmp_path_factory.mktemp("shakespeare")
+  cfg = data.DataConfig(dataset="shakespeare_plays", data_dir=str(root / "tfds"),
+                        source_dir=str(root / "sdist"), seq_len=64)
+  (root / "sdist").mkdir()
+  return cfg.load_rows(ByteTokenizer())
+
+
+@pytest.fixture
+def text_folder(tmp_path):
+  """A folder of 12 small text files (11 train, 1 validation)."""
+  folder = tmp_path / "texts"
+  folder.mkdir()
+  rng = np.random.default_rng(0)
+  words = ["the", "king", "queen", "sword", "crown", "night", "day", "love", "war", "peace"]
+  for i in range(12):
+    text = " ".join(rng.choice(words, 400)) + ".\n"
+    (folder / f"doc{i:02d}.txt").write_text(text)
+  return folder

@@ -1,0 +1,56 @@
+"""Data: tfds builders over local files, MDLM packing, the resumable batch order."""
+
+import numpy as np
+import pytest
+
+from remdm_jax import data
+from remdm_jax.tokenizers import ByteTokenizer
+
+
+def test_pack_joins_documents_with_eos_and_frames_rows():
+  tok = ByteTokenizer()
+  rows = data.pack(["abcde", "xyz"], tok, seq_len=5)
+  stream = list(b"abcde") + [tok.eos_id] + list(b"xyz") + [tok.eos_id]
+  assert rows.dtype == np.int32 and rows.shape == (3, 5)
+  np.testing.assert_array_equal(rows[:, 0], tok.bos_id)
+  np.testing.assert_array_equal(rows[:, -1], tok.eos_id)
+  np.testing.assert_array_equal(rows[:, 1:-1].reshape(-1), stream[:9])
+
+
+def test_batch_stream_is_a_pure_function_and_covers_each_epoch_once():
+  rows = np.arange(24, dtype=np.int32)[:, None] * np.ones((1, 3), np.int32)
+  stream = data.BatchStream(rows, batch_size=4, seed=7)
+  np.testing.assert_array_equal(stream.batch(5), data.BatchStream(rows, 4, 7).batch(5))
+  for epoch in range(2):
+    seen = np.concatenate([stream.batch(epoch * 6 + k)[:, 0] for k in range(6)])
+    np.testing.assert_array_equal(np.sort(seen), np.arange(24))
+  assert not np.array_equal(stream.batch(0), data.BatchStream(rows, 4, 8).batch(0))
+  crossing = data.BatchStream(rows[:10], batch_size=4, seed=0)
+  assert crossing.batch(2).shape == (4, 3)       # positions 8..11 span two epochs
+
+
+def test_text_folder_builder_offline(text_folder, tmp_path):
+  train = data.load_texts("text_folder", "train", tmp_path / "tfds", text_folder)
+  valid = data.load_texts("text_folder", "validation", tmp_path / "tfds", text_folder)
+  assert len(train) == 11 and len(valid) == 1
+  assert valid[0] == (text_folder / "doc09.txt").read_text()
+  assert list((tmp_path / "tfds").rglob("*.array_record*"))
+
+
+def test_shakespeare_builder(shakespeare):
+  train, valid = shakespeare
+  assert train.shape[1] == 64 and valid.shape[1] == 64
+  chars = (train.shape[0] + valid.shape[0]) * 62
+  assert 4.9e6 < chars < 5.2e6          # 42 works, 5.06M characters (latin-1, ASCII mostly)
+  assert 0.05 < valid.shape[0] / train.shape[0] < 0.12
+
+
+def test_bad_data_requests(tmp_path):
+  with pytest.raises(ValueError, match="unknown or unprepared dataset 'nope'"):
+    data.load_texts("nope", "train", tmp_path, None)
+  with pytest.raises(ValueError, match="needs source_dir"):
+    data.load_texts("text_folder", "train", tmp_path, tmp_path / "missing")
+  with pytest.raises(ValueError, match="batch_size must be <= number of rows"):
+    data.BatchStream(np.zeros((3, 4), np.int32), 4, 0)
+  with pytest.raises(ValueError, match="seq_len must be >= 3"):
+    data.DataConfig(seq_len=2)
