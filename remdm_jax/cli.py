@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pathlib
 import sys
 import typing
 
@@ -41,7 +42,7 @@ def parse_sections(argv: list[str], defaults: dict) -> tuple[dict, list[str]]:
   rest, flags = [], []
   for arg in argv:
     if arg.startswith("--config="):
-      payload = json.loads(open(arg.split("=", 1)[1]).read())
+      payload = json.loads(pathlib.Path(arg.split("=", 1)[1]).read_text())
       for section, fields in payload.items():
         for field, value in fields.items():
           flags.append((section, field, value, False))

