@@ -21,8 +21,11 @@ _CONFIG = "config.json"
 _PARAMS = "params"
 
 
-def save_model(model: DiT, directory) -> pathlib.Path:
-  """Writes `model` to `directory` (created; must not already hold a model)."""
+def save_model(model: DiT, directory, tokenizer: str | None = None) -> pathlib.Path:
+  """Writes `model` to `directory` (created; must not already hold a model).
+
+  `tokenizer` (e.g. "bytes", "gpt2") is recorded so that samplers can decode its ids.
+  """
   directory = pathlib.Path(directory).absolute()
   if (directory / _CONFIG).exists():
     raise ValueError(f"{directory} already holds a model (config.json); refusing to overwrite")
@@ -31,7 +34,7 @@ def save_model(model: DiT, directory) -> pathlib.Path:
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / _PARAMS, state)
   checkpointer.wait_until_finished()
-  payload = {"model": "dit", "config": dataclasses.asdict(model.cfg)}
+  payload = {"model": "dit", "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
   (directory / _CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
   return directory
 
@@ -47,6 +50,15 @@ def load_config(directory) -> DiTConfig:
   if payload.get("model") != "dit":
     raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected 'dit'")
   return DiTConfig(**payload["config"])
+
+
+def load_tokenizer_name(directory) -> str:
+  """The tokenizer recorded with a model folder; GPT-2 for the released vocabulary (50258),
+  else bytes, when none was recorded."""
+  payload = json.loads((pathlib.Path(directory) / _CONFIG).read_text())
+  if payload.get("tokenizer"):
+    return payload["tokenizer"]
+  return "gpt2" if payload["config"]["vocab_size"] == 50_258 else "bytes"
 
 
 def load_model(directory) -> DiT:

@@ -14,6 +14,8 @@ import pathlib
 import sys
 import typing
 
+import numpy as np
+
 from remdm_jax import data, training
 from remdm_jax.models.dit import DiTConfig
 
@@ -97,8 +99,120 @@ def train_main(argv: list[str] | None = None) -> int:
               "train": {k: v for k, v in dataclasses.asdict(train_cfg).items()
                         if k != "steps"}}
     training.train(model_cfg, train_cfg, stream, valid_rows, tokenizer.mask_id, workdir[0],
-                   record=record)
+                   record=record, tokenizer=data_cfg.tokenizer)
   except ValueError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
+  return 0
+
+
+SHIPPED_MODEL = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-mdlm"
+
+
+@dataclasses.dataclass(frozen=True)
+class SampleJob:
+  """What `remdm-sample` produces; sampler options live in `SamplerConfig` (`--sampler.*`)."""
+
+  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted)
+  num_samples: int = 4             # sequences to generate
+  batch_size: int = 4              # sequences per jitted call (split over all devices)
+  seed: int = 0                    # example i uses fold_in(key(seed), i)
+  seq_len: int = 0                 # 0: the model's max_length
+  prompt: str = ""                 # text placed after BOS in every sample
+  prompt_file: str = ""            # one prompt per line, used in turn
+  out: str = ""                    # JSON-lines output file (one record per sample)
+  quiet: bool = False              # do not print the samples
+
+  def __post_init__(self):
+    for name in ("num_samples", "batch_size"):
+      if getattr(self, name) < 1:
+        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+    if self.prompt and self.prompt_file:
+      raise ValueError("pass either prompt or prompt_file, not both")
+
+
+def _prompt_rows(job: SampleJob, tokenizer, seq_len: int) -> np.ndarray | None:
+  """`[num_samples, seq_len] int32` templates (BOS, prompt ids, then masks), or None."""
+  texts = [job.prompt] if job.prompt else []
+  if job.prompt_file:
+    texts = [l for l in pathlib.Path(job.prompt_file).read_text().splitlines() if l.strip()]
+  if not texts:
+    return None
+  rows = np.full((job.num_samples, seq_len), tokenizer.mask_id, np.int32)
+  for i in range(job.num_samples):
+    ids = [tokenizer.bos_id] + tokenizer.encode(texts[i % len(texts)])
+    if len(ids) > seq_len:
+      raise ValueError(f"prompt needs {len(ids)} positions (BOS included), more than the "
+                       f"sequence length {seq_len}")
+    rows[i, :len(ids)] = ids
+  return rows
+
+
+def sample_main(argv: list[str] | None = None) -> int:
+  """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...]`: text from a model folder."""
+  import jax
+  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+  from tqdm import tqdm
+
+  from remdm_jax.checkpoint import load_model, load_tokenizer_name
+  from remdm_jax.config import SamplerConfig
+  from remdm_jax.models.dit import as_denoiser
+  from remdm_jax.sampling import sample
+  from remdm_jax.tokenizers import get_tokenizer
+  from flax import nnx
+
+  argv = sys.argv[1:] if argv is None else argv
+  try:
+    configs, rest = parse_sections(argv, {"sampler": SamplerConfig(strategy="loop",
+                                                                   num_steps=256, eta=0.02,
+                                                                   top_p=0.9),
+                                          "job": SampleJob()})
+    if rest:
+      raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD= and --job.FIELD=")
+    cfg, job = configs["sampler"], configs["job"]
+    model = load_model(job.model)
+    tokenizer = get_tokenizer(load_tokenizer_name(job.model))
+    if tokenizer.vocab_size != model.cfg.vocab_size:
+      raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
+                       f"model's {model.cfg.vocab_size}")
+    seq_len = job.seq_len or model.cfg.max_length
+    if seq_len > model.cfg.max_length:
+      raise ValueError(f"seq_len must be <= the model's max_length {model.cfg.max_length}, "
+                       f"got {seq_len}")
+    prompts = _prompt_rows(job, tokenizer, seq_len)
+  except ValueError as err:
+    print(f"error: {err}", file=sys.stderr)
+    return 2
+  graphdef, state = nnx.split(model)
+  devices = jax.devices()
+  sharding = (NamedSharding(Mesh(np.array(devices), ("data",)), P("data"))
+              if job.batch_size % len(devices) == 0 else None)
+
+  @jax.jit
+  def run(key, state, prompt, first):
+    return sample(key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=job.batch_size,
+                  seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt,
+                  first_index=first, batch_sharding=sharding)
+
+  key = jax.random.key(job.seed)
+  out = pathlib.Path(job.out).open("w") if job.out else None
+  try:
+    for first in tqdm(range(0, job.num_samples, job.batch_size), desc="sample", unit="batch"):
+      prompt = None
+      if prompts is not None:
+        block = prompts[first:first + job.batch_size]
+        prompt = np.concatenate([block, prompts[:job.batch_size - len(block)]])
+      tokens = np.asarray(run(key, state, prompt, first))
+      for i in range(min(job.batch_size, job.num_samples - first)):
+        text = tokenizer.decode(tokens[i])
+        record = {"index": first + i, "seed": job.seed, "text": text,
+                  "ids": tokens[i].tolist(), "settings": dataclasses.asdict(cfg),
+                  "model": job.model}
+        if out:
+          out.write(json.dumps(record) + "\n")
+        if not job.quiet:
+          print(f"--- sample {first + i} ---\n{text}")
+  finally:
+    if out:
+      out.close()
   return 0

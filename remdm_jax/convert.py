@@ -172,7 +172,7 @@ def convert(src, dst, config_json=None) -> pathlib.Path:
     tensors = read_lightning_ckpt(src)
   else:
     raise ValueError(f"SRC must be a released folder or a .ckpt file, got {src}")
-  return save_model(convert_tensors(tensors, cfg), dst)
+  return save_model(convert_tensors(tensors, cfg), dst, tokenizer="gpt2")
 
 
 def main(argv=None) -> int:

@@ -215,7 +215,7 @@ def _truncate_metrics(path: pathlib.Path, step: int) -> None:
 
 def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
           mask_id: int, workdir, *, record: dict, stop_at: int | None = None,
-          progress: bool = True) -> dict:
+          progress: bool = True, tokenizer: str | None = None) -> dict:
   """Trains (or resumes) in `workdir`; returns the final state.
 
   Args:
@@ -224,6 +224,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
     record: the JSON-able resolved config stored with every checkpoint; resuming with a
       different one is an error.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
+    tokenizer: recorded with the exported model (`WORKDIR/model`).
   """
   from tqdm import tqdm
   workdir = pathlib.Path(workdir)
@@ -264,7 +265,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
   if int(state["step"]) == cfg.steps:
     export = workdir / "model"
     if not export.exists():
-      save_model(nnx.merge(run.graphdef, state["ema"], run.rest), export)
+      save_model(nnx.merge(run.graphdef, state["ema"], run.rest), export, tokenizer)
   return state
 
 
