@@ -148,6 +148,11 @@ class DiT(nnx.Module):
 
   def __call__(self, tokens: jax.Array, sigma: jax.Array, *, rngs: nnx.Rngs | None = None):
     """Args: tokens `[B, L] int32`; sigma `[B] float32`; rngs enables dropout (training)."""
+    return self.output_linear(self.features(tokens, sigma, rngs=rngs)).astype(jnp.float32)
+
+  def features(self, tokens: jax.Array, sigma: jax.Array, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Final hidden states, normalised and modulated, before the output layer; `[B, L, D]`."""
     if tokens.shape[1] > self.cfg.max_length:
       raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
                        f"got {tokens.shape[1]}")
@@ -159,8 +164,7 @@ class DiT(nnx.Module):
     for block in self.blocks:
       x = block(x, c, rngs)
     shift, scale = _modulations(self.output_adaLN, c, 2)                  # 2 x [B, 1, D]
-    h = _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)
-    return self.output_linear(h).astype(jnp.float32)                      # [B, L, V]
+    return _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)  # [B, L, D] f32
 
 
 def as_denoiser(model: DiT, schedule=None):
