@@ -279,3 +279,16 @@ def evaluate(run: Run, params, rows: np.ndarray, cfg: TrainConfig) -> float:
       break
     values.append(float(run.eval_loss(params, jax.device_put(batch, run.data_sharding), j)))
   return float(np.mean(values))
+
+
+def held_out_loss(model: DiT, rows: np.ndarray, cfg: TrainConfig, mask_id: int,
+                  batch_size: int, draws: int = 1) -> float:
+  """Mean `cfg` loss (nats per position) of a model over all full batches of `rows`, with
+  `draws` independent noise draws per row (seeded, so every model sees the same noise)."""
+  loss = jax.jit(lambda batch, key: objective_loss(model, batch, key, cfg, mask_id, False))
+  values = []
+  for draw in range(draws):
+    for j in range(len(rows) // batch_size):
+      key = jax.random.fold_in(jax.random.key(10_000 + draw), j)
+      values.append(float(loss(rows[j * batch_size:(j + 1) * batch_size], key)))
+  return float(np.mean(values))

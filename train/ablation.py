@@ -16,7 +16,6 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 
 from remdm_jax import data, training
 from remdm_jax.checkpoint import load_model
@@ -36,18 +35,6 @@ def variants(base: training.TrainConfig) -> dict[str, training.TrainConfig]:
       out[f"T={steps} eta_cap={eta}"] = dataclasses.replace(
           base, objective="remdm", discrete_steps=steps, sigma_rule="cap", eta=eta)
   return out
-
-
-def held_out_nelbo(model, rows, cfg, mask_id, batch_size, draws=4):
-  """Mean loss (nats per position) over all held-out rows, `draws` noise draws each."""
-  loss = jax.jit(lambda batch, key: training.objective_loss(model, batch, key, cfg, mask_id,
-                                                            train=False))
-  values = []
-  for draw in range(draws):
-    for j in range(len(rows) // batch_size):
-      key = jax.random.fold_in(jax.random.key(10_000 + draw), j)
-      values.append(float(loss(rows[j * batch_size:(j + 1) * batch_size], key)))
-  return float(np.mean(values))
 
 
 def main():
@@ -82,8 +69,9 @@ def main():
       print(f"stopped at step {int(state['step'])} of {name}; rerun to resume", flush=True)
       return
     model = load_model(run_dir / "model")
-    own = held_out_nelbo(model, valid_rows, cfg, tok.mask_id, args.batch_size)
-    common = held_out_nelbo(model, valid_rows, continuous, tok.mask_id, args.batch_size)
+    own = training.held_out_loss(model, valid_rows, cfg, tok.mask_id, args.batch_size, 4)
+    common = training.held_out_loss(model, valid_rows, continuous, tok.mask_id,
+                                    args.batch_size, 4)
     rows.append((name, np.exp(own), np.exp(common), PAPER[name], time.time() - tic))
     print(f"{name}: own-bound ppl {np.exp(own):.4f}, MDLM-continuous ppl "
           f"{np.exp(common):.4f} ({time.time() - tic:.0f} s)", flush=True)
