@@ -110,3 +110,22 @@ def test_sample_end_to_end_with_a_small_dit():
   assert out.shape == (4, 12) and out.dtype == jnp.int32
   assert int(out.max()) < SMALL.vocab_size - 1
   np.testing.assert_array_equal(np.asarray(out), np.asarray(run(jax.random.key(0), state)))
+
+
+def test_lightning_ckpt_through_torch(tmp_path, capsys):
+  """The `.ckpt` path end to end; needs torch (an optional dependency), skipped without it."""
+  torch = pytest.importorskip("torch")
+  tensors = released_tensors(SMALL)
+  state_dict = collections.OrderedDict((k, torch.from_numpy(v)) for k, v in tensors.items())
+  names = [k for k in tensors if "inv_freq" not in k]
+  shadow = [torch.from_numpy(tensors[k]) for k in names]
+  torch.save({"state_dict": state_dict, "ema": {"shadow_params": shadow}},
+             tmp_path / "mdlm.ckpt")
+  folder = _released_folder(tmp_path / "release")
+  assert convert.main([str(tmp_path / "mdlm.ckpt"), str(tmp_path / "out"),
+                       f"--config={folder / 'config.json'}"]) == 0
+  model = load_model(tmp_path / "out")
+  tokens = np.arange(12).reshape(2, 6) % SMALL.vocab_size
+  got = np.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.zeros((2,), jnp.float32)))
+  want = numpy_forward(tensors, tokens, np.zeros(2), SMALL)
+  assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
