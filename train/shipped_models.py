@@ -4,7 +4,7 @@ a byte-level causal model on the same data (the offline Gen PPL / MAUVE evaluato
   python train/shipped_models.py --workdir runs/shipped [--mdlm-steps 6000] [--ar-steps 3000]
       [--install checkpoints]
 
-Each run resumes if restarted. With `--install`, the EMA models, their training logs and final
+Each run resumes if restarted; `--ar-steps 0` skips the evaluator. With `--install`, the EMA models, their training logs and final
 validation metrics are copied to `checkpoints/shakespeare-mdlm` and `checkpoints/shakespeare-ar`.
 """
 
@@ -31,21 +31,23 @@ def main():
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--mdlm-steps", type=int, default=6000)
   parser.add_argument("--ar-steps", type=int, default=3000)
-  parser.add_argument("--batch-size", type=int, default=64)
+  parser.add_argument("--batch-size", type=int, default=32)
+  parser.add_argument("--hidden", type=int, default=192)
   parser.add_argument("--install", default="", help="checkpoints folder to copy the models to")
   args = parser.parse_args()
   workdir, tok = pathlib.Path(args.workdir), ByteTokenizer()
   data_cfg = data.DataConfig(dataset="shakespeare_plays", data_dir=str(workdir / "tfds"),
                              source_dir=str(workdir / "source"), seq_len=SEQ_LEN)
   train_rows, valid_rows = data_cfg.load_rows(tok)
-  model = DiTConfig(vocab_size=tok.vocab_size, hidden=256, heads=4, blocks=4, cond_dim=64,
-                    max_length=SEQ_LEN, dropout=0.0)
+  model = DiTConfig(vocab_size=tok.vocab_size, hidden=args.hidden, heads=4, blocks=4,
+                    cond_dim=64, max_length=SEQ_LEN, dropout=0.0)
   base = training.TrainConfig(batch_size=args.batch_size, warmup_steps=500,
                               learning_rate=1e-3, ema_decay=0.999, eval_every=1000,
                               eval_batches=8, save_every=500, log_every=50)
-  runs = {"shakespeare-mdlm": (model, dataclasses.replace(base, steps=args.mdlm_steps)),
-          "shakespeare-ar": (dataclasses.replace(model, causal=True),
-                             dataclasses.replace(base, objective="ar", steps=args.ar_steps))}
+  runs = {"shakespeare-mdlm": (model, dataclasses.replace(base, steps=args.mdlm_steps))}
+  if args.ar_steps:
+    runs["shakespeare-ar"] = (dataclasses.replace(model, causal=True),
+                              dataclasses.replace(base, objective="ar", steps=args.ar_steps))
   for name, (model_cfg, cfg) in runs.items():
     run_dir, tic = workdir / name, time.time()
     record = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
