@@ -4,7 +4,9 @@ a byte-level causal model on the same data (the offline Gen PPL / MAUVE evaluato
   python train/shipped_models.py --workdir runs/shipped [--mdlm-steps 6000] [--ar-steps 3000]
       [--install checkpoints]
 
-Each run resumes if restarted; `--ar-steps 0` skips the evaluator. With `--install`, the EMA models, their training logs and final
+Each run resumes if restarted, also with a different step count (stop a long run with
+SIGTERM, then rerun with the saved step as `--mdlm-steps` to export it); `--ar-steps 0` skips
+the evaluator. With `--install`, the EMA models, their training logs and final
 validation metrics are copied to `checkpoints/shakespeare-mdlm` and `checkpoints/shakespeare-ar`.
 """
 
@@ -50,8 +52,8 @@ def main():
                               dataclasses.replace(base, objective="ar", steps=args.ar_steps))
   for name, (model_cfg, cfg) in runs.items():
     run_dir, tic = workdir / name, time.time()
-    record = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
-              "data": dataclasses.asdict(data_cfg)}
+    record = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
+              "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}}
     state = training.train(model_cfg, cfg, data.BatchStream(train_rows, cfg.batch_size, 0),
                            valid_rows, tok.mask_id, run_dir, record=record, tokenizer="bytes")
     if int(state["step"]) < cfg.steps:
