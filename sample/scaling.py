@@ -1,7 +1,8 @@
 """Inference-time scaling on the shipped model: MDLM, FB, DFM and ReMDM at growing T.
 
 For each method and T in {L/8, ..., 4L} draws `--samples` sequences and reports MAUVE (against
-held-out Shakespeare), Gen PPL (under the shipped causal evaluator) and unigram entropy;
+held-out Shakespeare), Gen PPL (under the shipped causal evaluator, which was trained on
+BOS-prefixed rows and so scores texts with a BOS prepended) and unigram entropy;
 writes `scaling.md`, `scaling.json` and `scaling.png` into `--out`. Paper defaults (Wang et
 al. 2025, Table 6) are used as given, with the T >= L / T < L split taken at the model's L.
 
@@ -73,9 +74,9 @@ def main():
   _, valid = data_cfg.load_rows(tok)
   references = [tok.decode(r) for r in valid[:args.samples]]
   ref_features = metrics.evaluator_features(features_fn, tok, references, length,
-                                            args.batch_size)
+                                            args.batch_size, add_bos=True)
   results = {"reference": {"gen_ppl": metrics.gen_ppl(logits_fn, tok, references, length,
-                                                      args.batch_size),
+                                                      args.batch_size, add_bos=True),
                            "entropy": metrics.mean_entropy(valid[:args.samples, 1:-1])}}
   graphdef, state = nnx.split(model)
   for name in methods:
@@ -88,9 +89,11 @@ def main():
       ids = np.concatenate([np.asarray(run(jax.random.key(args.seed), state, first))
                             for first in range(0, args.samples, args.batch_size)])
       texts = [tok.decode(r) for r in ids]
-      feats = metrics.evaluator_features(features_fn, tok, texts, length, args.batch_size)
+      feats = metrics.evaluator_features(features_fn, tok, texts, length, args.batch_size,
+                                         add_bos=True)
       cell = {"mauve": metrics.mauve_score(feats, ref_features),
-              "gen_ppl": metrics.gen_ppl(logits_fn, tok, texts, length, args.batch_size),
+              "gen_ppl": metrics.gen_ppl(logits_fn, tok, texts, length, args.batch_size,
+                                         add_bos=True),
               "entropy": metrics.mean_entropy(ids[:, 1:-1]), "seconds": time.time() - tic,
               "config": dataclasses.asdict(cfg)}
       results[f"{name} T={steps}"] = cell

@@ -66,3 +66,13 @@ def test_mauve_separates_distributions():
   same = rng.standard_normal((200, 8)).astype(np.float32)
   far = (rng.standard_normal((200, 8)) + 4).astype(np.float32)
   assert ev.mauve_score(p, same) > 0.9 > 0.2 > ev.mauve_score(p, far)
+
+
+def test_add_bos_scores_every_text_token():
+  got = ev.gen_ppl(bigram_logits, TOK, ["hi"], max_len=8, add_bos=True)
+  seq = [TOK.bos_id] + TOK.encode("hi")
+  nll = [-(TABLE[seq[j - 1]][seq[j]] - np.log(np.exp(TABLE[seq[j - 1]]).sum())) for j in (1, 2)]
+  assert got == pytest.approx(np.exp(np.mean(nll)), rel=1e-5)
+  feats = ev.evaluator_features(lambda t: jax.nn.one_hot(t, 300) * 1.0, TOK, ["ab"],
+                                max_len=8, add_bos=True)
+  assert feats[0, ord("b")] == 1

@@ -32,12 +32,13 @@ def mean_entropy(rows) -> float:
   return float(np.mean([unigram_entropy(r) for r in rows]))
 
 
-def _encode_batch(tokenizer, texts: Sequence[str], max_len: int):
+def _encode_batch(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool):
   """Ids `[N, max_len] int32` (EOS-padded) and the scored mask `[N, max_len - 1] bool`."""
   ids = np.full((len(texts), max_len), tokenizer.eos_id, np.int32)
   scored = np.zeros((len(texts), max_len - 1), bool)
   for i, text in enumerate(texts):
-    seq = tokenizer.encode(text)[:max_len]
+    seq = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
+    seq = seq[:max_len]
     ids[i, :len(seq)] = seq
     eos = [j for j, t in enumerate(seq) if t == tokenizer.eos_id and j > 0]
     stop = eos[0] + 1 if eos else len(seq)     # count up to and including the first EOS
@@ -46,9 +47,14 @@ def _encode_batch(tokenizer, texts: Sequence[str], max_len: int):
 
 
 def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
-            batch_size: int = 32) -> float:
-  """Generative perplexity of `texts` under a causal evaluator (token-weighted)."""
-  ids, scored = _encode_batch(tokenizer, texts, max_len)
+            batch_size: int = 32, add_bos: bool = False) -> float:
+  """Generative perplexity of `texts` under a causal evaluator (token-weighted).
+
+  `add_bos=False` is the paper's protocol (GPT-2). An evaluator trained only on rows that
+  start with BOS (as `train/shipped_models.py` trains the shipped one) needs `add_bos=True`:
+  the BOS is then the unscored first token and every text token is scored.
+  """
+  ids, scored = _encode_batch(tokenizer, texts, max_len, add_bos)
   nll_fn = jax.jit(lambda t: _token_nll(logits_fn(t), t))
   total, count = 0.0, 0
   for start in range(0, len(texts), batch_size):
@@ -68,10 +74,11 @@ def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 
 
 def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
-                       batch_size: int = 32) -> np.ndarray:
+                       batch_size: int = 32, add_bos: bool = False) -> np.ndarray:
   """Hidden state at each text's last token; `[N, D] float32` (for MAUVE)."""
-  ids, _ = _encode_batch(tokenizer, texts, max_len)
-  last = np.array([min(max(len(tokenizer.encode(t)), 1), max_len) - 1 for t in texts])
+  ids, _ = _encode_batch(tokenizer, texts, max_len, add_bos)
+  last = np.array([min(max(len(tokenizer.encode(t)) + add_bos, 1), max_len) - 1
+                   for t in texts])
   fn = jax.jit(features_fn)
   out = []
   for start in range(0, len(texts), batch_size):
