@@ -33,17 +33,31 @@ def mean_entropy(rows) -> float:
 
 
 def _encode_batch(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool):
-  """Ids `[N, max_len] int32` (EOS-padded) and the scored mask `[N, max_len - 1] bool`."""
+  """Ids `[N, max_len] int32` (EOS-padded), the scored mask `[N, max_len - 1] bool` and the
+  encoded lengths `[N] int` (after truncation)."""
   ids = np.full((len(texts), max_len), tokenizer.eos_id, np.int32)
   scored = np.zeros((len(texts), max_len - 1), bool)
+  lengths = np.zeros(len(texts), int)
   for i, text in enumerate(texts):
     seq = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
     seq = seq[:max_len]
     ids[i, :len(seq)] = seq
+    lengths[i] = len(seq)
     eos = [j for j, t in enumerate(seq) if t == tokenizer.eos_id and j > 0]
     stop = eos[0] + 1 if eos else len(seq)     # count up to and including the first EOS
     scored[i, :max(stop - 1, 0)] = True        # target positions 1 .. stop - 1
-  return ids, scored
+  return ids, scored, lengths
+
+
+def _batched_apply(fn: Callable, batch_size: int, *arrays: np.ndarray) -> np.ndarray:
+  """`fn(*blocks)` jitted over fixed-size blocks of the aligned `arrays` (the last block
+  padded with leading rows, its padding dropped); outputs concatenated, `[N, ...]`."""
+  jitted, out, n = jax.jit(fn), [], len(arrays[0])
+  for start in range(0, n, batch_size):
+    size = min(batch_size, n - start)
+    blocks = [np.concatenate([a[start:start + size], a[:batch_size - size]]) for a in arrays]
+    out.append(np.asarray(jitted(*map(jnp.asarray, blocks)))[:size])
+  return np.concatenate(out)
 
 
 def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
@@ -54,17 +68,10 @@ def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
   start with BOS (as `train/shipped_models.py` trains the shipped one) needs `add_bos=True`:
   the BOS is then the unscored first token and every text token is scored.
   """
-  ids, scored = _encode_batch(tokenizer, texts, max_len, add_bos)
-  nll_fn = jax.jit(lambda t: _token_nll(logits_fn(t), t))
-  total, count = 0.0, 0
-  for start in range(0, len(texts), batch_size):
-    block = ids[start:start + batch_size]
-    pad = batch_size - len(block)
-    nll = np.asarray(nll_fn(jnp.asarray(np.concatenate([block, ids[:pad]]))))[:len(block)]
-    mask = scored[start:start + batch_size]
-    total += float(np.sum(nll[mask], dtype=np.float64))
-    count += int(mask.sum())
-  return float(np.exp(total / max(count, 1)))
+  ids, scored, _ = _encode_batch(tokenizer, texts, max_len, add_bos)
+  nll = _batched_apply(lambda t: _token_nll(logits_fn(t), t), batch_size, ids)  # [N, L-1]
+  total = float(np.sum(nll[scored], dtype=np.float64))
+  return float(np.exp(total / max(int(scored.sum()), 1)))
 
 
 def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -76,17 +83,10 @@ def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
                        batch_size: int = 32, add_bos: bool = False) -> np.ndarray:
   """Hidden state at each text's last token; `[N, D] float32` (for MAUVE)."""
-  ids, _ = _encode_batch(tokenizer, texts, max_len, add_bos)
-  last = np.array([min(max(len(tokenizer.encode(t)) + add_bos, 1), max_len) - 1
-                   for t in texts])
-  fn = jax.jit(features_fn)
-  out = []
-  for start in range(0, len(texts), batch_size):
-    block = ids[start:start + batch_size]
-    pad = batch_size - len(block)
-    hidden = np.asarray(fn(jnp.asarray(np.concatenate([block, ids[:pad]]))))[:len(block)]
-    out.append(hidden[np.arange(len(block)), last[start:start + batch_size]])
-  return np.concatenate(out).astype(np.float32)
+  ids, _, lengths = _encode_batch(tokenizer, texts, max_len, add_bos)
+  last = np.maximum(lengths, 1) - 1
+  at_last = lambda t, i: features_fn(t)[jnp.arange(t.shape[0]), i]        # [B, D]
+  return _batched_apply(at_last, batch_size, ids, last).astype(np.float32)
 
 
 def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 25) -> float:
