@@ -75,13 +75,17 @@ def main():
   references = [tok.decode(r) for r in valid[:args.samples]]
   ref_features = metrics.evaluator_features(features_fn, tok, references, length,
                                             args.batch_size, add_bos=True)
-  results = {"reference": {"gen_ppl": metrics.gen_ppl(logits_fn, tok, references, length,
-                                                      args.batch_size, add_bos=True),
-                           "entropy": metrics.mean_entropy(valid[:args.samples, 1:-1])}}
+  results_path = out / "scaling.json"
+  results = json.loads(results_path.read_text()) if results_path.exists() else {}
+  results["reference"] = {"gen_ppl": metrics.gen_ppl(logits_fn, tok, references, length,
+                                                     args.batch_size, add_bos=True),
+                          "entropy": metrics.mean_entropy(valid[:args.samples, 1:-1])}
   graphdef, state = nnx.split(model)
   for name in methods:
     for steps in steps_grid:
       cfg = method_config(name, steps, length)
+      if results.get(f"{name} T={steps}", {}).get("samples") == args.samples:
+        continue  # finished by an earlier run of the same command
       run = jax.jit(lambda key, state, first, cfg=cfg: sample(
           key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=args.batch_size,
           seq_len=length, mask_id=tok.mask_id, first_index=first))
@@ -95,22 +99,27 @@ def main():
               "gen_ppl": metrics.gen_ppl(logits_fn, tok, texts, length, args.batch_size,
                                          add_bos=True),
               "entropy": metrics.mean_entropy(ids[:, 1:-1]), "seconds": time.time() - tic,
-              "config": dataclasses.asdict(cfg)}
+              "samples": args.samples, "config": dataclasses.asdict(cfg)}
       results[f"{name} T={steps}"] = cell
       print(f"{name} T={steps}: MAUVE {cell['mauve']:.3f}, Gen PPL {cell['gen_ppl']:.2f}, "
             f"entropy {cell['entropy']:.2f} ({cell['seconds']:.0f} s)", flush=True)
-      (out / "scaling.json").write_text(json.dumps(results, indent=2) + "\n")
-  write_table_and_plot(results, methods, steps_grid, out, args.samples)
+      results_path.write_text(json.dumps(results, indent=2) + "\n")
+  write_table_and_plot(results, out, args.samples)
 
 
-def write_table_and_plot(results, methods, steps_grid, out, samples):
+def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None:
+  """`scaling.md` and `scaling.png` from every finished cell ("METHOD T=STEPS" keys)."""
+  cells = {tuple(k.rsplit(" T=", 1)): v for k, v in results.items() if " T=" in k}
+  methods = list(dict.fromkeys(name for name, _ in cells))
+  steps_grid = sorted({int(steps) for _, steps in cells})
   header = "| method | " + " | ".join(f"T = {s}" for s in steps_grid) + " |"
-  lines = [f"MAUVE / Gen PPL / entropy, {samples} samples per cell.\n", header,
+  lines = [f"MAUVE / Gen PPL / entropy, {samples} samples per cell (- : not run).\n", header,
            "|---" * (len(steps_grid) + 1) + "|"]
   for name in methods:
-    cells = [results[f"{name} T={s}"] for s in steps_grid]
+    row = [cells.get((name, str(s))) for s in steps_grid]
     lines.append(f"| {name} | " + " | ".join(
-        f"{c['mauve']:.3f} / {c['gen_ppl']:.2f} / {c['entropy']:.2f}" for c in cells) + " |")
+        f"{c['mauve']:.3f} / {c['gen_ppl']:.2f} / {c['entropy']:.2f}" if c else "-"
+        for c in row) + " |")
   ref = results["reference"]
   lines.append(f"\nHeld-out text: Gen PPL {ref['gen_ppl']:.2f}, entropy {ref['entropy']:.2f}.")
   (out / "scaling.md").write_text("\n".join(lines) + "\n")
@@ -119,9 +128,9 @@ def write_table_and_plot(results, methods, steps_grid, out, samples):
   import matplotlib.pyplot as plt
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for name in methods:
+    done = [s for s in steps_grid if (name, str(s)) in cells]
     for ax, key in zip(axes, ("mauve", "gen_ppl")):
-      ax.plot(steps_grid, [results[f"{name} T={s}"][key] for s in steps_grid], marker="o",
-              label=name)
+      ax.plot(done, [cells[(name, str(s))][key] for s in done], marker="o", label=name)
   for ax, label in zip(axes, ("MAUVE (higher is better)", "Gen PPL (lower is better)")):
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sampling steps T")
