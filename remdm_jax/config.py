@@ -14,6 +14,7 @@ TOP_P_IMPLS = ("sort", "bisect")
 LOOP_BASES = ("constant", "cap", "rescale", "conf")
 CONF_BASES = ("max", "cap", "rescale")
 CONF_SCORES = ("prob", "logprob")
+LOGITS_DTYPES = ("float32", "bfloat16")
 
 
 def _choice(field: str, value, choices) -> None:
@@ -49,6 +50,7 @@ class SamplerConfig:
   dfm_beta_power: float = 0.25  # (Gat et al. 2024, as in the ReMDM reference)
   topk_remask: int = 0          # topk: tokens remasked (and re-unmasked) per loop-phase step
   cache: bool = False           # reuse x_theta when nothing changed; only if denoiser ignores t
+  logits_dtype: str = "float32" # the denoiser's logits (and the cache) are held in this dtype
 
   def __post_init__(self):
     _choice("strategy", self.strategy, STRATEGY_NAMES)
@@ -57,6 +59,7 @@ class SamplerConfig:
     _choice("loop_base", self.loop_base, LOOP_BASES)
     _choice("conf_base", self.conf_base, CONF_BASES)
     _choice("conf_score", self.conf_score, CONF_SCORES)
+    _choice("logits_dtype", self.logits_dtype, LOGITS_DTYPES)
     if not isinstance(self.num_steps, int) or self.num_steps < 1:
       raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
     if not 0.0 < self.top_p <= 1.0:

@@ -159,11 +159,12 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
     z, psi, cache = carry
     index, row = xs
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
+    call = lambda: denoiser(z, t).astype(rule.logits_dtype)
     if rule.cache:
       cached_logits, changed = cache
-      logits = jax.lax.cond(changed, lambda: denoiser(z, t), lambda: cached_logits)
+      logits = jax.lax.cond(changed, call, lambda: cached_logits)
     else:
-      logits = denoiser(z, t)
+      logits = call()
     keys = _step_keys(example_keys, index)
     probs = _x_theta(logits, plan, rule, mask_id)                    # [B, L, V] f32
     tokens, token_prob = jax.vmap(posterior.draw_categorical)(keys[:, 2], probs)
@@ -211,7 +212,7 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
   cache = None
   if rule.cache:
     out = jax.eval_shape(denoiser, z, jnp.zeros((batch_size,), jnp.float32))
-    cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
+    cache = (jnp.zeros(out.shape, rule.logits_dtype), jnp.bool_(True))
   step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history)
   num_steps = plan.table.t.shape[0]
   (z, _, _), history = jax.lax.scan(step, (z, psi, cache),

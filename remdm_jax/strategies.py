@@ -60,6 +60,7 @@ class StepRule:
   top_p_impl: str = "bisect"
   use_top_p: bool = False
   cache: bool = False
+  logits_dtype: str = "float32"
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray, at_zero: float) -> np.ndarray:
@@ -239,5 +240,6 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
   rule = StepRule(select=STRATEGIES[cfg.strategy].select,
                   conf_score=cfg.conf_score if cfg.uses_conf else None,
                   top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
-                  use_top_p=cfg.top_p < 1.0, cache=cfg.cache)
+                  use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
+                  logits_dtype=cfg.logits_dtype)
   return plan, rule

@@ -296,6 +296,27 @@ def test_cache_skips_calls_and_keeps_tokens(mixture):
   assert uncached_calls == 65 and len(calls) <= 14
 
 
+def test_bfloat16_logits_change_only_the_rounding():
+  """Logits exactly representable in bfloat16 give the same tokens in both dtypes (cached
+  too); nudged logits are rounded back to them before anything else sees them."""
+  table = jnp.array([0.0, 1.0, -2.0, 0.5, 3.0], jnp.float32)        # exact in bfloat16
+
+  def exact(z, t):
+    return jnp.broadcast_to(table, z.shape + (5,))
+
+  def run(dtype, denoiser, cache=False):
+    cfg = SamplerConfig(strategy="cap", num_steps=32, eta=0.05, top_p=0.95,
+                        logits_dtype=dtype, cache=cache)
+    return np.asarray(remdm_jax.sample(jax.random.key(4), denoiser, cfg, batch_size=64,
+                                       seq_len=64, mask_id=MASK_ID))
+
+  np.testing.assert_array_equal(run("float32", exact), run("bfloat16", exact))
+  np.testing.assert_array_equal(run("float32", exact), run("bfloat16", exact, cache=True))
+  nudged = lambda z, t: exact(z, t) * (1.0 + 2.0 ** -9)  # below half a bf16 spacing (2^-8)
+  assert not np.array_equal(run("float32", nudged), run("float32", exact))  # 2 tokens differ
+  np.testing.assert_array_equal(run("bfloat16", nudged), run("bfloat16", exact))
+
+
 def test_guidance_mixes_log_probs():
   cond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.7, 0.2, 0.1]), z.shape + (3,)))
   uncond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.2, 0.3, 0.5]), z.shape + (3,)))
