@@ -12,6 +12,7 @@ import dataclasses
 import json
 import pathlib
 
+import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
@@ -35,7 +36,8 @@ def save_model(model: DiT, directory, tokenizer: str | None = None) -> pathlib.P
   checkpointer.save(directory / _PARAMS, state)
   checkpointer.wait_until_finished()
   payload = {"model": "dit", "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
-  (directory / _CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
+  if jax.process_index() == 0:
+    (directory / _CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
   return directory
 
 
@@ -61,6 +63,15 @@ def load_tokenizer_name(directory) -> str:
   return "gpt2" if payload["config"]["vocab_size"] == 50_258 else "bytes"
 
 
+def _replicated() -> jax.sharding.Sharding:
+  """Where loaded parameters go: the first device, or with several processes every device
+  of every process (each process reads the same full copy)."""
+  if jax.process_count() == 1:
+    return jax.sharding.SingleDeviceSharding(jax.devices()[0])
+  mesh = jax.sharding.Mesh(jax.devices(), ("devices",))
+  return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+
+
 def load_model(directory) -> DiT:
   """Rebuilds the model of a folder written by `save_model` or `python -m remdm_jax.convert`.
 
@@ -71,5 +82,9 @@ def load_model(directory) -> DiT:
   cfg = load_config(directory)
   abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
+  placement = _replicated()
+  abstract_state = jax.tree.map(
+      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement),
+      abstract_state)
   state = ocp.StandardCheckpointer().restore(directory / _PARAMS, abstract_state)
   return nnx.merge(graphdef, state, rest)

@@ -12,11 +12,13 @@ import dataclasses
 import json
 import pathlib
 import sys
+import time
 import typing
 
 import numpy as np
 
-from remdm_jax import data, training
+from remdm_jax import data, distributed, training
+from remdm_jax.config import SamplerConfig
 from remdm_jax.models.dit import DiTConfig
 
 
@@ -77,17 +79,19 @@ TRAIN_DEFAULTS = {
                        dropout=0.0),
     "train": training.TrainConfig(),
     "data": data.DataConfig(),
+    "dist": distributed.DistributedConfig(),
 }
 
 
 def train_main(argv: list[str] | None = None) -> int:
-  """`remdm-train --workdir=DIR [--config=FILE] [--model.hidden=...] [--train.steps=...]`."""
+  """`remdm-train --workdir=DIR [--config=FILE] [--model.* --train.* --data.* --dist.*]`."""
   argv = sys.argv[1:] if argv is None else argv
   try:
     configs, rest = parse_sections(argv, TRAIN_DEFAULTS)
     workdir = [a.split("=", 1)[1] for a in rest if a.startswith("--workdir=")]
     if len(workdir) != 1 or len(rest) != 1:
       raise UsageError(f"pass exactly one --workdir=DIR; unexpected arguments: {rest}")
+    distributed.initialize(configs["dist"])
     data_cfg, train_cfg = configs["data"], configs["train"]
     tokenizer = data_cfg.make_tokenizer()
     model_cfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size,
@@ -120,26 +124,30 @@ class SampleJob:
   seq_len: int = 0                 # 0: the model's max_length
   prompt: str = ""                 # text placed after BOS in every sample
   prompt_file: str = ""            # one prompt per line, used in turn
-  out: str = ""                    # JSON-lines output file (one record per sample)
+  out: str = ""                    # job directory: manifest + atomic JSON-lines shards
+  model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
   quiet: bool = False              # do not print the samples
 
   def __post_init__(self):
-    for name in ("num_samples", "batch_size"):
+    for name in ("num_samples", "batch_size", "model_axis"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if self.prompt and self.prompt_file:
       raise ValueError("pass either prompt or prompt_file, not both")
 
 
-def _prompt_rows(job: SampleJob, tokenizer, seq_len: int) -> np.ndarray | None:
-  """`[num_samples, seq_len] int32` templates (BOS, prompt ids, then masks), or None."""
-  texts = [job.prompt] if job.prompt else []
+def _prompt_texts(job: SampleJob) -> list[str]:
   if job.prompt_file:
-    texts = [l for l in pathlib.Path(job.prompt_file).read_text().splitlines() if l.strip()]
+    return [l for l in pathlib.Path(job.prompt_file).read_text().splitlines() if l.strip()]
+  return [job.prompt] if job.prompt else []
+
+
+def _prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.ndarray | None:
+  """`[num_rows, seq_len] int32` templates (BOS, prompt ids, then masks), or None."""
   if not texts:
     return None
-  rows = np.full((job.num_samples, seq_len), tokenizer.mask_id, np.int32)
-  for i in range(job.num_samples):
+  rows = np.full((num_rows, seq_len), tokenizer.mask_id, np.int32)
+  for i in range(num_rows):
     ids = [tokenizer.bos_id] + tokenizer.encode(texts[i % len(texts)])
     if len(ids) > seq_len:
       raise ValueError(f"prompt needs {len(ids)} positions (BOS included), more than the "
@@ -148,71 +156,128 @@ def _prompt_rows(job: SampleJob, tokenizer, seq_len: int) -> np.ndarray | None:
   return rows
 
 
+def _row_ranges(sharding, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
+  """The `[first, stop)` rows of a batch that this process's devices hold."""
+  if sharding is None:
+    return [(0, batch_size)]
+  starts = set()
+  for index in sharding.addressable_devices_indices_map((batch_size, seq_len)).values():
+    rows = index[0]
+    starts.add((rows.start or 0, batch_size if rows.stop is None else rows.stop))
+  merged = []
+  for first, stop in sorted(starts):
+    if merged and merged[-1][1] == first:
+      merged[-1] = (merged[-1][0], stop)
+    else:
+      merged.append((first, stop))
+  return merged
+
+
+SAMPLE_SECTIONS = {
+    "sampler": SamplerConfig(strategy="loop", num_steps=256, eta=0.02, top_p=0.9),
+    "job": SampleJob(),
+    "dist": distributed.DistributedConfig(),
+}
+
+
 def sample_main(argv: list[str] | None = None) -> int:
-  """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...]`: text from a model folder."""
-  import jax
-  from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
-  from tqdm import tqdm
-
-  from remdm_jax.checkpoint import load_model, load_tokenizer_name
-  from remdm_jax.config import SamplerConfig
-  from remdm_jax.models.dit import as_denoiser
-  from remdm_jax.sampling import sample
-  from remdm_jax.tokenizers import get_tokenizer
-  from flax import nnx
-
+  """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--dist.FIELD=...]`."""
   argv = sys.argv[1:] if argv is None else argv
   try:
-    configs, rest = parse_sections(argv, {"sampler": SamplerConfig(strategy="loop",
-                                                                   num_steps=256, eta=0.02,
-                                                                   top_p=0.9),
-                                          "job": SampleJob()})
+    configs, rest = parse_sections(argv, SAMPLE_SECTIONS)
     if rest:
-      raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD= and --job.FIELD=")
-    cfg, job = configs["sampler"], configs["job"]
-    model = load_model(job.model)
-    tokenizer = get_tokenizer(load_tokenizer_name(job.model))
-    if tokenizer.vocab_size != model.cfg.vocab_size:
-      raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
-                       f"model's {model.cfg.vocab_size}")
-    seq_len = job.seq_len or model.cfg.max_length
-    if seq_len > model.cfg.max_length:
-      raise ValueError(f"seq_len must be <= the model's max_length {model.cfg.max_length}, "
-                       f"got {seq_len}")
-    prompts = _prompt_rows(job, tokenizer, seq_len)
+      raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD=, "
+                       "--job.FIELD= and --dist.FIELD=")
+    distributed.initialize(configs["dist"])
+    return _run_sampling(configs["sampler"], configs["job"])
   except ValueError as err:
     print(f"error: {err}", file=sys.stderr)
     return 2
+
+
+def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
+  import jax
+  from flax import nnx
+  from tqdm import tqdm
+
+  from remdm_jax import jobs, sharding
+  from remdm_jax.checkpoint import load_model, load_tokenizer_name
+  from remdm_jax.models.dit import as_denoiser
+  from remdm_jax.sampling import sample
+  from remdm_jax.tokenizers import get_tokenizer
+
+  model = load_model(job.model)
+  tokenizer_name = load_tokenizer_name(job.model)
+  tokenizer = get_tokenizer(tokenizer_name)
+  if tokenizer.vocab_size != model.cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
+                     f"model's {model.cfg.vocab_size}")
+  seq_len = job.seq_len or model.cfg.max_length
+  if seq_len > model.cfg.max_length:
+    raise ValueError(f"seq_len must be <= the model's max_length {model.cfg.max_length}, "
+                     f"got {seq_len}")
+  texts = _prompt_texts(job)
+  prompts = _prompt_rows(texts, job.num_samples, tokenizer, seq_len)
+  mesh = distributed.make_mesh(job.model_axis)
+  data_devices = mesh.shape["data"]
+  batch_sharding = distributed.batch_sharding(mesh)
+  if job.batch_size % data_devices:
+    if jax.process_count() > 1:
+      raise ValueError(f"batch_size must be a multiple of the {data_devices} data-parallel "
+                       f"devices with several processes, got {job.batch_size}")
+    batch_sharding = None
   graphdef, state = nnx.split(model)
-  devices = jax.devices()
-  sharding = (NamedSharding(Mesh(np.array(devices), ("data",)), P("data"))
-              if job.batch_size % len(devices) == 0 else None)
+  state = sharding.shard_params(state, mesh)
+  directory = None
+  if job.out:
+    directory = jobs.open_job(job.out, {
+        "model": job.model, "model_config": dataclasses.asdict(model.cfg),
+        "tokenizer": tokenizer_name, "sampler": dataclasses.asdict(cfg),
+        "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
+        "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
+        "device_count": jax.device_count(), "model_axis": job.model_axis})
 
   @jax.jit
   def run(key, state, prompt, first):
     return sample(key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=job.batch_size,
                   seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt,
-                  first_index=first, batch_sharding=sharding)
+                  first_index=first, batch_sharding=batch_sharding)
 
   key = jax.random.key(job.seed)
-  out = pathlib.Path(job.out).open("w") if job.out else None
-  try:
-    for first in tqdm(range(0, job.num_samples, job.batch_size), desc="sample", unit="batch"):
-      prompt = None
-      if prompts is not None:
-        block = prompts[first:first + job.batch_size]
-        prompt = np.concatenate([block, prompts[:job.batch_size - len(block)]])
-      tokens = np.asarray(run(key, state, prompt, first))
-      for i in range(min(job.batch_size, job.num_samples - first)):
-        text = tokenizer.decode(tokens[i])
-        record = {"index": first + i, "seed": job.seed, "text": text,
-                  "ids": tokens[i].tolist(), "settings": dataclasses.asdict(cfg),
-                  "model": job.model}
-        if out:
-          out.write(json.dumps(record) + "\n")
-        if not job.quiet:
-          print(f"--- sample {first + i} ---\n{text}")
-  finally:
-    if out:
-      out.close()
+  local_ranges = _row_ranges(batch_sharding, job.batch_size, seq_len)
+  done = set(jobs.finished_shards(directory)) if directory else set()
+  throughput = jobs.Throughput(seq_len)
+  show = not job.quiet and distributed.is_primary()
+  bar = tqdm(range(0, job.num_samples, job.batch_size), desc="sample", unit="batch",
+             disable=not distributed.is_primary())
+  for first in bar:
+    wanted = [(first + a, min(first + b, job.num_samples)) for a, b in local_ranges
+              if first + a < job.num_samples]
+    if directory and distributed.all_processes(all(r in done for r in wanted)):
+      continue
+    prompt = None
+    if prompts is not None:
+      block = np.resize(prompts[first:first + job.batch_size], (job.batch_size, seq_len))
+      prompt = block if batch_sharding is None else distributed.put_global(block,
+                                                                           batch_sharding)
+    tic = time.perf_counter()
+    tokens = run(key, state, prompt, first)
+    blocks = distributed.local_row_blocks(tokens)
+    throughput.add(job.batch_size, time.perf_counter() - tic)
+    for start, rows in blocks:
+      records = [_record(first + start + i, row, tokenizer, cfg, job)
+                 for i, row in enumerate(rows) if first + start + i < job.num_samples]
+      if directory and records:
+        jobs.write_atomic(jobs.shard_path(directory, records[0]["index"],
+                                          records[-1]["index"] + 1), jobs.shard_text(records))
+      for record in records if show else []:
+        print(f"--- sample {record['index']} ---\n{record['text']}")
+    bar.set_postfix(throughput.summary())
+  if distributed.is_primary():
+    print(f"throughput (this process): {json.dumps(throughput.summary())}", file=sys.stderr)
   return 0
+
+
+def _record(index: int, row: np.ndarray, tokenizer, cfg, job: SampleJob) -> dict:
+  return {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
+          "settings": dataclasses.asdict(cfg), "model": job.model}

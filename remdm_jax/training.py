@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import pathlib
 import signal
 
@@ -22,7 +23,7 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import losses
+from remdm_jax import distributed, losses
 from remdm_jax.checkpoint import save_model
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.schedules import LogLinear
@@ -235,13 +236,15 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
   if restored is not None:
     state = jax.device_put(restored, jax.tree.map(lambda a: a.sharding, state))
   start = int(state["step"])
+  primary = distributed.is_primary()
   metrics_path = workdir / "metrics.jsonl"
-  _truncate_metrics(metrics_path, start)
-  (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+  if primary:
+    _truncate_metrics(metrics_path, start)
+    (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
   stop, last = _StopOnSigterm(), min(cfg.steps, stop_at or cfg.steps)
-  bar = tqdm(total=cfg.steps, initial=start, disable=not progress, desc="train")
+  bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and primary), desc="train")
   try:
-    with metrics_path.open("a") as log:
+    with metrics_path.open("a") if primary else open(os.devnull, "w") as log:
       for step in range(start, last):
         batch = jax.device_put(train_stream.batch(step), run.data_sharding)
         state, metrics = run.train_step(state, batch)
@@ -255,16 +258,17 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
           log.flush()
           bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
-        if done % cfg.save_every == 0 or done == last or stop.requested:
+        stopping = distributed.any_process(stop.requested)  # every process stops together
+        if done % cfg.save_every == 0 or done == last or stopping:
           checkpoints.save(state)
-        if stop.requested:
+        if stopping:
           break
   finally:
     bar.close()
     stop.restore()
   if int(state["step"]) == cfg.steps:
     export = workdir / "model"
-    if not export.exists():
+    if not distributed.any_process(export.exists()):  # a collective: all decide together
       save_model(nnx.merge(run.graphdef, state["ema"], run.rest), export, tokenizer)
   return state
 

@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from remdm_jax import cli, training
+from remdm_jax import cli, jobs, training
 
 
 def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
@@ -57,9 +57,11 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
   argv = [f"--job.model={tiny_model}", "--job.num_samples=5", "--job.batch_size=8",
           "--sampler.num_steps=8", "--job.prompt=To be", "--job.seed=3"]
   for name in ("a", "b"):
-    assert cli.sample_main(argv + [f"--job.out={tmp_path / name}.jsonl"]) == 0
-  first = [json.loads(l) for l in (tmp_path / "a.jsonl").read_text().splitlines()]
-  assert (tmp_path / "a.jsonl").read_text() == (tmp_path / "b.jsonl").read_text()
+    assert cli.sample_main(argv + [f"--job.out={tmp_path / name}"]) == 0
+  first = jobs.merge(tmp_path / "a")
+  assert (tmp_path / "a" / "samples.jsonl").read_text() == \
+      jobs.shard_path(tmp_path / "a", 0, 5).read_text()
+  assert jobs.merge(tmp_path / "b") == first
   assert [r["index"] for r in first] == list(range(5))
   assert all(r["text"].startswith("To be") and r["ids"][0] == 256 for r in first)
   assert first[0]["settings"]["strategy"] == "loop" and "--- sample 4 ---" in \

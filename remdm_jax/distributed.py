@@ -1,0 +1,124 @@
+"""Multi-process runs on JAX's own multi-controller runtime (`jax.distributed`).
+
+Every process runs the same program; the mesh spans all processes' devices and each process
+transfers (and writes) only the shards its own devices hold. On one machine, two CPU
+processes with four fake devices each stand in for a pod:
+
+  XLA_FLAGS=--xla_force_host_platform_device_count=4 remdm-sample \\
+      --dist.coordinator_address=localhost:12345 --dist.num_processes=2 --dist.process_id=0 ...
+
+`initialize` must run before anything else touches JAX (the CLIs call it first).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+CPU_COLLECTIVES = ("gloo", "mpi")
+
+
+@dataclasses.dataclass(frozen=True)
+class DistributedConfig:
+  """`jax.distributed.initialize` settings (`--dist.*`); the defaults mean one process."""
+
+  coordinator_address: str = ""  # host:port of process 0; "" with auto=false: one process
+  num_processes: int = 0         # total processes (with coordinator_address)
+  process_id: int = -1           # this process, in [0, num_processes)
+  auto: bool = False             # let JAX detect the cluster (Cloud TPU, SLURM, Open MPI)
+  cpu_collectives: str = "gloo"  # cross-process collectives for CPU devices: gloo | mpi
+
+  def __post_init__(self):
+    if self.cpu_collectives not in CPU_COLLECTIVES:
+      raise ValueError(f"unknown cpu_collectives {self.cpu_collectives!r}; choose from "
+                       f"{list(CPU_COLLECTIVES)}")
+    if self.auto and self.coordinator_address:
+      raise ValueError("pass either auto=true or coordinator_address, not both")
+    if self.coordinator_address:
+      if self.num_processes < 1:
+        raise ValueError(f"num_processes must be >= 1 with a coordinator_address, got "
+                         f"{self.num_processes}")
+      if not 0 <= self.process_id < self.num_processes:
+        raise ValueError(f"process_id must be in [0, {self.num_processes}), got "
+                         f"{self.process_id}")
+
+  @property
+  def enabled(self) -> bool:
+    return self.auto or bool(self.coordinator_address)
+
+
+def initialize(cfg: DistributedConfig) -> None:
+  """Joins the process group described by `cfg` (nothing to do for a single process)."""
+  if not cfg.enabled:
+    return
+  jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+  if cfg.auto:
+    jax.distributed.initialize()
+  else:
+    jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
+                               process_id=cfg.process_id)
+
+
+def make_mesh(model_axis: int = 1) -> Mesh:
+  """A `("data", "model")` mesh over every device of every process.
+
+  `model_axis` devices share each parameter shard group (see `remdm_jax.sharding`); the rest
+  split the batch.
+  """
+  count = jax.device_count()
+  if model_axis < 1 or count % model_axis:
+    raise ValueError(f"model_axis must be >= 1 and divide the device count {count}, got "
+                     f"{model_axis}")
+  return jax.make_mesh((count // model_axis, model_axis), ("data", "model"),
+                       axis_types=(AxisType.Auto, AxisType.Auto))
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over "data", replicated over "model"."""
+  return NamedSharding(mesh, P("data"))
+
+
+def put_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
+  """A global array from a host array every process holds in full; each process transfers
+  only the slices its own devices hold."""
+  return jax.make_array_from_callback(host_array.shape, sharding,
+                                      lambda index: host_array[index])
+
+
+def local_row_blocks(array: jax.Array) -> list[tuple[int, np.ndarray]]:
+  """The rows of a batch-sharded `[B, ...]` array held by this process, as contiguous
+  `(first row, block)` pairs in row order (replicas along other axes counted once)."""
+  pieces = {}
+  for shard in array.addressable_shards:
+    rows = shard.index[0] if shard.index else slice(None)
+    start = rows.start or 0
+    if start not in pieces:
+      pieces[start] = np.asarray(shard.data)
+  blocks = []
+  for start in sorted(pieces):
+    if blocks and blocks[-1][0] + len(blocks[-1][1]) == start:
+      blocks[-1] = (blocks[-1][0], np.concatenate([blocks[-1][1], pieces[start]]))
+    else:
+      blocks.append((start, pieces[start]))
+  return blocks
+
+
+def all_processes(flag: bool) -> bool:
+  """True when `flag` is true in every process (a collective: all must call it)."""
+  if jax.process_count() == 1:
+    return flag
+  return bool(np.all(multihost_utils.process_allgather(np.array([flag]))))
+
+
+def any_process(flag: bool) -> bool:
+  """True when `flag` is true in some process (a collective: all must call it)."""
+  return not all_processes(not flag)
+
+
+def is_primary() -> bool:
+  """Process 0 writes the files every process would otherwise write identically."""
+  return jax.process_index() == 0
