@@ -1,7 +1,7 @@
 """Sampler memory per device from XLA's compiled memory analysis (nothing is run).
 
-For the DiT of a given size, compiles one sampler call (the whole scan) per batch size and
-logits dtype and prints the bytes XLA plans for parameters, outputs and temporaries; then
+For the DiT of a given size, compiles one sampler call (the whole scan) per batch size,
+logits dtype and position chunk, and prints the bytes XLA plans for parameters, outputs and temporaries; then
 extrapolates the largest batch that fits a device budget from the per-example slope.
 The default is the released MDLM size (169M parameters, V = 50258) at L = 1024, top-p 0.9.
 
@@ -48,19 +48,24 @@ def main():
   parser.add_argument("--model-dtype", default="float32")
   parser.add_argument("--top-p", type=float, default=0.9)
   parser.add_argument("--steps", type=int, default=8)
+  parser.add_argument("--cache", action="store_true", help="cache logits across steps")
+  parser.add_argument("--position-chunk", type=int, default=128,
+                      help="the chunked rows use this position_chunk (0 in the others)")
   parser.add_argument("--budget-gib", type=float, default=80.0)
   args = parser.parse_args()
   model_cfg = DiTConfig(vocab_size=args.vocab, hidden=args.hidden, heads=args.hidden // 64,
                         blocks=args.blocks, cond_dim=128, max_length=args.length,
                         dtype=args.model_dtype)
   print(f"backend {jax.default_backend()}, V={args.vocab}, L={args.length}, D={args.hidden}, "
-        f"{args.blocks} blocks ({args.model_dtype}), top-p {args.top_p}, T={args.steps}")
-  print("| logits | batch | params MiB | temporaries MiB | per example MiB | "
+        f"{args.blocks} blocks ({args.model_dtype}), top-p {args.top_p}, T={args.steps}, "
+        f"cache {args.cache}")
+  print("| logits | position_chunk | batch | params MiB | temporaries MiB | per example MiB | "
         f"largest batch in {args.budget_gib:g} GiB |")
-  print("|---|---|---|---|---|---|")
-  for logits_dtype in ("float32", "bfloat16"):
+  print("|---|---|---|---|---|---|---|")
+  for logits_dtype, chunk in [(d, c) for c in (0, args.position_chunk)
+                              for d in ("float32", "bfloat16")]:
     cfg = SamplerConfig(strategy="cap", eta=0.01, num_steps=args.steps, top_p=args.top_p,
-                        logits_dtype=logits_dtype)
+                        logits_dtype=logits_dtype, cache=args.cache, position_chunk=chunk)
     rows = [(b, planned_bytes(model_cfg, cfg, b)) for b in args.batch_sizes]
     sizes = np.array([b for b, _ in rows], np.float64)
     temps = np.array([r["temporaries"] + r["outputs"] for _, r in rows], np.float64)
@@ -68,7 +73,7 @@ def main():
     fixed = rows[0][1]["arguments"] + intercept
     largest = int((args.budget_gib * 2 ** 30 - fixed) // slope)
     for b, r in rows:
-      print(f"| {logits_dtype} | {b} | {r['arguments'] / MIB:.0f} | "
+      print(f"| {logits_dtype} | {chunk} | {b} | {r['arguments'] / MIB:.0f} | "
             f"{r['temporaries'] / MIB:.0f} | {slope / MIB:.0f} | {largest} |")
 
 

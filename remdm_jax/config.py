@@ -51,6 +51,8 @@ class SamplerConfig:
   topk_remask: int = 0          # topk: tokens remasked (and re-unmasked) per loop-phase step
   cache: bool = False           # reuse x_theta when nothing changed; only if denoiser ignores t
   logits_dtype: str = "float32" # the denoiser's logits (and the cache) are held in this dtype
+  position_chunk: int = 0       # >0: x_theta, top-p and draws for this many positions at a
+                                # time (less memory; per-position keys, same for any chunk)
 
   def __post_init__(self):
     _choice("strategy", self.strategy, STRATEGY_NAMES)
@@ -70,6 +72,8 @@ class SamplerConfig:
       raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
     if not self.eta >= 0.0:
       raise ValueError(f"eta must be >= 0, got {self.eta}")
+    if self.position_chunk < 0:
+      raise ValueError(f"position_chunk must be >= 0, got {self.position_chunk}")
     if self.topk_remask < 0:
       raise ValueError(f"topk_remask must be >= 0, got {self.topk_remask}")
     if self.uses_loop_phases and not self.t_min <= self.t_off < self.t_on <= 1.0:

@@ -146,6 +146,33 @@ def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule, mask_id: int) -> jax
   return probs
 
 
+def _draw_whole(token_keys, logits, plan, rule, mask_id):
+  """x_theta and one draw per position, all positions at once; one key per example."""
+  probs = _x_theta(logits, plan, rule, mask_id)                    # [B, L, V] f32
+  return jax.vmap(posterior.draw_categorical)(token_keys, probs)
+
+
+def _draw_chunked(token_keys, logits, plan, rule, mask_id):
+  """As `_draw_whole`, `rule.position_chunk` positions at a time with one key per position
+  (`fold_in(example key, position)`), so only `[B, chunk, V]` temporaries are live."""
+  chunk = rule.position_chunk
+  batch, length = logits.shape[:2]
+  draw = jax.vmap(jax.vmap(posterior.draw_categorical))
+
+  def body(index, out):
+    start = index * chunk
+    part = jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=1)        # [B, C, V]
+    positions = start + jnp.arange(chunk, dtype=jnp.int32)
+    keys = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(
+        token_keys)                                                            # [B, C]
+    ids, prob = draw(keys, _x_theta(part, plan, rule, mask_id))
+    return tuple(jax.lax.dynamic_update_slice_in_dim(whole, new, start, axis=1)
+                 for whole, new in zip(out, (ids, prob)))
+
+  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32))
+  return jax.lax.fori_loop(0, length // chunk, body, init)
+
+
 def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
   """Keys `[B, 3]` (remask, unmask, token) of one step, derived per example."""
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
@@ -166,8 +193,8 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
     else:
       logits = call()
     keys = _step_keys(example_keys, index)
-    probs = _x_theta(logits, plan, rule, mask_id)                    # [B, L, V] f32
-    tokens, token_prob = jax.vmap(posterior.draw_categorical)(keys[:, 2], probs)
+    draw = _draw_chunked if rule.position_chunk else _draw_whole
+    tokens, token_prob = draw(keys[:, 2], logits, plan, rule, mask_id)   # [B, L] each
     unmask, remask = select(keys, row, rule, z, fixed, mask_id, psi, token_prob)
     z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
     psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
@@ -179,10 +206,12 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
 
 
 def _final_denoise(denoiser, z, t_final, mask_id):
-  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p)."""
-  logits = denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32))
-  log_probs = posterior.subs_log_probs(logits, mask_id, jnp.float32(1.0))
-  return jnp.where(z == mask_id, jnp.argmax(log_probs, axis=-1).astype(jnp.int32), z)
+  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p), i.e. the
+  largest logit other than the mask's (the softmax is monotone, so it is not formed)."""
+  logits = denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32)).astype(jnp.float32)
+  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
+  best = jnp.argmax(jnp.where(ids == mask_id, -jnp.inf, logits), axis=-1).astype(jnp.int32)
+  return jnp.where(z == mask_id, best, z)
 
 
 def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepRule, *,
@@ -197,6 +226,9 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
   the tokens after each of the n steps (before the final noise removal).
   """
   _check_sizes(batch_size, seq_len, mask_id)
+  if rule.position_chunk and seq_len % rule.position_chunk:
+    raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
+                     f"{rule.position_chunk}")
   key = as_typed_key(key)
   vocab_size = _vocab_size(denoiser, batch_size, seq_len, mask_id)
   if prompt is None:

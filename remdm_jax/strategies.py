@@ -61,6 +61,7 @@ class StepRule:
   use_top_p: bool = False
   cache: bool = False
   logits_dtype: str = "float32"
+  position_chunk: int = 0
 
 
 def _safe_div(num: np.ndarray, den: np.ndarray, at_zero: float) -> np.ndarray:
@@ -241,5 +242,5 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
                   conf_score=cfg.conf_score if cfg.uses_conf else None,
                   top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
                   use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
-                  logits_dtype=cfg.logits_dtype)
+                  logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk)
   return plan, rule

@@ -317,6 +317,20 @@ def test_bfloat16_logits_change_only_the_rounding():
   np.testing.assert_array_equal(run("bfloat16", nudged), run("bfloat16", exact))
 
 
+def test_position_chunks_give_one_stream_and_the_right_distribution(mixture):
+  """Chunked draws use per-position keys: chunks of 1, 2, 3 and 6 positions give identical
+  tokens; the samples match the mixture (TV < 0.05 at N = 4000, as unchunked)."""
+  cfgs = [SamplerConfig(strategy="loop", num_steps=64, eta=0.02, top_p=0.9,
+                        position_chunk=c) for c in (1, 2, 3, 6)]
+  outs = [_sample_mixture(cfg, mixture, n=64, key=5) for cfg in cfgs]
+  for out in outs[1:]:
+    np.testing.assert_array_equal(outs[0], out)
+  cfg = SamplerConfig(strategy="cap", num_steps=256, eta=0.005, position_chunk=2)
+  assert tv_to_mixture(_sample_mixture(cfg, mixture)) < 0.05
+  with pytest.raises(ValueError, match="position_chunk must divide seq_len 6, got 4"):
+    _sample_mixture(SamplerConfig(position_chunk=4), mixture, n=2)
+
+
 def test_guidance_mixes_log_probs():
   cond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.7, 0.2, 0.1]), z.shape + (3,)))
   uncond = lambda z, t: jnp.log(jnp.broadcast_to(jnp.array([0.2, 0.3, 0.5]), z.shape + (3,)))
