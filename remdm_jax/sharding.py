@@ -55,7 +55,13 @@ def param_spec(name: str, shape: tuple[int, ...], axis_size: int,
 
 
 def param_shardings(state, mesh: Mesh, rules=DIT_RULES):
-  """A pytree of `NamedSharding`s matching `state` (any pytree of arrays or shape structs)."""
+  """A pytree of `NamedSharding`s matching `state` (any pytree of arrays or shape structs).
+
+  Leaves whose path ends like a parameter's (optimizer moments `.../mu/blocks/0/...` too)
+  follow its rule; a mesh without a "model" axis replicates everything.
+  """
+  if "model" not in mesh.axis_names:
+    return jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
   axis_size = mesh.shape["model"]
   return jax.tree_util.tree_map_with_path(
       lambda path, leaf: NamedSharding(mesh, param_spec(_path_name(path), leaf.shape,

@@ -1,8 +1,9 @@
 """Training masked diffusion (MDLM / ReMDM NELBO) and autoregressive models.
 
-One jitted train step (AdamW with warm-up, gradient clipping, EMA of the weights), data
-parallel over a `jax.sharding.Mesh` (batch split on the "data" axis, parameters replicated,
-gradients reduced by XLA). Randomness is `fold_in(key(seed), step)` and batch `k` is a pure
+One jitted train step (AdamW with warm-up, gradient clipping, EMA of the weights) over a
+`("data", "model")` mesh: the batch is split on "data"; parameters, optimizer moments and EMA
+are replicated, or split on "model" by the tensor-parallel rules of `remdm_jax.sharding`
+(`model_axis > 1`); XLA inserts the collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure
 function of `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if
 never interrupted. SIGTERM saves and exits; SIGKILL loses at most `save_every` steps.
 """
@@ -27,6 +28,7 @@ from remdm_jax import distributed, losses
 from remdm_jax.checkpoint import save_model
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.schedules import LogLinear
+from remdm_jax.sharding import param_shardings
 
 OBJECTIVES = ("mdlm", "remdm", "ar")
 
@@ -45,7 +47,8 @@ class TrainConfig:
   weight_decay: float = 0.0     # AdamW decoupled weight decay
   grad_clip: float = 1.0        # global-norm clipping
   ema_decay: float = 0.999      # EMA of the weights, used for evaluation and export
-  batch_size: int = 32          # global batch, split over devices
+  batch_size: int = 32          # global batch, split over the "data" devices
+  model_axis: int = 1           # devices sharing each parameter shard ("model" mesh axis)
   steps: int = 1_000            # total optimizer steps
   eval_every: int = 200         # validation NELBO period (steps); 0 disables it
   eval_batches: int = 4         # validation batches per evaluation
@@ -65,7 +68,7 @@ class TrainConfig:
     if not 0.0 <= self.eta <= high:
       raise ValueError(f"eta must be in [0, {high}] for sigma_rule {self.sigma_rule!r}, "
                        f"got {self.eta}")
-    for name in ("batch_size", "steps", "save_every", "log_every"):
+    for name in ("batch_size", "steps", "save_every", "log_every", "model_axis"):
       if getattr(self, name) < 1:
         raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
     if not 0.0 < self.eps < 1.0:
@@ -122,14 +125,15 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
   if (cfg.objective == "ar") != model_cfg.causal:
     raise ValueError(f"objective {cfg.objective!r} needs model causal="
                      f"{cfg.objective == 'ar'}, got causal={model_cfg.causal}")
-  mesh = mesh or Mesh(np.array(jax.devices()), ("data",))
+  mesh = mesh or distributed.make_mesh(cfg.model_axis)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
   model = DiT(model_cfg, rngs=nnx.Rngs(cfg.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg)
   state = {"params": params, "opt_state": tx.init(params), "ema": jax.tree.map(jnp.copy, params),
            "step": jnp.zeros((), jnp.int32)}
-  state = jax.device_put(state, replicated)
+  placement = param_shardings(state, mesh)   # parameter-shaped leaves follow the DiT rules
+  state = jax.device_put(state, placement)
   base_key = jax.random.key(cfg.seed)
 
   def loss_of(params, batch, key, train):
@@ -150,9 +154,9 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
                    False)
 
   run = Run(graphdef=graphdef, rest=rest, data_sharding=data,
-            train_step=jax.jit(train_step, in_shardings=(replicated, data),
-                               out_shardings=(replicated, replicated), donate_argnums=0),
-            eval_loss=jax.jit(eval_loss, in_shardings=(replicated, data, None)))
+            train_step=jax.jit(train_step, in_shardings=(placement, data),
+                               out_shardings=(placement, replicated), donate_argnums=0),
+            eval_loss=jax.jit(eval_loss, in_shardings=(placement["ema"], data, None)))
   return run, state
 
 

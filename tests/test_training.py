@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from remdm_jax import data, training
+from remdm_jax import data, distributed, training
 from remdm_jax.checkpoint import load_model
 from remdm_jax.models import DiTConfig
 from remdm_jax.tokenizers import ByteTokenizer
@@ -127,17 +127,27 @@ def test_killed_cli_run_resumes_to_the_same_weights(sig, tmp_path, text_folder):
     np.testing.assert_array_equal(x, y)
 
 
-def test_one_and_eight_devices_give_the_same_loss():
-  batch = _rows(3, 8)
+def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
+  """1 device; 8 data-parallel devices; (data 2, model 4) with tensor-parallel parameters and
+  optimizer moments: the same losses and gradient norms over two steps (rtol 1e-5)."""
+  batches = [_rows(3, 8), _rows(4, 8)]
+  meshes = [Mesh(np.array(jax.devices()[:1]), ("data",)), Mesh(np.array(jax.devices()),
+                                                                ("data",)),
+            distributed.make_mesh(model_axis=4)]
   results = []
-  for devices in (jax.devices()[:1], jax.devices()):
-    run, state = training.build_run(MODEL, TRAIN, TOK.mask_id, Mesh(np.array(devices),
-                                                                   ("data",)))
-    placed = jax.device_put(batch, run.data_sharding)
-    evaluation = float(run.eval_loss(state["ema"], placed, 0))
-    _, metrics = run.train_step(state, placed)
-    results.append((evaluation, float(metrics["loss"]), float(metrics["grad_norm"])))
+  for mesh in meshes:
+    run, state = training.build_run(MODEL, TRAIN, TOK.mask_id, mesh)
+    values = []
+    for batch in batches:
+      placed = jax.device_put(batch, run.data_sharding)
+      values.append(float(run.eval_loss(state["ema"], placed, 0)))
+      state, metrics = run.train_step(state, placed)
+      values += [float(metrics["loss"]), float(metrics["grad_norm"])]
+    results.append(values)
   np.testing.assert_allclose(results[0], results[1], rtol=1e-5)
+  np.testing.assert_allclose(results[0], results[2], rtol=1e-5)
+  mu = state["opt_state"][1][0].mu["blocks"][0]["mlp_0"]["kernel"]
+  assert mu.addressable_shards[0].data.shape == (32, 32)     # 128 hidden units / 4
 
 
 @pytest.mark.parametrize("objective,extra", [("remdm", dict(discrete_steps=16, eta=0.5)),
