@@ -172,3 +172,7 @@ def _evaluate(records: list[dict], args) -> dict:
                                      add_bos=args.add_bos),
           "entropy": float(np.mean([metrics.unigram_entropy(tokenizer.encode(text))
                                     for text in texts]))}
+
+
+if __name__ == "__main__":
+  sys.exit(merge_main())
