@@ -156,23 +156,6 @@ def _prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np
   return rows
 
 
-def _row_ranges(sharding, batch_size: int, seq_len: int) -> list[tuple[int, int]]:
-  """The `[first, stop)` rows of a batch that this process's devices hold."""
-  if sharding is None:
-    return [(0, batch_size)]
-  starts = set()
-  for index in sharding.addressable_devices_indices_map((batch_size, seq_len)).values():
-    rows = index[0]
-    starts.add((rows.start or 0, batch_size if rows.stop is None else rows.stop))
-  merged = []
-  for first, stop in sorted(starts):
-    if merged and merged[-1][1] == first:
-      merged[-1] = (merged[-1][0], stop)
-    else:
-      merged.append((first, stop))
-  return merged
-
-
 SAMPLE_SECTIONS = {
     "sampler": SamplerConfig(strategy="loop", num_steps=256, eta=0.02, top_p=0.9),
     "job": SampleJob(),
@@ -244,7 +227,8 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
                   first_index=first, batch_sharding=batch_sharding)
 
   key = jax.random.key(job.seed)
-  local_ranges = _row_ranges(batch_sharding, job.batch_size, seq_len)
+  local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
+                  if batch_sharding else [(0, job.batch_size)])
   done = set(jobs.finished_shards(directory)) if directory else set()
   throughput = jobs.Throughput(seq_len)
   show = not job.quiet and distributed.is_primary()
@@ -263,7 +247,7 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
     tic = time.perf_counter()
     tokens = run(key, state, prompt, first)
     blocks = distributed.local_row_blocks(tokens)
-    throughput.add(job.batch_size, time.perf_counter() - tic)
+    throughput.add(min(job.batch_size, job.num_samples - first), time.perf_counter() - tic)
     for start, rows in blocks:
       records = [_record(first + start + i, row, tokenizer, cfg, job)
                  for i, row in enumerate(rows) if first + start + i < job.num_samples]
@@ -274,7 +258,7 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
         print(f"--- sample {record['index']} ---\n{record['text']}")
     bar.set_postfix(throughput.summary())
   if distributed.is_primary():
-    print(f"throughput (this process): {json.dumps(throughput.summary())}", file=sys.stderr)
+    print(f"throughput: {json.dumps(throughput.summary())}", file=sys.stderr)
   return 0
 
 

@@ -89,22 +89,35 @@ def put_global(host_array: np.ndarray, sharding: NamedSharding) -> jax.Array:
                                       lambda index: host_array[index])
 
 
+def _span(rows: slice, length: int) -> tuple[int, int]:
+  return (rows.start or 0, length if rows.stop is None else rows.stop)
+
+
+def local_row_ranges(sharding: jax.sharding.Sharding, shape: tuple[int, ...]
+                     ) -> list[tuple[int, int]]:
+  """The `[first, stop)` rows of a `shape` array under `sharding` that this process's devices
+  hold, merged into contiguous ranges (replicas along other mesh axes counted once)."""
+  spans = sorted({_span(index[0], shape[0]) if index else (0, shape[0])
+                  for index in sharding.addressable_devices_indices_map(shape).values()})
+  merged = []
+  for first, stop in spans:
+    if merged and merged[-1][1] == first:
+      merged[-1] = (merged[-1][0], stop)
+    else:
+      merged.append((first, stop))
+  return merged
+
+
 def local_row_blocks(array: jax.Array) -> list[tuple[int, np.ndarray]]:
-  """The rows of a batch-sharded `[B, ...]` array held by this process, as contiguous
-  `(first row, block)` pairs in row order (replicas along other axes counted once)."""
+  """This process's rows of a batch-sharded `[B, ...]` array as `(first row, block)` pairs,
+  one per range of `local_row_ranges`."""
   pieces = {}
   for shard in array.addressable_shards:
-    rows = shard.index[0] if shard.index else slice(None)
-    start = rows.start or 0
-    if start not in pieces:
-      pieces[start] = np.asarray(shard.data)
-  blocks = []
-  for start in sorted(pieces):
-    if blocks and blocks[-1][0] + len(blocks[-1][1]) == start:
-      blocks[-1] = (blocks[-1][0], np.concatenate([blocks[-1][1], pieces[start]]))
-    else:
-      blocks.append((start, pieces[start]))
-  return blocks
+    first = _span(shard.index[0], array.shape[0])[0] if shard.index else 0
+    pieces.setdefault(first, shard.data)
+  return [(first, np.concatenate([np.asarray(pieces[s]) for s in sorted(pieces)
+                                  if first <= s < stop]))
+          for first, stop in local_row_ranges(array.sharding, array.shape)]
 
 
 def all_processes(flag: bool) -> bool:
