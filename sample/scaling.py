@@ -80,6 +80,10 @@ def main():
   results["reference"] = {"gen_ppl": metrics.gen_ppl(logits_fn, tok, references, length,
                                                      args.batch_size, add_bos=True),
                           "entropy": metrics.mean_entropy(valid[:args.samples, 1:-1])}
+  other = [tok.decode(r) for r in valid[args.samples:2 * args.samples]]   # the next chunks
+  results["reference"]["mauve_heldout"] = metrics.mauve_score(
+      metrics.evaluator_features(features_fn, tok, other, length, args.batch_size,
+                                 add_bos=True), ref_features)
   graphdef, state = nnx.split(model)
   for name in methods:
     for steps in steps_grid:
@@ -121,7 +125,9 @@ def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None
         f"{c['mauve']:.3f} / {c['gen_ppl']:.2f} / {c['entropy']:.2f}" if c else "-"
         for c in row) + " |")
   ref = results["reference"]
-  lines.append(f"\nHeld-out text: Gen PPL {ref['gen_ppl']:.2f}, entropy {ref['entropy']:.2f}.")
+  lines.append(f"\nHeld-out text (the MAUVE reference): Gen PPL {ref['gen_ppl']:.2f}, entropy "
+               f"{ref['entropy']:.2f}; MAUVE of the next {samples} held-out chunks against it: "
+               f"{ref.get('mauve_heldout', float('nan')):.3f}.")
   (out / "scaling.md").write_text("\n".join(lines) + "\n")
   import matplotlib
   matplotlib.use("Agg")
