@@ -19,7 +19,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from remdm_jax import SamplerConfig, data, sample
+from remdm_jax import SamplerConfig, build_table, data, sample
 from remdm_jax import eval as metrics
 from remdm_jax.checkpoint import load_model
 from remdm_jax.cli import SHIPPED_MODEL
@@ -124,6 +124,12 @@ def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None
     lines.append(f"| {name} | " + " | ".join(
         f"{c['mauve']:.3f} / {c['gen_ppl']:.2f} / {c['entropy']:.2f}" if c else "-"
         for c in row) + " |")
+  for name in methods:
+    calls = {s: len(build_table(SamplerConfig(**cells[(name, str(s))]["config"])).t)
+             for s in steps_grid if (name, str(s)) in cells}
+    if any(count != s for s, count in calls.items()):
+      lines.append(f"\n{name} makes more denoiser calls than T (its adaptive grid): " +
+                   ", ".join(f"T = {s}: {count}" for s, count in calls.items()) + ".")
   ref = results["reference"]
   lines.append(f"\nHeld-out text (the MAUVE reference): Gen PPL {ref['gen_ppl']:.2f}, entropy "
                f"{ref['entropy']:.2f}; MAUVE of the next {samples} held-out chunks against it: "
