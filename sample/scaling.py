@@ -147,6 +147,8 @@ def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None
     ax.set_xscale("log", base=2)
     ax.set_xlabel("sampling steps T")
     ax.set_title(label)
+  if "mauve_heldout" in ref:
+    axes[0].axhline(ref["mauve_heldout"], color="grey", linestyle="--", label="held-out text")
   axes[1].axhline(ref["gen_ppl"], color="grey", linestyle="--", label="held-out text")
   axes[1].legend(fontsize=7)
   fig.tight_layout()
