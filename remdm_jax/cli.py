@@ -231,6 +231,7 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
                   if batch_sharding else [(0, job.batch_size)])
   done = set(jobs.finished_shards(directory)) if directory else set()
   throughput = jobs.Throughput(seq_len)
+  settings = dataclasses.asdict(cfg)
   show = not job.quiet and distributed.is_primary()
   bar = tqdm(range(0, job.num_samples, job.batch_size), desc="sample", unit="batch",
              disable=not distributed.is_primary())
@@ -249,7 +250,7 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
     blocks = distributed.local_row_blocks(tokens)
     throughput.add(min(job.batch_size, job.num_samples - first), time.perf_counter() - tic)
     for start, rows in blocks:
-      records = [_record(first + start + i, row, tokenizer, cfg, job)
+      records = [_record(first + start + i, row, tokenizer, settings, job)
                  for i, row in enumerate(rows) if first + start + i < job.num_samples]
       if directory and records:
         jobs.write_atomic(jobs.shard_path(directory, records[0]["index"],
@@ -262,6 +263,6 @@ def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
   return 0
 
 
-def _record(index: int, row: np.ndarray, tokenizer, cfg, job: SampleJob) -> dict:
+def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJob) -> dict:
   return {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
-          "settings": dataclasses.asdict(cfg), "model": job.model}
+          "settings": settings, "model": job.model}

@@ -156,22 +156,19 @@ def merge_main(argv: list[str] | None = None) -> int:
 
 
 def _evaluate(records: list[dict], args) -> dict:
-  import numpy as np
-
   from remdm_jax import eval as metrics
   from remdm_jax.checkpoint import load_model, load_tokenizer_name
+  from remdm_jax.models import as_evaluator
   from remdm_jax.tokenizers import get_tokenizer
   evaluator = load_model(args.evaluator)
   if not evaluator.cfg.causal:
     raise ValueError(f"--evaluator must be a causal model folder, {args.evaluator} is not")
   tokenizer = get_tokenizer(load_tokenizer_name(args.evaluator))
-  zeros = lambda t: np.zeros((t.shape[0],), np.float32)
+  logits_fn, _ = as_evaluator(evaluator)
   texts = [r["text"] for r in records]
-  return {"gen_ppl": metrics.gen_ppl(lambda t: evaluator(t, zeros(t)), tokenizer, texts,
-                                     evaluator.cfg.max_length, args.batch_size,
-                                     add_bos=args.add_bos),
-          "entropy": float(np.mean([metrics.unigram_entropy(tokenizer.encode(text))
-                                    for text in texts]))}
+  return {"gen_ppl": metrics.gen_ppl(logits_fn, tokenizer, texts, evaluator.cfg.max_length,
+                                     args.batch_size, add_bos=args.add_bos),
+          "entropy": metrics.mean_entropy([tokenizer.encode(text) for text in texts])}
 
 
 if __name__ == "__main__":

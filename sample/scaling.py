@@ -23,7 +23,7 @@ from remdm_jax import SamplerConfig, build_table, data, sample
 from remdm_jax import eval as metrics
 from remdm_jax.checkpoint import load_model
 from remdm_jax.cli import SHIPPED_MODEL
-from remdm_jax.models import as_denoiser
+from remdm_jax.models import as_denoiser, as_evaluator
 from remdm_jax.tokenizers import ByteTokenizer
 
 LOOP = dict(t_on=0.55, t_off=0.05, alpha_on=0.9)
@@ -65,9 +65,7 @@ def main():
                               4 * length]
   methods = args.methods or ["MDLM", "MDLM+FB", "MDLM+DFM", "ReMDM-cap", "ReMDM-rescale",
                              "ReMDM-conf", "ReMDM-loop"]
-  zeros = lambda t: np.zeros((t.shape[0],), np.float32)
-  logits_fn = lambda t: evaluator(t, zeros(t))
-  features_fn = lambda t: evaluator.features(t, zeros(t))
+  logits_fn, features_fn = as_evaluator(evaluator)
   data_cfg = data.DataConfig(data_dir=args.data_dir,
                              source_dir=str(pathlib.Path(args.data_dir) / "source"),
                              seq_len=length)

@@ -181,3 +181,11 @@ def as_denoiser(model: DiT, schedule=None):
     return model(z, -jnp.log(schedule.alpha(t)))
 
   return denoiser
+
+
+def as_evaluator(model: DiT):
+  """A causal DiT as the `(logits_fn, features_fn)` pair of `remdm_jax.eval`: both take
+  `tokens [B, L] int32` and return `[B, L, V]` logits / `[B, L, D]` final hidden states."""
+  no_noise = lambda tokens: jnp.zeros((tokens.shape[0],), jnp.float32)
+  return (lambda tokens: model(tokens, no_noise(tokens)),
+          lambda tokens: model.features(tokens, no_noise(tokens)))
