@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 
+from remdm_jax.validation import check_choice, check_fields, check_range
+
 STRATEGY_NAMES = ("mdlm", "cap", "rescale", "conf", "loop", "fb", "dfm", "topk")
 TOP_P_MODES = ("reference", "standard")
 TOP_P_IMPLS = ("sort", "bisect")
@@ -15,11 +17,6 @@ LOOP_BASES = ("constant", "cap", "rescale", "conf")
 CONF_BASES = ("max", "cap", "rescale")
 CONF_SCORES = ("prob", "logprob")
 LOGITS_DTYPES = ("float32", "bfloat16")
-
-
-def _choice(field: str, value, choices) -> None:
-  if value not in choices:
-    raise ValueError(f"unknown {field} {value!r}; choose from {sorted(choices)}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,37 +52,29 @@ class SamplerConfig:
                                 # time (less memory; per-position keys, same for any chunk)
 
   def __post_init__(self):
-    _choice("strategy", self.strategy, STRATEGY_NAMES)
-    _choice("top_p_mode", self.top_p_mode, TOP_P_MODES)
-    _choice("top_p_impl", self.top_p_impl, TOP_P_IMPLS)
-    _choice("loop_base", self.loop_base, LOOP_BASES)
-    _choice("conf_base", self.conf_base, CONF_BASES)
-    _choice("conf_score", self.conf_score, CONF_SCORES)
-    _choice("logits_dtype", self.logits_dtype, LOGITS_DTYPES)
-    if not isinstance(self.num_steps, int) or self.num_steps < 1:
-      raise ValueError(f"num_steps must be an int >= 1, got {self.num_steps!r}")
-    if not 0.0 < self.top_p <= 1.0:
-      raise ValueError(f"top_p must be in (0, 1], got {self.top_p}")
-    if not self.temperature > 0.0:
-      raise ValueError(f"temperature must be > 0, got {self.temperature}")
-    if not 0.0 <= self.t_min < 1.0:
-      raise ValueError(f"t_min must be in [0, 1), got {self.t_min}")
-    if not self.eta >= 0.0:
-      raise ValueError(f"eta must be >= 0, got {self.eta}")
-    if self.position_chunk < 0:
-      raise ValueError(f"position_chunk must be >= 0, got {self.position_chunk}")
-    if self.topk_remask < 0:
-      raise ValueError(f"topk_remask must be >= 0, got {self.topk_remask}")
+    check_fields(self)
+    check_choice("strategy", self.strategy, STRATEGY_NAMES)
+    check_choice("top_p_mode", self.top_p_mode, TOP_P_MODES)
+    check_choice("top_p_impl", self.top_p_impl, TOP_P_IMPLS)
+    check_choice("loop_base", self.loop_base, LOOP_BASES)
+    check_choice("conf_base", self.conf_base, CONF_BASES)
+    check_choice("conf_score", self.conf_score, CONF_SCORES)
+    check_choice("logits_dtype", self.logits_dtype, LOGITS_DTYPES)
+    check_range("num_steps", self.num_steps, 1)
+    check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
+    check_range("temperature", self.temperature, 0.0, low_open=True)
+    check_range("t_min", self.t_min, 0.0, 1.0, high_open=True)
+    check_range("eta", self.eta, 0.0)
+    check_range("position_chunk", self.position_chunk, 0)
+    check_range("topk_remask", self.topk_remask, 0)
     if self.uses_loop_phases and not self.t_min <= self.t_off < self.t_on <= 1.0:
       raise ValueError(
           f"need t_min <= t_off < t_on <= 1, got t_off={self.t_off}, t_on={self.t_on} "
           f"(t_min={self.t_min})")
-    if self.strategy == "loop" and not 0.0 < self.alpha_on < 1.0:
-      raise ValueError(f"alpha_on must be in (0, 1), got {self.alpha_on}")
-    if self.dfm_beta_scale < 0.0 or self.dfm_beta_power <= 0.0:
-      raise ValueError(
-          f"need dfm_beta_scale >= 0 and dfm_beta_power > 0, got "
-          f"{self.dfm_beta_scale}, {self.dfm_beta_power}")
+    if self.strategy == "loop":
+      check_range("alpha_on", self.alpha_on, 0.0, 1.0, low_open=True, high_open=True)
+    check_range("dfm_beta_scale", self.dfm_beta_scale, 0.0)
+    check_range("dfm_beta_power", self.dfm_beta_power, 0.0, low_open=True)
     self._check_eta()
 
   def _check_eta(self):

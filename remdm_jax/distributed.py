@@ -13,11 +13,17 @@ processes with four fake devices each stand in for a pod:
 from __future__ import annotations
 
 import dataclasses
+import re
+import socket
+import sys
+import time
 
 import jax
 import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from remdm_jax.validation import check_choice, check_fields, check_range
 
 CPU_COLLECTIVES = ("gloo", "mpi")
 
@@ -31,36 +37,69 @@ class DistributedConfig:
   process_id: int = -1           # this process, in [0, num_processes)
   auto: bool = False             # let JAX detect the cluster (Cloud TPU, SLURM, Open MPI)
   cpu_collectives: str = "gloo"  # cross-process collectives for CPU devices: gloo | mpi
+  timeout: int = 300             # seconds to wait for every process to join, then give up
 
   def __post_init__(self):
-    if self.cpu_collectives not in CPU_COLLECTIVES:
-      raise ValueError(f"unknown cpu_collectives {self.cpu_collectives!r}; choose from "
-                       f"{list(CPU_COLLECTIVES)}")
+    check_fields(self)
+    check_choice("cpu_collectives", self.cpu_collectives, CPU_COLLECTIVES)
+    check_range("timeout", self.timeout, 1)
     if self.auto and self.coordinator_address:
       raise ValueError("pass either auto=true or coordinator_address, not both")
     if self.coordinator_address:
-      if self.num_processes < 1:
-        raise ValueError(f"num_processes must be >= 1 with a coordinator_address, got "
-                         f"{self.num_processes}")
-      if not 0 <= self.process_id < self.num_processes:
-        raise ValueError(f"process_id must be in [0, {self.num_processes}), got "
-                         f"{self.process_id}")
+      if not re.fullmatch(r"[^\s:]+:\d+", self.coordinator_address):
+        raise ValueError(f"coordinator_address must be HOST:PORT, got "
+                         f"{self.coordinator_address!r}")
+      check_range("num_processes", self.num_processes, 1,
+                  context=" with a coordinator_address")
+      check_range("process_id", self.process_id, 0, self.num_processes - 1)
+    elif self.num_processes or self.process_id != -1:
+      raise ValueError("num_processes and process_id need coordinator_address=HOST:PORT "
+                       "(or auto=true without them)")
 
   @property
   def enabled(self) -> bool:
     return self.auto or bool(self.coordinator_address)
 
 
+def _wait_for_coordinator(address: str, timeout: float) -> float:
+  """Waits until `host:port` accepts a connection; returns the seconds left of `timeout`.
+
+  A process other than the coordinator would otherwise be aborted from inside the runtime
+  (no Python exception) when the coordinator never comes up.
+  """
+  host, port = address.rsplit(":", 1)
+  deadline = time.monotonic() + timeout
+  while True:
+    try:
+      socket.create_connection((host, int(port)), timeout=1.0).close()
+      return max(deadline - time.monotonic(), 1.0)
+    except OSError as err:
+      if time.monotonic() >= deadline:
+        raise ValueError(f"no coordinator answered at {address} within {timeout:g} s "
+                         f"({err.strerror or err}); start process 0 there, or raise "
+                         "--dist.timeout") from None
+      time.sleep(0.5)
+
+
 def initialize(cfg: DistributedConfig) -> None:
-  """Joins the process group described by `cfg` (nothing to do for a single process)."""
+  """Joins the process group described by `cfg` (nothing to do for a single process).
+
+  Says on stderr what it waits for; gives up after `cfg.timeout` seconds.
+  """
   if not cfg.enabled:
     return
   jax.config.update("jax_cpu_collectives_implementation", cfg.cpu_collectives)
+  where = "the cluster's coordinator" if cfg.auto else cfg.coordinator_address
+  print(f"waiting up to {cfg.timeout} s for {where} and every process to join "
+        "(--dist.timeout)", file=sys.stderr, flush=True)
   if cfg.auto:
-    jax.distributed.initialize()
-  else:
-    jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
-                               process_id=cfg.process_id)
+    jax.distributed.initialize(initialization_timeout=cfg.timeout)
+    return
+  left = cfg.timeout
+  if cfg.process_id != 0:
+    left = _wait_for_coordinator(cfg.coordinator_address, cfg.timeout)
+  jax.distributed.initialize(cfg.coordinator_address, num_processes=cfg.num_processes,
+                             process_id=cfg.process_id, initialization_timeout=int(left))
 
 
 def make_mesh(model_axis: int = 1) -> Mesh:
@@ -130,6 +169,12 @@ def all_processes(flag: bool) -> bool:
 def any_process(flag: bool) -> bool:
   """True when `flag` is true in some process (a collective: all must call it)."""
   return not all_processes(not flag)
+
+
+def barrier(name: str) -> None:
+  """Waits until every process reaches the barrier `name` (nothing to do for one process)."""
+  if jax.process_count() > 1:
+    multihost_utils.sync_global_devices(name)
 
 
 def is_primary() -> bool:

@@ -23,6 +23,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax.validation import check_fields, check_int, check_range
+
 
 def array_module(t):
   """NumPy for host values, jax.numpy for JAX arrays and tracers."""
@@ -39,8 +41,8 @@ class LogLinear:
   eps: float = 0.0  # alpha(1) = eps; 0 for sampling, 1e-3 for MDLM training
 
   def __post_init__(self):
-    if not 0.0 <= self.eps < 1.0:
-      raise ValueError(f"eps must be in [0, 1), got {self.eps}")
+    check_fields(self)
+    check_range("eps", self.eps, 0.0, 1.0, high_open=True)
 
   def alpha(self, t):
     return 1.0 - (1.0 - self.eps) * t
@@ -56,8 +58,8 @@ class Cosine:
   eps: float = 0.0  # 1 - alpha(0)
 
   def __post_init__(self):
-    if not 0.0 <= self.eps < 1.0:
-      raise ValueError(f"eps must be in [0, 1), got {self.eps}")
+    check_fields(self)
+    check_range("eps", self.eps, 0.0, 1.0, high_open=True)
 
   def alpha(self, t):
     return (1.0 - self.eps) * array_module(t).cos(0.5 * math.pi * t)
@@ -74,6 +76,7 @@ class Linear:
   sigma_max: float = 10.0  # total noise at t = 1; alpha(1) = exp(-10) ~ 4.5e-5
 
   def __post_init__(self):
+    check_fields(self)
     if not 0.0 <= self.sigma_min < self.sigma_max:
       raise ValueError(
           f"need 0 <= sigma_min < sigma_max, got sigma_min={self.sigma_min}, "
@@ -93,8 +96,8 @@ class Polynomial:
   power: float = 2.0  # > 0; larger keeps tokens clean longer
 
   def __post_init__(self):
-    if not self.power > 0.0:
-      raise ValueError(f"power must be > 0, got {self.power}")
+    check_fields(self)
+    check_range("power", self.power, 0.0, low_open=True)
 
   def alpha(self, t):
     return 1.0 - t ** self.power
@@ -122,8 +125,6 @@ def uniform_grid(num_steps: int, t_min: float = 1e-5) -> np.ndarray:
   Returns:
     `[num_steps + 1] float64`, decreasing from 1 to `t_min`.
   """
-  if num_steps < 1:
-    raise ValueError(f"num_steps must be >= 1, got {num_steps}")
-  if not 0.0 <= t_min < 1.0:
-    raise ValueError(f"t_min must be in [0, 1), got {t_min}")
+  check_int("num_steps", num_steps, 1)
+  check_range("t_min", t_min, 0.0, 1.0, high_open=True)
   return np.linspace(1.0, t_min, num_steps + 1, dtype=np.float64)

@@ -16,6 +16,9 @@ import jax.numpy as jnp
 from flax import nnx
 
 from remdm_jax.schedules import LogLinear
+from remdm_jax.validation import check_choice, check_fields, check_range
+
+DTYPES = ("float32", "bfloat16", "float16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -34,14 +37,14 @@ class DiTConfig:
   dtype: str = "float32"           # compute dtype of the matmuls; LayerNorm and logits f32
 
   def __post_init__(self):
+    check_fields(self)
     for name in ("vocab_size", "hidden", "heads", "blocks", "cond_dim", "max_length"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+      check_range(name, getattr(self, name), 1)
     if self.hidden % self.heads or (self.hidden // self.heads) % 2:
       raise ValueError(f"hidden / heads must be an even integer, got hidden={self.hidden}, "
                        f"heads={self.heads}")
-    if not 0.0 <= self.dropout < 1.0:
-      raise ValueError(f"dropout must be in [0, 1), got {self.dropout}")
+    check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
+    check_choice("dtype", self.dtype, DTYPES)
 
   @classmethod
   def tiny(cls, **overrides) -> DiTConfig:
@@ -174,7 +177,14 @@ def as_denoiser(model: DiT, schedule=None):
   log-linear with eps = 1e-3, as MDLM trains); a model without time conditioning ignores it.
   To keep parameters a jit argument: `graphdef, state = nnx.split(model)` outside, and
   `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function.
+
+  Raises:
+    ValueError: the model is causal (autoregressive): it predicts the next token, not the
+      masked ones, and would sample garbage.
   """
+  if model.cfg.causal:
+    raise ValueError("as_denoiser needs a masked diffusion DiT, got a causal "
+                     "(autoregressive) one; use as_evaluator for causal models")
   schedule = LogLinear(eps=1e-3) if schedule is None else schedule
 
   def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
@@ -185,7 +195,14 @@ def as_denoiser(model: DiT, schedule=None):
 
 def as_evaluator(model: DiT):
   """A causal DiT as the `(logits_fn, features_fn)` pair of `remdm_jax.eval`: both take
-  `tokens [B, L] int32` and return `[B, L, V]` logits / `[B, L, D]` final hidden states."""
+  `tokens [B, L] int32` and return `[B, L, V]` logits / `[B, L, D]` final hidden states.
+
+  Raises:
+    ValueError: the model is a masked diffusion model, not a causal one.
+  """
+  if not model.cfg.causal:
+    raise ValueError("as_evaluator needs a causal DiT (objective 'ar'), got a masked "
+                     "diffusion one; use as_denoiser for it")
   no_noise = lambda tokens: jnp.zeros((tokens.shape[0],), jnp.float32)
   return (lambda tokens: model(tokens, no_noise(tokens)),
           lambda tokens: model.features(tokens, no_noise(tokens)))

@@ -1,0 +1,108 @@
+"""One validation layer for configs and public arguments: types, finiteness and ranges.
+
+Every config dataclass calls `check_fields(self)` first in its `__post_init__`: each field must
+hold its annotated type (`int` fields take Python or NumPy integers but not `bool` or `1.5`;
+`float` fields take any real number but not `bool` or a string, and must be finite; `bool`
+fields take only booleans), and NumPy scalars are stored as Python scalars, so configs stay
+hashable and JSON-serialisable. Ranges are then checked with `check_range`, whose message
+names the argument, the allowed interval and the value received.
+
+Wrong types raise `ArgumentTypeError`, which is both a `TypeError` and a `ValueError`: the
+command lines report it as one `error:` line like any other bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import numbers
+import types
+import typing
+
+import numpy as np
+
+
+class ArgumentTypeError(TypeError, ValueError):
+  """An argument of the wrong type (a `TypeError` that the CLIs report like a `ValueError`)."""
+
+
+def _as_int(name: str, value) -> int:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Integral):
+    raise ArgumentTypeError(f"{name} must be an integer, got {value!r}")
+  return int(value)
+
+
+def _as_float(name: str, value) -> float:
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+    raise ArgumentTypeError(f"{name} must be a number, got {value!r}")
+  value = float(value)
+  if not math.isfinite(value):
+    raise ValueError(f"{name} must be a finite number, got {value}")
+  return value
+
+
+def _as_bool(name: str, value) -> bool:
+  if not isinstance(value, (bool, np.bool_)):
+    raise ArgumentTypeError(f"{name} must be true or false, got {value!r}")
+  return bool(value)
+
+
+def _as_str(name: str, value) -> str:
+  if not isinstance(value, str):
+    raise ArgumentTypeError(f"{name} must be a string, got {value!r}")
+  return value
+
+
+_CONVERTERS = {int: _as_int, float: _as_float, bool: _as_bool, str: _as_str}
+
+
+def coerce(name: str, value, kind):
+  """`value` as the annotated `kind` (int, float, bool, str or `X | None`), or an error."""
+  options = typing.get_args(kind) if typing.get_origin(kind) in (typing.Union,
+                                                                 types.UnionType) else (kind,)
+  if value is None and type(None) in options:
+    return None
+  kind = next(k for k in options if k is not type(None))
+  return _CONVERTERS[kind](name, value) if kind in _CONVERTERS else value
+
+
+def check_fields(config) -> None:
+  """Checks every field of a (frozen) dataclass against its annotation, in place."""
+  hints = typing.get_type_hints(type(config))
+  for field in dataclasses.fields(config):
+    value = getattr(config, field.name)
+    normal = coerce(field.name, value, hints[field.name])
+    if normal is not value:
+      object.__setattr__(config, field.name, normal)
+
+
+def _interval(low, high, low_open: bool, high_open: bool) -> str:
+  left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
+  right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+  return f"{left}, {right}"
+
+
+def check_range(name: str, value, low=None, high=None, *, low_open: bool = False,
+                high_open: bool = False, context: str = ""):
+  """Returns `value` if it lies in the interval, else raises a `ValueError` naming it.
+
+  Example message: `num_steps must be in [1, inf), got 0`; `context` follows the interval
+  (e.g. " for strategy 'cap'").
+  """
+  below = low is not None and (value <= low if low_open else value < low)
+  above = high is not None and (value >= high if high_open else value > high)
+  if below or above:
+    raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}"
+                     f"{context}, got {value!r}")
+  return value
+
+
+def check_int(name: str, value, low=None, high=None) -> int:
+  """A Python or NumPy integer argument in `[low, high]`, as `int`."""
+  return check_range(name, _as_int(name, value), low, high)
+
+
+def check_choice(name: str, value, choices) -> None:
+  """Raises a `ValueError` listing the choices when `value` is not one of them."""
+  if value not in choices:
+    raise ValueError(f"unknown {name} {value!r}; choose from {sorted(choices)}")
