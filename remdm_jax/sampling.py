@@ -27,8 +27,28 @@ from remdm_jax import posterior
 from remdm_jax.config import SamplerConfig
 from remdm_jax.strategies import Plan, StepRule, build_plan
 from remdm_jax.topp import top_p_filter
+from remdm_jax.validation import check_int
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
+
+
+class NonFiniteLogitsError(FloatingPointError):
+  """The denoiser returned logits that define no distribution where a token was drawn."""
+
+
+def nonfinite_message(flags: np.ndarray, first_index: int) -> str:
+  bad = (np.flatnonzero(flags) + first_index).tolist()
+  return (f"the denoiser returned non-finite logits (NaN, +inf, or -inf for every id but the "
+          f"mask) at masked positions of {len(bad)} of {len(flags)} examples (global "
+          f"indices {bad[:8]}{'...' if len(bad) > 8 else ''}); their tokens would be "
+          "meaningless. Check the model's parameters and inputs")
+
+
+def _raise_nonfinite(flags, first_index) -> None:
+  """Host side of the check: raises when any example's flag is set."""
+  flags = np.asarray(flags)
+  if flags.any():
+    raise NonFiniteLogitsError(nonfinite_message(flags, int(first_index)))
 
 
 def as_typed_key(key: jax.Array) -> jax.Array:
@@ -46,11 +66,21 @@ def as_typed_key(key: jax.Array) -> jax.Array:
 
 
 def _check_sizes(batch_size, seq_len, mask_id) -> None:
-  for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
-    if not isinstance(value, (int, np.integer)) or value < 1:
-      raise ValueError(f"{name} must be an int >= 1, got {value!r}")
-  if not isinstance(mask_id, (int, np.integer)) or mask_id < 0:
-    raise ValueError(f"mask_id must be an int >= 0, got {mask_id!r}")
+  check_int("batch_size", batch_size, 1)
+  check_int("seq_len", seq_len, 1)
+  check_int("mask_id", mask_id, 0)
+
+
+def _check_first_index(first_index):
+  """An int >= 0, or a traced integer scalar (e.g. a jit argument)."""
+  if isinstance(first_index, jax.Array):
+    if first_index.shape != () or not jnp.issubdtype(first_index.dtype, jnp.integer):
+      raise ValueError(f"first_index must be an integer scalar, got "
+                       f"{first_index.dtype}{list(first_index.shape)}")
+    if not isinstance(first_index, jax.core.Tracer):
+      check_int("first_index", int(first_index), 0)
+    return first_index
+  return check_int("first_index", first_index, 0)
 
 
 def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int) -> int:
@@ -138,18 +168,24 @@ def _select_rank(keys, row, rule, z, fixed, mask_id, psi, token_prob):
 _SELECTORS = {"bernoulli": _select_bernoulli, "rank": _select_rank}
 
 
-def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule, mask_id: int) -> jax.Array:
-  """SUBS probabilities after temperature and top-p; `[B, L, V] float32`."""
-  probs = jnp.exp(posterior.subs_log_probs(logits, mask_id, plan.temperature))
+def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
+             mask_id: int) -> tuple[jax.Array, jax.Array]:
+  """SUBS probabilities after temperature and top-p, `[B, L, V] float32`, and where they are
+  not a distribution (a NaN or +inf logit, or -inf for every id but the mask), `[B, L] bool`."""
+  log_probs = posterior.subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
+  nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
+  probs = jnp.exp(log_probs)
   if rule.use_top_p:
     probs = top_p_filter(probs, plan.top_p, mode=rule.top_p_mode, impl=rule.top_p_impl)
-  return probs
+  return probs, nonfinite
 
 
 def _draw_whole(token_keys, logits, plan, rule, mask_id):
-  """x_theta and one draw per position, all positions at once; one key per example."""
-  probs = _x_theta(logits, plan, rule, mask_id)                    # [B, L, V] f32
-  return jax.vmap(posterior.draw_categorical)(token_keys, probs)
+  """x_theta and one draw per position, all positions at once; one key per example.
+
+  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`."""
+  probs, nonfinite = _x_theta(logits, plan, rule, mask_id)         # [B, L, V] f32
+  return (*jax.vmap(posterior.draw_categorical)(token_keys, probs), nonfinite)
 
 
 def _draw_chunked(token_keys, logits, plan, rule, mask_id):
@@ -165,11 +201,13 @@ def _draw_chunked(token_keys, logits, plan, rule, mask_id):
     positions = start + jnp.arange(chunk, dtype=jnp.int32)
     keys = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(
         token_keys)                                                            # [B, C]
-    ids, prob = draw(keys, _x_theta(part, plan, rule, mask_id))
-    return tuple(jax.lax.dynamic_update_slice_in_dim(whole, new, start, axis=1)
-                 for whole, new in zip(out, (ids, prob)))
+    probs, nonfinite = _x_theta(part, plan, rule, mask_id)
+    new = (*draw(keys, probs), nonfinite)
+    return tuple(jax.lax.dynamic_update_slice_in_dim(whole, piece, start, axis=1)
+                 for whole, piece in zip(out, new))
 
-  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32))
+  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
+          jnp.zeros((batch, length), bool))
   return jax.lax.fori_loop(0, length // chunk, body, init)
 
 
@@ -183,7 +221,7 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
   select = _SELECTORS[rule.select]
 
   def step(carry, xs):
-    z, psi, cache = carry
+    z, psi, nonfinite, cache = carry
     index, row = xs
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
     call = lambda: denoiser(z, t).astype(rule.logits_dtype)
@@ -194,38 +232,47 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
       logits = call()
     keys = _step_keys(example_keys, index)
     draw = _draw_chunked if rule.position_chunk else _draw_whole
-    tokens, token_prob = draw(keys[:, 2], logits, plan, rule, mask_id)   # [B, L] each
+    tokens, token_prob, bad = draw(keys[:, 2], logits, plan, rule, mask_id)  # [B, L] each
     unmask, remask = select(keys, row, rule, z, fixed, mask_id, psi, token_prob)
     z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
     psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
+    nonfinite = nonfinite | jnp.any(bad & (z == mask_id), axis=-1)
     if rule.cache:
       cache = (logits, jnp.any(z_next != z))
-    return (z_next, psi_next, cache), (z_next if return_history else None)
+    return (z_next, psi_next, nonfinite, cache), (z_next if return_history else None)
 
   return step
 
 
 def _final_denoise(denoiser, z, t_final, mask_id):
   """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p), i.e. the
-  largest logit other than the mask's (the softmax is monotone, so it is not formed)."""
+  largest logit other than the mask's (the softmax is monotone, so it is not formed).
+
+  Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
+  largest logit (NaN, +inf or all -inf)."""
   logits = denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32)).astype(jnp.float32)
   ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  best = jnp.argmax(jnp.where(ids == mask_id, -jnp.inf, logits), axis=-1).astype(jnp.int32)
-  return jnp.where(z == mask_id, best, z)
+  logits = jnp.where(ids == mask_id, -jnp.inf, logits)                  # [B, L, V]
+  best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+  masked = z == mask_id
+  nonfinite = jnp.any(masked & ~jnp.isfinite(jnp.max(logits, axis=-1)), axis=-1)
+  return jnp.where(masked, best, z), nonfinite
 
 
 def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepRule, *,
                      batch_size: int, seq_len: int, mask_id: int,
                      prompt: jax.Array | None = None, first_index=0,
                      batch_sharding: jax.sharding.Sharding | None = None,
-                     return_history: bool = False):
+                     return_history: bool = False, return_nonfinite: bool = False):
   """`sample` with a prebuilt plan: pass `plan` as a jit argument to sweep eta, top_p or
   temperature without recompiling. Arguments as in `sample`.
 
-  With `return_history=True` returns `(tokens, history)`, `history [n, B, L] int32` holding
-  the tokens after each of the n steps (before the final noise removal).
+  With `return_history=True` the result gains `history [n, B, L] int32`, the tokens after
+  each of the n steps (before the final noise removal): `(tokens, history)`. With
+  `return_nonfinite=True` it gains the `[B] bool` flags of `sample` last, and nothing raises.
   """
   _check_sizes(batch_size, seq_len, mask_id)
+  first_index = _check_first_index(first_index)
   if rule.position_chunk and seq_len % rule.position_chunk:
     raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
                      f"{rule.position_chunk}")
@@ -247,15 +294,24 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
     cache = (jnp.zeros(out.shape, rule.logits_dtype), jnp.bool_(True))
   step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history)
   num_steps = plan.table.t.shape[0]
-  (z, _, _), history = jax.lax.scan(step, (z, psi, cache),
-                                    (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
-  tokens = _final_denoise(denoiser, z, plan.t_final, mask_id)
+  nonfinite = jnp.zeros((batch_size,), bool)
+  (z, _, nonfinite, _), history = jax.lax.scan(
+      step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
+  tokens, final_nonfinite = _final_denoise(denoiser, z, plan.t_final, mask_id)
+  nonfinite = nonfinite | final_nonfinite
+  if return_nonfinite:
+    return (tokens, history, nonfinite) if return_history else (tokens, nonfinite)
+  if isinstance(nonfinite, jax.core.Tracer):
+    jax.debug.callback(_raise_nonfinite, nonfinite, first_index)
+  else:
+    _raise_nonfinite(nonfinite, first_index)
   return (tokens, history) if return_history else tokens
 
 
 def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_size: int,
            seq_len: int, mask_id: int, prompt: jax.Array | None = None, first_index=0,
-           batch_sharding: jax.sharding.Sharding | None = None) -> jax.Array:
+           batch_sharding: jax.sharding.Sharding | None = None,
+           return_nonfinite: bool = False) -> jax.Array:
   """Samples sequences from a masked diffusion model with MDLM or a ReMDM strategy.
 
   Starting from all masks (or `prompt`), runs `config.num_steps` steps of the strategy's
@@ -273,12 +329,19 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
       `i` draws only from `fold_in(key, first_index + i)`.
     batch_sharding: optional sharding of `[B, L]` arrays (e.g. `NamedSharding(mesh,
       P("data"))`) to split the batch over devices inside a jitted call.
+    return_nonfinite: also return `[B] bool`, True for the examples whose logits were not
+      finite where a token was drawn (see Raises), instead of raising.
 
   Returns:
-    `[B, L] int32` tokens, no `mask_id` left.
+    `[B, L] int32` tokens, no `mask_id` left; with `return_nonfinite`, `(tokens, flags)`.
 
   Raises:
     ValueError: bad sizes, key, prompt or denoiser output (before any compilation).
+    NonFiniteLogitsError: the denoiser's logits were NaN, +inf, or -inf for every id but the
+      mask, at a position where a token was drawn (a broken model would otherwise give
+      plausible-looking ids). Under `jit` it is raised from a host callback when the result
+      is computed, inside a `JaxRuntimeError` that carries its message. Pass
+      `return_nonfinite=True` for per-example flags instead.
 
   Examples:
     >>> import jax, jax.numpy as jnp, remdm_jax
@@ -293,4 +356,4 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
   plan, rule = build_plan(config)
   return sample_with_plan(key, denoiser, plan, rule, batch_size=batch_size, seq_len=seq_len,
                           mask_id=mask_id, prompt=prompt, first_index=first_index,
-                          batch_sharding=batch_sharding)
+                          batch_sharding=batch_sharding, return_nonfinite=return_nonfinite)

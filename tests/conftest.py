@@ -23,7 +23,10 @@ MASK_ID = 4
 
 def oracle_denoiser(seqs: np.ndarray, weights: np.ndarray, vocab_size: int):
   """Exact x_theta for a mixture of sequences: the posterior over the sequences that agree
-  with every decoded position, marginalised per position. Returns log-probabilities."""
+  with every decoded position, marginalised per position. Returns log-probabilities.
+
+  Where no sequence agrees (the sample already left the support), the prior stands in, so
+  the logits stay finite."""
   seqs_j = jnp.asarray(seqs)                                       # [K, L]
   log_w = jnp.log(jnp.asarray(weights, jnp.float32))               # [K]
   onehot = jax.nn.one_hot(seqs_j, vocab_size, dtype=jnp.float32)  # [K, L, V]
@@ -33,6 +36,7 @@ def oracle_denoiser(seqs: np.ndarray, weights: np.ndarray, vocab_size: int):
     del t
     agree = (z[:, None, :] == seqs_j[None]) | (z[:, None, :] == mask_id)   # [B, K, L]
     consistent = jnp.all(agree, axis=-1)                                      # [B, K]
+    consistent |= ~jnp.any(consistent, axis=-1, keepdims=True)
     post = jax.nn.softmax(jnp.where(consistent, log_w, -jnp.inf), axis=-1)   # [B, K]
     probs = jnp.einsum("bk,klv->blv", post, onehot)                           # [B, L, V]
     return jnp.log(probs)

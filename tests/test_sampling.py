@@ -348,7 +348,11 @@ def test_guidance_mixes_log_probs():
     (dict(prompt=jnp.full((B, L), 9, jnp.int32)), r"prompt ids must be in \[0, V\) = \[0, 5\)"),
     (dict(prompt=jnp.zeros((B, L), jnp.float32)), r"prompt must hold integer ids"),
     (dict(mask_id=5), r"mask_id must be in \[0, V\) = \[0, 5\), got 5"),
-    (dict(batch_size=0), r"batch_size must be an int >= 1, got 0"),
+    (dict(batch_size=0), r"batch_size must be in \[1, inf\), got 0"),
+    (dict(batch_size=4.0), r"batch_size must be an integer, got 4.0"),
+    (dict(first_index=1.5), r"first_index must be an integer, got 1.5"),
+    (dict(first_index=-1), r"first_index must be in \[0, inf\), got -1"),
+    (dict(first_index=jnp.zeros((2,), jnp.int32)), r"first_index must be an integer scalar"),
     (dict(key=jnp.zeros((3,), jnp.uint32)), r"key must be jax.random.key"),
 ])
 def test_bad_input_named(kwargs, match, mixture):
@@ -376,3 +380,81 @@ def test_sample_jits_with_config_static(mixture):
   eager = remdm_jax.sample(jax.random.key(9), mixture, cfg, **kwargs)
   chex.assert_type(out, jnp.int32)
   np.testing.assert_array_equal(np.asarray(out), np.asarray(eager))
+
+
+# --- Non-finite logits are an error, never tokens. -------------------------------------------
+def _broken_for_example(index, value, vocab=MASK_ID + 1):
+  """Uniform logits, except `value` in every non-mask logit of example `index`."""
+  def denoiser(z, t):
+    logits = jnp.zeros(z.shape + (vocab,), jnp.float32)
+    broken = jnp.arange(z.shape[0])[:, None, None] == index
+    is_mask = (jnp.arange(vocab) == MASK_ID)[None, None, :]
+    return jnp.where(broken & ~is_mask, value, logits)
+  return denoiser
+
+
+@pytest.mark.parametrize("value", [jnp.nan, jnp.inf, -jnp.inf], ids=["nan", "+inf", "-inf"])
+@pytest.mark.parametrize("cfg", [SamplerConfig(strategy="cap", num_steps=8, eta=0.1),
+                                 SamplerConfig(strategy="loop", num_steps=8, eta=0.05,
+                                               top_p=0.9, position_chunk=3),
+                                 SamplerConfig(strategy="topk", num_steps=8),
+                                 SamplerConfig(strategy="mdlm", num_steps=8, cache=True)],
+                         ids=["cap", "loop-chunked", "topk", "mdlm-cache"])
+def test_nonfinite_logits_are_flagged_per_example(value, cfg):
+  """Example 5 of 8 gets NaN, +inf, or -inf on every id but the mask: it alone is flagged;
+  eager calls raise naming its global index (first_index 100 + 5)."""
+  denoiser = _broken_for_example(5, value)
+  kwargs = dict(batch_size=8, seq_len=L, mask_id=MASK_ID)
+  run = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, return_nonfinite=True, **kwargs))
+  _, flags = run(jax.random.key(0))
+  np.testing.assert_array_equal(np.asarray(flags), np.arange(8) == 5)
+  with pytest.raises(remdm_jax.NonFiniteLogitsError, match=r"1 of 8 examples \(global "
+                     r"indices \[105\]\)"):
+    remdm_jax.sample(jax.random.key(0), denoiser, cfg, first_index=100, **kwargs)
+
+
+def test_nonfinite_logits_raise_under_jit_and_in_the_final_step():
+  """Under jit the error surfaces when the result is computed; a denoiser that breaks only
+  at the final noise-removal call (t = t_min = 0.5, where about half the positions are
+  still masked) is caught too."""
+  cfg = SamplerConfig(strategy="mdlm", num_steps=1, t_min=0.5)
+  final_only = lambda z, t: jnp.where((t < 0.6)[:, None, None], jnp.nan,
+                                      jnp.zeros(z.shape + (MASK_ID + 1,)))
+  run = jax.jit(lambda k: remdm_jax.sample(k, final_only, cfg, batch_size=4, seq_len=64,
+                                           mask_id=MASK_ID))
+  with pytest.raises(Exception, match="non-finite logits"):
+    jax.block_until_ready(run(jax.random.key(0)))
+
+
+def test_nonfinite_logits_where_nothing_is_drawn_are_not_flagged():
+  """-inf on some ids (a legitimate zero probability) and NaN at prompt positions, which are
+  never drawn, leave the result valid."""
+  def denoiser(z, t):
+    logits = jnp.zeros(z.shape + (MASK_ID + 1,), jnp.float32).at[..., 0].set(-jnp.inf)
+    return jnp.where((jnp.arange(z.shape[1]) == 0)[None, :, None], jnp.nan, logits)
+  prompt = jnp.full((4, L), MASK_ID, jnp.int32).at[:, 0].set(2)
+  cfg = SamplerConfig(strategy="cap", num_steps=8, eta=0.1)
+  out, flags = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=4, seq_len=L,
+                                mask_id=MASK_ID, prompt=prompt, return_nonfinite=True)
+  assert not np.asarray(flags).any() and (np.asarray(out)[:, 1:] != 0).all()
+
+
+@pytest.mark.parametrize("kwargs,error,match", [
+    (dict(eta="0.1"), TypeError, "eta must be a number, got '0.1'"),
+    (dict(eta=float("nan")), ValueError, "eta must be a finite number, got nan"),
+    (dict(num_steps=True), TypeError, "num_steps must be an integer, got True"),
+    (dict(num_steps=10.0), TypeError, "num_steps must be an integer, got 10.0"),
+    (dict(strategy="dfm", dfm_beta_scale=float("nan")), ValueError,
+     "dfm_beta_scale must be a finite number"),
+    (dict(cache="yes"), TypeError, "cache must be true or false, got 'yes'"),
+    (dict(strategy=3), TypeError, "strategy must be a string, got 3"),
+])
+def test_config_values_are_typed_and_finite(kwargs, error, match):
+  with pytest.raises(error, match=match):
+    SamplerConfig(**kwargs)
+
+
+def test_numpy_scalars_become_python_scalars():
+  cfg = SamplerConfig(num_steps=np.int64(10), top_p=np.float32(0.5))
+  assert type(cfg.num_steps) is int and type(cfg.top_p) is float and cfg.num_steps == 10
+  assert hash(cfg) == hash(SamplerConfig(num_steps=10, top_p=float(np.float32(0.5))))
