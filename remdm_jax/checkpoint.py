@@ -1,9 +1,11 @@
 """Saving and loading models: an orbax checkpoint of the parameters plus `config.json`.
 
 Layout of a model folder:
-  config.json   {"model": "dit", "config": {DiTConfig fields}}
+  config.json   {"model": "dit", "config": {DiTConfig fields}, "tokenizer": ..., "step": ...}
   params/       orbax StandardCheckpointer output (the NNX Param state)
-The model is rebuilt from the JSON config, so a folder is self-describing.
+The model is rebuilt from the JSON config, so a folder is self-describing. Loading checks
+the config's fields and the stored parameter shapes before reading any array, and reports a
+truncated or corrupt parameter file as one error naming the folder.
 """
 
 from __future__ import annotations
@@ -11,21 +13,25 @@ from __future__ import annotations
 import dataclasses
 import json
 import pathlib
+import sys
 
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
+from remdm_jax import files
 from remdm_jax.models.dit import DiT, DiTConfig
 
 _CONFIG = "config.json"
 _PARAMS = "params"
 
 
-def save_model(model: DiT, directory, tokenizer: str | None = None) -> pathlib.Path:
+def save_model(model: DiT, directory, tokenizer: str | None = None,
+               step: int | None = None) -> pathlib.Path:
   """Writes `model` to `directory` (created; must not already hold a model).
 
-  `tokenizer` (e.g. "bytes", "gpt2") is recorded so that samplers can decode its ids.
+  `tokenizer` (e.g. "bytes", "gpt2") is recorded so that samplers can decode its ids; `step`
+  (the training step of an export) so that a stale export can be recognised.
   """
   directory = pathlib.Path(directory).absolute()
   if (directory / _CONFIG).exists():
@@ -36,31 +42,57 @@ def save_model(model: DiT, directory, tokenizer: str | None = None) -> pathlib.P
   checkpointer.save(directory / _PARAMS, state)
   checkpointer.wait_until_finished()
   payload = {"model": "dit", "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
+  if step is not None:
+    payload["step"] = step
   if jax.process_index() == 0:
-    (directory / _CONFIG).write_text(json.dumps(payload, indent=2) + "\n")
+    files.write_atomic(directory / _CONFIG, json.dumps(payload, indent=2) + "\n")
   return directory
+
+
+def _read_payload(directory: pathlib.Path) -> dict:
+  path = directory / _CONFIG
+  if not path.is_file() or not (directory / _PARAMS).is_dir():
+    raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
+                     f"{_PARAMS}/)")
+  payload = files.read_json_object(path, "model config")
+  if payload.get("model") != "dit":
+    raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected 'dit'")
+  if not isinstance(payload.get("config"), dict):
+    raise ValueError(f"{path}: 'config' must be an object of DiTConfig fields")
+  return payload
 
 
 def load_config(directory) -> DiTConfig:
   """Reads the `DiTConfig` of a model folder, with a clear error if it is not one."""
   directory = pathlib.Path(directory).absolute()
-  path = directory / _CONFIG
-  if not path.is_file() or not (directory / _PARAMS).is_dir():
-    raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
-                     f"{_PARAMS}/)")
-  payload = json.loads(path.read_text())
-  if payload.get("model") != "dit":
-    raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected 'dit'")
-  return DiTConfig(**payload["config"])
+  fields = _read_payload(directory)["config"]
+  known = {f.name for f in dataclasses.fields(DiTConfig)}
+  unknown = sorted(set(fields) - known)
+  if unknown:
+    raise ValueError(f"{directory / _CONFIG}: unknown DiTConfig fields {unknown}; valid "
+                     f"fields: {sorted(known)}")
+  try:
+    return DiTConfig(**fields)
+  except ValueError as err:
+    raise ValueError(f"{directory / _CONFIG}: {err}") from None
 
 
 def load_tokenizer_name(directory) -> str:
   """The tokenizer recorded with a model folder; GPT-2 for the released vocabulary (50258),
   else bytes, when none was recorded."""
-  payload = json.loads((pathlib.Path(directory) / _CONFIG).read_text())
+  payload = _read_payload(pathlib.Path(directory).absolute())
   if payload.get("tokenizer"):
     return payload["tokenizer"]
-  return "gpt2" if payload["config"]["vocab_size"] == 50_258 else "bytes"
+  return "gpt2" if payload["config"].get("vocab_size") == 50_258 else "bytes"
+
+
+def exported_step(directory) -> int | None:
+  """The training step recorded with a complete model folder, or None (no folder, no step,
+  or not a model)."""
+  try:
+    return _read_payload(pathlib.Path(directory).absolute()).get("step")
+  except ValueError:
+    return None
 
 
 def _replicated() -> jax.sharding.Sharding:
@@ -72,19 +104,76 @@ def _replicated() -> jax.sharding.Sharding:
   return jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
 
 
+def _shapes(tree) -> dict[str, tuple]:
+  """`dotted.path -> shape` of a parameter tree (orbax metadata or an NNX state)."""
+  out = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(tree)[0]:
+    keys = [str(getattr(k, "key", getattr(k, "idx", getattr(k, "name", k)))) for k in path]
+    out[".".join(k for k in keys if k != "value")] = tuple(leaf.shape)
+  return out
+
+
+def _check_stored_shapes(params_dir: pathlib.Path, abstract_state) -> None:
+  """Compares the stored parameter shapes with those the config needs, before reading."""
+  try:
+    stored = _shapes(ocp.StandardCheckpointer().metadata(params_dir).item_metadata)
+  except Exception as err:  # orbax raises many types for unreadable metadata
+    raise ValueError(f"{params_dir}: cannot read the parameter metadata "
+                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+  needed = _shapes(abstract_state)
+  for name in sorted(set(stored) | set(needed)):
+    if stored.get(name) != needed.get(name):
+      raise ValueError(f"{params_dir}: parameter {name} is stored with shape "
+                       f"{stored.get(name)}, but {_CONFIG} needs {needed.get(name)}; the "
+                       "config and the parameters do not belong together")
+
+
+def _silence_orbax_coroutines() -> None:
+  """Installs (once) an unraisable hook that drops only the tracebacks of orbax coroutines
+  orphaned by a failed restore; they are printed whenever Python collects them, even at
+  exit. Every other unraisable exception still reaches the previous hook."""
+  previous = sys.unraisablehook
+  if getattr(previous, "_drops_orbax_coroutines", False):
+    return
+
+  def hook(unraisable):
+    code = getattr(unraisable.object, "cr_code", None)
+    if code is None or "orbax" not in code.co_filename:
+      previous(unraisable)
+
+  hook._drops_orbax_coroutines = True
+  sys.unraisablehook = hook
+
+
+def _restore(params_dir: pathlib.Path, abstract_state):
+  """orbax restore; a failure (truncated or corrupt files) becomes one `ValueError`."""
+  try:
+    return ocp.StandardCheckpointer().restore(params_dir, abstract_state)
+  except Exception as err:  # orbax / TensorStore raise many types
+    first = (str(err).splitlines() or [type(err).__name__])[0].split(" See full")[0][:300]
+  _silence_orbax_coroutines()
+  raise ValueError(f"{params_dir}: cannot read the parameters (truncated or corrupt files?): "
+                   f"{first}")
+
+
 def load_model(directory) -> DiT:
   """Rebuilds the model of a folder written by `save_model` or `python -m remdm_jax.convert`.
 
   Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
   honouring the checkpoint's `time_conditioning`.
+
+  Raises:
+    ValueError: not a model folder, a bad `config.json`, parameters of other shapes than the
+      config needs, or unreadable parameter files; the message names the file.
   """
   directory = pathlib.Path(directory).absolute()
   cfg = load_config(directory)
   abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
+  _check_stored_shapes(directory / _PARAMS, abstract_state)
   placement = _replicated()
   abstract_state = jax.tree.map(
       lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement),
       abstract_state)
-  state = ocp.StandardCheckpointer().restore(directory / _PARAMS, abstract_state)
+  state = _restore(directory / _PARAMS, abstract_state)
   return nnx.merge(graphdef, state, rest)

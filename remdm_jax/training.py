@@ -5,7 +5,10 @@ One jitted train step (AdamW with warm-up, gradient clipping, EMA of the weights
 are replicated, or split on "model" by the tensor-parallel rules of `remdm_jax.sharding`
 (`model_axis > 1`); XLA inserts the collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure
 function of `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if
-never interrupted. SIGTERM saves and exits; SIGKILL loses at most `save_every` steps.
+never interrupted. SIGTERM and SIGINT save and stop (`errors.Stopped`); SIGKILL loses at most
+`save_every` steps. A step whose loss, gradient or update is not finite is not applied: the
+run saves the last good state and raises `TrainingDiverged`. The exported model
+(`WORKDIR/model`) always matches the final step and is replaced atomically.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ import dataclasses
 import json
 import os
 import pathlib
+import shutil
 import signal
 
 import jax
@@ -24,13 +28,19 @@ import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import distributed, losses
-from remdm_jax.checkpoint import save_model
+from remdm_jax import distributed, files, losses
+from remdm_jax.checkpoint import exported_step, save_model
+from remdm_jax.errors import Stopped
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.schedules import LogLinear
 from remdm_jax.sharding import param_shardings
+from remdm_jax.validation import check_choice, check_fields, check_range
 
 OBJECTIVES = ("mdlm", "remdm", "ar")
+
+
+class TrainingDiverged(FloatingPointError):
+  """A step produced a non-finite loss, gradient or update; it was not applied."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,24 +67,30 @@ class TrainConfig:
   seed: int = 0                 # parameters, data order and noise all derive from it
 
   def __post_init__(self):
-    if self.objective not in OBJECTIVES:
-      raise ValueError(f"unknown objective {self.objective!r}; choose from {list(OBJECTIVES)}")
+    check_fields(self)
+    check_choice("objective", self.objective, OBJECTIVES)
+    check_choice("sigma_rule", self.sigma_rule, ("cap", "rescale"))
     if self.objective == "remdm" and self.discrete_steps < 1:
       raise ValueError("objective 'remdm' needs discrete_steps >= 1 (eq. 9 is discrete), "
                        f"got {self.discrete_steps}")
-    if self.sigma_rule not in ("cap", "rescale"):
-      raise ValueError(f"unknown sigma_rule {self.sigma_rule!r}; choose from ['cap', 'rescale']")
-    high = 1.0 if self.sigma_rule == "rescale" else float("inf")
-    if not 0.0 <= self.eta <= high:
-      raise ValueError(f"eta must be in [0, {high}] for sigma_rule {self.sigma_rule!r}, "
-                       f"got {self.eta}")
-    for name in ("batch_size", "steps", "save_every", "log_every", "model_axis"):
-      if getattr(self, name) < 1:
-        raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-    if not 0.0 < self.eps < 1.0:
-      raise ValueError(f"eps must be in (0, 1), got {self.eps}")
-    if not 0.0 <= self.ema_decay < 1.0:
-      raise ValueError(f"ema_decay must be in [0, 1), got {self.ema_decay}")
+    check_range("discrete_steps", self.discrete_steps, 0)
+    check_range("eta", self.eta, 0.0, 1.0 if self.sigma_rule == "rescale" else None,
+                context=f" for sigma_rule {self.sigma_rule!r}")
+    for name in ("batch_size", "steps", "save_every", "log_every", "model_axis",
+                 "eval_batches"):
+      check_range(name, getattr(self, name), 1)
+    for name in ("warmup_steps", "eval_every", "seed"):
+      check_range(name, getattr(self, name), 0)
+    check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
+    check_range("weight_decay", self.weight_decay, 0.0)
+    check_range("grad_clip", self.grad_clip, 0.0, low_open=True)
+    check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
+    check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+
+
+def _all_finite(tree) -> jax.Array:
+  """`[] bool`: every element of every leaf is finite (no norm, which could overflow)."""
+  return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -140,6 +156,8 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
     return objective_loss(nnx.merge(graphdef, params, rest), batch, key, cfg, mask_id, train)
 
   def train_step(state, batch):
+    """One AdamW step; a step whose loss, gradient or update is not finite leaves the state
+    unchanged and reports `finite = False`."""
     key = jax.random.fold_in(base_key, state["step"])
     loss, grads = jax.value_and_grad(loss_of)(state["params"], batch, key, True)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
@@ -147,7 +165,10 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
     ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1.0 - cfg.ema_decay) * p,
                        state["ema"], params)
     new = {"params": params, "opt_state": opt_state, "ema": ema, "step": state["step"] + 1}
-    return new, {"loss": loss, "grad_norm": optax.tree.norm(grads)}
+    grad_norm = optax.tree.norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm) & _all_finite(params)
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
+    return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
   def eval_loss(params, batch, index):
     return loss_of(params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), index),
@@ -197,25 +218,70 @@ class Checkpoints:
     return restored["state"]
 
 
-class _StopOnSigterm:
-  """Turns SIGTERM into a flag checked between steps (the loop then saves and exits)."""
+_STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+class _StopOnSignal:
+  """Turns SIGTERM and SIGINT into a flag checked between steps (the loop then saves and
+  stops). A second signal of the same kind acts as it would without this handler."""
 
   def __init__(self):
-    self.requested = False
-    self._previous = signal.signal(signal.SIGTERM, self._handle)
+    self.signum = None
+    self._previous = {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
 
   def _handle(self, signum, frame):
-    self.requested = True
+    self.signum = signum
+    signal.signal(signum, self._previous[signum])
 
   def restore(self):
-    signal.signal(signal.SIGTERM, self._previous)
+    for signum, handler in self._previous.items():
+      signal.signal(signum, handler)
+
+
+def _metric_step(line: str) -> int | None:
+  try:
+    return json.loads(line)["step"]
+  except (json.JSONDecodeError, KeyError, TypeError):
+    return None
 
 
 def _truncate_metrics(path: pathlib.Path, step: int) -> None:
-  """Drops metric lines past `step` (written after the checkpoint we resume from)."""
+  """Drops metric lines past `step` (written after the checkpoint we resume from) and any
+  line a killed run left half-written."""
   if path.exists():
-    lines = [l for l in path.read_text().splitlines() if json.loads(l)["step"] <= step]
-    path.write_text("".join(l + "\n" for l in lines))
+    lines = [l for l in files.read_text(path, "metrics file").splitlines()
+             if (_metric_step(l) or step + 1) <= step]
+    files.write_atomic(path, "".join(l + "\n" for l in lines))
+
+
+def _diverged(metrics: dict, done: int, workdir: pathlib.Path) -> TrainingDiverged:
+  return TrainingDiverged(
+      f"training diverged at step {done}: loss {float(metrics['loss']):.4g}, gradient norm "
+      f"{float(metrics['grad_norm']):.4g} (or non-finite updated parameters); that step was not "
+      f"applied and the last good state (step {done - 1}) is saved in "
+      f"{workdir / 'checkpoints'}; no model was exported. Lower --train.learning_rate or "
+      "check the data, in a new workdir")
+
+
+def _export(run: Run, state: dict, workdir: pathlib.Path, tokenizer: str | None) -> None:
+  """Writes the EMA model to `WORKDIR/model` unless it already holds this step's export.
+
+  The export is written to a temporary folder, then swapped in (`files.replace_folder`), so
+  `WORKDIR/model` is always a complete export; a stale or interrupted one is replaced.
+  """
+  step, final = int(state["step"]), workdir / "model"
+  stale = exported_step(final) != step
+  if not distributed.any_process(stale):   # a collective: all processes decide together
+    return
+  temporary = workdir / ".model.tmp"
+  if distributed.is_primary():
+    shutil.rmtree(temporary, ignore_errors=True)
+  distributed.barrier("export-start")
+  save_model(nnx.merge(run.graphdef, state["ema"], run.rest), temporary, tokenizer,
+             step=step)
+  if distributed.is_primary():
+    files.replace_folder(temporary, final)
+  distributed.barrier("export-done")
 
 
 def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
@@ -232,8 +298,11 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
     tokenizer: recorded with the exported model (`WORKDIR/model`).
   """
   from tqdm import tqdm
-  workdir = pathlib.Path(workdir)
-  workdir.mkdir(parents=True, exist_ok=True)
+  if valid_rows is not None and cfg.eval_every and len(valid_rows) < cfg.batch_size:
+    raise ValueError(f"the validation split has {len(valid_rows)} rows, fewer than "
+                     f"batch_size={cfg.batch_size}; add validation text, lower the batch "
+                     "size, or pass --train.eval_every=0")
+  workdir = files.check_writable_folder(workdir, "workdir")
   run, state = build_run(model_cfg, cfg, mask_id)
   checkpoints = Checkpoints(workdir / "checkpoints", record)
   restored = checkpoints.restore_latest(state)
@@ -245,7 +314,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
   if primary:
     _truncate_metrics(metrics_path, start)
     (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
-  stop, last = _StopOnSigterm(), min(cfg.steps, stop_at or cfg.steps)
+  stop, last = _StopOnSignal(), min(cfg.steps, stop_at or cfg.steps)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and primary), desc="train")
   try:
     with metrics_path.open("a") if primary else open(os.devnull, "w") as log:
@@ -253,6 +322,10 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
         batch = jax.device_put(train_stream.batch(step), run.data_sharding)
         state, metrics = run.train_step(state, batch)
         done = step + 1
+        if not bool(metrics.pop("finite")):
+          if checkpoints.manager.latest_step() != step:
+            checkpoints.save(state)
+          raise _diverged(metrics, done, workdir)
         if done % cfg.log_every == 0 or done == last:
           entry = {"step": done, **{k: float(v) for k, v in metrics.items()}}
           if valid_rows is not None and cfg.eval_every and done % cfg.eval_every == 0:
@@ -262,18 +335,20 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
           log.flush()
           bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
-        stopping = distributed.any_process(stop.requested)  # every process stops together
+        # every process stops together
+        stopping = distributed.any_process(stop.signum is not None)
         if done % cfg.save_every == 0 or done == last or stopping:
           checkpoints.save(state)
         if stopping:
-          break
+          name = signal.Signals(stop.signum or signal.SIGTERM).name
+          raise Stopped(f"stopped by {name} after step {done} of {cfg.steps}; the checkpoint "
+                        f"is saved in {workdir / 'checkpoints'}; rerun the same command to "
+                        "resume", stop.signum or signal.SIGTERM)
   finally:
     bar.close()
     stop.restore()
   if int(state["step"]) == cfg.steps:
-    export = workdir / "model"
-    if not distributed.any_process(export.exists()):  # a collective: all decide together
-      save_model(nnx.merge(run.graphdef, state["ema"], run.rest), export, tokenizer)
+    _export(run, state, workdir, tokenizer)
   return state
 
 

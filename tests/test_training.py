@@ -16,8 +16,8 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from remdm_jax import data, distributed, training
-from remdm_jax.checkpoint import load_model
+from remdm_jax import data, distributed, errors, training
+from remdm_jax.checkpoint import exported_step, load_model
 from remdm_jax.models import DiTConfig
 from remdm_jax.tokenizers import ByteTokenizer
 
@@ -115,7 +115,7 @@ def test_killed_cli_run_resumes_to_the_same_weights(sig, tmp_path, text_folder):
                                  capture_output=True, text=True, timeout=600)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
   code = _start_and_signal(_cli(tmp_path / "b", text_folder, steps), tmp_path / "b", sig)
-  assert code == (-9 if sig == signal.SIGKILL else 0)
+  assert code == (-9 if sig == signal.SIGKILL else 128 + signal.SIGTERM)   # not "finished"
   saved = _saved_steps(tmp_path / "b")
   assert saved and saved[-1] < steps                     # it really stopped early
   resumed = subprocess.run(_cli(tmp_path / "b", text_folder, steps), cwd=REPO,
@@ -166,8 +166,8 @@ def test_every_objective_trains(objective, extra, tmp_path):
     (dict(objective="bert"), "unknown objective 'bert'"),
     (dict(objective="remdm"), "needs discrete_steps >= 1"),
     (dict(objective="remdm", discrete_steps=8, sigma_rule="rescale", eta=2.0),
-     r"eta must be in \[0, 1.0\]"),
-    (dict(steps=0), "steps must be >= 1"),
+     r"eta must be in \[0, 1\] for sigma_rule 'rescale', got 2.0"),
+    (dict(steps=0), r"steps must be in \[1, inf\), got 0"),
 ])
 def test_bad_train_config(kwargs, match):
   with pytest.raises(ValueError, match=match):
@@ -177,3 +177,97 @@ def test_bad_train_config(kwargs, match):
 def test_objective_and_model_must_agree():
   with pytest.raises(ValueError, match="objective 'ar' needs model causal=True"):
     training.build_run(MODEL, dataclasses.replace(TRAIN, objective="ar"), TOK.mask_id)
+
+
+class _SignallingStream(data.BatchStream):
+  """Sends `signum` to this process while batch `at` is being fetched (as Ctrl-C would)."""
+
+  def __init__(self, signum, at):
+    super().__init__(_rows(), TRAIN.batch_size, TRAIN.seed)
+    self.signum, self.at = signum, at
+
+  def batch(self, k):
+    if k == self.at:
+      os.kill(os.getpid(), self.signum)
+    return super().batch(k)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_signal_saves_the_step_and_stops_with_its_exit_code(signum, tmp_path):
+  """SIGINT (Ctrl-C) is handled like SIGTERM: the step in flight finishes, it is saved, and
+  the run stops with 128 + signal number and a message, without exporting a model."""
+  with pytest.raises(errors.Stopped, match=f"stopped by {signal.Signals(signum).name} after "
+                     "step 3 of 12.*rerun the same command") as stopped:
+    training.train(MODEL, TRAIN, _SignallingStream(signum, at=2), None, TOK.mask_id,
+                   tmp_path, record={"test": 1}, progress=False)
+  assert stopped.value.exit_code == 128 + signum
+  assert _saved_steps(tmp_path) == [3] and not (tmp_path / "model").exists()
+  assert signal.getsignal(signal.SIGINT) is signal.default_int_handler   # handler restored
+
+
+def test_diverging_run_stops_and_keeps_the_last_good_state(tmp_path):
+  """A learning rate of 1e30 makes step 2's loss overflow: the run raises, that step is not
+  applied, step 1 is checkpointed with finite parameters, and no model is exported."""
+  cfg = dataclasses.replace(TRAIN, learning_rate=1e30, warmup_steps=0, save_every=6)
+  with pytest.raises(training.TrainingDiverged, match="diverged at step 2.*last good state "
+                     r"\(step 1\) is saved.*no model was exported"):
+    _train(tmp_path, cfg)
+  assert _saved_steps(tmp_path) == [1] and not (tmp_path / "model").exists()
+  run, state = training.build_run(MODEL, cfg, TOK.mask_id)
+  restored = training.Checkpoints(tmp_path / "checkpoints", {"test": 1}).restore_latest(state)
+  assert int(restored["step"]) == 1
+  assert all(np.isfinite(leaf).all() for leaf in _leaves(restored["params"]))
+
+
+@pytest.mark.parametrize("field,value,match", [
+    ("learning_rate", float("nan"), "learning_rate must be a finite number, got nan"),
+    ("learning_rate", 0.0, r"learning_rate must be in \(0, inf\), got 0.0"),
+    ("grad_clip", float("inf"), "grad_clip must be a finite number"),
+    ("steps", 2.5, "steps must be an integer, got 2.5"),
+    ("steps", True, "steps must be an integer, got True"),
+    ("warmup_steps", -1, r"warmup_steps must be in \[0, inf\)"),
+    ("eval_batches", 0, r"eval_batches must be in \[1, inf\)"),
+    ("weight_decay", "0.1", "weight_decay must be a number, got '0.1'"),
+])
+def test_numeric_train_options_are_validated_up_front(field, value, match):
+  with pytest.raises(ValueError, match=match):
+    dataclasses.replace(TRAIN, **{field: value})
+
+
+def test_extending_a_finished_run_replaces_its_export(tmp_path):
+  """A 4-step run exports step 4; rerunning with steps=6 trains on and exports step 6 (the
+  EMA of step 6, bit for bit); a stale temporary export left by a crash is cleared."""
+  short = dataclasses.replace(TRAIN, steps=4, eval_every=0)
+  _train(tmp_path, short)
+  assert exported_step(tmp_path / "model") == 4
+  (tmp_path / ".model.tmp").mkdir()                          # as an interrupted export
+  (tmp_path / ".model.tmp" / "junk").write_text("x")
+  final = _train(tmp_path, dataclasses.replace(short, steps=6))
+  assert exported_step(tmp_path / "model") == 6 and not (tmp_path / ".model.tmp").exists()
+  exported = nnx.state(load_model(tmp_path / "model"), nnx.Param)
+  for a, b in zip(_leaves(exported), _leaves(final["ema"])):
+    np.testing.assert_array_equal(a, b)
+
+
+def test_a_missing_or_stale_export_is_rewritten_on_rerun(tmp_path):
+  short = dataclasses.replace(TRAIN, steps=4, eval_every=0)
+  _train(tmp_path, short)
+  config = tmp_path / "model" / "config.json"
+  config.write_text(config.read_text().replace('"step": 4', '"step": 3'))   # stale
+  _train(tmp_path, short)
+  assert exported_step(tmp_path / "model") == 4
+
+
+def test_too_small_validation_split_is_named(tmp_path):
+  with pytest.raises(ValueError, match="validation split has 4 rows, fewer than batch_size=8"):
+    training.train(MODEL, TRAIN, data.BatchStream(_rows(), 8, 0), _rows(1, 4), TOK.mask_id,
+                   tmp_path, record={}, progress=False)
+
+
+def test_half_written_metrics_line_is_dropped_on_resume(tmp_path):
+  _train(tmp_path, stop_at=4)
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(metrics.read_text() + '{"step": 5, "lo')      # killed mid-write
+  _train(tmp_path, stop_at=6)
+  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
+  assert steps == list(range(1, 7))

@@ -1,0 +1,70 @@
+"""How the command lines end: one `error:` line and an exit code, never a traceback.
+
+| what happened                                    | exit code |
+|--------------------------------------------------|-----------|
+| finished                                         | 0         |
+| a run failed (non-finite logits or loss)         | 1         |
+| bad input: flags, files, configs, models         | 2         |
+| stopped by a signal after saving (resumable)     | 128 + signal number (130 SIGINT, 143 SIGTERM) |
+
+`run_cli(main, argv)` maps exceptions to these; library code raises ordinary exceptions
+(`ValueError` for bad input, `FloatingPointError` for non-finite numbers, `Stopped`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+from typing import Callable
+
+
+class Stopped(Exception):
+  """A run ended early by a signal, after saving what it had done."""
+
+  def __init__(self, message: str, signum: int):
+    super().__init__(message)
+    self.exit_code = 128 + signum
+
+
+class HelpRequested(Exception):
+  """`-h` / `--help`: the usage text is printed and the command exits 0."""
+
+  def __init__(self, text: str):
+    super().__init__(text)
+    self.text = text
+
+
+class ArgumentParser(argparse.ArgumentParser):
+  """argparse that raises instead of exiting, so `run_cli` reports it like every command."""
+
+  def error(self, message):
+    raise ValueError(message)
+
+  def print_help(self, file=None):
+    raise HelpRequested(self.format_help())
+
+
+def _fail(message: str, code: int) -> int:
+  print(f"error: {message}", file=sys.stderr, flush=True)
+  return code
+
+
+def run_cli(main: Callable[[list[str]], int], argv: list[str]) -> int:
+  """Runs a command's `main(argv)` and turns its exceptions into an exit code and one line."""
+  try:
+    return main(argv)
+  except HelpRequested as err:
+    print(err.text)
+    return 0
+  except Stopped as err:
+    return _fail(str(err), err.exit_code)
+  except FloatingPointError as err:
+    return _fail(str(err), 1)
+  except ValueError as err:
+    return _fail(str(err), 2)
+  except OSError as err:
+    where = f"{err.filename}: " if err.filename else ""
+    return _fail(f"{where}{err.strerror or err}", 2)
+  except KeyboardInterrupt:
+    return _fail("interrupted (Ctrl-C)", 128 + signal.SIGINT)

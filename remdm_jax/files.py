@@ -1,0 +1,95 @@
+"""Reading and writing the project's files, with errors that name the file.
+
+Every JSON or text file the library reads goes through `read_json` / `read_text`: a missing
+file, a folder where a file should be, bad JSON or bad UTF-8 becomes a `ValueError` that starts
+with the path (`cli.py` prints it as one `error:` line). Writes are atomic: a file (or a whole
+folder) appears under its final name only when complete.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import shutil
+
+
+def _describe(err: OSError) -> str:
+  return err.strerror or type(err).__name__
+
+
+def read_text(path, what: str = "file") -> str:
+  """The UTF-8 text of `path`.
+
+  Raises:
+    ValueError: `"<path>: <what> ..."` when it is missing, a folder, unreadable or not UTF-8.
+  """
+  path = pathlib.Path(path)
+  try:
+    return path.read_text(encoding="utf-8")
+  except IsADirectoryError:
+    raise ValueError(f"{path}: is a folder, expected a {what}") from None
+  except FileNotFoundError:
+    raise ValueError(f"{path}: no such {what}") from None
+  except OSError as err:
+    raise ValueError(f"{path}: cannot read the {what} ({_describe(err)})") from None
+  except UnicodeDecodeError as err:
+    raise ValueError(f"{path}: the {what} is not UTF-8 text (byte {err.start})") from None
+
+
+def read_json(path, what: str = "JSON file"):
+  """The parsed JSON of `path`; errors name the file, line and column."""
+  text = read_text(path, what)
+  try:
+    return json.loads(text)
+  except json.JSONDecodeError as err:
+    raise ValueError(f"{path}: not valid JSON ({err.msg} at line {err.lineno}, column "
+                     f"{err.colno})") from None
+
+
+def read_json_object(path, what: str = "JSON file") -> dict:
+  """`read_json` that also requires a JSON object at the top level."""
+  payload = read_json(path, what)
+  if not isinstance(payload, dict):
+    raise ValueError(f"{path}: expected a JSON object at the top level, got "
+                     f"{type(payload).__name__}")
+  return payload
+
+
+def write_atomic(path, text: str) -> None:
+  """Writes `text` to a temporary sibling, flushes it to disk, then renames it to `path`."""
+  path = pathlib.Path(path)
+  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+  with temporary.open("w", encoding="utf-8") as handle:
+    handle.write(text)
+    handle.flush()
+    os.fsync(handle.fileno())
+  os.replace(temporary, path)
+
+
+def replace_folder(new: pathlib.Path, final: pathlib.Path) -> None:
+  """Moves the complete folder `new` to `final`, replacing any folder there.
+
+  The old folder is first renamed aside, so at every moment `final` is either absent, the
+  old complete folder or the new one; an aside folder left by a crash is removed next time.
+  """
+  aside = final.with_name(f".{final.name}.old")
+  shutil.rmtree(aside, ignore_errors=True)
+  if final.exists():
+    os.replace(final, aside)
+  os.replace(new, final)
+  shutil.rmtree(aside, ignore_errors=True)
+
+
+def check_writable_folder(path, what: str) -> pathlib.Path:
+  """Creates the folder `path` if needed; a clear error when it is a file or cannot be made."""
+  path = pathlib.Path(path)
+  if path.exists() and not path.is_dir():
+    raise ValueError(f"{path}: is a file, expected a folder for the {what}")
+  try:
+    path.mkdir(parents=True, exist_ok=True)
+  except OSError as err:
+    raise ValueError(f"{path}: cannot create the {what} folder ({_describe(err)})") from None
+  if not os.access(path, os.W_OK | os.X_OK):
+    raise ValueError(f"{path}: the {what} folder is not writable")
+  return path
