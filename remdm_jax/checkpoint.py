@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import pathlib
 import sys
 
@@ -116,10 +117,15 @@ def _shapes(tree) -> dict[str, tuple]:
 def _check_stored_shapes(params_dir: pathlib.Path, abstract_state) -> None:
   """Compares the stored parameter shapes with those the config needs, before reading."""
   try:
-    stored = _shapes(ocp.StandardCheckpointer().metadata(params_dir).item_metadata)
+    metadata = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
   except Exception as err:  # orbax raises many types for unreadable metadata
-    raise ValueError(f"{params_dir}: cannot read the parameter metadata "
-                     f"({type(err).__name__}: {str(err).splitlines()[0][:200]})") from None
+    metadata, reason = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+  else:
+    reason = "missing or corrupt"
+  if metadata is None:
+    _silence_orbax_coroutines()
+    raise ValueError(f"{params_dir}: cannot read the parameters' metadata ({reason})")
+  stored = _shapes(metadata)
   needed = _shapes(abstract_state)
   for name in sorted(set(stored) | set(needed)):
     if stored.get(name) != needed.get(name):
@@ -128,21 +134,33 @@ def _check_stored_shapes(params_dir: pathlib.Path, abstract_state) -> None:
                        "config and the parameters do not belong together")
 
 
+def _from_failed_read(unraisable) -> bool:
+  """An orbax coroutine orphaned by a failed read, or a TensorStore callback reaching the
+  event loop that orbax already closed after it."""
+  code = getattr(unraisable.object, "cr_code", None)
+  if code is not None:
+    return "orbax" in code.co_filename
+  return (unraisable.exc_type is RuntimeError
+          and str(unraisable.exc_value) == "Event loop is closed")
+
+
 def _silence_orbax_coroutines() -> None:
-  """Installs (once) an unraisable hook that drops only the tracebacks of orbax coroutines
-  orphaned by a failed restore; they are printed whenever Python collects them, even at
-  exit. Every other unraisable exception still reaches the previous hook."""
+  """Installs (once) an unraisable hook and an asyncio log filter that drop only the
+  tracebacks left behind by a failed orbax read; they appear whenever Python collects them,
+  even at exit. Every other unraisable exception and asyncio record passes through."""
   previous = sys.unraisablehook
   if getattr(previous, "_drops_orbax_coroutines", False):
     return
 
   def hook(unraisable):
-    code = getattr(unraisable.object, "cr_code", None)
-    if code is None or "orbax" not in code.co_filename:
+    if not _from_failed_read(unraisable):
       previous(unraisable)
 
   hook._drops_orbax_coroutines = True
   sys.unraisablehook = hook
+  logging.getLogger("asyncio").addFilter(
+      lambda record: not ("never retrieved" in record.getMessage()
+                          and "orbax" in record.getMessage()))
 
 
 def _restore(params_dir: pathlib.Path, abstract_state):

@@ -13,8 +13,6 @@ Sources (brief section 8):
 
 from __future__ import annotations
 
-import argparse
-import json
 import pathlib
 import sys
 from typing import Mapping
@@ -23,7 +21,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from remdm_jax import files
 from remdm_jax.checkpoint import save_model
+from remdm_jax.errors import ArgumentParser, run_cli
 from remdm_jax.models.dit import DiT, DiTConfig
 
 _PREFIX = "backbone."
@@ -60,11 +60,18 @@ def released_names(cfg: DiTConfig) -> dict[str, tuple[tuple, bool]]:
 
 
 def _check_inv_freq(value: np.ndarray, cfg: DiTConfig) -> None:
+  """The rotary buffer must follow the formula, to the precision of its own dtype (a float16
+  release rounds it to about 1e-3)."""
   head_dim = cfg.hidden // cfg.heads
   expected = 1.0 / 10_000.0 ** (np.arange(0, head_dim, 2, dtype=np.float64) / head_dim)
-  if value.shape != expected.shape or not np.allclose(value, expected, rtol=1e-5):
-    raise ValueError(f"{_PREFIX}{_INV_FREQ} does not match the rotary formula "
-                     f"1 / 10000^(2k / {head_dim}) (shape {value.shape})")
+  if value.shape != expected.shape:
+    raise ValueError(f"{_PREFIX}{_INV_FREQ} has shape {list(value.shape)}, but heads="
+                     f"{cfg.heads} and hidden={cfg.hidden} need {list(expected.shape)}: the "
+                     "config does not fit these weights")
+  rtol = max(1e-5, 4 * float(np.finfo(value.dtype).eps))
+  if not np.allclose(value.astype(np.float64), expected, rtol=rtol):
+    raise ValueError(f"{_PREFIX}{_INV_FREQ} ({value.dtype}) does not match the rotary "
+                     f"formula 1 / 10000^(2k / {head_dim}) to rtol {rtol:.2g}")
 
 
 def convert_tensors(tensors: Mapping[str, np.ndarray], cfg: DiTConfig) -> DiT:
@@ -74,6 +81,10 @@ def convert_tensors(tensors: Mapping[str, np.ndarray], cfg: DiTConfig) -> DiT:
     ValueError: one line naming the first missing, unknown or wrongly shaped key.
   """
   tensors = {k.removeprefix(_PREFIX): np.asarray(v) for k, v in tensors.items()}
+  floating = [k for k, v in tensors.items() if not np.issubdtype(v.dtype, np.floating)]
+  if floating:
+    raise ValueError(f"checkpoint tensors must be floating point; {_PREFIX}{floating[0]} is "
+                     f"{tensors[floating[0]].dtype}")
   if _INV_FREQ in tensors:
     _check_inv_freq(tensors.pop(_INV_FREQ), cfg)
   names = released_names(cfg)
@@ -111,17 +122,24 @@ def config_from_hf(payload: Mapping) -> DiTConfig:
                      time_conditioning=bool(payload.get("time_conditioning", False)))
   except KeyError as err:
     raise ValueError(f"config.json lacks the field {err.args[0]!r}") from None
+  except ValueError as err:
+    raise ValueError(f"config.json: {err}") from None
 
 
 def read_hf_folder(src) -> tuple[DiTConfig, dict[str, np.ndarray]]:
   """Reads `config.json` and `model.safetensors` from a folder."""
+  from safetensors import SafetensorError
   from safetensors.numpy import load_file
   src = pathlib.Path(src)
   for name in ("config.json", "model.safetensors"):
     if not (src / name).is_file():
       raise ValueError(f"{src} is not a released MDLM folder: {name} is missing")
-  cfg = config_from_hf(json.loads((src / "config.json").read_text()))
-  return cfg, load_file(str(src / "model.safetensors"))
+  cfg = config_from_hf(files.read_json_object(src / "config.json", "released config"))
+  try:
+    return cfg, load_file(str(src / "model.safetensors"))
+  except (SafetensorError, OSError, ValueError) as err:
+    raise ValueError(f"{src / 'model.safetensors'}: cannot read the weights (empty, "
+                     f"truncated or not safetensors): {err}") from None
 
 
 def _to_numpy(value) -> np.ndarray:
@@ -168,27 +186,32 @@ def convert(src, dst, config_json=None) -> pathlib.Path:
   elif src.suffix == ".ckpt":
     if config_json is None:
       raise ValueError("a .ckpt needs --config, a released config.json")
-    cfg = config_from_hf(json.loads(pathlib.Path(config_json).read_text()))
+    cfg = config_from_hf(files.read_json_object(config_json, "released config"))
     tensors = read_lightning_ckpt(src)
+  elif not src.exists():
+    raise ValueError(f"{src}: no such file or folder")
   else:
     raise ValueError(f"SRC must be a released folder or a .ckpt file, got {src}")
+  dst = pathlib.Path(dst)
+  if dst.exists() and not dst.is_dir():
+    raise ValueError(f"{dst}: is a file, expected a new model folder")
   return save_model(convert_tensors(tensors, cfg), dst, tokenizer="gpt2")
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(prog="python -m remdm_jax.convert",
-                                   description="Convert released MDLM weights.")
+def _main(argv: list[str]) -> int:
+  parser = ArgumentParser(prog="python -m remdm_jax.convert",
+                   description="Convert released MDLM weights.")
   parser.add_argument("src", help="released folder (config.json + model.safetensors) or .ckpt")
   parser.add_argument("dst", help="new model folder (orbax params + config.json)")
   parser.add_argument("--config", help="released config.json, for a .ckpt source")
   args = parser.parse_args(argv)
-  try:
-    out = convert(args.src, args.dst, args.config)
-  except ValueError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  print(f"wrote {out}")
+  print(f"wrote {convert(args.src, args.dst, args.config)}")
   return 0
+
+
+def main(argv=None) -> int:
+  """`python -m remdm_jax.convert SRC DST [--config CONFIG]`."""
+  return run_cli(_main, sys.argv[1:] if argv is None else argv)
 
 
 if __name__ == "__main__":

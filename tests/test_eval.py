@@ -76,3 +76,33 @@ def test_add_bos_scores_every_text_token():
   feats = ev.evaluator_features(lambda t: jax.nn.one_hot(t, 300) * 1.0, TOK, ["ab"],
                                 max_len=8, add_bos=True)
   assert feats[0, ord("b")] == 1
+
+
+@pytest.mark.parametrize("texts,max_len,match", [
+    ([], 12, "texts is empty"),
+    ("hello there", 12, "texts must be a sequence of strings"),
+    (["", ""], 12, "no token to score in 2 texts"),
+    (["a", "b"], 12, "no token to score"),                     # one byte each: nothing scored
+    (["hello there"], 1, r"max_len must be in \[2, inf\), got 1"),
+    ([b"bytes"], 12, "texts must be a sequence of strings"),
+])
+def test_degenerate_texts_are_refused_never_scored_1(texts, max_len, match):
+  with pytest.raises(ValueError, match=match):
+    ev.gen_ppl(bigram_logits, TOK, texts, max_len=max_len)
+
+
+def test_nonfinite_evaluator_is_refused():
+  broken = lambda tokens: jnp.full(tokens.shape + (TOK.vocab_size,), jnp.nan)
+  with pytest.raises(ValueError, match="log-probabilities are not finite"):
+    ev.gen_ppl(broken, TOK, ["hello there"], max_len=12)
+
+
+@pytest.mark.parametrize("rows,match", [
+    ("abc", "rows must be a non-empty sequence"),
+    ([], "rows must be a non-empty sequence"),
+    (["abc"], r"rows\[0\] must be a 1-D sequence of integer ids"),
+    ([[1, 2], []], r"rows\[1\] is empty"),
+])
+def test_entropy_refuses_what_is_not_ids(rows, match):
+  with pytest.raises(ValueError, match=match):
+    ev.mean_entropy(rows)

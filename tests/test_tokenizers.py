@@ -37,3 +37,12 @@ def test_directory_path_and_bad_name(tmp_path):
     get_tokenizer("nope")
   with pytest.raises(ValueError, match="must hold encoder.json and vocab.bpe"):
     GPT2Tokenizer(tmp_path / "missing")
+
+
+def test_gpt2_without_tiktoken_names_the_install(monkeypatch):
+  """On the base install (no [gpt2] extra) the error says what to install."""
+  import sys
+  monkeypatch.setitem(sys.modules, "tiktoken", None)        # import tiktoken -> ImportError
+  monkeypatch.setitem(sys.modules, "tiktoken.load", None)
+  with pytest.raises(ValueError, match=r"needs tiktoken.*pip install 'remdm-jax\[gpt2\]'"):
+    get_tokenizer("gpt2")

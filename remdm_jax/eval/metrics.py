@@ -20,16 +20,43 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax.validation import check_int
+
+
+def _id_row(ids, name: str) -> np.ndarray:
+  """A non-empty 1-D integer array, or a `ValueError` naming `name`."""
+  row = np.asarray(ids)
+  if row.size == 0:
+    raise ValueError(f"{name} is empty: an entropy needs at least one id")
+  if isinstance(ids, (str, bytes)) or row.ndim != 1 or not np.issubdtype(row.dtype,
+                                                                          np.integer):
+    raise ValueError(f"{name} must be a 1-D sequence of integer ids, got "
+                     f"{type(ids).__name__} {row.dtype}{list(row.shape)}")
+  return row
+
 
 def unigram_entropy(ids: Sequence[int]) -> float:
-  """Entropy (nats) of the empirical distribution of one sample's ids."""
-  _, counts = np.unique(np.asarray(ids), return_counts=True)
+  """Entropy (nats) of the empirical distribution of one sample's ids (`[N] int`, N >= 1)."""
+  _, counts = np.unique(_id_row(ids, "ids"), return_counts=True)
   p = counts / counts.sum()
   return float(-np.sum(p * np.log(p)))
 
 
 def mean_entropy(rows) -> float:
-  return float(np.mean([unigram_entropy(r) for r in rows]))
+  """Mean `unigram_entropy` over samples (each a sequence of ids; at least one sample)."""
+  if isinstance(rows, (str, bytes)) or len(rows) == 0:
+    raise ValueError(f"rows must be a non-empty sequence of id sequences, got {rows!r:.60}")
+  return float(np.mean([unigram_entropy(_id_row(r, f"rows[{i}]")) for i, r in enumerate(rows)]))
+
+
+def _check_texts(texts, max_len: int, batch_size: int) -> None:
+  if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+    raise ValueError("texts must be a sequence of strings (a list of samples), got "
+                     f"{type(texts).__name__}")
+  if len(texts) == 0:
+    raise ValueError("texts is empty: there is nothing to score")
+  check_int("max_len", max_len, 2)
+  check_int("batch_size", batch_size, 1)
 
 
 def _encode_batch(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool):
@@ -67,11 +94,22 @@ def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
   `add_bos=False` is the paper's protocol (GPT-2). An evaluator trained only on rows that
   start with BOS (as `train/shipped_models.py` trains the shipped one) needs `add_bos=True`:
   the BOS is then the unscored first token and every text token is scored.
+
+  Raises:
+    ValueError: `texts` is not a non-empty list of strings, `max_len < 2`, no token is
+      left to score (empty texts), or the evaluator's scores are not finite.
   """
+  _check_texts(texts, max_len, batch_size)
   ids, scored, _ = _encode_batch(tokenizer, texts, max_len, add_bos)
+  if not scored.any():
+    raise ValueError(f"no token to score in {len(texts)} texts (each needs at least two "
+                     "tokens after retokenising; empty texts score nothing)")
   nll = _batched_apply(lambda t: _token_nll(logits_fn(t), t), batch_size, ids)  # [N, L-1]
   total = float(np.sum(nll[scored], dtype=np.float64))
-  return float(np.exp(total / max(int(scored.sum()), 1)))
+  if not np.isfinite(total):
+    raise ValueError("the evaluator's log-probabilities are not finite (NaN or -inf on a "
+                     "scored token); check the evaluator's parameters")
+  return float(np.exp(total / int(scored.sum())))
 
 
 def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
@@ -83,6 +121,7 @@ def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
 def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
                        batch_size: int = 32, add_bos: bool = False) -> np.ndarray:
   """Hidden state at each text's last token; `[N, D] float32` (for MAUVE)."""
+  _check_texts(texts, max_len, batch_size)
   ids, _, lengths = _encode_batch(tokenizer, texts, max_len, add_bos)
   last = np.maximum(lengths, 1) - 1
   at_last = lambda t, i: features_fn(t)[jnp.arange(t.shape[0]), i]        # [B, D]
