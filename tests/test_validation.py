@@ -1,0 +1,86 @@
+"""The shared validation layer: field types, finiteness, ranges and their messages."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+
+from remdm_jax import files
+from remdm_jax.validation import ArgumentTypeError, check_fields, check_int, check_range
+
+
+@dataclasses.dataclass(frozen=True)
+class _Config:
+  count: int = 1
+  rate: float = 0.5
+  flag: bool = False
+  name: str = "x"
+  folder: str | None = None
+
+  def __post_init__(self):
+    check_fields(self)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(count=True), "count must be an integer, got True"),
+    (dict(count=1.0), "count must be an integer, got 1.0"),
+    (dict(count="3"), "count must be an integer, got '3'"),
+    (dict(rate=False), "rate must be a number, got False"),
+    (dict(rate=None), "rate must be a number, got None"),
+    (dict(rate=float("inf")), "rate must be a finite number, got inf"),
+    (dict(flag=1), "flag must be true or false, got 1"),
+    (dict(name=3), "name must be a string, got 3"),
+    (dict(folder=3), "folder must be a string, got 3"),
+])
+def test_wrong_types_and_non_finite_values_are_named(kwargs, match):
+  with pytest.raises(ValueError, match=match):          # ArgumentTypeError is a ValueError
+    _Config(**kwargs)
+
+
+def test_numpy_scalars_are_stored_as_python_scalars():
+  cfg = _Config(count=np.int32(4), rate=np.float64(0.25), flag=np.bool_(True), folder=None)
+  assert (type(cfg.count), type(cfg.rate), type(cfg.flag)) == (int, float, bool)
+  assert cfg == _Config(count=4, rate=0.25, flag=True)
+  with pytest.raises(TypeError):                        # and a TypeError for callers
+    _Config(count="x")
+  assert issubclass(ArgumentTypeError, TypeError)
+
+
+@pytest.mark.parametrize("args,kwargs,message", [
+    (("n", 0, 1), {}, r"n must be in [1, inf), got 0"),
+    (("p", 0.0, 0.0, 1.0), dict(low_open=True), r"p must be in (0, 1], got 0.0"),
+    (("p", 1.0, 0.0, 1.0), dict(high_open=True), r"p must be in [0, 1), got 1.0"),
+    (("e", 2.0, 0.0, 1.0), dict(context=" for rule 'r'"), r"e must be in [0, 1] for rule 'r', got 2.0"),
+])
+def test_range_messages_name_the_interval(args, kwargs, message):
+  with pytest.raises(ValueError) as err:
+    check_range(*args, **kwargs)
+  assert str(err.value) == message
+
+
+def test_values_inside_the_range_pass_through():
+  assert check_range("p", 1.0, 0.0, 1.0) == 1.0 and check_int("n", np.int64(3), 1) == 3
+
+
+def test_file_readers_name_the_file(tmp_path):
+  (tmp_path / "bad.json").write_text("[1,")
+  (tmp_path / "list.json").write_text("[1]")
+  for path, match in [(tmp_path / "none.json", "none.json: no such JSON file"),
+                      (tmp_path, "is a folder, expected a JSON file"),
+                      (tmp_path / "bad.json", r"bad.json: not valid JSON \(.* line 1, column 4\)")]:
+    with pytest.raises(ValueError, match=match):
+      files.read_json(path)
+  with pytest.raises(ValueError, match="list.json: expected a JSON object"):
+    files.read_json_object(tmp_path / "list.json")
+
+
+def test_replace_folder_swaps_in_a_complete_folder(tmp_path):
+  final, new = tmp_path / "model", tmp_path / ".model.tmp"
+  final.mkdir()
+  (final / "old").write_text("1")
+  new.mkdir()
+  (new / "new").write_text("2")
+  (tmp_path / ".model.old").mkdir()                    # left by an earlier crash
+  files.replace_folder(new, final)
+  assert [p.name for p in final.iterdir()] == ["new"]
+  assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
