@@ -34,7 +34,7 @@ import tensorflow_datasets as tfds
 
 from remdm_jax import files as file_io
 from remdm_jax.tokenizers import Tokenizer, get_tokenizer
-from remdm_jax.validation import check_choice, check_fields, check_range
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range
 
 _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "paradise_regained",
                     "poemata", "poetical_works")
@@ -223,14 +223,20 @@ def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
   return [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
 
 
+def _check_texts(texts) -> None:
+  if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
+    raise ValueError(f"texts must be a list of strings (one per document), got "
+                     f"{type(texts).__name__}")
+
+
 def pack(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   """MDLM packing: documents joined with EOS, cut into `[BOS] + (L - 2) ids + [EOS]` rows.
 
   Returns:
     `[N, seq_len] int32`; the tail shorter than `seq_len - 2` is dropped.
   """
-  if seq_len < 3:
-    raise ValueError(f"seq_len must be >= 3 for packing, got {seq_len}")
+  _check_texts(texts)
+  check_int("seq_len", seq_len, 3)
   stream = np.concatenate([np.asarray(tokenizer.encode(t) + [tokenizer.eos_id], np.int32)
                            for t in texts] or [np.zeros((0,), np.int32)])
   body = seq_len - 2
@@ -246,6 +252,8 @@ def pad(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   Raises:
     ValueError: if an example needs more than `seq_len` positions.
   """
+  _check_texts(texts)
+  check_int("seq_len", seq_len, 2)
   rows = np.full((len(texts), seq_len), tokenizer.eos_id, np.int32)
   for i, text in enumerate(texts):
     ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
@@ -263,6 +271,11 @@ class BatchStream:
   """
 
   def __init__(self, rows: np.ndarray, batch_size: int, seed: int):
+    rows = np.asarray(rows)
+    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
+      raise ValueError(f"rows must be [N, L] integer ids, got {rows.dtype}{list(rows.shape)}")
+    check_int("batch_size", batch_size, 1)
+    check_int("seed", seed, 0)
     if batch_size > len(rows):
       raise ValueError(f"batch_size must be <= number of rows ({len(rows)}), got {batch_size}")
     self.rows, self.batch_size, self.seed = rows, batch_size, seed

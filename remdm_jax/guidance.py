@@ -12,6 +12,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from remdm_jax.validation import check_scalar
+
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 
@@ -22,11 +24,18 @@ def classifier_free_guidance(conditional: Denoiser, unconditional: Denoiser,
   Args:
     conditional: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]`, conditioned on y.
     unconditional: the same signature, without y.
-    gamma: guidance strength (>= 0 in practice; any float is accepted as data).
+    gamma: guidance strength (>= 0 in practice); a finite number, or traced data.
 
   Returns:
     A denoiser returning `[B, L, V] float32` guided log-probabilities (normalised over V).
+
+  Raises:
+    ValueError: a denoiser is not callable, or a concrete gamma is not a finite number.
   """
+  for name, fn in (("conditional", conditional), ("unconditional", unconditional)):
+    if not callable(fn):
+      raise ValueError(f"{name} must be a denoiser function (z, t) -> logits, got {fn!r}")
+  check_scalar("gamma", gamma)
 
   def guided(z: jax.Array, t: jax.Array) -> jax.Array:
     log_cond = jax.nn.log_softmax(conditional(z, t).astype(jnp.float32), axis=-1)

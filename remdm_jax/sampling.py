@@ -85,6 +85,9 @@ def _check_first_index(first_index):
 
 def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int) -> int:
   """Traces the denoiser abstractly and checks its output; returns V."""
+  if not callable(denoiser):
+    raise ValueError(f"denoiser must be a function (z [B, L] int32, t [B] float32) -> "
+                     f"logits [B, L, V], got {denoiser!r:.80}")
   out = jax.eval_shape(denoiser, jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
                        jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   shape = getattr(out, "shape", None)

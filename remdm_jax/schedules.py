@@ -114,6 +114,9 @@ def get_schedule(name: str, **kwargs):
   """Builds a schedule by name, e.g. `get_schedule("loglinear", eps=1e-3)`."""
   if name not in SCHEDULES:
     raise ValueError(f"unknown schedule {name!r}; choose from {sorted(SCHEDULES)}")
+  known = {f.name for f in dataclasses.fields(SCHEDULES[name])}
+  if set(kwargs) - known:
+    raise ValueError(f"schedule {name!r} takes {sorted(known)}, got {sorted(kwargs)}")
   return SCHEDULES[name](**kwargs)
 
 

@@ -16,6 +16,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from remdm_jax.validation import check_scalar
+
 _ONE_BITS = 0x3F800000  # bit pattern of float32 1.0; probabilities lie in [0, ONE_BITS]
 
 
@@ -90,6 +92,10 @@ def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
     raise ValueError(f"unknown top_p impl {impl!r}; choose from {sorted(finder)}")
   if mode not in ("reference", "standard"):
     raise ValueError(f"unknown top_p mode {mode!r}; choose from ['reference', 'standard']")
+  check_scalar("top_p", top_p, 0.0, 1.0, low_open=True)
+  if not jnp.issubdtype(probs.dtype, jnp.floating) or probs.ndim < 1:
+    raise ValueError(f"probs must be a floating [..., V] array, got {probs.dtype}"
+                     f"{list(probs.shape)}")
   probs = probs.astype(jnp.float32)
   threshold = finder[impl](probs, top_p, mode)              # [..., 1]
   kept = jnp.where(probs >= threshold, probs, 0.0)

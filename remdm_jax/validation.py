@@ -19,6 +19,7 @@ import numbers
 import types
 import typing
 
+import jax
 import numpy as np
 
 
@@ -95,6 +96,18 @@ def check_range(name: str, value, low=None, high=None, *, low_open: bool = False
     raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}"
                      f"{context}, got {value!r}")
   return value
+
+
+def check_scalar(name: str, value, low=None, high=None, **interval) -> None:
+  """Checks a number that may be traced: a concrete value (Python, NumPy or a concrete JAX
+  scalar) must be a finite real in the interval; a traced one is data and is left alone."""
+  if isinstance(value, jax.core.Tracer):          # data inside jit / vmap / grad
+    return
+  number = np.asarray(value)
+  if number.shape != () or not np.issubdtype(number.dtype, np.number) or \
+      np.issubdtype(number.dtype, np.complexfloating) or number.dtype == bool:
+    raise ArgumentTypeError(f"{name} must be a real scalar, got {value!r}")
+  check_range(name, _as_float(name, float(number)), low, high, **interval)
 
 
 def check_int(name: str, value, low=None, high=None) -> int:

@@ -116,3 +116,16 @@ def test_text_folder_errors_name_the_file(tmp_path):
   (folder / "a.txt").write_bytes("caf\xe9".encode("latin-1"))
   with pytest.raises(ValueError, match=r"a.txt: the text file is not UTF-8 text \(byte 3\)"):
     data.load_texts("text_folder", "train", tmp_path / "tfds", folder)
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: data.pack("abc", ByteTokenizer(), 8), "texts must be a list of strings"),
+    (lambda: data.pad(["a", 3], ByteTokenizer(), 8), "texts must be a list of strings"),
+    (lambda: data.pack(["abc"], ByteTokenizer(), 2), r"seq_len must be in \[3, inf\)"),
+    (lambda: data.BatchStream(np.zeros((8, 4), np.float32), 4, 0), "rows must be .N, L. integer"),
+    (lambda: data.BatchStream(np.zeros((8, 4), np.int32), 2.0, 0), "batch_size must be an integer"),
+    (lambda: data.BatchStream(np.zeros((8, 4), np.int32), 2, -1), r"seed must be in \[0, inf\)"),
+])
+def test_data_functions_name_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from remdm_jax import SamplerConfig, distributed, jobs, sample, sharding, training
+from remdm_jax import SamplerConfig, distributed, files, jobs, sample, sharding, training
 from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -152,7 +152,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path, capsys):
 
 def test_merge_reports_missing_samples(tmp_path):
   (tmp_path / jobs.MANIFEST).write_text(json.dumps({"num_samples": 3}))
-  jobs.write_atomic(jobs.shard_path(tmp_path, 0, 2), jobs.shard_text(
+  files.write_atomic(jobs.shard_path(tmp_path, 0, 2), jobs.shard_text(
       [{"index": 0}, {"index": 1}]))
   with pytest.raises(ValueError, match="1 of 3 samples missing"):
     jobs.merge(tmp_path)
@@ -193,9 +193,10 @@ def test_rules_replicate_what_the_axis_does_not_divide():
 
 
 @pytest.mark.parametrize("kwargs,match", [
-    (dict(coordinator_address="h:1"), "num_processes must be >= 1"),
+    (dict(coordinator_address="h:1"),
+     r"num_processes must be in \[1, inf\) with a coordinator_address, got 0"),
     (dict(coordinator_address="h:1", num_processes=2, process_id=2),
-     r"process_id must be in \[0, 2\)"),
+     r"process_id must be in \[0, 1\], got 2"),
     (dict(auto=True, coordinator_address="h:1"), "either auto=true or coordinator_address"),
     (dict(cpu_collectives="nccl"), "unknown cpu_collectives 'nccl'"),
 ])

@@ -182,3 +182,37 @@ def test_causal_variant_matches_numpy_with_causal_mask():
   got2 = np.asarray(model(jnp.asarray(changed, jnp.int32), jnp.zeros((2,))))
   np.testing.assert_array_equal(got[:, :5], got2[:, :5])   # the past ignores the future
   assert np.any(got[:, 5:] != got2[:, 5:])
+
+
+@pytest.mark.parametrize("tokens,sigma,match", [
+    (jnp.zeros((2, 4), jnp.float32), jnp.zeros((2,)), r"tokens must be \[B, L\] integer ids"),
+    (jnp.zeros((4,), jnp.int32), jnp.zeros((1,)), r"tokens must be \[B, L\] integer ids"),
+    (jnp.zeros((2, 4), jnp.int32), jnp.zeros((3,)), r"sigma must be \[B\] = \[2\], got \[3\]"),
+])
+def test_bad_inputs_are_named(tokens, sigma, match):
+  model = DiT(DiTConfig(vocab_size=7, hidden=8, heads=2, blocks=1, cond_dim=4, max_length=8),
+              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match=match):
+    model(tokens, sigma)
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(hidden=8.0), "hidden must be an integer, got 8.0"),
+    (dict(dropout=float("nan")), "dropout must be a finite number"),
+    (dict(dtype="float64"), "unknown dtype 'float64'"),
+    (dict(causal="no"), "causal must be true or false"),
+])
+def test_bad_config_fields_are_named(kwargs, match):
+  with pytest.raises(ValueError, match=match):
+    DiTConfig(**kwargs)
+
+
+def test_wrappers_refuse_the_wrong_kind_of_model():
+  from remdm_jax.models import as_denoiser, as_evaluator
+  small = dict(vocab_size=7, hidden=8, heads=2, blocks=1, cond_dim=4, max_length=8)
+  causal = DiT(DiTConfig(causal=True, **small), rngs=nnx.Rngs(0))
+  masked = DiT(DiTConfig(**small), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="as_denoiser needs a masked diffusion DiT"):
+    as_denoiser(causal)
+  with pytest.raises(ValueError, match="as_evaluator needs a causal DiT"):
+    as_evaluator(masked)

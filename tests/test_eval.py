@@ -106,3 +106,13 @@ def test_nonfinite_evaluator_is_refused():
 def test_entropy_refuses_what_is_not_ids(rows, match):
   with pytest.raises(ValueError, match=match):
     ev.mean_entropy(rows)
+
+
+@pytest.mark.parametrize("p,q,match", [
+    (np.ones((1, 4)), np.ones((5, 4)), r"p_features must be a finite \[N, D\]"),
+    (np.full((5, 4), np.nan), np.ones((5, 4)), "p_features must be a finite"),
+    (np.ones((5, 4)), np.ones((5, 3)), "same width D, got 4 and 3"),
+])
+def test_mauve_refuses_bad_features(p, q, match):
+  with pytest.raises(ValueError, match=match):
+    ev.mauve_score(p, q)

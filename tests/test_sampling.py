@@ -458,3 +458,28 @@ def test_numpy_scalars_become_python_scalars():
   cfg = SamplerConfig(num_steps=np.int64(10), top_p=np.float32(0.5))
   assert type(cfg.num_steps) is int and type(cfg.top_p) is float and cfg.num_steps == 10
   assert hash(cfg) == hash(SamplerConfig(num_steps=10, top_p=float(np.float32(0.5))))
+
+
+@pytest.mark.parametrize("call,match", [
+    (lambda: remdm_jax.top_p_filter(jnp.ones((2, 3)) / 3, 1.5), r"top_p must be in \(0, 1\]"),
+    (lambda: remdm_jax.top_p_filter(jnp.ones((2, 3)) / 3, jnp.nan), "top_p must be a finite"),
+    (lambda: remdm_jax.top_p_filter(jnp.ones((2, 3), jnp.int32), 0.5), "probs must be a floating"),
+    (lambda: remdm_jax.classifier_free_guidance(None, None, 1.0), "conditional must be a denoiser"),
+    (lambda: remdm_jax.classifier_free_guidance(len, len, float("inf")), "gamma must be a finite"),
+    (lambda: remdm_jax.get_schedule("cosine", power=2.0), r"schedule 'cosine' takes \['eps'\]"),
+    (lambda: remdm_jax.sample(jax.random.key(0), "model", SamplerConfig(), batch_size=1,
+                              seq_len=2, mask_id=0), "denoiser must be a function"),
+])
+def test_public_functions_name_bad_arguments(call, match):
+  with pytest.raises(ValueError, match=match):
+    call()
+
+
+def test_traced_top_p_and_gamma_stay_data():
+  """Inside jit the checks leave traced values alone (a sweep compiles once)."""
+  filtered = jax.jit(remdm_jax.top_p_filter)(jnp.array([0.5, 0.3, 0.2]), jnp.float32(0.85))
+  np.testing.assert_allclose(np.asarray(filtered), [0.625, 0.375, 0.0], rtol=1e-6)
+  uniform = lambda z, t: jnp.zeros(z.shape + (3,))
+  guided = jax.jit(lambda g: remdm_jax.classifier_free_guidance(uniform, uniform, g)(
+      jnp.zeros((1, 2), jnp.int32), jnp.zeros((1,))))(jnp.float32(2.0))
+  np.testing.assert_allclose(np.exp(np.asarray(guided)), 1 / 3, rtol=1e-6)

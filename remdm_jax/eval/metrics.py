@@ -129,7 +129,18 @@ def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], m
 
 
 def mauve_score(p_features: np.ndarray, q_features: np.ndarray, seed: int = 25) -> float:
-  """MAUVE between model features `p` and reference features `q` (mauve-text defaults)."""
+  """MAUVE between model features `p` and reference features `q` (mauve-text defaults).
+
+  Args: `p_features [N, D]`, `q_features [M, D]`, finite floats, N and M >= 2.
+  """
+  for name, features in (("p_features", p_features), ("q_features", q_features)):
+    features = np.asarray(features)
+    if features.ndim != 2 or len(features) < 2 or not np.isfinite(features).all():
+      raise ValueError(f"{name} must be a finite [N, D] array with N >= 2, got "
+                       f"{features.dtype}{list(features.shape)}")
+  if np.shape(p_features)[1] != np.shape(q_features)[1]:
+    raise ValueError(f"p_features and q_features must have the same width D, got "
+                     f"{np.shape(p_features)[1]} and {np.shape(q_features)[1]}")
   try:
     import mauve
   except ImportError:

@@ -156,6 +156,11 @@ class DiT(nnx.Module):
   def features(self, tokens: jax.Array, sigma: jax.Array, *,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """Final hidden states, normalised and modulated, before the output layer; `[B, L, D]`."""
+    if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
+      raise ValueError(f"tokens must be [B, L] integer ids, got {tokens.dtype}"
+                       f"{list(tokens.shape)}")
+    if sigma.shape != tokens.shape[:1]:
+      raise ValueError(f"sigma must be [B] = [{tokens.shape[0]}], got {list(sigma.shape)}")
     if tokens.shape[1] > self.cfg.max_length:
       raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
                        f"got {tokens.shape[1]}")
