@@ -37,6 +37,7 @@ class NonFiniteLogitsError(FloatingPointError):
 
 
 def nonfinite_message(flags: np.ndarray, first_index: int) -> str:
+  """What went wrong, naming the global indices of the flagged examples (`flags [B] bool`)."""
   bad = (np.flatnonzero(flags) + first_index).tolist()
   return (f"the denoiser returned non-finite logits (NaN, +inf, or -inf for every id but the "
           f"mask) at masked positions of {len(bad)} of {len(flags)} examples (global "

@@ -110,7 +110,7 @@ def _start_and_signal(argv, workdir, sig):
 
 @pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
 def test_killed_cli_run_resumes_to_the_same_weights(sig, tmp_path, text_folder):
-  steps = 160
+  steps = 80
   uninterrupted = subprocess.run(_cli(tmp_path / "a", text_folder, steps), cwd=REPO,
                                  capture_output=True, text=True, timeout=600)
   assert uninterrupted.returncode == 0, uninterrupted.stderr[-2000:]
