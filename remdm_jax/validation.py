@@ -90,6 +90,9 @@ def check_range(name: str, value, low=None, high=None, *, low_open: bool = False
   Example message: `num_steps must be in [1, inf), got 0`; `context` follows the interval
   (e.g. " for strategy 'cap'").
   """
+  if isinstance(value, numbers.Real) and math.isnan(value):
+    raise ValueError(f"{name} must be in {_interval(low, high, low_open, high_open)}"
+                     f"{context}, got nan")
   below = low is not None and (value <= low if low_open else value < low)
   above = high is not None and (value >= high if high_open else value > high)
   if below or above:

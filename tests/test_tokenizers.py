@@ -46,3 +46,8 @@ def test_gpt2_without_tiktoken_names_the_install(monkeypatch):
   monkeypatch.setitem(sys.modules, "tiktoken.load", None)
   with pytest.raises(ValueError, match=r"needs tiktoken.*pip install 'remdm-jax\[gpt2\]'"):
     get_tokenizer("gpt2")
+
+
+def test_tokenizer_name_must_be_text():
+  with pytest.raises(ValueError, match="tokenizer must be 'bytes', 'gpt2' or a directory"):
+    get_tokenizer(None)

@@ -84,3 +84,14 @@ def test_replace_folder_swaps_in_a_complete_folder(tmp_path):
   files.replace_folder(new, final)
   assert [p.name for p in final.iterdir()] == ["new"]
   assert sorted(p.name for p in tmp_path.iterdir()) == ["model"]
+
+
+def test_nan_is_outside_every_range():
+  with pytest.raises(ValueError, match=r"t_min must be in \[0, 1\), got nan"):
+    check_range("t_min", float("nan"), 0.0, 1.0, high_open=True)
+
+
+def test_a_dict_is_not_a_sampler_config():
+  import remdm_jax
+  with pytest.raises(TypeError, match="config must be a SamplerConfig, got dict"):
+    remdm_jax.build_plan({"strategy": "cap"})
