@@ -92,6 +92,7 @@ def test_two_processes_sample_what_one_process_samples(tiny_model, tmp_path):
   assert len(_shard_bytes(tmp_path / "one")) == 3
 
 
+@pytest.mark.slow
 def test_two_processes_train_like_one(tmp_path, text_folder):
   """Same losses (to float32 reduction order) and checkpoints readable by one process."""
   def argv(workdir):

@@ -81,6 +81,7 @@ def test_draw_categorical_keeps_the_long_tail():
   assert abs(entropy_est - entropy) < 4 * se
 
 
+@pytest.mark.slow
 def test_float32_gumbel_loses_the_tail_this_test_detects():
   """The same check fails for single-level float32 Gumbel-max, so it has the power to fail."""
   probs = _long_tail()

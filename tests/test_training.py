@@ -236,26 +236,25 @@ def test_numeric_train_options_are_validated_up_front(field, value, match):
 
 def test_extending_a_finished_run_replaces_its_export(tmp_path):
   """A 4-step run exports step 4; rerunning with steps=6 trains on and exports step 6 (the
-  EMA of step 6, bit for bit); a stale temporary export left by a crash is cleared."""
+  EMA of step 6, bit for bit); a stale temporary export left by a crash is cleared, and a
+  half-written last metrics line (a kill mid-write) is dropped on resume."""
   short = dataclasses.replace(TRAIN, steps=4, eval_every=0)
   _train(tmp_path, short)
   assert exported_step(tmp_path / "model") == 4
   (tmp_path / ".model.tmp").mkdir()                          # as an interrupted export
   (tmp_path / ".model.tmp" / "junk").write_text("x")
+  metrics = tmp_path / "metrics.jsonl"
+  metrics.write_text(metrics.read_text() + '{"step": 5, "lo')
   final = _train(tmp_path, dataclasses.replace(short, steps=6))
   assert exported_step(tmp_path / "model") == 6 and not (tmp_path / ".model.tmp").exists()
   exported = nnx.state(load_model(tmp_path / "model"), nnx.Param)
   for a, b in zip(_leaves(exported), _leaves(final["ema"])):
     np.testing.assert_array_equal(a, b)
-
-
-def test_a_missing_or_stale_export_is_rewritten_on_rerun(tmp_path):
-  short = dataclasses.replace(TRAIN, steps=4, eval_every=0)
-  _train(tmp_path, short)
+  assert [json.loads(l)["step"] for l in metrics.read_text().splitlines()] == list(range(1, 7))
   config = tmp_path / "model" / "config.json"
-  config.write_text(config.read_text().replace('"step": 4', '"step": 3'))   # stale
-  _train(tmp_path, short)
-  assert exported_step(tmp_path / "model") == 4
+  config.write_text(config.read_text().replace('"step": 6', '"step": 5'))   # stale export
+  _train(tmp_path, dataclasses.replace(short, steps=6))
+  assert exported_step(tmp_path / "model") == 6
 
 
 def test_too_small_validation_split_is_named(tmp_path):
@@ -263,11 +262,3 @@ def test_too_small_validation_split_is_named(tmp_path):
     training.train(MODEL, TRAIN, data.BatchStream(_rows(), 8, 0), _rows(1, 4), TOK.mask_id,
                    tmp_path, record={}, progress=False)
 
-
-def test_half_written_metrics_line_is_dropped_on_resume(tmp_path):
-  _train(tmp_path, stop_at=4)
-  metrics = tmp_path / "metrics.jsonl"
-  metrics.write_text(metrics.read_text() + '{"step": 5, "lo')      # killed mid-write
-  _train(tmp_path, stop_at=6)
-  steps = [json.loads(l)["step"] for l in metrics.read_text().splitlines()]
-  assert steps == list(range(1, 7))
