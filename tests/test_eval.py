@@ -80,11 +80,11 @@ def test_add_bos_scores_every_text_token():
 
 @pytest.mark.parametrize("texts,max_len,match", [
     ([], 12, "texts is empty"),
-    ("hello there", 12, "texts must be a sequence of strings"),
+    ("hello there", 12, "texts must be a list of strings"),
     (["", ""], 12, "no token to score in 2 texts"),
     (["a", "b"], 12, "no token to score"),                     # one byte each: nothing scored
     (["hello there"], 1, r"max_len must be in \[2, inf\), got 1"),
-    ([b"bytes"], 12, "texts must be a sequence of strings"),
+    ([b"bytes"], 12, "texts must be a list of strings"),
 ])
 def test_degenerate_texts_are_refused_never_scored_1(texts, max_len, match):
   with pytest.raises(ValueError, match=match):

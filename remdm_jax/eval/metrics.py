@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax.validation import check_int
+from remdm_jax.validation import check_int, check_strings
 
 
 def _id_row(ids, name: str) -> np.ndarray:
@@ -50,9 +50,7 @@ def mean_entropy(rows) -> float:
 
 
 def _check_texts(texts, max_len: int, batch_size: int) -> None:
-  if isinstance(texts, (str, bytes)) or not all(isinstance(t, str) for t in texts):
-    raise ValueError("texts must be a sequence of strings (a list of samples), got "
-                     f"{type(texts).__name__}")
+  check_strings("texts", texts)
   if len(texts) == 0:
     raise ValueError("texts is empty: there is nothing to score")
   check_int("max_len", max_len, 2)
