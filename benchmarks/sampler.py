@@ -89,7 +89,7 @@ def bench_strategies(args, apply, params, mask_id):
   rows = []
   for name in args.strategies:
     extra = STRATEGY_CONFIGS[name]
-    cfg = remdm_jax.SamplerConfig(strategy=name, num_steps=args.steps, top_p=args.top_p,
+    cfg = remdm_jax.sampler_config(strategy=name, num_steps=args.steps, top_p=args.top_p,
                                   top_p_impl=args.top_p_impl, **extra)
     plan, rule = remdm_jax.build_plan(cfg)
     run = jax.jit(lambda key, params, plan: remdm_jax.sample_with_plan(
@@ -103,7 +103,7 @@ def bench_strategies(args, apply, params, mask_id):
 
 def bench_python_loop(args, apply, params, mask_id):
   """The scan against a Python loop over one jitted step (same step function)."""
-  cfg = remdm_jax.SamplerConfig(strategy="loop", num_steps=args.steps, eta=0.02,
+  cfg = remdm_jax.sampler_config(strategy="loop", num_steps=args.steps, eta=0.02,
                                 top_p=args.top_p, top_p_impl=args.top_p_impl)
   plan, rule = remdm_jax.build_plan(cfg)
   z = jnp.full((args.batch, args.seq_len), mask_id, jnp.int32)

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from remdm_jax import SamplerConfig, sample
+from remdm_jax import SamplerConfig, sample, sampler_config
 from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 
 MIB = 2 ** 20
@@ -64,7 +64,7 @@ def main():
   print("|---|---|---|---|---|---|---|")
   for logits_dtype, chunk in [(d, c) for c in (0, args.position_chunk)
                               for d in ("float32", "bfloat16")]:
-    cfg = SamplerConfig(strategy="cap", eta=0.01, num_steps=args.steps, top_p=args.top_p,
+    cfg = sampler_config(strategy="cap", eta=0.01, num_steps=args.steps, top_p=args.top_p,
                         logits_dtype=logits_dtype, cache=args.cache, position_chunk=chunk)
     rows = [(b, planned_bytes(model_cfg, cfg, b)) for b in args.batch_sizes]
     sizes = np.array([b for b, _ in rows], np.float64)

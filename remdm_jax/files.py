@@ -93,3 +93,9 @@ def check_writable_folder(path, what: str) -> pathlib.Path:
   if not os.access(path, os.W_OK | os.X_OK):
     raise ValueError(f"{path}: the {what} folder is not writable")
   return path
+
+
+def changed_keys(previous: dict, current: dict) -> list[str]:
+  """The top-level keys whose values differ between two records (sorted): what makes a rerun
+  in an existing job or work folder a different run."""
+  return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))

@@ -7,14 +7,11 @@ position. The result is an ordinary denoiser, so it plugs into `remdm_jax.sample
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
+from remdm_jax.diffusion import Denoiser
 from remdm_jax.validation import check_scalar
-
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 def classifier_free_guidance(conditional: Denoiser, unconditional: Denoiser,

@@ -18,7 +18,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from remdm_jax import strategies
+from remdm_jax import diffusion
 
 
 def antithetic_uniform(key: jax.Array, batch_size: int) -> jax.Array:
@@ -47,14 +47,6 @@ def corrupt(key: jax.Array, x: jax.Array, alpha_t: jax.Array, mask_id: int) -> j
   return jnp.where(keep, x, mask_id).astype(jnp.int32)
 
 
-def masked_nll(logits: jax.Array, x: jax.Array, z_t: jax.Array, mask_id: int) -> jax.Array:
-  """`-log x_theta(z_t)[x]` at masked positions (0 elsewhere, SUBS carry-over); `[B, L] f32`."""
-  logits = jnp.asarray(logits, jnp.float32).at[..., mask_id].set(-jnp.inf)
-  log_probs = jax.nn.log_softmax(logits, axis=-1)                         # [B, L, V]
-  nll = -jnp.take_along_axis(log_probs, x[..., None], axis=-1)[..., 0]    # [B, L]
-  return jnp.where(z_t == mask_id, nll, 0.0)
-
-
 def _per_token(weighted: jax.Array, valid: jax.Array | None) -> jax.Array:
   """Sum of `[B, L]` terms over valid positions divided by their number (nats / token)."""
   valid = jnp.ones_like(weighted, bool) if valid is None else valid
@@ -66,9 +58,11 @@ def mdlm_continuous_weight(schedule, t: jax.Array) -> jax.Array:
   return -schedule.alpha_prime(t) / (1.0 - schedule.alpha(t))
 
 
-def remdm_discrete_weight(schedule, step: jax.Array, num_steps: int, sigma_rule: str = "mdlm",
+def remdm_discrete_weight(schedule, step: jax.Array, num_steps: int,
+                          sigma_rule: str | None = None,
                           eta: float = 0.0) -> tuple[jax.Array, jax.Array]:
-  """Weight of eq. 9 at step `i` (sigma rule "mdlm" = 0 gives MDLM's discrete weight).
+  """Weight of eq. 9 at step `i`, with sigma from `diffusion.base_sigma(sigma_rule, eta, .)`;
+  `sigma_rule=None` (sigma = 0) gives MDLM's discrete weight.
 
   Returns:
     `(weight [B] f32, t [B] f32)`: `T (alpha_s - alpha_t + sigma alpha_t) / (1 - alpha_t)`
@@ -77,7 +71,8 @@ def remdm_discrete_weight(schedule, step: jax.Array, num_steps: int, sigma_rule:
   t = step.astype(jnp.float32) / num_steps
   s = (step - 1).astype(jnp.float32) / num_steps
   alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
-  sigma = strategies.base_sigma(sigma_rule, eta, strategies.sigma_max(alpha_t, alpha_s))
+  sigma = 0.0 if sigma_rule is None else diffusion.base_sigma(
+      sigma_rule, eta, diffusion.sigma_max(alpha_t, alpha_s))
   return num_steps * (alpha_s - alpha_t + sigma * alpha_t) / (1.0 - alpha_t), t
 
 
@@ -90,7 +85,7 @@ def nelbo(logits: jax.Array, x: jax.Array, z_t: jax.Array, weight: jax.Array, ma
     z_t: `[B, L] int32`. weight: `[B] float32` (from the functions above).
     valid: optional `[B, L] bool`, False at padding (excluded from sum and count).
   """
-  return _per_token(weight[:, None] * masked_nll(logits, x, z_t, mask_id), valid)
+  return _per_token(weight[:, None] * diffusion.masked_nll(logits, x, z_t, mask_id), valid)
 
 
 def autoregressive_nll(logits: jax.Array, x: jax.Array,
@@ -99,6 +94,4 @@ def autoregressive_nll(logits: jax.Array, x: jax.Array,
 
   `valid [B, L]` marks real tokens; a target counts when it is valid.
   """
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  nll = -jnp.take_along_axis(log_probs, x[:, 1:, None], axis=-1)[..., 0]  # [B, L - 1]
-  return _per_token(nll, None if valid is None else valid[:, 1:])
+  return _per_token(diffusion.next_token_nll(logits, x), None if valid is None else valid[:, 1:])

@@ -1,4 +1,4 @@
-"""One sampler step's randomness, exactly: SUBS, per-token probabilities and the draws.
+"""One sampler step's randomness, exactly: per-token probabilities and the draws.
 
 The backward step of MDLM and ReMDM (paper eq. 6) is, per position, a Bernoulli decision
 (remask a decoded token / unmask a masked one) and, when unmasking, one draw from `x_theta`.
@@ -21,25 +21,6 @@ import jax
 import jax.numpy as jnp
 
 _TWO_32 = 4294967296.0
-
-
-def subs_log_probs(logits: jax.Array, mask_id: int, temperature: jax.Array) -> jax.Array:
-  """SUBS parameterisation (MDLM): float32 log-probabilities with the mask id excluded.
-
-  The carry-over part of SUBS (a decoded position predicts its own token) is applied by the
-  sampler, which never changes a decoded token into another one.
-
-  Args:
-    logits: `[B, L, V]` any float dtype; V includes `mask_id`.
-    mask_id: the mask token id, `0 <= mask_id < V`.
-    temperature: `[] float32 > 0`; logits are divided by it.
-
-  Returns:
-    `[B, L, V] float32` log-probabilities, `-inf` at `mask_id`.
-  """
-  scaled = logits.astype(jnp.float32) / temperature
-  scaled = scaled.at[..., mask_id].set(-jnp.inf)
-  return jax.nn.log_softmax(scaled, axis=-1)
 
 
 def bernoulli(key: jax.Array, p: jax.Array) -> jax.Array:

@@ -2,7 +2,7 @@
 
 `sample` is pure and not jitted: key in, tokens out, composable inside a user's `jit`, `vmap`
 or sharded program. Strategy differences live in the `Plan` arrays built by
-`strategies.build_plan`; the step below is written once.
+`plan.build_plan`; the step below is written once.
 
 Randomness is per example: example `i` of a call draws only from
 `fold_in(key, first_index + i)`, and step `j` from `fold_in(that, j)`. The tokens therefore do
@@ -25,11 +25,10 @@ import numpy as np
 
 from remdm_jax import posterior
 from remdm_jax.config import SamplerConfig
-from remdm_jax.strategies import Plan, StepRule, build_plan
+from remdm_jax.diffusion import Denoiser, subs_log_probs, without_mask
+from remdm_jax.plan import Plan, StepRule, build_plan
 from remdm_jax.topp import top_p_filter
 from remdm_jax.validation import check_int
-
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 class NonFiniteLogitsError(FloatingPointError):
@@ -176,7 +175,7 @@ def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
              mask_id: int) -> tuple[jax.Array, jax.Array]:
   """SUBS probabilities after temperature and top-p, `[B, L, V] float32`, and where they are
   not a distribution (a NaN or +inf logit, or -inf for every id but the mask), `[B, L] bool`."""
-  log_probs = posterior.subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
+  log_probs = subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
   nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
   probs = jnp.exp(log_probs)
   if rule.use_top_p:
@@ -220,13 +219,15 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
 
 
-def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history):
+def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history, on_step):
   """The scan body, shared by every strategy."""
   select = _SELECTORS[rule.select]
 
   def step(carry, xs):
     z, psi, nonfinite, cache = carry
     index, row = xs
+    if on_step is not None:
+      jax.debug.callback(on_step, index)
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
     call = lambda: denoiser(z, t).astype(rule.logits_dtype)
     if rule.cache:
@@ -254,9 +255,8 @@ def _final_denoise(denoiser, z, t_final, mask_id):
 
   Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
   largest logit (NaN, +inf or all -inf)."""
-  logits = denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32)).astype(jnp.float32)
-  ids = jax.lax.broadcasted_iota(jnp.int32, logits.shape, logits.ndim - 1)
-  logits = jnp.where(ids == mask_id, -jnp.inf, logits)                  # [B, L, V]
+  logits = without_mask(denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32)),
+                        mask_id)                                       # [B, L, V] f32
   best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
   masked = z == mask_id
   nonfinite = jnp.any(masked & ~jnp.isfinite(jnp.max(logits, axis=-1)), axis=-1)
@@ -267,13 +267,17 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
                      batch_size: int, seq_len: int, mask_id: int,
                      prompt: jax.Array | None = None, first_index=0,
                      batch_sharding: jax.sharding.Sharding | None = None,
-                     return_history: bool = False, return_nonfinite: bool = False):
+                     return_history: bool = False, return_nonfinite: bool = False,
+                     on_step: Callable[[jax.Array], None] | None = None):
   """`sample` with a prebuilt plan: pass `plan` as a jit argument to sweep eta, top_p or
   temperature without recompiling. Arguments as in `sample`.
 
   With `return_history=True` the result gains `history [n, B, L] int32`, the tokens after
   each of the n steps (before the final noise removal): `(tokens, history)`. With
   `return_nonfinite=True` it gains the `[B] bool` flags of `sample` last, and nothing raises.
+  `on_step(step)`, when given, is called on the host as each step starts (a
+  `jax.debug.callback`; progress reporting for jobs, possibly once per device); it does not
+  change the tokens.
   """
   _check_sizes(batch_size, seq_len, mask_id)
   first_index = _check_first_index(first_index)
@@ -296,7 +300,8 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
   if rule.cache:
     out = jax.eval_shape(denoiser, z, jnp.zeros((batch_size,), jnp.float32))
     cache = (jnp.zeros(out.shape, rule.logits_dtype), jnp.bool_(True))
-  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history)
+  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history,
+                    on_step)
   num_steps = plan.table.t.shape[0]
   nonfinite = jnp.zeros((batch_size,), bool)
   (z, _, nonfinite, _), history = jax.lax.scan(

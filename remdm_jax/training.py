@@ -115,7 +115,7 @@ def objective_loss(model: DiT, batch: jax.Array, key: jax.Array, cfg: TrainConfi
     t = losses.continuous_times(key_time, batch_size, cfg.eps)
     weight = losses.mdlm_continuous_weight(schedule, t)
   else:
-    rule = cfg.sigma_rule if cfg.objective == "remdm" else "mdlm"
+    rule = cfg.sigma_rule if cfg.objective == "remdm" else None
     step = losses.discrete_steps(key_time, batch_size, cfg.discrete_steps)
     weight, t = losses.remdm_discrete_weight(schedule, step, cfg.discrete_steps, rule, cfg.eta)
   alpha_t = schedule.alpha(t)
@@ -208,8 +208,7 @@ class Checkpoints:
       return None
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     if meta["meta"]["config"] != self.record:
-      changed = sorted(k for k in set(self.record) | set(meta["meta"]["config"])
-                       if self.record.get(k) != meta["meta"]["config"].get(k))
+      changed = files.changed_keys(meta["meta"]["config"], self.record)
       raise ValueError(f"the checkpoint in {self.manager.directory} was written for a "
                        f"different config (differs in {changed}); use another workdir")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)

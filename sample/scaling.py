@@ -10,7 +10,6 @@ al. 2025, Table 6) are used as given, with the T >= L / T < L split taken at the
 """
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import time
@@ -19,7 +18,7 @@ import jax
 import numpy as np
 from flax import nnx
 
-from remdm_jax import SamplerConfig, build_table, data, sample
+from remdm_jax import SamplerConfig, build_table, data, sample, sampler_config
 from remdm_jax import eval as metrics
 from remdm_jax.checkpoint import load_model
 from remdm_jax.cli import SHIPPED_MODEL
@@ -41,7 +40,7 @@ def method_config(name: str, steps: int, length: int) -> SamplerConfig:
       "ReMDM-conf": dict(strategy="conf"),
       "ReMDM-loop": dict(strategy="loop", eta=0.02 if long else 0.055, **LOOP),
   }
-  return SamplerConfig(num_steps=steps, top_p=0.9, **table[name])
+  return sampler_config(num_steps=steps, top_p=0.9, **table[name])
 
 
 def main():
@@ -101,15 +100,15 @@ def main():
               "gen_ppl": metrics.gen_ppl(logits_fn, tok, texts, length, args.batch_size,
                                          add_bos=True),
               "entropy": metrics.mean_entropy(ids[:, 1:-1]), "seconds": time.time() - tic,
-              "samples": args.samples, "config": dataclasses.asdict(cfg)}
+              "samples": args.samples, "config": cfg.options()}
       results[f"{name} T={steps}"] = cell
       print(f"{name} T={steps}: MAUVE {cell['mauve']:.3f}, Gen PPL {cell['gen_ppl']:.2f}, "
             f"entropy {cell['entropy']:.2f} ({cell['seconds']:.0f} s)", flush=True)
       results_path.write_text(json.dumps(results, indent=2) + "\n")
-  write_table_and_plot(results, out, args.samples)
+  write_table_and_plot(results, out, args.samples, length)
 
 
-def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None:
+def write_table_and_plot(results: dict, out: pathlib.Path, samples: int, length: int) -> None:
   """`scaling.md` and `scaling.png` from every finished cell ("METHOD T=STEPS" keys)."""
   cells = {tuple(k.rsplit(" T=", 1)): v for k, v in results.items() if " T=" in k}
   methods = list(dict.fromkeys(name for name, _ in cells))
@@ -123,7 +122,7 @@ def write_table_and_plot(results: dict, out: pathlib.Path, samples: int) -> None
         f"{c['mauve']:.3f} / {c['gen_ppl']:.2f} / {c['entropy']:.2f}" if c else "-"
         for c in row) + " |")
   for name in methods:
-    calls = {s: len(build_table(SamplerConfig(**cells[(name, str(s))]["config"])).t)
+    calls = {s: len(build_table(method_config(name, s, length)).t)
              for s in steps_grid if (name, str(s)) in cells}
     if any(count != s for s, count in calls.items()):
       lines.append(f"\n{name} makes more denoiser calls than T (its adaptive grid): " +

@@ -69,28 +69,29 @@ def direct_step_probs(cfg):
   uniform-grid strategies with alpha = 1 - t; independent of `remdm_jax.strategies`."""
   grid = np.linspace(1.0, cfg.t_min, cfg.num_steps + 1)
   t, s = grid[:-1], grid[1:]
+  name, st = cfg.strategy.name, cfg.strategy
   a_t, a_s = 1.0 - t, 1.0 - s
   with np.errstate(divide="ignore", invalid="ignore"):
     smax = np.where(a_t > 0, np.minimum(1.0, s / (1.0 - t)), 1.0)   # (1 - a_s) / a_t
-    if cfg.strategy in ("mdlm", "topk"):
+    if name in ("mdlm", "topk"):
       sigma = np.zeros_like(t)
-    elif cfg.strategy == "cap":
-      sigma = np.minimum(cfg.eta, smax)
-    elif cfg.strategy == "rescale":
-      sigma = cfg.eta * smax
-    elif cfg.strategy == "conf":
+    elif name == "cap":
+      sigma = np.minimum(st.eta, smax)
+    elif name == "rescale":
+      sigma = st.eta * smax
+    elif name == "conf":
       sigma = smax
-    elif cfg.strategy == "fb":
+    elif name == "fb":
       sigma = np.where(a_t > 0, np.minimum((a_s - a_t) / a_t, smax), 1.0)
-    elif cfg.strategy == "loop":
+    elif name == "loop":
       def alpha(x):
-        return np.where(x > cfg.t_on, cfg.alpha_on * (1 - x) / (1 - cfg.t_on),
-                        np.where(x > cfg.t_off, cfg.alpha_on,
-                                 1 - (1 - cfg.alpha_on) * x / cfg.t_off))
+        return np.where(x > st.t_on, st.alpha_on * (1 - x) / (1 - st.t_on),
+                        np.where(x > st.t_off, st.alpha_on,
+                                 1 - (1 - st.alpha_on) * x / st.t_off))
       a_t, a_s = alpha(t), alpha(s)
-      sigma = np.where((t <= cfg.t_on) & (s >= cfg.t_off), cfg.eta, 0.0)
+      sigma = np.where((t <= st.t_on) & (s >= st.t_off), st.eta, 0.0)
     else:
-      raise ValueError(cfg.strategy)
+      raise ValueError(name)
   return sigma, (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
 
 

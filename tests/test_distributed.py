@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from remdm_jax import SamplerConfig, distributed, files, jobs, sample, sharding, training
+from remdm_jax import sampler_config, distributed, files, jobs, sample, sharding, training
 from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -176,7 +176,7 @@ def test_sharded_parameters_sample_like_replicated_ones():
   tokens = jax.random.randint(jax.random.key(2), (8, 24), 0, 259)
   forward = jax.jit(lambda s: nnx.merge(graphdef, s)(tokens, np.full((8,), 0.5, np.float32)))
   np.testing.assert_allclose(forward(sharded), forward(state), atol=1e-5)
-  cfg = SamplerConfig(strategy="loop", num_steps=16, eta=0.02, top_p=0.9)
+  cfg = sampler_config(strategy="loop", num_steps=16, eta=0.02, top_p=0.9)
   run = jax.jit(lambda s: sample(jax.random.key(3), as_denoiser(nnx.merge(graphdef, s)), cfg,
                                  batch_size=8, seq_len=24, mask_id=258,
                                  batch_sharding=distributed.batch_sharding(mesh)))

@@ -5,12 +5,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import posterior
+from remdm_jax import diffusion, posterior
 
 
 def test_subs_excludes_mask_and_is_float32():
   logits = jnp.array([[[1.0, 2.0, 3.0, 9.0]]], jnp.bfloat16)
-  log_probs = jax.jit(posterior.subs_log_probs, static_argnums=1)(logits, 3, jnp.float32(2.0))
+  log_probs = jax.jit(diffusion.subs_log_probs, static_argnums=1)(logits, 3, jnp.float32(2.0))
   assert log_probs.dtype == jnp.float32
   expected = np.array([1.0, 2.0, 3.0]) / 2.0
   expected = expected - np.log(np.sum(np.exp(expected)))

@@ -8,33 +8,33 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import remdm_jax
-from remdm_jax import SamplerConfig
+from remdm_jax import sampler_config
 
 from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
 
 SUITE = [
-    SamplerConfig(strategy="mdlm", num_steps=16),
-    SamplerConfig(strategy="cap", num_steps=16, eta=0.05),
-    SamplerConfig(strategy="rescale", num_steps=16, eta=0.5, top_p=0.9),
-    SamplerConfig(strategy="conf", num_steps=16),
-    SamplerConfig(strategy="conf", num_steps=16, conf_score="logprob", conf_base="cap",
+    sampler_config(strategy="mdlm", num_steps=16),
+    sampler_config(strategy="cap", num_steps=16, eta=0.05),
+    sampler_config(strategy="rescale", num_steps=16, eta=0.5, top_p=0.9),
+    sampler_config(strategy="conf", num_steps=16),
+    sampler_config(strategy="conf", num_steps=16, score="logprob", base="cap",
                   eta=0.1),
-    SamplerConfig(strategy="loop", num_steps=16, eta=0.05),
-    SamplerConfig(strategy="loop", num_steps=16, eta=0.5, loop_base="rescale"),
-    SamplerConfig(strategy="loop", num_steps=16, eta=0.5, loop_base="conf",
-                  conf_base="rescale", top_p=0.8, top_p_impl="bisect"),
-    SamplerConfig(strategy="fb", num_steps=16),
-    SamplerConfig(strategy="dfm", num_steps=16),
-    SamplerConfig(strategy="topk", num_steps=16),
-    SamplerConfig(strategy="topk", num_steps=16, topk_remask=1, temperature=0.7),
-    SamplerConfig(strategy="mdlm", num_steps=16, cache=True, top_p=0.9,
+    sampler_config(strategy="loop", num_steps=16, eta=0.05),
+    sampler_config(strategy="loop", num_steps=16, eta=0.5, base="rescale"),
+    sampler_config(strategy="loop", num_steps=16, eta=0.5, base="rescale",
+                  conf="prob", top_p=0.8, top_p_impl="bisect"),
+    sampler_config(strategy="fb", num_steps=16),
+    sampler_config(strategy="dfm", num_steps=16),
+    sampler_config(strategy="topk", num_steps=16),
+    sampler_config(strategy="topk", num_steps=16, remask=1, temperature=0.7),
+    sampler_config(strategy="mdlm", num_steps=16, cache=True, top_p=0.9,
                   top_p_mode="standard"),
 ]
 B, L = 32, 6
 
 
 def _ids(cfg):
-  return f"{cfg.strategy}-{cfg.sigma_base}-{cfg.top_p}-{cfg.cache}-{cfg.topk_remask}"
+  return f"{cfg.strategy}-{cfg.top_p}-{cfg.cache}"
 
 
 def _run(cfg, denoiser, key=0, **kwargs):
@@ -112,20 +112,20 @@ def _sample_mixture(cfg, denoiser, n=4000, key=1):
 def test_mdlm_converges_to_the_data_as_steps_grow(mixture):
   """TV to a 4-sequence mixture falls with T (parallel decoding errors vanish); N = 4000,
   seed 1. Measured: T=2 0.67, T=8 0.28, T=64 0.03 (sampling noise alone is about 0.01)."""
-  tvs = [tv_to_mixture(_sample_mixture(SamplerConfig(num_steps=t), mixture))
+  tvs = [tv_to_mixture(_sample_mixture(sampler_config(num_steps=t), mixture))
          for t in (2, 8, 64)]
   assert tvs[0] > tvs[1] > tvs[2]
   assert tvs[2] < 0.05
 
 
 @pytest.mark.parametrize("cfg", [
-    SamplerConfig(strategy="mdlm", num_steps=256),
-    SamplerConfig(strategy="cap", num_steps=256, eta=0.005),
-    SamplerConfig(strategy="rescale", num_steps=256, eta=0.02),
-    SamplerConfig(strategy="conf", num_steps=256, conf_base="cap", eta=0.005),
-    SamplerConfig(strategy="loop", num_steps=256, eta=0.005),
-    SamplerConfig(strategy="fb", num_steps=256),
-    SamplerConfig(strategy="dfm", num_steps=256, dfm_beta_scale=1.0),
+    sampler_config(strategy="mdlm", num_steps=256),
+    sampler_config(strategy="cap", num_steps=256, eta=0.005),
+    sampler_config(strategy="rescale", num_steps=256, eta=0.02),
+    sampler_config(strategy="conf", num_steps=256, base="cap", eta=0.005),
+    sampler_config(strategy="loop", num_steps=256, eta=0.005),
+    sampler_config(strategy="fb", num_steps=256),
+    sampler_config(strategy="dfm", num_steps=256, beta_scale=1.0),
 ], ids=lambda c: c.strategy)
 def test_every_strategy_reproduces_the_data(cfg, mixture):
   """With an exact denoiser and small remasking, samples match the mixture: TV < 0.05 at
@@ -172,9 +172,9 @@ def exact_ab_distribution(p_remask, p_unmask):
   return final
 
 
-AB_CONFIGS = [SamplerConfig(strategy="mdlm", num_steps=4),
-              SamplerConfig(strategy="cap", num_steps=8, eta=0.2),
-              SamplerConfig(strategy="loop", num_steps=12, eta=0.1, t_on=0.7, t_off=0.2)]
+AB_CONFIGS = [sampler_config(strategy="mdlm", num_steps=4),
+              sampler_config(strategy="cap", num_steps=8, eta=0.2),
+              sampler_config(strategy="loop", num_steps=12, eta=0.1, t_on=0.7, t_off=0.2)]
 
 
 @pytest.mark.parametrize("cfg", AB_CONFIGS, ids=lambda c: c.strategy)
@@ -196,7 +196,7 @@ def test_more_loop_steps_strictly_lower_impossible_pairs():
   """Exact P(AA) + P(BB) under the library's loop tables falls strictly with T."""
   errors = []
   for num_steps in (8, 16, 32, 64, 128):
-    table = remdm_jax.build_table(SamplerConfig(strategy="loop", num_steps=num_steps,
+    table = remdm_jax.build_table(sampler_config(strategy="loop", num_steps=num_steps,
                                                 eta=0.05))
     sigma = np.asarray(table.sigma, np.float64)
     unmask = np.asarray(table.unmask_base, np.float64) + sigma * np.asarray(
@@ -240,7 +240,7 @@ def _mlp_denoiser_and_params(vocab=MASK_ID + 1, hidden=16):
 def test_same_tokens_on_one_and_eight_devices_and_any_batch_split():
   assert len(jax.devices()) == 8
   apply, params = _mlp_denoiser_and_params()
-  cfg = SamplerConfig(strategy="loop", num_steps=32, eta=0.05, top_p=0.9)
+  cfg = sampler_config(strategy="loop", num_steps=32, eta=0.05, top_p=0.9)
   key = jax.random.key(7)
 
   def run(params, key, batch, first, sharding=None):
@@ -271,7 +271,7 @@ def test_eta_sweep_compiles_once(mixture):
     return remdm_jax.sample_with_plan(key, mixture, plan, rule, batch_size=B, seq_len=L,
                                       mask_id=MASK_ID)
   for eta in (0.01, 0.02, 0.04):
-    plan, rule = remdm_jax.build_plan(SamplerConfig(strategy="cap", num_steps=8, eta=eta,
+    plan, rule = remdm_jax.build_plan(sampler_config(strategy="cap", num_steps=8, eta=eta,
                                                     top_p=0.9))
     run(jax.random.key(0), plan).block_until_ready()
 
@@ -288,9 +288,9 @@ def test_cache_skips_calls_and_keeps_tokens(mixture):
                            mask_id=MASK_ID)
     return np.asarray(out.block_until_ready())
 
-  plain = run(SamplerConfig(strategy="mdlm", num_steps=64))
+  plain = run(sampler_config(strategy="mdlm", num_steps=64))
   uncached_calls, calls[:] = len(calls), []
-  cached = run(SamplerConfig(strategy="mdlm", num_steps=64, cache=True))
+  cached = run(sampler_config(strategy="mdlm", num_steps=64, cache=True))
   np.testing.assert_array_equal(plain, cached)
   # At most 2 * 6 steps change a token, so at most 12 + 1 scan calls and the final one.
   assert uncached_calls == 65 and len(calls) <= 14
@@ -305,7 +305,7 @@ def test_bfloat16_logits_change_only_the_rounding():
     return jnp.broadcast_to(table, z.shape + (5,))
 
   def run(dtype, denoiser, cache=False):
-    cfg = SamplerConfig(strategy="cap", num_steps=32, eta=0.05, top_p=0.95,
+    cfg = sampler_config(strategy="cap", num_steps=32, eta=0.05, top_p=0.95,
                         logits_dtype=dtype, cache=cache)
     return np.asarray(remdm_jax.sample(jax.random.key(4), denoiser, cfg, batch_size=64,
                                        seq_len=64, mask_id=MASK_ID))
@@ -320,15 +320,15 @@ def test_bfloat16_logits_change_only_the_rounding():
 def test_position_chunks_give_one_stream_and_the_right_distribution(mixture):
   """Chunked draws use per-position keys: chunks of 1, 2, 3 and 6 positions give identical
   tokens; the samples match the mixture (TV < 0.05 at N = 4000, as unchunked)."""
-  cfgs = [SamplerConfig(strategy="loop", num_steps=64, eta=0.02, top_p=0.9,
+  cfgs = [sampler_config(strategy="loop", num_steps=64, eta=0.02, top_p=0.9,
                         position_chunk=c) for c in (1, 2, 3, 6)]
   outs = [_sample_mixture(cfg, mixture, n=64, key=5) for cfg in cfgs]
   for out in outs[1:]:
     np.testing.assert_array_equal(outs[0], out)
-  cfg = SamplerConfig(strategy="cap", num_steps=256, eta=0.005, position_chunk=2)
+  cfg = sampler_config(strategy="cap", num_steps=256, eta=0.005, position_chunk=2)
   assert tv_to_mixture(_sample_mixture(cfg, mixture)) < 0.05
   with pytest.raises(ValueError, match="position_chunk must divide seq_len 6, got 4"):
-    _sample_mixture(SamplerConfig(position_chunk=4), mixture, n=2)
+    _sample_mixture(sampler_config(position_chunk=4), mixture, n=2)
 
 
 def test_guidance_mixes_log_probs():
@@ -360,13 +360,13 @@ def test_bad_input_named(kwargs, match, mixture):
   args.update(kwargs)
   key = args.pop("key")
   with pytest.raises(ValueError, match=match):
-    remdm_jax.sample(key, mixture, SamplerConfig(), **args)
+    remdm_jax.sample(key, mixture, sampler_config(), **args)
 
 
 def test_wrong_denoiser_shape_named():
   bad = lambda z, t: jnp.zeros(z.shape[:1] + (3,), jnp.float32)
   with pytest.raises(ValueError, match=r"denoiser must return logits \[batch_size, seq_len, V\]"):
-    remdm_jax.sample(jax.random.key(0), bad, SamplerConfig(), batch_size=2, seq_len=4,
+    remdm_jax.sample(jax.random.key(0), bad, sampler_config(), batch_size=2, seq_len=4,
                      mask_id=1)
 
 
@@ -374,7 +374,7 @@ def test_sample_jits_with_config_static(mixture):
   """The public function itself under jax.jit, config and sizes static, key traced."""
   jitted = jax.jit(remdm_jax.sample, static_argnums=(1, 2),
                    static_argnames=("batch_size", "seq_len", "mask_id"))
-  cfg = SamplerConfig(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
+  cfg = sampler_config(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
   kwargs = dict(batch_size=B, seq_len=L, mask_id=MASK_ID)
   out = jitted(jax.random.key(9), mixture, cfg, **kwargs)
   eager = remdm_jax.sample(jax.random.key(9), mixture, cfg, **kwargs)
@@ -394,12 +394,12 @@ def _broken_for_example(index, value, vocab=MASK_ID + 1):
 
 
 @pytest.mark.parametrize("cfg,value", [
-    (SamplerConfig(strategy="cap", num_steps=8, eta=0.1), jnp.nan),
-    (SamplerConfig(strategy="loop", num_steps=8, eta=0.05, top_p=0.9, position_chunk=3),
+    (sampler_config(strategy="cap", num_steps=8, eta=0.1), jnp.nan),
+    (sampler_config(strategy="loop", num_steps=8, eta=0.05, top_p=0.9, position_chunk=3),
      jnp.inf),
-    (SamplerConfig(strategy="topk", num_steps=8), -jnp.inf),
-    (SamplerConfig(strategy="mdlm", num_steps=8, cache=True), -jnp.inf),
-    (SamplerConfig(strategy="conf", num_steps=8, top_p=0.5), jnp.nan),
+    (sampler_config(strategy="topk", num_steps=8), -jnp.inf),
+    (sampler_config(strategy="mdlm", num_steps=8, cache=True), -jnp.inf),
+    (sampler_config(strategy="conf", num_steps=8, top_p=0.5), jnp.nan),
 ], ids=["cap-nan", "loop-chunked-+inf", "topk--inf", "mdlm-cache--inf", "conf-topp-nan"])
 def test_nonfinite_logits_are_flagged_per_example(cfg, value):
   """Example 5 of 8 gets NaN, +inf, or -inf on every id but the mask: it alone is flagged;
@@ -418,7 +418,7 @@ def test_nonfinite_logits_raise_under_jit_and_in_the_final_step():
   """Under jit the error surfaces when the result is computed; a denoiser that breaks only
   at the final noise-removal call (t = t_min = 0.5, where about half the positions are
   still masked) is caught too."""
-  cfg = SamplerConfig(strategy="mdlm", num_steps=1, t_min=0.5)
+  cfg = sampler_config(strategy="mdlm", num_steps=1, t_min=0.5)
   final_only = lambda z, t: jnp.where((t < 0.6)[:, None, None], jnp.nan,
                                       jnp.zeros(z.shape + (MASK_ID + 1,)))
   run = jax.jit(lambda k: remdm_jax.sample(k, final_only, cfg, batch_size=4, seq_len=64,
@@ -434,31 +434,31 @@ def test_nonfinite_logits_where_nothing_is_drawn_are_not_flagged():
     logits = jnp.zeros(z.shape + (MASK_ID + 1,), jnp.float32).at[..., 0].set(-jnp.inf)
     return jnp.where((jnp.arange(z.shape[1]) == 0)[None, :, None], jnp.nan, logits)
   prompt = jnp.full((4, L), MASK_ID, jnp.int32).at[:, 0].set(2)
-  cfg = SamplerConfig(strategy="cap", num_steps=8, eta=0.1)
+  cfg = sampler_config(strategy="cap", num_steps=8, eta=0.1)
   out, flags = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=4, seq_len=L,
                                 mask_id=MASK_ID, prompt=prompt, return_nonfinite=True)
   assert not np.asarray(flags).any() and (np.asarray(out)[:, 1:] != 0).all()
 
 
 @pytest.mark.parametrize("kwargs,error,match", [
-    (dict(eta="0.1"), TypeError, "eta must be a number, got '0.1'"),
-    (dict(eta=float("nan")), ValueError, "eta must be a finite number, got nan"),
+    (dict(strategy="cap", eta="0.1"), TypeError, "eta must be a number, got '0.1'"),
+    (dict(strategy="cap", eta=float("nan")), ValueError, "eta must be a finite number, got nan"),
     (dict(num_steps=True), TypeError, "num_steps must be an integer, got True"),
     (dict(num_steps=10.0), TypeError, "num_steps must be an integer, got 10.0"),
-    (dict(strategy="dfm", dfm_beta_scale=float("nan")), ValueError,
-     "dfm_beta_scale must be a finite number"),
+    (dict(strategy="dfm", beta_scale=float("nan")), ValueError,
+     "beta_scale must be a finite number"),
     (dict(cache="yes"), TypeError, "cache must be true or false, got 'yes'"),
-    (dict(strategy=3), TypeError, "strategy must be a string, got 3"),
+    (dict(strategy=3), TypeError, "strategy must be a name such as .cap. or a strategy object, got 3"),
 ])
 def test_config_values_are_typed_and_finite(kwargs, error, match):
   with pytest.raises(error, match=match):
-    SamplerConfig(**kwargs)
+    sampler_config(**kwargs)
 
 
 def test_numpy_scalars_become_python_scalars():
-  cfg = SamplerConfig(num_steps=np.int64(10), top_p=np.float32(0.5))
+  cfg = sampler_config(num_steps=np.int64(10), top_p=np.float32(0.5))
   assert type(cfg.num_steps) is int and type(cfg.top_p) is float and cfg.num_steps == 10
-  assert hash(cfg) == hash(SamplerConfig(num_steps=10, top_p=float(np.float32(0.5))))
+  assert hash(cfg) == hash(sampler_config(num_steps=10, top_p=float(np.float32(0.5))))
 
 
 @pytest.mark.parametrize("call,match", [
@@ -468,7 +468,7 @@ def test_numpy_scalars_become_python_scalars():
     (lambda: remdm_jax.classifier_free_guidance(None, None, 1.0), "conditional must be a denoiser"),
     (lambda: remdm_jax.classifier_free_guidance(len, len, float("inf")), "gamma must be a finite"),
     (lambda: remdm_jax.get_schedule("cosine", power=2.0), r"schedule 'cosine' takes \['eps'\]"),
-    (lambda: remdm_jax.sample(jax.random.key(0), "model", SamplerConfig(), batch_size=1,
+    (lambda: remdm_jax.sample(jax.random.key(0), "model", sampler_config(), batch_size=1,
                               seq_len=2, mask_id=0), "denoiser must be a function"),
 ])
 def test_public_functions_name_bad_arguments(call, match):
@@ -494,16 +494,16 @@ PINNED_CONFIGS = {
     "cap": dict(strategy="cap", num_steps=12, eta=0.05),
     "rescale-topp": dict(strategy="rescale", num_steps=12, eta=0.5, top_p=0.9),
     "conf": dict(strategy="conf", num_steps=12),
-    "conf-logprob-cap": dict(strategy="conf", num_steps=12, conf_score="logprob",
-                             conf_base="cap", eta=0.1),
+    "conf-logprob-cap": dict(strategy="conf", num_steps=12, score="logprob",
+                             base="cap", eta=0.1),
     "loop": dict(strategy="loop", num_steps=12, eta=0.05),
-    "loop-rescale": dict(strategy="loop", num_steps=12, eta=0.5, loop_base="rescale"),
-    "loop-conf-topp": dict(strategy="loop", num_steps=12, eta=0.5, loop_base="conf",
-                           conf_base="rescale", top_p=0.8),
+    "loop-rescale": dict(strategy="loop", num_steps=12, eta=0.5, base="rescale"),
+    "loop-conf-topp": dict(strategy="loop", num_steps=12, eta=0.5, base="rescale",
+                           conf="prob", top_p=0.8),
     "fb": dict(strategy="fb", num_steps=12),
     "dfm": dict(strategy="dfm", num_steps=12),
     "topk": dict(strategy="topk", num_steps=12),
-    "topk-remask-temp": dict(strategy="topk", num_steps=12, topk_remask=1, temperature=0.7),
+    "topk-remask-temp": dict(strategy="topk", num_steps=12, remask=1, temperature=0.7),
     "mdlm-cache-standard": dict(strategy="mdlm", num_steps=12, cache=True, top_p=0.9,
                                 top_p_mode="standard"),
     "cap-chunked-sort": dict(strategy="cap", num_steps=12, eta=0.05, top_p=0.9,
@@ -543,6 +543,6 @@ def test_fixed_key_tokens_are_pinned():
       prompt = np.full((b, l), v - 1, np.int32)
       prompt[:, 0], prompt[1, 5] = 2, 4
     tokens = jax.jit(lambda k: remdm_jax.sample(
-        k, pinned_denoiser(), SamplerConfig(**kwargs), batch_size=b, seq_len=l, mask_id=v - 1,
+        k, pinned_denoiser(), sampler_config(**kwargs), batch_size=b, seq_len=l, mask_id=v - 1,
         prompt=prompt))(jax.random.key(PINNED_KEY))
     np.testing.assert_array_equal(np.asarray(tokens), expected[name], err_msg=name)

@@ -5,7 +5,7 @@ import pytest
 
 import remdm_jax
 from remdm_jax import strategies
-from remdm_jax.config import SamplerConfig
+from remdm_jax.config import sampler_config
 
 from conftest import direct_step_probs
 
@@ -18,14 +18,14 @@ def _grid(num_steps):
 
 
 @pytest.mark.parametrize("cfg", [
-    SamplerConfig(strategy="mdlm", num_steps=T),
-    SamplerConfig(strategy="cap", num_steps=T, eta=0.04),
-    SamplerConfig(strategy="rescale", num_steps=T, eta=0.5),
-    SamplerConfig(strategy="conf", num_steps=T),
-    SamplerConfig(strategy="fb", num_steps=T),
-    SamplerConfig(strategy="loop", num_steps=T, eta=0.02),
-    SamplerConfig(strategy="topk", num_steps=T),
-], ids=lambda c: c.strategy)
+    sampler_config(strategy="mdlm", num_steps=T),
+    sampler_config(strategy="cap", num_steps=T, eta=0.04),
+    sampler_config(strategy="rescale", num_steps=T, eta=0.5),
+    sampler_config(strategy="conf", num_steps=T),
+    sampler_config(strategy="fb", num_steps=T),
+    sampler_config(strategy="loop", num_steps=T, eta=0.02),
+    sampler_config(strategy="topk", num_steps=T),
+], ids=lambda c: c.strategy.name)
 def test_step_probabilities_match_formulas(cfg):
   table = remdm_jax.build_table(cfg)
   p_remask, p_unmask = direct_step_probs(cfg)
@@ -48,7 +48,7 @@ def _dfm_grid_reference(num_steps, t_min=1e-5):
 
 
 def test_dfm_probabilities_and_grid():
-  cfg = SamplerConfig(strategy="dfm", num_steps=128)
+  cfg = sampler_config(strategy="dfm", num_steps=128)
   table = remdm_jax.build_table(cfg)
   grid = _dfm_grid_reference(128)
   t, s = grid[:-1], grid[1:]
@@ -66,13 +66,13 @@ def test_dfm_probabilities_and_grid():
   assert 128 <= t.shape[0] <= 160   # "about T steps"
 
 
-@pytest.mark.parametrize("strategy,eta", [("mdlm", 0.0), ("cap", 0.3), ("rescale", 1.0),
-                                          ("conf", 0.0), ("loop", 0.1), ("fb", 0.0),
-                                          ("dfm", 0.0), ("topk", 0.0)])
+@pytest.mark.parametrize("strategy", [remdm_jax.Mdlm(), remdm_jax.Cap(0.3),
+                                      remdm_jax.Rescale(1.0), remdm_jax.Conf(),
+                                      remdm_jax.Loop(eta=0.1), remdm_jax.Fb(), remdm_jax.Dfm(),
+                                      remdm_jax.Topk()], ids=lambda s: s.name)
 @pytest.mark.parametrize("num_steps", [1, 7, 256])
-def test_sigma_within_bounds_on_whole_grid(strategy, eta, num_steps):
-  table = remdm_jax.build_table(SamplerConfig(strategy=strategy, num_steps=num_steps,
-                                              eta=eta))
+def test_sigma_within_bounds_on_whole_grid(strategy, num_steps):
+  table = remdm_jax.build_table(remdm_jax.SamplerConfig(strategy=strategy, num_steps=num_steps))
   sigma, smax = np.asarray(table.sigma), np.asarray(table.sigma_max)
   assert np.all(sigma >= 0) and np.all(sigma <= smax * (1 + 1e-6))
   p_unmask = np.asarray(table.unmask_base) + sigma * np.asarray(table.unmask_per_sigma)
@@ -82,9 +82,9 @@ def test_sigma_within_bounds_on_whole_grid(strategy, eta, num_steps):
 
 
 def test_loop_phases_hit_paper_fractions():
-  cfg = SamplerConfig(strategy="loop", num_steps=1024, eta=0.02)
+  cfg = sampler_config(strategy="loop", num_steps=1024, eta=0.02)
   t, s = _grid(1024)
-  counts = np.bincount(strategies.loop_phase(cfg, t, s), minlength=4)[1:]
+  counts = np.bincount(strategies.loop_phase(0.55, 0.05, t, s), minlength=4)[1:]
   np.testing.assert_allclose(counts / 1024, [0.45, 0.50, 0.05], atol=1.5 / 1024)
   table = remdm_jax.build_table(cfg)
   assert int(np.sum(np.asarray(table.sigma) > 0)) == counts[1]
@@ -92,7 +92,7 @@ def test_loop_phases_hit_paper_fractions():
 
 def test_topk_counts():
   # The grid ends at t_min = 1e-5, so the phase boundaries sit just off multiples of 1/64.
-  cfg = SamplerConfig(strategy="topk", num_steps=64, topk_remask=1, t_on=0.563, t_off=0.062)
+  cfg = sampler_config(strategy="topk", num_steps=64, remask=1, t_on=0.563, t_off=0.062)
   table = remdm_jax.build_table(cfg)
   remask = np.asarray(table.remask_count)
   assert int(np.sum(remask > 0)) == 32   # LLaDA's 28 / 32 / 4 split
@@ -103,25 +103,49 @@ def test_topk_counts():
 
 @pytest.mark.parametrize("kwargs,match", [
     (dict(strategy="loop", eta=0.2, alpha_on=0.9), r"eta must be in \[0, \(1 - alpha_on\)"),
-    (dict(strategy="rescale", eta=1.5), r"eta must be in \[0, 1\] for rescale"),
-    (dict(strategy="loop", loop_base="rescale", eta=1.5), r"eta must be in \[0, 1\]"),
+    (dict(strategy="rescale", eta=1.5), r"eta must be in \[0, 1\] for strategy 'rescale'"),
+    (dict(strategy="loop", base="rescale", eta=1.5), r"eta must be in \[0, 1\]"),
     (dict(num_steps=0), r"num_steps must be in \[1, inf\), got 0"),
     (dict(strategy="loop", t_on=0.1, t_off=0.2), r"t_off < t_on"),
     (dict(top_p=0.0), r"top_p must be in \(0, 1\], got 0.0"),
     (dict(top_p=1.5), r"top_p must be in \(0, 1\]"),
     (dict(temperature=0.0), r"temperature must be in \(0, inf\), got 0.0"),
     (dict(strategy="bogus"), r"unknown strategy 'bogus'; choose from \['cap'"),
-    (dict(eta=-0.1), r"eta must be in \[0, inf\), got -0.1"),
+    (dict(strategy="cap", eta=-0.1), r"eta must be in \[0, inf\) for strategy 'cap', got -0.1"),
+    # an option the strategy does not have is named, with the strategies that have it
+    (dict(strategy="mdlm", eta=0.5), r"eta does not apply to strategy 'mdlm' \(its own options: "
+                                     r"none; eta belongs to \['cap', 'conf', 'loop', 'rescale'\]"),
+    (dict(strategy="cap", t_on=0.5), r"t_on does not apply to strategy 'cap'"),
+    (dict(strategy="loop", schedule="cosine"), r"schedule does not apply to strategy 'loop'"),
+    (dict(strategy="dfm", schedule="cosine"), r"schedule does not apply to strategy 'dfm'"),
+    (dict(strategy="conf", eta=0.1), r"eta does not apply to strategy 'conf' with base 'max'"),
+    (dict(strategy="topk", t_on=0.5), r"t_on and t_off apply to strategy 'topk' only with "),
+    (dict(strategy="loop", t_min=0.1), r"need t_min <= t_off for strategy 'loop'"),
+    (dict(strategy="loop", base="max"), r"unknown base 'max'"),
+    (dict(bogus=1), r"unknown sampler option 'bogus'; strategy 'mdlm' takes none"),
     (dict(top_p_mode="hf"), r"unknown top_p_mode"),
 ])
 def test_bad_config_is_rejected_with_named_argument(kwargs, match):
   with pytest.raises(ValueError, match=match):
-    SamplerConfig(**kwargs)
+    sampler_config(**kwargs)
 
 
 def test_plan_is_data_and_rule_is_static():
-  plan_a, rule_a = remdm_jax.build_plan(SamplerConfig(strategy="cap", eta=0.01))
-  plan_b, rule_b = remdm_jax.build_plan(SamplerConfig(strategy="cap", eta=0.02))
+  plan_a, rule_a = remdm_jax.build_plan(sampler_config(strategy="cap", eta=0.01))
+  plan_b, rule_b = remdm_jax.build_plan(sampler_config(strategy="cap", eta=0.02))
   assert rule_a == rule_b and hash(rule_a) == hash(rule_b)
   assert plan_a.table.sigma.dtype == np.float32
   assert plan_a.table.remask_count.dtype == np.int32
+
+
+def test_a_new_strategy_name_starts_from_its_own_defaults():
+  loop = sampler_config("loop", eta=0.05, num_steps=32)
+  cap = loop.with_options(strategy="cap")
+  assert cap.strategy == remdm_jax.Cap() and cap.num_steps == 32   # loop's eta is not inherited
+  assert loop.with_options(t_on=0.6).strategy == remdm_jax.Loop(eta=0.05, t_on=0.6)
+  assert sampler_config(**loop.options()) == loop
+
+
+def test_strategy_must_be_an_object():
+  with pytest.raises(TypeError, match=r"strategy must be a strategy object .* got 'cap'"):
+    remdm_jax.SamplerConfig(strategy="cap")

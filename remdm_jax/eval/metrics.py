@@ -20,6 +20,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax.diffusion import next_token_nll
+from remdm_jax.tokenizers import encode_rows
 from remdm_jax.validation import check_int, check_strings
 
 
@@ -60,17 +62,13 @@ def _check_texts(texts, max_len: int, batch_size: int) -> None:
 def _encode_batch(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool):
   """Ids `[N, max_len] int32` (EOS-padded), the scored mask `[N, max_len - 1] bool` and the
   encoded lengths `[N] int` (after truncation)."""
-  ids = np.full((len(texts), max_len), tokenizer.eos_id, np.int32)
+  ids, lengths = encode_rows(tokenizer, texts, max_len, fill=tokenizer.eos_id, bos=add_bos,
+                             truncate=True)
   scored = np.zeros((len(texts), max_len - 1), bool)
-  lengths = np.zeros(len(texts), int)
-  for i, text in enumerate(texts):
-    seq = ([tokenizer.bos_id] if add_bos else []) + tokenizer.encode(text)
-    seq = seq[:max_len]
-    ids[i, :len(seq)] = seq
-    lengths[i] = len(seq)
-    eos = [j for j, t in enumerate(seq) if t == tokenizer.eos_id and j > 0]
-    stop = eos[0] + 1 if eos else len(seq)     # count up to and including the first EOS
-    scored[i, :max(stop - 1, 0)] = True        # target positions 1 .. stop - 1
+  for i, row in enumerate(ids):
+    eos = np.flatnonzero(row[1:lengths[i]] == tokenizer.eos_id)
+    stop = eos[0] + 2 if len(eos) else lengths[i]   # up to and including the first EOS
+    scored[i, :max(stop - 1, 0)] = True             # target positions 1 .. stop - 1
   return ids, scored, lengths
 
 
@@ -102,18 +100,12 @@ def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
   if not scored.any():
     raise ValueError(f"no token to score in {len(texts)} texts (each needs at least two "
                      "tokens after retokenising; empty texts score nothing)")
-  nll = _batched_apply(lambda t: _token_nll(logits_fn(t), t), batch_size, ids)  # [N, L-1]
+  nll = _batched_apply(lambda t: next_token_nll(logits_fn(t), t), batch_size, ids)  # [N, L-1]
   total = float(np.sum(nll[scored], dtype=np.float64))
   if not np.isfinite(total):
     raise ValueError("the evaluator's log-probabilities are not finite (NaN or -inf on a "
                      "scored token); check the evaluator's parameters")
   return float(np.exp(total / int(scored.sum())))
-
-
-def _token_nll(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """`-log p(tokens[:, 1:])`; `[B, L - 1] float32`."""
-  log_probs = jax.nn.log_softmax(logits[:, :-1].astype(jnp.float32), axis=-1)
-  return -jnp.take_along_axis(log_probs, tokens[:, 1:, None], axis=-1)[..., 0]
 
 
 def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,

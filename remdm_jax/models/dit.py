@@ -46,10 +46,6 @@ class DiTConfig:
     check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
     check_choice("dtype", self.dtype, DTYPES)
 
-  @classmethod
-  def tiny(cls, **overrides) -> DiTConfig:
-    return dataclasses.replace(cls(hidden=512, heads=8, blocks=8), **overrides)
-
 
 def timestep_features(sigma: jax.Array, dim: int = 256) -> jax.Array:
   """Sinusoid features `[cos(sigma f_k), sin(sigma f_k)]`, `f_k = 10000^(-k / (dim/2))`;

@@ -1,0 +1,111 @@
+"""A `SamplerConfig` becomes a per-step table of arrays (`Plan`) and static switches (`StepRule`).
+
+Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a prompt:
+  - decoded (`z_t != m`): remasked with probability `sigma_i` (times the conf weight);
+  - masked: unmasked with probability `unmask_base_i + sigma_i * unmask_per_sigma_i`, where
+    `unmask_base = (alpha_s - alpha_t) / (1 - alpha_t)` (MDLM) and
+    `unmask_per_sigma = alpha_t / (1 - alpha_t)` (paper eq. 6).
+Valid iff `0 <= sigma <= sigma_max = min(1, (1 - alpha_s) / alpha_t)`. The table is computed on
+the host in float64 from the strategy (`remdm_jax.strategies`) and checked; `sampling.py` runs
+one scan over it for every strategy.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax import schedules
+from remdm_jax.config import SamplerConfig
+from remdm_jax.diffusion import sigma_max
+from remdm_jax.strategies import safe_div
+from remdm_jax.validation import ArgumentTypeError
+
+
+class StepTable(NamedTuple):
+  """Per-step arrays, all `[n]` (n = number of steps, `len(t)`); float32 unless stated."""
+
+  t: jax.Array                  # time the denoiser sees at this step
+  sigma: jax.Array              # base remasking probability (conf multiplies it per token)
+  sigma_max: jax.Array          # min(1, (1 - alpha_s) / alpha_t), alpha_s at the step's end
+  unmask_base: jax.Array        # (alpha_s - alpha_t) / (1 - alpha_t)
+  unmask_per_sigma: jax.Array   # alpha_t / (1 - alpha_t)
+  decoded_frac: jax.Array       # topk: fraction of free positions decoded after the step
+  remask_count: jax.Array       # topk: tokens remasked at this step, int32
+
+
+class Plan(NamedTuple):
+  """Everything the scan consumes as data: the table and the scalar knobs."""
+
+  table: StepTable
+  top_p: jax.Array        # [] float32
+  temperature: jax.Array  # [] float32
+  t_final: jax.Array      # [] float32, time of the final noise-removal call
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRule:
+  """The static part: switches that change the step's code (hashable, jit-static)."""
+
+  select: str = "bernoulli"   # bernoulli: per-token coin flips; rank: topk by confidence
+  conf_score: str | None = None  # None, "prob" or "logprob": conf weighting of sigma
+  top_p_mode: str = "reference"
+  top_p_impl: str = "bisect"
+  use_top_p: bool = False
+  cache: bool = False
+  logits_dtype: str = "float32"
+  position_chunk: int = 0
+
+
+def _check_config(cfg) -> SamplerConfig:
+  if not isinstance(cfg, SamplerConfig):
+    raise ArgumentTypeError(f"config must be a SamplerConfig, got {type(cfg).__name__}")
+  return cfg
+
+
+def build_table(cfg: SamplerConfig) -> StepTable:
+  """Computes and validates the per-step table of a config (host side, float64 inside).
+
+  Raises:
+    ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound.
+  """
+  strategy = _check_config(cfg).strategy
+  schedule = schedules.get_schedule(cfg.schedule)
+  grid = strategy.grid(cfg.num_steps, cfg.t_min)          # [n + 1] f64
+  t, s = grid[:-1], grid[1:]
+  a_t, a_s = strategy.alpha(schedule, t), strategy.alpha(schedule, s)
+  smax = sigma_max(a_t, a_s)
+  sigma = strategy.sigma(t, s, a_t, a_s, smax)
+  if np.any(sigma > smax * (1.0 + 1e-9)) or np.any(sigma < 0.0):
+    bound = float(np.min(smax[sigma > 0])) if np.any(sigma > 0) else 0.0
+    raise ValueError(f"{strategy} gives sigma outside [0, sigma_max]; the smallest "
+                     f"sigma_max on this grid is {bound:.4g}")
+  unmask_base = safe_div(a_s - a_t, 1.0 - a_t, at_zero=0.0)
+  unmask_per_sigma = safe_div(a_t, 1.0 - a_t, at_zero=0.0)
+  decoded_frac, remask = strategy.rank_counts(t, s)
+  f32 = lambda x: jnp.asarray(x, dtype=jnp.float32)
+  return StepTable(t=f32(t), sigma=f32(sigma), sigma_max=f32(smax),
+                   unmask_base=f32(unmask_base), unmask_per_sigma=f32(unmask_per_sigma),
+                   decoded_frac=f32(decoded_frac),
+                   remask_count=jnp.asarray(remask, dtype=jnp.int32))
+
+
+def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
+  """Splits a config into scan data (`Plan`, a pytree) and static switches (`StepRule`).
+
+  Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
+  them compiles once.
+  """
+  table = build_table(cfg)
+  plan = Plan(table=table, top_p=jnp.asarray(cfg.top_p, jnp.float32),
+              temperature=jnp.asarray(cfg.temperature, jnp.float32),
+              t_final=jnp.asarray(cfg.t_min, jnp.float32))
+  rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,
+                  top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
+                  use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
+                  logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk)
+  return plan, rule
