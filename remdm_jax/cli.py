@@ -1,10 +1,14 @@
-"""Command-line helpers: dataclass configs from `--section.field=value` flags.
+"""The command lines, one style for all: dataclass configs from `--section.field=value` flags.
 
 `parse_sections(argv, {"train": TrainConfig(), ...})` returns updated copies of the given
 defaults. A `--config=FILE.json` holding `{"section": {"field": value}}` is applied first,
 then the flags. Unknown sections or fields are errors listing the valid ones; values are
-converted by the field's type and checked by the config itself. `-h` / `--help` prints every
-field with its default and meaning. Errors end the command through `errors.run_cli`.
+converted by the field's type and checked by the config itself. A `SamplerConfig` section
+takes flat options (`--sampler.strategy=cap --sampler.eta=0.01`): the strategy's own options
+and the shared ones; a new strategy starts from its own defaults. `-h` / `--help` prints every
+field with its default and meaning. Positional arguments are folders (`remdm-merge DIR`).
+Errors end the command through `errors.run_cli`. The commands only parse and call the
+library (`jobs.run_sampling_job`, `training.train`, `jobs.merge`, `convert.convert`).
 """
 
 from __future__ import annotations
@@ -15,15 +19,13 @@ import json
 import pathlib
 import re
 import sys
-import time
 import typing
 
-import numpy as np
-
-from remdm_jax import data, distributed, files, training
-from remdm_jax.config import SamplerConfig
+from remdm_jax import distributed, files, jobs
+from remdm_jax.config import SamplerConfig, unknown_option_message
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
+from remdm_jax.strategies import STRATEGIES, strategy_class
 from remdm_jax.validation import check_fields, check_range
 
 
@@ -61,6 +63,48 @@ def _config_file_flags(path: str) -> list[tuple]:
   return flags
 
 
+def _parse_flag(arg: str) -> tuple:
+  if "=" not in arg:
+    raise UsageError(f"{arg} needs a value: {arg}=VALUE")
+  key, value = arg[2:].split("=", 1)
+  section, field = key.split(".", 1)
+  return section, field, value, True
+
+
+def _field_types(config) -> dict:
+  """Field name -> annotated type of a dataclass instance."""
+  hints = typing.get_type_hints(type(config))
+  return {f.name: hints[f.name] for f in dataclasses.fields(config)}
+
+
+def _sampler_field_types(default: SamplerConfig, strategy: str) -> dict:
+  """The flat options of a sampler section: the strategy's own and the shared ones."""
+  types = {name: kind for name, kind in _field_types(default).items() if name != "strategy"}
+  own = dataclasses.fields(strategy_class(strategy))
+  hints = typing.get_type_hints(strategy_class(strategy))
+  return {"strategy": str, **types, **{f.name: hints[f.name] for f in own}}
+
+
+def _section_config(section: str, default, flags: list[tuple]):
+  """The default of one section updated by its `(field, value, from_text)` flags."""
+  if isinstance(default, SamplerConfig):
+    chosen = [v for f, v, _ in flags if f == "strategy"]
+    strategy = chosen[-1] if chosen else default.strategy.name
+    types = _sampler_field_types(default, strategy_class(strategy).name)
+  else:
+    types = _field_types(default)
+  values = {}
+  for field, value, from_text in flags:
+    if field not in types:
+      if isinstance(default, SamplerConfig):
+        raise UsageError(f"--{section}.{field}: " + unknown_option_message(field, strategy))
+      raise UsageError(f"unknown key {section}.{field}; valid keys: {', '.join(sorted(types))}")
+    values[field] = _convert(value, types[field], f"{section}.{field}") if from_text else value
+  if isinstance(default, SamplerConfig):
+    return default.with_options(**values)
+  return dataclasses.replace(default, **values)
+
+
 def parse_sections(argv: list[str], defaults: dict,
                    arguments: str = "") -> tuple[dict, list[str]]:
   """Applies `--config` and `--section.field=value` flags; returns (configs, other args).
@@ -71,30 +115,20 @@ def parse_sections(argv: list[str], defaults: dict,
   """
   if "-h" in argv or "--help" in argv:
     raise HelpRequested(usage(defaults, arguments))
-  values = {name: {} for name in defaults}
   rest, flags = [], []
   for arg in argv:
     if arg.startswith("--config="):
       flags.extend(_config_file_flags(arg.split("=", 1)[1]))
     elif arg.startswith("--") and "." in arg.split("=", 1)[0]:
-      if "=" not in arg:
-        raise UsageError(f"{arg} needs a value: {arg}=VALUE")
-      key, value = arg[2:].split("=", 1)
-      section, field = key.split(".", 1)
-      flags.append((section, field, value, True))
+      flags.append(_parse_flag(arg))
     else:
       rest.append(arg)
-  for section, field, value, from_text in flags:
+  for section, *_ in flags:
     if section not in defaults:
       raise UsageError(f"unknown section {section!r}; choose from {sorted(defaults)}")
-    fields = {f.name: f for f in dataclasses.fields(defaults[section])}
-    if field not in fields:
-      raise UsageError(f"unknown key {section}.{field}; valid keys: "
-                       f"{', '.join(sorted(fields))}")
-    kind = typing.get_type_hints(type(defaults[section])).get(field, fields[field].type)
-    values[section][field] = _convert(value, kind, f"{section}.{field}") if from_text \
-        else value
-  return {name: dataclasses.replace(defaults[name], **values[name]) for name in defaults}, rest
+  configs = {name: _section_config(name, default, [f[1:] for f in flags if f[0] == name])
+             for name, default in defaults.items()}
+  return configs, rest
 
 
 def _field_comments(cls) -> dict[str, str]:
@@ -113,6 +147,29 @@ def _field_comments(cls) -> dict[str, str]:
   return comments
 
 
+def _field_lines(section: str, config, skip=()) -> list[str]:
+  comments = _field_comments(type(config))
+  lines = []
+  for field in dataclasses.fields(config):
+    if field.name not in skip:
+      flag = f"  --{section}.{field.name}={json.dumps(getattr(config, field.name))}"
+      lines.append(f"{flag:<44} {comments.get(field.name, '')}".rstrip())
+  return lines
+
+
+def _sampler_usage(section: str, config: SamplerConfig) -> list[str]:
+  """Shared options, then each strategy's own options with its defaults."""
+  lines = [f"  --{section}.strategy={json.dumps(config.strategy.name)}".ljust(45) +
+           f"one of {list(STRATEGIES)}; options of another strategy start from its "
+           "defaults", *_field_lines(section, config, skip=("strategy",))]
+  for name, cls in STRATEGIES.items():
+    current = config.strategy if name == config.strategy.name else cls()
+    own = _field_lines(section, current)
+    lines.append(f"  strategy {name}: {(cls.__doc__ or '').splitlines()[0]}")
+    lines.extend("  " + line for line in own)
+  return lines
+
+
 def usage(defaults: dict, arguments: str = "") -> str:
   """Every `--section.field=DEFAULT` with its meaning, section by section."""
   lines = [f"usage: {pathlib.Path(sys.argv[0]).name} {arguments}[--config=FILE.json] "
@@ -120,24 +177,36 @@ def usage(defaults: dict, arguments: str = "") -> str:
            "--config: a JSON object {section: {field: value}}, applied before the flags."]
   for section, config in defaults.items():
     lines.append(f"\n{section} ({type(config).__name__}):")
-    comments = _field_comments(type(config))
-    for field in dataclasses.fields(config):
-      flag = f"  --{section}.{field.name}={json.dumps(getattr(config, field.name))}"
-      lines.append(f"{flag:<44} {comments.get(field.name, '')}".rstrip())
+    if isinstance(config, SamplerConfig):
+      lines.extend(_sampler_usage(section, config))
+    else:
+      lines.extend(_field_lines(section, config))
   return "\n".join(lines)
 
 
-TRAIN_DEFAULTS = {
-    "model": DiTConfig(hidden=128, heads=4, blocks=4, cond_dim=64, max_length=256,
-                       dropout=0.0),
-    "train": training.TrainConfig(),
-    "data": data.DataConfig(),
-    "dist": distributed.DistributedConfig(),
-}
+def _positional(rest: list[str], names: tuple[str, ...]) -> list[str]:
+  """Exactly `len(names)` positional arguments, or a UsageError naming what is wanted."""
+  if len(rest) != len(names) or any(a.startswith("-") for a in rest):
+    raise UsageError(f"expected {' '.join(names)} and --SECTION.FIELD=VALUE flags, got "
+                     f"{rest} (--help lists the flags)")
+  return rest
+
+
+def train_sections() -> dict:
+  """The sections of `remdm-train` (imports the data and training modules)."""
+  from remdm_jax import data, training
+  return {
+      "model": DiTConfig(hidden=128, heads=4, blocks=4, cond_dim=64, max_length=256,
+                         dropout=0.0),
+      "train": training.TrainConfig(),
+      "data": data.DataConfig(),
+      "dist": distributed.DistributedConfig(),
+  }
 
 
 def _train(argv: list[str]) -> int:
-  configs, rest = parse_sections(argv, TRAIN_DEFAULTS, "--workdir=DIR ")
+  from remdm_jax import data, training
+  configs, rest = parse_sections(argv, train_sections(), "--workdir=DIR ")
   workdir = [a.split("=", 1)[1] for a in rest if a.startswith("--workdir=")]
   if len(workdir) != 1 or len(rest) != 1 or not workdir[0]:
     raise UsageError(f"pass exactly one --workdir=DIR; unexpected arguments: {rest}")
@@ -163,62 +232,10 @@ def train_main(argv: list[str] | None = None) -> int:
   return run_cli(_train, sys.argv[1:] if argv is None else argv)
 
 
-SHIPPED_MODEL = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-mdlm"
-
-
-@dataclasses.dataclass(frozen=True)
-class SampleJob:
-  """What `remdm-sample` produces; sampler options live in `SamplerConfig` (`--sampler.*`)."""
-
-  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted)
-  num_samples: int = 4             # sequences to generate
-  batch_size: int = 4              # sequences per jitted call (split over all devices)
-  seed: int = 0                    # example i uses fold_in(key(seed), i)
-  seq_len: int = 0                 # 0: the model's max_length
-  prompt: str = ""                 # text placed after BOS in every sample
-  prompt_file: str = ""            # one prompt per line, used in turn
-  out: str = ""                    # job directory: manifest + atomic JSON-lines shards
-  model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
-  quiet: bool = False              # do not print the samples
-
-  def __post_init__(self):
-    check_fields(self)
-    for name in ("num_samples", "batch_size", "model_axis"):
-      check_range(name, getattr(self, name), 1)
-    check_range("seed", self.seed, 0)
-    check_range("seq_len", self.seq_len, 0)
-    if self.prompt and self.prompt_file:
-      raise ValueError("pass either prompt or prompt_file, not both")
-
-
-def _prompt_texts(job: SampleJob) -> list[str]:
-  if job.prompt_file:
-    texts = [l for l in files.read_text(job.prompt_file, "prompt file").splitlines()
-             if l.strip()]
-    if not texts:
-      raise ValueError(f"{job.prompt_file}: the prompt file holds no prompt (no non-blank "
-                       "line)")
-    return texts
-  return [job.prompt] if job.prompt else []
-
-
-def _prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.ndarray | None:
-  """`[num_rows, seq_len] int32` templates (BOS, prompt ids, then masks), or None."""
-  if not texts:
-    return None
-  rows = np.full((num_rows, seq_len), tokenizer.mask_id, np.int32)
-  for i in range(num_rows):
-    ids = [tokenizer.bos_id] + tokenizer.encode(texts[i % len(texts)])
-    if len(ids) > seq_len:
-      raise ValueError(f"prompt needs {len(ids)} positions (BOS included), more than the "
-                       f"sequence length {seq_len}")
-    rows[i, :len(ids)] = ids
-  return rows
-
-
 SAMPLE_SECTIONS = {
-    "sampler": SamplerConfig(strategy="loop", num_steps=256, eta=0.02, top_p=0.9),
-    "job": SampleJob(),
+    "sampler": SamplerConfig().with_options(strategy="loop", num_steps=256, eta=0.02,
+                                            top_p=0.9),
+    "job": jobs.SampleJob(),
     "dist": distributed.DistributedConfig(),
 }
 
@@ -229,7 +246,13 @@ def _sample(argv: list[str]) -> int:
     raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD=, "
                      "--job.FIELD= and --dist.FIELD= (--help lists them)")
   distributed.initialize(configs["dist"])
-  return _run_sampling(configs["sampler"], configs["job"])
+  job = configs["job"]
+  result = jobs.run_sampling_job(configs["sampler"], job)
+  if distributed.is_primary():
+    for record in [] if job.quiet else result.records:
+      print(f"--- sample {record['index']} ---\n{record['text']}")
+    print(f"throughput: {json.dumps(result.throughput)}", file=sys.stderr)
+  return 0
 
 
 def sample_main(argv: list[str] | None = None) -> int:
@@ -237,114 +260,57 @@ def sample_main(argv: list[str] | None = None) -> int:
   return run_cli(_sample, sys.argv[1:] if argv is None else argv)
 
 
-def _load_sampling_model(job: SampleJob):
-  """The model and tokenizer of `job.model`, checked to fit each other and the job."""
-  from remdm_jax.checkpoint import load_model, load_tokenizer_name
-  from remdm_jax.tokenizers import get_tokenizer
-  model = load_model(job.model)
-  if model.cfg.causal:
-    raise ValueError(f"{job.model} is a causal (autoregressive) model; remdm-sample needs a "
-                     "masked diffusion model (a causal one serves as --evaluator of "
-                     "remdm-merge)")
-  tokenizer_name = load_tokenizer_name(job.model)
-  tokenizer = get_tokenizer(tokenizer_name)
-  if tokenizer.vocab_size != model.cfg.vocab_size:
-    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
-                     f"model's {model.cfg.vocab_size}")
-  return model, tokenizer, tokenizer_name
+@dataclasses.dataclass(frozen=True)
+class MergeOptions:
+  """How `remdm-merge DIR` scores the merged samples."""
+
+  evaluator: str = ""      # a causal model folder: report Gen PPL and entropy under it
+  add_bos: bool = False    # prepend BOS when scoring (evaluators trained on BOS-led rows)
+  batch_size: int = 32     # rows per evaluator call
+
+  def __post_init__(self):
+    check_fields(self)
+    check_range("batch_size", self.batch_size, 1)
 
 
-def _run_sampling(cfg: SamplerConfig, job: SampleJob) -> int:
-  """Checks everything and compiles the sampler, then (only then) opens the job folder and
-  writes its shards; a batch with non-finite logits stops the job before it is written."""
-  import jax
-  from flax import nnx
-  from jax.sharding import NamedSharding, PartitionSpec as P
-  from tqdm import tqdm
-
-  from remdm_jax import jobs, sharding
-  from remdm_jax.models.dit import as_denoiser
-  from remdm_jax.sampling import NonFiniteLogitsError, nonfinite_message, sample
-
-  if job.out:
-    files.check_writable_folder(job.out, "job")
-  model, tokenizer, tokenizer_name = _load_sampling_model(job)
-  seq_len = job.seq_len or model.cfg.max_length
-  check_range("seq_len", seq_len, 1, model.cfg.max_length,
-              context=" (the model's max_length)")
-  texts = _prompt_texts(job)
-  prompts = _prompt_rows(texts, job.num_samples, tokenizer, seq_len)
-  mesh = distributed.make_mesh(job.model_axis)
-  data_devices = mesh.shape["data"]
-  batch_sharding = distributed.batch_sharding(mesh)
-  if job.batch_size % data_devices:
-    if jax.process_count() > 1:
-      raise ValueError(f"batch_size must be a multiple of the {data_devices} data-parallel "
-                       f"devices with several processes, got {job.batch_size}")
-    batch_sharding = None
-  graphdef, state = nnx.split(model)
-  state = sharding.shard_params(state, mesh)
-
-  def run(key, state, prompt, first):
-    tokens, nonfinite = sample(
-        key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=job.batch_size,
-        seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt, first_index=first,
-        batch_sharding=batch_sharding, return_nonfinite=True)
-    return tokens, jax.lax.with_sharding_constraint(nonfinite, NamedSharding(mesh, P()))
-
-  def prompt_block(first):
-    if prompts is None:
-      return None
-    block = np.resize(prompts[first:first + job.batch_size], (job.batch_size, seq_len))
-    return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
-
-  key = jax.random.key(job.seed)
-  run = jax.jit(run).lower(key, state, prompt_block(0), np.int32(0)).compile()
-  directory = None
-  if job.out:
-    directory = jobs.open_job(job.out, {
-        "model": job.model, "model_config": dataclasses.asdict(model.cfg),
-        "tokenizer": tokenizer_name, "sampler": dataclasses.asdict(cfg),
-        "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
-        "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
-        "device_count": jax.device_count(), "model_axis": job.model_axis})
-  local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
-                  if batch_sharding else [(0, job.batch_size)])
-  done = set(jobs.finished_shards(directory)) if directory else set()
-  throughput = jobs.Throughput(seq_len)
-  settings = dataclasses.asdict(cfg)
-  show = not job.quiet and distributed.is_primary()
-  bar = tqdm(range(0, job.num_samples, job.batch_size), desc="sample", unit="batch",
-             disable=not distributed.is_primary())
-  for first in bar:
-    wanted = [(first + a, min(first + b, job.num_samples)) for a, b in local_ranges
-              if first + a < job.num_samples]
-    if directory and distributed.all_processes(all(r in done for r in wanted)):
-      continue
-    tic = time.perf_counter()
-    tokens, nonfinite = run(key, state, prompt_block(first), np.int32(first))
-    real = min(job.batch_size, job.num_samples - first)
-    flags = np.asarray(nonfinite)[:real]
-    if flags.any():
-      bar.close()
-      raise NonFiniteLogitsError(f"model {job.model}: {nonfinite_message(flags, first)}; "
-                                 "nothing of this batch was written")
-    blocks = distributed.local_row_blocks(tokens)
-    throughput.add(real, time.perf_counter() - tic)
-    for start, rows in blocks:
-      records = [_record(first + start + i, row, tokenizer, settings, job)
-                 for i, row in enumerate(rows) if first + start + i < job.num_samples]
-      if directory and records:
-        files.write_atomic(jobs.shard_path(directory, records[0]["index"],
-                                           records[-1]["index"] + 1), jobs.shard_text(records))
-      for record in records if show else []:
-        print(f"--- sample {record['index']} ---\n{record['text']}")
-    bar.set_postfix(throughput.summary())
-  if distributed.is_primary():
-    print(f"throughput: {json.dumps(throughput.summary())}", file=sys.stderr)
+def _merge(argv: list[str]) -> int:
+  configs, rest = parse_sections(argv, {"merge": MergeOptions()}, "DIR ")
+  (directory,) = _positional(rest, ("DIR",))
+  options = configs["merge"]
+  records = jobs.merge(directory)
+  summary = {"samples": len(records)}
+  if options.evaluator:
+    summary.update(jobs.evaluate_samples(records, options.evaluator, add_bos=options.add_bos,
+                                         batch_size=options.batch_size))
+  print(json.dumps(summary))
   return 0
 
 
-def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJob) -> dict:
-  return {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
-          "settings": settings, "model": job.model}
+def merge_main(argv: list[str] | None = None) -> int:
+  """`remdm-merge DIR [--merge.evaluator=MODEL --merge.add_bos=true]`: merge a job's shards
+  into `DIR/samples.jsonl`, optionally scoring them."""
+  return run_cli(_merge, sys.argv[1:] if argv is None else argv)
+
+
+@dataclasses.dataclass(frozen=True)
+class ConvertOptions:
+  """What `remdm-convert SRC DST` needs besides the two paths."""
+
+  released_config: str = ""   # the released config.json, for a Lightning .ckpt source
+
+  def __post_init__(self):
+    check_fields(self)
+
+
+def _convert_weights(argv: list[str]) -> int:
+  from remdm_jax import convert
+  configs, rest = parse_sections(argv, {"convert": ConvertOptions()}, "SRC DST ")
+  src, dst = _positional(rest, ("SRC", "DST"))
+  print(f"wrote {convert.convert(src, dst, configs['convert'].released_config or None)}")
+  return 0
+
+
+def convert_main(argv: list[str] | None = None) -> int:
+  """`remdm-convert SRC DST [--convert.released_config=CONFIG.json]`: released MDLM weights
+  (a Hugging Face folder or a Lightning .ckpt) into a model folder."""
+  return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)

@@ -23,7 +23,6 @@ from flax import nnx
 
 from remdm_jax import files
 from remdm_jax.checkpoint import save_model
-from remdm_jax.errors import ArgumentParser, run_cli
 from remdm_jax.models.dit import DiT, DiTConfig
 
 _PREFIX = "backbone."
@@ -185,7 +184,7 @@ def convert(src, dst, config_json=None) -> pathlib.Path:
     cfg, tensors = read_hf_folder(src)
   elif src.suffix == ".ckpt":
     if config_json is None:
-      raise ValueError("a .ckpt needs --config, a released config.json")
+      raise ValueError("a .ckpt needs --convert.released_config=FILE, the released config.json")
     cfg = config_from_hf(files.read_json_object(config_json, "released config"))
     tensors = read_lightning_ckpt(src)
   elif not src.exists():
@@ -198,21 +197,6 @@ def convert(src, dst, config_json=None) -> pathlib.Path:
   return save_model(convert_tensors(tensors, cfg), dst, tokenizer="gpt2")
 
 
-def _main(argv: list[str]) -> int:
-  parser = ArgumentParser(prog="python -m remdm_jax.convert",
-                   description="Convert released MDLM weights.")
-  parser.add_argument("src", help="released folder (config.json + model.safetensors) or .ckpt")
-  parser.add_argument("dst", help="new model folder (orbax params + config.json)")
-  parser.add_argument("--config", help="released config.json, for a .ckpt source")
-  args = parser.parse_args(argv)
-  print(f"wrote {convert(args.src, args.dst, args.config)}")
-  return 0
-
-
-def main(argv=None) -> int:
-  """`python -m remdm_jax.convert SRC DST [--config CONFIG]`."""
-  return run_cli(_main, sys.argv[1:] if argv is None else argv)
-
-
 if __name__ == "__main__":
-  sys.exit(main())
+  from remdm_jax.cli import convert_main
+  sys.exit(convert_main())

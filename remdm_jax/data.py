@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from remdm_jax import files
-from remdm_jax.tokenizers import Tokenizer, get_tokenizer
+from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
                                   check_strings)
 
@@ -249,13 +249,7 @@ def pad(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   """
   check_strings("texts", texts)
   check_int("seq_len", seq_len, 2)
-  rows = np.full((len(texts), seq_len), tokenizer.eos_id, np.int32)
-  for i, text in enumerate(texts):
-    ids = [tokenizer.bos_id] + tokenizer.encode(text) + [tokenizer.eos_id]
-    if len(ids) > seq_len:
-      raise ValueError(f"example {i} needs {len(ids)} positions, more than seq_len={seq_len}")
-    rows[i, :len(ids)] = ids
-  return rows
+  return encode_rows(tokenizer, texts, seq_len, fill=tokenizer.eos_id, eos=True)[0]
 
 
 class BatchStream:

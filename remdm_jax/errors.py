@@ -13,7 +13,6 @@
 
 from __future__ import annotations
 
-import argparse
 import signal
 import sys
 from typing import Callable
@@ -33,16 +32,6 @@ class HelpRequested(Exception):
   def __init__(self, text: str):
     super().__init__(text)
     self.text = text
-
-
-class ArgumentParser(argparse.ArgumentParser):
-  """argparse that raises instead of exiting, so `run_cli` reports it like every command."""
-
-  def error(self, message):
-    raise ValueError(message)
-
-  def print_help(self, file=None):
-    raise HelpRequested(self.format_help())
 
 
 def _fail(message: str, code: int) -> int:

@@ -1,4 +1,6 @@
-"""Sampling jobs that survive interruption: atomic shards, a manifest, resume and merge.
+"""Sampling jobs as library code: load a model, shard it, sample, write atomic shards, resume,
+merge and evaluate. The command lines (`remdm-sample`, `remdm-merge`) only parse flags and call
+`run_sampling_job` and `merge` / `evaluate_samples`.
 
 A job directory holds
   manifest.json                         settings, model, seed and layout (written first)
@@ -7,23 +9,28 @@ Each process writes the rows its devices hold, to a temporary name that it then 
 a file under a final name is always complete. Example i is a pure function of (seed, i), so
 a rerun after a kill skips the finished shards and ends with exactly the files of an
 uninterrupted run. `merge` checks that every index is present and writes one file in index
-order (optionally with Gen PPL and entropy under a causal evaluator):
-
-  remdm-merge DIR [--evaluator checkpoints/shakespeare-ar --add-bos]
+order; `evaluate_samples` scores records with Gen PPL and entropy under a causal evaluator.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import pathlib
 import re
 import resource
-import sys
+import time
 
-from remdm_jax import files
-from remdm_jax.errors import ArgumentParser, run_cli
-from remdm_jax.validation import check_range
+import jax
+import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
+from remdm_jax import distributed, files
+from remdm_jax.config import SamplerConfig
+from remdm_jax.tokenizers import encode_rows
+from remdm_jax.validation import check_fields, check_range
+
+SHIPPED_MODEL = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-mdlm"
 MANIFEST = "manifest.json"
 MERGED = "samples.jsonl"
 _SHARD = re.compile(r"samples-(\d{9})-(\d{9})\.jsonl$")
@@ -49,8 +56,7 @@ def open_job(directory, manifest: dict) -> pathlib.Path:
   path = directory / MANIFEST
   if path.exists():
     previous = files.read_json_object(path, "job manifest")
-    changed = sorted(k for k in set(previous) | set(manifest)
-                     if previous.get(k) != manifest.get(k))
+    changed = files.changed_keys(previous, manifest)
     if changed:
       raise ValueError(f"{directory} holds a sampling job with other settings (differs in "
                        f"{changed}); use another out directory")
@@ -150,44 +156,222 @@ def merge(directory) -> list[dict]:
   return records
 
 
-def _merge(argv: list[str]) -> int:
-  parser = ArgumentParser(prog="remdm-merge", description="Merge a sampling job's shards into "
-                   "DIR/samples.jsonl; optionally score them under a causal evaluator.")
-  parser.add_argument("directory", help="the job directory (--job.out of remdm-sample)")
-  parser.add_argument("--evaluator", default="", help="a causal model folder for Gen PPL")
-  parser.add_argument("--add-bos", action="store_true",
-                      help="prepend BOS when scoring (evaluators trained on BOS-led rows)")
-  parser.add_argument("--batch-size", type=int, default=32, help="rows per evaluator call")
-  args = parser.parse_args(argv)
-  check_range("--batch-size", args.batch_size, 1)
-  records = merge(args.directory)
-  summary = {"samples": len(records)}
-  if args.evaluator:
-    summary.update(_evaluate(records, args))
-  print(json.dumps(summary))
-  return 0
 
+def evaluate_samples(records: list[dict], evaluator, *, add_bos: bool = False,
+                     batch_size: int = 32) -> dict:
+  """Gen PPL and mean unigram entropy of the records' texts under a causal model folder.
 
-def merge_main(argv: list[str] | None = None) -> int:
-  """`remdm-merge DIR [--evaluator MODEL] [--add-bos]`: merge shards, optionally evaluate."""
-  return run_cli(_merge, sys.argv[1:] if argv is None else argv)
-
-
-def _evaluate(records: list[dict], args) -> dict:
+  Raises:
+    ValueError: `evaluator` is not a causal model folder, or a bad batch size.
+  """
   from remdm_jax import eval as metrics
   from remdm_jax.checkpoint import load_model, load_tokenizer_name
   from remdm_jax.models import as_evaluator
   from remdm_jax.tokenizers import get_tokenizer
-  evaluator = load_model(args.evaluator)
-  if not evaluator.cfg.causal:
-    raise ValueError(f"--evaluator must be a causal model folder, {args.evaluator} is not")
-  tokenizer = get_tokenizer(load_tokenizer_name(args.evaluator))
-  logits_fn, _ = as_evaluator(evaluator)
+  check_range("batch_size", batch_size, 1)
+  model = load_model(evaluator)
+  if not model.cfg.causal:
+    raise ValueError(f"evaluator must be a causal model folder, {evaluator} is not")
+  tokenizer = get_tokenizer(load_tokenizer_name(evaluator))
+  logits_fn, _ = as_evaluator(model)
   texts = [r["text"] for r in records]
-  return {"gen_ppl": metrics.gen_ppl(logits_fn, tokenizer, texts, evaluator.cfg.max_length,
-                                     args.batch_size, add_bos=args.add_bos),
+  return {"gen_ppl": metrics.gen_ppl(logits_fn, tokenizer, texts, model.cfg.max_length,
+                                     batch_size, add_bos=add_bos),
           "entropy": metrics.mean_entropy([tokenizer.encode(text) for text in texts])}
 
 
-if __name__ == "__main__":
-  sys.exit(merge_main())
+@dataclasses.dataclass(frozen=True)
+class SampleJob:
+  """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`)."""
+
+  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted)
+  num_samples: int = 4             # sequences to generate
+  batch_size: int = 4              # sequences per jitted call (split over all devices)
+  seed: int = 0                    # example i uses fold_in(key(seed), i)
+  seq_len: int = 0                 # 0: the model's max_length
+  prompt: str = ""                 # text placed after BOS in every sample
+  prompt_file: str = ""            # one prompt per line, used in turn
+  out: str = ""                    # job directory: manifest + atomic JSON-lines shards
+  model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
+  quiet: bool = False              # do not print the samples
+
+  def __post_init__(self):
+    check_fields(self)
+    for name in ("num_samples", "batch_size", "model_axis"):
+      check_range(name, getattr(self, name), 1)
+    check_range("seed", self.seed, 0)
+    check_range("seq_len", self.seq_len, 0)
+    if self.prompt and self.prompt_file:
+      raise ValueError("pass either prompt or prompt_file, not both")
+
+
+@dataclasses.dataclass
+class JobResult:
+  """What `run_sampling_job` did on this process."""
+
+  records: list[dict]        # the samples computed now by this process, in index order
+  throughput: dict           # samples/s, tokens/s and peak memory of those batches
+  directory: pathlib.Path | None  # the job directory, when `job.out` is set
+
+
+def prompt_texts(job: SampleJob) -> list[str]:
+  """The job's prompts: `prompt`, or the non-blank lines of `prompt_file`; [] for none."""
+  if job.prompt_file:
+    texts = [l for l in files.read_text(job.prompt_file, "prompt file").splitlines()
+             if l.strip()]
+    if not texts:
+      raise ValueError(f"{job.prompt_file}: the prompt file holds no prompt (no non-blank "
+                       "line)")
+    return texts
+  return [job.prompt] if job.prompt else []
+
+
+def prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.ndarray | None:
+  """`[num_rows, seq_len] int32` templates (BOS, prompt ids, then masks; row i uses prompt
+  `i mod len(texts)`), or None without prompts."""
+  if not texts:
+    return None
+  rows, _ = encode_rows(tokenizer, texts, seq_len, fill=tokenizer.mask_id, what="prompt")
+  return rows[np.arange(num_rows) % len(texts)]
+
+
+def load_sampling_model(folder):
+  """`(model, tokenizer, tokenizer name)` of a masked diffusion model folder, checked to fit
+  each other."""
+  from remdm_jax.checkpoint import load_model, load_tokenizer_name
+  from remdm_jax.tokenizers import get_tokenizer
+  model = load_model(folder)
+  if model.cfg.causal:
+    raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
+                     "diffusion model (a causal one serves as the evaluator of remdm-merge)")
+  tokenizer_name = load_tokenizer_name(folder)
+  tokenizer = get_tokenizer(tokenizer_name)
+  if tokenizer.vocab_size != model.cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
+                     f"model's {model.cfg.vocab_size}")
+  return model, tokenizer, tokenizer_name
+
+
+class StepProgress:
+  """A progress bar over diffusion steps, advanced from inside the compiled sampler by a host
+  callback (`sample_with_plan(on_step=...)`); shows steps/s and, per batch, tokens/s.
+
+  Several devices may report the same step; the bar only moves forward to `offset + step + 1`.
+  """
+
+  def __init__(self, total_steps: int, enabled: bool):
+    from tqdm import tqdm
+    self.bar = tqdm(total=total_steps, desc="sample", unit="step", disable=not enabled)
+    self.offset = 0
+
+  def __call__(self, step) -> None:
+    ahead = self.offset + int(step) + 1 - self.bar.n
+    if ahead > 0:
+      self.bar.update(ahead)
+
+  def close(self) -> None:
+    self.bar.close()
+
+
+def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJob) -> dict:
+  return {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
+          "settings": settings, "model": job.model}
+
+
+def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = True) -> JobResult:
+  """Samples `job.num_samples` sequences from `job.model` with `cfg`, sharded over every
+  device (and process), writing shards to `job.out` when set and skipping finished ones.
+
+  Everything is checked and the sampler compiled before the job folder is opened; a batch
+  with non-finite logits stops the job before that batch is written.
+
+  Raises:
+    ValueError: a bad model folder, prompt, sequence length, batch split or a job folder
+      holding another job. NonFiniteLogitsError: the model returned non-finite logits.
+  """
+  from flax import nnx
+
+  from remdm_jax import sharding
+  from remdm_jax.models.dit import as_denoiser
+  from remdm_jax.plan import build_plan
+  from remdm_jax.sampling import NonFiniteLogitsError, nonfinite_message, sample_with_plan
+
+  if job.out:
+    files.check_writable_folder(job.out, "job")
+  model, tokenizer, tokenizer_name = load_sampling_model(job.model)
+  seq_len = job.seq_len or model.cfg.max_length
+  check_range("seq_len", seq_len, 1, model.cfg.max_length,
+              context=" (the model's max_length)")
+  texts = prompt_texts(job)
+  prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len)
+  mesh = distributed.make_mesh(job.model_axis)
+  batch_sharding = distributed.batch_sharding(mesh)
+  if job.batch_size % mesh.shape["data"]:
+    if jax.process_count() > 1:
+      raise ValueError(f"batch_size must be a multiple of the {mesh.shape['data']} "
+                       f"data-parallel devices with several processes, got {job.batch_size}")
+    batch_sharding = None
+  graphdef, state = nnx.split(model)
+  state = sharding.shard_params(state, mesh)
+  plan, rule = build_plan(cfg)
+  num_steps = int(plan.table.t.shape[0])
+  starts = range(0, job.num_samples, job.batch_size)
+  bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
+
+  def run(key, state, prompt, first):
+    tokens, nonfinite = sample_with_plan(
+        key, as_denoiser(nnx.merge(graphdef, state)), plan, rule, batch_size=job.batch_size,
+        seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt, first_index=first,
+        batch_sharding=batch_sharding, return_nonfinite=True, on_step=bar)
+    return tokens, jax.lax.with_sharding_constraint(nonfinite, NamedSharding(mesh, P()))
+
+  def prompt_block(first):
+    if prompts is None:
+      return None
+    block = np.resize(prompts[first:first + job.batch_size], (job.batch_size, seq_len))
+    return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
+
+  key = jax.random.key(job.seed)
+  run = jax.jit(run).lower(key, state, prompt_block(0), np.int32(0)).compile()
+  directory = None
+  settings = cfg.options()
+  if job.out:
+    directory = open_job(job.out, {
+        "model": job.model, "model_config": dataclasses.asdict(model.cfg),
+        "tokenizer": tokenizer_name, "sampler": settings,
+        "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
+        "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
+        "device_count": jax.device_count(), "model_axis": job.model_axis})
+  local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
+                  if batch_sharding else [(0, job.batch_size)])
+  done = set(finished_shards(directory)) if directory else set()
+  throughput, records = Throughput(seq_len), []
+  try:
+    for batch_index, first in enumerate(starts):
+      bar.offset = batch_index * num_steps
+      wanted = [(first + a, min(first + b, job.num_samples)) for a, b in local_ranges
+                if first + a < job.num_samples]
+      if directory and distributed.all_processes(all(r in done for r in wanted)):
+        bar(num_steps - 1)
+        continue
+      tic = time.perf_counter()
+      tokens, nonfinite = run(key, state, prompt_block(first), np.int32(first))
+      real = min(job.batch_size, job.num_samples - first)
+      flags = np.asarray(nonfinite)[:real]
+      if flags.any():
+        raise NonFiniteLogitsError(f"model {job.model}: {nonfinite_message(flags, first)}; "
+                                   "nothing of this batch was written")
+      blocks = distributed.local_row_blocks(tokens)
+      throughput.add(real, time.perf_counter() - tic)
+      for start, rows in blocks:
+        batch_records = [_record(first + start + i, row, tokenizer, settings, job)
+                         for i, row in enumerate(rows) if first + start + i < job.num_samples]
+        if directory and batch_records:
+          files.write_atomic(shard_path(directory, batch_records[0]["index"],
+                                        batch_records[-1]["index"] + 1),
+                             shard_text(batch_records))
+        records.extend(batch_records)
+      bar.bar.set_postfix(tokens_per_s=throughput.summary()["tokens_per_s"])
+  finally:
+    bar.close()
+  return JobResult(records=records, throughput=throughput.summary(), directory=directory)

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Protocol
+from typing import Iterable, Protocol, Sequence
+
+import numpy as np
 
 
 class Tokenizer(Protocol):
@@ -20,6 +22,31 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> list[int]: ...
 
   def decode(self, ids: Iterable[int]) -> str: ...
+
+
+def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
+                bos: bool = True, eos: bool = False, truncate: bool = False,
+                what: str = "example") -> tuple[np.ndarray, np.ndarray]:
+  """One text per row: `[BOS] + ids (+ [EOS])`, then `fill` up to `seq_len`.
+
+  Returns:
+    `rows [N, seq_len] int32` and `lengths [N] int` (positions used, after truncation).
+
+  Raises:
+    ValueError: a row needs more than `seq_len` positions and `truncate` is False (names it
+      as `what` and its index).
+  """
+  rows = np.full((len(texts), seq_len), fill, np.int32)
+  lengths = np.zeros(len(texts), int)
+  for i, text in enumerate(texts):
+    ids = [tokenizer.bos_id] * bos + tokenizer.encode(text) + [tokenizer.eos_id] * eos
+    if len(ids) > seq_len and not truncate:
+      raise ValueError(f"{what} {i} needs {len(ids)} positions (BOS{' and EOS' * eos} "
+                       f"included), more than seq_len={seq_len}")
+    ids = ids[:seq_len]
+    rows[i, :len(ids)] = ids
+    lengths[i] = len(ids)
+  return rows, lengths
 
 
 class ByteTokenizer:

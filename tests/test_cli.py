@@ -12,7 +12,7 @@ def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
   config.write_text(json.dumps({"train": {"steps": 5, "eta": 0.3}}))
   parsed, rest = cli.parse_sections(
       [f"--config={config}", "--train.steps=7", "--model.causal=true", "--workdir=x",
-       "--data.source_dir=none"], cli.TRAIN_DEFAULTS)
+       "--data.source_dir=none"], cli.train_sections())
   assert parsed["train"].steps == 7 and parsed["train"].eta == 0.3
   assert parsed["model"].causal is True and parsed["data"].source_dir is None
   assert isinstance(parsed["train"], training.TrainConfig) and rest == ["--workdir=x"]
@@ -27,7 +27,7 @@ def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
 ])
 def test_bad_flags(argv, match):
   with pytest.raises(cli.UsageError, match=match):
-    cli.parse_sections(argv, cli.TRAIN_DEFAULTS)
+    cli.parse_sections(argv, cli.train_sections())
 
 
 def test_train_main_reports_one_line_and_exit_2(capsys, tmp_path):
@@ -71,7 +71,7 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
 @pytest.mark.parametrize("flag,match", [
     ("--sampler.strategy=magic", "unknown strategy 'magic'"),
     ("--sampler.eta=0.5", r"eta must be in \[0, \(1 - alpha_on\) / alpha_on\]"),
-    ("--job.prompt=" + "x" * 40, "prompt needs 41 positions"),
+    ("--job.prompt=" + "x" * 40, "prompt 0 needs 41 positions"),
     ("--job.seq_len=99", r"seq_len must be in \[1, 24\] \(the model's max_length\), got 99"),
 ])
 def test_sample_cli_bad_input_exit_2(flag, match, tiny_model, capsys):
@@ -187,7 +187,7 @@ def test_sampler_refuses_a_causal_model(tmp_path, capsys):
                   causal=True)
   folder = save_model(DiT(cfg, rngs=nnx.Rngs(0)), tmp_path / "ar", tokenizer="bytes")
   assert cli.sample_main([f"--job.model={folder}"]) == 2
-  assert "is a causal (autoregressive) model; remdm-sample needs a masked diffusion" in \
+  assert "is a causal (autoregressive) model; sampling needs a masked diffusion" in \
       _one_line(capsys)
 
 
@@ -211,7 +211,7 @@ def test_nan_model_exits_1_names_the_model_and_writes_no_shard(tiny_model, tmp_p
 @pytest.mark.parametrize("main,expected", [
     (cli.sample_main, "--sampler.num_steps=256"),
     (cli.train_main, "--train.learning_rate=0.0003"),
-    (jobs.merge_main, "--evaluator"),
+    (cli.merge_main, "--merge.evaluator"),
 ])
 def test_help_prints_every_option_and_exits_0(main, expected, capsys):
   assert main(["--help"]) == 0
@@ -233,12 +233,12 @@ def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, c
                           "--job.batch_size=2"]) == 0
   first = jobs.shard_path(out, 0, 2).read_text()
   jobs.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
-  assert jobs.merge_main([str(out)]) == 2
+  assert cli.merge_main([str(out)]) == 2
   line = _one_line(capsys)
   assert "sample 1 is in two shards, samples-000000000-000000002.jsonl and " \
       "samples-000000001-000000003.jsonl" in line
   jobs.shard_path(out, 1, 3).write_text("{not json\n")
-  assert jobs.merge_main([str(out)]) == 2
+  assert cli.merge_main([str(out)]) == 2
   assert "samples-000000001-000000003.jsonl: line 1 is not valid JSON" in _one_line(capsys)
 
 

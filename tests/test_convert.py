@@ -9,7 +9,7 @@ import pytest
 from safetensors.numpy import save_file
 
 import remdm_jax
-from remdm_jax import convert
+from remdm_jax import cli, convert
 from remdm_jax.checkpoint import load_model, save_model
 
 from test_dit import SMALL, numpy_forward, released_tensors
@@ -28,7 +28,7 @@ def _released_folder(path, cfg=SMALL, tensors=None):
 
 def test_cli_round_trip_matches_numpy(tmp_path, capsys):
   src = _released_folder(tmp_path / "release")
-  assert convert.main([str(src), str(tmp_path / "converted")]) == 0
+  assert cli.convert_main([str(src), str(tmp_path / "converted")]) == 0
   model = load_model(tmp_path / "converted")
   tokens = np.arange(20).reshape(2, 10) % SMALL.vocab_size
   sigma = np.array([0.0, 1.5])
@@ -39,7 +39,7 @@ def test_cli_round_trip_matches_numpy(tmp_path, capsys):
 
 
 def _one_error_line(capsys, argv):
-  assert convert.main(argv) == 2
+  assert cli.convert_main(argv) == 2
   err = capsys.readouterr().err.strip()
   assert err.count("\n") == 0 and err.startswith("error: ")
   return err
@@ -100,7 +100,7 @@ def test_sample_end_to_end_with_a_small_dit():
   from remdm_jax.models import as_denoiser
   model = convert.convert_tensors(released_tensors(SMALL), SMALL)
   graphdef, state = nnx.split(model)
-  cfg = remdm_jax.SamplerConfig(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
+  cfg = remdm_jax.sampler_config(strategy="loop", num_steps=16, eta=0.05, top_p=0.9)
 
   @jax.jit
   def run(key, state):
@@ -122,8 +122,8 @@ def test_lightning_ckpt_through_torch(tmp_path, capsys):
   torch.save({"state_dict": state_dict, "ema": {"shadow_params": shadow}},
              tmp_path / "mdlm.ckpt")
   folder = _released_folder(tmp_path / "release")
-  assert convert.main([str(tmp_path / "mdlm.ckpt"), str(tmp_path / "out"),
-                       f"--config={folder / 'config.json'}"]) == 0
+  assert cli.convert_main([str(tmp_path / "mdlm.ckpt"), str(tmp_path / "out"),
+                           f"--convert.released_config={folder / 'config.json'}"]) == 0
   model = load_model(tmp_path / "out")
   tokens = np.arange(12).reshape(2, 6) % SMALL.vocab_size
   got = np.asarray(model(jnp.asarray(tokens, jnp.int32), jnp.zeros((2,), jnp.float32)))

@@ -61,7 +61,7 @@ def test_pad_one_example_per_row():
   rows = data.pad(["CC", "C1CC1"], tok, seq_len=8)
   np.testing.assert_array_equal(rows[0], [256, 67, 67, 257, 257, 257, 257, 257])
   np.testing.assert_array_equal(rows[1, :7], [256] + list(b"C1CC1") + [257])
-  with pytest.raises(ValueError, match="example 0 needs 9 positions, more than seq_len=8"):
+  with pytest.raises(ValueError, match=r"example 0 needs 9 positions \(BOS and EOS included\), more than seq_len=8"):
     data.pad(["CCCCCCC"], tok, seq_len=8)
 
 
