@@ -1,4 +1,7 @@
-"""Saving and loading models: an orbax checkpoint of the parameters plus `config.json`.
+"""Checkpoint I/O, all of it: model folders and the training state.
+
+A model folder is an orbax checkpoint of the parameters plus `config.json`; `Checkpoints`
+keeps the training state (parameters, optimizer, EMA, step) of a run with its config record.
 
 Layout of a model folder:
   config.json   {"model": "dit", "config": {DiTConfig fields}, "tokenizer": ..., "step": ...}
@@ -195,3 +198,39 @@ def load_model(directory) -> DiT:
       abstract_state)
   state = _restore(directory / _PARAMS, abstract_state)
   return nnx.merge(graphdef, state, rest)
+
+
+class Checkpoints:
+  """orbax `CheckpointManager` over the training state plus a JSON record of the config.
+
+  orbax writes each step to a temporary folder and renames it when complete, so an
+  interrupted save never damages the last good checkpoint.
+  """
+
+  def __init__(self, directory, config_record: dict, max_to_keep: int = 2):
+    self.record = config_record
+    self.manager = ocp.CheckpointManager(
+        pathlib.Path(directory).absolute(),
+        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
+                                             enable_async_checkpointing=False))
+
+  def save(self, state: dict) -> None:
+    step = int(state["step"])
+    self.manager.save(step, args=ocp.args.Composite(
+        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+            {"config": self.record, "data_position": step})), force=True)
+    self.manager.wait_until_finished()
+
+  def restore_latest(self, state: dict) -> dict | None:
+    step = self.manager.latest_step()
+    if step is None:
+      return None
+    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+    if meta["meta"]["config"] != self.record:
+      changed = files.changed_keys(meta["meta"]["config"], self.record)
+      raise ValueError(f"the checkpoint in {self.manager.directory} was written for a "
+                       f"different config (differs in {changed}); use another workdir")
+    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
+    restored = self.manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.StandardRestore(abstract)))
+    return restored["state"]

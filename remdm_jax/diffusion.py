@@ -21,7 +21,9 @@ SIGMA_RULES = ("constant", "cap", "rescale", "max")
 
 Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
 """`(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (any float dtype, V includes the mask
-id, raw logits: SUBS is applied by the sampler)."""
+id, raw logits: SUBS is applied by the sampler). A denoiser may carry the attribute
+`time_conditioned = True` (as `models.as_denoiser` sets for a time-conditioned DiT); the sampler
+then refuses `cache=True`, which is exact only when the logits do not depend on t."""
 
 
 def without_mask(logits: jax.Array, mask_id: int) -> jax.Array:

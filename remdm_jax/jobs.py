@@ -262,11 +262,13 @@ class StepProgress:
   def __init__(self, total_steps: int, enabled: bool):
     from tqdm import tqdm
     self.bar = tqdm(total=total_steps, desc="sample", unit="step", disable=not enabled)
-    self.offset = 0
+    self.offset = 0   # steps of the batches before the current one
+    self.done = 0     # steps finished or started so far
 
   def __call__(self, step) -> None:
-    ahead = self.offset + int(step) + 1 - self.bar.n
+    ahead = self.offset + int(step) + 1 - self.done
     if ahead > 0:
+      self.done += ahead
       self.bar.update(ahead)
 
   def close(self) -> None:

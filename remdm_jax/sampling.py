@@ -284,6 +284,10 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
   if rule.position_chunk and seq_len % rule.position_chunk:
     raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
                      f"{rule.position_chunk}")
+  if rule.cache and getattr(denoiser, "time_conditioned", False):
+    raise ValueError("cache=True reuses a step's logits when no token changed, which is exact "
+                     "only for a denoiser that ignores t; this denoiser is time-conditioned "
+                     "(time_conditioned=True): sample it with cache=False")
   key = as_typed_key(key)
   vocab_size = _vocab_size(denoiser, batch_size, seq_len, mask_id)
   if prompt is None:

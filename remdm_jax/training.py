@@ -24,15 +24,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import distributed, files, losses
-from remdm_jax.checkpoint import exported_step, save_model
+from remdm_jax import distributed, files, objectives
+from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
 from remdm_jax.models.dit import DiT, DiTConfig
-from remdm_jax.schedules import LogLinear
 from remdm_jax.sharding import param_shardings
 from remdm_jax.validation import check_choice, check_fields, check_range
 
@@ -101,29 +99,6 @@ def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
                      optax.adamw(rate, weight_decay=cfg.weight_decay))
 
 
-def objective_loss(model: DiT, batch: jax.Array, key: jax.Array, cfg: TrainConfig,
-                   mask_id: int, train: bool) -> jax.Array:
-  """The configured loss of one batch `[B, L] int32`, in nats per token; `[] float32`."""
-  key_time, key_mask, key_drop = jax.random.split(key, 3)
-  rngs = nnx.Rngs(dropout=key_drop) if train else None
-  batch_size = batch.shape[0]
-  if cfg.objective == "ar":
-    logits = model(batch, jnp.zeros((batch_size,), jnp.float32), rngs=rngs)
-    return losses.autoregressive_nll(logits, batch)
-  schedule = LogLinear(eps=cfg.eps)
-  if cfg.discrete_steps == 0:
-    t = losses.continuous_times(key_time, batch_size, cfg.eps)
-    weight = losses.mdlm_continuous_weight(schedule, t)
-  else:
-    rule = cfg.sigma_rule if cfg.objective == "remdm" else None
-    step = losses.discrete_steps(key_time, batch_size, cfg.discrete_steps)
-    weight, t = losses.remdm_discrete_weight(schedule, step, cfg.discrete_steps, rule, cfg.eta)
-  alpha_t = schedule.alpha(t)
-  z_t = losses.corrupt(key_mask, batch, alpha_t, mask_id)
-  logits = model(z_t, -jnp.log(alpha_t), rngs=rngs)
-  return losses.nelbo(logits, batch, z_t, weight, mask_id)
-
-
 @dataclasses.dataclass
 class Run:
   """A model's static graph and the jitted functions of one training run."""
@@ -153,7 +128,8 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
   base_key = jax.random.key(cfg.seed)
 
   def loss_of(params, batch, key, train):
-    return objective_loss(nnx.merge(graphdef, params, rest), batch, key, cfg, mask_id, train)
+    return objectives.objective_loss(nnx.merge(graphdef, params, rest), batch, key, cfg,
+                                     mask_id, train)
 
   def train_step(state, batch):
     """One AdamW step; a step whose loss, gradient or update is not finite leaves the state
@@ -170,51 +146,14 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
     new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, state)
     return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
-  def eval_loss(params, batch, index):
-    return loss_of(params, batch, jax.random.fold_in(jax.random.key(cfg.seed + 1), index),
-                   False)
+  def eval_loss(params, batch, key):
+    return loss_of(params, batch, key, False)
 
   run = Run(graphdef=graphdef, rest=rest, data_sharding=data,
             train_step=jax.jit(train_step, in_shardings=(placement, data),
                                out_shardings=(placement, replicated), donate_argnums=0),
             eval_loss=jax.jit(eval_loss, in_shardings=(placement["ema"], data, None)))
   return run, state
-
-
-class Checkpoints:
-  """orbax `CheckpointManager` over the training state plus a JSON record of the config.
-
-  orbax writes each step to a temporary folder and renames it when complete, so an
-  interrupted save never damages the last good checkpoint.
-  """
-
-  def __init__(self, directory, config_record: dict, max_to_keep: int = 2):
-    self.record = config_record
-    self.manager = ocp.CheckpointManager(
-        pathlib.Path(directory).absolute(),
-        options=ocp.CheckpointManagerOptions(max_to_keep=max_to_keep,
-                                             enable_async_checkpointing=False))
-
-  def save(self, state: dict) -> None:
-    step = int(state["step"])
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-            {"config": self.record, "data_position": step})), force=True)
-    self.manager.wait_until_finished()
-
-  def restore_latest(self, state: dict) -> dict | None:
-    step = self.manager.latest_step()
-    if step is None:
-      return None
-    meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-    if meta["meta"]["config"] != self.record:
-      changed = files.changed_keys(meta["meta"]["config"], self.record)
-      raise ValueError(f"the checkpoint in {self.manager.directory} was written for a "
-                       f"different config (differs in {changed}); use another workdir")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
-    restored = self.manager.restore(step, args=ocp.args.Composite(
-        state=ocp.args.StandardRestore(abstract)))
-    return restored["state"]
 
 
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
@@ -328,7 +267,10 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
         if done % cfg.log_every == 0 or done == last:
           entry = {"step": done, **{k: float(v) for k, v in metrics.items()}}
           if valid_rows is not None and cfg.eval_every and done % cfg.eval_every == 0:
-            entry["valid_nelbo"] = evaluate(run, state["ema"], valid_rows, cfg)
+            entry["valid_nelbo"] = objectives.held_out_loss(
+                lambda batch, key: run.eval_loss(
+                    state["ema"], jax.device_put(batch, run.data_sharding), key),
+                valid_rows, cfg.batch_size, seed=cfg.seed + 1, max_batches=cfg.eval_batches)
             entry["valid_ppl_bound"] = float(np.exp(entry["valid_nelbo"]))
           log.write(json.dumps(entry) + "\n")
           log.flush()
@@ -349,28 +291,3 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
   if int(state["step"]) == cfg.steps:
     _export(run, state, workdir, tokenizer)
   return state
-
-
-def evaluate(run: Run, params, rows: np.ndarray, cfg: TrainConfig) -> float:
-  """Mean validation loss (nats per token) over `cfg.eval_batches` fixed batches."""
-  count = min(cfg.eval_batches, max(len(rows) // cfg.batch_size, 1))
-  values = []
-  for j in range(count):
-    batch = rows[j * cfg.batch_size:(j + 1) * cfg.batch_size]
-    if len(batch) < cfg.batch_size:
-      break
-    values.append(float(run.eval_loss(params, jax.device_put(batch, run.data_sharding), j)))
-  return float(np.mean(values))
-
-
-def held_out_loss(model: DiT, rows: np.ndarray, cfg: TrainConfig, mask_id: int,
-                  batch_size: int, draws: int = 1) -> float:
-  """Mean `cfg` loss (nats per position) of a model over all full batches of `rows`, with
-  `draws` independent noise draws per row (seeded, so every model sees the same noise)."""
-  loss = jax.jit(lambda batch, key: objective_loss(model, batch, key, cfg, mask_id, False))
-  values = []
-  for draw in range(draws):
-    for j in range(len(rows) // batch_size):
-      key = jax.random.fold_in(jax.random.key(10_000 + draw), j)
-      values.append(float(loss(rows[j * batch_size:(j + 1) * batch_size], key)))
-  return float(np.mean(values))

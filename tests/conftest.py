@@ -64,12 +64,28 @@ def all_sequences(vocab: int, length: int):
   return np.array(list(itertools.product(range(vocab), repeat=length)), dtype=np.int32)
 
 
+def dfm_grid_reference(num_steps, t_min=1e-5, scale=10.0, power=0.25):
+  """The adaptive DFM grid written out directly (float64)."""
+  ts = [1.0]
+  while ts[-1] > t_min:
+    t = ts[-1]
+    beta = scale * t ** power * (1.0 - t) ** power
+    rate = (1.0 + beta) / t + (beta / (1.0 - t) if t < 1.0 else 0.0)
+    ts.append(max(t - min(1.0 / num_steps, 1.0 / rate), t_min))
+  return np.array(ts)
+
+
 def direct_step_probs(cfg):
   """Per-step (p_remask, p_unmask) written out from the paper's formulas, float64, for the
-  uniform-grid strategies with alpha = 1 - t; independent of `remdm_jax.strategies`."""
-  grid = np.linspace(1.0, cfg.t_min, cfg.num_steps + 1)
-  t, s = grid[:-1], grid[1:]
+  strategies with alpha = 1 - t (loop: its own alpha); independent of `remdm_jax.strategies`.
+  For conf, p_remask is the base sigma (before the confidence weights) and p_unmask the value
+  for that sigma."""
   name, st = cfg.strategy.name, cfg.strategy
+  if name == "dfm":
+    grid = dfm_grid_reference(cfg.num_steps, cfg.t_min, st.beta_scale, st.beta_power)
+  else:
+    grid = np.linspace(1.0, cfg.t_min, cfg.num_steps + 1)
+  t, s = grid[:-1], grid[1:]
   a_t, a_s = 1.0 - t, 1.0 - s
   with np.errstate(divide="ignore", invalid="ignore"):
     smax = np.where(a_t > 0, np.minimum(1.0, s / (1.0 - t)), 1.0)   # (1 - a_s) / a_t
@@ -80,9 +96,12 @@ def direct_step_probs(cfg):
     elif name == "rescale":
       sigma = st.eta * smax
     elif name == "conf":
-      sigma = smax
+      sigma = {"max": smax, "cap": np.minimum(st.eta, smax), "rescale": st.eta * smax}[st.base]
     elif name == "fb":
       sigma = np.where(a_t > 0, np.minimum((a_s - a_t) / a_t, smax), 1.0)
+    elif name == "dfm":
+      beta = st.beta_scale * t ** st.beta_power * (1.0 - t) ** st.beta_power
+      sigma = np.where(a_t > 0, np.minimum(beta * (a_s - a_t) / a_t, smax), 1.0)
     elif name == "loop":
       def alpha(x):
         return np.where(x > st.t_on, st.alpha_on * (1 - x) / (1 - st.t_on),
@@ -118,3 +137,17 @@ def text_folder(tmp_path):
     text = " ".join(rng.choice(words, 400)) + ".\n"
     (folder / f"doc{i:02d}.txt").write_text(text)
   return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory):
+  """A byte-level model folder trained for two steps."""
+  from remdm_jax import data, training
+  from remdm_jax.models import DiTConfig
+  workdir = tmp_path_factory.mktemp("tiny")
+  rows = np.random.default_rng(0).integers(0, 256, (16, 24)).astype(np.int32)
+  model = DiTConfig(vocab_size=259, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
+  cfg = training.TrainConfig(batch_size=8, steps=2, eval_every=0, save_every=2)
+  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir, record={},
+                 progress=False, tokenizer="bytes")
+  return workdir / "model"

@@ -38,21 +38,6 @@ def test_train_main_reports_one_line_and_exit_2(capsys, tmp_path):
   assert "exactly one --workdir" in capsys.readouterr().err
 
 
-@pytest.fixture(scope="module")
-def tiny_model(tmp_path_factory):
-  """A byte-level model folder trained for two steps."""
-  import numpy as np
-  from remdm_jax import data
-  from remdm_jax.models import DiTConfig
-  workdir = tmp_path_factory.mktemp("tiny")
-  rows = np.random.default_rng(0).integers(0, 256, (16, 24)).astype(np.int32)
-  model = DiTConfig(vocab_size=259, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
-  cfg = training.TrainConfig(batch_size=8, steps=2, eval_every=0, save_every=2)
-  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir, record={},
-                 progress=False, tokenizer="bytes")
-  return workdir / "model"
-
-
 def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
   argv = [f"--job.model={tiny_model}", "--job.num_samples=5", "--job.batch_size=8",
           "--sampler.num_steps=8", "--job.prompt=To be", "--job.seed=3"]

@@ -27,6 +27,24 @@ def test_bernoulli_honours_one_in_a_million():
   assert abs(int(count) - 100) < 50
 
 
+def _hits(bernoulli, p: float, key) -> int:
+  """Hits of `bernoulli(key, p [1e7])` over 100 folded keys: N = 1e9 draws."""
+  draws = lambda k: jnp.sum(bernoulli(k, jnp.full((10_000_000,), p, jnp.float32)))
+  return int(jax.jit(lambda k: jax.lax.fori_loop(
+      0, 100, lambda i, c: c + draws(jax.random.fold_in(k, i)), 0))(key))
+
+
+@pytest.mark.slow
+def test_bernoulli_has_no_float32_uniform_bias():
+  """p = 1.01 * 2^-23 over N = 1e9 draws: 120.4 hits expected (sd 11.0); accept 120 +- 50
+  (4.5 sd, seeded). A float32 uniform (23 random bits) is below p with probability 2^-22,
+  i.e. 238 hits expected: the same bound rejects it, as checked here."""
+  p = 1.01 * 2.0 ** -23
+  naive = lambda key, probs: jax.random.uniform(key, probs.shape, jnp.float32) < probs
+  assert abs(_hits(posterior.bernoulli, p, jax.random.key(0)) - 120.4) < 50
+  assert abs(_hits(naive, p, jax.random.key(0)) - 120.4) >= 50
+
+
 @pytest.mark.parametrize("p", [0.0, 1.0, 0.3])
 def test_bernoulli_edges_and_mean(p):
   draws = posterior.bernoulli(jax.random.key(1), jnp.full((200_000,), p, jnp.float32))

@@ -1,5 +1,7 @@
 """The sampler: one suite over every strategy, exact and statistical checks, sharding."""
 
+import collections
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -143,45 +145,79 @@ def _x_theta(other):
   return {A: np.array([0.0, 1.0]), BB: np.array([1.0, 0.0]), M: np.array([0.5, 0.5])}[other]
 
 
-def _position_step(value, other, p_remask, p_unmask):
-  """Distribution over {A, B, M} of one position after a step."""
+def _position_moves(value, psi, other, p_remask, p_unmask):
+  """`[((value, psi), probability)]` of one position after a step; psi is the probability
+  its token had when it was drawn (0 while masked)."""
   if value != M:
-    out = np.zeros(3)
-    out[value], out[M] = 1.0 - p_remask, p_remask
-    return out
-  return np.concatenate([p_unmask * _x_theta(other), [1.0 - p_unmask]])
+    return [((value, psi), 1.0 - p_remask), ((M, 0.0), p_remask)]
+  probs = _x_theta(other)
+  return [((v, probs[v]), p_unmask * probs[v]) for v in (A, BB)] + [((M, 0.0), 1.0 - p_unmask)]
+
+
+def _conf_weights(x, px, y, py):
+  """softmax(-psi) over the decoded positions of the pair, 0 at masked ones."""
+  decoded = np.array([x != M, y != M])
+  w = np.where(decoded, np.exp(-np.array([px, py])), 0.0)
+  return w / max(w.sum(), 1e-300)
+
+
+def exact_ab_law(sigma, unmask_base, unmask_per_sigma, conf=False):
+  """Exact law of the final pair under the chain (paper eq. 6 per position, the two positions
+  independent given the state), including the greedy final step. With `conf`, each decoded
+  position's sigma is weighted by `_conf_weights` and a masked one's is 0."""
+  dist = {(M, 0.0, M, 0.0): 1.0}
+  for s, base, per in zip(sigma, unmask_base, unmask_per_sigma):
+    nxt = collections.defaultdict(float)
+    for (x, px, y, py), mass in dist.items():
+      weights = _conf_weights(x, px, y, py) if conf else np.array([x != M, y != M], float)
+      moves = []
+      for value, psi, other, w in ((x, px, y, weights[0]), (y, py, x, weights[1])):
+        own = s * w if conf else s
+        moves.append(_position_moves(value, psi, other, own,
+                                     np.clip(base + own * per, 0.0, 1.0)))
+      for (nx, npx), qx in moves[0]:
+        for (ny, npy), qy in moves[1]:
+          if mass * qx * qy:
+            nxt[(nx, npx, ny, npy)] += mass * qx * qy
+    dist = nxt
+  final = np.zeros((2, 2))
+  for (x, _, y, _), mass in dist.items():
+    fx = x if x != M else int(np.argmax(_x_theta(y)))
+    fy = y if y != M else int(np.argmax(_x_theta(x)))
+    final[fx, fy] += mass
+  return final
 
 
 def exact_ab_distribution(p_remask, p_unmask):
-  """Exact law of the final pair under the chain, including the greedy final step."""
-  dist = np.zeros((3, 3))
-  dist[M, M] = 1.0
-  for r, u in zip(p_remask, p_unmask):
-    nxt = np.zeros((3, 3))
-    for x in range(3):
-      for y in range(3):
-        if dist[x, y]:
-          nxt += dist[x, y] * np.outer(_position_step(x, y, r, u), _position_step(y, x, r, u))
-    dist = nxt
-  final = np.zeros((2, 2))
-  for x in range(3):
-    for y in range(3):
-      fx = x if x != M else int(np.argmax(_x_theta(y)))
-      fy = y if y != M else int(np.argmax(_x_theta(x)))
-      final[fx, fy] += dist[x, y]
-  return final
+  """`exact_ab_law` for per-step remask and unmask probabilities (no conf weighting)."""
+  return exact_ab_law(p_remask, p_unmask, np.zeros_like(p_unmask))
+
+
+def _direct_ab_law(cfg):
+  """The exact law from the formulas of `direct_step_probs` (alpha = 1 - t, or loop's)."""
+  sigma, p_unmask = direct_step_probs(cfg)
+  if cfg.strategy.name != "conf":
+    return exact_ab_distribution(sigma, p_unmask)
+  t = np.linspace(1.0, cfg.t_min, cfg.num_steps + 1)
+  a_t, a_s = 1.0 - t[:-1], 1.0 - t[1:]
+  return exact_ab_law(sigma, (a_s - a_t) / (1.0 - a_t), a_t / (1.0 - a_t), conf=True)
 
 
 AB_CONFIGS = [sampler_config(strategy="mdlm", num_steps=4),
               sampler_config(strategy="cap", num_steps=8, eta=0.2),
+              sampler_config(strategy="rescale", num_steps=8, eta=0.6),
+              sampler_config(strategy="conf", num_steps=8),
+              sampler_config(strategy="conf", num_steps=8, base="rescale", eta=0.8),
+              sampler_config(strategy="fb", num_steps=6),
+              sampler_config(strategy="dfm", num_steps=6, beta_scale=2.0),
               sampler_config(strategy="loop", num_steps=12, eta=0.1, t_on=0.7, t_off=0.2)]
 
 
-@pytest.mark.parametrize("cfg", AB_CONFIGS, ids=lambda c: c.strategy)
+@pytest.mark.parametrize("cfg", AB_CONFIGS, ids=lambda c: repr(c.strategy))
 def test_ab_ba_sampled_frequencies_match_exact_enumeration(cfg):
   """N = 40000 samples (seed 0): each of AA, AB, BA, BB within 5 binomial sd of the exact
   enumeration made from the paper's formulas."""
-  exact = exact_ab_distribution(*direct_step_probs(cfg)).reshape(-1)
+  exact = _direct_ab_law(cfg).reshape(-1)
   denoiser = oracle_denoiser(np.array([[A, BB], [BB, A]]), np.array([0.5, 0.5]), 3)
   n = 40_000
   out = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, batch_size=n, seq_len=2,
@@ -190,6 +226,15 @@ def test_ab_ba_sampled_frequencies_match_exact_enumeration(cfg):
   freq = np.bincount(out[:, 0] * 2 + out[:, 1], minlength=4) / n
   sd = np.sqrt(exact * (1 - exact) / n)
   assert np.all(np.abs(freq - exact) <= 5 * sd + 1.0 / n), (freq, exact)
+
+
+def test_exact_laws_tell_the_strategies_apart():
+  """The enumeration is sharp enough for the test above: each strategy's exact law differs
+  from MDLM's at the same T by more than the 5-sd tolerance of N = 40000 samples."""
+  for cfg in AB_CONFIGS[1:]:
+    mdlm = _direct_ab_law(sampler_config(strategy="mdlm", num_steps=cfg.num_steps)).reshape(-1)
+    law = _direct_ab_law(cfg).reshape(-1)
+    assert np.max(np.abs(law - mdlm) / (np.sqrt(law * (1 - law) / 40_000) + 1e-12)) > 5, cfg
 
 
 def test_more_loop_steps_strictly_lower_impossible_pairs():
@@ -546,3 +591,29 @@ def test_fixed_key_tokens_are_pinned():
         k, pinned_denoiser(), sampler_config(**kwargs), batch_size=b, seq_len=l, mask_id=v - 1,
         prompt=prompt))(jax.random.key(PINNED_KEY))
     np.testing.assert_array_equal(np.asarray(tokens), expected[name], err_msg=name)
+
+
+@pytest.mark.parametrize("cfg", [sampler_config(strategy="loop", num_steps=32, eta=0.1),
+                                 sampler_config(strategy="cap", num_steps=16, eta=0.1),
+                                 sampler_config(strategy="mdlm", num_steps=16)],
+                         ids=lambda c: c.strategy.name)
+def test_remasking_happens_where_sigma_says(cfg, mixture):
+  """From the per-step history of 2000 sequences: no decoded token is remasked at a step
+  with sigma = 0, and the remasks of the other steps total sum_i sigma_i * decoded_i within
+  5 binomial sd (seed 3), where decoded_i counts the free decoded tokens before step i."""
+  plan, rule = remdm_jax.build_plan(cfg)
+  n, length = 2000, MIXTURE_SEQS.shape[1]
+  _, history = jax.jit(lambda k: remdm_jax.sample_with_plan(
+      k, mixture, plan, rule, batch_size=n, seq_len=length, mask_id=MASK_ID,
+      return_history=True))(jax.random.key(3))
+  before = np.concatenate([np.full((1, n, length), MASK_ID), np.asarray(history)[:-1]])
+  after = np.asarray(history)
+  decoded = np.sum(before != MASK_ID, axis=(1, 2))                         # [steps]
+  remasked = np.sum((before != MASK_ID) & (after == MASK_ID), axis=(1, 2))  # [steps]
+  sigma = np.asarray(plan.table.sigma, np.float64)
+  assert np.all(remasked[sigma == 0] == 0)
+  expected = np.sum(sigma * decoded)
+  sd = np.sqrt(np.sum(sigma * (1 - sigma) * decoded))
+  assert abs(remasked.sum() - expected) <= 5 * sd + 1e-9, (remasked.sum(), expected)
+  if cfg.strategy.name != "mdlm":
+    assert remasked.sum() > 100

@@ -7,7 +7,7 @@ import remdm_jax
 from remdm_jax import strategies
 from remdm_jax.config import sampler_config
 
-from conftest import direct_step_probs
+from conftest import dfm_grid_reference, direct_step_probs
 
 T = 64
 
@@ -36,21 +36,10 @@ def test_step_probabilities_match_formulas(cfg):
   assert np.all((p_unmask >= 0) & (p_unmask <= 1 + 1e-12))
 
 
-def _dfm_grid_reference(num_steps, t_min=1e-5):
-  """The adaptive DFM grid written out directly (float64)."""
-  ts = [1.0]
-  while ts[-1] > t_min:
-    t = ts[-1]
-    beta = 10.0 * t ** 0.25 * (1.0 - t) ** 0.25
-    rate = (1.0 + beta) / t + (beta / (1.0 - t) if t < 1.0 else 0.0)
-    ts.append(max(t - min(1.0 / num_steps, 1.0 / rate), t_min))
-  return np.array(ts)
-
-
 def test_dfm_probabilities_and_grid():
   cfg = sampler_config(strategy="dfm", num_steps=128)
   table = remdm_jax.build_table(cfg)
-  grid = _dfm_grid_reference(128)
+  grid = dfm_grid_reference(128)
   t, s = grid[:-1], grid[1:]
   np.testing.assert_allclose(np.asarray(table.t), t, rtol=1e-6)
   a_t, a_s = 1.0 - t, 1.0 - s
@@ -149,3 +138,29 @@ def test_a_new_strategy_name_starts_from_its_own_defaults():
 def test_strategy_must_be_an_object():
   with pytest.raises(TypeError, match=r"strategy must be a strategy object .* got 'cap'"):
     remdm_jax.SamplerConfig(strategy="cap")
+
+
+@pytest.mark.parametrize("schedule,alpha", [
+    ("cosine", lambda t: np.cos(np.pi * t / 2)),
+    ("linear", lambda t: np.exp(-10.0 * t)),
+    ("polynomial", lambda t: 1.0 - t ** 2),
+])
+@pytest.mark.parametrize("strategy", [remdm_jax.Mdlm(), remdm_jax.Cap(0.05),
+                                      remdm_jax.Rescale(0.5), remdm_jax.Fb()],
+                         ids=lambda s: s.name)
+def test_other_schedules_give_the_formulas_of_their_alpha(schedule, alpha, strategy):
+  """Tables under cosine, linear and polynomial alpha against eq. 6 written out in float64."""
+  cfg = remdm_jax.SamplerConfig(strategy=strategy, num_steps=16, schedule=schedule)
+  table = remdm_jax.build_table(cfg)
+  t, s = _grid(16)
+  a_t, a_s = alpha(t), alpha(s)
+  with np.errstate(divide="ignore"):   # polynomial: alpha(1) = 0, where sigma_max = 1
+    smax = np.where(a_t > 0, np.minimum(1.0, (1.0 - a_s) / a_t), 1.0)
+    sigma = {"mdlm": 0.0 * smax, "cap": np.minimum(0.05, smax), "rescale": 0.5 * smax,
+             "fb": np.minimum((a_s - a_t) / a_t, smax)}[strategy.name]
+  unmask = (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
+  got = np.asarray(table.unmask_base) + np.asarray(table.sigma) * np.asarray(
+      table.unmask_per_sigma)
+  np.testing.assert_allclose(np.asarray(table.sigma), sigma, rtol=1e-5, atol=1e-7)
+  np.testing.assert_allclose(got, unmask, rtol=1e-5, atol=1e-6)
+  assert not np.allclose(a_t, 1.0 - t)   # the schedule is really used

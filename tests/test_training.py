@@ -16,7 +16,7 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from remdm_jax import data, distributed, errors, training
+from remdm_jax import checkpoint, data, distributed, errors, training
 from remdm_jax.checkpoint import exported_step, load_model
 from remdm_jax.models import DiTConfig
 from remdm_jax.tokenizers import ByteTokenizer
@@ -140,7 +140,7 @@ def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
     values = []
     for batch in batches:
       placed = jax.device_put(batch, run.data_sharding)
-      values.append(float(run.eval_loss(state["ema"], placed, 0)))
+      values.append(float(run.eval_loss(state["ema"], placed, jax.random.key(7))))
       state, metrics = run.train_step(state, placed)
       values += [float(metrics["loss"]), float(metrics["grad_norm"])]
     results.append(values)
@@ -214,7 +214,7 @@ def test_diverging_run_stops_and_keeps_the_last_good_state(tmp_path):
     _train(tmp_path, cfg)
   assert _saved_steps(tmp_path) == [1] and not (tmp_path / "model").exists()
   run, state = training.build_run(MODEL, cfg, TOK.mask_id)
-  restored = training.Checkpoints(tmp_path / "checkpoints", {"test": 1}).restore_latest(state)
+  restored = checkpoint.Checkpoints(tmp_path / "checkpoints", {"test": 1}).restore_latest(state)
   assert int(restored["step"]) == 1
   assert all(np.isfinite(leaf).all() for leaf in _leaves(restored["params"]))
 

@@ -19,7 +19,7 @@ import time
 import jax
 import numpy as np
 
-from remdm_jax import data, training
+from remdm_jax import data, objectives, training
 from remdm_jax.checkpoint import load_model
 from remdm_jax.models import DiTConfig
 from remdm_jax.tokenizers import ByteTokenizer
@@ -71,9 +71,9 @@ def main():
       print(f"stopped at step {int(state['step'])} of {name}; rerun to resume", flush=True)
       return
     model = load_model(run_dir / "model")
-    own = training.held_out_loss(model, valid_rows, cfg, tok.mask_id, args.batch_size, 4)
-    common = training.held_out_loss(model, valid_rows, continuous, tok.mask_id,
-                                    args.batch_size, 4)
+    own, common = (objectives.held_out_loss(objectives.model_loss(model, c, tok.mask_id),
+                                            valid_rows, args.batch_size, seed=10_000, draws=4)
+                   for c in (cfg, continuous))
     rows.append((name, own, np.exp(common), PAPER[name], time.time() - tic))
     print(f"{name}: own bound {own:.4f} nats/position, MDLM-continuous ppl "
           f"{np.exp(common):.4f} ({time.time() - tic:.0f} s)", flush=True)

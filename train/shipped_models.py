@@ -19,7 +19,7 @@ import time
 
 import numpy as np
 
-from remdm_jax import data, training
+from remdm_jax import data, objectives, training
 from remdm_jax.checkpoint import load_model
 from remdm_jax.models import DiTConfig
 from remdm_jax.tokenizers import ByteTokenizer
@@ -59,8 +59,9 @@ def main():
     if int(state["step"]) < cfg.steps:
       print(f"stopped at step {int(state['step'])} of {name}; rerun to resume")
       return
-    loss = training.held_out_loss(load_model(run_dir / "model"), valid_rows, cfg,
-                                  tok.mask_id, args.batch_size, draws=4)
+    loss = objectives.held_out_loss(
+        objectives.model_loss(load_model(run_dir / "model"), cfg, tok.mask_id), valid_rows,
+        args.batch_size, seed=10_000, draws=4)
     final = {"validation_nats_per_byte": loss, "validation_ppl" + (
         "" if cfg.objective == "ar" else "_bound"): float(np.exp(loss)),
              "validation_rows": int(len(valid_rows) // args.batch_size * args.batch_size),

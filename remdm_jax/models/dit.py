@@ -191,6 +191,7 @@ def as_denoiser(model: DiT, schedule=None):
   def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
     return model(z, -jnp.log(schedule.alpha(t)))
 
+  denoiser.time_conditioned = model.cfg.time_conditioning   # read by the sampler's cache check
   return denoiser
 
 

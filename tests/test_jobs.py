@@ -1,0 +1,137 @@
+"""Sampling jobs driven from Python (no argv): records, resume, progress, merge and scoring."""
+
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+import remdm_jax
+from remdm_jax import cli, jobs, sampler_config
+from remdm_jax.checkpoint import load_tokenizer_name, save_model
+from remdm_jax.eval import metrics
+from remdm_jax.models import DiT, DiTConfig, as_denoiser, as_evaluator
+from remdm_jax.tokenizers import ByteTokenizer
+
+SMALL = dict(hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
+
+
+@pytest.fixture(scope="module")
+def causal_model(tmp_path_factory):
+  """A random causal byte-level model folder (an evaluator)."""
+  cfg = DiTConfig(vocab_size=259, causal=True, **SMALL)
+  return save_model(DiT(cfg, rngs=nnx.Rngs(0)), tmp_path_factory.mktemp("ar") / "ar",
+                    tokenizer="bytes")
+
+
+def test_job_returns_records_and_resumes_to_the_same_files(tiny_model, tmp_path):
+  cfg = sampler_config("cap", eta=0.05, num_steps=6)
+  job = jobs.SampleJob(model=str(tiny_model), num_samples=5, batch_size=2, seed=1,
+                       out=str(tmp_path / "job"), prompt="ab")
+  first = jobs.run_sampling_job(cfg, job, progress=False)
+  assert [r["index"] for r in first.records] == [0, 1, 2, 3, 4]
+  assert all(r["ids"][:3] == [256, 97, 98] and r["settings"] == cfg.options()
+             for r in first.records)
+  merged = jobs.merge(tmp_path / "job")
+  jobs.shard_path(tmp_path / "job", 2, 4).unlink()                    # as if killed
+  again = jobs.run_sampling_job(cfg, job, progress=False)
+  assert [r["index"] for r in again.records] == [2, 3]                # only the missing rows
+  assert jobs.merge(tmp_path / "job") == merged
+  manifest = json.loads((tmp_path / "job" / jobs.MANIFEST).read_text())
+  assert remdm_jax.sampler_config(**manifest["sampler"]) == cfg
+  with pytest.raises(ValueError, match=r"other settings \(differs in \['sampler'\]\)"):
+    jobs.run_sampling_job(cfg.with_options(eta=0.06), job, progress=False)
+
+
+def test_throughput_record():
+  record = jobs.Throughput(seq_len=10)
+  assert record.summary()["samples_per_s"] == 0.0
+  record.add(4, 2.0)
+  record.add(2, 1.0)
+  summary = record.summary()
+  assert summary["samples_per_s"] == 2.0 and summary["tokens_per_s"] == 20.0
+  assert summary["peak_memory_mib"] > 0
+
+
+def test_step_callback_sees_every_step_and_leaves_the_tokens(mixture):
+  cfg = sampler_config("dfm", num_steps=8)
+  plan, rule = remdm_jax.build_plan(cfg)
+  seen = []
+  run = lambda on_step: jax.jit(lambda k: remdm_jax.sample_with_plan(
+      k, mixture, plan, rule, batch_size=3, seq_len=6, mask_id=4, on_step=on_step))(
+          jax.random.key(0))
+  with_hook, without = run(lambda step: seen.append(int(step))), run(None)
+  jax.effects_barrier()
+  np.testing.assert_array_equal(with_hook, without)
+  assert sorted(seen) == list(range(plan.table.t.shape[0]))
+
+
+def test_step_progress_counts_steps_over_batches():
+  bar = jobs.StepProgress(total_steps=3 * 4, enabled=False)
+  for batch in range(3):
+    bar.offset = batch * 4
+    for step in (0, 1, 1, 2, 3, 3):          # devices may repeat a step
+      bar(step)
+  assert bar.done == 12
+  bar.close()
+
+
+def test_merge_scores_with_an_evaluator(tiny_model, causal_model, tmp_path, capsys):
+  job = jobs.SampleJob(model=str(tiny_model), num_samples=4, batch_size=4,
+                       out=str(tmp_path / "job"))
+  jobs.run_sampling_job(sampler_config(num_steps=4), job, progress=False)
+  assert cli.merge_main([str(tmp_path / "job"), f"--merge.evaluator={causal_model}",
+                         "--merge.add_bos=true", "--merge.batch_size=3"]) == 0
+  summary = json.loads(capsys.readouterr().out)
+  texts = [r["text"] for r in jobs.merge(tmp_path / "job")]
+  logits_fn, _ = as_evaluator(remdm_jax.load_model(causal_model))
+  tok = ByteTokenizer()
+  assert summary["samples"] == 4
+  assert summary["gen_ppl"] == pytest.approx(
+      metrics.gen_ppl(logits_fn, tok, texts, 24, 4, add_bos=True), rel=1e-5)
+  assert summary["entropy"] == pytest.approx(
+      metrics.mean_entropy([tok.encode(t) for t in texts]))
+  assert cli.merge_main([str(tmp_path / "job"), f"--merge.evaluator={tiny_model}"]) == 2
+  assert "evaluator must be a causal model folder" in capsys.readouterr().err
+
+
+def test_as_evaluator_is_the_model_at_zero_noise(causal_model):
+  model = remdm_jax.load_model(causal_model)
+  logits_fn, features_fn = as_evaluator(model)
+  tokens = jnp.asarray(np.arange(24).reshape(2, 12) % 259, jnp.int32)
+  np.testing.assert_array_equal(logits_fn(tokens), model(tokens, jnp.zeros((2,), jnp.float32)))
+  features = features_fn(tokens)
+  assert features.shape == (2, 12, 16) and features.dtype == jnp.float32
+  # position i must not see position j > i (causal): changing the last token keeps the rest
+  changed = tokens.at[:, -1].set(5)
+  np.testing.assert_allclose(logits_fn(changed)[:, :-1], logits_fn(tokens)[:, :-1], atol=1e-6)
+  with pytest.raises(ValueError, match="as_evaluator needs a causal DiT"):
+    as_evaluator(DiT(DiTConfig(vocab_size=259, **SMALL), rngs=nnx.Rngs(0)))
+
+
+@pytest.mark.parametrize("vocab,expected", [(50_258, "gpt2"), (259, "bytes")])
+def test_tokenizer_is_guessed_from_the_vocabulary_when_not_recorded(vocab, expected, tmp_path):
+  folder = save_model(DiT(DiTConfig(vocab_size=vocab, **SMALL), rngs=nnx.Rngs(0)),
+                      tmp_path / "m", tokenizer=None)
+  assert load_tokenizer_name(folder) == expected
+  recorded = save_model(DiT(DiTConfig(vocab_size=vocab, **SMALL), rngs=nnx.Rngs(0)),
+                        tmp_path / "r", tokenizer="bytes")
+  assert load_tokenizer_name(recorded) == "bytes"
+
+
+def test_cache_is_refused_for_a_time_conditioned_model(tmp_path):
+  model = DiT(DiTConfig(vocab_size=259, time_conditioning=True, **SMALL), rngs=nnx.Rngs(0))
+  cfg = sampler_config(num_steps=4, cache=True)
+  with pytest.raises(ValueError, match="cache=True reuses .* this denoiser is time-conditioned"):
+    remdm_jax.sample(jax.random.key(0), as_denoiser(model), cfg, batch_size=1, seq_len=8,
+                     mask_id=258)
+  folder = save_model(model, tmp_path / "m", tokenizer="bytes")
+  with pytest.raises(ValueError, match="time-conditioned"):
+    jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(folder), num_samples=1,
+                                              batch_size=1), progress=False)
+  untimed = DiT(DiTConfig(vocab_size=259, **SMALL), rngs=nnx.Rngs(0))
+  out = remdm_jax.sample(jax.random.key(0), as_denoiser(untimed), cfg, batch_size=1,
+                         seq_len=8, mask_id=258)
+  assert out.shape == (1, 8)
