@@ -14,7 +14,6 @@ The denoiser is a small pre-LN transformer in plain JAX, with random weights.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import platform
 import time
 

@@ -12,7 +12,6 @@ decisions differ between backends, so treat CPU figures as an estimate).
 """
 
 import argparse
-import dataclasses
 
 import jax
 import numpy as np

@@ -8,7 +8,7 @@ Sources (brief section 8):
     the parameter order of the checkpoint's own `state_dict`.
 `convert_tensors` takes any `Mapping[str, np.ndarray]` for in-memory conversion.
 
-  python -m remdm_jax.convert SRC DST
+  remdm-convert SRC DST [--convert.released_config=CONFIG.json]   (or python -m remdm_jax.convert)
 """
 
 from __future__ import annotations

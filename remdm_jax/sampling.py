@@ -360,7 +360,7 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
     >>> import jax, jax.numpy as jnp, remdm_jax
     >>> def denoiser(z, t):  # uniform over ids 0..3; id 4 is the mask
     ...   return jnp.zeros(z.shape + (5,), jnp.float32)
-    >>> cfg = remdm_jax.SamplerConfig(strategy="cap", num_steps=8, eta=0.1)
+    >>> cfg = remdm_jax.SamplerConfig(strategy=remdm_jax.Cap(eta=0.1), num_steps=8)
     >>> out = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=2, seq_len=6,
     ...                        mask_id=4)
     >>> out.shape, out.dtype, bool((out < 4).all())

@@ -18,6 +18,10 @@ import jax.numpy as jnp
 
 from remdm_jax.validation import check_scalar
 
+TOP_P_MODES = ("reference", "standard")
+TOP_P_IMPLS = ("sort", "bisect")
+DEFAULT_IMPL = "bisect"   # the sampler's default too (SamplerConfig.top_p_impl)
+
 _ONE_BITS = 0x3F800000  # bit pattern of float32 1.0; probabilities lie in [0, ONE_BITS]
 
 
@@ -67,7 +71,7 @@ def _threshold_by_bisect(probs: jax.Array, top_p: jax.Array, mode: str) -> jax.A
 
 
 def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
-                 impl: str = "sort") -> jax.Array:
+                 impl: str = DEFAULT_IMPL) -> jax.Array:
   """Zeroes the tokens outside the nucleus and renormalises.
 
   Args:
@@ -90,7 +94,7 @@ def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
   finder = {"sort": _threshold_by_sort, "bisect": _threshold_by_bisect}
   if impl not in finder:
     raise ValueError(f"unknown top_p impl {impl!r}; choose from {sorted(finder)}")
-  if mode not in ("reference", "standard"):
+  if mode not in TOP_P_MODES:
     raise ValueError(f"unknown top_p mode {mode!r}; choose from ['reference', 'standard']")
   check_scalar("top_p", top_p, 0.0, 1.0, low_open=True)
   if not jnp.issubdtype(probs.dtype, jnp.floating) or probs.ndim < 1:

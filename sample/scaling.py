@@ -21,7 +21,7 @@ from flax import nnx
 from remdm_jax import SamplerConfig, build_table, data, sample, sampler_config
 from remdm_jax import eval as metrics
 from remdm_jax.checkpoint import load_model
-from remdm_jax.cli import SHIPPED_MODEL
+from remdm_jax.jobs import SHIPPED_MODEL
 from remdm_jax.models import as_denoiser, as_evaluator
 from remdm_jax.tokenizers import ByteTokenizer
 

@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
@@ -82,7 +81,7 @@ def test_different_config_refuses_to_resume(tmp_path):
 
 def _cli(workdir, text_folder, steps):
   return [sys.executable, str(REPO / "train" / "main.py"), f"--workdir={workdir}",
-          f"--data.dataset=text_folder", f"--data.source_dir={text_folder}",
+          "--data.dataset=text_folder", f"--data.source_dir={text_folder}",
           f"--data.data_dir={workdir.parent / 'tfds'}", "--data.seq_len=32",
           "--model.hidden=32", "--model.blocks=2", "--model.cond_dim=16",
           "--train.batch_size=8", f"--train.steps={steps}", "--train.save_every=20",

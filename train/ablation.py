@@ -12,7 +12,6 @@ the table beside the paper's numbers. Runs resume if restarted.
 
 import argparse
 import dataclasses
-import json
 import pathlib
 import time
 
