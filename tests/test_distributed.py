@@ -79,6 +79,7 @@ def _shard_bytes(directory: Path) -> dict:
   return {p.name: p.read_bytes() for p in sorted(directory.glob("samples-*.jsonl"))}
 
 
+@pytest.mark.slow
 def test_two_processes_sample_what_one_process_samples(tiny_model, tmp_path):
   """20 samples in batches of 8 (the last batch partly unused), with a prompt."""
   _run_processes(_sample_argv(tiny_model, tmp_path / "one"), 1)

@@ -107,7 +107,8 @@ def _start_and_signal(argv, workdir, sig):
   return proc.wait(timeout=120)
 
 
-@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGTERM], ids=["kill", "term"])
+@pytest.mark.parametrize("sig", [pytest.param(signal.SIGKILL, marks=pytest.mark.slow),
+                                 signal.SIGTERM], ids=["kill", "term"])
 def test_killed_cli_run_resumes_to_the_same_weights(sig, tmp_path, text_folder):
   steps = 80
   uninterrupted = subprocess.run(_cli(tmp_path / "a", text_folder, steps), cwd=REPO,
