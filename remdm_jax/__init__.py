@@ -1,20 +1,22 @@
 """remdm_jax: masked discrete diffusion (MDLM) and ReMDM remasking samplers in JAX."""
 
-from remdm_jax import eval, losses
+from remdm_jax import eval, losses, trajectory
 from remdm_jax.checkpoint import load_model, save_model
 from remdm_jax.config import SamplerConfig, sampler_config
 from remdm_jax.guidance import classifier_free_guidance
 from remdm_jax.plan import Plan, StepRule, StepTable, build_plan, build_table
-from remdm_jax.sampling import NonFiniteLogitsError, sample, sample_with_plan
+from remdm_jax.sampling import (NonFiniteLogitsError, Sampler, make_sampler, sample,
+                                sample_with_plan)
 from remdm_jax.schedules import get_schedule, uniform_grid
 from remdm_jax.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Loop, Mdlm, Rescale, Strategy,
                                   Topk)
 from remdm_jax.topp import top_p_filter
+from remdm_jax.trajectory import Trajectory
 
 __all__ = [
     "Cap", "Conf", "Dfm", "Fb", "Loop", "Mdlm", "NonFiniteLogitsError", "Plan", "Rescale",
-    "STRATEGIES", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk", "build_plan",
-    "build_table", "classifier_free_guidance", "eval", "get_schedule", "load_model", "losses",
-    "sample", "sample_with_plan", "sampler_config", "save_model", "top_p_filter",
-    "uniform_grid",
+    "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
+    "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "eval",
+    "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
+    "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

@@ -9,16 +9,25 @@ nats per (non-padding) token, with `x_theta` the SUBS parameterisation (mask log
   - ReMDM (Wang et al. 2025, arXiv 2503.00307, eq. 9):
     `w = T (alpha_s - alpha_t + sigma_t alpha_t) / (1 - alpha_t)`; `sigma = 0` is MDLM's.
 Times are drawn antithetically: `u_i = (u_0 + i / B) mod 1`.
+
+One call per objective, for training a model of your own with `jax.value_and_grad` and optax:
+`mdlm_loss`, `mdlm_discrete_loss`, `remdm_loss` (each takes a sampler-style denoiser `(z, t)
+-> logits`, the clean tokens, a key and an optional padding mask) and `ar_loss` (a causal
+`logits_fn(x)`). The functions below them are the pieces they chain.
 The discrete bounds leave out the reconstruction term at `t = 0`, which is exactly 0 when
 `alpha(0) = 1` (log-linear, polynomial, linear with sigma_min = 0; not cosine with eps > 0).
 """
 
 from __future__ import annotations
 
+from typing import Callable
+
 import jax
 import jax.numpy as jnp
 
 from remdm_jax import diffusion
+from remdm_jax.diffusion import Denoiser
+from remdm_jax.schedules import LogLinear
 
 
 def antithetic_uniform(key: jax.Array, batch_size: int) -> jax.Array:
@@ -95,3 +104,69 @@ def autoregressive_nll(logits: jax.Array, x: jax.Array,
   `valid [B, L]` marks real tokens; a target counts when it is valid.
   """
   return _per_token(diffusion.next_token_nll(logits, x), None if valid is None else valid[:, 1:])
+
+
+def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: int,
+                    valid: jax.Array | None, eps: float, num_steps: int,
+                    sigma_rule: str | None, eta: float) -> jax.Array:
+  """The masked-diffusion NELBO of one batch, nats per valid token; `[] float32`.
+
+  `key` is split in three: times, masks, and a third key left to the caller (the training
+  loop's dropout), so these losses and `objectives.objective_loss` draw the same noise.
+  """
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  batch_size = x.shape[0]
+  schedule = LogLinear(eps=eps)
+  if num_steps == 0:
+    t = continuous_times(key_time, batch_size, eps)
+    weight = mdlm_continuous_weight(schedule, t)
+  else:
+    step = discrete_steps(key_time, batch_size, num_steps)
+    weight, t = remdm_discrete_weight(schedule, step, num_steps, sigma_rule, eta)
+  z_t = corrupt(key_mask, x, schedule.alpha(t), mask_id)
+  return nelbo(denoiser(z_t, t), x, z_t, weight, mask_id, valid)
+
+
+def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
+              valid: jax.Array | None = None, eps: float = 1e-3) -> jax.Array:
+  """MDLM's continuous-time NELBO (eq. 10 of Sahoo et al.) of one batch under the log-linear
+  schedule `alpha(t) = 1 - (1 - eps) t`, nats per valid token; `[] float32`.
+
+  Args:
+    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (e.g. a closure over the
+      parameters being trained, or `models.as_denoiser(model)`).
+    x: `[B, L] int32` clean tokens. key: a PRNG key (times and masks).
+    mask_id: the mask id. valid: optional `[B, L] bool`, False at padding.
+    eps: times are drawn from [eps, 1].
+
+  Examples:
+    >>> import jax, jax.numpy as jnp
+    >>> uniform = lambda z, t: jnp.zeros(z.shape + (5,))     # 4 tokens and the mask
+    >>> x = jnp.zeros((8, 16), jnp.int32)
+    >>> round(float(mdlm_loss(uniform, x, jax.random.key(0), mask_id=4)), 3)  # E = log 4 = 1.386
+    1.421
+  """
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, 0, None, 0.0)
+
+
+def mdlm_discrete_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
+                       mask_id: int, valid: jax.Array | None = None,
+                       eps: float = 1e-3) -> jax.Array:
+  """MDLM's NELBO with `num_steps` discrete steps (ReMDM eq. 9 with sigma = 0); arguments as
+  in `mdlm_loss`; `[] float32` nats per valid token."""
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, None, 0.0)
+
+
+def remdm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
+               sigma_rule: str, eta: float, mask_id: int, valid: jax.Array | None = None,
+               eps: float = 1e-3) -> jax.Array:
+  """ReMDM's NELBO (eq. 9) with `num_steps` steps and sigma from `sigma_rule` ("cap",
+  "rescale", "constant" or "max") and `eta`; arguments as in `mdlm_loss`; `[] float32`."""
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, sigma_rule, eta)
+
+
+def ar_loss(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
+            valid: jax.Array | None = None) -> jax.Array:
+  """Next-token cross-entropy of a causal model `logits_fn(x [B, L]) -> [B, L, V]`, nats per
+  valid target; `[] float32`."""
+  return autoregressive_nll(logits_fn(x), x, valid)

@@ -31,24 +31,20 @@ def objective_loss(model: DiT, batch: jax.Array, key: jax.Array, cfg: TrainConfi
   `train=True` applies dropout (from the key); the noise (times and masks) always comes from
   `key`, so a fixed key gives a fixed value.
   """
-  key_time, key_mask, key_drop = jax.random.split(key, 3)
-  rngs = nnx.Rngs(dropout=key_drop) if train else None
-  batch_size = batch.shape[0]
+  rngs = nnx.Rngs(dropout=jax.random.split(key, 3)[2]) if train else None
   if cfg.objective == "ar":
-    logits = model(batch, jnp.zeros((batch_size,), jnp.float32), rngs=rngs)
-    return losses.autoregressive_nll(logits, batch)
+    return losses.ar_loss(
+        lambda x: model(x, jnp.zeros((x.shape[0],), jnp.float32), rngs=rngs), batch)
   schedule = LogLinear(eps=cfg.eps)
+  denoiser = lambda z, t: model(z, -jnp.log(schedule.alpha(t)), rngs=rngs)
   if cfg.discrete_steps == 0:
-    t = losses.continuous_times(key_time, batch_size, cfg.eps)
-    weight = losses.mdlm_continuous_weight(schedule, t)
-  else:
-    rule = cfg.sigma_rule if cfg.objective == "remdm" else None
-    step = losses.discrete_steps(key_time, batch_size, cfg.discrete_steps)
-    weight, t = losses.remdm_discrete_weight(schedule, step, cfg.discrete_steps, rule, cfg.eta)
-  alpha_t = schedule.alpha(t)
-  z_t = losses.corrupt(key_mask, batch, alpha_t, mask_id)
-  logits = model(z_t, -jnp.log(alpha_t), rngs=rngs)
-  return losses.nelbo(logits, batch, z_t, weight, mask_id)
+    return losses.mdlm_loss(denoiser, batch, key, mask_id=mask_id, eps=cfg.eps)
+  if cfg.objective == "mdlm":
+    return losses.mdlm_discrete_loss(denoiser, batch, key, num_steps=cfg.discrete_steps,
+                                     mask_id=mask_id, eps=cfg.eps)
+  return losses.remdm_loss(denoiser, batch, key, num_steps=cfg.discrete_steps,
+                           sigma_rule=cfg.sigma_rule, eta=cfg.eta, mask_id=mask_id,
+                           eps=cfg.eps)
 
 
 def model_loss(model: DiT, cfg: TrainConfig, mask_id: int) -> Callable:

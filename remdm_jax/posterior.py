@@ -45,7 +45,9 @@ def draw_categorical(key: jax.Array, probs: jax.Array) -> tuple[jax.Array, jax.A
   """Draws one id per row of `probs` and returns it with its probability.
 
   Two-level Gumbel-max: pick a block of ids with probability equal to its mass, then an id
-  within the block in proportion to its probability; the product is exactly `probs[id]`.
+  within the block in proportion to its probability; the product is exactly `probs[id]`. The
+  Gumbel noise of both levels comes from one draw (independent entries; one random-bits
+  kernel to compile instead of two).
 
   Args:
     key: a typed PRNG key.
@@ -60,13 +62,12 @@ def draw_categorical(key: jax.Array, probs: jax.Array) -> tuple[jax.Array, jax.A
   pad = num_blocks * block - vocab_size
   padded = jnp.pad(probs, [(0, 0)] * (probs.ndim - 1) + [(0, pad)])
   blocks = padded.reshape(probs.shape[:-1] + (num_blocks, block))     # [..., nb, bs]
-  key_block, key_id = jax.random.split(key)
+  gumbel = jax.random.gumbel(key, probs.shape[:-1] + (num_blocks + block,), jnp.float32,
+                             mode="highest")                          # one draw, both levels
   mass = jnp.sum(blocks, axis=-1)                                     # [..., nb]
-  gumbel = jax.random.gumbel(key_block, mass.shape, jnp.float32, mode="highest")
-  chosen = jnp.argmax(jnp.log(mass) + gumbel, axis=-1)                # [...]
+  chosen = jnp.argmax(jnp.log(mass) + gumbel[..., :num_blocks], axis=-1)           # [...]
   within = jnp.take_along_axis(blocks, chosen[..., None, None], axis=-2)[..., 0, :]  # [..., bs]
-  gumbel = jax.random.gumbel(key_id, within.shape, jnp.float32, mode="highest")
-  offset = jnp.argmax(jnp.log(within) + gumbel, axis=-1)             # [...]
+  offset = jnp.argmax(jnp.log(within) + gumbel[..., num_blocks:], axis=-1)         # [...]
   ids = (chosen * block + offset).astype(jnp.int32)
   return ids, jnp.take_along_axis(within, offset[..., None], axis=-1)[..., 0]
 

@@ -1,12 +1,15 @@
 """The sampler: one `jax.lax.scan` over the steps of any strategy.
 
-`sample` is pure and not jitted: key in, tokens out, composable inside a user's `jit`, `vmap`
-or sharded program. Strategy differences live in the `Plan` arrays built by
-`plan.build_plan`; the step below is written once.
+`sample` is pure (key in, tokens out) and composable inside a user's `jit`, `vmap` or
+sharded program; called outside any trace it compiles once per denoiser, config and shape
+and caches the executable. `make_sampler` is the fast path for models: one compiled
+function with the parameters as an argument. Strategy differences live in the `Plan` arrays
+built by `plan.build_plan`; the step below is written once.
 
-Randomness is per example: example `i` of a call draws only from
-`fold_in(key, first_index + i)`, and step `j` from `fold_in(that, j)`. The tokens therefore do
-not depend on the batch split or on the number of devices.
+Randomness is per example and per position: example `i` of a call draws only from
+`fold_in(key, first_index + i)`, step `j` from `fold_in(that, j)` (split into remask, unmask
+and token keys), and the token of position `p` from `fold_in(token key, p)`. The tokens
+therefore do not depend on the batch split, the number of devices or `position_chunk`.
 
 References:
   Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
@@ -17,6 +20,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
@@ -28,6 +32,7 @@ from remdm_jax.config import SamplerConfig
 from remdm_jax.diffusion import Denoiser, subs_log_probs, without_mask
 from remdm_jax.plan import Plan, StepRule, build_plan
 from remdm_jax.topp import top_p_filter
+from remdm_jax.trajectory import Trajectory
 from remdm_jax.validation import check_int
 
 
@@ -83,8 +88,10 @@ def _check_first_index(first_index):
   return check_int("first_index", first_index, 0)
 
 
+@functools.lru_cache(maxsize=64)
 def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int) -> int:
-  """Traces the denoiser abstractly and checks its output; returns V."""
+  """Traces the denoiser abstractly and checks its output; returns V (cached per denoiser
+  and shape, so repeated calls do not trace it again)."""
   if not callable(denoiser):
     raise ValueError(f"denoiser must be a function (z [B, L] int32, t [B] float32) -> "
                      f"logits [B, L, V], got {denoiser!r:.80}")
@@ -103,13 +110,14 @@ def _vocab_size(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int)
 
 
 def _check_prompt(prompt, batch_size: int, seq_len: int, vocab_size: int) -> jax.Array:
-  """Checks shape and dtype always, and the id range when the prompt is concrete."""
+  """A `[B, L]`, `[1, L]` or `[L]` integer prompt as `[B, L] int32`; checks shape and dtype
+  always, and the id range when the prompt is concrete."""
   concrete = not isinstance(prompt, jax.core.Tracer)
   prompt = np.asarray(prompt) if concrete else prompt
-  if prompt.shape != (batch_size, seq_len):
+  if prompt.shape not in ((batch_size, seq_len), (1, seq_len), (seq_len,)):
     raise ValueError(
         f"prompt must have shape [batch_size, seq_len] = [{batch_size}, {seq_len}], "
-        f"got {list(prompt.shape)}")
+        f"[1, {seq_len}] or [{seq_len}], got {list(prompt.shape)}")
   if not jnp.issubdtype(prompt.dtype, jnp.integer):
     raise ValueError(f"prompt must hold integer ids, got dtype {prompt.dtype}")
   if concrete:
@@ -117,7 +125,7 @@ def _check_prompt(prompt, batch_size: int, seq_len: int, vocab_size: int) -> jax
     if low < 0 or high >= vocab_size:
       raise ValueError(
           f"prompt ids must be in [0, V) = [0, {vocab_size}), got values in [{low}, {high}]")
-  return jnp.asarray(prompt, jnp.int32)
+  return jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (batch_size, seq_len))
 
 
 def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
@@ -183,29 +191,31 @@ def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
   return probs, nonfinite
 
 
-def _draw_whole(token_keys, logits, plan, rule, mask_id):
-  """x_theta and one draw per position, all positions at once; one key per example.
+def _draw_positions(token_keys, logits, start, plan, rule, mask_id):
+  """x_theta and one draw for each of the positions `start .. start + C` of `logits
+  [B, C, V]`, position `p` of example `b` with key `fold_in(token_keys[b], p)`.
 
-  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`."""
-  probs, nonfinite = _x_theta(logits, plan, rule, mask_id)         # [B, L, V] f32
-  return (*jax.vmap(posterior.draw_categorical)(token_keys, probs), nonfinite)
+  Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`."""
+  positions = start + jnp.arange(logits.shape[1], dtype=jnp.int32)
+  keys = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(
+      token_keys)                                                              # [B, C]
+  probs, nonfinite = _x_theta(logits, plan, rule, mask_id)                     # [B, C, V]
+  return (*jax.vmap(jax.vmap(posterior.draw_categorical))(keys, probs), nonfinite)
 
 
-def _draw_chunked(token_keys, logits, plan, rule, mask_id):
-  """As `_draw_whole`, `rule.position_chunk` positions at a time with one key per position
-  (`fold_in(example key, position)`), so only `[B, chunk, V]` temporaries are live."""
-  chunk = rule.position_chunk
+def _draw(token_keys, logits, plan, rule, mask_id):
+  """Draws for all positions; with `rule.position_chunk = C` for C positions at a time, so
+  only `[B, C, V]` temporaries are live. The keys are per position, so the tokens do not
+  depend on C."""
   batch, length = logits.shape[:2]
-  draw = jax.vmap(jax.vmap(posterior.draw_categorical))
+  chunk = rule.position_chunk or length
+  if chunk == length:
+    return _draw_positions(token_keys, logits, 0, plan, rule, mask_id)
 
   def body(index, out):
     start = index * chunk
     part = jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=1)        # [B, C, V]
-    positions = start + jnp.arange(chunk, dtype=jnp.int32)
-    keys = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(
-        token_keys)                                                            # [B, C]
-    probs, nonfinite = _x_theta(part, plan, rule, mask_id)
-    new = (*draw(keys, probs), nonfinite)
+    new = _draw_positions(token_keys, part, start, plan, rule, mask_id)
     return tuple(jax.lax.dynamic_update_slice_in_dim(whole, piece, start, axis=1)
                  for whole, piece in zip(out, new))
 
@@ -219,7 +229,7 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
 
 
-def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history, on_step):
+def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
   """The scan body, shared by every strategy."""
   select = _SELECTORS[rule.select]
 
@@ -236,15 +246,14 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_histor
     else:
       logits = call()
     keys = _step_keys(example_keys, index)
-    draw = _draw_chunked if rule.position_chunk else _draw_whole
-    tokens, token_prob, bad = draw(keys[:, 2], logits, plan, rule, mask_id)  # [B, L] each
+    tokens, token_prob, bad = _draw(keys[:, 2], logits, plan, rule, mask_id)  # [B, L] each
     unmask, remask = select(keys, row, rule, z, fixed, mask_id, psi, token_prob)
     z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
     psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
     nonfinite = nonfinite | jnp.any(bad & (z == mask_id), axis=-1)
     if rule.cache:
       cache = (logits, jnp.any(z_next != z))
-    return (z_next, psi_next, nonfinite, cache), (z_next if return_history else None)
+    return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)
 
   return step
 
@@ -263,32 +272,10 @@ def _final_denoise(denoiser, z, t_final, mask_id):
   return jnp.where(masked, best, z), nonfinite
 
 
-def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepRule, *,
-                     batch_size: int, seq_len: int, mask_id: int,
-                     prompt: jax.Array | None = None, first_index=0,
-                     batch_sharding: jax.sharding.Sharding | None = None,
-                     return_history: bool = False, return_nonfinite: bool = False,
-                     on_step: Callable[[jax.Array], None] | None = None):
-  """`sample` with a prebuilt plan: pass `plan` as a jit argument to sweep eta, top_p or
-  temperature without recompiling. Arguments as in `sample`.
-
-  With `return_history=True` the result gains `history [n, B, L] int32`, the tokens after
-  each of the n steps (before the final noise removal): `(tokens, history)`. With
-  `return_nonfinite=True` it gains the `[B] bool` flags of `sample` last, and nothing raises.
-  `on_step(step)`, when given, is called on the host as each step starts (a
-  `jax.debug.callback`; progress reporting for jobs, possibly once per device); it does not
-  change the tokens.
-  """
-  _check_sizes(batch_size, seq_len, mask_id)
-  first_index = _check_first_index(first_index)
-  if rule.position_chunk and seq_len % rule.position_chunk:
-    raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
-                     f"{rule.position_chunk}")
-  if rule.cache and getattr(denoiser, "time_conditioned", False):
-    raise ValueError("cache=True reuses a step's logits when no token changed, which is exact "
-                     "only for a denoiser that ignores t; this denoiser is time-conditioned "
-                     "(time_conditioned=True): sample it with cache=False")
-  key = as_typed_key(key)
+def _run(key, denoiser, plan, rule, *, batch_size, seq_len, mask_id, prompt, first_index,
+         batch_sharding, record, on_step):
+  """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
+  `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None."""
   vocab_size = _vocab_size(denoiser, batch_size, seq_len, mask_id)
   if prompt is None:
     z = jnp.full((batch_size, seq_len), mask_id, jnp.int32)
@@ -304,31 +291,85 @@ def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepR
   if rule.cache:
     out = jax.eval_shape(denoiser, z, jnp.zeros((batch_size,), jnp.float32))
     cache = (jnp.zeros(out.shape, rule.logits_dtype), jnp.bool_(True))
-  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, return_history,
-                    on_step)
+  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step)
   num_steps = plan.table.t.shape[0]
   nonfinite = jnp.zeros((batch_size,), bool)
-  (z, _, nonfinite, _), history = jax.lax.scan(
+  (z, _, nonfinite, _), records = jax.lax.scan(
       step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
   tokens, final_nonfinite = _final_denoise(denoiser, z, plan.t_final, mask_id)
-  nonfinite = nonfinite | final_nonfinite
-  if return_nonfinite:
-    return (tokens, history, nonfinite) if return_history else (tokens, nonfinite)
-  if isinstance(nonfinite, jax.core.Tracer):
-    jax.debug.callback(_raise_nonfinite, nonfinite, first_index)
-  else:
-    _raise_nonfinite(nonfinite, first_index)
-  return (tokens, history) if return_history else tokens
+  return tokens, nonfinite | final_nonfinite, records
+
+
+def _check_call(denoiser, rule, batch_size, seq_len, mask_id, first_index):
+  """The checks that need no tracing; returns the checked `first_index`."""
+  _check_sizes(batch_size, seq_len, mask_id)
+  if rule.position_chunk and seq_len % rule.position_chunk:
+    raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
+                     f"{rule.position_chunk}")
+  if rule.cache and getattr(denoiser, "time_conditioned", False):
+    raise ValueError("cache=True reuses a step's logits when no token changed, which is exact "
+                     "only for a denoiser that ignores t; this denoiser is time-conditioned "
+                     "(time_conditioned=True): sample it with cache=False")
+  return _check_first_index(first_index)
+
+
+def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
+            return_nonfinite):
+  """The documented return value; raises `NonFiniteLogitsError` unless `return_nonfinite`."""
+  if not return_nonfinite:
+    if isinstance(nonfinite, jax.core.Tracer):
+      jax.debug.callback(_raise_nonfinite, nonfinite, first_index)
+    else:
+      _raise_nonfinite(nonfinite, first_index)
+  if return_trajectory:
+    return Trajectory(tokens, *records, plan.table.t, nonfinite)
+  return (tokens, nonfinite) if return_nonfinite else tokens
+
+
+def sample_with_plan(key: jax.Array, denoiser: Denoiser, plan: Plan, rule: StepRule, *,
+                     batch_size: int, seq_len: int, mask_id: int,
+                     prompt: jax.Array | None = None, first_index=0,
+                     batch_sharding: jax.sharding.Sharding | None = None,
+                     return_trajectory: bool = False, return_nonfinite: bool = False,
+                     on_step: Callable[[jax.Array], None] | None = None):
+  """`sample` with a prebuilt plan: pass `plan` as a jit argument to sweep eta, top_p or
+  temperature without recompiling. Arguments and results as in `sample`; this function does
+  not compile by itself (call it inside `jax.jit`, or use `make_sampler`).
+
+  `on_step(step)`, when given, is called on the host as each step starts (a
+  `jax.debug.callback`; progress reporting for jobs, possibly once per device); it does not
+  change the tokens.
+  """
+  first_index = _check_call(denoiser, rule, batch_size, seq_len, mask_id, first_index)
+  tokens, nonfinite, records = _run(
+      as_typed_key(key), denoiser, plan, rule, batch_size=batch_size, seq_len=seq_len,
+      mask_id=mask_id, prompt=prompt, first_index=first_index, batch_sharding=batch_sharding,
+      record=return_trajectory, on_step=on_step)
+  return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
+                 return_nonfinite)
+
+
+_STATIC = ("denoiser", "rule", "batch_size", "seq_len", "mask_id", "batch_sharding", "record")
+_compiled_run = jax.jit(functools.partial(_run, on_step=None), static_argnames=_STATIC)
+
+
+def _tracing() -> bool:
+  """Whether we are inside a `jit`, `vmap` or other trace (then the caller compiles)."""
+  return isinstance(jnp.zeros(()), jax.core.Tracer)
 
 
 def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_size: int,
            seq_len: int, mask_id: int, prompt: jax.Array | None = None, first_index=0,
            batch_sharding: jax.sharding.Sharding | None = None,
-           return_nonfinite: bool = False) -> jax.Array:
+           return_trajectory: bool = False, return_nonfinite: bool = False):
   """Samples sequences from a masked diffusion model with MDLM or a ReMDM strategy.
 
-  Starting from all masks (or `prompt`), runs `config.num_steps` steps of the strategy's
-  backward process (paper eq. 6) in one `lax.scan`, then one greedy noise-removal call.
+  Starting from all masks (or `prompt`), runs the strategy's steps (paper eq. 6) in one
+  `lax.scan`, then one greedy noise-removal call. Called outside any trace, the run is
+  compiled once per `(denoiser, config, sizes)` and cached: later calls with the same
+  denoiser object and config reuse the executable (the denoiser's parameters are baked in
+  as constants; `make_sampler` keeps them an argument). Inside `jax.jit` or `vmap` it is
+  traced into the caller's program.
 
   Args:
     key: `jax.random.key(seed)` or a legacy `jax.random.PRNGKey(seed)`.
@@ -336,17 +377,21 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
       includes `mask_id`; raw logits, SUBS is applied here).
     config: a `SamplerConfig` (static under jit).
     batch_size: B. seq_len: L. mask_id: the mask id, in [0, V).
-    prompt: optional `[B, L] int32` template: `mask_id` at free positions; the other
-      positions come back unchanged and are never remasked (prompts and infilling).
+    prompt: optional `[B, L]`, `[1, L]` or `[L]` int32 template (broadcast to the batch):
+      `mask_id` at free positions; the other positions come back unchanged and are never
+      remasked (prompts and infilling).
     first_index: global index of this batch's first example (int or traced int32); example
       `i` draws only from `fold_in(key, first_index + i)`.
     batch_sharding: optional sharding of `[B, L]` arrays (e.g. `NamedSharding(mesh,
       P("data"))`) to split the batch over devices inside a jitted call.
+    return_trajectory: return a `Trajectory` (tokens after every step, what each step
+      unmasked and remasked, the times, the non-finite flags) instead of the tokens.
     return_nonfinite: also return `[B] bool`, True for the examples whose logits were not
       finite where a token was drawn (see Raises), instead of raising.
 
   Returns:
-    `[B, L] int32` tokens, no `mask_id` left; with `return_nonfinite`, `(tokens, flags)`.
+    `[B, L] int32` tokens, no `mask_id` left; with `return_nonfinite`, `(tokens, flags)`;
+    with `return_trajectory`, a `Trajectory`.
 
   Raises:
     ValueError: bad sizes, key, prompt or denoiser output (before any compilation).
@@ -367,6 +412,98 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
     ((2, 6), dtype('int32'), True)
   """
   plan, rule = build_plan(config)
-  return sample_with_plan(key, denoiser, plan, rule, batch_size=batch_size, seq_len=seq_len,
-                          mask_id=mask_id, prompt=prompt, first_index=first_index,
-                          batch_sharding=batch_sharding, return_nonfinite=return_nonfinite)
+  if _tracing():
+    return sample_with_plan(key, denoiser, plan, rule, batch_size=batch_size,
+                            seq_len=seq_len, mask_id=mask_id, prompt=prompt,
+                            first_index=first_index, batch_sharding=batch_sharding,
+                            return_trajectory=return_trajectory,
+                            return_nonfinite=return_nonfinite)
+  first_index = _check_call(denoiser, rule, batch_size, seq_len, mask_id, first_index)
+  if prompt is not None:
+    prompt = _check_prompt(prompt, batch_size, seq_len,
+                           _vocab_size(denoiser, batch_size, seq_len, mask_id))
+  tokens, nonfinite, records = _compiled_run(
+      as_typed_key(key), denoiser, plan, rule, batch_size=batch_size, seq_len=seq_len,
+      mask_id=mask_id, prompt=prompt, first_index=jnp.int32(first_index),
+      batch_sharding=batch_sharding, record=return_trajectory)
+  return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
+                 return_nonfinite)
+
+
+class Sampler:
+  """A compiled sampler for one model function, config and shape (`make_sampler`).
+
+  `sampler(key, params, prompt=None, *, plan=None, first_index=0)` returns what `sample`
+  returns. The parameters, the key, the prompt, the plan (eta, top_p, temperature sweeps)
+  and `first_index` are arguments of one jitted function: new values never recompile.
+  """
+
+  def __init__(self, apply_fn, config: SamplerConfig, *, batch_size: int, seq_len: int,
+               mask_id: int, batch_sharding=None, return_trajectory: bool = False,
+               return_nonfinite: bool = False):
+    if not callable(apply_fn):
+      raise ValueError(f"apply_fn must be a function (params, z [B, L] int32, t [B] float32)"
+                       f" -> logits [B, L, V], got {apply_fn!r:.80}")
+    self.plan, self.rule = build_plan(config)
+    _check_call(apply_fn, self.rule, batch_size, seq_len, mask_id, 0)
+    self.apply_fn, self.batch_size, self.seq_len, self.mask_id = (apply_fn, batch_size,
+                                                                  seq_len, mask_id)
+    self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
+
+    def run(key, params, plan, prompt, first_index):
+      denoiser = lambda z, t: apply_fn(params, z, t)
+      return _run(key, denoiser, plan, self.rule, batch_size=batch_size, seq_len=seq_len,
+                  mask_id=mask_id, prompt=prompt, first_index=first_index,
+                  batch_sharding=batch_sharding, record=return_trajectory, on_step=None)
+
+    self._run = jax.jit(run)
+    self._vocab_size = None
+
+  def _checked_prompt(self, prompt, params):
+    """The prompt as `[B, L] int32`; all masks for None (one signature, one compile)."""
+    if prompt is None:
+      return jnp.full((self.batch_size, self.seq_len), self.mask_id, jnp.int32)
+    if isinstance(prompt, jax.core.Tracer):
+      return prompt
+    if self._vocab_size is None:
+      self._vocab_size = _vocab_size(lambda z, t: self.apply_fn(params, z, t),
+                                     self.batch_size, self.seq_len, self.mask_id)
+    return _check_prompt(prompt, self.batch_size, self.seq_len, self._vocab_size)
+
+  def __call__(self, key, params, prompt=None, *, plan: Plan | None = None, first_index=0):
+    first_index = _check_first_index(first_index)
+    plan = self.plan if plan is None else plan
+    tokens, nonfinite, records = self._run(
+        as_typed_key(key), params, plan, self._checked_prompt(prompt, params),
+        jnp.asarray(first_index, jnp.int32))
+    return _result(tokens, nonfinite, records, plan, first_index, self.return_trajectory,
+                   self.return_nonfinite)
+
+
+def make_sampler(apply_fn, config: SamplerConfig, *, batch_size: int, seq_len: int,
+                 mask_id: int, batch_sharding=None, return_trajectory: bool = False,
+                 return_nonfinite: bool = False) -> Sampler:
+  """The fast path: a sampler compiled once, with the model's parameters as an argument.
+
+  Args:
+    apply_fn: `(params, z [B, L] int32, t [B] float32) -> logits [B, L, V]`, e.g. from
+      `remdm_jax.models.denoiser_and_params(model)`.
+    config, batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
+      return_nonfinite: as in `sample`.
+
+  Returns:
+    A `Sampler`: `sampler(key, params, prompt=None, *, plan=None, first_index=0)`. The first
+    call compiles; calls with new keys, parameters, prompts, plans (from `build_plan` of a
+    config with the same static settings) or first indices reuse the executable.
+
+  Examples:
+    >>> import jax, jax.numpy as jnp, remdm_jax
+    >>> apply = lambda w, z, t: w * jnp.ones(z.shape + (5,), jnp.float32)
+    >>> run = remdm_jax.make_sampler(apply, remdm_jax.SamplerConfig(num_steps=4),
+    ...                              batch_size=2, seq_len=3, mask_id=4)
+    >>> run(jax.random.key(0), jnp.float32(1.0)).shape
+    (2, 3)
+  """
+  return Sampler(apply_fn, config, batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
+                 batch_sharding=batch_sharding, return_trajectory=return_trajectory,
+                 return_nonfinite=return_nonfinite)

@@ -63,6 +63,13 @@ def coerce(name: str, value, kind):
                                                                  types.UnionType) else (kind,)
   if value is None and type(None) in options:
     return None
+  if isinstance(value, jax.core.Tracer):
+    raise ArgumentTypeError(
+        f"{name} got a traced value ({value}); configs are static under jax.jit. To sweep "
+        "eta, top_p or temperature as data, build the plan outside the traced function "
+        "(plan, rule = remdm_jax.build_plan(config)) and pass plan as an argument: "
+        "sample_with_plan(key, denoiser, plan, rule, ...) or make_sampler(...)(key, params, "
+        "plan=plan)")
   kind = next(k for k in options if k is not type(None))
   return _CONVERTERS[kind](name, value) if kind in _CONVERTERS else value
 

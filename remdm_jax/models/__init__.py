@@ -1,5 +1,5 @@
 """Backbones: the MDLM diffusion transformer (DiT) in Flax NNX."""
 
-from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser, as_evaluator
+from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser, as_evaluator, denoiser_and_params
 
-__all__ = ["DiT", "DiTConfig", "as_denoiser", "as_evaluator"]
+__all__ = ["DiT", "DiTConfig", "as_denoiser", "as_evaluator", "denoiser_and_params"]

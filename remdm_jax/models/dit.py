@@ -195,6 +195,29 @@ def as_denoiser(model: DiT, schedule=None):
   return denoiser
 
 
+def denoiser_and_params(model: DiT, schedule=None):
+  """`(apply_fn, params)` for `remdm_jax.make_sampler` and the one-call losses: `apply_fn(params,
+  z [B, L] int32, t [B] f32) -> logits [B, L, V]` is `as_denoiser` of the model with those
+  parameters, so the parameters stay an argument of the compiled function.
+
+  Examples:
+    >>> from flax import nnx
+    >>> model = DiT(DiTConfig(vocab_size=7, hidden=8, heads=2, blocks=1, cond_dim=4,
+    ...                       max_length=6), rngs=nnx.Rngs(0))
+    >>> apply, params = denoiser_and_params(model)
+    >>> apply(params, jnp.zeros((2, 6), jnp.int32), jnp.ones((2,))).shape
+    (2, 6, 7)
+  """
+  as_denoiser(model, schedule)   # the same checks, once
+  graphdef, params = nnx.split(model)
+
+  def apply_fn(params, z: jax.Array, t: jax.Array) -> jax.Array:
+    return as_denoiser(nnx.merge(graphdef, params), schedule)(z, t)
+
+  apply_fn.time_conditioned = model.cfg.time_conditioning
+  return apply_fn, params
+
+
 def as_evaluator(model: DiT):
   """A causal DiT as the `(logits_fn, features_fn)` pair of `remdm_jax.eval`: both take
   `tokens [B, L] int32` and return `[B, L, V]` logits / `[B, L, D]` final hidden states.

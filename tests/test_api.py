@@ -1,0 +1,171 @@
+"""The library as a researcher meets it: compile once, trajectories, one-call losses, small
+conveniences."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+import remdm_jax
+from remdm_jax import losses, sampler_config
+from remdm_jax.models import DiT, DiTConfig, as_denoiser, denoiser_and_params
+from remdm_jax.schedules import LogLinear
+
+from conftest import MASK_ID
+
+
+def _counted_apply():
+  """A tiny parametrised denoiser over ids 0..3 (4 is the mask) that counts its traces."""
+  traces = []
+
+  def apply(params, z, t):
+    traces.append(1)
+    h = params["embed"][z]                                               # [B, L, H]
+    return (h + jnp.mean(h, axis=1, keepdims=True)) @ params["out"] * (1.0 + t[:, None, None])
+
+  def params(seed):
+    k1, k2 = jax.random.split(jax.random.key(seed))
+    return {"embed": jax.random.normal(k1, (5, 8)), "out": jax.random.normal(k2, (8, 5))}
+
+  return apply, params, traces
+
+
+def test_make_sampler_compiles_once_for_new_keys_params_prompts_and_plans():
+  apply, params, traces = _counted_apply()
+  cfg = sampler_config("cap", eta=0.05, num_steps=8, top_p=0.9)
+  run = remdm_jax.make_sampler(apply, cfg, batch_size=4, seq_len=6, mask_id=MASK_ID)
+  first = run(jax.random.key(0), params(0))
+  after_first = len(traces)
+  second = run(jax.random.key(1), params(1))
+  prompt = np.full((4, 6), MASK_ID, np.int32)
+  prompt[:, 0] = 2
+  prompted = run(jax.random.key(1), params(1), prompt)
+  swept = run(jax.random.key(1), params(1), prompt,
+              plan=remdm_jax.build_plan(cfg.with_options(eta=0.1))[0])
+  assert len(traces) == after_first + 1    # only the prompt check's abstract evaluation
+  assert np.any(np.asarray(first) != np.asarray(second))
+  assert np.all(np.asarray(prompted)[:, 0] == 2) and np.all(np.asarray(swept)[:, 0] == 2)
+  # the same tokens as the plain sampler on the same parameters
+  plain = remdm_jax.sample(jax.random.key(1), lambda z, t: apply(params(1), z, t), cfg,
+                           batch_size=4, seq_len=6, mask_id=MASK_ID)
+  np.testing.assert_array_equal(second, plain)
+
+
+def test_direct_sample_calls_reuse_the_compiled_run():
+  apply, params, traces = _counted_apply()
+  fixed = params(0)
+  denoiser = lambda z, t: apply(fixed, z, t)
+  cfg = sampler_config("loop", num_steps=16)
+  outs = [remdm_jax.sample(jax.random.key(i), denoiser, cfg, batch_size=2, seq_len=6,
+                           mask_id=MASK_ID) for i in range(3)]
+  after_one = len(traces)
+  remdm_jax.sample(jax.random.key(5), denoiser, cfg, batch_size=2, seq_len=6, mask_id=MASK_ID)
+  assert len(traces) == after_one
+  jitted = jax.jit(lambda k: remdm_jax.sample(k, denoiser, cfg, batch_size=2, seq_len=6,
+                                              mask_id=MASK_ID))
+  np.testing.assert_array_equal(outs[1], jitted(jax.random.key(1)))
+
+
+def test_denoiser_and_params_match_as_denoiser():
+  model = DiT(DiTConfig(vocab_size=7, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=6,
+                        time_conditioning=True), rngs=__import__("flax").nnx.Rngs(0))
+  apply, params = denoiser_and_params(model)
+  z, t = jnp.zeros((2, 6), jnp.int32), jnp.array([0.3, 0.9])
+  np.testing.assert_array_equal(apply(params, z, t), as_denoiser(model)(z, t))
+  with pytest.raises(ValueError, match="time-conditioned"):
+    remdm_jax.make_sampler(apply, sampler_config(cache=True), batch_size=1, seq_len=6,
+                           mask_id=6)
+
+
+@pytest.mark.parametrize("shape", [(6,), (1, 6)])
+def test_a_single_prompt_broadcasts_to_the_batch(shape, mixture):
+  row = np.full(6, MASK_ID, np.int32)
+  row[0], row[3] = 1, 0
+  cfg = sampler_config("cap", eta=0.05, num_steps=8)
+  full = remdm_jax.sample(jax.random.key(0), mixture, cfg, batch_size=3, seq_len=6,
+                          mask_id=MASK_ID, prompt=np.tile(row, (3, 1)))
+  one = remdm_jax.sample(jax.random.key(0), mixture, cfg, batch_size=3, seq_len=6,
+                         mask_id=MASK_ID, prompt=row.reshape(shape))
+  np.testing.assert_array_equal(full, one)
+  with pytest.raises(ValueError, match=r"prompt must have shape .* \[1, 6\] or \[6\], got \[2, 6\]"):
+    remdm_jax.sample(jax.random.key(0), mixture, cfg, batch_size=3, seq_len=6,
+                     mask_id=MASK_ID, prompt=np.tile(row, (2, 1)))
+
+
+def test_traced_config_values_point_to_the_plan():
+  with pytest.raises(TypeError, match=r"eta got a traced value .* pass plan as an argument"):
+    jax.jit(lambda eta: remdm_jax.sampler_config("cap", eta=eta).num_steps)(0.1)
+
+
+def test_trajectory_length_and_render(mixture):
+  cfg = sampler_config("dfm", num_steps=16)
+  trajectory = remdm_jax.sample(jax.random.key(2), mixture, cfg, batch_size=2, seq_len=6,
+                                mask_id=MASK_ID, return_trajectory=True)
+  n = remdm_jax.build_plan(cfg)[0].table.t.shape[0]
+  assert n > 16 and trajectory.steps.shape == (n, 2, 6) and trajectory.t.shape == (n,)
+  tok = type("Digits", (), {"mask_id": MASK_ID, "decode": lambda self, ids: "".join(
+      "abcd"[i] for i in ids)})()
+  text = remdm_jax.trajectory.render(trajectory, tok, example=1, every=5)
+  lines = text.splitlines()
+  assert lines[0].startswith("step    0") and "|______|" in lines[0]
+  assert lines[-1] == "final" + " " * 20 + "|" + "".join(
+      "abcd"[i] for i in np.asarray(trajectory.tokens)[1]) + "|"
+  assert len(lines) == len(range(0, n, 5)) + (1 if (n - 1) % 5 else 0) + 1
+  with pytest.raises(ValueError, match=r"example must be in \[0, 2\), got 2"):
+    remdm_jax.trajectory.render(trajectory, tok, example=2)
+
+
+def _toy_denoiser():
+  w = jax.random.normal(jax.random.key(0), (5, 5))
+  return lambda z, t: w[z] * (1.0 + t[:, None, None])
+
+
+@pytest.mark.parametrize("name", ["mdlm", "mdlm_discrete", "remdm"])
+def test_one_call_losses_equal_the_chained_pieces(name):
+  denoiser = _toy_denoiser()
+  x = jax.random.randint(jax.random.key(1), (8, 12), 0, 4)
+  valid = jnp.arange(12)[None, :] < jnp.array([12, 12, 9, 12, 5, 12, 12, 12])[:, None]
+  key = jax.random.key(3)
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  schedule = LogLinear(eps=1e-3)
+  if name == "mdlm":
+    got = losses.mdlm_loss(denoiser, x, key, mask_id=4, valid=valid)
+    t = losses.continuous_times(key_time, 8, 1e-3)
+    weight = losses.mdlm_continuous_weight(schedule, t)
+  else:
+    rule, eta = ("cap", 0.05) if name == "remdm" else (None, 0.0)
+    got = (losses.remdm_loss(denoiser, x, key, num_steps=10, sigma_rule="cap", eta=0.05,
+                             mask_id=4, valid=valid) if name == "remdm" else
+           losses.mdlm_discrete_loss(denoiser, x, key, num_steps=10, mask_id=4, valid=valid))
+    weight, t = losses.remdm_discrete_weight(
+        schedule, losses.discrete_steps(key_time, 8, 10), 10, rule, eta)
+  z = losses.corrupt(key_mask, x, schedule.alpha(t), 4)
+  want = losses.nelbo(denoiser(z, t), x, z, weight, 4, valid)
+  assert float(got) == float(want)
+
+
+def test_ar_loss_and_a_few_optax_steps_lower_the_loss():
+  x = jnp.tile(jnp.array([[0, 1, 2, 3, 0, 1, 2, 3]]), (4, 1))
+  params = {"w": jnp.zeros((5, 5))}
+  loss_fn = lambda p: losses.mdlm_loss(lambda z, t: p["w"][z], x, jax.random.key(0),
+                                       mask_id=4)
+  tx = optax.adam(0.1)
+  state = tx.init(params)
+  first = float(loss_fn(params))
+  for _ in range(20):
+    value, grads = jax.value_and_grad(loss_fn)(params)
+    updates, state = tx.update(grads, state)
+    params = optax.apply_updates(params, updates)
+  assert float(loss_fn(params)) < first - 0.1
+  logits_fn = lambda tokens: jax.nn.one_hot((tokens + 1) % 4, 5) * 10.0   # predicts x[i + 1]
+  assert float(losses.ar_loss(logits_fn, x)) < 1e-3
+
+
+def test_small_conveniences():
+  import remdm_jax as fresh
+  assert callable(fresh.eval.gen_ppl) and callable(fresh.eval.mean_entropy)
+  with pytest.raises(ValueError, match="rows must be a non-empty sequence of id sequences"):
+    fresh.eval.mean_entropy("hello")
+  with pytest.raises(ValueError, match=r"rows\[0\] must be a 1-D sequence of integer ids"):
+    fresh.eval.mean_entropy(["hello", "world"])
