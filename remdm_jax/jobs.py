@@ -194,6 +194,7 @@ class SampleJob:
   out: str = ""                    # job directory: manifest + atomic JSON-lines shards
   model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
   quiet: bool = False              # do not print the samples
+  trajectory: bool = False         # records keep every step's ids and what it (re)masked
 
   def __post_init__(self):
     check_fields(self)
@@ -280,6 +281,15 @@ def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJ
           "settings": settings, "model": job.model}
 
 
+def trajectory_record(trajectory, row: int) -> dict:
+  """One example of a `Trajectory` as JSON: the time, the ids after each step and the
+  positions each step unmasked and remasked."""
+  pick = lambda a: np.asarray(a)[:, row]
+  return {"t": np.asarray(trajectory.t).tolist(), "steps": pick(trajectory.steps).tolist(),
+          "unmasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.unmasked)],
+          "remasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.remasked)]}
+
+
 def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = True) -> JobResult:
   """Samples `job.num_samples` sequences from `job.model` with `cfg`, sharded over every
   device (and process), writing shards to `job.out` when set and skipping finished ones.
@@ -300,6 +310,9 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
 
   if job.out:
     files.check_writable_folder(job.out, "job")
+  if job.trajectory and jax.process_count() > 1:
+    raise ValueError("trajectory records need a single process (every step of every example "
+                     "is gathered on the host)")
   model, tokenizer, tokenizer_name = load_sampling_model(job.model)
   seq_len = job.seq_len or model.cfg.max_length
   check_range("seq_len", seq_len, 1, model.cfg.max_length,
@@ -321,11 +334,14 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
   bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
 
   def run(key, state, prompt, first):
-    tokens, nonfinite = sample_with_plan(
+    out = sample_with_plan(
         key, as_denoiser(nnx.merge(graphdef, state)), plan, rule, batch_size=job.batch_size,
         seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt, first_index=first,
-        batch_sharding=batch_sharding, return_nonfinite=True, on_step=bar)
-    return tokens, jax.lax.with_sharding_constraint(nonfinite, NamedSharding(mesh, P()))
+        batch_sharding=batch_sharding, return_nonfinite=True,
+        return_trajectory=job.trajectory, on_step=bar)
+    tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
+    nonfinite = jax.lax.with_sharding_constraint(nonfinite, NamedSharding(mesh, P()))
+    return tokens, nonfinite, out if job.trajectory else None
 
   def prompt_block(first):
     if prompts is None:
@@ -343,7 +359,8 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
         "tokenizer": tokenizer_name, "sampler": settings,
         "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
         "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
-        "device_count": jax.device_count(), "model_axis": job.model_axis})
+        "device_count": jax.device_count(), "model_axis": job.model_axis,
+        "trajectory": job.trajectory})
   local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
                   if batch_sharding else [(0, job.batch_size)])
   done = set(finished_shards(directory)) if directory else set()
@@ -357,7 +374,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
         bar(num_steps - 1)
         continue
       tic = time.perf_counter()
-      tokens, nonfinite = run(key, state, prompt_block(first), np.int32(first))
+      tokens, nonfinite, trajectory = run(key, state, prompt_block(first), np.int32(first))
       real = min(job.batch_size, job.num_samples - first)
       flags = np.asarray(nonfinite)[:real]
       if flags.any():
@@ -368,6 +385,8 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
       for start, rows in blocks:
         batch_records = [_record(first + start + i, row, tokenizer, settings, job)
                          for i, row in enumerate(rows) if first + start + i < job.num_samples]
+        for i, record in enumerate(batch_records if trajectory is not None else []):
+          record["trajectory"] = trajectory_record(trajectory, start + i)
         if directory and batch_records:
           files.write_atomic(shard_path(directory, batch_records[0]["index"],
                                         batch_records[-1]["index"] + 1),

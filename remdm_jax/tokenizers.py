@@ -1,7 +1,9 @@
 """Tokenizers behind one small interface: byte-level, and GPT-2 BPE built offline.
 
-Every tokenizer has `encode(str) -> list[int]`, `decode(ids) -> str` (special ids dropped),
-`vocab_size` (including the mask id), `mask_id`, `bos_id` and `eos_id`.
+Every tokenizer has `encode(str) -> list[int]` (no special ids added), `decode(ids) -> str`
+(special ids dropped and the rest joined: the documents of a row separated by EOS come back
+as one string; split at `eos_id` first to keep them apart), `vocab_size` (including the mask
+id), `mask_id`, `bos_id` and `eos_id`.
 """
 
 from __future__ import annotations

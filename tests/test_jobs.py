@@ -135,3 +135,19 @@ def test_cache_is_refused_for_a_time_conditioned_model(tmp_path):
   out = remdm_jax.sample(jax.random.key(0), as_denoiser(untimed), cfg, batch_size=1,
                          seq_len=8, mask_id=258)
   assert out.shape == (1, 8)
+
+
+def test_job_records_can_keep_the_trajectory(tiny_model, tmp_path):
+  cfg = sampler_config("loop", eta=0.1, num_steps=6)
+  job = jobs.SampleJob(model=str(tiny_model), num_samples=3, batch_size=2, trajectory=True,
+                       out=str(tmp_path / "job"))
+  records = jobs.run_sampling_job(cfg, job, progress=False).records
+  plain = jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(tiny_model), num_samples=3,
+                                                    batch_size=2), progress=False).records
+  for record, other in zip(records, plain):
+    trajectory = record["trajectory"]
+    assert record["ids"] == other["ids"] and len(trajectory["steps"]) == 6
+    last = np.asarray(trajectory["steps"][-1])
+    assert np.all((last == record["ids"]) | (last == 258))
+    assert all(last_step[p] == 258 for last_step, positions in
+               zip(trajectory["steps"], trajectory["remasked"]) for p in positions)
