@@ -79,10 +79,8 @@ def _field_types(config) -> dict:
 
 def _sampler_field_types(default: SamplerConfig, strategy: str) -> dict:
   """The flat options of a sampler section: the strategy's own and the shared ones."""
-  types = {name: kind for name, kind in _field_types(default).items() if name != "strategy"}
-  own = dataclasses.fields(strategy_class(strategy))
-  hints = typing.get_type_hints(strategy_class(strategy))
-  return {"strategy": str, **types, **{f.name: hints[f.name] for f in own}}
+  shared = {name: kind for name, kind in _field_types(default).items() if name != "strategy"}
+  return {"strategy": str, **shared, **_field_types(strategy_class(strategy)())}
 
 
 def _section_config(section: str, default, flags: list[tuple]):
@@ -90,7 +88,7 @@ def _section_config(section: str, default, flags: list[tuple]):
   if isinstance(default, SamplerConfig):
     chosen = [v for f, v, _ in flags if f == "strategy"]
     strategy = chosen[-1] if chosen else default.strategy.name
-    types = _sampler_field_types(default, strategy_class(strategy).name)
+    types = _sampler_field_types(default, strategy)
   else:
     types = _field_types(default)
   values = {}

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+import remdm_jax
 from remdm_jax import cli, jobs, training
 
 
@@ -58,11 +59,25 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
     ("--sampler.eta=0.5", r"eta must be in \[0, \(1 - alpha_on\) / alpha_on\]"),
     ("--job.prompt=" + "x" * 40, "prompt 0 needs 41 positions"),
     ("--job.seq_len=99", r"seq_len must be in \[1, 24\] \(the model's max_length\), got 99"),
+    ("--sampler.t_on=0.6 --sampler.strategy=cap",
+     r"--sampler.t_on: t_on does not apply to strategy 'cap' \(its own options: \['eta'\]; "
+     r"t_on belongs to \['loop', 'topk'\]\)"),
+    ("--sampler.strategy=mdlm --sampler.eta=0.01", "eta does not apply to strategy 'mdlm'"),
 ])
 def test_sample_cli_bad_input_exit_2(flag, match, tiny_model, capsys):
-  assert cli.sample_main([f"--job.model={tiny_model}", flag]) == 2
+  assert cli.sample_main([f"--job.model={tiny_model}", *flag.split(" ")]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and __import__("re").search(match, err)
+
+
+def test_a_strategy_flag_starts_from_that_strategys_defaults():
+  sections = cli.SAMPLE_SECTIONS          # the default sampler is loop with eta = 0.02
+  cap = cli.parse_sections(["--sampler.strategy=cap"], sections)[0]["sampler"]
+  assert cap.strategy == remdm_jax.Cap() and cap.num_steps == 256 and cap.top_p == 0.9
+  tuned = cli.parse_sections(["--sampler.eta=0.01", "--sampler.strategy=cap"], sections)[0]
+  assert tuned["sampler"].strategy == remdm_jax.Cap(eta=0.01)
+  loop = cli.parse_sections(["--sampler.t_on=0.6"], sections)[0]["sampler"]
+  assert loop.strategy == remdm_jax.Loop(eta=0.02, t_on=0.6)
 
 
 def test_sample_cli_not_a_checkpoint(tmp_path, capsys):
