@@ -7,7 +7,8 @@
   (d) compile time of the sampler.
 The denoiser is a small pre-LN transformer in plain JAX, with random weights.
 
-  python benchmarks/sampler.py                      # CPU defaults (L = 256)
+  python benchmarks/sampler.py                      # CPU defaults (V = 1024, L = 256)
+  python benchmarks/sampler.py --preset cpu-50k     # GPT-2 vocabulary, L = 256, batch 1
   python benchmarks/sampler.py --preset gpu         # V = 50258, L = 1024, batch 64
 """
 
@@ -26,6 +27,8 @@ from remdm_jax import sampling
 PRESETS = {
     "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4,
                 topp_rows=256),
+    "cpu-50k": dict(vocab=50_258, seq_len=256, batch=1, steps=64, layers=4, hidden=256,
+                    heads=4, topp_rows=256),
     "gpu": dict(vocab=50_258, seq_len=1024, batch=64, steps=128, layers=4, hidden=768,
                 heads=12, topp_rows=65_536),
 }

@@ -39,8 +39,10 @@ class SamplerConfig:
   t_min: float = 1e-5           # last time of the grid, as in the reference sampler
   cache: bool = False           # reuse x_theta when nothing changed; only if denoiser ignores t
   logits_dtype: str = "float32" # the denoiser's logits (and the cache) are held in this dtype
-  position_chunk: int = 0       # >0: x_theta, top-p and draws for this many positions at a
-                                # time (less memory; per-position keys, same for any chunk)
+  position_chunk: int = 0       # topk (draws at every position): x_theta, top-p and draws for
+                                # this many positions at a time (less memory, same tokens)
+  draw_capacity: int = 0        # other strategies: positions drawn per example per round; 0
+                                # sizes it from the schedule (same tokens for any value)
 
   def __post_init__(self):
     check_fields(self)
@@ -57,6 +59,7 @@ class SamplerConfig:
     check_range("temperature", self.temperature, 0.0, low_open=True)
     check_range("t_min", self.t_min, 0.0, 1.0, high_open=True)
     check_range("position_chunk", self.position_chunk, 0)
+    check_range("draw_capacity", self.draw_capacity, 0)
     name = self.strategy.name
     if self.schedule != "loglinear" and not self.strategy.uses_schedule:
       raise ValueError(f"schedule does not apply to strategy {name!r} (it fixes its own "

@@ -59,6 +59,8 @@ class StepRule:
   cache: bool = False
   logits_dtype: str = "float32"
   position_chunk: int = 0
+  unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
+  draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
 
 
 def _check_config(cfg) -> SamplerConfig:
@@ -67,8 +69,8 @@ def _check_config(cfg) -> SamplerConfig:
   return cfg
 
 
-def build_table(cfg: SamplerConfig) -> StepTable:
-  """Computes and validates the per-step table of a config (host side, float64 inside).
+def _host_table(cfg: SamplerConfig) -> tuple[dict, float]:
+  """The table's fields as float64 / int32 NumPy arrays, and `max(alpha_s - alpha_t)`.
 
   Raises:
     ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound.
@@ -84,28 +86,43 @@ def build_table(cfg: SamplerConfig) -> StepTable:
     bound = float(np.min(smax[sigma > 0])) if np.any(sigma > 0) else 0.0
     raise ValueError(f"{strategy} gives sigma outside [0, sigma_max]; the smallest "
                      f"sigma_max on this grid is {bound:.4g}")
-  unmask_base = safe_div(a_s - a_t, 1.0 - a_t, at_zero=0.0)
-  unmask_per_sigma = safe_div(a_t, 1.0 - a_t, at_zero=0.0)
   decoded_frac, remask = strategy.rank_counts(t, s)
-  f32 = lambda x: jnp.asarray(x, dtype=jnp.float32)
-  return StepTable(t=f32(t), sigma=f32(sigma), sigma_max=f32(smax),
-                   unmask_base=f32(unmask_base), unmask_per_sigma=f32(unmask_per_sigma),
-                   decoded_frac=f32(decoded_frac),
-                   remask_count=jnp.asarray(remask, dtype=jnp.int32))
+  fields = dict(t=t, sigma=sigma, sigma_max=smax,
+                unmask_base=safe_div(a_s - a_t, 1.0 - a_t, at_zero=0.0),
+                unmask_per_sigma=safe_div(a_t, 1.0 - a_t, at_zero=0.0),
+                decoded_frac=decoded_frac, remask_count=remask)
+  return fields, float(np.max(a_s - a_t))
+
+
+def _to_table(fields: dict) -> StepTable:
+  """float32 arrays (int32 for the remask counts)."""
+  return StepTable(**{name: jnp.asarray(value, jnp.int32 if name == "remask_count"
+                                        else jnp.float32) for name, value in fields.items()})
+
+
+def build_table(cfg: SamplerConfig) -> StepTable:
+  """Computes and validates the per-step table of a config (host side, float64 inside).
+
+  Raises:
+    ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound.
+  """
+  return _to_table(_host_table(cfg)[0])
 
 
 def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
   """Splits a config into scan data (`Plan`, a pytree) and static switches (`StepRule`).
 
   Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
-  them compiles once.
+  them compiles once (the rule's `unmask_fraction` comes from the sigma-free part of the
+  table, so it does not change with eta).
   """
-  table = build_table(cfg)
-  plan = Plan(table=table, top_p=jnp.asarray(cfg.top_p, jnp.float32),
+  fields, unmask_fraction = _host_table(cfg)
+  plan = Plan(table=_to_table(fields), top_p=jnp.asarray(cfg.top_p, jnp.float32),
               temperature=jnp.asarray(cfg.temperature, jnp.float32),
               t_final=jnp.asarray(cfg.t_min, jnp.float32))
   rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,
                   top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
                   use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
-                  logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk)
+                  logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk,
+                  unmask_fraction=unmask_fraction, draw_capacity=cfg.draw_capacity)
   return plan, rule

@@ -138,9 +138,9 @@ def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
   return weight / jnp.maximum(jnp.sum(weight, axis=-1, keepdims=True), 1e-30)
 
 
-def _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi, token_prob):
-  """Per-token coin flips of eq. 6; returns `(unmask, remask)`, both `[B, L] bool`."""
-  del token_prob
+def _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):
+  """Per-token coin flips of eq. 6; returns `(unmask, remask)`, both `[B, L] bool`. They
+  depend on the table row, the carry and the keys only, not on `x_theta`."""
   masked = z == mask_id
   decoded = ~masked & ~fixed
   sigma = jnp.broadcast_to(row.sigma, z.shape)
@@ -158,12 +158,12 @@ def _top_count(score: jax.Array, count: jax.Array) -> jax.Array:
   return rank < count[:, None]
 
 
-def _select_rank(keys, row, rule, z, fixed, mask_id, psi, token_prob):
+def _select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
   """Confidence decoding: remask the least confident decoded tokens, unmask the most confident.
 
   The decoded count after the step is `round(decoded_frac * free positions)` per example.
   """
-  del keys, rule
+  del keys
   masked = z == mask_id
   decoded = ~masked & ~fixed
   n_free = jnp.sum(~fixed, axis=-1)
@@ -174,9 +174,6 @@ def _select_rank(keys, row, rule, z, fixed, mask_id, psi, token_prob):
   n_unmask = jnp.clip(target - (n_decoded - n_remask), 0, jnp.sum(masked, axis=-1))
   unmask = masked & _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
   return unmask, remask
-
-
-_SELECTORS = {"bernoulli": _select_bernoulli, "rank": _select_rank}
 
 
 def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
@@ -191,37 +188,79 @@ def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
   return probs, nonfinite
 
 
-def _draw_positions(token_keys, logits, start, plan, rule, mask_id):
-  """x_theta and one draw for each of the positions `start .. start + C` of `logits
-  [B, C, V]`, position `p` of example `b` with key `fold_in(token_keys[b], p)`.
+def _draw_positions(token_keys, logits, positions, plan, rule, mask_id):
+  """x_theta and one draw for each row of `logits [B, C, V]`, the row of position
+  `positions[b, c]` drawn with key `fold_in(token_keys[b], positions[b, c])`.
 
   Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`."""
-  positions = start + jnp.arange(logits.shape[1], dtype=jnp.int32)
-  keys = jax.vmap(lambda k: jax.vmap(lambda p: jax.random.fold_in(k, p))(positions))(
-      token_keys)                                                              # [B, C]
+  keys = jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(
+      token_keys, positions)                                                   # [B, C]
   probs, nonfinite = _x_theta(logits, plan, rule, mask_id)                     # [B, C, V]
   return (*jax.vmap(jax.vmap(posterior.draw_categorical))(keys, probs), nonfinite)
 
 
-def _draw(token_keys, logits, plan, rule, mask_id):
-  """Draws for all positions; with `rule.position_chunk = C` for C positions at a time, so
-  only `[B, C, V]` temporaries are live. The keys are per position, so the tokens do not
-  depend on C."""
+def _draw_all(token_keys, logits, plan, rule, mask_id):
+  """Draws for every position (the rank rule needs them all); with `rule.position_chunk = C`
+  for C positions at a time, so only `[B, C, V]` temporaries are live."""
   batch, length = logits.shape[:2]
   chunk = rule.position_chunk or length
+
+  def part(start, logits_part):
+    positions = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), (batch, chunk))
+    return _draw_positions(token_keys, logits_part, positions, plan, rule, mask_id)
+
   if chunk == length:
-    return _draw_positions(token_keys, logits, 0, plan, rule, mask_id)
+    return part(0, logits)
 
   def body(index, out):
     start = index * chunk
-    part = jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=1)        # [B, C, V]
-    new = _draw_positions(token_keys, part, start, plan, rule, mask_id)
+    new = part(start, jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=1))
     return tuple(jax.lax.dynamic_update_slice_in_dim(whole, piece, start, axis=1)
                  for whole, piece in zip(out, new))
 
   init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
           jnp.zeros((batch, length), bool))
   return jax.lax.fori_loop(0, length // chunk, body, init)
+
+
+def draw_capacity(rule: StepRule, seq_len: int) -> int:
+  """K, the positions per example drawn in one round: `rule.draw_capacity` if set, else the
+  largest expected number of MDLM unmaskings in a step, `L * max(alpha_s - alpha_t)`, plus a
+  binomial margin (4 sd + 8). Steps that unmask more (remasking strategies re-unmask) take
+  further rounds; the tokens do not depend on K."""
+  if rule.draw_capacity:
+    return min(rule.draw_capacity, seq_len)
+  mean = seq_len * rule.unmask_fraction
+  return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
+
+
+def _draw_selected(token_keys, logits, selected, capacity, plan, rule, mask_id):
+  """Draws only at `selected [B, L]` positions: they are gathered `capacity` per example at a
+  time into `[B, K, V]` rows (rounds until every selected position is drawn), drawn with the
+  same per-position keys as `_draw_all`, and scattered back.
+
+  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
+  `selected` (0, 0 and False elsewhere)."""
+  batch, length = selected.shape
+  rank = jnp.cumsum(selected, axis=1) - 1                                      # [B, L]
+  count = jnp.sum(selected, axis=1)                                            # [B]
+  rows = jnp.arange(batch)[:, None]
+
+  def one_round(round_index, out):
+    in_round = selected & (rank // capacity == round_index)
+    positions = jax.vmap(lambda s: jnp.nonzero(s, size=capacity, fill_value=length)[0])(
+        in_round).astype(jnp.int32)                                            # [B, K]
+    valid = positions < length
+    safe = jnp.minimum(positions, length - 1)
+    part = jnp.take_along_axis(logits, safe[..., None], axis=1)                # [B, K, V]
+    ids, prob, bad = _draw_positions(token_keys, part, safe, plan, rule, mask_id)
+    scatter = lambda whole, piece: whole.at[rows, positions].set(piece, mode="drop")
+    return (scatter(out[0], ids), scatter(out[1], prob), scatter(out[2], bad & valid))
+
+  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
+          jnp.zeros((batch, length), bool))
+  rounds = (jnp.max(count) + capacity - 1) // capacity
+  return jax.lax.fori_loop(0, rounds, one_round, init)
 
 
 def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -231,7 +270,7 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
 
 def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
   """The scan body, shared by every strategy."""
-  select = _SELECTORS[rule.select]
+  capacity = draw_capacity(rule, fixed.shape[1])
 
   def step(carry, xs):
     z, psi, nonfinite, cache = carry
@@ -246,11 +285,19 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
     else:
       logits = call()
     keys = _step_keys(example_keys, index)
-    tokens, token_prob, bad = _draw(keys[:, 2], logits, plan, rule, mask_id)  # [B, L] each
-    unmask, remask = select(keys, row, rule, z, fixed, mask_id, psi, token_prob)
+    masked = z == mask_id
+    if rule.select == "rank":      # confidence ranking needs every masked position's draw
+      tokens, token_prob, bad = _draw_all(keys[:, 2], logits, plan, rule, mask_id)
+      unmask, remask = _select_rank(keys, row, z, fixed, mask_id, psi, token_prob)
+      drawn = masked
+    else:                          # decide, then draw only where a token is unmasked
+      unmask, remask = _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi)
+      tokens, token_prob, bad = _draw_selected(keys[:, 2], logits, unmask, capacity, plan,
+                                               rule, mask_id)
+      drawn = unmask
     z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
     psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
-    nonfinite = nonfinite | jnp.any(bad & (z == mask_id), axis=-1)
+    nonfinite = nonfinite | jnp.any(bad & drawn, axis=-1)
     if rule.cache:
       cache = (logits, jnp.any(z_next != z))
     return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)

@@ -1,6 +1,7 @@
 """The sampler: one suite over every strategy, exact and statistical checks, sharding."""
 
 import collections
+import itertools
 import json
 import pathlib
 
@@ -12,7 +13,7 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import remdm_jax
-from remdm_jax import sampler_config
+from remdm_jax import sampler_config, sampling
 
 from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
 
@@ -603,6 +604,35 @@ def test_fixed_key_tokens_are_pinned():
   assert sorted(expected) == sorted(PINNED_CONFIGS)
   for name, tokens in pinned_tokens().items():
     np.testing.assert_array_equal(tokens, expected[name], err_msg=name)
+
+
+def test_draw_rounds_of_any_capacity_give_the_pinned_tokens():
+  """Decide, then draw: the Bernoulli strategies draw tokens only at the positions that
+  unmask, K per example per round. With K = 1, 2, 7 and L (cycled over the pinned configs:
+  prompts, top-p, cache, chunking, conf) the tokens equal the pinned ones, which were
+  recorded from draws at every position."""
+  expected = json.loads(PINNED_FILE.read_text())
+  b, l, v = PINNED_SHAPE
+  bernoulli = [name for name in PINNED_CONFIGS if not name.startswith("topk")]
+  for name, capacity in zip(bernoulli, itertools.cycle([1, 2, 7, l])):
+    prompt = None
+    if name.endswith("prompt"):
+      prompt = np.full((b, l), v - 1, np.int32)
+      prompt[:, 0], prompt[1, 5] = 2, 4
+    cfg = sampler_config(**PINNED_CONFIGS[name], draw_capacity=capacity)
+    tokens = remdm_jax.sample(jax.random.key(PINNED_KEY), pinned_denoiser(), cfg,
+                              batch_size=b, seq_len=l, mask_id=v - 1, prompt=prompt)
+    np.testing.assert_array_equal(tokens, expected[name], err_msg=f"{name}, K={capacity}")
+
+
+def test_draw_capacity_is_sized_from_the_schedule():
+  plan, rule = remdm_jax.build_plan(sampler_config("loop", num_steps=256))
+  assert rule.unmask_fraction == pytest.approx(0.9 / (0.45 * 256), rel=0.02)   # phase 1
+  assert sampling.draw_capacity(rule, 1024) == int(np.ceil(8.0 + 4 * np.sqrt(8.0) + 8))
+  assert sampling.draw_capacity(rule, 4) == 4
+  swept = [remdm_jax.build_plan(sampler_config("cap", eta=eta, num_steps=64))[1]
+           for eta in (0.0, 0.01, 0.05)]
+  assert swept[0] == swept[1] == swept[2]   # eta sweeps keep one static rule
 
 
 @pytest.mark.parametrize("cfg", [sampler_config(strategy="loop", num_steps=32, eta=0.1),
