@@ -49,7 +49,7 @@ def make_transformer(key, vocab, seq_len, layers, hidden, heads):
   def norm(x):
     return (x - x.mean(-1, keepdims=True)) * jax.lax.rsqrt(x.var(-1, keepdims=True) + 1e-5)
 
-  def apply(params, z, t):
+  def features(params, z, t):
     del t
     x = params["embed"][z] + params["pos"]                             # [B, L, D]
     b, l, d = x.shape
@@ -59,9 +59,23 @@ def make_transformer(key, vocab, seq_len, layers, hidden, heads):
       att = jax.nn.dot_product_attention(split(q), split(k), split(v))  # [B, L, H, Dh]
       x = x + att.reshape(b, l, d) @ blk["proj"]
       x = x + jax.nn.gelu(norm(x) @ blk["up"]) @ blk["down"]
-    return norm(x) @ params["out"]                                      # [B, L, V]
+    return norm(x)                                                      # [B, L, D]
 
+  def apply(params, z, t):
+    return features(params, z, t) @ params["out"]                       # [B, L, V]
+
+  apply.features = features
+  apply.head = lambda params, h, t: h @ params["out"]                  # position-wise
   return apply, params
+
+
+def as_denoiser(apply, params, split: bool):
+  """`(z, t) -> logits`, with the features/head contract when `split`."""
+  denoiser = lambda z, t: apply(params, z, t)
+  if split:
+    denoiser.features = lambda z, t: apply.features(params, z, t)
+    denoiser.head = lambda h, t: apply.head(params, h, t)
+  return denoiser
 
 
 def timed(fn, *args, repeats=3):
@@ -95,7 +109,7 @@ def bench_strategies(args, apply, params, mask_id):
                                   top_p_impl=args.top_p_impl, **extra)
     plan, rule = remdm_jax.build_plan(cfg)
     run = jax.jit(lambda key, params, plan: remdm_jax.sample_with_plan(
-        key, lambda zz, tt: apply(params, zz, tt), plan, rule, batch_size=args.batch,
+        key, as_denoiser(apply, params, args.split_head), plan, rule, batch_size=args.batch,
         seq_len=args.seq_len, mask_id=mask_id))
     first, best = timed(run, jax.random.key(0), params, plan, repeats=args.repeats)
     calls = plan.table.t.shape[0] + 1
@@ -115,11 +129,11 @@ def bench_python_loop(args, apply, params, mask_id):
   @jax.jit
   def one_step(params, carry, index, row):
     step = sampling._make_step(lambda zz, tt: apply(params, zz, tt), plan, rule, keys, fixed,
-                               mask_id, False)
+                               mask_id, record=False, on_step=None)
     return step(carry, (index, row))[0]
 
   def python_loop(params):
-    carry = (z, jnp.zeros(z.shape, jnp.float32), None)
+    carry = (z, jnp.zeros(z.shape, jnp.float32), jnp.zeros(z.shape[:1], bool), None)
     for i in range(args.steps):
       row = jax.tree.map(lambda a: a[i], plan.table)
       carry = one_step(params, carry, jnp.int32(i), row)
@@ -151,6 +165,9 @@ def main():
   parser.add_argument("--top-p", type=float, default=0.9)
   parser.add_argument("--top-p-impl", choices=("sort", "bisect"), default="bisect")
   parser.add_argument("--repeats", type=int, default=1)
+  parser.add_argument("--split-head", action="store_true",
+                      help="give the sampler the features/head contract (output projection "
+                           "only for drawn rows); efficiency stays against a full forward")
   parser.add_argument("--strategies", nargs="*", default=list(STRATEGY_CONFIGS),
                       choices=list(STRATEGY_CONFIGS))
   parser.add_argument("--skip", nargs="*", default=(), choices=("strategies", "loop", "topp"))
@@ -165,7 +182,7 @@ def main():
         f"jax {jax.__version__}")
   print(f"denoiser: {args.layers}-layer transformer, D={args.hidden}, V={vocab}, "
         f"L={args.seq_len}, batch={args.batch}; T={args.steps}, top_p={args.top_p} "
-        f"({args.top_p_impl})\n")
+        f"({args.top_p_impl}){', split head' if args.split_head else ''}\n")
   if "strategies" not in args.skip:
     per_call, rows = bench_strategies(args, apply, params, mask_id)
     print(f"(a, d) one jitted denoiser call: {per_call * 1e3:.2f} ms\n")

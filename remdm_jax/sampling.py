@@ -234,10 +234,11 @@ def draw_capacity(rule: StepRule, seq_len: int) -> int:
   return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
 
 
-def _draw_selected(token_keys, logits, selected, capacity, plan, rule, mask_id):
+def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
   """Draws only at `selected [B, L]` positions: they are gathered `capacity` per example at a
-  time into `[B, K, V]` rows (rounds until every selected position is drawn), drawn with the
-  same per-position keys as `_draw_all`, and scattered back.
+  time (rounds until every selected position is drawn), `rows_at(positions [B, K]) -> logits
+  [B, K, V]` gives their rows, they are drawn with the same per-position keys as `_draw_all`,
+  and scattered back.
 
   Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
   `selected` (0, 0 and False elsewhere)."""
@@ -252,8 +253,7 @@ def _draw_selected(token_keys, logits, selected, capacity, plan, rule, mask_id):
         in_round).astype(jnp.int32)                                            # [B, K]
     valid = positions < length
     safe = jnp.minimum(positions, length - 1)
-    part = jnp.take_along_axis(logits, safe[..., None], axis=1)                # [B, K, V]
-    ids, prob, bad = _draw_positions(token_keys, part, safe, plan, rule, mask_id)
+    ids, prob, bad = _draw_positions(token_keys, rows_at(safe), safe, plan, rule, mask_id)
     scatter = lambda whole, piece: whole.at[rows, positions].set(piece, mode="drop")
     return (scatter(out[0], ids), scatter(out[1], prob), scatter(out[2], bad & valid))
 
@@ -261,6 +261,15 @@ def _draw_selected(token_keys, logits, selected, capacity, plan, rule, mask_id):
           jnp.zeros((batch, length), bool))
   rounds = (jnp.max(count) + capacity - 1) // capacity
   return jax.lax.fori_loop(0, rounds, one_round, init)
+
+
+def is_split(denoiser) -> bool:
+  """Whether a denoiser also offers the split contract: `features(z [B, L] int32, t [B] f32)
+  -> h [B, L, D]` and a position-wise `head(h [B, K, D], t [B]) -> logits [B, K, V]` with
+  `head(features(z, t), t) == denoiser(z, t)`. The Bernoulli strategies then apply the head
+  only to the rows they draw, so the `[B, L, V]` logits are never formed in the steps."""
+  return callable(getattr(denoiser, "features", None)) and callable(
+      getattr(denoiser, "head", None))
 
 
 def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
@@ -271,6 +280,7 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
 def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
   """The scan body, shared by every strategy."""
   capacity = draw_capacity(rule, fixed.shape[1])
+  split = rule.select == "bernoulli" and is_split(denoiser)
 
   def step(carry, xs):
     z, psi, nonfinite, cache = carry
@@ -278,28 +288,34 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
     if on_step is not None:
       jax.debug.callback(on_step, index)
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
-    call = lambda: denoiser(z, t).astype(rule.logits_dtype)
-    if rule.cache:
-      cached_logits, changed = cache
-      logits = jax.lax.cond(changed, call, lambda: cached_logits)
+    if split:      # the model's trunk for every position, its head only where drawn
+      call = lambda: denoiser.features(z, t)
     else:
-      logits = call()
+      call = lambda: denoiser(z, t).astype(rule.logits_dtype)
+    if rule.cache:
+      cached, changed = cache
+      computed = jax.lax.cond(changed, call, lambda: cached)
+    else:
+      computed = call()
     keys = _step_keys(example_keys, index)
     masked = z == mask_id
     if rule.select == "rank":      # confidence ranking needs every masked position's draw
-      tokens, token_prob, bad = _draw_all(keys[:, 2], logits, plan, rule, mask_id)
+      tokens, token_prob, bad = _draw_all(keys[:, 2], computed, plan, rule, mask_id)
       unmask, remask = _select_rank(keys, row, z, fixed, mask_id, psi, token_prob)
       drawn = masked
     else:                          # decide, then draw only where a token is unmasked
       unmask, remask = _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi)
-      tokens, token_prob, bad = _draw_selected(keys[:, 2], logits, unmask, capacity, plan,
+      gather = lambda positions: jnp.take_along_axis(computed, positions[..., None], axis=1)
+      rows_at = ((lambda positions: denoiser.head(gather(positions), t).astype(
+          rule.logits_dtype)) if split else gather)
+      tokens, token_prob, bad = _draw_selected(keys[:, 2], rows_at, unmask, capacity, plan,
                                                rule, mask_id)
       drawn = unmask
     z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
     psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
     nonfinite = nonfinite | jnp.any(bad & drawn, axis=-1)
     if rule.cache:
-      cache = (logits, jnp.any(z_next != z))
+      cache = (computed, jnp.any(z_next != z))
     return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)
 
   return step
@@ -336,8 +352,10 @@ def _run(key, denoiser, plan, rule, *, batch_size, seq_len, mask_id, prompt, fir
   fixed = z != mask_id
   cache = None
   if rule.cache:
-    out = jax.eval_shape(denoiser, z, jnp.zeros((batch_size,), jnp.float32))
-    cache = (jnp.zeros(out.shape, rule.logits_dtype), jnp.bool_(True))
+    split = rule.select == "bernoulli" and is_split(denoiser)
+    out = jax.eval_shape(denoiser.features if split else denoiser, z,
+                         jnp.zeros((batch_size,), jnp.float32))
+    cache = (jnp.zeros(out.shape, out.dtype if split else rule.logits_dtype), jnp.bool_(True))
   step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step)
   num_steps = plan.table.t.shape[0]
   nonfinite = jnp.zeros((batch_size,), bool)

@@ -169,3 +169,28 @@ def test_small_conveniences():
     fresh.eval.mean_entropy("hello")
   with pytest.raises(ValueError, match=r"rows\[0\] must be a 1-D sequence of integer ids"):
     fresh.eval.mean_entropy(["hello", "world"])
+
+
+@pytest.mark.parametrize("time_conditioning,kwargs", [
+    (True, dict(strategy="loop", eta=0.05, num_steps=16, top_p=0.9)),
+    (True, dict(strategy="conf", num_steps=16, temperature=0.8)),
+    (False, dict(strategy="mdlm", num_steps=16, cache=True)),
+])
+def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
+  """as_denoiser's features/head contract (the head applied only to drawn rows) against the
+  same model called as a plain `(z, t) -> logits` function."""
+  from flax import nnx
+  model = DiT(DiTConfig(vocab_size=259, hidden=32, heads=2, blocks=2, cond_dim=16,
+                        max_length=16, time_conditioning=time_conditioning),
+              rngs=nnx.Rngs(0))
+  model.output_linear.kernel[...] = 0.3 * jax.random.normal(
+      jax.random.key(1), model.output_linear.kernel[...].shape)
+  split = as_denoiser(model)
+  assert remdm_jax.sampling.is_split(split)
+  plain = lambda z, t: split(z, t)
+  prompt = np.full(16, 258, np.int32)
+  prompt[:3] = [256, 72, 105]
+  cfg = sampler_config(**kwargs)
+  run = lambda denoiser: remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=3,
+                                          seq_len=16, mask_id=258, prompt=prompt)
+  np.testing.assert_array_equal(run(split), run(plain))

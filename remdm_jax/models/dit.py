@@ -176,6 +176,8 @@ def as_denoiser(model: DiT, schedule=None):
 
   The sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
   log-linear with eps = 1e-3, as MDLM trains); a model without time conditioning ignores it.
+  The function also carries the split contract (`features`, `head`: the trunk with the final
+  adaLN, and the output projection), so the sampler projects only the rows it draws.
   To keep parameters a jit argument: `graphdef, state = nnx.split(model)` outside, and
   `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function.
 
@@ -191,7 +193,15 @@ def as_denoiser(model: DiT, schedule=None):
   def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
     return model(z, -jnp.log(schedule.alpha(t)))
 
+  def features(z: jax.Array, t: jax.Array) -> jax.Array:
+    return model.features(z, -jnp.log(schedule.alpha(t)))               # [B, L, D] f32
+
+  def head(h: jax.Array, t: jax.Array) -> jax.Array:
+    del t   # the adaLN modulation is applied in features; the head is position-wise
+    return model.output_linear(h).astype(jnp.float32)                   # [B, K, V]
+
   denoiser.time_conditioned = model.cfg.time_conditioning   # read by the sampler's cache check
+  denoiser.features, denoiser.head = features, head          # the split contract
   return denoiser
 
 
