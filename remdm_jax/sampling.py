@@ -495,6 +495,16 @@ def sample(key: jax.Array, denoiser: Denoiser, config: SamplerConfig, *, batch_s
                  return_nonfinite)
 
 
+def _bind(apply_fn, params) -> Denoiser:
+  """`(z, t) -> apply_fn(params, z, t)`, keeping a split contract given with parameters
+  (`apply_fn.features(params, z, t)`, `apply_fn.head(params, h, t)`)."""
+  denoiser = lambda z, t: apply_fn(params, z, t)
+  if is_split(apply_fn):
+    denoiser.features = lambda z, t: apply_fn.features(params, z, t)
+    denoiser.head = lambda h, t: apply_fn.head(params, h, t)
+  return denoiser
+
+
 class Sampler:
   """A compiled sampler for one model function, config and shape (`make_sampler`).
 
@@ -516,7 +526,7 @@ class Sampler:
     self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
 
     def run(key, params, plan, prompt, first_index):
-      denoiser = lambda z, t: apply_fn(params, z, t)
+      denoiser = _bind(apply_fn, params)
       return _run(key, denoiser, plan, self.rule, batch_size=batch_size, seq_len=seq_len,
                   mask_id=mask_id, prompt=prompt, first_index=first_index,
                   batch_sharding=batch_sharding, record=return_trajectory, on_step=None)
@@ -531,8 +541,8 @@ class Sampler:
     if isinstance(prompt, jax.core.Tracer):
       return prompt
     if self._vocab_size is None:
-      self._vocab_size = _vocab_size(lambda z, t: self.apply_fn(params, z, t),
-                                     self.batch_size, self.seq_len, self.mask_id)
+      self._vocab_size = _vocab_size(_bind(self.apply_fn, params), self.batch_size,
+                                     self.seq_len, self.mask_id)
     return _check_prompt(prompt, self.batch_size, self.seq_len, self._vocab_size)
 
   def __call__(self, key, params, prompt=None, *, plan: Plan | None = None, first_index=0):
@@ -552,7 +562,8 @@ def make_sampler(apply_fn, config: SamplerConfig, *, batch_size: int, seq_len: i
 
   Args:
     apply_fn: `(params, z [B, L] int32, t [B] float32) -> logits [B, L, V]`, e.g. from
-      `remdm_jax.models.denoiser_and_params(model)`.
+      `remdm_jax.models.denoiser_and_params(model)`; with attributes `features(params, z, t)`
+      and `head(params, h, t)` it offers the split contract (see `is_split`).
     config, batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
       return_nonfinite: as in `sample`.
 

@@ -193,4 +193,8 @@ def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
   cfg = sampler_config(**kwargs)
   run = lambda denoiser: remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=3,
                                           seq_len=16, mask_id=258, prompt=prompt)
-  np.testing.assert_array_equal(run(split), run(plain))
+  expected = run(plain)
+  np.testing.assert_array_equal(run(split), expected)
+  apply, params = denoiser_and_params(model)          # the fast path passes the split on
+  fast = remdm_jax.make_sampler(apply, cfg, batch_size=3, seq_len=16, mask_id=258)
+  np.testing.assert_array_equal(fast(jax.random.key(0), params, prompt), expected)

@@ -223,7 +223,8 @@ def test_help_names_each_field_with_its_meaning(capsys):
   cli.sample_main(["-h"])
   out = capsys.readouterr().out
   assert "--job.prompt_file=\"\"" in out and "one prompt per line, used in turn" in out
-  assert "--sampler.position_chunk=0" in out and "same for any chunk)" in out  # continued
+  assert "--sampler.position_chunk=0" in out and "(less memory, same tokens)" in out  # continued
+  assert "--sampler.draw_capacity=0" in out and "(same tokens for any value)" in out
 
 
 def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, capsys):

@@ -208,7 +208,9 @@ def as_denoiser(model: DiT, schedule=None):
 def denoiser_and_params(model: DiT, schedule=None):
   """`(apply_fn, params)` for `remdm_jax.make_sampler` and the one-call losses: `apply_fn(params,
   z [B, L] int32, t [B] f32) -> logits [B, L, V]` is `as_denoiser` of the model with those
-  parameters, so the parameters stay an argument of the compiled function.
+  parameters, so the parameters stay an argument of the compiled function. `apply_fn` also
+  carries the split contract with parameters (`features(params, z, t)`, `head(params, h,
+  t)`), which `make_sampler` passes on.
 
   Examples:
     >>> from flax import nnx
@@ -220,11 +222,14 @@ def denoiser_and_params(model: DiT, schedule=None):
   """
   as_denoiser(model, schedule)   # the same checks, once
   graphdef, params = nnx.split(model)
+  bound = lambda params: as_denoiser(nnx.merge(graphdef, params), schedule)
 
   def apply_fn(params, z: jax.Array, t: jax.Array) -> jax.Array:
-    return as_denoiser(nnx.merge(graphdef, params), schedule)(z, t)
+    return bound(params)(z, t)
 
   apply_fn.time_conditioned = model.cfg.time_conditioning
+  apply_fn.features = lambda params, z, t: bound(params).features(z, t)    # split contract
+  apply_fn.head = lambda params, h, t: bound(params).head(h, t)
   return apply_fn, params
 
 
