@@ -272,6 +272,10 @@ class StepProgress:
       self.done += ahead
       self.bar.update(ahead)
 
+  def show_rate(self, tokens_per_s: float) -> None:
+    """Adds the tokens/s of the finished batches to the bar."""
+    self.bar.set_postfix(tokens_per_s=tokens_per_s)
+
   def close(self) -> None:
     self.bar.close()
 
@@ -392,7 +396,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
                                         batch_records[-1]["index"] + 1),
                              shard_text(batch_records))
         records.extend(batch_records)
-      bar.bar.set_postfix(tokens_per_s=throughput.summary()["tokens_per_s"])
+      bar.show_rate(throughput.summary()["tokens_per_s"])
   finally:
     bar.close()
   return JobResult(records=records, throughput=throughput.summary(), directory=directory)

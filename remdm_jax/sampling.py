@@ -277,10 +277,19 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
 
 
+def _step_output(denoiser, rule: StepRule):
+  """`(fn(z, t), split)`: what a step computes at every position (and what the cache holds):
+  the features of a split denoiser for the Bernoulli rules, else the logits in
+  `rule.logits_dtype`."""
+  if rule.select == "bernoulli" and is_split(denoiser):
+    return denoiser.features, True
+  return (lambda z, t: denoiser(z, t).astype(rule.logits_dtype)), False
+
+
 def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
   """The scan body, shared by every strategy."""
   capacity = draw_capacity(rule, fixed.shape[1])
-  split = rule.select == "bernoulli" and is_split(denoiser)
+  output, split = _step_output(denoiser, rule)
 
   def step(carry, xs):
     z, psi, nonfinite, cache = carry
@@ -288,10 +297,7 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
     if on_step is not None:
       jax.debug.callback(on_step, index)
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
-    if split:      # the model's trunk for every position, its head only where drawn
-      call = lambda: denoiser.features(z, t)
-    else:
-      call = lambda: denoiser(z, t).astype(rule.logits_dtype)
+    call = lambda: output(z, t)   # split: the trunk everywhere, the head only where drawn
     if rule.cache:
       cached, changed = cache
       computed = jax.lax.cond(changed, call, lambda: cached)
@@ -352,10 +358,9 @@ def _run(key, denoiser, plan, rule, *, batch_size, seq_len, mask_id, prompt, fir
   fixed = z != mask_id
   cache = None
   if rule.cache:
-    split = rule.select == "bernoulli" and is_split(denoiser)
-    out = jax.eval_shape(denoiser.features if split else denoiser, z,
+    out = jax.eval_shape(_step_output(denoiser, rule)[0], z,
                          jnp.zeros((batch_size,), jnp.float32))
-    cache = (jnp.zeros(out.shape, out.dtype if split else rule.logits_dtype), jnp.bool_(True))
+    cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
   step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step)
   num_steps = plan.table.t.shape[0]
   nonfinite = jnp.zeros((batch_size,), bool)
