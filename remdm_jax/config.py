@@ -32,7 +32,7 @@ class SamplerConfig:
   num_steps: int = 128          # T, number of denoiser calls before the final noise removal
   top_p: float = 1.0            # nucleus mass in (0, 1]; 1 disables it
   top_p_mode: str = "reference" # reference: cumsum <= p plus top token; standard: mass >= p
-  top_p_impl: str = DEFAULT_IMPL  # bisect: threshold by bit bisection (fast); sort: full sort
+  top_p_impl: str = DEFAULT_IMPL  # bisect: 31 masked sums; radix: 4 histogram passes; sort
   temperature: float = 1.0      # logits are divided by it before the softmax
   schedule: str = "loglinear"   # alpha(t) on the grid (loglinear is alpha = 1 - t); loop and
                                 # dfm fix their own

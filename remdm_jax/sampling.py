@@ -234,14 +234,14 @@ def draw_capacity(rule: StepRule, seq_len: int) -> int:
   return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
 
 
-def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
-  """Draws only at `selected [B, L]` positions: they are gathered `capacity` per example at a
-  time (rounds until every selected position is drawn), `rows_at(positions [B, K]) -> logits
-  [B, K, V]` gives their rows, they are drawn with the same per-position keys as `_draw_all`,
-  and scattered back.
+def _in_rounds(selected, capacity, compute, dtypes):
+  """Computes per-position values only at `selected [B, L]` positions: they are gathered
+  `capacity` per example at a time (rounds until every selected position is done),
+  `compute(positions [B, K] int32) -> tuple of [B, K]` gives their values, and they are
+  scattered back.
 
-  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
-  `selected` (0, 0 and False elsewhere)."""
+  Returns one `[B, L]` array per entry of `dtypes`, meaningful where `selected` (zero
+  elsewhere)."""
   batch, length = selected.shape
   rank = jnp.cumsum(selected, axis=1) - 1                                      # [B, L]
   count = jnp.sum(selected, axis=1)                                            # [B]
@@ -251,16 +251,24 @@ def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id)
     in_round = selected & (rank // capacity == round_index)
     positions = jax.vmap(lambda s: jnp.nonzero(s, size=capacity, fill_value=length)[0])(
         in_round).astype(jnp.int32)                                            # [B, K]
-    valid = positions < length
-    safe = jnp.minimum(positions, length - 1)
-    ids, prob, bad = _draw_positions(token_keys, rows_at(safe), safe, plan, rule, mask_id)
-    scatter = lambda whole, piece: whole.at[rows, positions].set(piece, mode="drop")
-    return (scatter(out[0], ids), scatter(out[1], prob), scatter(out[2], bad & valid))
+    values = compute(jnp.minimum(positions, length - 1))
+    return tuple(whole.at[rows, positions].set(piece, mode="drop")
+                 for whole, piece in zip(out, values))
 
-  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
-          jnp.zeros((batch, length), bool))
+  init = tuple(jnp.zeros((batch, length), dtype) for dtype in dtypes)
   rounds = (jnp.max(count) + capacity - 1) // capacity
   return jax.lax.fori_loop(0, rounds, one_round, init)
+
+
+def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
+  """Draws only at `selected [B, L]` positions, `rows_at(positions [B, K]) -> logits
+  [B, K, V]` giving their rows, with the same per-position keys as `_draw_all`.
+
+  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
+  `selected` (0, 0 and False elsewhere)."""
+  compute = lambda positions: _draw_positions(token_keys, rows_at(positions), positions, plan,
+                                              rule, mask_id)
+  return _in_rounds(selected, capacity, compute, (jnp.int32, jnp.float32, bool))
 
 
 def is_split(denoiser) -> bool:
@@ -311,9 +319,7 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
       drawn = masked
     else:                          # decide, then draw only where a token is unmasked
       unmask, remask = _select_bernoulli(keys, row, rule, z, fixed, mask_id, psi)
-      gather = lambda positions: jnp.take_along_axis(computed, positions[..., None], axis=1)
-      rows_at = ((lambda positions: denoiser.head(gather(positions), t).astype(
-          rule.logits_dtype)) if split else gather)
+      rows_at = _row_reader(denoiser, computed, t, split, rule)
       tokens, token_prob, bad = _draw_selected(keys[:, 2], rows_at, unmask, capacity, plan,
                                                rule, mask_id)
       drawn = unmask
@@ -327,18 +333,40 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
   return step
 
 
-def _final_denoise(denoiser, z, t_final, mask_id):
+def _row_reader(denoiser, computed, t, split, rule):
+  """`rows_at(positions [B, K] int32) -> logits [B, K, V]` from what a step computed at
+  every position (`_step_output`): gathered logits, or the head applied to gathered features."""
+  gather = lambda positions: jnp.take_along_axis(computed, positions[..., None], axis=1)
+  if split:
+    return lambda positions: denoiser.head(gather(positions), t).astype(rule.logits_dtype)
+  return gather
+
+
+def _final_denoise(denoiser, rule, z, t_final, mask_id):
   """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p), i.e. the
-  largest logit other than the mask's (the softmax is monotone, so it is not formed).
+  largest logit other than the mask's (the softmax is monotone, so it is not formed). Only
+  the still-masked rows are read (a split denoiser's head runs on those alone), and the
+  denoiser is not called at all when no position is still masked.
 
   Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
   largest logit (NaN, +inf or all -inf)."""
-  logits = without_mask(denoiser(z, jnp.full(z.shape[:1], t_final, jnp.float32)),
-                        mask_id)                                       # [B, L, V] f32
-  best = jnp.argmax(logits, axis=-1).astype(jnp.int32)
-  masked = z == mask_id
-  nonfinite = jnp.any(masked & ~jnp.isfinite(jnp.max(logits, axis=-1)), axis=-1)
-  return jnp.where(masked, best, z), nonfinite
+  masked = z == mask_id                                                # [B, L]
+  output, split = _step_output(denoiser, rule)
+
+  def remove():
+    t = jnp.full(z.shape[:1], t_final, jnp.float32)
+    rows_at = _row_reader(denoiser, output(z, t), t, split, rule)
+
+    def greedy(positions):
+      logits = without_mask(rows_at(positions), mask_id)             # [B, K, V] f32
+      return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+              ~jnp.isfinite(jnp.max(logits, axis=-1)))
+
+    best, bad = _in_rounds(masked, draw_capacity(rule, z.shape[1]), greedy, (jnp.int32, bool))
+    return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)
+
+  return jax.lax.cond(jnp.any(masked), remove,
+                      lambda: (z, jnp.zeros(z.shape[:1], bool)))
 
 
 def _run(key, denoiser, plan, rule, *, batch_size, seq_len, mask_id, prompt, first_index,
@@ -366,7 +394,7 @@ def _run(key, denoiser, plan, rule, *, batch_size, seq_len, mask_id, prompt, fir
   nonfinite = jnp.zeros((batch_size,), bool)
   (z, _, nonfinite, _), records = jax.lax.scan(
       step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
-  tokens, final_nonfinite = _final_denoise(denoiser, z, plan.t_final, mask_id)
+  tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
   return tokens, nonfinite | final_nonfinite, records
 
 

@@ -7,8 +7,13 @@ Semantics (brief section 6):
 Implementations:
   - `sort`: a full descending sort and cumulative sum per row.
   - `bisect`: no sort. Non-negative float32 values are ordered like their int32 bit patterns,
-    so a bisection over bit patterns finds the exact keep threshold in 30 masked sums.
-Both keep every token tied with the threshold value (the sort order of ties is arbitrary).
+    so a bisection over bit patterns finds the exact keep threshold in 31 masked sums.
+  - `radix`: the same threshold, 8 bits at a time: 4 passes, each a 256-bin histogram of the
+    mass per digit of the bit pattern (within the bucket chosen so far).
+At ties: `sort` keeps every token tied with its smallest kept value (the sort order of ties is
+arbitrary); `bisect` and `radix` decide by the mass of all tokens >= a value, so a tie group
+is kept or dropped whole. They differ only where a tie group crosses p in `reference` mode
+(sort keeps the group, bisect/radix drop it).
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import jax.numpy as jnp
 from remdm_jax.validation import check_scalar
 
 TOP_P_MODES = ("reference", "standard")
-TOP_P_IMPLS = ("sort", "bisect")
+TOP_P_IMPLS = ("sort", "bisect", "radix")
 DEFAULT_IMPL = "bisect"   # the sampler's default too (SamplerConfig.top_p_impl)
 
 _ONE_BITS = 0x3F800000  # bit pattern of float32 1.0; probabilities lie in [0, ONE_BITS]
@@ -70,6 +75,56 @@ def _threshold_by_bisect(probs: jax.Array, top_p: jax.Array, mode: str) -> jax.A
   return jnp.minimum(threshold, jnp.max(probs, axis=-1, keepdims=True))
 
 
+_DIGIT_BITS = 8
+_DIGITS = 1 << _DIGIT_BITS
+_HIST_CHUNK = 512   # elements summed in sequence per histogram bin; chunks are added as a tree
+
+
+def _threshold_by_radix(probs: jax.Array, top_p: jax.Array, mode: str) -> jax.Array:
+  """Same threshold as `_threshold_by_bisect`: the largest bit pattern `b` with `mass(b) >= p`
+  (standard) or `mass(b) > p` (reference, whose threshold is then `b + 1`), found one 8-bit
+  digit at a time from the top. Each pass sums the mass of the bucket's elements per next
+  digit (`[rows, 256]`); `mass(prefix | d) = above + sum(hist[d:])` decreases with `d`, so
+  the digit is the count of digits that satisfy the condition, minus one."""
+  vocab = probs.shape[-1]
+  flat = probs.reshape(-1, vocab)                                       # [R, V] f32
+  rows = flat.shape[0]
+  chunks = -(-vocab // _HIST_CHUNK)
+  flat = jnp.pad(flat, ((0, 0), (0, chunks * _HIST_CHUNK - vocab)))     # zeros add nothing
+  bits = jax.lax.bitcast_convert_type(flat, jnp.int32)                  # [R, V'], >= 0
+  # one segment per (row, chunk, digit): a bin sums at most _HIST_CHUNK values in sequence
+  chunk_of = jnp.arange(chunks * _HIST_CHUNK, dtype=jnp.int32) // _HIST_CHUNK
+  segment_base = ((jnp.arange(rows, dtype=jnp.int32)[:, None] * chunks + chunk_of[None])
+                  * _DIGITS)                                            # [R, V']
+  prefix = jnp.zeros((rows,), jnp.int32)
+  above = jnp.zeros((rows,), jnp.float32)     # mass of the elements above the bucket
+  keep_all = None
+  for shift in range(32 - _DIGIT_BITS, -1, -_DIGIT_BITS):
+    digit = (bits >> shift) & (_DIGITS - 1)                             # [R, V]
+    weight = flat
+    if shift + _DIGIT_BITS < 32:
+      in_bucket = (bits >> (shift + _DIGIT_BITS)) == (prefix >> (shift + _DIGIT_BITS))[:, None]
+      weight = jnp.where(in_bucket, flat, 0.0)
+    hist = jax.ops.segment_sum(weight.ravel(), (segment_base + digit).ravel(),
+                               num_segments=rows * chunks * _DIGITS)
+    hist = jnp.sum(hist.reshape(rows, chunks, _DIGITS), axis=1)         # [R, 256]
+    suffix = jnp.cumsum(hist[:, ::-1], axis=1)[:, ::-1]                 # [R, 256]
+    mass = above[:, None] + suffix
+    ok = mass > top_p if mode == "reference" else mass >= top_p
+    if keep_all is None:
+      keep_all = ~ok[:, 0]      # even the whole row is not above p: keep everything
+    d = jnp.maximum(jnp.sum(ok, axis=1) - 1, 0).astype(jnp.int32)       # [R]
+    beyond = jnp.concatenate([suffix, jnp.zeros((rows, 1), jnp.float32)], axis=1)
+    above = above + jnp.take_along_axis(beyond, (d + 1)[:, None], axis=1)[:, 0]
+    prefix = prefix | (d << shift)
+  if mode == "reference":
+    prefix = prefix + 1
+  prefix = jnp.where(keep_all, 0, prefix)
+  threshold = jax.lax.bitcast_convert_type(prefix, jnp.float32).reshape(
+      probs.shape[:-1] + (1,))
+  return jnp.minimum(threshold, jnp.max(probs, axis=-1, keepdims=True))
+
+
 def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
                  impl: str = DEFAULT_IMPL) -> jax.Array:
   """Zeroes the tokens outside the nucleus and renormalises.
@@ -78,7 +133,7 @@ def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
     probs: `[..., V] float32`, rows summing to 1.
     top_p: `[] float32` in (0, 1].
     mode: "reference" or "standard" (module docstring).
-    impl: "sort" or "bisect" (module docstring); both give the same set.
+    impl: "sort", "bisect" or "radix" (module docstring); all give the same set.
 
   Returns:
     `[..., V] float32`, rows summing to 1, the top token always kept.
@@ -91,7 +146,8 @@ def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
     >>> top_p_filter(p, jnp.float32(0.85), mode="standard").tolist()
     [0.5, 0.30000001192092896, 0.20000000298023224]
   """
-  finder = {"sort": _threshold_by_sort, "bisect": _threshold_by_bisect}
+  finder = {"sort": _threshold_by_sort, "bisect": _threshold_by_bisect,
+            "radix": _threshold_by_radix}
   if impl not in finder:
     raise ValueError(f"unknown top_p impl {impl!r}; choose from {sorted(finder)}")
   if mode not in TOP_P_MODES:
@@ -102,5 +158,7 @@ def top_p_filter(probs: jax.Array, top_p: jax.Array, *, mode: str = "reference",
                      f"{list(probs.shape)}")
   probs = probs.astype(jnp.float32)
   threshold = finder[impl](probs, top_p, mode)              # [..., 1]
+  threshold = jnp.where(top_p >= 1.0, 0.0, threshold)       # p = 1 keeps every token, whatever
+                                                            # the rounding of the row's sum
   kept = jnp.where(probs >= threshold, probs, 0.0)
   return kept / jnp.sum(kept, axis=-1, keepdims=True)

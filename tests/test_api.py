@@ -175,6 +175,9 @@ def test_small_conveniences():
     (True, dict(strategy="loop", eta=0.05, num_steps=16, top_p=0.9)),
     (True, dict(strategy="conf", num_steps=16, temperature=0.8)),
     (False, dict(strategy="mdlm", num_steps=16, cache=True)),
+    # most positions are still masked at t_min = 0.6: the final removal reads the head's rows
+    # of those positions, two per round
+    (True, dict(strategy="cap", eta=0.02, num_steps=4, t_min=0.6, draw_capacity=2)),
 ])
 def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
   """as_denoiser's features/head contract (the head applied only to drawn rows) against the

@@ -340,8 +340,25 @@ def test_cache_skips_calls_and_keeps_tokens(mixture):
   uncached_calls, calls[:] = len(calls), []
   cached = run(sampler_config(strategy="mdlm", num_steps=64, cache=True))
   np.testing.assert_array_equal(plain, cached)
-  # At most 2 * 6 steps change a token, so at most 12 + 1 scan calls and the final one.
-  assert uncached_calls == 65 and len(calls) <= 14
+  # At most 2 * 6 steps change a token, so at most 12 + 1 scan calls; no position is still
+  # masked after the last step at t_min = 1e-5, so the final removal calls nothing.
+  assert uncached_calls == 64 and len(calls) <= 13
+
+
+def test_final_removal_calls_the_denoiser_only_when_masks_remain(mixture):
+  calls = []
+
+  def counted(z, t):
+    jax.debug.callback(lambda: calls.append(1))
+    return mixture(z, t)
+
+  for t_min, expected_calls in ((1e-5, 3), (0.9, 4)):   # alpha(0.9) = 0.1: masks remain
+    calls[:] = []
+    cfg = sampler_config(strategy="mdlm", num_steps=3, t_min=t_min)
+    one = lambda: np.asarray(remdm_jax.sample(jax.random.key(0), counted, cfg, batch_size=4,
+                                              seq_len=L, mask_id=MASK_ID))
+    tokens = one()
+    assert (tokens != MASK_ID).all() and len(calls) == expected_calls, (t_min, len(calls))
 
 
 def test_bfloat16_logits_change_only_the_rounding():
