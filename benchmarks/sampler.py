@@ -1,9 +1,10 @@
 """Sampler benchmark: prints markdown tables of what it measured, and where.
 
-  (a) per strategy: sampler wall time against (T + 1) x one jitted denoiser call (the
-      sampler makes T scan calls plus the final noise removal): efficiency = bound / actual;
+  (a) per strategy: sampler wall time against the denoiser calls the run needs x one jitted
+      full denoiser call: T scan calls, plus the final noise removal when a position is still
+      masked after the last step (it is skipped otherwise); efficiency = bound / actual;
   (b) the scan against a Python loop calling a jitted step (what a naive port does);
-  (c) top-p implementations (sort, bisect) on [rows, V] probabilities;
+  (c) top-p implementations alone: benchmarks/top_p.py;
   (d) compile time of the sampler.
 The denoiser is a small pre-LN transformer in plain JAX, with random weights.
 
@@ -22,15 +23,14 @@ import jax
 import jax.numpy as jnp
 
 import remdm_jax
-from remdm_jax import sampling
+from remdm_jax import sampling, topp
 
 PRESETS = {
-    "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4,
-                topp_rows=256),
+    "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4),
     "cpu-50k": dict(vocab=50_258, seq_len=256, batch=1, steps=64, layers=4, hidden=256,
-                    heads=4, topp_rows=256),
+                    heads=4),
     "gpu": dict(vocab=50_258, seq_len=1024, batch=64, steps=128, layers=4, hidden=768,
-                heads=12, topp_rows=65_536),
+                heads=12),
 }
 
 
@@ -112,7 +112,11 @@ def bench_strategies(args, apply, params, mask_id):
         key, as_denoiser(apply, params, args.split_head), plan, rule, batch_size=args.batch,
         seq_len=args.seq_len, mask_id=mask_id))
     first, best = timed(run, jax.random.key(0), params, plan, repeats=args.repeats)
-    calls = plan.table.t.shape[0] + 1
+    last_step = remdm_jax.sample_with_plan(
+        jax.random.key(0), as_denoiser(apply, params, args.split_head), plan, rule,
+        batch_size=args.batch, seq_len=args.seq_len, mask_id=mask_id,
+        return_trajectory=True).steps[-1]
+    calls = plan.table.t.shape[0] + int(jnp.any(last_step == mask_id))
     rows.append((name, calls, best, calls * per_call / best, first - best))
   return per_call, rows
 
@@ -147,30 +151,19 @@ def bench_python_loop(args, apply, params, mask_id):
   return loop_time, scan_time
 
 
-def bench_top_p(args):
-  logits = 2.0 * jax.random.normal(jax.random.key(1), (args.topp_rows, 50_258), jnp.float32)
-  probs = jax.nn.softmax(logits, axis=-1)
-  rows = []
-  for impl in ("sort", "bisect"):
-    fn = jax.jit(lambda p, impl=impl: remdm_jax.top_p_filter(p, jnp.float32(0.9), impl=impl))
-    first, best = timed(fn, probs, repeats=args.repeats)
-    rows.append((impl, best, first - best))
-  return rows
-
-
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--preset", choices=sorted(PRESETS), default="cpu")
   parser.add_argument("--top-p", type=float, default=0.9)
-  parser.add_argument("--top-p-impl", choices=("sort", "bisect"), default="bisect")
+  parser.add_argument("--top-p-impl", choices=topp.TOP_P_IMPLS, default="bisect")
   parser.add_argument("--repeats", type=int, default=1)
   parser.add_argument("--split-head", action="store_true",
                       help="give the sampler the features/head contract (output projection "
                            "only for drawn rows); efficiency stays against a full forward")
   parser.add_argument("--strategies", nargs="*", default=list(STRATEGY_CONFIGS),
                       choices=list(STRATEGY_CONFIGS))
-  parser.add_argument("--skip", nargs="*", default=(), choices=("strategies", "loop", "topp"))
+  parser.add_argument("--skip", nargs="*", default=(), choices=("strategies", "loop"))
   args = parser.parse_args()
   for name, value in PRESETS[args.preset].items():
     setattr(args, name, value)
@@ -198,11 +191,6 @@ def main():
     print("| driver | s | ratio |\n|---|---|---|")
     print(f"| lax.scan (one jit) | {scan_time:.3f} | 1.00 |")
     print(f"| Python loop | {loop_time:.3f} | {loop_time / scan_time:.2f} |\n")
-  if "topp" not in args.skip:
-    print(f"(c) top-p 0.9 (reference), [{args.topp_rows}, 50258] float32\n")
-    print("| impl | s | compile s |\n|---|---|---|")
-    for impl, best, compile_s in bench_top_p(args):
-      print(f"| {impl} | {best:.4f} | {compile_s:.2f} |")
 
 
 if __name__ == "__main__":

@@ -1,11 +1,14 @@
 """Sampler memory per device from XLA's compiled memory analysis (nothing is run).
 
 For the DiT of a given size, compiles one sampler call (the whole scan) per batch size,
-logits dtype and position chunk, and prints the bytes XLA plans for parameters, outputs and temporaries; then
-extrapolates the largest batch that fits a device budget from the per-example slope.
-The default is the released MDLM size (169M parameters, V = 50258) at L = 1024, top-p 0.9.
+denoiser form (split head: logits only for the drawn rows; plain: `[B, L, V]` logits each
+step) and logits dtype, and prints the bytes XLA plans for parameters, outputs and
+temporaries; then extrapolates the largest batch that fits a device budget from the
+per-example slope. The default is the released MDLM size (169M parameters, V = 50258) at
+L = 1024, top-p 0.9, strategy cap.
 
-  python benchmarks/sampler_memory.py [--batch-sizes 1 2 4] [--budget-gib 80]
+  python benchmarks/sampler_memory.py [--batch-sizes 4 8] [--forms split plain]
+      [--model-dtype bfloat16] [--budget-gib 80]
 
 On a GPU the numbers come from that backend's compiler; on CPU they estimate it (fusion
 decisions differ between backends, so treat CPU figures as an estimate).
@@ -23,12 +26,19 @@ from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 MIB = 2 ** 20
 
 
-def planned_bytes(model_cfg: DiTConfig, cfg: SamplerConfig, batch_size: int) -> dict:
-  """XLA's planned argument, output and temporary bytes of one jitted sampler call."""
+def planned_bytes(model_cfg: DiTConfig, cfg: SamplerConfig, batch_size: int,
+                  form: str) -> dict:
+  """XLA's planned argument, output and temporary bytes of one jitted sampler call; `form`
+  "split" passes the DiT's split contract on, "plain" hides it (a `(z, t) -> logits` call)."""
   abstract = nnx.eval_shape(lambda: DiT(model_cfg, rngs=nnx.Rngs(0)))
   graphdef, state = nnx.split(abstract)
+
+  def denoiser(state):
+    split = as_denoiser(nnx.merge(graphdef, state))
+    return split if form == "split" else (lambda z, t: split(z, t))
+
   run = jax.jit(lambda key, state: sample(
-      key, as_denoiser(nnx.merge(graphdef, state)), cfg, batch_size=batch_size,
+      key, denoiser(state), cfg, batch_size=batch_size,
       seq_len=model_cfg.max_length, mask_id=model_cfg.vocab_size - 1))
   key = jax.eval_shape(lambda: jax.random.key(0))
   stats = run.lower(key, state).compile().memory_analysis()
@@ -39,7 +49,11 @@ def planned_bytes(model_cfg: DiTConfig, cfg: SamplerConfig, batch_size: int) -> 
 def main():
   parser = argparse.ArgumentParser(description=__doc__,
                                    formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[1, 2, 4])
+  parser.add_argument("--batch-sizes", type=int, nargs="+", default=[4, 8])
+  parser.add_argument("--forms", nargs="+", default=["split", "plain"],
+                      choices=["split", "plain"])
+  parser.add_argument("--logits-dtypes", nargs="+", default=["auto"],
+                      choices=["auto", "float32", "bfloat16"])
   parser.add_argument("--length", type=int, default=1024)
   parser.add_argument("--vocab", type=int, default=50_258)
   parser.add_argument("--hidden", type=int, default=768)
@@ -48,8 +62,6 @@ def main():
   parser.add_argument("--top-p", type=float, default=0.9)
   parser.add_argument("--steps", type=int, default=8)
   parser.add_argument("--cache", action="store_true", help="cache logits across steps")
-  parser.add_argument("--position-chunk", type=int, default=128,
-                      help="the chunked rows use this position_chunk (0 in the others)")
   parser.add_argument("--budget-gib", type=float, default=80.0)
   args = parser.parse_args()
   model_cfg = DiTConfig(vocab_size=args.vocab, hidden=args.hidden, heads=args.hidden // 64,
@@ -58,21 +70,20 @@ def main():
   print(f"backend {jax.default_backend()}, V={args.vocab}, L={args.length}, D={args.hidden}, "
         f"{args.blocks} blocks ({args.model_dtype}), top-p {args.top_p}, T={args.steps}, "
         f"cache {args.cache}")
-  print("| logits | position_chunk | batch | params MiB | temporaries MiB | per example MiB | "
+  print("| denoiser | logits | batch | params MiB | temporaries MiB | per example MiB | "
         f"largest batch in {args.budget_gib:g} GiB |")
   print("|---|---|---|---|---|---|---|")
-  for logits_dtype, chunk in [(d, c) for c in (0, args.position_chunk)
-                              for d in ("float32", "bfloat16")]:
+  for form, logits_dtype in [(f, d) for f in args.forms for d in args.logits_dtypes]:
     cfg = sampler_config(strategy="cap", eta=0.01, num_steps=args.steps, top_p=args.top_p,
-                        logits_dtype=logits_dtype, cache=args.cache, position_chunk=chunk)
-    rows = [(b, planned_bytes(model_cfg, cfg, b)) for b in args.batch_sizes]
+                         logits_dtype=logits_dtype, cache=args.cache)
+    rows = [(b, planned_bytes(model_cfg, cfg, b, form)) for b in args.batch_sizes]
     sizes = np.array([b for b, _ in rows], np.float64)
     temps = np.array([r["temporaries"] + r["outputs"] for _, r in rows], np.float64)
     slope, intercept = np.polyfit(sizes, temps, 1) if len(rows) > 1 else (temps[0], 0.0)
     fixed = rows[0][1]["arguments"] + intercept
     largest = int((args.budget_gib * 2 ** 30 - fixed) // slope)
     for b, r in rows:
-      print(f"| {logits_dtype} | {chunk} | {b} | {r['arguments'] / MIB:.0f} | "
+      print(f"| {form} | {logits_dtype} | {b} | {r['arguments'] / MIB:.0f} | "
             f"{r['temporaries'] / MIB:.0f} | {slope / MIB:.0f} | {largest} |")
 
 

@@ -18,7 +18,7 @@ from remdm_jax.strategies import STRATEGIES, Mdlm, Strategy, strategy_class
 from remdm_jax.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
 from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
 
-LOGITS_DTYPES = ("float32", "bfloat16")
+LOGITS_DTYPES = ("auto", "float32", "bfloat16")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,7 +38,8 @@ class SamplerConfig:
                                 # dfm fix their own
   t_min: float = 1e-5           # last time of the grid, as in the reference sampler
   cache: bool = False           # reuse x_theta when nothing changed; only if denoiser ignores t
-  logits_dtype: str = "float32" # the denoiser's logits (and the cache) are held in this dtype
+  logits_dtype: str = "auto"    # the denoiser's logits (and the cache) are held in this dtype;
+                                # auto: as the denoiser emits them (bf16 from a bf16 model)
   position_chunk: int = 0       # topk (draws at every position): x_theta, top-p and draws for
                                 # this many positions at a time (less memory, same tokens)
   draw_capacity: int = 0        # other strategies: positions drawn per example per round; 0

@@ -57,7 +57,7 @@ class StepRule:
   top_p_impl: str = "bisect"
   use_top_p: bool = False
   cache: bool = False
-  logits_dtype: str = "float32"
+  logits_dtype: str = "auto"
   position_chunk: int = 0
   unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
   draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)

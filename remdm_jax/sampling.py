@@ -285,13 +285,18 @@ def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
   return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
 
 
+def _as_logits_dtype(logits: jax.Array, rule: StepRule) -> jax.Array:
+  """Logits held in `rule.logits_dtype` ("auto": as emitted); probabilities are float32 later."""
+  return logits if rule.logits_dtype == "auto" else logits.astype(rule.logits_dtype)
+
+
 def _step_output(denoiser, rule: StepRule):
   """`(fn(z, t), split)`: what a step computes at every position (and what the cache holds):
   the features of a split denoiser for the Bernoulli rules, else the logits in
   `rule.logits_dtype`."""
   if rule.select == "bernoulli" and is_split(denoiser):
     return denoiser.features, True
-  return (lambda z, t: denoiser(z, t).astype(rule.logits_dtype)), False
+  return (lambda z, t: _as_logits_dtype(denoiser(z, t), rule)), False
 
 
 def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
@@ -338,7 +343,7 @@ def _row_reader(denoiser, computed, t, split, rule):
   every position (`_step_output`): gathered logits, or the head applied to gathered features."""
   gather = lambda positions: jnp.take_along_axis(computed, positions[..., None], axis=1)
   if split:
-    return lambda positions: denoiser.head(gather(positions), t).astype(rule.logits_dtype)
+    return lambda positions: _as_logits_dtype(denoiser.head(gather(positions), t), rule)
   return gather
 
 

@@ -201,3 +201,29 @@ def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
   apply, params = denoiser_and_params(model)          # the fast path passes the split on
   fast = remdm_jax.make_sampler(apply, cfg, batch_size=3, seq_len=16, mask_id=258)
   np.testing.assert_array_equal(fast(jax.random.key(0), params, prompt), expected)
+
+
+def test_bfloat16_model_logits_stay_bfloat16_and_give_the_float32_tokens():
+  """A bfloat16 DiT emits bfloat16 logits (close to its float32 output) and the sampler keeps
+  them so ("auto"): the tokens equal those of the same logits upcast to float32 first, on the
+  plain and the split path, because SUBS, top-p and the draw are float32 either way."""
+  from flax import nnx
+  model = DiT(DiTConfig(vocab_size=259, hidden=32, heads=2, blocks=2, cond_dim=16,
+                        max_length=16, dtype="bfloat16"), rngs=nnx.Rngs(0))
+  model.output_linear.kernel[...] = 0.3 * jax.random.normal(
+      jax.random.key(1), model.output_linear.kernel[...].shape)
+  split = as_denoiser(model)
+  z = jnp.full((2, 16), 258, jnp.int32).at[:, :4].set(72)
+  t = jnp.full((2,), 0.5)
+  logits = split(z, t)
+  assert logits.dtype == jnp.bfloat16
+  full = model(z, -jnp.log1p(-(1 - 1e-3) * t))                       # float32 output layer
+  assert full.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(logits, np.float32), np.asarray(full), atol=0.05)
+  upcast = lambda z, t: split(z, t).astype(jnp.float32)
+  cfg = sampler_config(strategy="cap", eta=0.02, num_steps=16, top_p=0.9)
+  run = lambda denoiser: np.asarray(remdm_jax.sample(
+      jax.random.key(3), denoiser, cfg, batch_size=3, seq_len=16, mask_id=258))
+  expected = run(upcast)
+  np.testing.assert_array_equal(run(split), expected)
+  np.testing.assert_array_equal(run(lambda z, t: split(z, t)), expected)   # plain, bf16

@@ -149,6 +149,17 @@ class DiT(nnx.Module):
     """Args: tokens `[B, L] int32`; sigma `[B] float32`; rngs enables dropout (training)."""
     return self.output_linear(self.features(tokens, sigma, rngs=rngs)).astype(jnp.float32)
 
+  def project(self, h: jax.Array) -> jax.Array:
+    """The output layer in the compute dtype: `h [..., D] f32 -> logits [..., V]`, float32 for
+    a float32 model (equal to `__call__`'s), bfloat16 for a bfloat16 one (half the bytes for
+    the sampler to hold; its probabilities and draws are float32 again)."""
+    dtype = jnp.dtype(self.cfg.dtype)
+    if dtype == jnp.float32:
+      return self.output_linear(h)
+    linear = self.output_linear
+    logits = jnp.einsum("...d,dv->...v", h.astype(dtype), linear.kernel[...].astype(dtype))
+    return logits + linear.bias[...].astype(dtype)[(None,) * (h.ndim - 1)]
+
   def features(self, tokens: jax.Array, sigma: jax.Array, *,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """Final hidden states, normalised and modulated, before the output layer; `[B, L, D]`."""
@@ -172,7 +183,8 @@ class DiT(nnx.Module):
 
 
 def as_denoiser(model: DiT, schedule=None):
-  """Wraps a DiT as a sampler denoiser `(z [B, L] int32, t [B] f32) -> logits [B, L, V]`.
+  """Wraps a DiT as a sampler denoiser `(z [B, L] int32, t [B] f32) -> logits [B, L, V]`
+  (float32, or bfloat16 for a model with `dtype="bfloat16"`: `DiT.project`).
 
   The sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
   log-linear with eps = 1e-3, as MDLM trains); a model without time conditioning ignores it.
@@ -190,15 +202,15 @@ def as_denoiser(model: DiT, schedule=None):
                      "(autoregressive) one; use as_evaluator for causal models")
   schedule = LogLinear(eps=1e-3) if schedule is None else schedule
 
-  def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
-    return model(z, -jnp.log(schedule.alpha(t)))
-
   def features(z: jax.Array, t: jax.Array) -> jax.Array:
     return model.features(z, -jnp.log(schedule.alpha(t)))               # [B, L, D] f32
 
   def head(h: jax.Array, t: jax.Array) -> jax.Array:
     del t   # the adaLN modulation is applied in features; the head is position-wise
-    return model.output_linear(h).astype(jnp.float32)                   # [B, K, V]
+    return model.project(h)                                             # [B, K, V]
+
+  def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
+    return head(features(z, t), t)
 
   denoiser.time_conditioned = model.cfg.time_conditioning   # read by the sampler's cache check
   denoiser.features, denoiser.head = features, head          # the split contract
