@@ -3,7 +3,7 @@
 from remdm_jax import eval, losses, trajectory
 from remdm_jax.checkpoint import load_model, save_model
 from remdm_jax.config import SamplerConfig, sampler_config
-from remdm_jax.guidance import classifier_free_guidance
+from remdm_jax.guidance import classifier_free_guidance, classifier_guidance
 from remdm_jax.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                 sample_with_plan)
@@ -16,7 +16,7 @@ from remdm_jax.trajectory import Trajectory
 __all__ = [
     "Cap", "Conf", "Dfm", "Fb", "Loop", "Mdlm", "NonFiniteLogitsError", "Plan", "Rescale",
     "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
-    "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "eval",
-    "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
+    "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance",
+    "eval", "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
     "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]
