@@ -180,3 +180,63 @@ def test_bad_guidance_arguments():
     remdm_jax.classifier_guidance(den, cls, target=0, gamma=1.0, mask_id=MASK, form="taylor")
   with pytest.raises(ValueError, match="gamma must be a finite"):
     remdm_jax.classifier_guidance(den, cls, target=0, gamma=float("nan"), mask_id=MASK)
+
+
+def _class_conditional_dit():
+  from flax import nnx
+  from remdm_jax.models import DiT, DiTConfig
+  model = DiT(DiTConfig(vocab_size=V, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=L,
+                        num_classes=2, time_conditioning=True), rngs=nnx.Rngs(0))
+  for layer in (model.output_linear, model.output_adaLN, model.blocks[0].adaLN_modulation):
+    layer.kernel[...] = 0.5 * jax.random.normal(jax.random.key(2), layer.kernel[...].shape)
+  return model
+
+
+def test_class_conditional_dit_and_its_guided_denoisers():
+  """Labels change the output, the null class is what `labels=None` gives, and D-CFG of the
+  model's conditional and null-class denoisers is its conditional output at gamma = 1."""
+  from remdm_jax.models import as_denoiser
+  model = _class_conditional_dit()
+  z, sigma = jnp.asarray(Z), jnp.full((3,), 0.7)
+  zero, one = (model(z, sigma, labels=jnp.full((3,), y, jnp.int32)) for y in (0, 1))
+  null = model(z, sigma)
+  assert float(jnp.abs(zero - one).max()) > 1e-3 and float(jnp.abs(zero - null).max()) > 1e-3
+  np.testing.assert_array_equal(np.asarray(null), np.asarray(
+      model(z, sigma, labels=jnp.full((3,), 2, jnp.int32))))
+  t = jnp.full((3,), 0.5)
+  cond, uncond = as_denoiser(model, label=1), as_denoiser(model)
+  np.testing.assert_allclose(np.asarray(remdm_jax.classifier_free_guidance(cond, uncond, 1.0)(
+      z, t)), np.asarray(jax.nn.log_softmax(cond(z, t), axis=-1)), atol=1e-5)
+  with pytest.raises(ValueError, match=r"labels must be \[B\] = \[3\] integer class ids"):
+    model(z, sigma, labels=jnp.zeros((2,), jnp.int32))
+  from remdm_jax.models import DiT, DiTConfig
+  from flax import nnx
+  plain = DiT(DiTConfig(vocab_size=V, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=L),
+              rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="labels need a class-conditional DiT"):
+    plain(z, sigma, labels=jnp.zeros((3,), jnp.int32))
+  with pytest.raises(ValueError, match="num_classes needs the adaLN conditioning"):
+    DiTConfig(num_classes=2, causal=True)
+
+
+def test_noisy_classifier_guides_a_sampler_in_both_forms():
+  """The classifier model plugs into both D-CBG forms and the sampler (finite, normalised
+  log-probabilities; tokens drawn), and its one-hot input is what the gradient form needs."""
+  from flax import nnx
+  from remdm_jax.models import DiTConfig, NoisyClassifier, as_classifier
+  net = NoisyClassifier(DiTConfig(vocab_size=V, hidden=16, heads=2, blocks=1, cond_dim=8,
+                                  max_length=L, time_conditioning=True), 2, rngs=nnx.Rngs(1))
+  classifier = as_classifier(net)
+  den, _ = _toy_denoiser()
+  z, t = jnp.asarray(Z), jnp.asarray(T)
+  for form in ("exact", "gradient"):
+    guided = remdm_jax.classifier_guidance(den, classifier, target=1, gamma=2.0, mask_id=MASK,
+                                           form=form)
+    out = np.asarray(guided(z, t))
+    assert np.isfinite(out).all()
+    np.testing.assert_allclose(np.exp(out).sum(-1), 1.0, atol=1e-5)
+    tokens = np.asarray(remdm_jax.sample(jax.random.key(0), guided, sampler_config(
+        strategy="cap", eta=0.05, num_steps=8), batch_size=2, seq_len=L, mask_id=MASK))
+    assert ((tokens >= 0) & (tokens < MASK)).all()
+  with pytest.raises(ValueError, match=r"x must be \[B, L, V = 5\] one-hot rows"):
+    classifier(jnp.zeros((2, L), jnp.float32), jnp.zeros((2,)))

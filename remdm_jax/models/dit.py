@@ -35,6 +35,8 @@ class DiTConfig:
   causal: bool = False             # True: causal attention, no adaLN (autoregressive model)
   dropout: float = 0.1             # applied only when rngs are passed at call time
   dtype: str = "float32"           # compute dtype of the matmuls; LayerNorm and logits f32
+  num_classes: int = 0             # > 0: class-conditional; a class embedding is added to c,
+                                   # and id num_classes is the null (unconditional) class
 
   def __post_init__(self):
     check_fields(self)
@@ -45,6 +47,10 @@ class DiTConfig:
                        f"heads={self.heads}")
     check_range("dropout", self.dropout, 0.0, 1.0, high_open=True)
     check_choice("dtype", self.dtype, DTYPES)
+    check_range("num_classes", self.num_classes, 0)
+    if self.num_classes and self.causal:
+      raise ValueError(f"num_classes needs the adaLN conditioning of a non-causal DiT, got "
+                       f"num_classes={self.num_classes} with causal=True")
 
 
 def timestep_features(sigma: jax.Array, dim: int = 256) -> jax.Array:
@@ -139,15 +145,35 @@ class DiT(nnx.Module):
     conditioned = not cfg.causal
     self.vocab_embed = nnx.Embed(cfg.vocab_size, cfg.hidden, rngs=rngs)
     self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs) if conditioned else None
+    self.class_embed = (nnx.Embed(cfg.num_classes + 1, cfg.cond_dim, rngs=rngs)
+                        if cfg.num_classes else None)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
     self.norm_final = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, use_bias=False, rngs=rngs)
     self.output_adaLN = (_zero_linear(cfg.cond_dim, 2 * cfg.hidden, rngs, jnp.float32)
                          if conditioned else None)
     self.output_linear = _zero_linear(cfg.hidden, cfg.vocab_size, rngs, jnp.float32)
 
-  def __call__(self, tokens: jax.Array, sigma: jax.Array, *, rngs: nnx.Rngs | None = None):
-    """Args: tokens `[B, L] int32`; sigma `[B] float32`; rngs enables dropout (training)."""
-    return self.output_linear(self.features(tokens, sigma, rngs=rngs)).astype(jnp.float32)
+  def __call__(self, tokens: jax.Array, sigma: jax.Array, *, labels: jax.Array | None = None,
+               rngs: nnx.Rngs | None = None):
+    """Args: tokens `[B, L] int32`; sigma `[B] float32`; labels `[B] int32` in
+    `[0, num_classes]` for a class-conditional model (`num_classes` or None: the null class);
+    rngs enables dropout (training)."""
+    return self.output_linear(self.features(tokens, sigma, labels=labels, rngs=rngs)).astype(
+        jnp.float32)
+
+  def _with_class(self, c, labels, batch):
+    """`c + class_embed(labels)` for a class-conditional model (labels None: the null class)."""
+    if self.class_embed is None:
+      if labels is not None:
+        raise ValueError("labels need a class-conditional DiT (DiTConfig.num_classes > 0)")
+      return c
+    if labels is None:
+      labels = jnp.full((batch,), self.cfg.num_classes, jnp.int32)
+    labels = jnp.asarray(labels)
+    if labels.shape != (batch,) or not jnp.issubdtype(labels.dtype, jnp.integer):
+      raise ValueError(f"labels must be [B] = [{batch}] integer class ids, got {labels.dtype}"
+                       f"{list(labels.shape)}")
+    return c + self.class_embed(labels)
 
   def project(self, h: jax.Array) -> jax.Array:
     """The output layer in the compute dtype: `h [..., D] f32 -> logits [..., V]`, float32 for
@@ -160,7 +186,7 @@ class DiT(nnx.Module):
     logits = jnp.einsum("...d,dv->...v", h.astype(dtype), linear.kernel[...].astype(dtype))
     return logits + linear.bias[...].astype(dtype)[(None,) * (h.ndim - 1)]
 
-  def features(self, tokens: jax.Array, sigma: jax.Array, *,
+  def features(self, tokens: jax.Array, sigma: jax.Array, *, labels: jax.Array | None = None,
                rngs: nnx.Rngs | None = None) -> jax.Array:
     """Final hidden states, normalised and modulated, before the output layer; `[B, L, D]`."""
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -175,6 +201,7 @@ class DiT(nnx.Module):
     if self.sigma_map is not None:
       sigma = sigma if self.cfg.time_conditioning else jnp.zeros_like(sigma)
       c = self.sigma_map(sigma)                                           # [B, C]
+    c = self._with_class(c, labels, tokens.shape[0])
     x = self.vocab_embed(tokens).astype(jnp.dtype(self.cfg.dtype))        # [B, L, D]
     for block in self.blocks:
       x = block(x, c, rngs)
@@ -182,7 +209,7 @@ class DiT(nnx.Module):
     return _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)  # [B, L, D] f32
 
 
-def as_denoiser(model: DiT, schedule=None):
+def as_denoiser(model: DiT, schedule=None, *, label=None):
   """Wraps a DiT as a sampler denoiser `(z [B, L] int32, t [B] f32) -> logits [B, L, V]`
   (float32, or bfloat16 for a model with `dtype="bfloat16"`: `DiT.project`).
 
@@ -191,7 +218,10 @@ def as_denoiser(model: DiT, schedule=None):
   The function also carries the split contract (`features`, `head`: the trunk with the final
   adaLN, and the output projection), so the sampler projects only the rows it draws.
   To keep parameters a jit argument: `graphdef, state = nnx.split(model)` outside, and
-  `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function.
+  `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function. For a
+  class-conditional model, `label` (an int, or `[B]` ids) conditions every call; None is the
+  null class, so `as_denoiser(model, label=1)` and `as_denoiser(model)` are the two inputs of
+  `remdm_jax.classifier_free_guidance`.
 
   Raises:
     ValueError: the model is causal (autoregressive): it predicts the next token, not the
@@ -203,7 +233,9 @@ def as_denoiser(model: DiT, schedule=None):
   schedule = LogLinear(eps=1e-3) if schedule is None else schedule
 
   def features(z: jax.Array, t: jax.Array) -> jax.Array:
-    return model.features(z, -jnp.log(schedule.alpha(t)))               # [B, L, D] f32
+    labels = None if label is None else jnp.broadcast_to(jnp.asarray(label, jnp.int32),
+                                                         z.shape[:1])
+    return model.features(z, -jnp.log(schedule.alpha(t)), labels=labels)  # [B, L, D] f32
 
   def head(h: jax.Array, t: jax.Array) -> jax.Array:
     del t   # the adaLN modulation is applied in features; the head is position-wise

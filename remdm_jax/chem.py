@@ -1,0 +1,113 @@
+"""Molecule properties, class labels and generation metrics for SMILES (QM9).
+
+Needs RDKit, an optional extra: `pip install -e ".[chem]"`. The protocol follows Schiff et al.
+2024 (arXiv 2412.10193), as used by ReMDM section 5.3:
+  - properties: drug-likeness `qed` (`rdkit.Chem.QED.qed`) and `rings`, the number of smallest
+    rings (`len(Chem.GetSymmSSSR(mol))`);
+  - labels: class 1 at or above the 90th percentile of the training set's property, else 0;
+  - metrics of a set of samples: validity (RDKit parses the SMILES), uniqueness (distinct
+    canonical SMILES among the valid), novelty (unique ones not in the training set), the
+    count of novel, valid and unique molecules, and the mean property over those.
+"""
+
+from __future__ import annotations
+
+from typing import Iterable, Sequence
+
+import numpy as np
+
+PROPERTIES = ("qed", "rings")
+
+
+def _rdkit():
+  """`(Chem, QED)`, RDKit's modules, with its parse warnings silenced."""
+  try:
+    from rdkit import Chem, RDLogger
+    from rdkit.Chem import QED
+  except ImportError as error:
+    raise ImportError('molecule metrics need RDKit: pip install -e ".[chem]"') from error
+  RDLogger.DisableLog("rdApp.*")
+  return Chem, QED
+
+
+def molecule(smiles: str):
+  """The RDKit molecule of a SMILES string, or None when it does not parse (or is empty)."""
+  Chem, _ = _rdkit()
+  if not isinstance(smiles, str) or not smiles.strip():
+    return None
+  return Chem.MolFromSmiles(smiles)
+
+
+def canonical(smiles: str) -> str | None:
+  """RDKit's canonical SMILES, or None for an invalid one."""
+  Chem, _ = _rdkit()
+  mol = molecule(smiles)
+  return None if mol is None else Chem.MolToSmiles(mol)
+
+
+def property_of(mol, prop: str) -> float:
+  """`qed` or `rings` of an RDKit molecule."""
+  Chem, QED = _rdkit()
+  if prop == "qed":
+    return float(QED.qed(mol))
+  if prop == "rings":
+    return float(len(Chem.GetSymmSSSR(mol)))
+  raise ValueError(f"unknown prop {prop!r}; choose from {list(PROPERTIES)}")
+
+
+def property_values(smiles: Sequence[str], prop: str) -> np.ndarray:
+  """`[N] float64` property per SMILES, NaN where it does not parse."""
+  if prop not in PROPERTIES:
+    raise ValueError(f"unknown prop {prop!r}; choose from {list(PROPERTIES)}")
+  values = np.full(len(smiles), np.nan)
+  for i, text in enumerate(smiles):
+    mol = molecule(text)
+    if mol is not None:
+      values[i] = property_of(mol, prop)
+  return values
+
+
+def class_labels(values: np.ndarray, percentile: float = 90.0) -> tuple[np.ndarray, float]:
+  """`(labels [N] int32, threshold)`: 1 where the value is at or above the `percentile`-th
+  percentile of the finite values (NaN, an unparsable molecule, is class 0)."""
+  values = np.asarray(values, np.float64)
+  finite = np.isfinite(values)
+  if not finite.any():
+    raise ValueError("values has no finite entry to take a percentile of")
+  if not 0.0 <= percentile <= 100.0:
+    raise ValueError(f"percentile must be in [0, 100], got {percentile}")
+  threshold = float(np.percentile(values[finite], percentile))
+  return (finite & (np.where(finite, values, -np.inf) >= threshold)).astype(np.int32), threshold
+
+
+def canonical_set(smiles: Iterable[str]) -> frozenset[str]:
+  """Canonical SMILES of the valid molecules, e.g. of the training set (for novelty)."""
+  return frozenset(c for c in map(canonical, smiles) if c is not None)
+
+
+def generation_metrics(samples: Sequence[str], training: frozenset[str],
+                       prop: str) -> dict:
+  """Validity, uniqueness, novelty, the novel-valid-unique count and its mean property.
+
+  Args:
+    samples: generated SMILES strings (N of them).
+    training: `canonical_set` of the training molecules.
+    prop: "qed" or "rings".
+
+  Returns:
+    A dict: `samples` N, `valid` (fraction of N), `unique` (fraction of the valid),
+    `novel` (fraction of the unique), `novel_valid_unique` (count), `mean_property` over the
+    novel valid unique molecules (NaN when there is none).
+  """
+  if prop not in PROPERTIES:
+    raise ValueError(f"unknown prop {prop!r}; choose from {list(PROPERTIES)}")
+  if not samples:
+    raise ValueError("samples must be a non-empty sequence of SMILES strings")
+  valid = [c for c in map(canonical, samples) if c is not None]
+  unique = set(valid)
+  novel = sorted(unique - training)
+  values = property_values(novel, prop)
+  return {"samples": len(samples), "valid": len(valid) / len(samples),
+          "unique": len(unique) / max(len(valid), 1),
+          "novel": len(novel) / max(len(unique), 1), "novel_valid_unique": len(novel),
+          "mean_property": float(values.mean()) if novel else float("nan")}

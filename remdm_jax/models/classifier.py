@@ -1,0 +1,58 @@
+"""A classifier of noisy sequences, `p(y | z_t, t)`, for classifier-based guidance (D-CBG).
+
+The DiT's blocks over embedded one-hot (or soft) inputs, a final LayerNorm, a mean over
+positions and a linear layer to the classes. Taking `[B, L, V]` inputs (not ids) lets
+`remdm_jax.classifier_guidance(form="gradient")` differentiate it with respect to each token.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from remdm_jax.models.dit import Block, DiTConfig, SigmaMap
+from remdm_jax.schedules import LogLinear
+from remdm_jax.validation import check_range
+
+
+class NoisyClassifier(nnx.Module):
+  """`classifier(x [B, L, V] float32, sigma [B] float32) -> logits [B, num_classes] float32`."""
+
+  def __init__(self, cfg: DiTConfig, num_classes: int, *, rngs: nnx.Rngs):
+    check_range("num_classes", num_classes, 2)
+    if cfg.causal or cfg.num_classes:
+      raise ValueError("NoisyClassifier needs a plain DiTConfig (causal=False, num_classes=0)")
+    self.cfg = cfg
+    self.embedding = nnx.Param(
+        jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden), jnp.float32))
+    self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs)
+    self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
+    self.norm = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, rngs=rngs)
+    self.output = nnx.Linear(cfg.hidden, num_classes, rngs=rngs)
+
+  def __call__(self, x: jax.Array, sigma: jax.Array, *,
+               rngs: nnx.Rngs | None = None) -> jax.Array:
+    """Args: x `[B, L, V]` float (one-hot rows for ids); sigma `[B] float32`; rngs enables
+    dropout."""
+    if x.ndim != 3 or x.shape[-1] != self.cfg.vocab_size:
+      raise ValueError(f"x must be [B, L, V = {self.cfg.vocab_size}] one-hot rows, got "
+                       f"{list(x.shape)}")
+    if x.shape[1] > self.cfg.max_length:
+      raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
+                       f"got {x.shape[1]}")
+    sigma = sigma if self.cfg.time_conditioning else jnp.zeros_like(sigma)
+    c = self.sigma_map(sigma)                                             # [B, C]
+    h = (x.astype(jnp.float32) @ self.embedding[...]).astype(jnp.dtype(self.cfg.dtype))
+    for block in self.blocks:
+      h = block(h, c, rngs)
+    pooled = jnp.mean(self.norm(h.astype(jnp.float32)), axis=1)           # [B, D]
+    return self.output(pooled).astype(jnp.float32)
+
+
+def as_classifier(model: NoisyClassifier, schedule=None):
+  """`(x [B, L, V] float32, t [B] float32) -> logits [B, C]` for `remdm_jax.classifier_guidance`:
+  the sampler's time `t` becomes the total noise `sigma = -log alpha(t)` (default: log-linear
+  with eps = 1e-3, as the DiT)."""
+  schedule = LogLinear(eps=1e-3) if schedule is None else schedule
+  return lambda x, t: model(x, -jnp.log(schedule.alpha(t)))
