@@ -24,13 +24,15 @@ import orbax.checkpoint as ocp
 from flax import nnx
 
 from remdm_jax import files
+from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 
 _CONFIG = "config.json"
 _PARAMS = "params"
+_MODEL_KINDS = {"dit": DiT, "noisy_classifier": NoisyClassifier}
 
 
-def save_model(model: DiT, directory, tokenizer: str | None = None,
+def save_model(model: DiT | NoisyClassifier, directory, tokenizer: str | None = None,
                step: int | None = None) -> pathlib.Path:
   """Writes `model` to `directory` (created; must not already hold a model).
 
@@ -45,7 +47,8 @@ def save_model(model: DiT, directory, tokenizer: str | None = None,
   checkpointer = ocp.StandardCheckpointer()
   checkpointer.save(directory / _PARAMS, state)
   checkpointer.wait_until_finished()
-  payload = {"model": "dit", "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
+  kind = "noisy_classifier" if isinstance(model, NoisyClassifier) else "dit"
+  payload = {"model": kind, "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
   if step is not None:
     payload["step"] = step
   if jax.process_index() == 0:
@@ -59,8 +62,9 @@ def _read_payload(directory: pathlib.Path) -> dict:
     raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
                      f"{_PARAMS}/)")
   payload = files.read_json_object(path, "model config")
-  if payload.get("model") != "dit":
-    raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected 'dit'")
+  if payload.get("model") not in _MODEL_KINDS:
+    raise ValueError(f"{path}: unknown model type {payload.get('model')!r}; expected one of "
+                     f"{sorted(_MODEL_KINDS)}")
   if not isinstance(payload.get("config"), dict):
     raise ValueError(f"{path}: 'config' must be an object of DiTConfig fields")
   return payload
@@ -177,11 +181,12 @@ def _restore(params_dir: pathlib.Path, abstract_state):
                    f"{first}")
 
 
-def load_model(directory) -> DiT:
+def load_model(directory) -> DiT | NoisyClassifier:
   """Rebuilds the model of a folder written by `save_model` or `python -m remdm_jax.convert`.
 
   Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
-  honouring the checkpoint's `time_conditioning`.
+  honouring the checkpoint's `time_conditioning` (or the `NoisyClassifier` of a folder
+  trained with the classifier objective).
 
   Raises:
     ValueError: not a model folder, a bad `config.json`, parameters of other shapes than the
@@ -189,7 +194,8 @@ def load_model(directory) -> DiT:
   """
   directory = pathlib.Path(directory).absolute()
   cfg = load_config(directory)
-  abstract = nnx.eval_shape(lambda: DiT(cfg, rngs=nnx.Rngs(0)))
+  kind = _MODEL_KINDS[_read_payload(directory)["model"]]
+  abstract = nnx.eval_shape(lambda: kind(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
   _check_stored_shapes(directory / _PARAMS, abstract_state)
   placement = _replicated()

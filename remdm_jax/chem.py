@@ -80,6 +80,18 @@ def class_labels(values: np.ndarray, percentile: float = 90.0) -> tuple[np.ndarr
   return (finite & (np.where(finite, values, -np.inf) >= threshold)).astype(np.int32), threshold
 
 
+def split_labels(train: Sequence[str], validation: Sequence[str], prop: str,
+                 percentile: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+  """`[N] int32` class labels of two splits by the training split's percentile threshold (a
+  validation molecule is class 1 at or above the training threshold)."""
+  train_values = property_values(train, prop)
+  train_labels, threshold = class_labels(train_values, percentile)
+  valid_values = property_values(validation, prop)
+  valid_labels = (np.isfinite(valid_values) & (np.nan_to_num(valid_values, nan=-np.inf)
+                                               >= threshold)).astype(np.int32)
+  return train_labels, valid_labels
+
+
 def canonical_set(smiles: Iterable[str]) -> frozenset[str]:
   """Canonical SMILES of the valid molecules, e.g. of the training set (for novelty)."""
   return frozenset(c for c in map(canonical, smiles) if c is not None)

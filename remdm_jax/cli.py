@@ -212,9 +212,13 @@ def _train(argv: list[str]) -> int:
   distributed.initialize(configs["dist"])
   data_cfg, train_cfg = configs["data"], configs["train"]
   tokenizer = data_cfg.make_tokenizer()
+  if configs["model"].num_classes and not data_cfg.label:
+    raise UsageError("--model.num_classes needs labelled rows: pass --data.label=qed or "
+                     "--data.label=rings (with --data.layout=pad)")
   model_cfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size,
                                   max_length=data_cfg.seq_len,
-                                  causal=train_cfg.objective == "ar")
+                                  causal=train_cfg.objective == "ar",
+                                  num_classes=2 if data_cfg.label else 0)
   train_rows, valid_rows = data_cfg.load_rows(tokenizer)
   stream = data.BatchStream(train_rows, train_cfg.batch_size, train_cfg.seed)
   record = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),

@@ -32,7 +32,7 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from remdm_jax import files
+from remdm_jax import batches, files
 from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
                                   check_strings)
@@ -259,26 +259,29 @@ class BatchStream:
   positions `[k B, (k + 1) B)`. Resuming at step `k` needs no other state.
   """
 
-  def __init__(self, rows: np.ndarray, batch_size: int, seed: int):
-    rows = np.asarray(rows)
-    if rows.ndim != 2 or not np.issubdtype(rows.dtype, np.integer):
-      raise ValueError(f"rows must be [N, L] integer ids, got {rows.dtype}{list(rows.shape)}")
+  def __init__(self, rows, batch_size: int, seed: int):
+    batches.check_rows(rows)
+    rows = ({name: np.asarray(value) for name, value in rows.items()}
+            if isinstance(rows, dict) else np.asarray(rows))
     check_int("batch_size", batch_size, 1)
     check_int("seed", seed, 0)
-    if batch_size > len(rows):
-      raise ValueError(f"batch_size must be <= number of rows ({len(rows)}), got {batch_size}")
+    if batch_size > batches.num_rows(rows):
+      raise ValueError(f"batch_size must be <= number of rows ({batches.num_rows(rows)}), "
+                       f"got {batch_size}")
     self.rows, self.batch_size, self.seed = rows, batch_size, seed
 
   def _epoch_order(self, epoch: int) -> np.ndarray:
-    return np.random.default_rng([self.seed, epoch]).permutation(len(self.rows))
+    return np.random.default_rng([self.seed, epoch]).permutation(batches.num_rows(self.rows))
 
-  def batch(self, k: int) -> np.ndarray:
-    """`[batch_size, L] int32`."""
-    n = len(self.rows)
+  def batch(self, k: int):
+    """`[batch_size, L] int32`, or `{"tokens": [batch_size, L], "labels": [batch_size]}` for
+    labelled rows."""
+    n = batches.num_rows(self.rows)
     positions = np.arange(k * self.batch_size, (k + 1) * self.batch_size)
     epochs, offsets = positions // n, positions % n
     order = {e: self._epoch_order(e) for e in np.unique(epochs)}
-    return self.rows[[order[e][o] for e, o in zip(epochs, offsets)]]
+    return batches.take_rows(self.rows,
+                             np.asarray([order[e][o] for e, o in zip(epochs, offsets)]))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,17 +294,30 @@ class DataConfig:
   tokenizer: str = "bytes"             # bytes | gpt2 | a folder with encoder.json, vocab.bpe
   seq_len: int = 256                   # row length, BOS and EOS included
   layout: str = "pack"                 # pack (documents, MDLM) or pad (one example per row)
+  label: str = ""                      # molecules: "qed" or "rings" gives each row a class
+                                       # (1 at or above the training split's 90th percentile)
 
   def __post_init__(self):
     check_fields(self)
     check_range("seq_len", self.seq_len, 3)
     check_choice("layout", self.layout, ("pack", "pad"))
+    check_choice("label", self.label, ("", "qed", "rings"))
+    if self.label and self.layout != "pad":
+      raise ValueError(f"label={self.label!r} needs layout='pad' (one molecule per row), got "
+                       f"layout={self.layout!r}")
 
   def make_tokenizer(self) -> Tokenizer:
     return get_tokenizer(self.tokenizer)
 
-  def load_rows(self, tokenizer: Tokenizer) -> tuple[np.ndarray, np.ndarray]:
-    """`[N, seq_len] int32` rows of the train and validation splits."""
+  def load_rows(self, tokenizer: Tokenizer) -> tuple:
+    """Rows of the train and validation splits: `[N, seq_len] int32`, or with `label`,
+    `{"tokens": [N, seq_len] int32, "labels": [N] int32}` (`remdm_jax.batches`)."""
     layout = pack if self.layout == "pack" else pad
-    return tuple(layout(load_texts(self.dataset, split, self.data_dir, self.source_dir),
-                        tokenizer, self.seq_len) for split in ("train", "validation"))
+    texts = [load_texts(self.dataset, split, self.data_dir, self.source_dir)
+             for split in ("train", "validation")]
+    rows = [layout(split, tokenizer, self.seq_len) for split in texts]
+    if not self.label:
+      return tuple(rows)
+    from remdm_jax import chem
+    labels = chem.split_labels(texts[0], texts[1], self.label)
+    return tuple({"tokens": r, "labels": y} for r, y in zip(rows, labels))

@@ -27,6 +27,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 
 from remdm_jax import distributed, files
 from remdm_jax.config import SamplerConfig
+from remdm_jax.models.dit import DiT
 from remdm_jax.tokenizers import encode_rows
 from remdm_jax.validation import check_fields, check_range
 
@@ -170,7 +171,7 @@ def evaluate_samples(records: list[dict], evaluator, *, add_bos: bool = False,
   from remdm_jax.tokenizers import get_tokenizer
   check_range("batch_size", batch_size, 1)
   model = load_model(evaluator)
-  if not model.cfg.causal:
+  if not isinstance(model, DiT) or not model.cfg.causal:
     raise ValueError(f"evaluator must be a causal model folder, {evaluator} is not")
   tokenizer = get_tokenizer(load_tokenizer_name(evaluator))
   logits_fn, _ = as_evaluator(model)
@@ -242,6 +243,9 @@ def load_sampling_model(folder):
   from remdm_jax.checkpoint import load_model, load_tokenizer_name
   from remdm_jax.tokenizers import get_tokenizer
   model = load_model(folder)
+  if not isinstance(model, DiT):
+    raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
+                     "diffusion model (a classifier serves D-CBG guidance)")
   if model.cfg.causal:
     raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
                      "diffusion model (a causal one serves as the evaluator of remdm-merge)")

@@ -165,6 +165,27 @@ def remdm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: i
   return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, sigma_rule, eta)
 
 
+def classifier_loss(classifier: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
+                    labels: jax.Array, key: jax.Array, *, mask_id: int, vocab_size: int,
+                    eps: float = 1e-3) -> jax.Array:
+  """Cross-entropy of a classifier of noisy sequences, nats per example; `[] float32`.
+
+  Times and masks are drawn as in `mdlm_loss` (the same key split), so the classifier sees
+  `z_t` from the forward process at `t ~ U[eps, 1]`.
+
+  Args:
+    classifier: `(x [B, L, V] float32 one-hot, t [B] float32) -> logits [B, C]`.
+    x: `[B, L] int32` clean tokens; labels: `[B] int32` classes; key: a PRNG key.
+    mask_id: the mask id; vocab_size: V, the one-hot width (mask included).
+  """
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  t = continuous_times(key_time, x.shape[0], eps)
+  z_t = corrupt(key_mask, x, LogLinear(eps=eps).alpha(t), mask_id)
+  logits = classifier(jax.nn.one_hot(z_t, vocab_size, dtype=jnp.float32), t)
+  log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+  return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
+
+
 def ar_loss(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
             valid: jax.Array | None = None) -> jax.Array:
   """Next-token cross-entropy of a causal model `logits_fn(x [B, L]) -> [B, L, V]`, nats per

@@ -27,14 +27,15 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import distributed, files, objectives
+from remdm_jax import batches, distributed, files, objectives
 from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
+from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.sharding import param_shardings
 from remdm_jax.validation import check_choice, check_fields, check_range
 
-OBJECTIVES = ("mdlm", "remdm", "ar")
+OBJECTIVES = ("mdlm", "remdm", "ar", "classifier")
 
 
 class TrainingDiverged(FloatingPointError):
@@ -45,7 +46,8 @@ class TrainingDiverged(FloatingPointError):
 class TrainConfig:
   """Optimisation and objective; defaults suit a small model on CPU."""
 
-  objective: str = "mdlm"       # mdlm | remdm (eq. 9) | ar (needs a causal model)
+  objective: str = "mdlm"       # mdlm | remdm (eq. 9) | ar (needs a causal model) |
+                                # classifier (a NoisyClassifier of p(y | z_t), labelled rows)
   discrete_steps: int = 0       # T of the discrete NELBO; 0 = continuous time (mdlm only)
   sigma_rule: str = "cap"       # remdm: cap (the paper's ablation) or rescale
   eta: float = 0.0              # remdm: eta_cap or eta_rescale
@@ -63,6 +65,7 @@ class TrainConfig:
   save_every: int = 200         # checkpoint period (steps)
   log_every: int = 10           # metrics.jsonl period (steps)
   seed: int = 0                 # parameters, data order and noise all derive from it
+  label_dropout: float = 0.1    # class-conditional model: chance a label becomes the null class
 
   def __post_init__(self):
     check_fields(self)
@@ -84,6 +87,7 @@ class TrainConfig:
     check_range("grad_clip", self.grad_clip, 0.0, low_open=True)
     check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
     check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
+    check_range("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
 
 
 def _all_finite(tree) -> jax.Array:
@@ -118,7 +122,8 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
                      f"{cfg.objective == 'ar'}, got causal={model_cfg.causal}")
   mesh = mesh or distributed.make_mesh(cfg.model_axis)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model = DiT(model_cfg, rngs=nnx.Rngs(cfg.seed))
+  kind = NoisyClassifier if cfg.objective == "classifier" else DiT
+  model = kind(model_cfg, rngs=nnx.Rngs(cfg.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg)
   state = {"params": params, "opt_state": tx.init(params), "ema": jax.tree.map(jnp.copy, params),
@@ -229,15 +234,17 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
 
   Args:
     train_stream: a `data.BatchStream` (batch k is a pure function of k).
-    valid_rows: `[N, L] int32` held-out rows for the validation NELBO, or None.
+    valid_rows: `[N, L] int32` held-out rows for the validation NELBO (labelled rows for a
+      class-conditional model, `remdm_jax.batches`), or None.
     record: the JSON-able resolved config stored with every checkpoint; resuming with a
       different one is an error.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
     tokenizer: recorded with the exported model (`WORKDIR/model`).
   """
   from tqdm import tqdm
-  if valid_rows is not None and cfg.eval_every and len(valid_rows) < cfg.batch_size:
-    raise ValueError(f"the validation split has {len(valid_rows)} rows, fewer than "
+  if (valid_rows is not None and cfg.eval_every
+      and batches.num_rows(valid_rows) < cfg.batch_size):
+    raise ValueError(f"the validation split has {batches.num_rows(valid_rows)} rows, fewer than "
                      f"batch_size={cfg.batch_size}; add validation text, lower the batch "
                      "size, or pass --train.eval_every=0")
   workdir = files.check_writable_folder(workdir, "workdir")

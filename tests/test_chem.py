@@ -41,3 +41,12 @@ def test_generation_metrics_count_valid_unique_novel():
   assert np.isnan(chem.generation_metrics(["CCO"], training, "qed")["mean_property"])
   with pytest.raises(ValueError, match="unknown prop 'logp'"):
     chem.generation_metrics(["CCO"], training, "logp")
+
+
+def test_split_labels_use_the_training_threshold():
+  train = ["C", "CC", "C1CC1", "c1ccccc1", "C1CC1C1CC1"]           # rings 0, 0, 1, 1, 2
+  valid = ["C1CC1", "C1CC1C1CC1C1CC1", "CCO", "C1CC"]             # 1, 3, 0, invalid
+  train_labels, valid_labels = chem.split_labels(train, valid, "rings", percentile=80.0)
+  # 80th percentile of [0, 0, 1, 1, 2] is 1.2: only 2 rings and above are class 1
+  np.testing.assert_array_equal(train_labels, [0, 0, 0, 0, 1])
+  np.testing.assert_array_equal(valid_labels, [0, 1, 0, 0])

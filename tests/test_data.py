@@ -129,3 +129,17 @@ def test_text_folder_errors_name_the_file(tmp_path):
 def test_data_functions_name_bad_arguments(call, match):
   with pytest.raises(ValueError, match=match):
     call()
+
+
+def test_labelled_rows_stay_aligned_through_the_batch_stream():
+  tokens = np.arange(40, dtype=np.int32).reshape(10, 4)
+  stream = data.BatchStream({"tokens": tokens, "labels": np.arange(10, dtype=np.int32)}, 4, 0)
+  for k in range(6):
+    batch = stream.batch(k)
+    np.testing.assert_array_equal(batch["tokens"][:, 0] // 4, batch["labels"])
+  with pytest.raises(ValueError, match=r"labels must be \[N\] = \[10\] integer class ids"):
+    data.BatchStream({"tokens": tokens, "labels": np.zeros(9, np.int32)}, 4, 0)
+  with pytest.raises(ValueError, match="label='qed' needs layout='pad'"):
+    data.DataConfig(dataset="qm9_smiles", label="qed")
+  with pytest.raises(ValueError, match="unknown label 'logp'"):
+    data.DataConfig(dataset="qm9_smiles", layout="pad", label="logp")

@@ -225,7 +225,8 @@ def test_noisy_classifier_guides_a_sampler_in_both_forms():
   from flax import nnx
   from remdm_jax.models import DiTConfig, NoisyClassifier, as_classifier
   net = NoisyClassifier(DiTConfig(vocab_size=V, hidden=16, heads=2, blocks=1, cond_dim=8,
-                                  max_length=L, time_conditioning=True), 2, rngs=nnx.Rngs(1))
+                                  max_length=L, time_conditioning=True, num_classes=2),
+                        rngs=nnx.Rngs(1))
   classifier = as_classifier(net)
   den, _ = _toy_denoiser()
   z, t = jnp.asarray(Z), jnp.asarray(T)

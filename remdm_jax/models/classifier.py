@@ -17,19 +17,18 @@ from remdm_jax.validation import check_range
 
 
 class NoisyClassifier(nnx.Module):
-  """`classifier(x [B, L, V] float32, sigma [B] float32) -> logits [B, num_classes] float32`."""
+  """`classifier(x [B, L, V] float32, sigma [B] float32) -> logits [B, C] float32`, where the
+  sizes come from a `DiTConfig` and `C = cfg.num_classes` is the number of classes it predicts."""
 
-  def __init__(self, cfg: DiTConfig, num_classes: int, *, rngs: nnx.Rngs):
-    check_range("num_classes", num_classes, 2)
-    if cfg.causal or cfg.num_classes:
-      raise ValueError("NoisyClassifier needs a plain DiTConfig (causal=False, num_classes=0)")
+  def __init__(self, cfg: DiTConfig, *, rngs: nnx.Rngs):
+    check_range("num_classes", cfg.num_classes, 2, context=" (the classes a classifier predicts)")
     self.cfg = cfg
     self.embedding = nnx.Param(
         jax.random.normal(rngs.params(), (cfg.vocab_size, cfg.hidden), jnp.float32))
     self.sigma_map = SigmaMap(cfg.cond_dim, rngs=rngs)
     self.blocks = nnx.List([Block(cfg, rngs=rngs) for _ in range(cfg.blocks)])
     self.norm = nnx.LayerNorm(cfg.hidden, epsilon=1e-5, rngs=rngs)
-    self.output = nnx.Linear(cfg.hidden, num_classes, rngs=rngs)
+    self.output = nnx.Linear(cfg.hidden, cfg.num_classes, rngs=rngs)
 
   def __call__(self, x: jax.Array, sigma: jax.Array, *,
                rngs: nnx.Rngs | None = None) -> jax.Array:
