@@ -76,7 +76,7 @@ def load_reference(directory: pathlib.Path):
   _module("lightning", LightningModule=torch.nn.Module)
   _module("torchmetrics", aggregation=_module("torchmetrics.aggregation",
                                               MeanMetric=type("MeanMetric", (), {})))
-  _module("transformers")
+  _module("transformers", PreTrainedTokenizer=type("PreTrainedTokenizer", (), {}))
   for name in ("dataloader", "utils"):
     _module(name)
 

@@ -59,6 +59,8 @@ def classifier_free_guidance(conditional: Denoiser, unconditional: Denoiser,
     log_uncond = jax.nn.log_softmax(unconditional(z, t).astype(jnp.float32), axis=-1)
     return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
 
+  guided.time_conditioned = any(getattr(fn, "time_conditioned", False)
+                                for fn in (conditional, unconditional))   # the cache check
   return guided
 
 
@@ -134,4 +136,5 @@ def classifier_guidance(denoiser: Denoiser, classifier: Classifier, *, target, g
     masked = (z == mask_id)[..., None]
     return jax.nn.log_softmax(jnp.where(masked, log_x + gamma * scores, log_x), axis=-1)
 
+  guided.time_conditioned = True   # the classifier reads t: the sampler's cache must not apply
   return guided

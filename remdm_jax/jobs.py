@@ -29,7 +29,10 @@ from remdm_jax import distributed, files
 from remdm_jax.config import SamplerConfig
 from remdm_jax.models.dit import DiT
 from remdm_jax.tokenizers import encode_rows
-from remdm_jax.validation import check_fields, check_range
+from remdm_jax.guidance import GUIDANCE_FORMS
+from remdm_jax.validation import check_choice, check_fields, check_range
+
+GUIDANCE_KINDS = ("none", "cfg", "cbg")
 
 SHIPPED_MODEL = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-mdlm"
 MANIFEST = "manifest.json"
@@ -196,6 +199,13 @@ class SampleJob:
   model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
   quiet: bool = False              # do not print the samples
   trajectory: bool = False         # records keep every step's ids and what it (re)masked
+  class_label: int = -1            # class-conditional model: the class (-1: the null class);
+                                   # with guidance, the target class
+  guidance: str = "none"           # none | cfg (class_label against the null class) | cbg
+                                   # (the null-class or plain model reweighted by classifier)
+  gamma: float = 1.0               # guidance strength (0: unguided)
+  classifier: str = ""             # cbg: a classifier folder (remdm-train objective classifier)
+  guidance_form: str = "gradient"  # cbg: gradient (one call) or exact (L x V calls per step)
 
   def __post_init__(self):
     check_fields(self)
@@ -203,8 +213,22 @@ class SampleJob:
       check_range(name, getattr(self, name), 1)
     check_range("seed", self.seed, 0)
     check_range("seq_len", self.seq_len, 0)
+    check_range("class_label", self.class_label, -1)
+    check_choice("guidance", self.guidance, GUIDANCE_KINDS)
+    check_choice("guidance_form", self.guidance_form, GUIDANCE_FORMS)
     if self.prompt and self.prompt_file:
       raise ValueError("pass either prompt or prompt_file, not both")
+    if self.guidance != "none" and self.class_label < 0:
+      raise ValueError(f"guidance={self.guidance!r} needs class_label >= 0 (the target class)")
+    if (self.guidance == "cbg") != bool(self.classifier):
+      raise ValueError("guidance='cbg' needs a classifier folder, and a classifier folder "
+                       f"needs guidance='cbg'; got guidance={self.guidance!r}, "
+                       f"classifier={self.classifier!r}")
+
+  def guidance_settings(self) -> dict:
+    """The fields that choose the denoiser (recorded in the job's manifest)."""
+    return {name: getattr(self, name) for name in
+            ("class_label", "guidance", "gamma", "classifier", "guidance_form")}
 
 
 @dataclasses.dataclass
@@ -235,6 +259,50 @@ def prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.
     return None
   rows, _ = encode_rows(tokenizer, texts, seq_len, fill=tokenizer.mask_id, what="prompt")
   return rows[np.arange(num_rows) % len(texts)]
+
+
+def job_denoiser(job: SampleJob, model: DiT, classifier, mask_id: int):
+  """The denoiser a job samples from: the model at `class_label` (or its null class, or a plain
+  model), D-CFG of `class_label` against the null class, or D-CBG of the null-class (plain)
+  model towards `class_label` with the classifier."""
+  from remdm_jax.guidance import classifier_free_guidance, classifier_guidance
+  from remdm_jax.models import as_classifier, as_denoiser
+  if job.guidance == "cfg":
+    return classifier_free_guidance(as_denoiser(model, label=job.class_label),
+                                    as_denoiser(model), job.gamma)
+  if job.guidance == "cbg":
+    return classifier_guidance(as_denoiser(model), as_classifier(classifier),
+                               target=job.class_label, gamma=job.gamma, mask_id=mask_id,
+                               form=job.guidance_form)
+  return as_denoiser(model, label=None if job.class_label < 0 else job.class_label)
+
+
+def _check_guidance_models(job: SampleJob, model: DiT, classifier) -> None:
+  """Clear errors for a class or classifier that does not fit the model."""
+  classes = model.cfg.num_classes
+  if job.guidance != "cbg" and job.class_label >= 0 and job.class_label >= classes:
+    raise ValueError(f"class_label must be in [0, {classes}) for this model "
+                     f"({'not class-conditional' if not classes else f'{classes} classes'}), "
+                     f"got {job.class_label}")
+  if classifier is None:
+    return
+  if classifier.cfg.vocab_size != model.cfg.vocab_size:
+    raise ValueError(f"the classifier's vocabulary ({classifier.cfg.vocab_size}) differs from "
+                     f"the model's ({model.cfg.vocab_size})")
+  if job.class_label >= classifier.cfg.num_classes:
+    raise ValueError(f"class_label must be in [0, {classifier.cfg.num_classes}) for this "
+                     f"classifier, got {job.class_label}")
+
+
+def load_classifier(folder):
+  """A classifier folder written by `remdm-train --train.objective=classifier`."""
+  from remdm_jax.checkpoint import load_model
+  from remdm_jax.models import NoisyClassifier
+  classifier = load_model(folder)
+  if not isinstance(classifier, NoisyClassifier):
+    raise ValueError(f"{folder} is not a classifier folder (train one with "
+                     "--train.objective=classifier)")
+  return classifier
 
 
 def load_sampling_model(folder):
@@ -312,7 +380,6 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
   from flax import nnx
 
   from remdm_jax import sharding
-  from remdm_jax.models.dit import as_denoiser
   from remdm_jax.plan import build_plan
   from remdm_jax.sampling import NonFiniteLogitsError, nonfinite_message, sample_with_plan
 
@@ -322,6 +389,8 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
     raise ValueError("trajectory records need a single process (every step of every example "
                      "is gathered on the host)")
   model, tokenizer, tokenizer_name = load_sampling_model(job.model)
+  classifier = load_classifier(job.classifier) if job.classifier else None
+  _check_guidance_models(job, model, classifier)
   seq_len = job.seq_len or model.cfg.max_length
   check_range("seq_len", seq_len, 1, model.cfg.max_length,
               context=" (the model's max_length)")
@@ -343,7 +412,8 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
 
   def run(key, state, prompt, first):
     out = sample_with_plan(
-        key, as_denoiser(nnx.merge(graphdef, state)), plan, rule, batch_size=job.batch_size,
+        key, job_denoiser(job, nnx.merge(graphdef, state), classifier, tokenizer.mask_id),
+        plan, rule, batch_size=job.batch_size,
         seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt, first_index=first,
         batch_sharding=batch_sharding, return_nonfinite=True,
         return_trajectory=job.trajectory, on_step=bar)
@@ -368,7 +438,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
         "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
         "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
         "device_count": jax.device_count(), "model_axis": job.model_axis,
-        "trajectory": job.trajectory})
+        "trajectory": job.trajectory, "guidance": job.guidance_settings()})
   local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
                   if batch_sharding else [(0, job.batch_size)])
   done = set(finished_shards(directory)) if directory else set()

@@ -151,3 +151,60 @@ def test_job_records_can_keep_the_trajectory(tiny_model, tmp_path):
     assert np.all((last == record["ids"]) | (last == 258))
     assert all(last_step[p] == 258 for last_step, positions in
                zip(trajectory["steps"], trajectory["remasked"]) for p in positions)
+
+
+def _random_folder(path, **cfg_fields):
+  """A DiT model folder with random (non-zero) output weights, and the model."""
+  model = DiT(DiTConfig(vocab_size=259, time_conditioning=True, **SMALL, **cfg_fields),
+              rngs=nnx.Rngs(0))
+  for layer in (model.output_linear, model.output_adaLN):
+    layer.kernel[...] = 0.5 * jax.random.normal(jax.random.key(1), layer.kernel[...].shape)
+  return save_model(model, path, tokenizer="bytes"), model
+
+
+@pytest.mark.parametrize("guidance", ["none", "cfg", "cbg"])
+def test_guided_jobs_sample_what_the_library_samples(guidance, tmp_path):
+  """A job with class_label / guidance gives the tokens of the same guided denoiser sampled
+  directly (and records the guidance in its manifest)."""
+  folder, model = _random_folder(tmp_path / "cond", num_classes=2)
+  classifier = None
+  extra = {}
+  if guidance == "cbg":
+    from remdm_jax.models import NoisyClassifier
+    classifier = NoisyClassifier(DiTConfig(vocab_size=259, time_conditioning=True,
+                                           num_classes=2, **SMALL), rngs=nnx.Rngs(2))
+    extra = dict(classifier=str(save_model(classifier, tmp_path / "cls", tokenizer="bytes")))
+  job = jobs.SampleJob(model=str(folder), num_samples=2, batch_size=2, seed=3, class_label=1,
+                       guidance=guidance, gamma=2.0, out=str(tmp_path / "job"), **extra)
+  cfg = sampler_config("rescale", eta=0.5, num_steps=6)
+  records = jobs.run_sampling_job(cfg, job, progress=False).records
+  denoiser = jobs.job_denoiser(job, model, classifier, 258)
+  expected = remdm_jax.sample(jax.random.key(3), denoiser, cfg, batch_size=2, seq_len=24,
+                              mask_id=258)
+  np.testing.assert_array_equal([r["ids"] for r in records], np.asarray(expected))
+  manifest = json.loads((tmp_path / "job" / jobs.MANIFEST).read_text())
+  assert manifest["guidance"] == job.guidance_settings()
+
+
+def test_guided_job_errors(tiny_model, tmp_path):
+  with pytest.raises(ValueError, match="guidance='cfg' needs class_label >= 0"):
+    jobs.SampleJob(guidance="cfg")
+  with pytest.raises(ValueError, match="guidance='cbg' needs a classifier folder"):
+    jobs.SampleJob(guidance="cbg", class_label=1)
+  with pytest.raises(ValueError, match="unknown guidance 'pplm'"):
+    jobs.SampleJob(guidance="pplm")
+  cfg = sampler_config("mdlm", num_steps=4)
+  with pytest.raises(ValueError, match=r"class_label must be in \[0, 0\) for this model "
+                                       r"\(not class-conditional\), got 1"):
+    jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(tiny_model), class_label=1),
+                          progress=False)
+  with pytest.raises(ValueError, match="is not a classifier folder"):
+    jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(tiny_model), class_label=1,
+                                              guidance="cbg", classifier=str(tiny_model)),
+                          progress=False)
+  guided = remdm_jax.classifier_guidance(lambda z, t: z, lambda x, t: x, target=0, gamma=1.0,
+                                         mask_id=4)
+  with pytest.raises(ValueError, match="time_conditioned=True"):
+    remdm_jax.sample(jax.random.key(0), guided, sampler_config("mdlm", num_steps=2,
+                                                               cache=True),
+                     batch_size=1, seq_len=2, mask_id=4)
