@@ -19,7 +19,7 @@ reweights the null-class prediction with the classifier in its first-order (grad
 gamma = 0 is the unguided model for both.
 
   python sample/qm9_guidance.py --work runs/qm9 --out results/qm9_guidance [--samples 1024]
-      [--steps 32] [--seeds 0 1] [--train-steps 3000]
+      [--steps 32] [--seeds 0 1] [--train-steps 1500]
 
 Needs the `chem` and `eval` extras (RDKit, matplotlib).
 """
@@ -215,8 +215,8 @@ def main():
   parser.add_argument("--samples", type=int, default=1024)
   parser.add_argument("--steps", type=int, default=32)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-  parser.add_argument("--train-steps", type=int, default=3000)
-  parser.add_argument("--batch-size", type=int, default=128)
+  parser.add_argument("--train-steps", type=int, default=1500)
+  parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--hidden", type=int, default=128)
   parser.add_argument("--blocks", type=int, default=4)
   args = parser.parse_args()
