@@ -347,11 +347,19 @@ def _row_reader(denoiser, computed, t, split, rule):
   return gather
 
 
+def _greedy(logits: jax.Array, mask_id: int) -> tuple[jax.Array, jax.Array]:
+  """`argmax x_theta` (the largest logit but the mask's; the softmax is monotone, so it is not
+  formed) and whether that row has no finite largest logit; `[..., V] -> ([...] int32,
+  [...] bool)`."""
+  logits = without_mask(logits, mask_id)                               # [..., V] f32
+  return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+          ~jnp.isfinite(jnp.max(logits, axis=-1)))
+
+
 def _final_denoise(denoiser, rule, z, t_final, mask_id):
-  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p), i.e. the
-  largest logit other than the mask's (the softmax is monotone, so it is not formed). Only
-  the still-masked rows are read (a split denoiser's head runs on those alone), and the
-  denoiser is not called at all when no position is still masked.
+  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p). The
+  denoiser is not called at all when no position is still masked; a split denoiser's head
+  runs only on the still-masked rows (in rounds of K), a plain one's logits are read whole.
 
   Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
   largest logit (NaN, +inf or all -inf)."""
@@ -360,14 +368,14 @@ def _final_denoise(denoiser, rule, z, t_final, mask_id):
 
   def remove():
     t = jnp.full(z.shape[:1], t_final, jnp.float32)
-    rows_at = _row_reader(denoiser, output(z, t), t, split, rule)
-
-    def greedy(positions):
-      logits = without_mask(rows_at(positions), mask_id)             # [B, K, V] f32
-      return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
-              ~jnp.isfinite(jnp.max(logits, axis=-1)))
-
-    best, bad = _in_rounds(masked, draw_capacity(rule, z.shape[1]), greedy, (jnp.int32, bool))
+    computed = output(z, t)
+    if split:
+      rows_at = _row_reader(denoiser, computed, t, split, rule)
+      best, bad = _in_rounds(masked, draw_capacity(rule, z.shape[1]),
+                             lambda positions: _greedy(rows_at(positions), mask_id),
+                             (jnp.int32, bool))
+    else:
+      best, bad = _greedy(computed, mask_id)
     return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)
 
   return jax.lax.cond(jnp.any(masked), remove,
