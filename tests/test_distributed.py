@@ -124,6 +124,7 @@ def _wait_for_shards(directory: Path, count: int, proc) -> None:
     time.sleep(0.02)
 
 
+@pytest.mark.slow
 def test_killed_sampling_job_reruns_to_identical_shards(tiny_model, tmp_path):
   argv = lambda out: _sample_argv(tiny_model, out, num_samples=120, batch_size=4, steps=32)
   _run_processes(argv(tmp_path / "whole"), 1)

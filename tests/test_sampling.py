@@ -382,6 +382,7 @@ def test_bfloat16_logits_change_only_the_rounding():
   np.testing.assert_array_equal(run("bfloat16", nudged), run("bfloat16", exact))
 
 
+@pytest.mark.slow
 def test_position_chunks_give_one_stream_and_the_right_distribution(mixture):
   """Draws use per-position keys: no chunking and chunks of 1, 2, 3 and 6 positions give
   identical tokens; the samples match the mixture (TV < 0.05 at N = 4000)."""
