@@ -73,7 +73,12 @@ def _read_payload(directory: pathlib.Path) -> dict:
 def load_config(directory) -> DiTConfig:
   """Reads the `DiTConfig` of a model folder, with a clear error if it is not one."""
   directory = pathlib.Path(directory).absolute()
-  fields = _read_payload(directory)["config"]
+  return _config_of(_read_payload(directory), directory)
+
+
+def _config_of(payload: dict, directory: pathlib.Path) -> DiTConfig:
+  """The `DiTConfig` of a read `config.json` payload (errors name the file)."""
+  fields = payload["config"]
   known = {f.name for f in dataclasses.fields(DiTConfig)}
   unknown = sorted(set(fields) - known)
   if unknown:
@@ -193,8 +198,8 @@ def load_model(directory) -> DiT | NoisyClassifier:
       config needs, or unreadable parameter files; the message names the file.
   """
   directory = pathlib.Path(directory).absolute()
-  cfg = load_config(directory)
-  kind = _MODEL_KINDS[_read_payload(directory)["model"]]
+  payload = _read_payload(directory)
+  cfg, kind = _config_of(payload, directory), _MODEL_KINDS[payload["model"]]
   abstract = nnx.eval_shape(lambda: kind(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
   _check_stored_shapes(directory / _PARAMS, abstract_state)

@@ -280,7 +280,7 @@ def job_denoiser(job: SampleJob, model: DiT, classifier, mask_id: int):
 def _check_guidance_models(job: SampleJob, model: DiT, classifier) -> None:
   """Clear errors for a class or classifier that does not fit the model."""
   classes = model.cfg.num_classes
-  if job.guidance != "cbg" and job.class_label >= 0 and job.class_label >= classes:
+  if job.guidance != "cbg" and job.class_label >= classes:
     raise ValueError(f"class_label must be in [0, {classes}) for this model "
                      f"({'not class-conditional' if not classes else f'{classes} classes'}), "
                      f"got {job.class_label}")
