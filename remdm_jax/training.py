@@ -56,7 +56,8 @@ class TrainConfig:
   warmup_steps: int = 100       # linear warm-up from 0
   weight_decay: float = 0.0     # AdamW decoupled weight decay
   grad_clip: float = 1.0        # global-norm clipping
-  ema_decay: float = 0.999      # EMA of the weights, used for evaluation and export
+  ema_decay: float = 0.999      # EMA of the weights (evaluation, export); its decay warms up:
+                                # min(ema_decay, (1 + n) / (10 + n)) at update n
   batch_size: int = 32          # global batch, split over the "data" devices
   model_axis: int = 1           # devices sharing each parameter shard ("model" mesh axis)
   steps: int = 1_000            # total optimizer steps
@@ -93,6 +94,15 @@ class TrainConfig:
 def _all_finite(tree) -> jax.Array:
   """`[] bool`: every element of every leaf is finite (no norm, which could overflow)."""
   return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+def ema_decay_at(updates: jax.Array, ema_decay: float) -> jax.Array:
+  """`[] float32` decay of the weights' EMA at update number `updates` (1 for the first):
+  `min(ema_decay, (1 + n) / (10 + n))`, so the average forgets the initial weights early in
+  a run instead of holding `ema_decay ** n` of them (22% after 1,500 updates at 0.999).
+  The same warm-up as the MDLM reference trainer's EMA (`use_num_updates`)."""
+  n = jnp.asarray(updates, jnp.float32)
+  return jnp.minimum(jnp.float32(ema_decay), (1.0 + n) / (10.0 + n))
 
 
 def make_optimizer(cfg: TrainConfig) -> optax.GradientTransformation:
@@ -143,7 +153,8 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
     loss, grads = jax.value_and_grad(loss_of)(state["params"], batch, key, True)
     updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
     params = optax.apply_updates(state["params"], updates)
-    ema = jax.tree.map(lambda e, p: cfg.ema_decay * e + (1.0 - cfg.ema_decay) * p,
+    decay = ema_decay_at(state["step"] + 1, cfg.ema_decay)
+    ema = jax.tree.map(lambda e, p: (decay * e + (1.0 - decay) * p).astype(e.dtype),
                        state["ema"], params)
     new = {"params": params, "opt_state": opt_state, "ema": ema, "step": state["step"] + 1}
     grad_norm = optax.tree.norm(grads)

@@ -74,6 +74,27 @@ def test_interrupt_and_resume_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+def test_ema_is_the_warmed_up_weighted_average_of_the_iterates():
+  """The exported average equals its closed form, written independently of the recursion:
+  weight (1 - d_k) prod_{j > k} d_j on the parameters after update k and prod_j d_j on the
+  initial ones, with d_k = min(ema_decay, (1 + k) / (10 + k)); the weights sum to 1."""
+  cfg = dataclasses.replace(TRAIN, ema_decay=0.99)   # the warm-up binds at all 12 updates
+  run, state = training.build_run(MODEL, cfg, TOK.mask_id)
+  stream = data.BatchStream(_rows(), cfg.batch_size, cfg.seed)
+  iterates = [_leaves(state["params"])]
+  for step in range(cfg.steps):
+    state, _ = run.train_step(state, jax.device_put(stream.batch(step), run.data_sharding))
+    iterates.append(_leaves(state["params"]))
+  k = np.arange(1, cfg.steps + 1, dtype=np.float64)
+  decays = np.minimum(0.99, (1 + k) / (10 + k))
+  later = np.append(np.cumprod(decays[::-1])[::-1][1:], 1.0)   # prod_{j > k} d_j
+  weights = np.concatenate([[np.prod(decays)], (1 - decays) * later])
+  assert abs(weights.sum() - 1.0) < 1e-12 and weights[0] < 1e-3
+  for leaf, *history in zip(_leaves(state["ema"]), *iterates):
+    expected = sum(w * h.astype(np.float64) for w, h in zip(weights, history))
+    np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-6)
+
+
 def test_different_config_refuses_to_resume(tmp_path):
   _train(tmp_path, stop_at=4)
   with pytest.raises(ValueError, match="different config"):
