@@ -18,7 +18,7 @@ from flax import nnx
 
 from remdm_jax import batches, losses
 from remdm_jax.models.dit import DiT
-from remdm_jax.schedules import LogLinear
+from remdm_jax.schedules import LogLinear, total_noise
 from remdm_jax.validation import check_int
 
 if TYPE_CHECKING:
@@ -54,13 +54,13 @@ def objective_loss(model: DiT, batch, key: jax.Array, cfg: TrainConfig,
     if labels is None:
       raise ValueError("objective 'classifier' needs labelled rows (--data.label=qed|rings)")
     return losses.classifier_loss(
-        lambda x, t: model(x, -jnp.log(schedule.alpha(t)), rngs=rngs), batch, labels, key,
+        lambda x, t: model(x, total_noise(t, schedule), rngs=rngs), batch, labels, key,
         mask_id=mask_id, vocab_size=model.cfg.vocab_size, eps=cfg.eps)
   labels = _training_labels(model, labels, key, cfg, train)
   if cfg.objective == "ar":
     return losses.ar_loss(
         lambda x: model(x, jnp.zeros((x.shape[0],), jnp.float32), rngs=rngs), batch)
-  denoiser = lambda z, t: model(z, -jnp.log(schedule.alpha(t)), labels=labels, rngs=rngs)
+  denoiser = lambda z, t: model(z, total_noise(t, schedule), labels=labels, rngs=rngs)
   if cfg.discrete_steps == 0:
     return losses.mdlm_loss(denoiser, batch, key, mask_id=mask_id, eps=cfg.eps)
   if cfg.objective == "mdlm":

@@ -110,6 +110,13 @@ SCHEDULES = {"loglinear": LogLinear, "cosine": Cosine, "linear": Linear,
              "polynomial": Polynomial}
 
 
+def total_noise(t, schedule=None):
+  """MDLM's total noise `sigma(t) = -log alpha(t)`, the time input of its networks; the
+  shape and array kind of `t`. Default schedule: log-linear with eps = 1e-3, as MDLM trains."""
+  schedule = LogLinear(eps=1e-3) if schedule is None else schedule
+  return -array_module(t).log(schedule.alpha(t))
+
+
 def get_schedule(name: str, **kwargs):
   """Builds a schedule by name, e.g. `get_schedule("loglinear", eps=1e-3)`."""
   if name not in SCHEDULES:

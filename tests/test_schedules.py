@@ -38,6 +38,18 @@ def test_jax_input_stays_jax_float32(name):
   assert jax.jit(sched.alpha_prime)(t).dtype == jnp.float32
 
 
+def test_total_noise_is_minus_log_alpha_of_the_training_schedule():
+  """sigma(t) = -log(1 - (1 - 1e-3) t) by default; another schedule is honoured; JAX input
+  stays JAX float32 under jit."""
+  expected = -np.log(1 - (1 - 1e-3) * T_VALUES)
+  np.testing.assert_allclose(schedules.total_noise(T_VALUES), expected, rtol=1e-12)
+  np.testing.assert_allclose(schedules.total_noise(T_VALUES, schedules.Cosine()),
+                             -np.log(np.cos(np.pi * T_VALUES / 2)), rtol=1e-12)
+  sigma = jax.jit(schedules.total_noise)(jnp.asarray(T_VALUES, jnp.float32))
+  assert sigma.dtype == jnp.float32
+  np.testing.assert_allclose(np.asarray(sigma), expected, rtol=1e-5)
+
+
 def test_uniform_grid_is_the_reference_grid():
   grid = schedules.uniform_grid(4, 1e-5)
   np.testing.assert_allclose(grid, np.linspace(1, 1e-5, 5))

@@ -11,8 +11,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from remdm_jax.models.dit import Block, DiTConfig, SigmaMap
-from remdm_jax.schedules import LogLinear
+from remdm_jax.models.dit import Block, DiTConfig, SigmaMap, check_length
+from remdm_jax.schedules import total_noise
 from remdm_jax.validation import check_range
 
 
@@ -37,9 +37,7 @@ class NoisyClassifier(nnx.Module):
     if x.ndim != 3 or x.shape[-1] != self.cfg.vocab_size:
       raise ValueError(f"x must be [B, L, V = {self.cfg.vocab_size}] one-hot rows, got "
                        f"{list(x.shape)}")
-    if x.shape[1] > self.cfg.max_length:
-      raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
-                       f"got {x.shape[1]}")
+    check_length(x.shape[1], self.cfg)
     sigma = sigma if self.cfg.time_conditioning else jnp.zeros_like(sigma)
     c = self.sigma_map(sigma)                                             # [B, C]
     h = (x.astype(jnp.float32) @ self.embedding[...]).astype(jnp.dtype(self.cfg.dtype))
@@ -53,5 +51,4 @@ def as_classifier(model: NoisyClassifier, schedule=None):
   """`(x [B, L, V] float32, t [B] float32) -> logits [B, C]` for `remdm_jax.classifier_guidance`:
   the sampler's time `t` becomes the total noise `sigma = -log alpha(t)` (default: log-linear
   with eps = 1e-3, as the DiT)."""
-  schedule = LogLinear(eps=1e-3) if schedule is None else schedule
-  return lambda x, t: model(x, -jnp.log(schedule.alpha(t)))
+  return lambda x, t: model(x, total_noise(t, schedule))

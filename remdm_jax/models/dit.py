@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from remdm_jax.schedules import LogLinear
+from remdm_jax.schedules import total_noise
 from remdm_jax.validation import check_choice, check_fields, check_range
 
 DTYPES = ("float32", "bfloat16", "float16")
@@ -51,6 +51,12 @@ class DiTConfig:
     if self.num_classes and self.causal:
       raise ValueError(f"num_classes needs the adaLN conditioning of a non-causal DiT, got "
                        f"num_classes={self.num_classes} with causal=True")
+
+
+def check_length(length: int, cfg: DiTConfig) -> None:
+  """A sequence of `length` positions fits the model's rotary cache (`cfg.max_length`)."""
+  if length > cfg.max_length:
+    raise ValueError(f"sequence length must be <= max_length={cfg.max_length}, got {length}")
 
 
 def timestep_features(sigma: jax.Array, dim: int = 256) -> jax.Array:
@@ -194,9 +200,7 @@ class DiT(nnx.Module):
                        f"{list(tokens.shape)}")
     if sigma.shape != tokens.shape[:1]:
       raise ValueError(f"sigma must be [B] = [{tokens.shape[0]}], got {list(sigma.shape)}")
-    if tokens.shape[1] > self.cfg.max_length:
-      raise ValueError(f"sequence length must be <= max_length={self.cfg.max_length}, "
-                       f"got {tokens.shape[1]}")
+    check_length(tokens.shape[1], self.cfg)
     c = None
     if self.sigma_map is not None:
       sigma = sigma if self.cfg.time_conditioning else jnp.zeros_like(sigma)
@@ -230,12 +234,11 @@ def as_denoiser(model: DiT, schedule=None, *, label=None):
   if model.cfg.causal:
     raise ValueError("as_denoiser needs a masked diffusion DiT, got a causal "
                      "(autoregressive) one; use as_evaluator for causal models")
-  schedule = LogLinear(eps=1e-3) if schedule is None else schedule
 
   def features(z: jax.Array, t: jax.Array) -> jax.Array:
     labels = None if label is None else jnp.broadcast_to(jnp.asarray(label, jnp.int32),
                                                          z.shape[:1])
-    return model.features(z, -jnp.log(schedule.alpha(t)), labels=labels)  # [B, L, D] f32
+    return model.features(z, total_noise(t, schedule), labels=labels)  # [B, L, D] f32
 
   def head(h: jax.Array, t: jax.Array) -> jax.Array:
     del t   # the adaLN modulation is applied in features; the head is position-wise
