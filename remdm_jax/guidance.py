@@ -20,12 +20,14 @@ token a position takes. The two agree on the token drawn given that a position u
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import jax
 import jax.numpy as jnp
 
 from remdm_jax.diffusion import Denoiser
+from remdm_jax.rounds import in_rounds
 from remdm_jax.validation import check_choice, check_scalar
 
 Classifier = Callable[[jax.Array, jax.Array], jax.Array]
@@ -73,23 +75,30 @@ def _target_log_prob(classifier: Classifier, onehot: jax.Array, t: jax.Array,
 
 
 def exact_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Array,
-                            target: jax.Array, vocab_size: int) -> jax.Array:
-  """`log p(y = target | z with z_l = v, t)` for every position `l` and token `v`: `[B, L, V]
-  float32`. One classifier call per position on `B * V` sequences (`L * V` sequences per
-  example in all), so this is for small vocabularies such as SMILES characters."""
+                            target: jax.Array, vocab_size: int,
+                            selected: jax.Array | None = None) -> jax.Array:
+  """`log p(y = target | z with z_l = v, t)` for every token `v` at the `selected [B, L] bool`
+  positions (default: all); `[B, L, V] float32`, zero at positions not selected.
+
+  One position per example per round (`remdm_jax.rounds.in_rounds`), each round one
+  classifier call on `B * V` sequences; as many rounds as the example with the most selected
+  positions has, so scoring only the masked positions costs in proportion to them. Meant for
+  small vocabularies such as SMILES characters."""
   batch, length = z.shape
-  candidates = jnp.arange(vocab_size, dtype=z.dtype)                   # [V]
+  selected = jnp.ones(z.shape, bool) if selected is None else selected
+  candidates = jnp.arange(vocab_size, dtype=z.dtype)[None, :, None]     # [1, V, 1]
   t_rep = jnp.repeat(t, vocab_size)                                    # [B * V]
   target_rep = jnp.repeat(target, vocab_size)
 
-  def at_position(l):
-    changed = jnp.broadcast_to(z[:, None, :], (batch, vocab_size, length))
-    changed = changed.at[:, :, l].set(candidates[None, :])             # [B, V, L]
+  def at_positions(positions):                                         # [B, 1] int32
+    changing = jnp.arange(length)[None, :] == positions                # [B, L]
+    changed = jnp.where(changing[:, None, :], candidates, z[:, None, :])   # [B, V, L]
     onehot = jax.nn.one_hot(changed.reshape(batch * vocab_size, length), vocab_size,
                             dtype=jnp.float32)
-    return _target_log_prob(classifier, onehot, t_rep, target_rep).reshape(batch, vocab_size)
+    scores = _target_log_prob(classifier, onehot, t_rep, target_rep)
+    return (scores.reshape(batch, 1, vocab_size),)
 
-  return jnp.moveaxis(jax.lax.map(at_position, jnp.arange(length)), 0, 1)   # [B, L, V]
+  return in_rounds(selected, 1, at_positions)[0]
 
 
 def gradient_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Array,
@@ -113,8 +122,8 @@ def classifier_guidance(denoiser: Denoiser, classifier: Classifier, *, target, g
     target: the class to steer towards: an int, or `[B] int32` per example (traced is fine).
     gamma: guidance strength (0: the denoiser unchanged); a finite number, or traced data.
     mask_id: the mask token; only masked positions are reweighted.
-    form: "exact" (`L * V` classifier inputs per example per step) or "gradient" (one call
-      and one gradient per step).
+    form: "exact" (`V` classifier inputs per masked position per example and step) or
+      "gradient" (one call and one gradient per step).
 
   Returns:
     A denoiser returning `[B, L, V] float32` guided log-probabilities (normalised over V).
@@ -127,14 +136,19 @@ def classifier_guidance(denoiser: Denoiser, classifier: Classifier, *, target, g
       raise ValueError(f"{name} must be a function, got {fn!r}")
   check_scalar("gamma", gamma)
   check_choice("form", form, GUIDANCE_FORMS)
-  scores_of = exact_classifier_scores if form == "exact" else gradient_classifier_scores
+  if form == "exact":    # only the masked positions are scored
+    score = functools.partial(exact_classifier_scores, classifier)
+  else:                  # one gradient covers every position
+    score = lambda z, t, targets, vocab, masked: gradient_classifier_scores(
+        classifier, z, t, targets, vocab)
 
   def guided(z: jax.Array, t: jax.Array) -> jax.Array:
     log_x = jax.nn.log_softmax(denoiser(z, t).astype(jnp.float32), axis=-1)   # [B, L, V]
     targets = jnp.broadcast_to(jnp.asarray(target, jnp.int32), z.shape[:1])
-    scores = scores_of(classifier, z, t, targets, log_x.shape[-1])            # [B, L, V]
-    masked = (z == mask_id)[..., None]
-    return jax.nn.log_softmax(jnp.where(masked, log_x + gamma * scores, log_x), axis=-1)
+    masked = z == mask_id                                                     # [B, L]
+    scores = score(z, t, targets, log_x.shape[-1], masked)                    # [B, L, V]
+    return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
+                              axis=-1)
 
   guided.time_conditioned = True   # the classifier reads t: the sampler's cache must not apply
   return guided

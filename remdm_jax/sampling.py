@@ -31,6 +31,7 @@ from remdm_jax import posterior
 from remdm_jax.config import SamplerConfig
 from remdm_jax.diffusion import Denoiser, subs_log_probs, without_mask
 from remdm_jax.plan import Plan, StepRule, build_plan
+from remdm_jax.rounds import in_rounds
 from remdm_jax.topp import top_p_filter
 from remdm_jax.trajectory import Trajectory
 from remdm_jax.validation import check_int
@@ -234,32 +235,6 @@ def draw_capacity(rule: StepRule, seq_len: int) -> int:
   return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
 
 
-def _in_rounds(selected, capacity, compute, dtypes):
-  """Computes per-position values only at `selected [B, L]` positions: they are gathered
-  `capacity` per example at a time (rounds until every selected position is done),
-  `compute(positions [B, K] int32) -> tuple of [B, K]` gives their values, and they are
-  scattered back.
-
-  Returns one `[B, L]` array per entry of `dtypes`, meaningful where `selected` (zero
-  elsewhere)."""
-  batch, length = selected.shape
-  rank = jnp.cumsum(selected, axis=1) - 1                                      # [B, L]
-  count = jnp.sum(selected, axis=1)                                            # [B]
-  rows = jnp.arange(batch)[:, None]
-
-  def one_round(round_index, out):
-    in_round = selected & (rank // capacity == round_index)
-    positions = jax.vmap(lambda s: jnp.nonzero(s, size=capacity, fill_value=length)[0])(
-        in_round).astype(jnp.int32)                                            # [B, K]
-    values = compute(jnp.minimum(positions, length - 1))
-    return tuple(whole.at[rows, positions].set(piece, mode="drop")
-                 for whole, piece in zip(out, values))
-
-  init = tuple(jnp.zeros((batch, length), dtype) for dtype in dtypes)
-  rounds = (jnp.max(count) + capacity - 1) // capacity
-  return jax.lax.fori_loop(0, rounds, one_round, init)
-
-
 def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
   """Draws only at `selected [B, L]` positions, `rows_at(positions [B, K]) -> logits
   [B, K, V]` giving their rows, with the same per-position keys as `_draw_all`.
@@ -268,7 +243,7 @@ def _draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id)
   `selected` (0, 0 and False elsewhere)."""
   compute = lambda positions: _draw_positions(token_keys, rows_at(positions), positions, plan,
                                               rule, mask_id)
-  return _in_rounds(selected, capacity, compute, (jnp.int32, jnp.float32, bool))
+  return in_rounds(selected, capacity, compute)
 
 
 def is_split(denoiser) -> bool:
@@ -371,9 +346,8 @@ def _final_denoise(denoiser, rule, z, t_final, mask_id):
     computed = output(z, t)
     if split:
       rows_at = _row_reader(denoiser, computed, t, split, rule)
-      best, bad = _in_rounds(masked, draw_capacity(rule, z.shape[1]),
-                             lambda positions: _greedy(rows_at(positions), mask_id),
-                             (jnp.int32, bool))
+      best, bad = in_rounds(masked, draw_capacity(rule, z.shape[1]),
+                            lambda positions: _greedy(rows_at(positions), mask_id))
     else:
       best, bad = _greedy(computed, mask_id)
     return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)

@@ -127,6 +127,29 @@ def test_exact_and_gradient_scores_on_a_linear_log_probability():
   np.testing.assert_allclose(centred(exact), centred(grad), atol=1e-5)
 
 
+def test_exact_scores_only_the_selected_positions_in_as_many_calls_as_the_fullest_row():
+  """With `selected` = the masked positions: equal to the all-positions scores there, zero
+  elsewhere, from max_b (masked count of b) classifier calls of B * V sequences each
+  (Z's first two rows have 3 and 2 masks: 3 calls, against L = 4 for all positions)."""
+  cls, _ = _toy_classifier()
+  calls = []
+
+  def counted(x, t):
+    jax.debug.callback(lambda n: calls.append(int(n)), x.shape[0])
+    return cls(x, t)
+
+  z, t, target = jnp.asarray(Z), jnp.asarray(T), jnp.asarray([0, 2, 1], jnp.int32)
+  every = np.asarray(exact_classifier_scores(cls, z, t, target, V))
+  z_short = jnp.asarray(Z[:2])
+  only = np.asarray(jax.jit(exact_classifier_scores, static_argnums=(0, 4))(
+      counted, z_short, t[:2], target[:2], V, z_short == MASK))
+  jax.effects_barrier()
+  masked = Z[:2] == MASK
+  np.testing.assert_allclose(only[masked], every[:2][masked], atol=1e-6)
+  assert np.all(only[~masked] == 0.0)
+  assert calls == [2 * V] * 3, calls
+
+
 def test_d_cfg_matches_numpy_and_recovers_both_models():
   den_c, np_c = _toy_denoiser(seed=4)
   den_u, np_u = _toy_denoiser(seed=5)
