@@ -19,7 +19,7 @@ reweights the null-class prediction with the classifier in its first-order (grad
 gamma = 0 is the unguided model for both.
 
   python sample/qm9_guidance.py --work runs/qm9 --out results/qm9_guidance [--samples 1024]
-      [--steps 32] [--seeds 0 1] [--train-steps 1500]
+      [--steps 32] [--seeds 0 1] [--train-steps 4000] [--classifier-steps 1500]
 
 Needs the `chem` and `eval` extras (RDKit, matplotlib).
 """
@@ -39,7 +39,9 @@ from flax import nnx
 
 from remdm_jax import (build_table, chem, classifier_free_guidance, classifier_guidance, data,
                        sample, sampler_config, training)
-from remdm_jax.checkpoint import load_model
+from remdm_jax.guidance import GUIDANCE_FORMS
+from remdm_jax.schedules import LogLinear
+from remdm_jax.checkpoint import exported_step, load_model
 from remdm_jax.models import DiTConfig, as_classifier, as_denoiser
 from remdm_jax.tokenizers import ByteTokenizer
 
@@ -54,22 +56,36 @@ SAMPLERS = {   # the paper's molecule settings: rescale eta 0.9 with conf; loop 
     "ReMDM-loop t_on=0.25 t_off=0.125": dict(strategy="loop", t_on=0.25, t_off=0.125),
 }
 GAMMAS = {"cfg": [0.0, 2.0, 4.0], "cbg": [0.0, 4.0, 16.0]}
+CALLS = {"cfg": "2 model calls", "cbg": "1 model call, 1 classifier call and its gradient"}
 
 
-def labelled_rows(work: pathlib.Path, prop: str) -> tuple[dict, dict, list[str]]:
-  """Train and validation rows with class labels (cached), and the training SMILES."""
-  data_cfg = data.DataConfig(dataset="qm9_smiles", data_dir=str(work / "tfds"),
-                             source_dir=str(work / "source"), seq_len=LENGTH, layout="pad")
-  smiles = data.load_texts("qm9_smiles", "train", data_cfg.data_dir, data_cfg.source_dir)
+def data_config(work: pathlib.Path, prop: str = "") -> data.DataConfig:
+  return data.DataConfig(dataset="qm9_smiles", data_dir=str(work / "tfds"),
+                         source_dir=str(work / "source"), seq_len=LENGTH, layout="pad",
+                         label=prop)
+
+
+def labelled_rows(work: pathlib.Path, prop: str) -> tuple[dict, dict]:
+  """Train and validation rows with class labels, cached in WORK/rows_PROP.npz."""
   cache = work / f"rows_{prop}.npz"
   if not cache.exists():
-    labelled = dataclasses.replace(data_cfg, label=prop).load_rows(TOK)
+    labelled = data_config(work, prop).load_rows(TOK)
     np.savez(cache, **{f"{split}_{name}": rows[name]
                        for split, rows in zip(("train", "valid"), labelled)
                        for name in ("tokens", "labels")})
   stored = np.load(cache)
   return tuple({name: stored[f"{split}_{name}"] for name in ("tokens", "labels")}
-               for split in ("train", "valid")) + (smiles,)
+               for split in ("train", "valid"))
+
+
+def training_set(work: pathlib.Path) -> frozenset:
+  """Canonical SMILES of the training molecules (for novelty), cached in WORK."""
+  cache = work / "train_canonical.txt"
+  if not cache.exists():
+    cfg = data_config(work)
+    smiles = data.load_texts("qm9_smiles", "train", cfg.data_dir, cfg.source_dir)
+    cache.write_text("\n".join(sorted(chem.canonical_set(smiles))) + "\n")
+  return frozenset(cache.read_text().split())
 
 
 def train_model(work: pathlib.Path, name: str, objective: str, rows: dict, args) -> object:
@@ -78,16 +94,15 @@ def train_model(work: pathlib.Path, name: str, objective: str, rows: dict, args)
   model_cfg = DiTConfig(vocab_size=TOK.vocab_size, hidden=args.hidden, heads=4,
                         blocks=args.blocks, cond_dim=64, max_length=LENGTH, dropout=0.0,
                         num_classes=2, time_conditioning=objective == "classifier")
-  cfg = training.TrainConfig(objective=objective, batch_size=args.batch_size,
-                             steps=args.train_steps, warmup_steps=200, learning_rate=1e-3,
-                             ema_decay=0.999, eval_every=0, save_every=500, log_every=50,
-                             label_dropout=0.1)
-  run_dir = work / name
-  if not (run_dir / "model").exists():
-    record = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg)}
-    training.train(model_cfg, cfg, data.BatchStream(rows, cfg.batch_size, cfg.seed), None,
-                   TOK.mask_id, run_dir, record=record, tokenizer="bytes")
-  return load_model(run_dir / "model")
+  steps = args.classifier_steps if objective == "classifier" else args.train_steps
+  cfg = training.TrainConfig(objective=objective, batch_size=args.batch_size, steps=steps,
+                             warmup_steps=200, learning_rate=1e-3, ema_decay=0.999,
+                             eval_every=0, save_every=500, log_every=50, label_dropout=0.1)
+  record = {"model": dataclasses.asdict(model_cfg),   # steps left out: a rerun may extend
+            "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}}
+  training.train(model_cfg, cfg, data.BatchStream(rows, cfg.batch_size, cfg.seed), None,
+                 TOK.mask_id, work / name, record=record, tokenizer="bytes")
+  return load_model(work / name / "model")
 
 
 def decode_smiles(ids: np.ndarray) -> list[str]:
@@ -124,14 +139,17 @@ def guided_sampler(model, classifier, guidance: str, sampler: str, steps: int, n
 
 
 def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells: dict,
-              save) -> None:
+              save, models: dict) -> None:
+  """Runs the missing cells of one property; a cell is redone when its sample count or the
+  models it came from (`models`: their training steps) changed."""
   for guidance, gammas in GAMMAS.items():
     for sampler in SAMPLERS:
       run = None
       for gamma in gammas:
-        for seed in args.seeds:
+        for seed in args.seeds if gamma == max(gammas) else args.seeds[:1]:
           key = f"{prop}|{guidance}|{sampler}|{gamma:g}|{seed}"
-          if cells.get(key, {}).get("samples") == args.samples:
+          done = cells.get(key, {})
+          if done.get("samples") == args.samples and done.get("models") == models:
             continue
           if run is None:
             run = guided_sampler(model, classifier, guidance, sampler, args.steps,
@@ -143,11 +161,43 @@ def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells
           steps = len(build_table(sampler_config(num_steps=args.steps,
                                                  **SAMPLERS[sampler])).t)
           cells[key] = {**chem.generation_metrics(smiles, training_set, prop),
-                        "seconds": seconds, "steps": steps,
+                        "models": models, "seconds": seconds, "steps": steps,
                         "seconds_per_step": seconds / steps, "examples": smiles[:8]}
           print(f"{key}: {cells[key]['novel_valid_unique']} novel-valid-unique, mean "
                 f"{prop} {cells[key]['mean_property']:.3f} ({seconds:.1f} s)", flush=True)
           save()
+
+
+def compare_forms(model, classifier, rows: np.ndarray, gammas) -> list[dict]:
+  """Exact against first-order D-CBG on noised held-out molecules `rows [N, L]`: for t in
+  (0.25, 0.5, 0.75) (each position masked with probability 1 - alpha(t)) and each gamma, the
+  mean over masked positions of the total variation between the exact- and gradient-guided
+  `x_theta`, beside that between the unguided and the exact-guided one (the size of the
+  guidance itself), and the seconds of one guided call of each form (compiled beforehand)."""
+  rng = np.random.default_rng(0)
+  uncond, cls = as_denoiser(model), as_classifier(classifier)
+  results = []
+  for t_value in (0.25, 0.5, 0.75):
+    t = jnp.full((len(rows),), t_value, jnp.float32)
+    masked = rng.random(rows.shape) < 1.0 - float(LogLinear(eps=1e-3).alpha(t_value))
+    z = jnp.asarray(np.where(masked, TOK.mask_id, rows), jnp.int32)
+    plain = np.exp(np.asarray(jax.nn.log_softmax(uncond(z, t), axis=-1)))
+    for gamma in gammas:
+      probs, seconds = {}, {}
+      for form in GUIDANCE_FORMS:
+        guided = jax.jit(classifier_guidance(uncond, cls, target=1, gamma=gamma,
+                                             mask_id=TOK.mask_id, form=form))
+        compiled = guided.lower(z, t).compile()
+        tic = time.time()
+        probs[form] = np.exp(np.asarray(compiled(z, t)))
+        seconds[form] = time.time() - tic
+      tv = lambda a, b: float(0.5 * np.abs(a - b).sum(-1)[masked].mean())
+      results.append({"t": t_value, "gamma": gamma, "masked": int(masked.sum()),
+                      "tv_exact_gradient": tv(probs["exact"], probs["gradient"]),
+                      "tv_unguided_exact": tv(plain, probs["exact"]),
+                      "seconds_exact": seconds["exact"], "seconds_gradient": seconds["gradient"]})
+      print(f"exact vs gradient: {results[-1]}", flush=True)
+  return results
 
 
 def aggregate(cells: dict) -> dict:
@@ -169,17 +219,30 @@ def aggregate(cells: dict) -> dict:
   return summary
 
 
-def write_report(summary: dict, out: pathlib.Path, args) -> None:
-  """OUT/table.md and OUT/pareto_PROP_GUIDANCE.png."""
+def cell_text(c: dict) -> str:
+  """`count / property / validity`, with +- half the range over seeds where there are two
+  or more."""
+  if c["seeds"] < 2:
+    return f"{c['nvu']:.0f} / {c['property']:.3f} / {c['valid']:.2f}"
+  return (f"{c['nvu']:.0f} +- {c['nvu_spread']:.0f} / {c['property']:.3f} +- "
+          f"{c['property_spread']:.3f} / {c['valid']:.2f}")
+
+
+def write_report(summary: dict, forms: dict, out: pathlib.Path, args) -> None:
+  """OUT/table.md (cells, then the exact vs first-order comparison) and
+  OUT/pareto_PROP_GUIDANCE.png."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
   lines = [f"{args.samples} samples per cell, T = {args.steps}; novel-valid-unique count / "
-           "mean property over them / validity (mean over seeds, +- half the range).\n"]
+           "mean property over them / validity. Seeds "
+           f"{', '.join(map(str, args.seeds))} at each guidance's largest gamma (mean, +- half "
+           f"the range), seed {args.seeds[0]} elsewhere. s / step: wall-clock seconds per "
+           "step on this machine, averaged over the row.\n"]
   for prop in sorted({g[0] for g in summary}):
     for guidance in GAMMAS:
       gammas = GAMMAS[guidance]
-      lines += [f"\n### {prop}, {guidance.upper()}\n",
+      lines += [f"\n### {prop}, {guidance.upper()} (per step: {CALLS[guidance]})\n",
                 "| sampler | " + " | ".join(f"gamma = {g:g}" for g in gammas) +
                 " | s / step |", "|---" * (len(gammas) + 2) + "|"]
       fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -189,8 +252,7 @@ def write_report(summary: dict, out: pathlib.Path, args) -> None:
         if not done:
           continue
         lines.append(f"| {sampler} | " + " | ".join(
-            f"{c['nvu']:.0f} +- {c['nvu_spread']:.0f} / {c['property']:.3f} +- "
-            f"{c['property_spread']:.3f} / {c['valid']:.2f}" if c else "-" for c in row) +
+            cell_text(c) if c else "-" for c in row) +
             f" | {np.mean([c['seconds_per_step'] for _, c in done]):.4f} |")
         ax.errorbar([c["nvu"] for _, c in done], [c["property"] for _, c in done],
                     xerr=[c["nvu_spread"] for _, c in done],
@@ -202,6 +264,18 @@ def write_report(summary: dict, out: pathlib.Path, args) -> None:
       fig.tight_layout()
       fig.savefig(out / f"pareto_{prop}_{guidance}.png", dpi=120)
       plt.close(fig)
+  for prop, compared in sorted(forms.items()):
+    rows = compared["rows"]
+    lines += [f"\n### {prop}: exact vs first-order D-CBG on {args.exact_molecules} noised "
+              "held-out molecules\n",
+              "Mean total variation over masked positions between the exact- and the "
+              "gradient-guided x_theta, beside the unguided vs exact one (the size of the "
+              "guidance); seconds of one guided call of each form.\n",
+              "| t | gamma | masked | TV exact-gradient | TV unguided-exact | s exact | "
+              "s gradient |", "|---" * 7 + "|"]
+    lines += [f"| {r['t']:g} | {r['gamma']:g} | {r['masked']} | {r['tv_exact_gradient']:.4f} "
+              f"| {r['tv_unguided_exact']:.4f} | {r['seconds_exact']:.2f} | "
+              f"{r['seconds_gradient']:.3f} |" for r in rows]
   (out / "table.md").write_text("\n".join(lines) + "\n")
 
 
@@ -215,10 +289,15 @@ def main():
   parser.add_argument("--samples", type=int, default=1024)
   parser.add_argument("--steps", type=int, default=32)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-  parser.add_argument("--train-steps", type=int, default=1500)
+  parser.add_argument("--train-steps", type=int, default=4000,
+                      help="class-conditional MDLM steps (a rerun with more extends it)")
+  parser.add_argument("--classifier-steps", type=int, default=1500)
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--hidden", type=int, default=128)
   parser.add_argument("--blocks", type=int, default=4)
+  parser.add_argument("--exact-molecules", type=int, default=8,
+                      help="held-out molecules for the exact vs first-order D-CBG comparison "
+                           "(0 skips it)")
   args = parser.parse_args()
   work, out = pathlib.Path(args.work), pathlib.Path(args.out)
   work.mkdir(parents=True, exist_ok=True)
@@ -226,18 +305,22 @@ def main():
   cells_path = out / "cells.json"
   cells = json.loads(cells_path.read_text()) if cells_path.exists() else {}
   save = lambda: cells_path.write_text(json.dumps(cells, indent=1) + "\n")
+  forms_path = out / "exact_vs_gradient.json"
+  forms = json.loads(forms_path.read_text()) if forms_path.exists() else {}
   for prop in args.props:
-    train_rows, _, smiles = labelled_rows(work, prop)
-    print(f"{prop}: {int(train_rows['labels'].sum())} of {len(smiles)} training molecules "
-          "in class 1", flush=True)
+    train_rows, valid_rows = labelled_rows(work, prop)
+    print(f"{prop}: {int(train_rows['labels'].sum())} of {len(train_rows['labels'])} "
+          "training molecules in class 1", flush=True)
     model = train_model(work, f"mdlm_{prop}", "mdlm", train_rows, args)
     classifier = train_model(work, f"classifier_{prop}", "classifier", train_rows, args)
-    cache = work / "train_canonical.txt"
-    if not cache.exists():
-      cache.write_text("\n".join(sorted(chem.canonical_set(smiles))) + "\n")
-    training_set = frozenset(cache.read_text().split())
-    run_cells(args, prop, model, classifier, training_set, cells, save)
-  write_report(aggregate(cells), out, args)
+    models = {name: exported_step(work / name / "model")
+              for name in (f"mdlm_{prop}", f"classifier_{prop}")}
+    run_cells(args, prop, model, classifier, training_set(work), cells, save, models)
+    if args.exact_molecules and forms.get(prop, {}).get("models") != models:
+      forms[prop] = {"models": models, "rows": compare_forms(
+          model, classifier, valid_rows["tokens"][:args.exact_molecules], GAMMAS["cbg"][1:])}
+      forms_path.write_text(json.dumps(forms, indent=1) + "\n")
+  write_report(aggregate(cells), forms, out, args)
   print((out / "table.md").read_text())
 
 
