@@ -215,7 +215,7 @@ def aggregate(cells: dict) -> dict:
                       "property": value.mean(), "property_spread": np.ptp(value) / 2,
                       "valid": np.mean([m["valid"] for m in members]),
                       "seconds_per_step": np.mean([m["seconds_per_step"] for m in members]),
-                      "seeds": len(members)}
+                      "seeds": len(members), "samples": members[0]["samples"]}
   return summary
 
 
@@ -234,15 +234,16 @@ def write_report(summary: dict, forms: dict, out: pathlib.Path, args) -> None:
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
-  lines = [f"{args.samples} samples per cell, T = {args.steps}; novel-valid-unique count / "
-           "mean property over them / validity. Seeds "
-           f"{', '.join(map(str, args.seeds))} at each guidance's largest gamma (mean, +- half "
-           f"the range), seed {args.seeds[0]} elsewhere. s / step: wall-clock seconds per "
-           "step on this machine, averaged over the row.\n"]
+  lines = [f"T = {args.steps}; novel-valid-unique count / mean property over them / "
+           "validity. Where a cell ran with several seeds (each guidance's largest gamma), "
+           "the mean +- half the range. s / step: wall-clock seconds per step on this "
+           "machine, averaged over the row.\n"]
   for prop in sorted({g[0] for g in summary}):
     for guidance in GAMMAS:
       gammas = GAMMAS[guidance]
-      lines += [f"\n### {prop}, {guidance.upper()} (per step: {CALLS[guidance]})\n",
+      samples = sorted({c["samples"] for g, c in summary.items() if g[:2] == (prop, guidance)})
+      lines += [f"\n### {prop}, {guidance.upper()}: {'/'.join(map(str, samples))} molecules "
+                f"per cell (per step: {CALLS[guidance]})\n",
                 "| sampler | " + " | ".join(f"gamma = {g:g}" for g in gammas) +
                 " | s / step |", "|---" * (len(gammas) + 2) + "|"]
       fig, ax = plt.subplots(figsize=(6, 4.5))
