@@ -168,6 +168,35 @@ def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells
           save()
 
 
+def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
+  """Area under the ROC curve of `scores [N]` for binary `labels [N]` (Mann-Whitney U)."""
+  ranks = np.empty(len(scores))
+  ranks[np.argsort(scores, kind="stable")] = np.arange(1, len(scores) + 1)
+  positive = labels == 1
+  return float((ranks[positive].sum() - positive.sum() * (positive.sum() + 1) / 2)
+               / (positive.sum() * (~positive).sum()))
+
+
+def check_classifier(classifier, rows: dict) -> list[dict]:
+  """The classifier on held-out molecules `rows` ({"tokens", "labels"}), each position masked
+  with probability 1 - alpha(t): AUC of log p(y = 1 | z_t) and cross-entropy, beside the
+  cross-entropy of the class prior (what a classifier that ignores its input gets)."""
+  rng = np.random.default_rng(0)
+  cls, labels = as_classifier(classifier), rows["labels"]
+  prior = labels.mean()
+  prior_ce = float(-(prior * np.log(prior) + (1 - prior) * np.log(1 - prior)))
+  results = []
+  for t_value in (1e-3, 0.25, 0.5, 0.75):
+    masked = rng.random(rows["tokens"].shape) < 1.0 - float(LogLinear(eps=1e-3).alpha(t_value))
+    z = np.where(masked, TOK.mask_id, rows["tokens"])
+    log_p = np.asarray(jax.nn.log_softmax(cls(jax.nn.one_hot(z, TOK.vocab_size),
+                                              jnp.full((len(z),), t_value)), axis=-1))
+    results.append({"t": t_value, "auc": rank_auc(log_p[:, 1], labels),
+                    "cross_entropy": float(-log_p[np.arange(len(z)), labels].mean()),
+                    "prior_cross_entropy": prior_ce})
+  return results
+
+
 def compare_forms(model, classifier, rows: np.ndarray, gammas) -> list[dict]:
   """Exact against first-order D-CBG on noised held-out molecules `rows [N, L]`: for t in
   (0.25, 0.5, 0.75) (each position masked with probability 1 - alpha(t)) and each gamma, the
@@ -228,9 +257,9 @@ def cell_text(c: dict) -> str:
           f"{c['property_spread']:.3f} / {c['valid']:.2f}")
 
 
-def write_report(summary: dict, forms: dict, out: pathlib.Path, args) -> None:
-  """OUT/table.md (cells, then the exact vs first-order comparison) and
-  OUT/pareto_PROP_GUIDANCE.png."""
+def write_report(summary: dict, forms: dict, checks: dict, out: pathlib.Path, args) -> None:
+  """OUT/table.md (cells, the classifiers on held-out molecules, the exact vs first-order
+  comparison) and OUT/pareto_PROP_GUIDANCE.png."""
   import matplotlib
   matplotlib.use("Agg")
   import matplotlib.pyplot as plt
@@ -265,6 +294,11 @@ def write_report(summary: dict, forms: dict, out: pathlib.Path, args) -> None:
       fig.tight_layout()
       fig.savefig(out / f"pareto_{prop}_{guidance}.png", dpi=120)
       plt.close(fig)
+  for prop, checked in sorted(checks.items()):
+    lines += [f"\n### {prop}: the noisy classifier on 2,000 held-out molecules\n",
+              "| t | AUC | cross-entropy | class prior's cross-entropy |", "|---" * 4 + "|"]
+    lines += [f"| {r['t']:g} | {r['auc']:.3f} | {r['cross_entropy']:.3f} | "
+              f"{r['prior_cross_entropy']:.3f} |" for r in checked["rows"]]
   for prop, compared in sorted(forms.items()):
     rows = compared["rows"]
     lines += [f"\n### {prop}: exact vs first-order D-CBG on {args.exact_molecules} noised "
@@ -308,6 +342,8 @@ def main():
   save = lambda: cells_path.write_text(json.dumps(cells, indent=1) + "\n")
   forms_path = out / "exact_vs_gradient.json"
   forms = json.loads(forms_path.read_text()) if forms_path.exists() else {}
+  checks_path = out / "classifier_checks.json"
+  checks = json.loads(checks_path.read_text()) if checks_path.exists() else {}
   for prop in args.props:
     train_rows, valid_rows = labelled_rows(work, prop)
     print(f"{prop}: {int(train_rows['labels'].sum())} of {len(train_rows['labels'])} "
@@ -317,11 +353,15 @@ def main():
     models = {name: exported_step(work / name / "model")
               for name in (f"mdlm_{prop}", f"classifier_{prop}")}
     run_cells(args, prop, model, classifier, training_set(work), cells, save, models)
+    if checks.get(prop, {}).get("models") != models:
+      held_out = {name: valid_rows[name][:2000] for name in ("tokens", "labels")}
+      checks[prop] = {"models": models, "rows": check_classifier(classifier, held_out)}
+      checks_path.write_text(json.dumps(checks, indent=1) + "\n")
     if args.exact_molecules and forms.get(prop, {}).get("models") != models:
       forms[prop] = {"models": models, "rows": compare_forms(
           model, classifier, valid_rows["tokens"][:args.exact_molecules], GAMMAS["cbg"][1:])}
       forms_path.write_text(json.dumps(forms, indent=1) + "\n")
-  write_report(aggregate(cells), forms, out, args)
+  write_report(aggregate(cells), forms, checks, out, args)
   print((out / "table.md").read_text())
 
 
