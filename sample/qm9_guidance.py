@@ -142,7 +142,8 @@ def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells
               save, models: dict) -> None:
   """Runs the missing cells of one property; a cell is redone when its sample count or the
   models it came from (`models`: their training steps) changed."""
-  for guidance, gammas in GAMMAS.items():
+  for guidance in args.guidances:
+    gammas = GAMMAS[guidance]
     for sampler in SAMPLERS:
       run = None
       for gamma in gammas:
@@ -271,6 +272,8 @@ def write_report(summary: dict, forms: dict, checks: dict, out: pathlib.Path, ar
     for guidance in GAMMAS:
       gammas = GAMMAS[guidance]
       samples = sorted({c["samples"] for g, c in summary.items() if g[:2] == (prop, guidance)})
+      if not samples:
+        continue
       lines += [f"\n### {prop}, {guidance.upper()}: {'/'.join(map(str, samples))} molecules "
                 f"per cell (per step: {CALLS[guidance]})\n",
                 "| sampler | " + " | ".join(f"gamma = {g:g}" for g in gammas) +
@@ -321,6 +324,7 @@ def main():
   parser.add_argument("--out", required=True)
   parser.add_argument("--props", nargs="+", default=list(chem.PROPERTIES),
                       choices=chem.PROPERTIES)
+  parser.add_argument("--guidances", nargs="+", default=list(GAMMAS), choices=list(GAMMAS))
   parser.add_argument("--samples", type=int, default=1024)
   parser.add_argument("--steps", type=int, default=32)
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
