@@ -233,7 +233,8 @@ def compare_forms(model, classifier, rows: np.ndarray, gammas) -> list[dict]:
 
 def aggregate(cells: dict) -> dict:
   """`(prop, guidance, sampler, gamma) -> (mean, spread)` of the count and the property over
-  seeds; spread is half the range (0 for one seed)."""
+  seeds (the property over the seeds that have a novel valid molecule); spread is half the
+  range (0 for one seed)."""
   groups = {}
   for key, cell in cells.items():
     prop, guidance, sampler, gamma, _ = key.split("|")
@@ -242,8 +243,10 @@ def aggregate(cells: dict) -> dict:
   for group, members in groups.items():
     count = np.array([m["novel_valid_unique"] for m in members], np.float64)
     value = np.array([m["mean_property"] for m in members], np.float64)
+    value = value[np.isfinite(value)]     # a seed with no novel valid molecule has no mean
     summary[group] = {"nvu": count.mean(), "nvu_spread": np.ptp(count) / 2,
-                      "property": value.mean(), "property_spread": np.ptp(value) / 2,
+                      "property": value.mean() if len(value) else np.nan,
+                      "property_spread": np.ptp(value) / 2 if len(value) else np.nan,
                       "valid": np.mean([m["valid"] for m in members]),
                       "seconds_per_step": np.mean([m["seconds_per_step"] for m in members]),
                       "seeds": len(members), "samples": members[0]["samples"]}
