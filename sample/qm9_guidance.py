@@ -169,6 +169,12 @@ def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells
           save()
 
 
+def noise_mask(rng: np.random.Generator, shape: tuple, t: float) -> np.ndarray:
+  """`shape` bool: each position masked with probability 1 - alpha(t) (log-linear, eps 1e-3,
+  as the models train)."""
+  return rng.random(shape) < 1.0 - float(LogLinear(eps=1e-3).alpha(t))
+
+
 def rank_auc(scores: np.ndarray, labels: np.ndarray) -> float:
   """Area under the ROC curve of `scores [N]` for binary `labels [N]` (Mann-Whitney U)."""
   ranks = np.empty(len(scores))
@@ -188,7 +194,7 @@ def check_classifier(classifier, rows: dict) -> list[dict]:
   prior_ce = float(-(prior * np.log(prior) + (1 - prior) * np.log(1 - prior)))
   results = []
   for t_value in (1e-3, 0.25, 0.5, 0.75):
-    masked = rng.random(rows["tokens"].shape) < 1.0 - float(LogLinear(eps=1e-3).alpha(t_value))
+    masked = noise_mask(rng, rows["tokens"].shape, t_value)
     z = np.where(masked, TOK.mask_id, rows["tokens"])
     log_p = np.asarray(jax.nn.log_softmax(cls(jax.nn.one_hot(z, TOK.vocab_size),
                                               jnp.full((len(z),), t_value)), axis=-1))
@@ -209,7 +215,7 @@ def compare_forms(model, classifier, rows: np.ndarray, gammas) -> list[dict]:
   results = []
   for t_value in (0.25, 0.5, 0.75):
     t = jnp.full((len(rows),), t_value, jnp.float32)
-    masked = rng.random(rows.shape) < 1.0 - float(LogLinear(eps=1e-3).alpha(t_value))
+    masked = noise_mask(rng, rows.shape, t_value)
     z = jnp.asarray(np.where(masked, TOK.mask_id, rows), jnp.int32)
     plain = np.exp(np.asarray(jax.nn.log_softmax(uncond(z, t), axis=-1)))
     for gamma in gammas:
