@@ -4,6 +4,7 @@ import os
 
 os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
 os.environ.setdefault("JAX_NUMPY_RANK_PROMOTION", "raise")
+os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")   # workers may share one GPU
 
 import itertools  # noqa: E402
 
@@ -19,6 +20,14 @@ MIXTURE_SEQS = np.array([[0, 1, 2, 3, 0, 1],
                          [2, 0, 3, 1, 1, 3]], dtype=np.int32)
 MIXTURE_WEIGHTS = np.array([0.4, 0.3, 0.2, 0.1])
 MASK_ID = 4
+
+
+def pytest_xdist_auto_num_workers(config):
+  """`-n auto` (setup.cfg): one test process per core, at most 4 (the tests are mostly
+  single-threaded XLA compiles; more processes mostly add JAX start-up and memory)."""
+  cores = (len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity")
+           else os.cpu_count() or 1)
+  return min(cores, 4)
 
 
 def oracle_denoiser(seqs: np.ndarray, weights: np.ndarray, vocab_size: int):
