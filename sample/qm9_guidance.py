@@ -118,7 +118,8 @@ def decode_smiles(ids: np.ndarray) -> list[str]:
 
 
 def guided_sampler(model, classifier, guidance: str, sampler: str, steps: int, n: int):
-  """`run(key, gamma) -> ids [n, L]`, jitted once per (guidance, sampler): gamma is data."""
+  """`run(key, gamma) -> ids [n, L]`, compiled here, once per (guidance, sampler): gamma is
+  data."""
   graphdef, state = nnx.split(model)
   cls_graphdef, cls_state = nnx.split(classifier)
   cfg = sampler_config(num_steps=steps, **SAMPLERS[sampler])
@@ -134,7 +135,7 @@ def guided_sampler(model, classifier, guidance: str, sampler: str, steps: int, n
                                      form="gradient")
     return sample(key, denoiser, cfg, batch_size=n, seq_len=LENGTH, mask_id=TOK.mask_id)
 
-  compiled = jax.jit(run)
+  compiled = jax.jit(run).lower(jax.random.key(0), jnp.float32(0), state, cls_state).compile()
   return lambda key, gamma: np.asarray(compiled(key, jnp.float32(gamma), state, cls_state))
 
 
@@ -155,7 +156,6 @@ def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells
           if run is None:
             run = guided_sampler(model, classifier, guidance, sampler, args.steps,
                                  args.samples)
-            run(jax.random.key(seed), gamma)                            # compile once
           tic = time.time()
           smiles = decode_smiles(run(jax.random.key(seed), gamma))
           seconds = time.time() - tic
