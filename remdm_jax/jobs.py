@@ -15,6 +15,7 @@ order; `evaluate_samples` scores records with Gen PPL and entropy under a causal
 from __future__ import annotations
 
 import dataclasses
+import importlib.resources
 import json
 import pathlib
 import re
@@ -34,7 +35,7 @@ from remdm_jax.validation import check_choice, check_fields, check_range
 
 GUIDANCE_KINDS = ("none", "cfg", "cbg")
 
-SHIPPED_MODEL = pathlib.Path(__file__).resolve().parents[1] / "checkpoints" / "shakespeare-mdlm"
+SHIPPED_MODEL = pathlib.Path(importlib.resources.files("remdm_jax.shipped"), "shakespeare-mdlm")
 MANIFEST = "manifest.json"
 MERGED = "samples.jsonl"
 _SHARD = re.compile(r"samples-(\d{9})-(\d{9})\.jsonl$")
