@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import remdm_jax
 from remdm_jax import schedules
 
 T_VALUES = np.linspace(0.01, 0.99, 25)
@@ -50,9 +51,29 @@ def test_total_noise_is_minus_log_alpha_of_the_training_schedule():
   np.testing.assert_allclose(np.asarray(sigma), expected, rtol=1e-5)
 
 
+# The reference sampler's grid for T = 4, t_min = 1e-5, written out by hand: t_i = 1 - i dt
+# with dt = (1 - 1e-5) / 4 = 0.2499975; step i goes from t_i to t_{i + 1}.
+REFERENCE_GRID_4 = np.array([1.0, 0.7500025, 0.500005, 0.2500075, 1e-5])
+
+
 def test_uniform_grid_is_the_reference_grid():
-  grid = schedules.uniform_grid(4, 1e-5)
-  np.testing.assert_allclose(grid, np.linspace(1, 1e-5, 5))
+  """The grid and the MDLM table built on it against hand-written times (alpha = 1 - t for
+  loglinear at sampling): a grid reversed or shifted by one step fails at every entry."""
+  np.testing.assert_allclose(schedules.uniform_grid(4, 1e-5), REFERENCE_GRID_4,
+                             rtol=1e-12, atol=0)
+  assert schedules.uniform_grid(4, 1e-5).dtype == np.float64
+  t, s = REFERENCE_GRID_4[:-1], REFERENCE_GRID_4[1:]
+  a_t, a_s = 1.0 - t, 1.0 - s
+  table = remdm_jax.build_table(remdm_jax.SamplerConfig(strategy=remdm_jax.Mdlm(),
+                                                        num_steps=4))
+  np.testing.assert_allclose(np.asarray(table.t), t, rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(table.unmask_base), (a_s - a_t) / (1.0 - a_t),
+                             rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(table.unmask_per_sigma), a_t / (1.0 - a_t), rtol=1e-6)
+  np.testing.assert_allclose(np.asarray(table.sigma_max),
+                             [1.0, *np.minimum(1.0, (1.0 - a_s[1:]) / a_t[1:])], rtol=1e-6)
+  plan, _ = remdm_jax.build_plan(remdm_jax.SamplerConfig(num_steps=4))
+  assert float(plan.t_final) == np.float32(1e-5)       # the final noise removal runs at t_min
   with pytest.raises(ValueError, match=r"num_steps must be in \[1, inf\), got 0"):
     schedules.uniform_grid(0)
 
