@@ -1,5 +1,13 @@
-"""Per-step tables against direct float64 evaluations of the paper's formulas."""
+"""Per-step tables against direct float64 evaluations of the paper's formulas, and topk's
+position chunks against the exact distribution of confidence decoding."""
 
+import collections
+import functools
+import itertools
+import math
+
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -163,3 +171,142 @@ def test_other_schedules_give_the_formulas_of_their_alpha(schedule, alpha, strat
   np.testing.assert_allclose(np.asarray(table.sigma), sigma, rtol=1e-5, atol=1e-7)
   np.testing.assert_allclose(got, unmask, rtol=1e-5, atol=1e-6)
   assert not np.allclose(a_t, 1.0 - t)   # the schedule is really used
+
+
+# --- topk's position_chunk: x_theta, top-p and draws for C positions at a time. ------------
+# A factorised distribution over L = 4 positions and ids 0..3 (id 4 is the mask), every
+# (position, id) probability distinct so that confidence ranks never tie.
+TOPK_P = np.array([[0.52, 0.27, 0.14, 0.07],
+                   [0.06, 0.17, 0.32, 0.45],
+                   [0.36, 0.29, 0.22, 0.13],
+                   [0.11, 0.41, 0.25, 0.23]])
+TOPK_LOGITS = np.concatenate([np.log(TOPK_P), np.full((4, 1), -np.inf)],   # mask: never
+                             axis=1).astype(np.float32)
+# Reference top-p at 0.8 keeps the ids whose sorted cumulative mass is <= 0.8 (0.79, 0.77,
+# 0.65 and 0.66 per position), here the two most likely of each position, renormalised.
+TOPK_TOP_P = 0.8
+TOPK_KEPT = np.array([[1, 1, 0, 0], [0, 0, 1, 1], [1, 1, 0, 0], [0, 1, 1, 0]])
+TOPK_NUCLEUS = TOPK_P * TOPK_KEPT / np.sum(TOPK_P * TOPK_KEPT, axis=1, keepdims=True)
+TOPK_N = 20_000
+
+
+def _factorised(z, t):
+  """Oracle x_theta of `TOPK_P`: the same per-position distribution whatever z and t."""
+  del t
+  return jnp.broadcast_to(jnp.asarray(TOPK_LOGITS), z.shape + (5,))   # [B, L, V] f32
+
+
+def _topk_config(chunk):
+  return sampler_config(strategy="topk", num_steps=4, position_chunk=chunk, top_p=TOPK_TOP_P)
+
+
+def _topk_sample(chunk, n=TOPK_N):
+  """`[n, 4]` topk samples of the oracle, key 0 (one executable per chunk and n)."""
+  return np.asarray(remdm_jax.sample(jax.random.key(0), _factorised, _topk_config(chunk),
+                                     batch_size=n, seq_len=4, mask_id=4))
+
+
+def _output_shapes(cfg, batch_size) -> set:
+  """Shapes of every value the traced sampler computes, nested jaxprs included."""
+  closed = jax.make_jaxpr(lambda key: remdm_jax.sample(
+      key, _factorised, cfg, batch_size=batch_size, seq_len=4, mask_id=4))(jax.random.key(0))
+  shapes, todo = set(), [closed.jaxpr]
+  while todo:
+    jaxpr = todo.pop()
+    for eqn in jaxpr.eqns:
+      shapes.update(tuple(v.aval.shape) for v in eqn.outvars)
+      for value in eqn.params.values():
+        for sub in value if isinstance(value, (list, tuple)) else [value]:
+          sub = getattr(sub, "jaxpr", sub)
+          if hasattr(sub, "eqns"):
+            todo.append(sub)
+  return shapes
+
+
+def _topk_exact(p: np.ndarray, num_steps: int) -> dict:
+  """The exact distribution of topk's output (float64): at step i every masked position l
+  draws x_l ~ p[l] and the `round(i L / T)` - decoded ones with the largest p[l, x_l] are
+  unmasked with their draws (ties, absent here, would go to the lower position)."""
+  length, ids = p.shape
+
+  @functools.lru_cache(maxsize=None)
+  def finals(state, step):
+    if step == num_steps:
+      return {state: 1.0}
+    masked = [l for l in range(length) if state[l] is None]
+    count = round((step + 1) * length / num_steps) - (length - len(masked))
+    out = collections.defaultdict(float)
+    for draw in itertools.product(range(ids), repeat=len(masked)):
+      weight = math.prod(p[l, x] for l, x in zip(masked, draw))
+      if weight == 0.0:
+        continue
+      new = list(state)
+      for l, x in sorted(zip(masked, draw), key=lambda lx: -p[lx])[:count]:
+        new[l] = x
+      for final, q in finals(tuple(new), step + 1).items():
+        out[final] += weight * q
+    return dict(out)
+
+  return finals((None,) * length, 0)
+
+
+def _chi_square(samples: np.ndarray, probs: dict) -> tuple[float, int]:
+  """Pearson's statistic over the sequences with expected count >= 5 plus one pooled cell
+  for the rest (samples outside the support count there; with nothing expected there, one
+  such sample makes the statistic infinite), and its degrees of freedom."""
+  n = len(samples)
+  counts = collections.Counter(map(tuple, samples.tolist()))
+  big = [s for s, q in probs.items() if n * q >= 5]
+  observed = [counts[s] for s in big]
+  expected = [n * probs[s] for s in big]
+  rest_observed = n - sum(observed)
+  rest_expected = max(n - sum(expected), 0.0)
+  if rest_observed or rest_expected > 1e-6:
+    observed.append(rest_observed)
+    expected.append(rest_expected)
+  with np.errstate(divide="ignore"):
+    stat = sum(np.float64(o - e) ** 2 / e for o, e in zip(observed, expected))
+  return float(stat), len(observed) - 1
+
+
+def _chi_square_bound(dof: int, z: float = 4.0) -> float:
+  """Wilson-Hilferty upper quantile of chi-square(dof) at standard-normal z (z = 4: a false
+  alarm probability of about 3e-5)."""
+  a = 2.0 / (9.0 * dof)
+  return dof * (1.0 - a + z * math.sqrt(a)) ** 3
+
+
+def test_topk_position_chunks_run_chunked_and_give_identical_tokens():
+  """position_chunk C in {1, 2} gives the tokens of no chunking (per-position keys), top-p
+  on, for all N = 20,000 samples; a chunk below seq_len really computes x_theta and the draws
+  on [B, C, V] blocks, which the unchunked sampler never forms; a chunk must divide seq_len.
+  (C = seq_len takes the unchunked path.)"""
+  reference = _topk_sample(0)
+  assert len(np.unique(reference, axis=0)) >= 8           # not a degenerate stream
+  for chunk in (1, 2):
+    np.testing.assert_array_equal(_topk_sample(chunk), reference)
+  unchunked = _output_shapes(_topk_config(0), batch_size=6)
+  for chunk in (1, 2):
+    assert (6, chunk, 5) in _output_shapes(_topk_config(chunk), batch_size=6)
+    assert (6, chunk, 5) not in unchunked
+  with pytest.raises(ValueError, match="position_chunk must divide seq_len 4, got 3"):
+    _topk_sample(3, n=2)
+
+
+def test_topk_with_position_chunks_samples_its_exact_distribution():
+  """topk (T = 4 steps, L = 4, top-p 0.8) with the factorised oracle and position_chunk = 2:
+  the N = 20,000 samples (key 0) against the exact distribution of confidence decoding over
+  the nucleus, enumerated in float64; Pearson's chi-square (cells with expected count < 5
+  pooled) must stay below the z = 4 quantile. Confidence decoding is not the data
+  distribution: the same samples exceed ten times the bound against the plain product of
+  the nucleus marginals, so a topk that ignored confidence would fail."""
+  exact = _topk_exact(TOPK_NUCLEUS, num_steps=4)
+  assert abs(sum(exact.values()) - 1.0) < 1e-12
+  samples = _topk_sample(2)
+  stat, dof = _chi_square(samples, exact)
+  assert stat < _chi_square_bound(dof), (stat, dof)
+  product = {s: math.prod(TOPK_NUCLEUS[l, x] for l, x in enumerate(s))
+             for s in itertools.product(range(4), repeat=4)}
+  product = {s: q for s, q in product.items() if q > 0}
+  wrong, wrong_dof = _chi_square(samples, product)
+  assert wrong > 10 * _chi_square_bound(wrong_dof), (wrong, wrong_dof)
