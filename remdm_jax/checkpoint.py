@@ -187,7 +187,7 @@ def _restore(params_dir: pathlib.Path, abstract_state):
 
 
 def load_model(directory) -> DiT | NoisyClassifier:
-  """Rebuilds the model of a folder written by `save_model` or `python -m remdm_jax.convert`.
+  """Rebuilds the model of a folder written by `save_model` or `remdm-convert`.
 
   Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
   honouring the checkpoint's `time_conditioning` (or the `NoisyClassifier` of a folder
@@ -209,6 +209,23 @@ def load_model(directory) -> DiT | NoisyClassifier:
       abstract_state)
   state = _restore(directory / _PARAMS, abstract_state)
   return nnx.merge(graphdef, state, rest)
+
+
+_ABSENT = object()
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+  """`"train.learning_rate: 0.001 in the checkpoint, 0.0003 now"` for each field (dotted,
+  nested dicts followed) whose value differs between two config records."""
+  out = []
+  for key in sorted(set(saved) | set(current)):
+    old, new = saved.get(key, _ABSENT), current.get(key, _ABSENT)
+    if isinstance(old, dict) and isinstance(new, dict):
+      out += config_differences(old, new, f"{prefix}{key}.")
+    elif old != new:
+      shown = ["absent" if v is _ABSENT else json.dumps(v) for v in (old, new)]
+      out.append(f"{prefix}{key}: {shown[0]} in the checkpoint, {shown[1]} now")
+  return out
 
 
 class Checkpoints:
@@ -238,9 +255,9 @@ class Checkpoints:
       return None
     meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
     if meta["meta"]["config"] != self.record:
-      changed = files.changed_keys(meta["meta"]["config"], self.record)
+      changed = "; ".join(config_differences(meta["meta"]["config"], self.record))
       raise ValueError(f"the checkpoint in {self.manager.directory} was written for a "
-                       f"different config (differs in {changed}); use another workdir")
+                       f"different config: {changed}; use another workdir")
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, state)
     restored = self.manager.restore(step, args=ocp.args.Composite(
         state=ocp.args.StandardRestore(abstract)))

@@ -5,8 +5,10 @@ defaults. A `--config=FILE.json` holding `{"section": {"field": value}}` is appl
 then the flags. Unknown sections or fields are errors listing the valid ones; values are
 converted by the field's type and checked by the config itself. A `SamplerConfig` section
 takes flat options (`--sampler.strategy=cap --sampler.eta=0.01`): the strategy's own options
-and the shared ones; a new strategy starts from its own defaults. `-h` / `--help` prints every
-field with its default and meaning. Positional arguments are folders (`remdm-merge DIR`).
+and the shared ones; a new strategy starts from its own defaults. A `TrainConfig` section takes
+its objective's options the same way (`--train.objective=remdm --train.eta=0.5`). Fields a
+command sets itself (`fixed`) are refused by name. `-h` / `--help` prints every field with
+its default and meaning. Positional arguments are folders (`remdm-merge DIR`).
 Errors end the command through `errors.run_cli`. The commands only parse and call the
 library (`jobs.run_sampling_job`, `training.train`, `jobs.merge`, `convert.convert`).
 """
@@ -21,7 +23,7 @@ import re
 import sys
 import typing
 
-from remdm_jax import distributed, files, jobs
+from remdm_jax import distributed, files, jobs, objectives
 from remdm_jax.config import SamplerConfig, unknown_option_message
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
@@ -83,12 +85,28 @@ def _sampler_field_types(default: SamplerConfig, strategy: str) -> dict:
   return {"strategy": str, **shared, **_field_types(strategy_class(strategy)())}
 
 
+def _has_objective(config) -> bool:
+  """A section holding an objective (`TrainConfig`): it takes the objective's options flat."""
+  return isinstance(getattr(config, "objective", None), objectives.Objective)
+
+
+def _train_field_types(default, objective: str) -> dict:
+  """The flat options of a train section: the objective's own and the loop's."""
+  shared = {name: kind for name, kind in _field_types(default).items() if name != "objective"}
+  own = _field_types(objectives.objective_class(objective)())
+  return {"objective": str, **shared, **own}
+
+
 def _section_config(section: str, default, flags: list[tuple]):
   """The default of one section updated by its `(field, value, from_text)` flags."""
   if isinstance(default, SamplerConfig):
     chosen = [v for f, v, _ in flags if f == "strategy"]
     strategy = chosen[-1] if chosen else default.strategy.name
     types = _sampler_field_types(default, strategy)
+  elif _has_objective(default):
+    chosen = [v for f, v, _ in flags if f == "objective"]
+    objective = chosen[-1] if chosen else default.objective.name
+    types = _train_field_types(default, objective)
   else:
     types = _field_types(default)
   values = {}
@@ -96,23 +114,33 @@ def _section_config(section: str, default, flags: list[tuple]):
     if field not in types:
       if isinstance(default, SamplerConfig):
         raise UsageError(f"--{section}.{field}: " + unknown_option_message(field, strategy))
+      if _has_objective(default) and any(field in objectives.option_names(cls)
+                                         for cls in objectives.OBJECTIVES.values()):
+        raise UsageError(f"--{section}.{field}: " +
+                         objectives.unknown_option_message(field, objective))
       raise UsageError(f"unknown key {section}.{field}; valid keys: {', '.join(sorted(types))}")
     values[field] = _convert(value, types[field], f"{section}.{field}") if from_text else value
-  if isinstance(default, SamplerConfig):
+  if isinstance(default, SamplerConfig) or _has_objective(default):
     return default.with_options(**values)
   return dataclasses.replace(default, **values)
 
 
-def parse_sections(argv: list[str], defaults: dict,
-                   arguments: str = "") -> tuple[dict, list[str]]:
+def parse_sections(argv: list[str], defaults: dict, arguments: str = "",
+                   fixed: dict | None = None) -> tuple[dict, list[str]]:
   """Applies `--config` and `--section.field=value` flags; returns (configs, other args).
+
+  `fixed` maps `"section.field"` to what sets it (`{"model.vocab_size": "from the
+  tokenizer"}`): the command sets those fields itself, so a flag for one is an error and
+  `--help` leaves them out.
 
   Raises:
     HelpRequested: `-h` or `--help` was given (its text lists every field).
-    UsageError / ValueError: an unknown or malformed flag, or a value the config refuses.
+    UsageError / ValueError: an unknown or malformed flag, a flag for a fixed field, or a
+      value the config refuses.
   """
+  fixed = fixed or {}
   if "-h" in argv or "--help" in argv:
-    raise HelpRequested(usage(defaults, arguments))
+    raise HelpRequested(usage(defaults, arguments, fixed))
   rest, flags = [], []
   for arg in argv:
     if arg.startswith("--config="):
@@ -121,18 +149,25 @@ def parse_sections(argv: list[str], defaults: dict,
       flags.append(_parse_flag(arg))
     else:
       rest.append(arg)
-  for section, *_ in flags:
+  for section, field, _, from_text in flags:
     if section not in defaults:
       raise UsageError(f"unknown section {section!r}; choose from {sorted(defaults)}")
+    if f"{section}.{field}" in fixed:
+      where = "the flag" if from_text else f"{section}.{field} from the --config file"
+      raise UsageError(f"--{section}.{field} is set by this command "
+                       f"({fixed[section + '.' + field]}); remove {where}")
   configs = {name: _section_config(name, default, [f[1:] for f in flags if f[0] == name])
              for name, default in defaults.items()}
   return configs, rest
 
 
 def _field_comments(cls) -> dict[str, str]:
-  """The `# comment` after each field of a dataclass's source (continuation lines joined)."""
+  """The `# comment` after each field of a dataclass's source (continuation lines joined),
+  inherited fields included."""
   comments, last = {}, None
-  for line in inspect.getsource(cls).splitlines():
+  sources = [inspect.getsource(c) for c in reversed(cls.__mro__)
+             if dataclasses.is_dataclass(c) and c.__module__ != "builtins"]
+  for line in "\n".join(sources).splitlines():
     field = re.match(r"\s+(\w+)\s*:[^=]*=.*?#\s?(.*)$", line)
     more = re.match(r"\s+#\s?(.*)$", line)
     if field:
@@ -168,8 +203,22 @@ def _sampler_usage(section: str, config: SamplerConfig) -> list[str]:
   return lines
 
 
-def usage(defaults: dict, arguments: str = "") -> str:
-  """Every `--section.field=DEFAULT` with its meaning, section by section."""
+def _train_usage(section: str, config) -> list[str]:
+  """The loop's options, then each objective's own options with its defaults."""
+  current = config.objective
+  lines = [f"  --{section}.objective={json.dumps(current.name)}".ljust(45) +
+           f"one of {list(objectives.OBJECTIVES)}; options of another objective start from "
+           "its defaults", *_field_lines(section, config, skip=("objective",))]
+  for name, cls in objectives.OBJECTIVES.items():
+    own = _field_lines(section, current if name == current.name else cls())
+    lines.append(f"  objective {name}: {(cls.__doc__ or '').splitlines()[0]}")
+    lines.extend("  " + line for line in own)
+  return lines
+
+
+def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str:
+  """Every `--section.field=DEFAULT` with its meaning, section by section (but the `fixed`
+  fields, which the command sets: they are named at the end)."""
   lines = [f"usage: {pathlib.Path(sys.argv[0]).name} {arguments}[--config=FILE.json] "
            "[--SECTION.FIELD=VALUE ...]",
            "--config: a JSON object {section: {field: value}}, applied before the flags."]
@@ -177,8 +226,14 @@ def usage(defaults: dict, arguments: str = "") -> str:
     lines.append(f"\n{section} ({type(config).__name__}):")
     if isinstance(config, SamplerConfig):
       lines.extend(_sampler_usage(section, config))
+    elif _has_objective(config):
+      lines.extend(_train_usage(section, config))
     else:
-      lines.extend(_field_lines(section, config))
+      lines.extend(_field_lines(section, config, skip=[
+          key.split(".", 1)[1] for key in fixed or {} if key.startswith(section + ".")]))
+  if fixed:
+    lines.append("\nset by this command (a flag for one is an error):")
+    lines.extend(f"  {key:<42} {reason}" for key, reason in fixed.items())
   return "\n".join(lines)
 
 
@@ -202,9 +257,17 @@ def train_sections() -> dict:
   }
 
 
+TRAIN_FIXED = {
+    "model.vocab_size": "from the tokenizer, --data.tokenizer",
+    "model.max_length": "from --data.seq_len",
+    "model.causal": "from the objective: true for --train.objective=ar",
+    "model.num_classes": "from --data.label: 2 with a label, else 0",
+}
+
+
 def _train(argv: list[str]) -> int:
   from remdm_jax import data, training
-  configs, rest = parse_sections(argv, train_sections(), "--workdir=DIR ")
+  configs, rest = parse_sections(argv, train_sections(), "--workdir=DIR ", TRAIN_FIXED)
   workdir = [a.split("=", 1)[1] for a in rest if a.startswith("--workdir=")]
   if len(workdir) != 1 or len(rest) != 1 or not workdir[0]:
     raise UsageError(f"pass exactly one --workdir=DIR; unexpected arguments: {rest}")
@@ -212,20 +275,14 @@ def _train(argv: list[str]) -> int:
   distributed.initialize(configs["dist"])
   data_cfg, train_cfg = configs["data"], configs["train"]
   tokenizer = data_cfg.make_tokenizer()
-  if configs["model"].num_classes and not data_cfg.label:
-    raise UsageError("--model.num_classes needs labelled rows: pass --data.label=qed or "
-                     "--data.label=rings (with --data.layout=pad)")
   model_cfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size,
                                   max_length=data_cfg.seq_len,
-                                  causal=train_cfg.objective == "ar",
+                                  causal=train_cfg.objective.causal,
                                   num_classes=2 if data_cfg.label else 0)
   train_rows, valid_rows = data_cfg.load_rows(tokenizer)
   stream = data.BatchStream(train_rows, train_cfg.batch_size, train_cfg.seed)
-  record = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
-            "train": {k: v for k, v in dataclasses.asdict(train_cfg).items()
-                      if k != "steps"}}
   training.train(model_cfg, train_cfg, stream, valid_rows, tokenizer.mask_id, workdir[0],
-                 record=record, tokenizer=data_cfg.tokenizer)
+                 tokenizer=data_cfg.tokenizer)
   return 0
 
 

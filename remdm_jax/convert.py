@@ -1,6 +1,6 @@
 """Import of the released MDLM PyTorch weights into the Flax DiT.
 
-Sources (brief section 8):
+Sources:
   - a Hugging Face style folder: `config.json` (hidden_dim, cond_dim, n_blocks, n_heads,
     vocab_size, model_length, time_conditioning) and `model.safetensors` with `backbone.` keys,
     read with the safetensors NumPy API (no torch needed);
@@ -8,13 +8,12 @@ Sources (brief section 8):
     the parameter order of the checkpoint's own `state_dict`.
 `convert_tensors` takes any `Mapping[str, np.ndarray]` for in-memory conversion.
 
-  remdm-convert SRC DST [--convert.released_config=CONFIG.json]   (or python -m remdm_jax.convert)
+  remdm-convert SRC DST [--convert.released_config=CONFIG.json]   (`remdm_jax.cli.convert_main`)
 """
 
 from __future__ import annotations
 
 import pathlib
-import sys
 from typing import Mapping
 
 import jax.numpy as jnp
@@ -195,8 +194,3 @@ def convert(src, dst, config_json=None) -> pathlib.Path:
   if dst.exists() and not dst.is_dir():
     raise ValueError(f"{dst}: is a file, expected a new model folder")
   return save_model(convert_tensors(tensors, cfg), dst, tokenizer="gpt2")
-
-
-if __name__ == "__main__":
-  from remdm_jax.cli import convert_main
-  sys.exit(convert_main())

@@ -1,15 +1,24 @@
-"""The configured training objective of a batch, and its value on held-out rows.
+"""The training objectives: one frozen dataclass each, registered once by name.
 
-`objective_loss` dispatches a `TrainConfig` to the losses of `remdm_jax.losses` (MDLM in
-continuous or discrete time, the ReMDM NELBO of eq. 9, the autoregressive NLL, or the
-cross-entropy of a classifier of noisy sequences);
-`held_out_loss` is the one validation measure, used by the training loop's periodic
-evaluation and by the scripts that compare trained models.
+An objective owns its options (validated on construction, so an option it does not have
+cannot be given to it) and its loss of one batch, built from `remdm_jax.losses`:
+  - `MdlmObjective()`: MDLM's continuous-time NELBO (Sahoo et al. 2024, arXiv 2406.07524,
+    eq. 10);
+  - `MdlmDiscreteObjective(discrete_steps)`: MDLM's NELBO in T discrete steps;
+  - `RemdmObjective(discrete_steps, sigma_rule, eta)`: the ReMDM NELBO (Wang et al. 2025,
+    arXiv 2503.00307, eq. 9);
+  - `ArObjective()`: the autoregressive next-token NLL of a causal model;
+  - `ClassifierObjective()`: the cross-entropy of a classifier of noisy sequences p(y | z_t).
+`make_objective("remdm", discrete_steps=4096, eta=0.5)` is the flat keyword form used by
+command lines. `held_out_loss` is the one validation measure, used by the training loop's
+periodic evaluation and by the scripts that compare trained models. The optimiser and the
+loop live in `remdm_jax.training`, which holds an objective in its `TrainConfig`.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Callable
+import dataclasses
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +26,64 @@ import numpy as np
 from flax import nnx
 
 from remdm_jax import batches, losses
-from remdm_jax.models.dit import DiT
+from remdm_jax.models.classifier import NoisyClassifier
+from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.schedules import LogLinear, total_noise
-from remdm_jax.validation import check_int
+from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_int, \
+    check_range
 
-if TYPE_CHECKING:
-  from remdm_jax.training import TrainConfig
+OBJECTIVES: dict[str, type[Objective]] = {}
+SIGMA_RULES = ("cap", "rescale")
 
 
-def _training_labels(model: DiT, labels, key: jax.Array, cfg: TrainConfig, train: bool):
+def register(cls: type[Objective]) -> type[Objective]:
+  """Adds an objective class to `OBJECTIVES` under its `name`."""
+  OBJECTIVES[cls.name] = cls
+  return cls
+
+
+def objective_class(name: str) -> type[Objective]:
+  """The class registered as `name`; an unknown name is a ValueError listing the known ones."""
+  if not isinstance(name, str):
+    raise ArgumentTypeError(f"objective must be a name such as 'remdm' or an objective object, "
+                            f"got {name!r}")
+  check_choice("objective", name, tuple(OBJECTIVES))
+  return OBJECTIVES[name]
+
+
+def option_names(cls: type[Objective]) -> list[str]:
+  """The options of an objective class, in field order."""
+  return [f.name for f in dataclasses.fields(cls)]
+
+
+def unknown_option_message(key: str, objective: str, shared=()) -> str:
+  """Names an option that the objective does not have, and the objectives that do."""
+  own = option_names(OBJECTIVES[objective])
+  others = sorted(n for n, cls in OBJECTIVES.items() if key in option_names(cls))
+  if others:
+    return (f"{key} does not apply to objective {objective!r} (its own options: "
+            f"{own or 'none'}; {key} belongs to {others})")
+  every = f", every objective takes {sorted(shared)}" if shared else ""
+  return f"unknown option {key!r}; objective {objective!r} takes {own or 'none'}{every}"
+
+
+def make_objective(objective: str = "mdlm", **options) -> Objective:
+  """An objective from flat keywords: `make_objective("remdm", discrete_steps=4096, eta=0.5)`
+  is `RemdmObjective(discrete_steps=4096, eta=0.5)`.
+
+  Raises:
+    ValueError: an unknown objective, an option it does not have, or a value out of range.
+  """
+  cls = objective_class(objective)
+  for key in options:
+    if key not in option_names(cls):
+      raise ValueError(unknown_option_message(key, objective))
+  return cls(**options)
+
+
+def _training_labels(model: DiT, labels, key: jax.Array, label_dropout: float, train: bool):
   """Class labels as the model sees them: in training, each is replaced by the null class
-  (`num_classes`) with probability `cfg.label_dropout`, so one model learns the conditional
+  (`num_classes`) with probability `label_dropout`, so one model learns the conditional
   and the unconditional `x_theta` (classifier-free guidance)."""
   if labels is None:
     return None
@@ -35,45 +91,167 @@ def _training_labels(model: DiT, labels, key: jax.Array, cfg: TrainConfig, train
     raise ValueError("labelled batches need a class-conditional model (model num_classes > 0)")
   if not train:
     return labels
-  drop = jax.random.uniform(jax.random.fold_in(key, 7), labels.shape) < cfg.label_dropout
+  drop = jax.random.uniform(jax.random.fold_in(key, 7), labels.shape) < label_dropout
   return jnp.where(drop, model.cfg.num_classes, labels)
 
 
-def objective_loss(model: DiT, batch, key: jax.Array, cfg: TrainConfig,
-                   mask_id: int, train: bool) -> jax.Array:
-  """The configured loss of one batch (`[B, L] int32`, or `{"tokens", "labels"}` for a
-  class-conditional model), in nats per token; `[] float32`.
+@dataclasses.dataclass(frozen=True)
+class Objective:
+  """Base class: subclass it, give it a `name`, implement `_loss`, decorate with `@register`."""
 
-  `train=True` applies dropout and label dropout (from the key); the noise (times and masks)
-  always comes from `key`, so a fixed key gives a fixed value.
-  """
-  rngs = nnx.Rngs(dropout=jax.random.split(key, 3)[2]) if train else None
-  batch, labels = batches.tokens_and_labels(batch)
-  schedule = LogLinear(eps=cfg.eps)
-  if cfg.objective == "classifier":
+  name: ClassVar[str]
+  causal: ClassVar[bool] = False         # the DiT it trains attends left to right
+  model_class: ClassVar[type] = DiT      # what `training.build_run` builds
+
+  def __post_init__(self):
+    check_fields(self)
+
+  def options(self) -> dict:
+    """The flat form `{"objective": name, **fields}` (JSON-able; `make_objective(**it)`
+    rebuilds the objective)."""
+    return {"objective": self.name, **dataclasses.asdict(self)}
+
+  def check_model(self, model_cfg: DiTConfig) -> None:
+    """Raises a `ValueError` unless the model fits the objective (causal or not)."""
+    if model_cfg.causal != self.causal:
+      raise ValueError(f"objective {self.name!r} needs model causal={self.causal}, got "
+                       f"causal={model_cfg.causal}")
+
+  def loss(self, model: DiT | NoisyClassifier, batch, key: jax.Array, *, mask_id: int,
+           train: bool) -> jax.Array:
+    """The objective's loss of one batch (`[B, L] int32`, or `{"tokens", "labels"}` for a
+    class-conditional model or a classifier), in nats per token (per example for a
+    classifier); `[] float32`.
+
+    `train=True` applies dropout and label dropout (from the key); the noise (times and
+    masks) always comes from `key`, so a fixed key gives a fixed value.
+    """
+    rngs = nnx.Rngs(dropout=jax.random.split(key, 3)[2]) if train else None
+    tokens, labels = batches.tokens_and_labels(batch)
+    return self._loss(model, tokens, labels, key, mask_id, rngs, train)
+
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train) -> jax.Array:
+    raise NotImplementedError(f"objective {self.name!r} defines no loss")
+
+
+@dataclasses.dataclass(frozen=True)
+class _Diffusion(Objective):
+  """The masked-diffusion NELBOs: a DiT denoiser under the log-linear schedule, optionally
+  class-conditional. Subclasses choose the bound (`_nelbo`)."""
+
+  _: dataclasses.KW_ONLY
+  eps: float = 1e-3             # log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]
+  label_dropout: float = 0.1    # class-conditional model: chance a label becomes the null class
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
+    check_range("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
+
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
+    labels = _training_labels(model, labels, key, self.label_dropout, train)
+    schedule = LogLinear(eps=self.eps)
+    denoiser = lambda z, t: model(z, total_noise(t, schedule), labels=labels, rngs=rngs)
+    return self._nelbo(denoiser, tokens, key, mask_id)
+
+  def _nelbo(self, denoiser, tokens, key, mask_id) -> jax.Array:
+    raise NotImplementedError(f"objective {self.name!r} defines no bound")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MdlmObjective(_Diffusion):
+  """MDLM's continuous-time NELBO (eq. 10 of Sahoo et al.)."""
+
+  name: ClassVar[str] = "mdlm"
+
+  def _nelbo(self, denoiser, tokens, key, mask_id):
+    return losses.mdlm_loss(denoiser, tokens, key, mask_id=mask_id, eps=self.eps)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class MdlmDiscreteObjective(_Diffusion):
+  """MDLM's NELBO in `discrete_steps` steps (ReMDM eq. 9 with sigma = 0)."""
+
+  name: ClassVar[str] = "mdlm_discrete"
+  discrete_steps: int = 4_096   # T of the discrete NELBO (the ReMDM ablation: 4,096, 8,192)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("discrete_steps", self.discrete_steps, 1, context=f" for objective {self.name!r}")
+
+  def _nelbo(self, denoiser, tokens, key, mask_id):
+    return losses.mdlm_discrete_loss(denoiser, tokens, key, num_steps=self.discrete_steps,
+                                     mask_id=mask_id, eps=self.eps)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class RemdmObjective(_Diffusion):
+  """ReMDM's NELBO (eq. 9) in `discrete_steps` steps, sigma from `sigma_rule` and `eta`."""
+
+  name: ClassVar[str] = "remdm"
+  discrete_steps: int = 4_096   # T of the discrete NELBO (eq. 9 is discrete)
+  sigma_rule: str = "cap"       # cap: min(eta, sigma_max) (the paper's ablation); rescale:
+                                # eta sigma_max
+  eta: float = 0.0              # eta_cap (>= 0) or eta_rescale (in [0, 1]); 0 is MDLM's bound
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("discrete_steps", self.discrete_steps, 1, context=f" for objective {self.name!r}")
+    check_choice("sigma_rule", self.sigma_rule, SIGMA_RULES)
+    check_range("eta", self.eta, 0.0, 1.0 if self.sigma_rule == "rescale" else None,
+                context=f" for sigma_rule {self.sigma_rule!r}")
+
+  def _nelbo(self, denoiser, tokens, key, mask_id):
+    return losses.remdm_loss(denoiser, tokens, key, num_steps=self.discrete_steps,
+                             sigma_rule=self.sigma_rule, eta=self.eta, mask_id=mask_id,
+                             eps=self.eps)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ArObjective(Objective):
+  """Next-token cross-entropy of a causal DiT (unconditional: unlabelled rows)."""
+
+  name: ClassVar[str] = "ar"
+  causal: ClassVar[bool] = True
+
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
+    if labels is not None:
+      raise ValueError("objective 'ar' trains an unconditional model; got labelled rows")
+    return losses.ar_loss(
+        lambda x: model(x, jnp.zeros((x.shape[0],), jnp.float32), rngs=rngs), tokens)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class ClassifierObjective(Objective):
+  """Cross-entropy of a `NoisyClassifier` of p(y | z_t) on labelled rows, noised as in MDLM."""
+
+  name: ClassVar[str] = "classifier"
+  model_class: ClassVar[type] = NoisyClassifier
+  eps: float = 1e-3             # log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
+
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
     if labels is None:
       raise ValueError("objective 'classifier' needs labelled rows (--data.label=qed|rings)")
+    schedule = LogLinear(eps=self.eps)
     return losses.classifier_loss(
-        lambda x, t: model(x, total_noise(t, schedule), rngs=rngs), batch, labels, key,
-        mask_id=mask_id, vocab_size=model.cfg.vocab_size, eps=cfg.eps)
-  labels = _training_labels(model, labels, key, cfg, train)
-  if cfg.objective == "ar":
-    return losses.ar_loss(
-        lambda x: model(x, jnp.zeros((x.shape[0],), jnp.float32), rngs=rngs), batch)
-  denoiser = lambda z, t: model(z, total_noise(t, schedule), labels=labels, rngs=rngs)
-  if cfg.discrete_steps == 0:
-    return losses.mdlm_loss(denoiser, batch, key, mask_id=mask_id, eps=cfg.eps)
-  if cfg.objective == "mdlm":
-    return losses.mdlm_discrete_loss(denoiser, batch, key, num_steps=cfg.discrete_steps,
-                                     mask_id=mask_id, eps=cfg.eps)
-  return losses.remdm_loss(denoiser, batch, key, num_steps=cfg.discrete_steps,
-                           sigma_rule=cfg.sigma_rule, eta=cfg.eta, mask_id=mask_id,
-                           eps=cfg.eps)
+        lambda x, t: model(x, total_noise(t, schedule), rngs=rngs), tokens, labels, key,
+        mask_id=mask_id, vocab_size=model.cfg.vocab_size, eps=self.eps)
 
 
-def model_loss(model: DiT, cfg: TrainConfig, mask_id: int) -> Callable:
-  """`jit((batch [B, L] int32, key) -> [] float32)`: a model's `cfg` loss without dropout."""
-  return jax.jit(lambda batch, key: objective_loss(model, batch, key, cfg, mask_id, False))
+def model_loss(model: DiT | NoisyClassifier, objective: Objective, mask_id: int) -> Callable:
+  """`jit((batch [B, L] int32, key) -> [] float32)`: a model's `objective` loss without
+  dropout."""
+  return jax.jit(lambda batch, key: objective.loss(model, batch, key, mask_id=mask_id,
+                                                   train=False))
 
 
 def held_out_loss(loss: Callable, rows: np.ndarray, batch_size: int, *, seed: int,

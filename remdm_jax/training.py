@@ -1,24 +1,30 @@
 """Training masked diffusion (MDLM / ReMDM NELBO) and autoregressive models.
 
-One jitted train step (AdamW with warm-up, gradient clipping, EMA of the weights) over a
-`("data", "model")` mesh: the batch is split on "data"; parameters, optimizer moments and EMA
-are replicated, or split on "model" by the tensor-parallel rules of `remdm_jax.sharding`
-(`model_axis > 1`); XLA inserts the collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure
-function of `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if
-never interrupted. SIGTERM and SIGINT save and stop (`errors.Stopped`); SIGKILL loses at most
-`save_every` steps. A step whose loss, gradient or update is not finite is not applied: the
-run saves the last good state and raises `TrainingDiverged`. The exported model
-(`WORKDIR/model`) always matches the final step and is replaced atomically.
+`TrainConfig` holds the objective (a `remdm_jax.objectives.Objective`, which owns the loss)
+and the optimiser and loop settings. One jitted train step (AdamW with warm-up, gradient
+clipping, EMA of the weights) runs over a `("data", "model")` mesh: the batch is split on
+"data"; parameters, optimizer moments and EMA are replicated, or split on "model" by the
+tensor-parallel rules of `remdm_jax.sharding` (`model_axis > 1`); XLA inserts the
+collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure function of
+`(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if never
+interrupted. A checkpoint records the run's identity (`resume_identity`): a run that differs
+in anything but its length and its logging, evaluation and save periods is refused. SIGTERM
+and SIGINT save and stop (`errors.Stopped`); SIGKILL loses at most `save_every` steps. A step
+whose loss, gradient or update is not finite is not applied: the run saves the last good
+state and raises `TrainingDiverged`. The exported model (`WORKDIR/model`) always matches the
+final step and is replaced atomically.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import pathlib
 import shutil
 import signal
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,15 +33,14 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import batches, distributed, files, objectives
+from remdm_jax import batches, distributed, files
 from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
-from remdm_jax.models.classifier import NoisyClassifier
-from remdm_jax.models.dit import DiT, DiTConfig
+from remdm_jax.models.dit import DiTConfig
+from remdm_jax.objectives import (MdlmObjective, Objective, held_out_loss, objective_class,
+                                  option_names, unknown_option_message)
 from remdm_jax.sharding import param_shardings
-from remdm_jax.validation import check_choice, check_fields, check_range
-
-OBJECTIVES = ("mdlm", "remdm", "ar", "classifier")
+from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
 
 
 class TrainingDiverged(FloatingPointError):
@@ -44,14 +49,14 @@ class TrainingDiverged(FloatingPointError):
 
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
-  """Optimisation and objective; defaults suit a small model on CPU."""
+  """The objective, the optimiser and the loop; defaults suit a small model on CPU.
 
-  objective: str = "mdlm"       # mdlm | remdm (eq. 9) | ar (needs a causal model) |
-                                # classifier (a NoisyClassifier of p(y | z_t), labelled rows)
-  discrete_steps: int = 0       # T of the discrete NELBO; 0 = continuous time (mdlm only)
-  sigma_rule: str = "cap"       # remdm: cap (the paper's ablation) or rescale
-  eta: float = 0.0              # remdm: eta_cap or eta_rescale
-  eps: float = 1e-3             # log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]
+  A resumed run may change the `RESUMABLE` fields only: they decide how long it runs and what
+  it logs and saves, never the parameters of a step.
+  """
+
+  objective: Objective = MdlmObjective()  # an objectives.Objective: mdlm, mdlm_discrete,
+                                # remdm (eq. 9), ar (a causal model) or classifier (labelled rows)
   learning_rate: float = 3e-4   # AdamW peak rate, reached after warm-up
   warmup_steps: int = 100       # linear warm-up from 0
   weight_decay: float = 0.0     # AdamW decoupled weight decay
@@ -66,18 +71,17 @@ class TrainConfig:
   save_every: int = 200         # checkpoint period (steps)
   log_every: int = 10           # metrics.jsonl period (steps)
   seed: int = 0                 # parameters, data order and noise all derive from it
-  label_dropout: float = 0.1    # class-conditional model: chance a label becomes the null class
+
+  RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "eval_batches", "save_every",
+                                          "log_every")
 
   def __post_init__(self):
     check_fields(self)
-    check_choice("objective", self.objective, OBJECTIVES)
-    check_choice("sigma_rule", self.sigma_rule, ("cap", "rescale"))
-    if self.objective == "remdm" and self.discrete_steps < 1:
-      raise ValueError("objective 'remdm' needs discrete_steps >= 1 (eq. 9 is discrete), "
-                       f"got {self.discrete_steps}")
-    check_range("discrete_steps", self.discrete_steps, 0)
-    check_range("eta", self.eta, 0.0, 1.0 if self.sigma_rule == "rescale" else None,
-                context=f" for sigma_rule {self.sigma_rule!r}")
+    if not isinstance(self.objective, Objective):
+      raise ArgumentTypeError(
+          "objective must be an objective object such as "
+          "remdm_jax.objectives.RemdmObjective(discrete_steps=4096, eta=0.5) (or use "
+          f"TrainConfig().with_options(objective='remdm', ...)), got {self.objective!r}")
     for name in ("batch_size", "steps", "save_every", "log_every", "model_axis",
                  "eval_batches"):
       check_range(name, getattr(self, name), 1)
@@ -86,9 +90,39 @@ class TrainConfig:
     check_range("learning_rate", self.learning_rate, 0.0, low_open=True)
     check_range("weight_decay", self.weight_decay, 0.0)
     check_range("grad_clip", self.grad_clip, 0.0, low_open=True)
-    check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
     check_range("ema_decay", self.ema_decay, 0.0, 1.0, high_open=True)
-    check_range("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
+
+  def options(self) -> dict:
+    """The flat form: `{"objective": name, **objective fields, **other fields}` (JSON-able;
+    `TrainConfig().with_options(**cfg.options())` rebuilds the config)."""
+    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
+              if f.name != "objective"}
+    return {**self.objective.options(), **shared}
+
+  def with_options(self, **options) -> TrainConfig:
+    """A copy with flat options changed. A new `objective` name starts from that objective's
+    defaults (its options do not carry over); other names go to the objective when it has
+    them, else to the loop's own fields.
+
+    Raises:
+      ValueError: an unknown option, or one the objective does not have (naming both).
+    """
+    name = options.pop("objective", self.objective.name)
+    if isinstance(name, Objective):
+      objective = name
+    elif name == self.objective.name:
+      objective = self.objective
+    else:
+      objective = objective_class(name)()
+    own = set(option_names(type(objective)))
+    shared = {f.name for f in dataclasses.fields(self)} - {"objective"}
+    for key in options:
+      if key not in own | shared:
+        raise ValueError(unknown_option_message(key, objective.name, shared))
+    objective = dataclasses.replace(objective,
+                                    **{k: v for k, v in options.items() if k in own})
+    return dataclasses.replace(self, objective=objective,
+                               **{k: v for k, v in options.items() if k in shared})
 
 
 def _all_finite(tree) -> jax.Array:
@@ -127,13 +161,10 @@ class Run:
 def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
               mesh: Mesh | None = None) -> tuple[Run, dict]:
   """Initial training state `{params, opt_state, ema, step}` and the jitted step functions."""
-  if (cfg.objective == "ar") != model_cfg.causal:
-    raise ValueError(f"objective {cfg.objective!r} needs model causal="
-                     f"{cfg.objective == 'ar'}, got causal={model_cfg.causal}")
+  cfg.objective.check_model(model_cfg)
   mesh = mesh or distributed.make_mesh(cfg.model_axis)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  kind = NoisyClassifier if cfg.objective == "classifier" else DiT
-  model = kind(model_cfg, rngs=nnx.Rngs(cfg.seed))
+  model = cfg.objective.model_class(model_cfg, rngs=nnx.Rngs(cfg.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg)
   state = {"params": params, "opt_state": tx.init(params), "ema": jax.tree.map(jnp.copy, params),
@@ -143,8 +174,8 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
   base_key = jax.random.key(cfg.seed)
 
   def loss_of(params, batch, key, train):
-    return objectives.objective_loss(nnx.merge(graphdef, params, rest), batch, key, cfg,
-                                     mask_id, train)
+    return cfg.objective.loss(nnx.merge(graphdef, params, rest), batch, key, mask_id=mask_id,
+                              train=train)
 
   def train_step(state, batch):
     """One AdamW step; a step whose loss, gradient or update is not finite leaves the state
@@ -238,19 +269,65 @@ def _export(run: Run, state: dict, workdir: pathlib.Path, tokenizer: str | None)
   distributed.barrier("export-done")
 
 
+def _rows_digest(rows) -> str:
+  """The first 16 hex digits of the SHA-256 of the rows' names, dtypes, shapes and values."""
+  digest = hashlib.sha256()
+  named = sorted(rows.items()) if isinstance(rows, dict) else [("tokens", rows)]
+  for name, array in named:
+    array = np.ascontiguousarray(array)
+    digest.update(f"{name} {array.dtype.str} {array.shape};".encode())
+    digest.update(array)
+  return digest.hexdigest()[:16]
+
+
+def run_record(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, mask_id: int,
+               tokenizer: str | None) -> dict:
+  """The resolved config of a run (`WORKDIR/config.json`, JSON-able): the model, the flat
+  train options (`TrainConfig.options`) and the data as the loop sees it: a digest of the
+  training rows, their order seed, the mask id and the tokenizer recorded with the export.
+
+  Raises:
+    TypeError / ValueError: `train_stream` is not a `data.BatchStream` of `cfg.batch_size`.
+  """
+  if not all(hasattr(train_stream, a) for a in ("rows", "batch_size", "seed", "batch")):
+    raise ArgumentTypeError("train_stream must be a remdm_jax.data.BatchStream (rows, "
+                            f"batch_size, seed), got {type(train_stream).__name__}")
+  if train_stream.batch_size != cfg.batch_size:
+    raise ValueError(f"train_stream gives batches of {train_stream.batch_size} rows, but "
+                     f"batch_size={cfg.batch_size}")
+  rows = train_stream.rows
+  data = {"rows_sha256": _rows_digest(rows), "num_rows": batches.num_rows(rows),
+          "order_seed": train_stream.seed, "mask_id": mask_id, "tokenizer": tokenizer}
+  record = {"model": dataclasses.asdict(model_cfg), "train": cfg.options(), "data": data}
+  return json.loads(json.dumps(record))     # as it reads back: tuples become lists
+
+
+def resume_identity(record: dict) -> dict:
+  """What a checkpoint must share with the run that resumes it: the whole `run_record` but
+  the fields of `TrainConfig.RESUMABLE` (an extended run resumes)."""
+  train = {k: v for k, v in record["train"].items() if k not in TrainConfig.RESUMABLE}
+  return {**record, "train": train}
+
+
 def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
-          mask_id: int, workdir, *, record: dict, stop_at: int | None = None,
-          progress: bool = True, tokenizer: str | None = None) -> dict:
+          mask_id: int, workdir, *, stop_at: int | None = None, progress: bool = True,
+          tokenizer: str | None = None, record: dict | None = None) -> dict:
   """Trains (or resumes) in `workdir`; returns the final state.
 
+  A checkpoint in `workdir` is resumed only by a run with the same `resume_identity` (model,
+  objective, optimiser, seed, batch, data rows and order, ...); only `steps` and the
+  logging, evaluation and save periods may change. Anything else is refused with an error
+  naming the fields that differ.
+
   Args:
-    train_stream: a `data.BatchStream` (batch k is a pure function of k).
+    train_stream: a `data.BatchStream` of `cfg.batch_size` rows (batch k is a pure function
+      of k).
     valid_rows: `[N, L] int32` held-out rows for the validation NELBO (labelled rows for a
       class-conditional model, `remdm_jax.batches`), or None.
-    record: the JSON-able resolved config stored with every checkpoint; resuming with a
-      different one is an error.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
     tokenizer: recorded with the exported model (`WORKDIR/model`).
+    record: ignored; the run's identity is built from the arguments (`run_record`). Kept
+      only until the last callers stop passing it.
   """
   from tqdm import tqdm
   if (valid_rows is not None and cfg.eval_every
@@ -259,8 +336,9 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
                      f"batch_size={cfg.batch_size}; add validation text, lower the batch "
                      "size, or pass --train.eval_every=0")
   workdir = files.check_writable_folder(workdir, "workdir")
+  record = run_record(model_cfg, cfg, train_stream, mask_id, tokenizer)
   run, state = build_run(model_cfg, cfg, mask_id)
-  checkpoints = Checkpoints(workdir / "checkpoints", record)
+  checkpoints = Checkpoints(workdir / "checkpoints", resume_identity(record))
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state = jax.device_put(restored, jax.tree.map(lambda a: a.sharding, state))
@@ -285,7 +363,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
         if done % cfg.log_every == 0 or done == last:
           entry = {"step": done, **{k: float(v) for k, v in metrics.items()}}
           if valid_rows is not None and cfg.eval_every and done % cfg.eval_every == 0:
-            entry["valid_nelbo"] = objectives.held_out_loss(
+            entry["valid_nelbo"] = held_out_loss(
                 lambda batch, key: run.eval_loss(
                     state["ema"], jax.device_put(batch, run.data_sharding), key),
                 valid_rows, cfg.batch_size, seed=cfg.seed + 1, max_batches=cfg.eval_batches)

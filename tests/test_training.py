@@ -15,9 +15,11 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from remdm_jax import checkpoint, data, distributed, errors, training
+from remdm_jax import checkpoint, data, distributed, errors, objectives, training
 from remdm_jax.checkpoint import exported_step, load_model
-from remdm_jax.models import DiTConfig
+from remdm_jax.models import DiT, DiTConfig, NoisyClassifier
+from remdm_jax.objectives import (ArObjective, ClassifierObjective, MdlmDiscreteObjective,
+                                  MdlmObjective, RemdmObjective)
 from remdm_jax.tokenizers import ByteTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,10 +35,10 @@ def _rows(seed=0, n=64, length=32):
   return np.random.default_rng(seed).integers(0, 256, (n, length)).astype(np.int32)
 
 
-def _train(workdir, cfg=TRAIN, model=MODEL, stop_at=None, record=None):
-  stream = data.BatchStream(_rows(), cfg.batch_size, cfg.seed)
+def _train(workdir, cfg=TRAIN, model=MODEL, stop_at=None, rows=None):
+  stream = data.BatchStream(_rows() if rows is None else rows, cfg.batch_size, cfg.seed)
   return training.train(model, cfg, stream, _rows(1, 16), TOK.mask_id, workdir,
-                        record=record or {"test": 1}, stop_at=stop_at, progress=False)
+                        stop_at=stop_at, progress=False)
 
 
 def _leaves(state):
@@ -52,8 +54,7 @@ def test_loss_falls_on_shakespeare(shakespeare, tmp_path):
   cfg = dataclasses.replace(TRAIN, batch_size=16, steps=200, warmup_steps=20, save_every=200,
                             eval_every=200, eval_batches=2)
   stream = data.BatchStream(train_rows, cfg.batch_size, cfg.seed)
-  training.train(model, cfg, stream, valid_rows, TOK.mask_id, tmp_path, record={},
-                 progress=False)
+  training.train(model, cfg, stream, valid_rows, TOK.mask_id, tmp_path, progress=False)
   logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   losses = [entry["loss"] for entry in logged]
   assert np.mean(losses[-10:]) < 0.8 * np.mean(losses[:10])
@@ -95,10 +96,53 @@ def test_ema_is_the_warmed_up_weighted_average_of_the_iterates():
     np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-6)
 
 
-def test_different_config_refuses_to_resume(tmp_path):
-  _train(tmp_path, stop_at=4)
-  with pytest.raises(ValueError, match="different config"):
-    _train(tmp_path, record={"test": 2})
+def test_a_run_resumes_with_new_length_and_periods_only(tmp_path):
+  """The checkpoint's identity is the whole config but `TrainConfig.RESUMABLE`: more steps and
+  other log, evaluation and save periods resume; a changed learning rate, objective option,
+  objective, model or data is refused with an error naming each differing field."""
+  remdm = dataclasses.replace(TRAIN, steps=4, eval_every=0,
+                              objective=RemdmObjective(discrete_steps=8, eta=0.5))
+  _train(tmp_path, remdm, stop_at=2)
+  refused = {
+      r"train\.learning_rate: 0\.001 in the checkpoint, 0\.002 now":
+          dataclasses.replace(remdm, learning_rate=2e-3),
+      r"train\.eta: 0\.5 in the checkpoint, 1\.0 now":
+          dataclasses.replace(remdm, objective=RemdmObjective(discrete_steps=8, eta=1.0)),
+      r"train\.discrete_steps: 8 in the checkpoint, absent now; .*train\.objective: "
+      r"\"remdm\" in the checkpoint, \"mdlm\" now": dataclasses.replace(remdm,
+                                                                  objective=MdlmObjective()),
+      r"data\.order_seed: 0 in the checkpoint, 1 now; train\.seed: 0 in the checkpoint, 1 now":
+          dataclasses.replace(remdm, seed=1),
+  }
+  for match, cfg in refused.items():
+    with pytest.raises(ValueError, match="written for a different config: " + match):
+      _train(tmp_path, cfg)
+  with pytest.raises(ValueError, match=r"model\.hidden: 32 in the checkpoint, 64 now"):
+    _train(tmp_path, remdm, model=dataclasses.replace(MODEL, hidden=64))
+  with pytest.raises(ValueError, match=r"data\.rows_sha256: "):
+    _train(tmp_path, remdm, rows=_rows(5))
+  longer = dataclasses.replace(remdm, steps=6, log_every=2, save_every=3, eval_every=3,
+                               eval_batches=2)
+  assert int(_train(tmp_path, longer)["step"]) == 6
+  record = json.loads((tmp_path / "config.json").read_text())
+  assert record["train"]["steps"] == 6 and record["train"]["objective"] == "remdm"
+  assert record["data"]["num_rows"] == 64 and record["model"]["hidden"] == 32
+
+
+def test_the_resume_identity_leaves_out_only_the_resumable_fields():
+  stream = data.BatchStream(_rows(), TRAIN.batch_size, 0)
+  record = training.run_record(MODEL, TRAIN, stream, TOK.mask_id, "bytes")
+  identity = training.resume_identity(record)
+  assert set(record["train"]) - set(identity["train"]) == set(training.TrainConfig.RESUMABLE)
+  assert identity["model"] == record["model"] and identity["data"] == record["data"]
+  assert set(identity["train"]) >= {"objective", "eps", "label_dropout", "learning_rate",
+                                    "batch_size", "seed", "model_axis"}
+  labelled = data.BatchStream(_labelled(0, 64), TRAIN.batch_size, 0)
+  assert training.run_record(MODEL, TRAIN, labelled, TOK.mask_id, "bytes")["data"] != \
+      record["data"]
+  with pytest.raises(ValueError, match="train_stream gives batches of 4 rows, but "
+                     "batch_size=8"):
+    training.run_record(MODEL, TRAIN, data.BatchStream(_rows(), 4, 0), TOK.mask_id, None)
 
 
 def _cli(workdir, text_folder, steps):
@@ -173,33 +217,118 @@ def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
   assert mu.addressable_shards[0].data.shape == (32, 32)     # 128 hidden units / 4
 
 
-@pytest.mark.parametrize("objective,extra", [("remdm", dict(discrete_steps=16, eta=0.5)),
-                                             ("mdlm", dict(discrete_steps=16)),
-                                             ("ar", dict())])
-def test_every_objective_trains(objective, extra, tmp_path):
-  cfg = dataclasses.replace(TRAIN, objective=objective, steps=3, eval_every=0, **extra)
-  model = dataclasses.replace(MODEL, causal=objective == "ar")
+@pytest.mark.parametrize("objective", [RemdmObjective(discrete_steps=16, eta=0.5),
+                                       MdlmDiscreteObjective(discrete_steps=16),
+                                       ArObjective()], ids=lambda o: o.name)
+def test_every_objective_trains(objective, tmp_path):
+  cfg = dataclasses.replace(TRAIN, objective=objective, steps=3, eval_every=0)
+  model = dataclasses.replace(MODEL, causal=objective.causal)
   state = _train(tmp_path, cfg=cfg, model=model)
   assert int(state["step"]) == 3
   logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert all(np.isfinite(entry["loss"]) for entry in logged)
 
 
-@pytest.mark.parametrize("kwargs,match", [
-    (dict(objective="bert"), "unknown objective 'bert'"),
-    (dict(objective="remdm"), "needs discrete_steps >= 1"),
-    (dict(objective="remdm", discrete_steps=8, sigma_rule="rescale", eta=2.0),
+@pytest.mark.parametrize("build,match", [
+    (lambda: objectives.make_objective("bert"), "unknown objective 'bert'"),
+    (lambda: RemdmObjective(discrete_steps=0),
+     r"discrete_steps must be in \[1, inf\) for objective 'remdm', got 0"),
+    (lambda: MdlmDiscreteObjective(0),
+     r"discrete_steps must be in \[1, inf\) for objective 'mdlm_discrete', got 0"),
+    (lambda: RemdmObjective(8, "rescale", 2.0),
      r"eta must be in \[0, 1\] for sigma_rule 'rescale', got 2.0"),
-    (dict(steps=0), r"steps must be in \[1, inf\), got 0"),
+    (lambda: RemdmObjective(8, "cap", -0.1), r"eta must be in \[0, inf\) for sigma_rule 'cap'"),
+    (lambda: RemdmObjective(8, "max"), "unknown sigma_rule 'max'; choose from"),
+    (lambda: MdlmObjective(eps=1.0), r"eps must be in \(0, 1\), got 1.0"),
+    (lambda: ClassifierObjective(eps=0.0), r"eps must be in \(0, 1\), got 0.0"),
+    (lambda: MdlmObjective(label_dropout=1.0), r"label_dropout must be in \[0, 1\), got 1.0"),
+    (lambda: objectives.make_objective("mdlm", eta=0.5),
+     r"eta does not apply to objective 'mdlm' \(its own options: \['eps', 'label_dropout'\]; "
+     r"eta belongs to \['remdm'\]\)"),
+    (lambda: objectives.make_objective("ar", eps=0.1),
+     "eps does not apply to objective 'ar' .its own options: none"),
+    (lambda: objectives.make_objective("mdlm", bogus=1), "unknown option 'bogus'; objective "
+     r"'mdlm' takes \['eps', 'label_dropout'\]"),
+    (lambda: training.TrainConfig(objective="remdm"),
+     "objective must be an objective object such as remdm_jax.objectives.RemdmObjective"),
+    (lambda: TRAIN.with_options(eta=0.1), "eta does not apply to objective 'mdlm'"),
+    (lambda: TRAIN.with_options(objective="ar", bogus=1), "unknown option 'bogus'; objective "
+     "'ar' takes none, every objective takes .'batch_size'"),
+    (lambda: training.TrainConfig(steps=0), r"steps must be in \[1, inf\), got 0"),
 ])
-def test_bad_train_config(kwargs, match):
+def test_bad_objective_or_train_config(build, match):
   with pytest.raises(ValueError, match=match):
-    training.TrainConfig(**kwargs)
+    build()
+
+
+def test_objectives_are_frozen_data_with_a_flat_form():
+  remdm = RemdmObjective(4096, "rescale", 0.5)
+  assert remdm == objectives.make_objective("remdm", discrete_steps=4096, sigma_rule="rescale",
+                                            eta=0.5)
+  assert objectives.make_objective(**remdm.options()) == remdm and hash(remdm)
+  assert remdm.options() == {"objective": "remdm", "eps": 1e-3, "label_dropout": 0.1,
+                             "discrete_steps": 4096, "sigma_rule": "rescale", "eta": 0.5}
+  with pytest.raises(dataclasses.FrozenInstanceError):
+    remdm.eta = 0.1
+  assert sorted(objectives.OBJECTIVES) == ["ar", "classifier", "mdlm", "mdlm_discrete", "remdm"]
+  cfg = TRAIN.with_options(objective="remdm", discrete_steps=16, eta=0.5, steps=3)
+  assert cfg.objective == RemdmObjective(discrete_steps=16, eta=0.5) and cfg.steps == 3
+  assert cfg.with_options(eta=0.25).objective.discrete_steps == 16       # same objective kept
+  assert cfg.with_options(objective="mdlm").objective == MdlmObjective()  # a new one: defaults
+  assert training.TrainConfig().with_options(**cfg.options()) == cfg
 
 
 def test_objective_and_model_must_agree():
   with pytest.raises(ValueError, match="objective 'ar' needs model causal=True"):
-    training.build_run(MODEL, dataclasses.replace(TRAIN, objective="ar"), TOK.mask_id)
+    training.build_run(MODEL, dataclasses.replace(TRAIN, objective=ArObjective()),
+                       TOK.mask_id)
+  with pytest.raises(ValueError, match="objective 'mdlm' needs model causal=False"):
+    training.build_run(dataclasses.replace(MODEL, causal=True), TRAIN, TOK.mask_id)
+
+
+def _perturbed(kind, model_cfg):
+  """A model whose every parameter is its initial value plus N(0, 0.3^2) noise (fixed keys):
+  the zero-initialised output layers would otherwise make every loss a constant."""
+  model = kind(model_cfg, rngs=nnx.Rngs(0))
+  leaves, tree = jax.tree.flatten(nnx.state(model, nnx.Param))
+  nnx.update(model, jax.tree.unflatten(tree, [
+      leaf + 0.3 * jax.random.normal(jax.random.key(i), leaf.shape, leaf.dtype)
+      for i, leaf in enumerate(leaves)]))
+  return model
+
+
+# (objective, model options) -> loss with dropout (train=True) and without, for key(3) on 8
+# fixed rows of 16 bytes; recorded with the string-configured objectives these classes
+# replaced. A changed weight, schedule, noise draw or label dropout moves them by far more
+# than the rtol of 1e-6 (float32 rounding across XLA versions).
+PINNED_LOSSES = [
+    (MdlmObjective(), {}, (8.053857803344727, 7.933504581451416)),
+    (MdlmDiscreteObjective(16), {}, (10.169299125671387, 9.83269214630127)),
+    (RemdmObjective(16, "cap", 0.5), {}, (33.0612907409668, 32.52545928955078)),
+    (RemdmObjective(16, "rescale", 0.3), {}, (20.210315704345703, 19.72575569152832)),
+    (MdlmObjective(eps=0.05), {}, (9.233019828796387, 8.852120399475098)),
+    (ArObjective(), dict(causal=True), (6.303221225738525, 6.3880414962768555)),
+    (MdlmObjective(label_dropout=0.3), dict(num_classes=2),
+     (9.74107837677002, 9.646098136901855)),
+    (ClassifierObjective(), dict(num_classes=2, time_conditioning=True),
+     (0.7755692005157471, 0.7669259905815125)),
+]
+
+
+@pytest.mark.parametrize("objective,model_options,pinned", PINNED_LOSSES, ids=[
+    "mdlm", "mdlm_discrete", "remdm_cap", "remdm_rescale", "mdlm_eps", "ar", "mdlm_labels",
+    "classifier"])
+def test_every_objective_gives_its_pinned_loss(objective, model_options, pinned):
+  model_cfg = dataclasses.replace(MODEL, hidden=16, heads=2, blocks=1, cond_dim=8,
+                                  max_length=16, **model_options)
+  model = _perturbed(objective.model_class, model_cfg)
+  rows = _rows(0, 8, 16)
+  batch = ({"tokens": rows, "labels": (rows[:, 0] % 2).astype(np.int32)}
+           if model_cfg.num_classes else rows)
+  got = [objective.loss(model, batch, jax.random.key(3), mask_id=TOK.mask_id, train=train)
+         for train in (True, False)]
+  assert all(value.dtype == np.float32 and value.shape == () for value in got)
+  np.testing.assert_allclose([float(v) for v in got], pinned, rtol=1e-6)
 
 
 class _SignallingStream(data.BatchStream):
@@ -223,7 +352,7 @@ def test_signal_saves_the_step_and_stops_with_its_exit_code(signum, tmp_path):
   with pytest.raises(errors.Stopped, match=f"stopped by {signal.Signals(signum).name} after "
                      "step 3 of 12.*rerun the same command") as stopped:
     training.train(MODEL, TRAIN, _SignallingStream(signum, at=2), None, TOK.mask_id,
-                   tmp_path, record={"test": 1}, progress=False)
+                   tmp_path, progress=False)
   assert stopped.value.exit_code == 128 + signum
   assert _saved_steps(tmp_path) == [3] and not (tmp_path / "model").exists()
   assert signal.getsignal(signal.SIGINT) is before   # handler restored
@@ -238,7 +367,9 @@ def test_diverging_run_stops_and_keeps_the_last_good_state(tmp_path):
     _train(tmp_path, cfg)
   assert _saved_steps(tmp_path) == [1] and not (tmp_path / "model").exists()
   run, state = training.build_run(MODEL, cfg, TOK.mask_id)
-  restored = checkpoint.Checkpoints(tmp_path / "checkpoints", {"test": 1}).restore_latest(state)
+  identity = training.resume_identity(training.run_record(
+      MODEL, cfg, data.BatchStream(_rows(), cfg.batch_size, cfg.seed), TOK.mask_id, None))
+  restored = checkpoint.Checkpoints(tmp_path / "checkpoints", identity).restore_latest(state)
   assert int(restored["step"]) == 1
   assert all(np.isfinite(leaf).all() for leaf in _leaves(restored["params"]))
 
@@ -284,7 +415,7 @@ def test_extending_a_finished_run_replaces_its_export(tmp_path):
 def test_too_small_validation_split_is_named(tmp_path):
   with pytest.raises(ValueError, match="validation split has 4 rows, fewer than batch_size=8"):
     training.train(MODEL, TRAIN, data.BatchStream(_rows(), 8, 0), _rows(1, 4), TOK.mask_id,
-                   tmp_path, record={}, progress=False)
+                   tmp_path, progress=False)
 
 
 
@@ -301,7 +432,7 @@ def test_class_conditional_model_trains_on_labelled_rows(tmp_path):
   cfg = dataclasses.replace(TRAIN, steps=4, eval_every=2, save_every=4)
   stream = data.BatchStream(_labelled(0, 64), cfg.batch_size, cfg.seed)
   training.train(model_cfg, cfg, stream, _labelled(1, 16), TOK.mask_id, tmp_path,
-                 record={}, progress=False)
+                 progress=False)
   logged = [json.loads(l) for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert all(np.isfinite(entry["loss"]) for entry in logged)
   assert np.isfinite(logged[-1]["valid_nelbo"])
@@ -315,20 +446,21 @@ def test_label_dropout_replaces_labels_by_the_null_class_at_its_rate():
   """10000 labels, label_dropout 0.1: the null-class fraction is within 5 sd (0.015) of 0.1;
   evaluation (train=False) keeps every label; unlabelled models refuse labelled batches."""
   import jax.numpy as jnp
-  from remdm_jax import objectives
-  from remdm_jax.models import DiT
   model = DiT(dataclasses.replace(MODEL, num_classes=2), rngs=nnx.Rngs(0))
   labels = jnp.asarray(np.arange(10_000) % 2, jnp.int32)
-  cfg = dataclasses.replace(TRAIN, label_dropout=0.1)
-  seen = np.asarray(objectives._training_labels(model, labels, jax.random.key(0), cfg, True))
+  seen = np.asarray(objectives._training_labels(model, labels, jax.random.key(0), 0.1, True))
   null = seen == 2
   assert abs(null.mean() - 0.1) < 5 * np.sqrt(0.1 * 0.9 / 10_000)
   np.testing.assert_array_equal(seen[~null], np.asarray(labels)[~null])
   np.testing.assert_array_equal(np.asarray(objectives._training_labels(
-      model, labels, jax.random.key(0), cfg, False)), np.asarray(labels))
+      model, labels, jax.random.key(0), 0.1, False)), np.asarray(labels))
   plain = DiT(MODEL, rngs=nnx.Rngs(0))
   with pytest.raises(ValueError, match="labelled batches need a class-conditional model"):
-    objectives._training_labels(plain, labels, jax.random.key(0), cfg, True)
+    objectives._training_labels(plain, labels, jax.random.key(0), 0.1, True)
+  causal = DiT(dataclasses.replace(MODEL, causal=True), rngs=nnx.Rngs(0))
+  with pytest.raises(ValueError, match="objective 'ar' trains an unconditional model"):
+    ArObjective().loss(causal, {"tokens": _rows(0, 2), "labels": labels[:2]},
+                       jax.random.key(0), mask_id=TOK.mask_id, train=True)
 
 
 def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
@@ -338,15 +470,14 @@ def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
   the export loads back as a classifier, and sampling refuses it."""
   import jax.numpy as jnp
   from remdm_jax import jobs
-  from remdm_jax.models import NoisyClassifier
   rows = _rows(0, 256)
   labelled = {"tokens": rows, "labels": (rows[:, 0] < 128).astype(np.int32)}
   model_cfg = dataclasses.replace(MODEL, num_classes=2, time_conditioning=True, dropout=0.0)
-  cfg = dataclasses.replace(TRAIN, objective="classifier", steps=60, batch_size=32,
+  cfg = dataclasses.replace(TRAIN, objective=ClassifierObjective(), steps=60, batch_size=32,
                             eval_every=0, save_every=60, learning_rate=3e-3)
   stream = data.BatchStream(labelled, cfg.batch_size, cfg.seed)
-  training.train(model_cfg, cfg, stream, None, TOK.mask_id, tmp_path, record={},
-                 progress=False, tokenizer="bytes")
+  training.train(model_cfg, cfg, stream, None, TOK.mask_id, tmp_path, progress=False,
+                 tokenizer="bytes")
   losses = [json.loads(l)["loss"] for l in (tmp_path / "metrics.jsonl").read_text().splitlines()]
   assert np.mean(losses[-10:]) < min(np.mean(losses[:10]), np.log(2)), losses
   model = load_model(tmp_path / "model")

@@ -5,7 +5,7 @@ ReMDM-cap with eta 0.5 / 1.0 at T = 4096 and 8192), then scores every EMA model 
 held-out molecules with (a) its own training bound (nats per position; the ReMDM bound of
 eq. 9 weighs the NLL by about T * sigma and is orders of magnitude looser) and (b) the
 continuous MDLM NELBO as a perplexity, the column comparable across objectives, and prints
-the table beside the paper's numbers. Runs resume if restarted.
+the table beside the paper's numbers. Runs resume if restarted, also with more `--steps`.
 
   python train/ablation.py --workdir runs/ablation [--steps 3000] [--batch-size 128]
 """
@@ -29,12 +29,14 @@ PAPER = {"continuous": 2.088, "T=4096 sigma=0": 2.094, "T=4096 eta_cap=0.5": 2.1
 
 
 def variants(base: training.TrainConfig) -> dict[str, training.TrainConfig]:
-  out = {"continuous": base}
+  out = {"continuous": dataclasses.replace(base, objective=objectives.MdlmObjective())}
   for steps in (4096, 8192):
-    out[f"T={steps} sigma=0"] = dataclasses.replace(base, discrete_steps=steps)
+    out[f"T={steps} sigma=0"] = dataclasses.replace(
+        base, objective=objectives.MdlmDiscreteObjective(discrete_steps=steps))
     for eta in (0.5, 1.0):
       out[f"T={steps} eta_cap={eta}"] = dataclasses.replace(
-          base, objective="remdm", discrete_steps=steps, sigma_rule="cap", eta=eta)
+          base, objective=objectives.RemdmObjective(discrete_steps=steps, sigma_rule="cap",
+                                                    eta=eta))
   return out
 
 
@@ -57,22 +59,20 @@ def main():
   base = training.TrainConfig(batch_size=args.batch_size, steps=args.steps, warmup_steps=200,
                               learning_rate=1e-3, ema_decay=0.999, eval_every=0,
                               save_every=500, log_every=50)
-  continuous = base
+  continuous = objectives.MdlmObjective()
   rows, started = [], time.time()
   for name, cfg in variants(base).items():
     run_dir = workdir / name.replace(" ", "_").replace("=", "")
     stream = data.BatchStream(train_rows, cfg.batch_size, cfg.seed)
-    record = {"model": dataclasses.asdict(model_cfg), "train": dataclasses.asdict(cfg),
-              "data": dataclasses.asdict(data_cfg)}
     tic = time.time()
-    state = training.train(model_cfg, cfg, stream, None, tok.mask_id, run_dir, record=record)
+    state = training.train(model_cfg, cfg, stream, None, tok.mask_id, run_dir)
     if int(state["step"]) < cfg.steps:
       print(f"stopped at step {int(state['step'])} of {name}; rerun to resume", flush=True)
       return
     model = load_model(run_dir / "model")
-    own, common = (objectives.held_out_loss(objectives.model_loss(model, c, tok.mask_id),
+    own, common = (objectives.held_out_loss(objectives.model_loss(model, o, tok.mask_id),
                                             valid_rows, args.batch_size, seed=10_000, draws=4)
-                   for c in (cfg, continuous))
+                   for o in (cfg.objective, continuous))
     rows.append((name, own, np.exp(common), PAPER[name], time.time() - tic))
     print(f"{name}: own bound {own:.4f} nats/position, MDLM-continuous ppl "
           f"{np.exp(common):.4f} ({time.time() - tic:.0f} s)", flush=True)

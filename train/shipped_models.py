@@ -49,21 +49,20 @@ def main():
   runs = {"shakespeare-mdlm": (model, dataclasses.replace(base, steps=args.mdlm_steps))}
   if args.ar_steps:
     runs["shakespeare-ar"] = (dataclasses.replace(model, causal=True),
-                              dataclasses.replace(base, objective="ar", steps=args.ar_steps))
+                              dataclasses.replace(base, objective=objectives.ArObjective(),
+                                                  steps=args.ar_steps))
   for name, (model_cfg, cfg) in runs.items():
     run_dir, tic = workdir / name, time.time()
-    record = {"model": dataclasses.asdict(model_cfg), "data": dataclasses.asdict(data_cfg),
-              "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}}
     state = training.train(model_cfg, cfg, data.BatchStream(train_rows, cfg.batch_size, 0),
-                           valid_rows, tok.mask_id, run_dir, record=record, tokenizer="bytes")
+                           valid_rows, tok.mask_id, run_dir, tokenizer="bytes")
     if int(state["step"]) < cfg.steps:
       print(f"stopped at step {int(state['step'])} of {name}; rerun to resume")
       return
     loss = objectives.held_out_loss(
-        objectives.model_loss(load_model(run_dir / "model"), cfg, tok.mask_id), valid_rows,
-        args.batch_size, seed=10_000, draws=4)
+        objectives.model_loss(load_model(run_dir / "model"), cfg.objective, tok.mask_id),
+        valid_rows, args.batch_size, seed=10_000, draws=4)
     final = {"validation_nats_per_byte": loss, "validation_ppl" + (
-        "" if cfg.objective == "ar" else "_bound"): float(np.exp(loss)),
+        "" if cfg.objective.causal else "_bound"): float(np.exp(loss)),
              "validation_rows": int(len(valid_rows) // args.batch_size * args.batch_size),
              "steps": cfg.steps, "seconds_this_run": round(time.time() - tic)}
     (run_dir / "final.json").write_text(json.dumps(final, indent=2) + "\n")
