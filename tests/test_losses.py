@@ -98,3 +98,92 @@ def test_autoregressive_nll_matches_direct():
   lp = lp - np.log(np.exp(lp).sum(-1, keepdims=True))
   nll = -np.take_along_axis(lp, x[:, 1:, None], -1)[..., 0]
   np.testing.assert_allclose(got, (nll * valid[:, 1:]).sum() / valid[:, 1:].sum(), rtol=1e-5)
+
+
+# One-call losses against their formulas, written out in NumPy float64. Only the noise is
+# taken from JAX: the uniform draws behind the times and the masks, from the documented key
+# split (times, masks, dropout); every weight, schedule value, SUBS and NLL is NumPy's.
+B, L, EPS, T = 8, 12, 1e-3, 10
+W = np.random.default_rng(7).standard_normal((V, V))          # toy denoiser table, [V, V]
+VALID = np.arange(L)[None, :] < np.array([12, 12, 9, 12, 5, 12, 12, 12])[:, None]
+
+
+def _toy_denoiser(z, t):
+  """Logits `W[z] (1 + t)`: depend on every token and on the time."""
+  return jnp.asarray(W, jnp.float32)[z] * (1.0 + t[:, None, None])
+
+
+def _noise(key):
+  """`(u0, mask uniforms [B, L])` float64, the draws behind the loss of `key`."""
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  u0 = float(jax.random.uniform(key_time, (), jnp.float32))
+  return u0, np.asarray(jax.random.uniform(key_mask, (B, L), jnp.float32), np.float64)
+
+
+def _reference_nelbo(x, key, rule, eta=0.0, mistake=False):
+  """The NELBO in float64: `rule` None is MDLM in continuous time, "mdlm" its T-step bound,
+  "cap" / "rescale" ReMDM's eq. 9 with that sigma. `mistake` swaps in a plausible wrong
+  weight: `1 / alpha` for `1 / (1 - alpha)`, the T-step weight without T, or sigma dropped."""
+  u0, mask_draws = _noise(key)
+  u = np.mod(u0 + np.arange(B) / B, 1.0)                        # antithetic, [B]
+  alpha = lambda t: 1.0 - (1.0 - EPS) * t                       # log-linear schedule
+  if rule is None:
+    t = EPS + (1.0 - EPS) * u
+    weight = (1.0 - EPS) / (alpha(t) if mistake else 1.0 - alpha(t))  # -alpha' / (1 - alpha)
+  else:
+    i = np.minimum(np.floor(u * T) + 1, T)                      # i ~ U{1..T}
+    t, s = i / T, (i - 1) / T
+    alpha_t, alpha_s = alpha(t), alpha(s)
+    sigma_max = np.minimum(1.0, (1.0 - alpha_s) / alpha_t)
+    sigma = {"mdlm": 0.0, "cap": np.minimum(eta, sigma_max), "rescale": eta * sigma_max}[rule]
+    weight = T * (alpha_s - alpha_t + sigma * alpha_t) / (1.0 - alpha_t)
+    if mistake:
+      weight = weight / T if rule == "mdlm" else T * (alpha_s - alpha_t) / (1.0 - alpha_t)
+  masked = mask_draws >= alpha(t)[:, None]                      # [B, L] bool
+  z = np.where(masked, MASK, x)
+  logits = W[z] * (1.0 + t[:, None, None])                      # [B, L, V] f64
+  logits[..., MASK] = -np.inf                                   # SUBS: never predict the mask
+  log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
+  terms = weight[:, None] * np.where(masked, nll, 0.0)
+  return float(np.sum(terms * VALID) / np.sum(VALID))
+
+
+@pytest.mark.parametrize("seed", [3, 11])
+@pytest.mark.parametrize("name,rule,eta", [("mdlm", None, 0.0), ("mdlm_discrete", "mdlm", 0.0),
+                                           ("remdm_cap", "cap", 0.05),
+                                           ("remdm_rescale", "rescale", 0.5)])
+def test_one_call_losses_equal_their_formulas_in_float64(name, rule, eta, seed):
+  """Each diffusion loss equals its NELBO evaluated in float64 for the same draws (rtol 1e-5,
+  float32 rounding); the same reference with a plausible wrong weight is more than 1% off,
+  so such a weight fails."""
+  x = np.asarray(jax.random.randint(jax.random.key(1), (B, L), 0, MASK))
+  key = jax.random.key(seed)
+  common = dict(mask_id=MASK, valid=jnp.asarray(VALID), eps=EPS)
+  loss = {"mdlm": lambda: losses.mdlm_loss(_toy_denoiser, x, key, **common),
+          "mdlm_discrete": lambda: losses.mdlm_discrete_loss(_toy_denoiser, x, key,
+                                                             num_steps=T, **common),
+          "remdm_cap": lambda: losses.remdm_loss(_toy_denoiser, x, key, num_steps=T,
+                                                 sigma_rule="cap", eta=eta, **common),
+          "remdm_rescale": lambda: losses.remdm_loss(_toy_denoiser, x, key, num_steps=T,
+                                                     sigma_rule="rescale", eta=eta, **common)}
+  got = loss[name]()
+  assert got.dtype == jnp.float32 and got.shape == ()
+  want = _reference_nelbo(x, key, rule, eta)
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  assert abs(_reference_nelbo(x, key, rule, eta, mistake=True) / want - 1) > 1e-2
+
+
+def test_ar_loss_equals_the_cross_entropy_in_float64():
+  """`ar_loss` of a causal toy model (logits at i from token i alone) equals the next-token
+  cross-entropy over valid targets, in float64 (rtol 1e-5); dropping the shift fails."""
+  x = np.asarray(jax.random.randint(jax.random.key(2), (B, L), 0, V))
+  got = losses.ar_loss(lambda tokens: jnp.asarray(W, jnp.float32)[tokens], x,
+                       jnp.asarray(VALID))
+  log_probs = W[x] - np.log(np.sum(np.exp(W[x]), axis=-1, keepdims=True))   # [B, L, V] f64
+  nll = -np.take_along_axis(log_probs[:, :-1], x[:, 1:, None], -1)[..., 0]  # [B, L - 1]
+  want = np.sum(nll * VALID[:, 1:]) / np.sum(VALID[:, 1:])
+  assert got.dtype == jnp.float32 and got.shape == ()
+  np.testing.assert_allclose(float(got), want, rtol=1e-5)
+  unshifted = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
+  assert abs(np.sum(unshifted * VALID) / np.sum(VALID) / want - 1) > 1e-2
