@@ -3,6 +3,7 @@
 import dataclasses
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -276,6 +277,47 @@ def test_objectives_are_frozen_data_with_a_flat_form():
   assert cfg.with_options(eta=0.25).objective.discrete_steps == 16       # same objective kept
   assert cfg.with_options(objective="mdlm").objective == MdlmObjective()  # a new one: defaults
   assert training.TrainConfig().with_options(**cfg.options()) == cfg
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--model.vocab_size=300"], r"--model\.vocab_size is set by this command \(from the "
+     r"tokenizer, --data\.tokenizer\); remove the flag"),
+    (["--model.max_length=64"], r"--model\.max_length is set by this command \(from "
+     r"--data\.seq_len\)"),
+    (["--model.causal=true"], r"--model\.causal is set by this command \(from the objective"),
+    (["--model.num_classes=2"], r"--model\.num_classes is set by this command \(from "
+     r"--data\.label"),
+    (["--train.eta=0.5"], r"--train\.eta: eta does not apply to objective 'mdlm' \(its own "
+     r"options: \['eps', 'label_dropout'\]; eta belongs to \['remdm'\]\)"),
+    (["--train.objective=ar", "--train.eps=0.1"], "eps does not apply to objective 'ar'"),
+    (["--train.objective=remdm", "--train.sigma_rule=rescale", "--train.eta=2"],
+     r"eta must be in \[0, 1\] for sigma_rule 'rescale', got 2.0"),
+])
+def test_train_cli_refuses_flags_it_would_overwrite_or_ignore(argv, match, tmp_path, capsys):
+  from remdm_jax import cli
+  assert cli.train_main([f"--workdir={tmp_path}", *argv]) == 2
+  err = capsys.readouterr().err
+  assert err.startswith("error: ") and err.count("\n") == 1
+  assert re.search(match, err), err
+
+
+def test_train_cli_parses_objective_options_and_lists_them(tmp_path, capsys):
+  from remdm_jax import cli
+  config = tmp_path / "c.json"
+  config.write_text(json.dumps({"train": {"objective": "remdm", "eta": 0.25}}))
+  parsed, _ = cli.parse_sections([f"--config={config}", "--train.discrete_steps=16",
+                                  "--train.sigma_rule=rescale"], cli.train_sections(),
+                                 fixed=cli.TRAIN_FIXED)
+  assert parsed["train"].objective == RemdmObjective(16, "rescale", 0.25)
+  config.write_text(json.dumps({"model": {"vocab_size": 5}}))
+  with pytest.raises(cli.UsageError, match="remove model.vocab_size from the --config file"):
+    cli.parse_sections([f"--config={config}"], cli.train_sections(), fixed=cli.TRAIN_FIXED)
+  assert cli.train_main(["--help"]) == 0
+  out = capsys.readouterr().out
+  assert "--model.hidden=128" in out and "--model.vocab_size=" not in out
+  assert "--model.causal=" not in out and "  model.causal " in out
+  assert "objective remdm: ReMDM's NELBO (eq. 9)" in out and "--train.sigma_rule=\"cap\"" in out
+  assert "--train.eps=0.001" in out and "t drawn from [eps, 1]" in out
 
 
 def test_objective_and_model_must_agree():
