@@ -112,7 +112,8 @@ def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: i
   """The masked-diffusion NELBO of one batch, nats per valid token; `[] float32`.
 
   `key` is split in three: times, masks, and a third key left to the caller (the training
-  loop's dropout), so these losses and `objectives.objective_loss` draw the same noise.
+  loop's dropout), so these losses and the training objectives (`Objective.loss`) draw
+  the same noise.
   """
   key_time, key_mask, _ = jax.random.split(key, 3)
   batch_size = x.shape[0]
