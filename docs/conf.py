@@ -50,8 +50,9 @@ _logger = logging.getLogger(__name__)
 # block, instead of failing the build; remove a name from this set once its docstring parses.
 PLAIN_TEXT_DOCSTRINGS = frozenset({
     "remdm_jax.checkpoint", "remdm_jax.chem", "remdm_jax.convert", "remdm_jax.data",
-    "remdm_jax.errors", "remdm_jax.jobs", "remdm_jax.losses", "remdm_jax.plan",
-    "remdm_jax.posterior", "remdm_jax.topp", "remdm_jax.sampling.make_sampler",
+    "remdm_jax.errors", "remdm_jax.jobs", "remdm_jax.losses", "remdm_jax.objectives",
+    "remdm_jax.plan", "remdm_jax.posterior", "remdm_jax.topp",
+    "remdm_jax.sampling.make_sampler",
 })
 
 
