@@ -13,7 +13,7 @@ import inspect
 import os
 
 from docutils import nodes
-from docutils.statemachine import StringList
+from sphinx import addnodes
 from sphinx.util import logging
 from sphinx.util.docutils import SphinxDirective
 
@@ -81,12 +81,14 @@ class PublicNames(SphinxDirective):
   """A list of `remdm_jax.__all__`, each name linked to where it is documented."""
 
   def run(self):
-    lines = [f"* :py:{role}:`remdm_jax.{name} <{target}>`"
-             for name, role, target in _public_names()]
-    container = nodes.container()
-    self.state.nested_parse(StringList(lines, source="remdm_jax.__all__"), self.content_offset,
-                            container)
-    return container.children
+    items = nodes.bullet_list()
+    for name, role, target in _public_names():
+      ref = addnodes.pending_xref("", refdomain="py", reftype=role,
+                                  reftarget=target.lstrip("."), refexplicit=True,
+                                  refwarn=True, refspecific=target.startswith("."))
+      ref += nodes.literal(text=f"remdm_jax.{name}")
+      items += nodes.list_item("", nodes.paragraph("", "", ref))
+    return [items]
 
 
 def _check_public_names(app, env) -> None:
