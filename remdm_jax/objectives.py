@@ -29,8 +29,8 @@ from remdm_jax import batches, losses
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.schedules import LogLinear, total_noise
-from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_int, \
-    check_range
+from remdm_jax.validation import (ArgumentTypeError, check_choice, check_fields, check_int,
+                                  check_range)
 
 OBJECTIVES: dict[str, type[Objective]] = {}
 SIGMA_RULES = ("cap", "rescale")
