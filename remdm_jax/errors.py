@@ -1,11 +1,11 @@
 """How the command lines end: one `error:` line and an exit code, never a traceback.
 
-| what happened                                    | exit code |
-|--------------------------------------------------|-----------|
-| finished                                         | 0         |
-| a run failed (non-finite logits or loss)         | 1         |
-| bad input: flags, files, configs, models         | 2         |
-| stopped by a signal after saving (resumable)     | 128 + signal number (130 SIGINT, 143 SIGTERM) |
+Exit codes:
+
+- 0: finished;
+- 1: a run failed (non-finite logits or loss);
+- 2: bad input: flags, files, configs, models;
+- 128 + signal number (130 SIGINT, 143 SIGTERM): stopped by a signal after saving (resumable).
 
 `run_cli(main, argv)` maps exceptions to these; library code raises ordinary exceptions
 (`ValueError` for bad input, `FloatingPointError` for non-finite numbers, `Stopped`).

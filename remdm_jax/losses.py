@@ -1,19 +1,21 @@
 """Training objectives: the MDLM and ReMDM negative ELBOs and the autoregressive loss.
 
 Every NELBO here is `w(t) * sum over masked positions of -log x_theta(z_t)[x]`, averaged as
-nats per (non-padding) token, with `x_theta` the SUBS parameterisation (mask logit removed).
-  - MDLM, continuous time: `w = -alpha'(t) / (1 - alpha(t))` (`1 / t` for log-linear);
-    Sahoo et al. 2024, arXiv 2406.07524, eq. 10.
-  - MDLM, T discrete steps: `w = T (alpha_s - alpha_t) / (1 - alpha_t)`, `t = i / T`,
-    `s = (i - 1) / T`, `i ~ U{1..T}`.
-  - ReMDM (Wang et al. 2025, arXiv 2503.00307, eq. 9):
-    `w = T (alpha_s - alpha_t + sigma_t alpha_t) / (1 - alpha_t)`; `sigma = 0` is MDLM's.
+nats per (non-padding) token, with `x_theta` the SUBS parameterisation (mask logit removed):
+
+- MDLM, continuous time: `w = -alpha'(t) / (1 - alpha(t))` (`1 / t` for log-linear);
+  Sahoo et al. 2024, arXiv 2406.07524, eq. 10.
+- MDLM, T discrete steps: `w = T (alpha_s - alpha_t) / (1 - alpha_t)`, `t = i / T`,
+  `s = (i - 1) / T`, `i ~ U{1..T}`.
+- ReMDM (Wang et al. 2025, arXiv 2503.00307, eq. 9):
+  `w = T (alpha_s - alpha_t + sigma_t alpha_t) / (1 - alpha_t)`; `sigma = 0` is MDLM's.
+
 Times are drawn antithetically: `u_i = (u_0 + i / B) mod 1`.
 
 One call per objective, for training a model of your own with `jax.value_and_grad` and optax:
-`mdlm_loss`, `mdlm_discrete_loss`, `remdm_loss` (each takes a sampler-style denoiser `(z, t)
--> logits`, the clean tokens, a key and an optional padding mask) and `ar_loss` (a causal
-`logits_fn(x)`). The functions below them are the pieces they chain.
+`mdlm_loss`, `mdlm_discrete_loss`, `remdm_loss` (each takes a sampler-style denoiser
+`(z, t) -> logits`, the clean tokens, a key and an optional padding mask) and `ar_loss` (a
+causal `logits_fn(x)`). The functions below them are the pieces they chain.
 The discrete bounds leave out the reconstruction term at `t = 0`, which is exactly 0 when
 `alpha(0) = 1` (log-linear, polynomial, linear with sigma_min = 0; not cosine with eps > 0).
 """
@@ -26,7 +28,7 @@ import jax
 import jax.numpy as jnp
 
 from remdm_jax import diffusion
-from remdm_jax.diffusion import Denoiser
+from remdm_jax.denoiser import Denoiser
 from remdm_jax.schedules import LogLinear
 
 

@@ -2,13 +2,15 @@
 
 An objective owns its options (validated on construction, so an option it does not have
 cannot be given to it) and its loss of one batch, built from `remdm_jax.losses`:
-  - `MdlmObjective()`: MDLM's continuous-time NELBO (Sahoo et al. 2024, arXiv 2406.07524,
-    eq. 10);
-  - `MdlmDiscreteObjective(discrete_steps)`: MDLM's NELBO in T discrete steps;
-  - `RemdmObjective(discrete_steps, sigma_rule, eta)`: the ReMDM NELBO (Wang et al. 2025,
-    arXiv 2503.00307, eq. 9);
-  - `ArObjective()`: the autoregressive next-token NLL of a causal model;
-  - `ClassifierObjective()`: the cross-entropy of a classifier of noisy sequences p(y | z_t).
+
+- `MdlmObjective()`: MDLM's continuous-time NELBO (Sahoo et al. 2024, arXiv 2406.07524,
+  eq. 10);
+- `MdlmDiscreteObjective(discrete_steps)`: MDLM's NELBO in T discrete steps;
+- `RemdmObjective(discrete_steps, sigma_rule, eta)`: the ReMDM NELBO (Wang et al. 2025,
+  arXiv 2503.00307, eq. 9);
+- `ArObjective()`: the autoregressive next-token NLL of a causal model;
+- `ClassifierObjective()`: the cross-entropy of a classifier of noisy sequences p(y | z_t).
+
 `make_objective("remdm", discrete_steps=4096, eta=0.5)` is the flat keyword form used by
 command lines. `held_out_loss` is the one validation measure, used by the training loop's
 periodic evaluation and by the scripts that compare trained models. The optimiser and the

@@ -1,10 +1,12 @@
 """A `SamplerConfig` becomes a per-step table of arrays (`Plan`) and static switches (`StepRule`).
 
 Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a prompt:
-  - decoded (`z_t != m`): remasked with probability `sigma_i` (times the conf weight);
-  - masked: unmasked with probability `unmask_base_i + sigma_i * unmask_per_sigma_i`, where
-    `unmask_base = (alpha_s - alpha_t) / (1 - alpha_t)` (MDLM) and
-    `unmask_per_sigma = alpha_t / (1 - alpha_t)` (paper eq. 6).
+
+- decoded (`z_t != m`): remasked with probability `sigma_i` (times the conf weight);
+- masked: unmasked with probability `unmask_base_i + sigma_i * unmask_per_sigma_i`, where
+  `unmask_base = (alpha_s - alpha_t) / (1 - alpha_t)` (MDLM) and
+  `unmask_per_sigma = alpha_t / (1 - alpha_t)` (paper eq. 6).
+
 Valid iff `0 <= sigma <= sigma_max = min(1, (1 - alpha_s) / alpha_t)`. The table is computed on
 the host in float64 from the strategy (`remdm_jax.strategies`) and checked; `sampling.py` runs
 one scan over it for every strategy.

@@ -5,12 +5,13 @@ The backward step of MDLM and ReMDM (paper eq. 6) is, per position, a Bernoulli 
 Drawing it that way instead of one categorical over `V + 1` outcomes keeps tiny unmask
 probabilities exact (Zheng et al. 2024, arXiv 2409.02908, show float32 Gumbel-max over the
 joint categorical loses the token tail). The remaining draws are made tail-safe here:
-  - `bernoulli` compares 32 random bits with `p * 2^32`: resolution 2.3e-10 (a float32
-    uniform has 2^-23 = 1.2e-7, biasing p = 1e-6 by 7%);
-  - `draw_categorical` is Gumbel-max in two levels (a block of about sqrt(V) ids, then an id
-    within it), each with JAX's 64-bit "highest" Gumbel, whose tail reaches about 44 instead
-    of 16.6: exact for probability ratios down to about 1e-19, at ~2 sqrt(V) draws per row
-    instead of V.
+
+- `bernoulli` compares 32 random bits with `p * 2^32`: resolution 2.3e-10 (a float32
+  uniform has 2^-23 = 1.2e-7, biasing p = 1e-6 by 7%);
+- `draw_categorical` is Gumbel-max in two levels (a block of about sqrt(V) ids, then an id
+  within it), each with JAX's 64-bit "highest" Gumbel, whose tail reaches about 44 instead
+  of 16.6: exact for probability ratios down to about 1e-19, at ~2 sqrt(V) draws per row
+  instead of V.
 """
 
 from __future__ import annotations

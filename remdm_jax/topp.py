@@ -1,15 +1,20 @@
-"""Nucleus (top-p) filtering of probability vectors, two semantics and two implementations.
+"""Nucleus (top-p) filtering of probability vectors, two semantics and three implementations.
 
-Semantics (brief section 6):
-  - `reference`: keep the tokens whose sorted cumulative probability is `<= p`, plus always the
-    top token (the ReMDM/MDLM reference code); the token that crosses `p` is dropped.
-  - `standard`: keep the minimal set whose mass is `>= p` (Holtzman et al. 2020, Hugging Face).
+Semantics:
+
+- `reference`: keep the tokens whose sorted cumulative probability is `<= p`, plus always the
+  top token (the ReMDM/MDLM reference code, kuleshov-group/remdm); the token that crosses `p`
+  is dropped.
+- `standard`: keep the minimal set whose mass is `>= p` (Holtzman et al. 2020, Hugging Face).
+
 Implementations:
-  - `sort`: a full descending sort and cumulative sum per row.
-  - `bisect`: no sort. Non-negative float32 values are ordered like their int32 bit patterns,
-    so a bisection over bit patterns finds the exact keep threshold in 31 masked sums.
-  - `radix`: the same threshold, 8 bits at a time: 4 passes, each a 256-bin histogram of the
-    mass per digit of the bit pattern (within the bucket chosen so far).
+
+- `sort`: a full descending sort and cumulative sum per row.
+- `bisect`: no sort. Non-negative float32 values are ordered like their int32 bit patterns,
+  so a bisection over bit patterns finds the exact keep threshold in 31 masked sums.
+- `radix`: the same threshold, 8 bits at a time: 4 passes, each a 256-bin histogram of the
+  mass per digit of the bit pattern (within the bucket chosen so far).
+
 At ties: `sort` keeps every token tied with its smallest kept value (the sort order of ties is
 arbitrary); `bisect` and `radix` decide by the mass of all tokens >= a value, so a tie group
 is kept or dropped whole. They differ only where a tie group crosses p in `reference` mode

@@ -4,7 +4,7 @@ A `Trajectory` holds the tokens after every step of the strategy's table and wha
 did (which positions it unmasked, which it remasked), so a person or a test can watch
 remasking revise a sequence. Its length `n` is the number of steps of the table,
 `len(build_plan(cfg)[0].table.t)`: `num_steps` for every strategy except `dfm`, whose adaptive
-grid takes more, smaller steps (about 60 at `num_steps=16`). The final noise-removal call is
+grid takes more, smaller steps (61 at `num_steps=16`). The final noise-removal call is
 not a step: it fills the positions still masked after step `n - 1` (`tokens` vs
 `steps[-1]`).
 """
