@@ -32,7 +32,8 @@ def main():
   denoiser = lambda z, t: apply(1.0, z, t)
   direct = [seconds(lambda: remdm_jax.sample(jax.random.key(i), denoiser, cfg, batch_size=B,
                                              seq_len=L, mask_id=V - 1)) for i in range(3)]
-  run = remdm_jax.make_sampler(apply, cfg, batch_size=B, seq_len=L, mask_id=V - 1)
+  run = remdm_jax.make_sampler(remdm_jax.Denoiser(apply), cfg, batch_size=B, seq_len=L,
+                               mask_id=V - 1)
   fast = [seconds(lambda: run(jax.random.key(i), jnp.float32(1.0 + i))) for i in range(3)]
   print("(a) calls, seconds (loop, T = 64, top-p 0.9, B = 4, L = 16, V = 5)\n")
   print("| path | call 1 | call 2 | call 3 |\n|---|---|---|---|")

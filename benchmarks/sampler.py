@@ -64,18 +64,16 @@ def make_transformer(key, vocab, seq_len, layers, hidden, heads):
   def apply(params, z, t):
     return features(params, z, t) @ params["out"]                       # [B, L, V]
 
-  apply.features = features
-  apply.head = lambda params, h, t: h @ params["out"]                  # position-wise
-  return apply, params
+  head = lambda params, h, t: h @ params["out"]                        # position-wise
+  return remdm_jax.Denoiser(apply, features_apply=features, head_apply=head,
+                            reads_t=False), params
 
 
-def as_denoiser(apply, params, split: bool):
-  """`(z, t) -> logits`, with the features/head contract when `split`."""
-  denoiser = lambda z, t: apply(params, z, t)
+def as_denoiser(model, params, split: bool):
+  """The model with `params`, offering the features/head contract only when `split`."""
   if split:
-    denoiser.features = lambda z, t: apply.features(params, z, t)
-    denoiser.head = lambda h, t: apply.head(params, h, t)
-  return denoiser
+    return model.with_params(params)
+  return remdm_jax.Denoiser(model.apply, params, reads_t=False)
 
 
 def timed(fn, *args, repeats=3):
@@ -98,7 +96,7 @@ STRATEGY_CONFIGS = {
 
 
 def bench_strategies(args, apply, params, mask_id):
-  call = jax.jit(apply)
+  call = jax.jit(apply.apply)
   z = jnp.full((args.batch, args.seq_len), mask_id, jnp.int32)
   t = jnp.ones((args.batch,), jnp.float32)
   _, per_call = timed(call, params, z, t)
@@ -132,7 +130,7 @@ def bench_python_loop(args, apply, params, mask_id):
 
   @jax.jit
   def one_step(params, carry, index, row):
-    step = sampling._make_step(lambda zz, tt: apply(params, zz, tt), plan, rule, keys, fixed,
+    step = sampling._make_step(as_denoiser(apply, params, False), plan, rule, keys, fixed,
                                mask_id, record=False, on_step=None)
     return step(carry, (index, row))[0]
 
@@ -145,7 +143,7 @@ def bench_python_loop(args, apply, params, mask_id):
 
   _, loop_time = timed(python_loop, params, repeats=args.repeats)
   scan = jax.jit(lambda params: remdm_jax.sample_with_plan(
-      jax.random.key(0), lambda zz, tt: apply(params, zz, tt), plan, rule,
+      jax.random.key(0), as_denoiser(apply, params, False), plan, rule,
       batch_size=args.batch, seq_len=args.seq_len, mask_id=mask_id))
   _, scan_time = timed(scan, params, repeats=args.repeats)
   return loop_time, scan_time

@@ -3,7 +3,9 @@
 from remdm_jax import eval, losses, trajectory
 from remdm_jax.checkpoint import load_model, save_model
 from remdm_jax.config import SamplerConfig, sampler_config
-from remdm_jax.guidance import classifier_free_guidance, classifier_guidance
+from remdm_jax.denoiser import Classifier, Denoiser
+from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
+                                classifier_guidance)
 from remdm_jax.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                 sample_with_plan)
@@ -14,7 +16,8 @@ from remdm_jax.topp import top_p_filter
 from remdm_jax.trajectory import Trajectory
 
 __all__ = [
-    "Cap", "Conf", "Dfm", "Fb", "Loop", "Mdlm", "NonFiniteLogitsError", "Plan", "Rescale",
+    "Cap", "Cbg", "Cfg", "Classifier", "Conf", "Denoiser", "Dfm", "Fb", "Guidance", "Loop",
+    "Mdlm", "NoGuidance", "NonFiniteLogitsError", "Plan", "Rescale",
     "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
     "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance",
     "eval", "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",

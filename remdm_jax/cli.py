@@ -23,7 +23,7 @@ import re
 import sys
 import typing
 
-from remdm_jax import distributed, files, jobs, objectives
+from remdm_jax import distributed, files, guidance, jobs, objectives, shards
 from remdm_jax.config import SamplerConfig, unknown_option_message
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
@@ -107,6 +107,10 @@ def _section_config(section: str, default, flags: list[tuple]):
     chosen = [v for f, v, _ in flags if f == "objective"]
     objective = chosen[-1] if chosen else default.objective.name
     types = _train_field_types(default, objective)
+  elif isinstance(default, guidance.Guidance):
+    chosen = [v for f, v, _ in flags if f == "kind"]
+    kind = chosen[-1] if chosen else default.name
+    types = {"kind": str, **_field_types(guidance.guidance_class(kind)())}
   else:
     types = _field_types(default)
   values = {}
@@ -118,8 +122,15 @@ def _section_config(section: str, default, flags: list[tuple]):
                                          for cls in objectives.OBJECTIVES.values()):
         raise UsageError(f"--{section}.{field}: " +
                          objectives.unknown_option_message(field, objective))
+      if isinstance(default, guidance.Guidance):
+        raise UsageError(f"--{section}.{field} does not apply to guidance {kind!r} (its "
+                         f"options: {sorted(types)})")
       raise UsageError(f"unknown key {section}.{field}; valid keys: {', '.join(sorted(types))}")
     values[field] = _convert(value, types[field], f"{section}.{field}") if from_text else value
+  if isinstance(default, guidance.Guidance):
+    kind = values.pop("kind", default.name)
+    start = default if kind == default.name else guidance.guidance_class(kind)()
+    return dataclasses.replace(start, **values)
   if isinstance(default, SamplerConfig) or _has_objective(default):
     return default.with_options(**values)
   return dataclasses.replace(default, **values)
@@ -216,6 +227,18 @@ def _train_usage(section: str, config) -> list[str]:
   return lines
 
 
+def _guidance_usage(section: str, config: guidance.Guidance) -> list[str]:
+  """The guidance kinds, each with its own options and their defaults."""
+  lines = [f"  --{section}.kind={json.dumps(config.name)}".ljust(45) +
+           f"one of {list(guidance.GUIDANCES)}; options of another kind start from its "
+           "defaults"]
+  for name, cls in guidance.GUIDANCES.items():
+    lines.append(f"  guidance {name}: {(cls.__doc__ or '').splitlines()[0]}")
+    lines.extend("  " + line for line in
+                 _field_lines(section, config if name == config.name else cls()))
+  return lines
+
+
 def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str:
   """Every `--section.field=DEFAULT` with its meaning, section by section (but the `fixed`
   fields, which the command sets: they are named at the end)."""
@@ -228,6 +251,8 @@ def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str
       lines.extend(_sampler_usage(section, config))
     elif _has_objective(config):
       lines.extend(_train_usage(section, config))
+    elif isinstance(config, guidance.Guidance):
+      lines.extend(_guidance_usage(section, config))
     else:
       lines.extend(_field_lines(section, config, skip=[
           key.split(".", 1)[1] for key in fixed or {} if key.startswith(section + ".")]))
@@ -292,9 +317,9 @@ def train_main(argv: list[str] | None = None) -> int:
 
 
 SAMPLE_SECTIONS = {
-    "sampler": SamplerConfig().with_options(strategy="loop", num_steps=256, eta=0.02,
-                                            top_p=0.9),
+    "sampler": SamplerConfig.paper_loop(),
     "job": jobs.SampleJob(),
+    "guidance": guidance.NoGuidance(),
     "dist": distributed.DistributedConfig(),
 }
 
@@ -303,10 +328,10 @@ def _sample(argv: list[str]) -> int:
   configs, rest = parse_sections(argv, SAMPLE_SECTIONS)
   if rest:
     raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD=, "
-                     "--job.FIELD= and --dist.FIELD= (--help lists them)")
+                     "--job.FIELD=, --guidance.FIELD= and --dist.FIELD= (--help lists them)")
   distributed.initialize(configs["dist"])
   job = configs["job"]
-  result = jobs.run_sampling_job(configs["sampler"], job)
+  result = jobs.run_sampling_job(configs["sampler"], job, configs["guidance"])
   if distributed.is_primary():
     for record in [] if job.quiet else result.records:
       print(f"--- sample {record['index']} ---\n{record['text']}")
@@ -336,10 +361,11 @@ def _merge(argv: list[str]) -> int:
   configs, rest = parse_sections(argv, {"merge": MergeOptions()}, "DIR ")
   (directory,) = _positional(rest, ("DIR",))
   options = configs["merge"]
-  records = jobs.merge(directory)
+  records = shards.merge(directory)
   summary = {"samples": len(records)}
   if options.evaluator:
-    summary.update(jobs.evaluate_samples(records, options.evaluator, add_bos=options.add_bos,
+    from remdm_jax import scoring   # the evaluator's imports, only when scoring
+    summary.update(scoring.evaluate_samples(records, options.evaluator, add_bos=options.add_bos,
                                          batch_size=options.batch_size))
   print(json.dumps(summary))
   return 0

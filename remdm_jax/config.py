@@ -65,10 +65,24 @@ class SamplerConfig:
     if self.schedule != "loglinear" and not self.strategy.uses_schedule:
       raise ValueError(f"schedule does not apply to strategy {name!r} (it fixes its own "
                        f"alpha), got schedule={self.schedule!r}")
+    if self.position_chunk and self.strategy.select != "rank":
+      raise ValueError(f"position_chunk applies to strategies that draw at every position "
+                       f"({_by_select('rank')}), not to {name!r}; got "
+                       f"position_chunk={self.position_chunk}")
+    if self.draw_capacity and self.strategy.select != "bernoulli":
+      raise ValueError(f"draw_capacity applies to strategies that draw only where they "
+                       f"unmask ({_by_select('bernoulli')}), not to {name!r}; got "
+                       f"draw_capacity={self.draw_capacity}")
     t_off = self.strategy.last_phase_start
     if t_off is not None and t_off < self.t_min:
       raise ValueError(f"need t_min <= t_off for strategy {name!r}, got t_off={t_off}, "
                        f"t_min={self.t_min}")
+
+  @classmethod
+  def paper_loop(cls, num_steps: int = 256) -> SamplerConfig:
+    """ReMDM-loop with the paper's OpenWebText settings (t_on 0.55, t_off 0.05, alpha_on
+    0.9, eta 0.02) and top-p 0.9, the default of `remdm-sample`."""
+    return cls().with_options(strategy="loop", num_steps=num_steps, eta=0.02, top_p=0.9)
 
   def options(self) -> dict:
     """The flat form: `{"strategy": name, **strategy fields, **shared fields}` (JSON-able;
@@ -100,6 +114,11 @@ class SamplerConfig:
     strategy = dataclasses.replace(strategy, **{k: v for k, v in options.items() if k in own})
     return dataclasses.replace(self, strategy=strategy,
                                **{k: v for k, v in options.items() if k in shared})
+
+
+def _by_select(select: str) -> list[str]:
+  """The strategies whose `select` is the given one."""
+  return sorted(name for name, cls in STRATEGIES.items() if cls.select == select)
 
 
 def unknown_option_message(key: str, strategy: str) -> str:

@@ -10,8 +10,6 @@ References:
 
 from __future__ import annotations
 
-from typing import Callable
-
 import jax
 import jax.numpy as jnp
 
@@ -19,11 +17,6 @@ from remdm_jax.schedules import array_module
 
 SIGMA_RULES = ("constant", "cap", "rescale", "max")
 
-Denoiser = Callable[[jax.Array, jax.Array], jax.Array]
-"""`(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (any float dtype, V includes the mask
-id, raw logits: SUBS is applied by the sampler). A denoiser may carry the attribute
-`time_conditioned = True` (as `models.as_denoiser` sets for a time-conditioned DiT); the sampler
-then refuses `cache=True`, which is exact only when the logits do not depend on t."""
 
 
 def without_mask(logits: jax.Array, mask_id: int) -> jax.Array:

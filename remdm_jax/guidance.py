@@ -9,8 +9,12 @@
   `log p(y | z_l = v) ~ log p(y | z) + g_l[v] - g_l[z_l]`, `g = d log p(y | x) / d x` at the
   one-hot `x` of `z`.
 
-Both results are ordinary denoisers returning normalised log-probabilities, so they plug into
-`remdm_jax.sample` with every strategy, prompt and sharding. The guidance paper applies the
+Both results are `Denoiser`s returning normalised log-probabilities (their parameters: the
+inner denoisers' and classifier's, the strength and the target, all pytree leaves), so they
+plug into `remdm_jax.sample` and `make_sampler` with every strategy, prompt and sharding, and a
+new gamma reuses a compiled sampler. `NoGuidance`, `Cfg` and `Cbg` name a choice of guidance
+and its options, as the strategies do for the sampler; the sampling jobs, the command line and
+the scripts build their denoisers through them. The guidance paper applies the
 classifier reweighting to the posterior of a position, including its chance of staying masked
 (that entry gets `log p(y | z_t)`), which also changes how often positions unmask. Here it
 reweights `x_theta` only: the strategy keeps deciding when positions unmask and remask (that
@@ -20,50 +24,62 @@ token a position takes. The two agree on the token drawn given that a position u
 
 from __future__ import annotations
 
-import functools
-from typing import Callable
+import dataclasses
+from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
 
-from remdm_jax.diffusion import Denoiser
+from remdm_jax.denoiser import Classifier, Denoiser, as_classifier_fn, as_denoiser
 from remdm_jax.rounds import in_rounds
-from remdm_jax.validation import check_choice, check_scalar
+from remdm_jax.validation import check_choice, check_fields, check_range, check_scalar
 
-Classifier = Callable[[jax.Array, jax.Array], jax.Array]
-"""`(x [B, L, V] float32 one-hot (or soft) sequences, t [B] float32) -> logits [B, C]`: a
-classifier of noisy sequences; taking one-hot inputs lets the gradient form differentiate it."""
-GUIDANCE_FORMS = ("exact", "gradient")
+GUIDANCE_FORMS = ("gradient", "exact")
+DEFAULT_FORM = "gradient"   # one call and one gradient per step; exact costs V calls per
+                            # masked position
 
 
-def classifier_free_guidance(conditional: Denoiser, unconditional: Denoiser,
-                             gamma: float) -> Denoiser:
+def _vocab_size(*denoisers: Denoiser) -> int | None:
+  """The vocabulary the denoisers declare (they must agree), or None."""
+  sizes = {d.vocab_size for d in denoisers if d.vocab_size is not None}
+  if len(sizes) > 1:
+    raise ValueError(f"the denoisers' vocabularies differ: {sorted(sizes)}")
+  return sizes.pop() if sizes else None
+
+
+def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
   """Mixes two denoisers' log-probabilities with weight `gamma` (1: conditional only).
 
   Args:
-    conditional: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]`, conditioned on y.
-    unconditional: the same signature, without y.
+    conditional: a `Denoiser` (or function `(z [B, L] int32, t [B] float32) -> logits
+      [B, L, V]`) conditioned on y.
+    unconditional: the same, without y.
     gamma: guidance strength (>= 0 in practice); a finite number, or traced data.
 
   Returns:
-    A denoiser returning `[B, L, V] float32` guided log-probabilities (normalised over V).
+    A `Denoiser` returning `[B, L, V] float32` guided log-probabilities (normalised over V);
+    its params are `(conditional params, unconditional params, gamma)`; it reads t when
+    either input does.
 
   Raises:
-    ValueError: a denoiser is not callable, or a concrete gamma is not a finite number.
+    TypeError: a denoiser is neither a Denoiser nor a function.
+    ValueError: a concrete gamma is not a finite number, or the vocabularies differ.
   """
-  for name, fn in (("conditional", conditional), ("unconditional", unconditional)):
-    if not callable(fn):
-      raise ValueError(f"{name} must be a denoiser function (z, t) -> logits, got {fn!r}")
+  conditional, unconditional = as_denoiser(conditional), as_denoiser(unconditional)
   check_scalar("gamma", gamma)
+  cond_apply, uncond_apply = conditional.apply, unconditional.apply
 
-  def guided(z: jax.Array, t: jax.Array) -> jax.Array:
-    log_cond = jax.nn.log_softmax(conditional(z, t).astype(jnp.float32), axis=-1)
-    log_uncond = jax.nn.log_softmax(unconditional(z, t).astype(jnp.float32), axis=-1)
+  def guided(params, z: jax.Array, t: jax.Array) -> jax.Array:
+    cond_params, uncond_params, gamma = params
+    log_cond = jax.nn.log_softmax(cond_apply(cond_params, z, t).astype(jnp.float32), axis=-1)
+    log_uncond = jax.nn.log_softmax(uncond_apply(uncond_params, z, t).astype(jnp.float32),
+                                    axis=-1)
     return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
 
-  guided.time_conditioned = any(getattr(fn, "time_conditioned", False)
-                                for fn in (conditional, unconditional))   # the cache check
-  return guided
+  return Denoiser(guided, (conditional.params, unconditional.params,
+                           jnp.asarray(gamma, jnp.float32)),
+                  reads_t=conditional.reads_t or unconditional.reads_t,
+                  vocab_size=_vocab_size(conditional, unconditional))
 
 
 def _target_log_prob(classifier: Classifier, onehot: jax.Array, t: jax.Array,
@@ -111,44 +127,159 @@ def gradient_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Arra
   return grad - jnp.take_along_axis(grad, z[..., None], axis=-1)
 
 
-def classifier_guidance(denoiser: Denoiser, classifier: Classifier, *, target, gamma,
-                        mask_id: int, form: str = "exact") -> Denoiser:
+def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
+                        form: str = DEFAULT_FORM) -> Denoiser:
   """D-CBG as a denoiser: `x_theta` reweighted at masked positions by the classifier's
   probability of `target` after each single-token change (module docstring).
 
   Args:
-    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]`.
-    classifier: `(x [B, L, V] float32, t [B] float32) -> logits [B, C]` (`Classifier`).
+    denoiser: a `Denoiser` (or function `(z [B, L] int32, t [B] float32) -> logits [B, L, V]`).
+    classifier: a `Classifier` (or function `(x [B, L, V] float32, t [B] float32) -> logits
+      [B, C]`), e.g. `remdm_jax.models.as_classifier(model)`.
     target: the class to steer towards: an int, or `[B] int32` per example (traced is fine).
     gamma: guidance strength (0: the denoiser unchanged); a finite number, or traced data.
     mask_id: the mask token; only masked positions are reweighted.
-    form: "exact" (`V` classifier inputs per masked position per example and step) or
-      "gradient" (one call and one gradient per step).
+    form: "gradient" (default: one call and one gradient per step) or "exact" (`V`
+      classifier inputs per masked position per example and step).
 
   Returns:
-    A denoiser returning `[B, L, V] float32` guided log-probabilities (normalised over V).
+    A `Denoiser` returning `[B, L, V] float32` guided log-probabilities (normalised over V);
+    its params are `(denoiser params, classifier params, gamma, target)`; it reads t (the
+    classifier does).
 
   Raises:
-    ValueError: a function is not callable, gamma is not a finite number, or form is unknown.
+    TypeError: the denoiser or classifier is neither its type nor a function.
+    ValueError: gamma is not a finite number, or form is unknown.
   """
-  for name, fn in (("denoiser", denoiser), ("classifier", classifier)):
-    if not callable(fn):
-      raise ValueError(f"{name} must be a function, got {fn!r}")
+  denoiser, classifier = as_denoiser(denoiser), as_classifier_fn(classifier)
   check_scalar("gamma", gamma)
   check_choice("form", form, GUIDANCE_FORMS)
-  if form == "exact":    # only the masked positions are scored
-    score = functools.partial(exact_classifier_scores, classifier)
-  else:                  # one gradient covers every position
-    score = lambda z, t, targets, vocab, masked: gradient_classifier_scores(
-        classifier, z, t, targets, vocab)
+  den_apply, cls_apply = denoiser.apply, classifier.apply
 
-  def guided(z: jax.Array, t: jax.Array) -> jax.Array:
-    log_x = jax.nn.log_softmax(denoiser(z, t).astype(jnp.float32), axis=-1)   # [B, L, V]
-    targets = jnp.broadcast_to(jnp.asarray(target, jnp.int32), z.shape[:1])
+  def guided(params, z: jax.Array, t: jax.Array) -> jax.Array:
+    den_params, cls_params, gamma, target = params
+    cls = Classifier(cls_apply, cls_params)
+    log_x = jax.nn.log_softmax(den_apply(den_params, z, t).astype(jnp.float32), axis=-1)
+    targets = jnp.broadcast_to(target, z.shape[:1])                           # [B]
     masked = z == mask_id                                                     # [B, L]
-    scores = score(z, t, targets, log_x.shape[-1], masked)                    # [B, L, V]
+    if form == "exact":    # only the masked positions are scored
+      scores = exact_classifier_scores(cls, z, t, targets, log_x.shape[-1], masked)
+    else:                  # one gradient covers every position
+      scores = gradient_classifier_scores(cls, z, t, targets, log_x.shape[-1])
     return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
-                              axis=-1)
+                              axis=-1)                                        # [B, L, V]
 
-  guided.time_conditioned = True   # the classifier reads t: the sampler's cache must not apply
-  return guided
+  return Denoiser(guided, (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
+                           jnp.asarray(target, jnp.int32)),
+                  reads_t=True, vocab_size=denoiser.vocab_size)
+
+
+ModelAt = Callable[[int | None], Denoiser]
+"""`model_at(label)`: the model's denoiser conditioned on a class (None: the null class, or
+the model itself when it is not class-conditional)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class Guidance:
+  """The base of the guidance choices (`NoGuidance`, `Cfg`, `Cbg`), frozen dataclasses holding
+  their options, registered by `name` in `GUIDANCES`: `guidance.denoiser(model_at, target=,
+  classifier=, mask_id=)` builds the denoiser to sample. `Cfg` and `Cbg` need a target class,
+  `Cbg` a classifier (`check_guidance_inputs`)."""
+
+  name: ClassVar[str] = ""
+  needs_classifier: ClassVar[bool] = False
+
+  def __post_init__(self):
+    check_fields(self)
+
+  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
+               mask_id: int) -> Denoiser:
+    """The denoiser to sample, from `model_at(label)` (the model's denoiser at a class; None:
+    the null class), the target class, the classifier (`Cbg` only) and the mask id."""
+    raise TypeError(f"{type(self).__name__} is not one of {sorted(GUIDANCES)}")
+
+
+@dataclasses.dataclass(frozen=True)
+class NoGuidance(Guidance):
+  """No guidance: the model itself (at `target` for a class-conditional model)."""
+
+  name: ClassVar[str] = "none"
+
+  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
+               mask_id: int) -> Denoiser:
+    del classifier, mask_id
+    return model_at(target)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cfg(Guidance):
+  """Classifier-free guidance (D-CFG): the model at `target` against its null class."""
+
+  name: ClassVar[str] = "cfg"
+  gamma: float = 1.0   # guidance strength (1: the conditional model; 0: the null class)
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_scalar("gamma", self.gamma)
+
+  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
+               mask_id: int) -> Denoiser:
+    del classifier, mask_id
+    return classifier_free_guidance(model_at(target), model_at(None), self.gamma)
+
+
+@dataclasses.dataclass(frozen=True)
+class Cbg(Guidance):
+  """Classifier-based guidance (D-CBG): the null-class model reweighted by a classifier.
+
+  The classifier of noisy sequences steers the null-class (or plain) model towards `target`."""
+
+  name: ClassVar[str] = "cbg"
+  needs_classifier: ClassVar[bool] = True
+  gamma: float = 1.0          # guidance strength (0: the model unchanged)
+  form: str = DEFAULT_FORM    # gradient (one call and its gradient per step) or exact
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_scalar("gamma", self.gamma)
+    check_choice("form", self.form, GUIDANCE_FORMS)
+
+  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
+               mask_id: int) -> Denoiser:
+    return classifier_guidance(model_at(None), classifier, target=target, gamma=self.gamma,
+                               mask_id=mask_id, form=self.form)
+
+
+GUIDANCES = {cls.name: cls for cls in (NoGuidance, Cfg, Cbg)}
+
+
+def guidance_class(name: str) -> type[Guidance]:
+  """The guidance registered as `name`; an unknown name is a ValueError listing them."""
+  check_choice("guidance", name, tuple(GUIDANCES))
+  return GUIDANCES[name]
+
+
+def guidance_options(guidance: Guidance) -> dict:
+  """The flat, JSON-able form `{"kind": name, **options}` (recorded in job manifests)."""
+  return {"kind": guidance.name, **dataclasses.asdict(guidance)}
+
+
+def check_guidance_inputs(guidance: Guidance, *, target: int | None, has_classifier: bool,
+                          ) -> None:
+  """Whether a target and a classifier are given where the guidance needs them, and only
+  there.
+
+  Raises:
+    ValueError: naming what is missing or what this guidance does not use.
+  """
+  if not isinstance(guidance, Guidance) or guidance.name not in GUIDANCES:
+    raise TypeError(f"guidance must be NoGuidance(), Cfg(gamma) or Cbg(gamma, form), got "
+                    f"{guidance!r:.80}")
+  if guidance.name != "none" and target is None:
+    raise ValueError(f"guidance {guidance.name!r} needs a target class (class_label >= 0)")
+  if target is not None:
+    check_range("class_label", target, 0)
+  if has_classifier != guidance.needs_classifier:
+    raise ValueError(f"a classifier is used by guidance 'cbg' only; got guidance "
+                     f"{guidance.name!r} {'with' if has_classifier else 'without'} a "
+                     "classifier")

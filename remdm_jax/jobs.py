@@ -1,88 +1,38 @@
-"""Sampling jobs as library code: load a model, shard it, sample, write atomic shards, resume,
-merge and evaluate. The command lines (`remdm-sample`, `remdm-merge`) only parse flags and call
-`run_sampling_job` and `merge` / `evaluate_samples`.
+"""Sampling jobs as library code: load a model, shard it, sample, write atomic shards, resume.
+The command line (`remdm-sample`) only parses flags and calls `run_sampling_job`; the job
+folder's manifest, shards and merge live in `remdm_jax.shards`, scoring in
+`remdm_jax.scoring`.
 
-A job directory holds
-  manifest.json                         settings, model, seed and layout (written first)
-  samples-{first:09d}-{stop:09d}.jsonl  one JSON record per sample, rows [first, stop)
-Each process writes the rows its devices hold, to a temporary name that it then renames, so
-a file under a final name is always complete. Example i is a pure function of (seed, i), so
-a rerun after a kill skips the finished shards and ends with exactly the files of an
-uninterrupted run. `merge` checks that every index is present and writes one file in index
-order; `evaluate_samples` scores records with Gen PPL and entropy under a causal evaluator.
+Example i is a pure function of (seed, i), so a rerun after a kill skips the finished shards
+and ends with exactly the files of an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import importlib.resources
-import json
 import pathlib
-import re
 import resource
 import time
 
 import jax
 import numpy as np
-from jax.sharding import NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
-from remdm_jax import distributed, files
+from remdm_jax import distributed, files, sharding
+from remdm_jax.checkpoint import load_model, load_tokenizer_name
 from remdm_jax.config import SamplerConfig
-from remdm_jax.models.dit import DiT
-from remdm_jax.tokenizers import encode_rows
-from remdm_jax.guidance import GUIDANCE_FORMS
-from remdm_jax.validation import check_choice, check_fields, check_range
-
-GUIDANCE_KINDS = ("none", "cfg", "cbg")
+from remdm_jax.guidance import (Guidance, NoGuidance, check_guidance_inputs,
+                                guidance_options)
+from remdm_jax.models import DiT, NoisyClassifier, as_classifier, as_denoiser
+from remdm_jax.plan import build_table
+from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
+from remdm_jax.sampling import make_sampler
+from remdm_jax.shards import finished_shards, open_job, shard_path, shard_text
+from remdm_jax.tokenizers import encode_rows, get_tokenizer
+from remdm_jax.validation import check_fields, check_range
 
 SHIPPED_MODEL = pathlib.Path(importlib.resources.files("remdm_jax.shipped"), "shakespeare-mdlm")
-MANIFEST = "manifest.json"
-MERGED = "samples.jsonl"
-_SHARD = re.compile(r"samples-(\d{9})-(\d{9})\.jsonl$")
-
-
-def shard_path(directory: pathlib.Path, first: int, stop: int) -> pathlib.Path:
-  return directory / f"samples-{first:09d}-{stop:09d}.jsonl"
-
-
-def remove_stale_temporaries(directory: pathlib.Path) -> None:
-  """Deletes temporaries left by killed writers (never visible under a final name)."""
-  for path in directory.glob(".samples-*.tmp-*"):
-    path.unlink(missing_ok=True)
-
-
-def open_job(directory, manifest: dict) -> pathlib.Path:
-  """Creates the job directory and its manifest, or checks that a rerun matches it.
-
-  Raises:
-    ValueError: the directory holds a job with different settings (names the keys).
-  """
-  directory = files.check_writable_folder(directory, "job")
-  path = directory / MANIFEST
-  if path.exists():
-    previous = files.read_json_object(path, "job manifest")
-    changed = files.changed_keys(previous, manifest)
-    if changed:
-      raise ValueError(f"{directory} holds a sampling job with other settings (differs in "
-                       f"{changed}); use another out directory")
-  else:
-    files.write_atomic(path, json.dumps(manifest, indent=2) + "\n")
-  remove_stale_temporaries(directory)
-  return directory
-
-
-def finished_shards(directory: pathlib.Path) -> list[tuple[int, int]]:
-  """`(first, stop)` of every complete shard in the directory, sorted."""
-  ranges = []
-  for path in directory.iterdir():
-    match = _SHARD.match(path.name)
-    if match:
-      ranges.append((int(match.group(1)), int(match.group(2))))
-  return sorted(ranges)
-
-
-def shard_text(records: list[dict]) -> str:
-  return "".join(json.dumps(record) + "\n" for record in records)
 
 
 class Throughput:
@@ -104,90 +54,16 @@ class Throughput:
 def peak_memory_bytes() -> int:
   """Peak bytes in use on this process's first device where the backend reports it (GPU,
   TPU), else the process's peak resident host memory (CPU)."""
-  import jax
   stats = jax.local_devices()[0].memory_stats() or {}
   if "peak_bytes_in_use" in stats:
     return int(stats["peak_bytes_in_use"])
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
-def _read_shard(path: pathlib.Path) -> list[dict]:
-  """The records of one shard; a line that is not a JSON record is an error naming it."""
-  records = []
-  for number, line in enumerate(files.read_text(path, "shard").splitlines(), 1):
-    try:
-      record = json.loads(line)
-    except json.JSONDecodeError as err:
-      raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("index"), int):
-      raise ValueError(f"{path}: line {number} is not a sample record (no integer index)")
-    records.append(record)
-  return records
-
-
-def merge(directory) -> list[dict]:
-  """All records of a finished job in index order, written to `DIR/samples.jsonl`.
-
-  Raises:
-    ValueError: no manifest, a damaged shard, or some index missing, out of range or held by
-      two shards (the shards are named).
-  """
-  directory = pathlib.Path(directory)
-  if not (directory / MANIFEST).is_file():
-    raise ValueError(f"{directory} is not a sampling job directory (no {MANIFEST})")
-  total = files.read_json_object(directory / MANIFEST, "job manifest").get("num_samples")
-  if not isinstance(total, int) or total < 1:
-    raise ValueError(f"{directory / MANIFEST}: num_samples must be an integer >= 1, got "
-                     f"{total!r}")
-  owner = {}
-  for first, stop in finished_shards(directory):
-    path = shard_path(directory, first, stop)
-    for record in _read_shard(path):
-      index = record["index"]
-      if index in owner:
-        raise ValueError(f"{directory}: sample {index} is in two shards, "
-                         f"{owner[index][0].name} and {path.name}; delete the one that "
-                         "does not belong to this job and rerun the same command")
-      if not 0 <= index < total:
-        raise ValueError(f"{path}: sample index {index} is outside the job's "
-                         f"[0, {total})")
-      owner[index] = (path, record)
-  missing = sorted(set(range(total)) - set(owner))
-  if missing:
-    raise ValueError(f"{directory}: the job is not finished: {len(missing)} of {total} "
-                     f"samples missing (first: {missing[:5]}); rerun the same command")
-  records = [owner[i][1] for i in range(total)]
-  files.write_atomic(directory / MERGED, shard_text(records))
-  return records
-
-
-
-def evaluate_samples(records: list[dict], evaluator, *, add_bos: bool = False,
-                     batch_size: int = 32) -> dict:
-  """Gen PPL and mean unigram entropy of the records' texts under a causal model folder.
-
-  Raises:
-    ValueError: `evaluator` is not a causal model folder, or a bad batch size.
-  """
-  from remdm_jax import eval as metrics
-  from remdm_jax.checkpoint import load_model, load_tokenizer_name
-  from remdm_jax.models import as_evaluator
-  from remdm_jax.tokenizers import get_tokenizer
-  check_range("batch_size", batch_size, 1)
-  model = load_model(evaluator)
-  if not isinstance(model, DiT) or not model.cfg.causal:
-    raise ValueError(f"evaluator must be a causal model folder, {evaluator} is not")
-  tokenizer = get_tokenizer(load_tokenizer_name(evaluator))
-  logits_fn, _ = as_evaluator(model)
-  texts = [r["text"] for r in records]
-  return {"gen_ppl": metrics.gen_ppl(logits_fn, tokenizer, texts, model.cfg.max_length,
-                                     batch_size, add_bos=add_bos),
-          "entropy": metrics.mean_entropy([tokenizer.encode(text) for text in texts])}
-
-
 @dataclasses.dataclass(frozen=True)
 class SampleJob:
-  """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`)."""
+  """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`),
+  guidance in a `Guidance` (`--guidance.*`)."""
 
   model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted)
   num_samples: int = 4             # sequences to generate
@@ -202,11 +78,8 @@ class SampleJob:
   trajectory: bool = False         # records keep every step's ids and what it (re)masked
   class_label: int = -1            # class-conditional model: the class (-1: the null class);
                                    # with guidance, the target class
-  guidance: str = "none"           # none | cfg (class_label against the null class) | cbg
-                                   # (the null-class or plain model reweighted by classifier)
-  gamma: float = 1.0               # guidance strength (0: unguided)
-  classifier: str = ""             # cbg: a classifier folder (remdm-train objective classifier)
-  guidance_form: str = "gradient"  # cbg: gradient (one call) or exact (L x V calls per step)
+  classifier: str = ""             # guidance cbg: a classifier folder (remdm-train objective
+                                   # classifier)
 
   def __post_init__(self):
     check_fields(self)
@@ -215,21 +88,13 @@ class SampleJob:
     check_range("seed", self.seed, 0)
     check_range("seq_len", self.seq_len, 0)
     check_range("class_label", self.class_label, -1)
-    check_choice("guidance", self.guidance, GUIDANCE_KINDS)
-    check_choice("guidance_form", self.guidance_form, GUIDANCE_FORMS)
     if self.prompt and self.prompt_file:
       raise ValueError("pass either prompt or prompt_file, not both")
-    if self.guidance != "none" and self.class_label < 0:
-      raise ValueError(f"guidance={self.guidance!r} needs class_label >= 0 (the target class)")
-    if (self.guidance == "cbg") != bool(self.classifier):
-      raise ValueError("guidance='cbg' needs a classifier folder, and a classifier folder "
-                       f"needs guidance='cbg'; got guidance={self.guidance!r}, "
-                       f"classifier={self.classifier!r}")
 
-  def guidance_settings(self) -> dict:
-    """The fields that choose the denoiser (recorded in the job's manifest)."""
-    return {name: getattr(self, name) for name in
-            ("class_label", "guidance", "gamma", "classifier", "guidance_form")}
+  @property
+  def target(self) -> int | None:
+    """The class: `class_label`, or None for the null class."""
+    return None if self.class_label < 0 else self.class_label
 
 
 @dataclasses.dataclass
@@ -262,26 +127,18 @@ def prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.
   return rows[np.arange(num_rows) % len(texts)]
 
 
-def job_denoiser(job: SampleJob, model: DiT, classifier, mask_id: int):
-  """The denoiser a job samples from: the model at `class_label` (or its null class, or a plain
-  model), D-CFG of `class_label` against the null class, or D-CBG of the null-class (plain)
-  model towards `class_label` with the classifier."""
-  from remdm_jax.guidance import classifier_free_guidance, classifier_guidance
-  from remdm_jax.models import as_classifier, as_denoiser
-  if job.guidance == "cfg":
-    return classifier_free_guidance(as_denoiser(model, label=job.class_label),
-                                    as_denoiser(model), job.gamma)
-  if job.guidance == "cbg":
-    return classifier_guidance(as_denoiser(model), as_classifier(classifier),
-                               target=job.class_label, gamma=job.gamma, mask_id=mask_id,
-                               form=job.guidance_form)
-  return as_denoiser(model, label=None if job.class_label < 0 else job.class_label)
+def job_denoiser(job: SampleJob, guidance: Guidance, model: DiT, classifier, mask_id: int):
+  """The denoiser a job samples: `guidance` applied to the model (at `job.class_label`, or its
+  null class) with the job's classifier (a `NoisyClassifier` for `Cbg`, else None)."""
+  return guidance.denoiser(lambda label: as_denoiser(model, label=label), target=job.target,
+                           classifier=None if classifier is None else as_classifier(classifier),
+                           mask_id=mask_id)
 
 
-def _check_guidance_models(job: SampleJob, model: DiT, classifier) -> None:
+def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT, classifier) -> None:
   """Clear errors for a class or classifier that does not fit the model."""
   classes = model.cfg.num_classes
-  if job.guidance != "cbg" and job.class_label >= classes:
+  if guidance.name != "cbg" and job.class_label >= classes:
     raise ValueError(f"class_label must be in [0, {classes}) for this model "
                      f"({'not class-conditional' if not classes else f'{classes} classes'}), "
                      f"got {job.class_label}")
@@ -297,8 +154,6 @@ def _check_guidance_models(job: SampleJob, model: DiT, classifier) -> None:
 
 def load_classifier(folder):
   """A classifier folder written by `remdm-train --train.objective=classifier`."""
-  from remdm_jax.checkpoint import load_model
-  from remdm_jax.models import NoisyClassifier
   classifier = load_model(folder)
   if not isinstance(classifier, NoisyClassifier):
     raise ValueError(f"{folder} is not a classifier folder (train one with "
@@ -309,8 +164,6 @@ def load_classifier(folder):
 def load_sampling_model(folder):
   """`(model, tokenizer, tokenizer name)` of a masked diffusion model folder, checked to fit
   each other."""
-  from remdm_jax.checkpoint import load_model, load_tokenizer_name
-  from remdm_jax.tokenizers import get_tokenizer
   model = load_model(folder)
   if not isinstance(model, DiT):
     raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
@@ -328,13 +181,12 @@ def load_sampling_model(folder):
 
 class StepProgress:
   """A progress bar over diffusion steps, advanced from inside the compiled sampler by a host
-  callback (`sample_with_plan(on_step=...)`); shows steps/s and, per batch, tokens/s.
+  callback (`make_sampler(on_step=...)`); shows steps/s and, per batch, tokens/s.
 
   Several devices may report the same step; the bar only moves forward to `offset + step + 1`.
   """
 
   def __init__(self, total_steps: int, enabled: bool):
-    from tqdm import tqdm
     self.bar = tqdm(total=total_steps, desc="sample", unit="step", disable=not enabled)
     self.offset = 0   # steps of the batches before the current one
     self.done = 0     # steps finished or started so far
@@ -367,31 +219,28 @@ def trajectory_record(trajectory, row: int) -> dict:
           "remasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.remasked)]}
 
 
-def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = True) -> JobResult:
-  """Samples `job.num_samples` sequences from `job.model` with `cfg`, sharded over every
-  device (and process), writing shards to `job.out` when set and skipping finished ones.
+def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = NoGuidance(), *,
+                     progress: bool = True) -> JobResult:
+  """Samples `job.num_samples` sequences from `job.model` with `cfg` (and `guidance`), sharded
+  over every device (and process), writing shards to `job.out` when set and skipping
+  finished ones.
 
   Everything is checked and the sampler compiled before the job folder is opened; a batch
   with non-finite logits stops the job before that batch is written.
 
   Raises:
-    ValueError: a bad model folder, prompt, sequence length, batch split or a job folder
-      holding another job. NonFiniteLogitsError: the model returned non-finite logits.
+    ValueError: a bad model folder, prompt, sequence length, batch split, guidance or a job
+      folder holding another job. NonFiniteLogitsError: the model returned non-finite logits.
   """
-  from flax import nnx
-
-  from remdm_jax import sharding
-  from remdm_jax.plan import build_plan
-  from remdm_jax.sampling import NonFiniteLogitsError, nonfinite_message, sample_with_plan
-
   if job.out:
     files.check_writable_folder(job.out, "job")
   if job.trajectory and jax.process_count() > 1:
     raise ValueError("trajectory records need a single process (every step of every example "
                      "is gathered on the host)")
+  check_guidance_inputs(guidance, target=job.target, has_classifier=bool(job.classifier))
   model, tokenizer, tokenizer_name = load_sampling_model(job.model)
   classifier = load_classifier(job.classifier) if job.classifier else None
-  _check_guidance_models(job, model, classifier)
+  _check_guidance_models(job, guidance, model, classifier)
   seq_len = job.seq_len or model.cfg.max_length
   check_range("seq_len", seq_len, 1, model.cfg.max_length,
               context=" (the model's max_length)")
@@ -404,23 +253,14 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
       raise ValueError(f"batch_size must be a multiple of the {mesh.shape['data']} "
                        f"data-parallel devices with several processes, got {job.batch_size}")
     batch_sharding = None
-  graphdef, state = nnx.split(model)
-  state = sharding.shard_params(state, mesh)
-  plan, rule = build_plan(cfg)
-  num_steps = int(plan.table.t.shape[0])
+  denoiser = job_denoiser(job, guidance, model, classifier, tokenizer.mask_id)
+  params = sharding.shard_params(denoiser.params, mesh)
+  num_steps = int(build_table(cfg).t.shape[0])
   starts = range(0, job.num_samples, job.batch_size)
   bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
-
-  def run(key, state, prompt, first):
-    out = sample_with_plan(
-        key, job_denoiser(job, nnx.merge(graphdef, state), classifier, tokenizer.mask_id),
-        plan, rule, batch_size=job.batch_size,
-        seq_len=seq_len, mask_id=tokenizer.mask_id, prompt=prompt, first_index=first,
-        batch_sharding=batch_sharding, return_nonfinite=True,
-        return_trajectory=job.trajectory, on_step=bar)
-    tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
-    nonfinite = jax.lax.with_sharding_constraint(nonfinite, NamedSharding(mesh, P()))
-    return tokens, nonfinite, out if job.trajectory else None
+  sampler = make_sampler(denoiser, cfg, batch_size=job.batch_size, seq_len=seq_len,
+                         mask_id=tokenizer.mask_id, batch_sharding=batch_sharding,
+                         return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar)
 
   def prompt_block(first):
     if prompts is None:
@@ -429,7 +269,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
     return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
 
   key = jax.random.key(job.seed)
-  run = jax.jit(run).lower(key, state, prompt_block(0), np.int32(0)).compile()
+  sampler.compile(key, params, prompt_block(0))
   directory = None
   settings = cfg.options()
   if job.out:
@@ -439,7 +279,9 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
         "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
         "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
         "device_count": jax.device_count(), "model_axis": job.model_axis,
-        "trajectory": job.trajectory, "guidance": job.guidance_settings()})
+        "trajectory": job.trajectory,
+        "guidance": {**guidance_options(guidance), "class_label": job.class_label,
+                     "classifier": job.classifier}})
   local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
                   if batch_sharding else [(0, job.batch_size)])
   done = set(finished_shards(directory)) if directory else set()
@@ -453,7 +295,9 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, *, progress: bool = Tru
         bar(num_steps - 1)
         continue
       tic = time.perf_counter()
-      tokens, nonfinite, trajectory = run(key, state, prompt_block(first), np.int32(first))
+      out = sampler(key, params, prompt_block(first), first_index=first)
+      tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
+      trajectory = out if job.trajectory else None
       real = min(job.batch_size, job.num_samples - first)
       flags = np.asarray(nonfinite)[:real]
       if flags.any():

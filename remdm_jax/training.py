@@ -311,7 +311,7 @@ def resume_identity(record: dict) -> dict:
 
 def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
           mask_id: int, workdir, *, stop_at: int | None = None, progress: bool = True,
-          tokenizer: str | None = None, record: dict | None = None) -> dict:
+          tokenizer: str | None = None) -> dict:
   """Trains (or resumes) in `workdir`; returns the final state.
 
   A checkpoint in `workdir` is resumed only by a run with the same `resume_identity` (model,
@@ -326,8 +326,6 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
       class-conditional model, `remdm_jax.batches`), or None.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
     tokenizer: recorded with the exported model (`WORKDIR/model`).
-    record: ignored; the run's identity is built from the arguments (`run_record`). Kept
-      only until the last callers stop passing it.
   """
   from tqdm import tqdm
   if (valid_rows is not None and cfg.eval_every

@@ -27,7 +27,6 @@ Needs the `chem` and `eval` extras (RDKit, matplotlib).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import pathlib
 import time
@@ -35,11 +34,10 @@ import time
 import jax
 import jax.numpy as jnp
 import numpy as np
-from flax import nnx
 
-from remdm_jax import (build_table, chem, classifier_free_guidance, classifier_guidance, data,
-                       sample, sampler_config, training)
-from remdm_jax.guidance import GUIDANCE_FORMS
+from remdm_jax import (build_table, chem, classifier_guidance, data, make_sampler,
+                       sampler_config, training)
+from remdm_jax.guidance import GUIDANCE_FORMS, guidance_class
 from remdm_jax.schedules import LogLinear
 from remdm_jax.checkpoint import exported_step, load_model
 from remdm_jax.models import DiTConfig, as_classifier, as_denoiser
@@ -95,13 +93,11 @@ def train_model(work: pathlib.Path, name: str, objective: str, rows: dict, args)
                         blocks=args.blocks, cond_dim=64, max_length=LENGTH, dropout=0.0,
                         num_classes=2, time_conditioning=objective == "classifier")
   steps = args.classifier_steps if objective == "classifier" else args.train_steps
-  cfg = training.TrainConfig(objective=objective, batch_size=args.batch_size, steps=steps,
-                             warmup_steps=200, learning_rate=1e-3, ema_decay=0.999,
-                             eval_every=0, save_every=500, log_every=50, label_dropout=0.1)
-  record = {"model": dataclasses.asdict(model_cfg),   # steps left out: a rerun may extend
-            "train": {k: v for k, v in dataclasses.asdict(cfg).items() if k != "steps"}}
+  cfg = training.TrainConfig().with_options(
+      objective=objective, batch_size=args.batch_size, steps=steps, warmup_steps=200,
+      learning_rate=1e-3, ema_decay=0.999, eval_every=0, save_every=500, log_every=50)
   training.train(model_cfg, cfg, data.BatchStream(rows, cfg.batch_size, cfg.seed), None,
-                 TOK.mask_id, work / name, record=record, tokenizer="bytes")
+                 TOK.mask_id, work / name, tokenizer="bytes")
   return load_model(work / name / "model")
 
 
@@ -118,25 +114,16 @@ def decode_smiles(ids: np.ndarray) -> list[str]:
 
 
 def guided_sampler(model, classifier, guidance: str, sampler: str, steps: int, n: int):
-  """`run(key, gamma) -> ids [n, L]`, compiled here, once per (guidance, sampler): gamma is
-  data."""
-  graphdef, state = nnx.split(model)
-  cls_graphdef, cls_state = nnx.split(classifier)
+  """`run(key, gamma) -> ids [n, L]`, compiled here, once per (guidance, sampler): gamma is a
+  parameter of the guided denoiser, so every gamma reuses the executable."""
   cfg = sampler_config(num_steps=steps, **SAMPLERS[sampler])
-
-  def run(key, gamma, state, cls_state):
-    net = nnx.merge(graphdef, state)
-    uncond = as_denoiser(net)
-    if guidance == "cfg":
-      denoiser = classifier_free_guidance(as_denoiser(net, label=1), uncond, gamma)
-    else:
-      denoiser = classifier_guidance(uncond, as_classifier(nnx.merge(cls_graphdef, cls_state)),
-                                     target=1, gamma=gamma, mask_id=TOK.mask_id,
-                                     form="gradient")
-    return sample(key, denoiser, cfg, batch_size=n, seq_len=LENGTH, mask_id=TOK.mask_id)
-
-  compiled = jax.jit(run).lower(jax.random.key(0), jnp.float32(0), state, cls_state).compile()
-  return lambda key, gamma: np.asarray(compiled(key, jnp.float32(gamma), state, cls_state))
+  cls = as_classifier(classifier) if guidance_class(guidance).needs_classifier else None
+  guided = lambda gamma: guidance_class(guidance)(gamma=gamma).denoiser(
+      lambda label: as_denoiser(model, label=label), target=1, classifier=cls,
+      mask_id=TOK.mask_id)
+  run = make_sampler(guided(0.0), cfg, batch_size=n, seq_len=LENGTH,
+                     mask_id=TOK.mask_id).compile(jax.random.key(0))
+  return lambda key, gamma: np.asarray(run(key, guided(gamma).params))
 
 
 def run_cells(args, prop: str, model, classifier, training_set: frozenset, cells: dict,

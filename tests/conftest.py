@@ -50,7 +50,8 @@ def oracle_denoiser(seqs: np.ndarray, weights: np.ndarray, vocab_size: int):
     probs = jnp.einsum("bk,klv->blv", post, onehot)                           # [B, L, V]
     return jnp.log(probs)
 
-  return denoiser
+  from remdm_jax import Denoiser   # after XLA_FLAGS is set
+  return Denoiser.wrap(denoiser, reads_t=False, vocab_size=vocab_size)
 
 
 @pytest.fixture
@@ -157,6 +158,6 @@ def tiny_model(tmp_path_factory):
   rows = np.random.default_rng(0).integers(0, 256, (16, 24)).astype(np.int32)
   model = DiTConfig(vocab_size=259, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
   cfg = training.TrainConfig(batch_size=8, steps=2, eval_every=0, save_every=2)
-  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir, record={},
+  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir,
                  progress=False, tokenizer="bytes")
   return workdir / "model"

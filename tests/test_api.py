@@ -10,7 +10,6 @@ import pytest
 import remdm_jax
 from remdm_jax import losses, sampler_config
 from remdm_jax.models import DiT, DiTConfig, as_denoiser, denoiser_and_params
-from remdm_jax.schedules import LogLinear
 
 from conftest import MASK_ID
 
@@ -34,7 +33,8 @@ def _counted_apply():
 def test_make_sampler_compiles_once_for_new_keys_params_prompts_and_plans():
   apply, params, traces = _counted_apply()
   cfg = sampler_config("cap", eta=0.05, num_steps=8, top_p=0.9)
-  run = remdm_jax.make_sampler(apply, cfg, batch_size=4, seq_len=6, mask_id=MASK_ID)
+  run = remdm_jax.make_sampler(remdm_jax.Denoiser(apply), cfg, batch_size=4, seq_len=6,
+                               mask_id=MASK_ID)
   first = run(jax.random.key(0), params(0))
   after_first = len(traces)
   second = run(jax.random.key(1), params(1))
@@ -70,11 +70,12 @@ def test_direct_sample_calls_reuse_the_compiled_run():
 def test_denoiser_and_params_match_as_denoiser():
   model = DiT(DiTConfig(vocab_size=7, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=6,
                         time_conditioning=True), rngs=__import__("flax").nnx.Rngs(0))
-  apply, params = denoiser_and_params(model)
+  den, params = denoiser_and_params(model)
   z, t = jnp.zeros((2, 6), jnp.int32), jnp.array([0.3, 0.9])
-  np.testing.assert_array_equal(apply(params, z, t), as_denoiser(model)(z, t))
-  with pytest.raises(ValueError, match="time-conditioned"):
-    remdm_jax.make_sampler(apply, sampler_config(cache=True), batch_size=1, seq_len=6,
+  np.testing.assert_array_equal(den.apply(params, z, t), as_denoiser(model)(z, t))
+  assert den.reads_t and den.vocab_size == 7 and den.is_split
+  with pytest.raises(ValueError, match=r"this one reads t \(reads_t=True"):
+    remdm_jax.make_sampler(den, sampler_config(cache=True), batch_size=1, seq_len=6,
                            mask_id=6)
 
 
@@ -121,30 +122,6 @@ def _toy_denoiser():
   return lambda z, t: w[z] * (1.0 + t[:, None, None])
 
 
-@pytest.mark.parametrize("name", ["mdlm", "mdlm_discrete", "remdm"])
-def test_one_call_losses_equal_the_chained_pieces(name):
-  denoiser = _toy_denoiser()
-  x = jax.random.randint(jax.random.key(1), (8, 12), 0, 4)
-  valid = jnp.arange(12)[None, :] < jnp.array([12, 12, 9, 12, 5, 12, 12, 12])[:, None]
-  key = jax.random.key(3)
-  key_time, key_mask, _ = jax.random.split(key, 3)
-  schedule = LogLinear(eps=1e-3)
-  if name == "mdlm":
-    got = losses.mdlm_loss(denoiser, x, key, mask_id=4, valid=valid)
-    t = losses.continuous_times(key_time, 8, 1e-3)
-    weight = losses.mdlm_continuous_weight(schedule, t)
-  else:
-    rule, eta = ("cap", 0.05) if name == "remdm" else (None, 0.0)
-    got = (losses.remdm_loss(denoiser, x, key, num_steps=10, sigma_rule="cap", eta=0.05,
-                             mask_id=4, valid=valid) if name == "remdm" else
-           losses.mdlm_discrete_loss(denoiser, x, key, num_steps=10, mask_id=4, valid=valid))
-    weight, t = losses.remdm_discrete_weight(
-        schedule, losses.discrete_steps(key_time, 8, 10), 10, rule, eta)
-  z = losses.corrupt(key_mask, x, schedule.alpha(t), 4)
-  want = losses.nelbo(denoiser(z, t), x, z, weight, 4, valid)
-  assert float(got) == float(want)
-
-
 def test_ar_loss_and_a_few_optax_steps_lower_the_loss():
   x = jnp.tile(jnp.array([[0, 1, 2, 3, 0, 1, 2, 3]]), (4, 1))
   params = {"w": jnp.zeros((5, 5))}
@@ -189,8 +166,8 @@ def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
   model.output_linear.kernel[...] = 0.3 * jax.random.normal(
       jax.random.key(1), model.output_linear.kernel[...].shape)
   split = as_denoiser(model)
-  assert remdm_jax.sampling.is_split(split)
-  plain = lambda z, t: split(z, t)
+  assert split.is_split
+  plain = remdm_jax.Denoiser.wrap(lambda z, t: split(z, t), reads_t=split.reads_t)
   prompt = np.full(16, 258, np.int32)
   prompt[:3] = [256, 72, 105]
   cfg = sampler_config(**kwargs)

@@ -5,17 +5,17 @@ import json
 import pytest
 
 import remdm_jax
-from remdm_jax import cli, jobs, training
+from remdm_jax import cli, shards, training
 
 
 def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
   config = tmp_path / "c.json"
-  config.write_text(json.dumps({"train": {"steps": 5, "eta": 0.3}}))
+  config.write_text(json.dumps({"train": {"steps": 5, "objective": "remdm", "eta": 0.3}}))
   parsed, rest = cli.parse_sections(
-      [f"--config={config}", "--train.steps=7", "--model.causal=true", "--workdir=x",
+      [f"--config={config}", "--train.steps=7", "--model.dropout=0.25", "--workdir=x",
        "--data.source_dir=none"], cli.train_sections())
-  assert parsed["train"].steps == 7 and parsed["train"].eta == 0.3
-  assert parsed["model"].causal is True and parsed["data"].source_dir is None
+  assert parsed["train"].steps == 7 and parsed["train"].objective.eta == 0.3
+  assert parsed["model"].dropout == 0.25 and parsed["data"].source_dir is None
   assert isinstance(parsed["train"], training.TrainConfig) and rest == ["--workdir=x"]
 
 
@@ -32,7 +32,8 @@ def test_bad_flags(argv, match):
 
 
 def test_train_main_reports_one_line_and_exit_2(capsys, tmp_path):
-  assert cli.train_main(["--workdir=" + str(tmp_path), "--train.eta=-1"]) == 2
+  assert cli.train_main(["--workdir=" + str(tmp_path), "--train.objective=remdm",
+                         "--train.eta=-1"]) == 2
   err = capsys.readouterr().err
   assert err.startswith("error: eta must be in") and err.count("\n") == 1
   assert cli.train_main(["--train.steps=3"]) == 2
@@ -44,10 +45,10 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
           "--sampler.num_steps=8", "--job.prompt=To be", "--job.seed=3"]
   for name in ("a", "b"):
     assert cli.sample_main(argv + [f"--job.out={tmp_path / name}"]) == 0
-  first = jobs.merge(tmp_path / "a")
+  first = shards.merge(tmp_path / "a")
   assert (tmp_path / "a" / "samples.jsonl").read_text() == \
-      jobs.shard_path(tmp_path / "a", 0, 5).read_text()
-  assert jobs.merge(tmp_path / "b") == first
+      shards.shard_path(tmp_path / "a", 0, 5).read_text()
+  assert shards.merge(tmp_path / "b") == first
   assert [r["index"] for r in first] == list(range(5))
   assert all(r["text"].startswith("To be") and r["ids"][0] == 256 for r in first)
   assert first[0]["settings"]["strategy"] == "loop" and "--- sample 4 ---" in \
@@ -176,7 +177,7 @@ def test_rejected_command_writes_nothing_and_the_corrected_one_runs(tiny_model, 
     _one_line(capsys)
     assert not out.exists() or not any(out.iterdir())
   assert cli.sample_main(base + ["--job.seq_len=16"]) == 0
-  assert len(jobs.merge(out)) == 4
+  assert len(shards.merge(out)) == 4
 
 
 def test_sampler_refuses_a_causal_model(tmp_path, capsys):
@@ -232,13 +233,13 @@ def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, c
   assert cli.sample_main([f"--job.model={tiny_model}", f"--job.out={out}", "--job.quiet=true",
                           "--sampler.num_steps=2", "--job.num_samples=4",
                           "--job.batch_size=2"]) == 0
-  first = jobs.shard_path(out, 0, 2).read_text()
-  jobs.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
+  first = shards.shard_path(out, 0, 2).read_text()
+  shards.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
   assert cli.merge_main([str(out)]) == 2
   line = _one_line(capsys)
   assert "sample 1 is in two shards, samples-000000000-000000002.jsonl and " \
       "samples-000000001-000000003.jsonl" in line
-  jobs.shard_path(out, 1, 3).write_text("{not json\n")
+  shards.shard_path(out, 1, 3).write_text("{not json\n")
   assert cli.merge_main([str(out)]) == 2
   assert "samples-000000001-000000003.jsonl: line 1 is not valid JSON" in _one_line(capsys)
 

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from remdm_jax import sampler_config, distributed, files, jobs, sample, sharding, training
+from remdm_jax import sampler_config, distributed, files, sample, shards, sharding, training
 from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def tiny_model(tmp_path_factory):
   model = DiTConfig(vocab_size=259, hidden=32, heads=4, blocks=2, cond_dim=16, max_length=32)
   cfg = training.TrainConfig(batch_size=8, steps=4, eval_every=0, save_every=4,
                              learning_rate=1e-2, warmup_steps=1)
-  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir, record={},
+  training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir,
                  progress=False, tokenizer="bytes")
   return workdir / "model"
 
@@ -84,7 +84,7 @@ def test_two_processes_sample_what_one_process_samples(tiny_model, tmp_path):
   """20 samples in batches of 8 (the last batch partly unused), with a prompt."""
   _run_processes(_sample_argv(tiny_model, tmp_path / "one"), 1)
   _run_processes(_sample_argv(tiny_model, tmp_path / "two"), 2)
-  one, two = jobs.merge(tmp_path / "one"), jobs.merge(tmp_path / "two")
+  one, two = shards.merge(tmp_path / "one"), shards.merge(tmp_path / "two")
   assert [r["index"] for r in two] == list(range(20))
   assert [r["ids"] for r in one] == [r["ids"] for r in two]
   # each process wrote only its own rows: 4 of every 8
@@ -141,7 +141,7 @@ def test_killed_sampling_job_reruns_to_identical_shards(tiny_model, tmp_path):
   _run_processes(argv(tmp_path / "split"), 1)
   assert _shard_bytes(tmp_path / "split") == whole
   assert not list((tmp_path / "split").glob(".samples-*"))  # temporaries cleaned up
-  assert len(jobs.merge(tmp_path / "split")) == 120
+  assert len(shards.merge(tmp_path / "split")) == 120
 
 
 def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path, capsys):
@@ -154,11 +154,11 @@ def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path, capsys):
 
 
 def test_merge_reports_missing_samples(tmp_path):
-  (tmp_path / jobs.MANIFEST).write_text(json.dumps({"num_samples": 3}))
-  files.write_atomic(jobs.shard_path(tmp_path, 0, 2), jobs.shard_text(
+  (tmp_path / shards.MANIFEST).write_text(json.dumps({"num_samples": 3}))
+  files.write_atomic(shards.shard_path(tmp_path, 0, 2), shards.shard_text(
       [{"index": 0}, {"index": 1}]))
   with pytest.raises(ValueError, match="1 of 3 samples missing"):
-    jobs.merge(tmp_path)
+    shards.merge(tmp_path)
 
 
 def test_sharded_parameters_sample_like_replicated_ones():

@@ -1,5 +1,6 @@
 """Sampling jobs driven from Python (no argv): records, resume, progress, merge and scoring."""
 
+import dataclasses
 import json
 
 import jax
@@ -9,10 +10,10 @@ import pytest
 from flax import nnx
 
 import remdm_jax
-from remdm_jax import cli, jobs, sampler_config
+from remdm_jax import cli, jobs, sampler_config, shards
 from remdm_jax.checkpoint import load_tokenizer_name, save_model
 from remdm_jax.eval import metrics
-from remdm_jax.models import DiT, DiTConfig, as_denoiser, as_evaluator
+from remdm_jax.models import DiT, DiTConfig, as_classifier, as_denoiser, as_evaluator
 from remdm_jax.tokenizers import ByteTokenizer
 
 SMALL = dict(hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
@@ -34,12 +35,12 @@ def test_job_returns_records_and_resumes_to_the_same_files(tiny_model, tmp_path)
   assert [r["index"] for r in first.records] == [0, 1, 2, 3, 4]
   assert all(r["ids"][:3] == [256, 97, 98] and r["settings"] == cfg.options()
              for r in first.records)
-  merged = jobs.merge(tmp_path / "job")
-  jobs.shard_path(tmp_path / "job", 2, 4).unlink()                    # as if killed
+  merged = shards.merge(tmp_path / "job")
+  shards.shard_path(tmp_path / "job", 2, 4).unlink()                    # as if killed
   again = jobs.run_sampling_job(cfg, job, progress=False)
   assert [r["index"] for r in again.records] == [2, 3]                # only the missing rows
-  assert jobs.merge(tmp_path / "job") == merged
-  manifest = json.loads((tmp_path / "job" / jobs.MANIFEST).read_text())
+  assert shards.merge(tmp_path / "job") == merged
+  manifest = json.loads((tmp_path / "job" / shards.MANIFEST).read_text())
   assert remdm_jax.sampler_config(**manifest["sampler"]) == cfg
   with pytest.raises(ValueError, match=r"other settings \(differs in \['sampler'\]\)"):
     jobs.run_sampling_job(cfg.with_options(eta=0.06), job, progress=False)
@@ -85,7 +86,7 @@ def test_merge_scores_with_an_evaluator(tiny_model, causal_model, tmp_path, caps
   assert cli.merge_main([str(tmp_path / "job"), f"--merge.evaluator={causal_model}",
                          "--merge.add_bos=true", "--merge.batch_size=3"]) == 0
   summary = json.loads(capsys.readouterr().out)
-  texts = [r["text"] for r in jobs.merge(tmp_path / "job")]
+  texts = [r["text"] for r in shards.merge(tmp_path / "job")]
   logits_fn, _ = as_evaluator(remdm_jax.load_model(causal_model))
   tok = ByteTokenizer()
   assert summary["samples"] == 4
@@ -124,11 +125,15 @@ def test_tokenizer_is_guessed_from_the_vocabulary_when_not_recorded(vocab, expec
 def test_cache_is_refused_for_a_time_conditioned_model(tmp_path):
   model = DiT(DiTConfig(vocab_size=259, time_conditioning=True, **SMALL), rngs=nnx.Rngs(0))
   cfg = sampler_config(num_steps=4, cache=True)
-  with pytest.raises(ValueError, match="cache=True reuses .* this denoiser is time-conditioned"):
+  with pytest.raises(ValueError, match=r"cache=True reuses .* this one reads t \(reads_t=True"):
     remdm_jax.sample(jax.random.key(0), as_denoiser(model), cfg, batch_size=1, seq_len=8,
                      mask_id=258)
+  wrapped = as_denoiser(model)
+  with pytest.raises(ValueError, match="a plain function is assumed to"):   # a wrapper too
+    remdm_jax.sample(jax.random.key(0), lambda z, t: wrapped(z, t), cfg, batch_size=1,
+                     seq_len=8, mask_id=258)
   folder = save_model(model, tmp_path / "m", tokenizer="bytes")
-  with pytest.raises(ValueError, match="time-conditioned"):
+  with pytest.raises(ValueError, match="reads_t=True"):
     jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(folder), num_samples=1,
                                               batch_size=1), progress=False)
   untimed = DiT(DiTConfig(vocab_size=259, **SMALL), rngs=nnx.Rngs(0))
@@ -175,36 +180,54 @@ def test_guided_jobs_sample_what_the_library_samples(guidance, tmp_path):
                                            num_classes=2, **SMALL), rngs=nnx.Rngs(2))
     extra = dict(classifier=str(save_model(classifier, tmp_path / "cls", tokenizer="bytes")))
   job = jobs.SampleJob(model=str(folder), num_samples=2, batch_size=2, seed=3, class_label=1,
-                       guidance=guidance, gamma=2.0, out=str(tmp_path / "job"), **extra)
+                       out=str(tmp_path / "job"), **extra)
+  chosen = {"none": remdm_jax.NoGuidance(), "cfg": remdm_jax.Cfg(gamma=2.0),
+            "cbg": remdm_jax.Cbg(gamma=2.0)}[guidance]
   cfg = sampler_config("rescale", eta=0.5, num_steps=6)
-  records = jobs.run_sampling_job(cfg, job, progress=False).records
-  denoiser = jobs.job_denoiser(job, model, classifier, 258)
-  expected = remdm_jax.sample(jax.random.key(3), denoiser, cfg, batch_size=2, seq_len=24,
-                              mask_id=258)
+  records = jobs.run_sampling_job(cfg, job, chosen, progress=False).records
+  as_model = lambda label: as_denoiser(model, label=label)
+  if guidance == "none":
+    expected_denoiser = as_model(1)
+  elif guidance == "cfg":
+    expected_denoiser = remdm_jax.classifier_free_guidance(as_model(1), as_model(None), 2.0)
+  else:
+    expected_denoiser = remdm_jax.classifier_guidance(
+        as_model(None), as_classifier(classifier), target=1, gamma=2.0, mask_id=258,
+        form="gradient")
+  expected = remdm_jax.sample(jax.random.key(3), expected_denoiser, cfg, batch_size=2,
+                              seq_len=24, mask_id=258)
   np.testing.assert_array_equal([r["ids"] for r in records], np.asarray(expected))
-  manifest = json.loads((tmp_path / "job" / jobs.MANIFEST).read_text())
-  assert manifest["guidance"] == job.guidance_settings()
+  manifest = json.loads((tmp_path / "job" / shards.MANIFEST).read_text())
+  assert manifest["guidance"] == {"kind": guidance, **({} if guidance == "none" else
+                                                       {"gamma": 2.0}),
+                                  **({"form": "gradient"} if guidance == "cbg" else {}),
+                                  "class_label": 1, "classifier": extra.get("classifier", "")}
 
 
 def test_guided_job_errors(tiny_model, tmp_path):
-  with pytest.raises(ValueError, match="guidance='cfg' needs class_label >= 0"):
-    jobs.SampleJob(guidance="cfg")
-  with pytest.raises(ValueError, match="guidance='cbg' needs a classifier folder"):
-    jobs.SampleJob(guidance="cbg", class_label=1)
-  with pytest.raises(ValueError, match="unknown guidance 'pplm'"):
-    jobs.SampleJob(guidance="pplm")
   cfg = sampler_config("mdlm", num_steps=4)
+  job = jobs.SampleJob(model=str(tiny_model))
+  with pytest.raises(ValueError, match="guidance 'cfg' needs a target class"):
+    jobs.run_sampling_job(cfg, job, remdm_jax.Cfg(), progress=False)
+  with pytest.raises(ValueError, match="guidance 'cbg' without a classifier"):
+    jobs.run_sampling_job(cfg, dataclasses.replace(job, class_label=1), remdm_jax.Cbg(),
+                          progress=False)
+  with pytest.raises(ValueError, match="guidance 'none' with a classifier"):
+    jobs.run_sampling_job(cfg, dataclasses.replace(job, classifier=str(tiny_model)),
+                          progress=False)
+  with pytest.raises(ValueError, match="unknown form .second-order."):
+    remdm_jax.Cbg(form="second-order")
   with pytest.raises(ValueError, match=r"class_label must be in \[0, 0\) for this model "
                                        r"\(not class-conditional\), got 1"):
     jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(tiny_model), class_label=1),
                           progress=False)
   with pytest.raises(ValueError, match="is not a classifier folder"):
     jobs.run_sampling_job(cfg, jobs.SampleJob(model=str(tiny_model), class_label=1,
-                                              guidance="cbg", classifier=str(tiny_model)),
+                                              classifier=str(tiny_model)), remdm_jax.Cbg(),
                           progress=False)
   guided = remdm_jax.classifier_guidance(lambda z, t: z, lambda x, t: x, target=0, gamma=1.0,
                                          mask_id=4)
-  with pytest.raises(ValueError, match="time_conditioned=True"):
+  with pytest.raises(ValueError, match="reads_t=True"):
     remdm_jax.sample(jax.random.key(0), guided, sampler_config("mdlm", num_steps=2,
                                                                cache=True),
                      batch_size=1, seq_len=2, mask_id=4)

@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from remdm_jax.denoiser import Classifier
 from remdm_jax.models.dit import Block, DiTConfig, SigmaMap, check_length
 from remdm_jax.schedules import total_noise
 from remdm_jax.validation import check_range
@@ -47,8 +48,11 @@ class NoisyClassifier(nnx.Module):
     return self.output(pooled).astype(jnp.float32)
 
 
-def as_classifier(model: NoisyClassifier, schedule=None):
-  """`(x [B, L, V] float32, t [B] float32) -> logits [B, C]` for `remdm_jax.classifier_guidance`:
-  the sampler's time `t` becomes the total noise `sigma = -log alpha(t)` (default: log-linear
-  with eps = 1e-3, as the DiT)."""
-  return lambda x, t: model(x, total_noise(t, schedule))
+def as_classifier(model: NoisyClassifier, schedule=None) -> Classifier:
+  """The model as a guidance `Classifier`, `(x [B, L, V] float32, t [B] float32) -> logits
+  [B, C]`, for `remdm_jax.classifier_guidance`: the sampler's time `t` becomes the total
+  noise `sigma = -log alpha(t)` (default: log-linear with eps = 1e-3, as the DiT). The model's
+  state is the classifier's `params` (an argument of a compiled sampler, not a constant)."""
+  graphdef, state = nnx.split(model)
+  return Classifier(lambda state, x, t: nnx.merge(graphdef, state)(x, total_noise(t, schedule)),
+                    state)

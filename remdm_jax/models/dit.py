@@ -15,6 +15,7 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from remdm_jax.denoiser import Denoiser
 from remdm_jax.schedules import total_noise
 from remdm_jax.validation import check_choice, check_fields, check_range
 
@@ -213,18 +214,18 @@ class DiT(nnx.Module):
     return _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)  # [B, L, D] f32
 
 
-def as_denoiser(model: DiT, schedule=None, *, label=None):
-  """Wraps a DiT as a sampler denoiser `(z [B, L] int32, t [B] f32) -> logits [B, L, V]`
+def as_denoiser(model: DiT, schedule=None, *, label=None) -> Denoiser:
+  """Wraps a DiT as a sampler `Denoiser`: `den(z [B, L] int32, t [B] f32) -> logits [B, L, V]`
   (float32, or bfloat16 for a model with `dtype="bfloat16"`: `DiT.project`).
 
-  The sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
-  log-linear with eps = 1e-3, as MDLM trains); a model without time conditioning ignores it.
-  The function also carries the split contract (`features`, `head`: the trunk with the final
-  adaLN, and the output projection), so the sampler projects only the rows it draws.
-  To keep parameters a jit argument: `graphdef, state = nnx.split(model)` outside, and
-  `as_denoiser(nnx.merge(graphdef, state))` inside the jitted function. For a
-  class-conditional model, `label` (an int, or `[B]` ids) conditions every call; None is the
-  null class, so `as_denoiser(model, label=1)` and `as_denoiser(model)` are the two inputs of
+  The model's state (`nnx.split(model)[1]`) is the denoiser's `params`, a pytree leaf, so a
+  sampler compiled for it takes new weights without recompiling and never bakes them in. The
+  sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
+  log-linear with eps = 1e-3, as MDLM trains); `reads_t` is the model's time conditioning.
+  It carries the split contract (the trunk with the final adaLN, and the output projection),
+  so the sampler projects only the rows it draws. For a class-conditional model, `label` (an
+  int, or `[B]` ids) conditions every call; None is the null class, so
+  `as_denoiser(model, label=1)` and `as_denoiser(model)` are the two inputs of
   `remdm_jax.classifier_free_guidance`.
 
   Raises:
@@ -234,50 +235,40 @@ def as_denoiser(model: DiT, schedule=None, *, label=None):
   if model.cfg.causal:
     raise ValueError("as_denoiser needs a masked diffusion DiT, got a causal "
                      "(autoregressive) one; use as_evaluator for causal models")
+  graphdef, state = nnx.split(model)
 
-  def features(z: jax.Array, t: jax.Array) -> jax.Array:
+  def features(state, z: jax.Array, t: jax.Array) -> jax.Array:
     labels = None if label is None else jnp.broadcast_to(jnp.asarray(label, jnp.int32),
                                                          z.shape[:1])
-    return model.features(z, total_noise(t, schedule), labels=labels)  # [B, L, D] f32
+    return nnx.merge(graphdef, state).features(z, total_noise(t, schedule),
+                                               labels=labels)            # [B, L, D] f32
 
-  def head(h: jax.Array, t: jax.Array) -> jax.Array:
+  def head(state, h: jax.Array, t: jax.Array) -> jax.Array:
     del t   # the adaLN modulation is applied in features; the head is position-wise
-    return model.project(h)                                             # [B, K, V]
+    return nnx.merge(graphdef, state).project(h)                        # [B, K, V]
 
-  def denoiser(z: jax.Array, t: jax.Array) -> jax.Array:
-    return head(features(z, t), t)
+  def logits(state, z: jax.Array, t: jax.Array) -> jax.Array:
+    return head(state, features(state, z, t), t)
 
-  denoiser.time_conditioned = model.cfg.time_conditioning   # read by the sampler's cache check
-  denoiser.features, denoiser.head = features, head          # the split contract
-  return denoiser
+  return Denoiser(logits, state, features_apply=features, head_apply=head,
+                  reads_t=model.cfg.time_conditioning, vocab_size=model.cfg.vocab_size)
 
 
-def denoiser_and_params(model: DiT, schedule=None):
-  """`(apply_fn, params)` for `remdm_jax.make_sampler` and the one-call losses: `apply_fn(params,
-  z [B, L] int32, t [B] f32) -> logits [B, L, V]` is `as_denoiser` of the model with those
-  parameters, so the parameters stay an argument of the compiled function. `apply_fn` also
-  carries the split contract with parameters (`features(params, z, t)`, `head(params, h,
-  t)`), which `make_sampler` passes on.
+def denoiser_and_params(model: DiT, schedule=None) -> tuple[Denoiser, nnx.State]:
+  """`(denoiser, params)`: `as_denoiser(model, schedule)` and its parameters, for
+  `remdm_jax.make_sampler(denoiser, ...)(key, params)` and the one-call losses
+  (`denoiser.apply(params, z, t)`).
 
   Examples:
     >>> from flax import nnx
     >>> model = DiT(DiTConfig(vocab_size=7, hidden=8, heads=2, blocks=1, cond_dim=4,
     ...                       max_length=6), rngs=nnx.Rngs(0))
-    >>> apply, params = denoiser_and_params(model)
-    >>> apply(params, jnp.zeros((2, 6), jnp.int32), jnp.ones((2,))).shape
+    >>> den, params = denoiser_and_params(model)
+    >>> den.apply(params, jnp.zeros((2, 6), jnp.int32), jnp.ones((2,))).shape
     (2, 6, 7)
   """
-  as_denoiser(model, schedule)   # the same checks, once
-  graphdef, params = nnx.split(model)
-  bound = lambda params: as_denoiser(nnx.merge(graphdef, params), schedule)
-
-  def apply_fn(params, z: jax.Array, t: jax.Array) -> jax.Array:
-    return bound(params)(z, t)
-
-  apply_fn.time_conditioned = model.cfg.time_conditioning
-  apply_fn.features = lambda params, z, t: bound(params).features(z, t)    # split contract
-  apply_fn.head = lambda params, h, t: bound(params).head(h, t)
-  return apply_fn, params
+  denoiser = as_denoiser(model, schedule)
+  return denoiser, denoiser.params
 
 
 def as_evaluator(model: DiT):

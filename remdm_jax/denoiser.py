@@ -1,0 +1,184 @@
+"""The denoiser protocol: what a sampler must know about a model, carried in one type.
+
+A `Denoiser` is a frozen dataclass registered as a pytree: its `params` are the leaves (so a
+denoiser can be a `jax.jit` argument and its parameters are never baked into an executable),
+and its functions and flags are static. Wrappers and combinators (guidance) take denoisers and
+return denoisers, so nothing a sampler relies on is lost when one is wrapped, as attributes on
+a function would be under `lambda`, `functools.partial` or `jax.jit`.
+
+A plain function `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` is accepted wherever a
+denoiser is, through `as_denoiser`; it is assumed to read `t` (the conservative choice: the
+sampler's cache is then refused).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+
+
+@dataclasses.dataclass(frozen=True)
+class _Unparameterised:
+  """`(params, z, t) -> fn(z, t)` for a plain function; equal for equal `fn`, so two wraps of
+  one function share the sampler's compiled executable."""
+
+  fn: Callable
+
+  def __call__(self, params, z, t):
+    del params
+    return self.fn(z, t)
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["apply", "features_apply", "head_apply", "reads_t",
+                                "vocab_size"])
+@dataclasses.dataclass(frozen=True)
+class Denoiser:
+  """A masked diffusion model as the sampler sees it.
+
+  `denoiser(z, t)` is `apply(params, z, t)`: `z [B, L] int32` (the mask id where masked),
+  `t [B] float32` in (0, 1], raw logits `[B, L, V]` in any float dtype (`V` includes the mask
+  id; the sampler applies SUBS).
+
+  Attributes:
+    apply: `(params, z, t) -> logits [B, L, V]`.
+    params: the pytree `apply` reads (model weights, guidance strength); None for a plain
+      function. A pytree leaf: a new value reuses a compiled sampler.
+    features_apply, head_apply: optional split contract, both or neither:
+      `features_apply(params, z, t) -> h [B, L, D]` and a position-wise
+      `head_apply(params, h [B, K, D], t) -> logits [B, K, V]`, with
+      `head(features(z, t), t) == denoiser(z, t)`. The Bernoulli strategies then apply the
+      head only to the rows they draw.
+    reads_t: whether the logits depend on `t`. The sampler's `cache=True` (reuse a step's
+      logits when no token changed) is exact only for `reads_t=False`, and refused otherwise.
+    vocab_size: `V` when known (checked against the logits' last axis), else None.
+  """
+
+  apply: Callable
+  params: Any = None
+  features_apply: Callable | None = None
+  head_apply: Callable | None = None
+  reads_t: bool = True
+  vocab_size: int | None = None
+
+  def __post_init__(self):
+    if not callable(self.apply):
+      raise TypeError(f"Denoiser.apply must be a function (params, z, t) -> logits, got "
+                      f"{self.apply!r:.80}")
+    if (self.features_apply is None) != (self.head_apply is None):
+      raise ValueError("Denoiser needs both features_apply and head_apply (the split "
+                       "contract) or neither")
+    if not isinstance(self.reads_t, bool):
+      raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
+    if self.vocab_size is not None and (isinstance(self.vocab_size, bool) or
+                                        not isinstance(self.vocab_size, int) or
+                                        self.vocab_size < 1):
+      raise ValueError(f"Denoiser.vocab_size must be an int >= 1 or None, got "
+                       f"{self.vocab_size!r}")
+
+  @classmethod
+  def wrap(cls, fn: Callable, *, reads_t: bool = True,
+           vocab_size: int | None = None) -> "Denoiser":
+    """A plain `fn(z, t) -> logits` as a denoiser; `reads_t=False` declares that it ignores
+    `t` (what `cache=True` needs)."""
+    if isinstance(fn, Denoiser):
+      raise TypeError("Denoiser.wrap takes a plain function; this is already a Denoiser "
+                      "(use dataclasses.replace to change its fields)")
+    if not callable(fn):
+      raise TypeError(f"denoiser must be a function (z [B, L] int32, t [B] float32) -> "
+                      f"logits [B, L, V], got {fn!r:.80}")
+    return cls(_Unparameterised(fn), reads_t=reads_t, vocab_size=vocab_size)
+
+  def __call__(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    return self.apply(self.params, z, t)
+
+  @property
+  def is_split(self) -> bool:
+    """Whether it offers the split contract (`features`, `head`)."""
+    return self.features_apply is not None
+
+  def features(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    """The trunk: `h [B, L, D]` (split denoisers only)."""
+    return self.features_apply(self.params, z, t)
+
+  def head(self, h: jax.Array, t: jax.Array) -> jax.Array:
+    """The position-wise output layer: `h [B, K, D] -> logits [B, K, V]` (split only)."""
+    return self.head_apply(self.params, h, t)
+
+  def with_params(self, params) -> "Denoiser":
+    """The same denoiser with other parameters (same structure: no recompilation)."""
+    return dataclasses.replace(self, params=params)
+
+
+def as_denoiser(denoiser) -> Denoiser:
+  """A `Denoiser` as it is; a plain function `(z, t) -> logits` wrapped (assumed to read t).
+
+  Raises:
+    TypeError: neither a Denoiser nor a function.
+  """
+  if isinstance(denoiser, Denoiser):
+    return denoiser
+  return Denoiser.wrap(denoiser)
+
+
+def check_output(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int) -> int:
+  """Traces the denoiser abstractly and checks its logits; returns `V`.
+
+  Raises:
+    ValueError: the logits are not `[batch_size, seq_len, V]` floats, `V` differs from the
+      declared `vocab_size`, or `mask_id` is not in `[0, V)`.
+  """
+  out = jax.eval_shape(denoiser, jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
+                       jax.ShapeDtypeStruct((batch_size,), jnp.float32))
+  shape = getattr(out, "shape", None)
+  if shape is None or len(shape) != 3 or shape[:2] != (batch_size, seq_len):
+    raise ValueError(
+        f"denoiser must return logits [batch_size, seq_len, V] = [{batch_size}, {seq_len}, V], "
+        f"got {shape}")
+  if not jnp.issubdtype(out.dtype, jnp.floating):
+    raise ValueError(f"denoiser must return floating logits, got dtype {out.dtype}")
+  if denoiser.vocab_size is not None and denoiser.vocab_size != shape[2]:
+    raise ValueError(f"denoiser declares vocab_size {denoiser.vocab_size} but returns logits "
+                     f"with V = {shape[2]}")
+  if not mask_id < shape[2]:
+    raise ValueError(f"mask_id must be in [0, V) = [0, {shape[2]}), got {mask_id}")
+  return shape[2]
+
+
+@functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
+                   meta_fields=["apply"])
+@dataclasses.dataclass(frozen=True)
+class Classifier:
+  """A classifier of noisy sequences for classifier-based guidance:
+  `classifier(x [B, L, V] float32 one-hot (or soft) rows, t [B] float32) -> logits [B, C]`,
+  computed as `apply(params, x, t)`. Taking one-hot rows, not ids, lets the first-order
+  guidance differentiate it; like `Denoiser`, its `params` are pytree leaves."""
+
+  apply: Callable
+  params: Any = None
+
+  def __post_init__(self):
+    if not callable(self.apply):
+      raise TypeError(f"Classifier.apply must be a function (params, x, t) -> logits, got "
+                      f"{self.apply!r:.80}")
+
+  def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    return self.apply(self.params, x, t)
+
+
+def as_classifier_fn(classifier) -> Classifier:
+  """A `Classifier` as it is; a plain function `(x, t) -> logits [B, C]` wrapped.
+
+  Raises:
+    TypeError: neither a Classifier nor a function.
+  """
+  if isinstance(classifier, Classifier):
+    return classifier
+  if isinstance(classifier, Denoiser) or not callable(classifier):
+    raise TypeError(f"classifier must be a function (x [B, L, V] float32, t [B] float32) -> "
+                    f"logits [B, C], got {classifier!r:.80}")
+  return Classifier(_Unparameterised(classifier))

@@ -1,0 +1,88 @@
+"""Argument checks of the sampler's entry points and the non-finite-logits error.
+
+Shapes, dtypes and sizes are checked before anything is traced; the id range of a prompt is
+checked when the prompt is concrete (under a trace it cannot be read).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax.validation import check_int
+
+class NonFiniteLogitsError(FloatingPointError):
+  """The denoiser returned logits that define no distribution where a token was drawn."""
+
+
+def nonfinite_message(flags: np.ndarray, first_index: int) -> str:
+  """What went wrong, naming the global indices of the flagged examples (`flags [B] bool`)."""
+  bad = (np.flatnonzero(flags) + first_index).tolist()
+  return (f"the denoiser returned non-finite logits (NaN, +inf, or -inf for every id but the "
+          f"mask) at masked positions of {len(bad)} of {len(flags)} examples (global "
+          f"indices {bad[:8]}{'...' if len(bad) > 8 else ''}); their tokens would be "
+          "meaningless. Check the model's parameters and inputs")
+
+
+def raise_nonfinite(flags, first_index) -> None:
+  """Host side of the check: raises when any example's flag is set."""
+  flags = np.asarray(flags)
+  if flags.any():
+    raise NonFiniteLogitsError(nonfinite_message(flags, int(first_index)))
+
+
+def as_typed_key(key: jax.Array) -> jax.Array:
+  """Accepts a typed key (`jax.random.key`) or a legacy `uint32[2]` key; returns a typed one."""
+  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if key.shape != ():
+      raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}")
+    return key
+  if key.dtype != jnp.uint32 or key.shape != (2,):
+    raise ValueError(
+        "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2], "
+        f"got {key.dtype}{list(key.shape)}")
+  return jax.random.wrap_key_data(key)
+
+
+def check_sizes(batch_size, seq_len, mask_id) -> None:
+  check_int("batch_size", batch_size, 1)
+  check_int("seq_len", seq_len, 1)
+  check_int("mask_id", mask_id, 0)
+
+
+def check_first_index(first_index):
+  """An int >= 0, or a traced integer scalar (e.g. a jit argument)."""
+  if isinstance(first_index, jax.Array):
+    if first_index.shape != () or not jnp.issubdtype(first_index.dtype, jnp.integer):
+      raise ValueError(f"first_index must be an integer scalar, got "
+                       f"{first_index.dtype}{list(first_index.shape)}")
+    if not isinstance(first_index, jax.core.Tracer):
+      check_int("first_index", int(first_index), 0)
+    return first_index
+  return check_int("first_index", first_index, 0)
+
+
+def check_prompt(prompt, batch_size: int, seq_len: int,
+                 vocab_size: int | None) -> jax.Array:
+  """A `[B, L]`, `[1, L]` or `[L]` integer prompt as `[B, L] int32`; checks shape and dtype
+  always, and the ids in `[0, vocab_size)` when `vocab_size` is given and the prompt can be
+  read here (not traced, and held by this process alone)."""
+  readable = (not isinstance(prompt, jax.core.Tracer) and
+              getattr(prompt, "is_fully_addressable", True))
+  prompt = np.asarray(prompt) if readable else prompt
+  if prompt.shape not in ((batch_size, seq_len), (1, seq_len), (seq_len,)):
+    raise ValueError(
+        f"prompt must have shape [batch_size, seq_len] = [{batch_size}, {seq_len}], "
+        f"[1, {seq_len}] or [{seq_len}], got {list(prompt.shape)}")
+  if not jnp.issubdtype(prompt.dtype, jnp.integer):
+    raise ValueError(f"prompt must hold integer ids, got dtype {prompt.dtype}")
+  if readable and vocab_size is not None:
+    low, high = int(prompt.min()), int(prompt.max())
+    if low < 0 or high >= vocab_size:
+      raise ValueError(
+          f"prompt ids must be in [0, V) = [0, {vocab_size}), got values in [{low}, {high}]")
+  if prompt.shape == (batch_size, seq_len) and prompt.dtype == np.int32:
+    return prompt   # as given: a global array keeps its sharding
+  return jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (batch_size, seq_len))

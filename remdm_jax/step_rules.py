@@ -1,0 +1,147 @@
+"""The per-step rules of the sampler: which positions unmask and remask (eq. 6 coin flips, or
+confidence ranking), and the token draws from `x_theta` at the positions that need them.
+
+Every draw of position `p` uses the key `fold_in(token key, p)`, so tokens do not depend on how
+positions are grouped (`draw_capacity`, `position_chunk`).
+
+References:
+  Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
+  Scaling", NeurIPS 2025, arXiv 2503.00307 (eq. 6; the conf weights, section 4.1).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax import posterior
+from remdm_jax.diffusion import subs_log_probs, without_mask
+from remdm_jax.plan import Plan, StepRule
+from remdm_jax.rounds import in_rounds
+from remdm_jax.topp import top_p_filter
+
+def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
+  """Softmax over decoded positions of `-psi` (paper) or `-log psi`; 0 elsewhere; `[B, L] f32`."""
+  logit = -psi if score == "prob" else -jnp.log(psi)
+  logit = jnp.where(decoded, logit, -jnp.inf)
+  top = jnp.max(logit, axis=-1, keepdims=True)
+  top = jnp.where(jnp.isfinite(top), top, 0.0)
+  weight = jnp.where(decoded, jnp.exp(logit - top), 0.0)
+  return weight / jnp.maximum(jnp.sum(weight, axis=-1, keepdims=True), 1e-30)
+
+
+def select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):
+  """Per-token coin flips of eq. 6; returns `(unmask, remask)`, both `[B, L] bool`. They
+  depend on the table row, the carry and the keys only, not on `x_theta`."""
+  masked = z == mask_id
+  decoded = ~masked & ~fixed
+  sigma = jnp.broadcast_to(row.sigma, z.shape)
+  if rule.conf_score is not None:
+    sigma = sigma * _conf_weights(psi, decoded, rule.conf_score)
+  p_remask, p_unmask = posterior.transition_probs(row, sigma)
+  remask = decoded & jax.vmap(posterior.bernoulli)(keys[:, 0], p_remask)
+  unmask = masked & jax.vmap(posterior.bernoulli)(keys[:, 1], p_unmask)
+  return unmask, remask
+
+
+def _top_count(score: jax.Array, count: jax.Array) -> jax.Array:
+  """Marks the `count[b]` highest scores of each row; `[B, L] f32, [B] int32 -> [B, L] bool`."""
+  rank = jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)        # [B, L]
+  return rank < count[:, None]
+
+
+def select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
+  """Confidence decoding: remask the least confident decoded tokens, unmask the most confident.
+
+  The decoded count after the step is `round(decoded_frac * free positions)` per example.
+  """
+  del keys
+  masked = z == mask_id
+  decoded = ~masked & ~fixed
+  n_free = jnp.sum(~fixed, axis=-1)
+  n_decoded = jnp.sum(decoded, axis=-1)
+  n_remask = jnp.minimum(row.remask_count, n_decoded)
+  remask = decoded & _top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
+  target = jnp.round(row.decoded_frac * n_free).astype(jnp.int32)
+  n_unmask = jnp.clip(target - (n_decoded - n_remask), 0, jnp.sum(masked, axis=-1))
+  unmask = masked & _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
+  return unmask, remask
+
+
+def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
+             mask_id: int) -> tuple[jax.Array, jax.Array]:
+  """SUBS probabilities after temperature and top-p, `[B, L, V] float32`, and where they are
+  not a distribution (a NaN or +inf logit, or -inf for every id but the mask), `[B, L] bool`."""
+  log_probs = subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
+  nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
+  probs = jnp.exp(log_probs)
+  if rule.use_top_p:
+    probs = top_p_filter(probs, plan.top_p, mode=rule.top_p_mode, impl=rule.top_p_impl)
+  return probs, nonfinite
+
+
+def _draw_positions(token_keys, logits, positions, plan, rule, mask_id):
+  """x_theta and one draw for each row of `logits [B, C, V]`, the row of position
+  `positions[b, c]` drawn with key `fold_in(token_keys[b], positions[b, c])`.
+
+  Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`."""
+  keys = jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(
+      token_keys, positions)                                                   # [B, C]
+  probs, nonfinite = _x_theta(logits, plan, rule, mask_id)                     # [B, C, V]
+  return (*jax.vmap(jax.vmap(posterior.draw_categorical))(keys, probs), nonfinite)
+
+
+def draw_all(token_keys, logits, plan, rule, mask_id):
+  """Draws for every position (the rank rule needs them all); with `rule.position_chunk = C`
+  for C positions at a time, so only `[B, C, V]` temporaries are live."""
+  batch, length = logits.shape[:2]
+  chunk = rule.position_chunk or length
+
+  def part(start, logits_part):
+    positions = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), (batch, chunk))
+    return _draw_positions(token_keys, logits_part, positions, plan, rule, mask_id)
+
+  if chunk == length:
+    return part(0, logits)
+
+  def body(index, out):
+    start = index * chunk
+    new = part(start, jax.lax.dynamic_slice_in_dim(logits, start, chunk, axis=1))
+    return tuple(jax.lax.dynamic_update_slice_in_dim(whole, piece, start, axis=1)
+                 for whole, piece in zip(out, new))
+
+  init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
+          jnp.zeros((batch, length), bool))
+  return jax.lax.fori_loop(0, length // chunk, body, init)
+
+
+def draw_capacity(rule: StepRule, seq_len: int) -> int:
+  """K, the positions per example drawn in one round: `rule.draw_capacity` if set, else the
+  largest expected number of MDLM unmaskings in a step, `L * max(alpha_s - alpha_t)`, plus a
+  binomial margin (4 sd + 8). Steps that unmask more (remasking strategies re-unmask) take
+  further rounds; the tokens do not depend on K."""
+  if rule.draw_capacity:
+    return min(rule.draw_capacity, seq_len)
+  mean = seq_len * rule.unmask_fraction
+  return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
+
+
+def draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
+  """Draws only at `selected [B, L]` positions, `rows_at(positions [B, K]) -> logits
+  [B, K, V]` giving their rows, with the same per-position keys as `draw_all`.
+
+  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
+  `selected` (0, 0 and False elsewhere)."""
+  compute = lambda positions: _draw_positions(token_keys, rows_at(positions), positions, plan,
+                                              rule, mask_id)
+  return in_rounds(selected, capacity, compute)
+
+
+def greedy(logits: jax.Array, mask_id: int) -> tuple[jax.Array, jax.Array]:
+  """`argmax x_theta` (the largest logit but the mask's; the softmax is monotone, so it is not
+  formed) and whether that row has no finite largest logit; `[..., V] -> ([...] int32,
+  [...] bool)`."""
+  logits = without_mask(logits, mask_id)                               # [..., V] f32
+  return (jnp.argmax(logits, axis=-1).astype(jnp.int32),
+          ~jnp.isfinite(jnp.max(logits, axis=-1)))

@@ -1,0 +1,107 @@
+"""The Denoiser type: a pytree whose parameters are leaves, whose contract survives wrapping."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import remdm_jax
+from remdm_jax import Classifier, Denoiser, sampler_config
+from remdm_jax.denoiser import as_denoiser, check_output
+
+from conftest import MASK_ID
+
+
+def _apply(params, z, t):
+  """Logits `[B, L, 5]` from a table of token logits, scaled by `1 + t`."""
+  return params["table"][z] * (1.0 + t[:, None, None])
+
+
+def _params(seed):
+  return {"table": jax.random.normal(jax.random.key(seed), (5, 5))}
+
+
+def test_parameters_are_leaves_and_functions_are_structure():
+  den = Denoiser(_apply, _params(0), reads_t=True, vocab_size=5)
+  leaves, treedef = jax.tree.flatten(den)
+  assert len(leaves) == 1 and leaves[0].shape == (5, 5)
+  rebuilt = jax.tree.unflatten(treedef, [2 * leaves[0]])
+  assert isinstance(rebuilt, Denoiser) and rebuilt.reads_t and rebuilt.vocab_size == 5
+  z, t = jnp.zeros((2, 3), jnp.int32), jnp.array([0.0, 1.0])
+  np.testing.assert_allclose(rebuilt(z, t), 2 * den(z, t))
+  other = den.with_params(_params(1))
+  assert jax.tree.structure(other) == treedef           # new weights, same executable
+  traces = []
+
+  @jax.jit
+  def call(den, z, t):
+    traces.append(1)
+    return den(z, t)
+
+  call(den, z, t)
+  call(other, z, t)
+  assert len(traces) == 1
+
+
+def test_wrapping_keeps_or_declares_the_contract():
+  plain = lambda z, t: jnp.zeros(z.shape + (5,))
+  assert as_denoiser(plain).reads_t                     # conservative: assumed to read t
+  assert not Denoiser.wrap(plain, reads_t=False).reads_t
+  assert Denoiser.wrap(plain) == Denoiser.wrap(plain)   # equal wraps share a compile
+  den = Denoiser(_apply, _params(0), reads_t=False)
+  assert as_denoiser(den) is den
+  with pytest.raises(TypeError, match="denoiser must be a function"):
+    as_denoiser(3)
+  with pytest.raises(TypeError, match="already a Denoiser"):
+    Denoiser.wrap(den)
+  with pytest.raises(ValueError, match="both features_apply and head_apply"):
+    Denoiser(_apply, features_apply=_apply)
+  with pytest.raises(TypeError, match="reads_t must be a bool"):
+    Denoiser(_apply, reads_t=1)
+  with pytest.raises(ValueError, match="vocab_size must be an int >= 1"):
+    Denoiser(_apply, vocab_size=0)
+
+
+def test_output_is_checked_against_the_declared_vocabulary():
+  den = Denoiser(_apply, _params(0), vocab_size=6)
+  with pytest.raises(ValueError, match="declares vocab_size 6 but returns logits with V = 5"):
+    check_output(den, 2, 3, MASK_ID)
+  assert check_output(den.__class__(_apply, _params(0)), 2, 3, MASK_ID) == 5
+  with pytest.raises(ValueError, match=r"mask_id must be in \[0, V\) = \[0, 5\), got 5"):
+    check_output(Denoiser(_apply, _params(0)), 2, 3, 5)
+
+
+def test_cache_needs_a_declared_time_free_denoiser_through_any_wrapper():
+  """A time-free denoiser caches; the same function wrapped in a lambda is assumed to read t
+  and is refused, naming how to declare it."""
+  free = Denoiser(lambda params, z, t: params["table"][z], _params(0), reads_t=False)
+  cfg = sampler_config(num_steps=4, cache=True)
+  kwargs = dict(batch_size=2, seq_len=3, mask_id=MASK_ID)
+  out = remdm_jax.sample(jax.random.key(0), free, cfg, **kwargs)
+  assert out.shape == (2, 3)
+  with pytest.raises(ValueError, match=r"Denoiser.wrap\(fn, reads_t=False\)"):
+    remdm_jax.sample(jax.random.key(0), lambda z, t: free(z, t), cfg, **kwargs)
+  guided = remdm_jax.classifier_free_guidance(free, free, 2.0)
+  assert not guided.reads_t                             # both inputs ignore t
+  remdm_jax.sample(jax.random.key(0), guided, cfg, **kwargs)
+
+
+def test_guidance_carries_the_contract_and_takes_gamma_as_a_parameter():
+  cond = Denoiser(_apply, _params(0), reads_t=True, vocab_size=5)
+  uncond = Denoiser(_apply, _params(1), reads_t=False, vocab_size=5)
+  guided = remdm_jax.classifier_free_guidance(cond, uncond, 2.0)
+  assert guided.reads_t and guided.vocab_size == 5 and not guided.is_split
+  cfg = sampler_config("cap", eta=0.05, num_steps=4)
+  run = remdm_jax.make_sampler(guided, cfg, batch_size=2, seq_len=3, mask_id=MASK_ID)
+  stronger = remdm_jax.classifier_free_guidance(cond, uncond, 3.0)
+  np.testing.assert_array_equal(   # gamma as a parameter gives the directly sampled tokens
+      run(jax.random.key(0), stronger.params),
+      remdm_jax.sample(jax.random.key(0), stronger, cfg, batch_size=2, seq_len=3,
+                       mask_id=MASK_ID))
+  with pytest.raises(ValueError, match=r"vocabularies differ: \[5, 7\]"):
+    remdm_jax.classifier_free_guidance(cond, Denoiser(_apply, vocab_size=7), 1.0)
+  classifier = Classifier(lambda w, x, t: x.sum(1) @ w, jnp.ones((5, 2)))
+  cbg = remdm_jax.classifier_guidance(uncond, classifier, target=1, gamma=1.0,
+                                      mask_id=MASK_ID)
+  assert cbg.reads_t and cbg.vocab_size == 5            # the classifier reads t
+  assert jax.tree.leaves(cbg.params)[1].shape == (5, 2)  # the classifier's weights are leaves
