@@ -3,14 +3,16 @@
 `parse_sections(argv, {"train": TrainConfig(), ...})` returns updated copies of the given
 defaults. A `--config=FILE.json` holding `{"section": {"field": value}}` is applied first,
 then the flags. Unknown sections or fields are errors listing the valid ones; values are
-converted by the field's type and checked by the config itself. A `SamplerConfig` section
-takes flat options (`--sampler.strategy=cap --sampler.eta=0.01`): the strategy's own options
-and the shared ones; a new strategy starts from its own defaults. A `TrainConfig` section takes
-its objective's options the same way (`--train.objective=remdm --train.eta=0.5`). Fields a
-command sets itself (`fixed`) are refused by name. `-h` / `--help` prints every field with
-its default and meaning. Positional arguments are folders (`remdm-merge DIR`).
-Errors end the command through `errors.run_cli`. The commands only parse and call the
-library (`jobs.run_sampling_job`, `training.train`, `jobs.merge`, `convert.convert`).
+converted by the field's type and checked by the config itself. A section whose config
+holds a registered choice (`CHOICE`, `remdm_jax.registry`) takes it flat: the strategy
+(`--sampler.strategy=cap --sampler.eta=0.01`), the objective (`--train.objective=remdm
+--train.eta=0.5`) or the guidance (`--guidance.kind=cfg --guidance.gamma=2`), with the
+choice's own options beside the config's; a new choice starts from its own defaults, and an
+option it does not have is an error naming the choices that have it. Fields a command sets
+itself (`fixed`) are refused by name. `-h` / `--help` prints every field with its default and
+meaning. Positional arguments are folders (`remdm-merge DIR`). Errors end the command
+through `errors.run_cli`. The commands parse, then call the library
+(`jobs.run_sampling_job`, `training.train`, `shards.merge`, `convert.convert`).
 """
 
 from __future__ import annotations
@@ -23,11 +25,10 @@ import re
 import sys
 import typing
 
-from remdm_jax import distributed, files, guidance, jobs, objectives, shards
-from remdm_jax.config import SamplerConfig, unknown_option_message
+from remdm_jax import distributed, files, guidance, jobs, shards
+from remdm_jax.config import SamplerConfig
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.strategies import STRATEGIES, strategy_class
 from remdm_jax.validation import check_fields, check_range
 
 
@@ -79,59 +80,38 @@ def _field_types(config) -> dict:
   return {f.name: hints[f.name] for f in dataclasses.fields(config)}
 
 
-def _sampler_field_types(default: SamplerConfig, strategy: str) -> dict:
-  """The flat options of a sampler section: the strategy's own and the shared ones."""
-  shared = {name: kind for name, kind in _field_types(default).items() if name != "strategy"}
-  return {"strategy": str, **shared, **_field_types(strategy_class(strategy)())}
-
-
-def _has_objective(config) -> bool:
-  """A section holding an objective (`TrainConfig`): it takes the objective's options flat."""
-  return isinstance(getattr(config, "objective", None), objectives.Objective)
-
-
-def _train_field_types(default, objective: str) -> dict:
-  """The flat options of a train section: the objective's own and the loop's."""
-  shared = {name: kind for name, kind in _field_types(default).items() if name != "objective"}
-  own = _field_types(objectives.objective_class(objective)())
-  return {"objective": str, **shared, **own}
+def _choice(config):
+  """`(selector, registry, current choice, holds)` for a section that takes a registered
+  choice flat (`registry.CHOICE` on its class: the sampler's strategy, the objective, the
+  guidance), else None; `holds`: the choice is a field of the config (not the config itself)."""
+  spec = getattr(type(config), "CHOICE", None)
+  if spec is None:
+    return None
+  selector, registry = spec
+  holds = selector in {f.name for f in dataclasses.fields(config)}
+  return selector, registry, getattr(config, selector) if holds else config, holds
 
 
 def _section_config(section: str, default, flags: list[tuple]):
   """The default of one section updated by its `(field, value, from_text)` flags."""
-  if isinstance(default, SamplerConfig):
-    chosen = [v for f, v, _ in flags if f == "strategy"]
-    strategy = chosen[-1] if chosen else default.strategy.name
-    types = _sampler_field_types(default, strategy)
-  elif _has_objective(default):
-    chosen = [v for f, v, _ in flags if f == "objective"]
-    objective = chosen[-1] if chosen else default.objective.name
-    types = _train_field_types(default, objective)
-  elif isinstance(default, guidance.Guidance):
-    chosen = [v for f, v, _ in flags if f == "kind"]
-    kind = chosen[-1] if chosen else default.name
-    types = {"kind": str, **_field_types(guidance.guidance_class(kind)())}
+  choice = _choice(default)
+  if choice:
+    selector, registry, current, holds = choice
+    picked = [v for f, v, _ in flags if f == selector]
+    name = picked[-1] if picked else current.name
+    shared = {k: v for k, v in _field_types(default).items() if k != selector} if holds else {}
+    types = {selector: str, **shared, **_field_types(registry.lookup(name)())}
   else:
     types = _field_types(default)
   values = {}
   for field, value, from_text in flags:
     if field not in types:
-      if isinstance(default, SamplerConfig):
-        raise UsageError(f"--{section}.{field}: " + unknown_option_message(field, strategy))
-      if _has_objective(default) and any(field in objectives.option_names(cls)
-                                         for cls in objectives.OBJECTIVES.values()):
+      if choice:
         raise UsageError(f"--{section}.{field}: " +
-                         objectives.unknown_option_message(field, objective))
-      if isinstance(default, guidance.Guidance):
-        raise UsageError(f"--{section}.{field} does not apply to guidance {kind!r} (its "
-                         f"options: {sorted(types)})")
+                         registry.unknown_option_message(field, name, shared))
       raise UsageError(f"unknown key {section}.{field}; valid keys: {', '.join(sorted(types))}")
     values[field] = _convert(value, types[field], f"{section}.{field}") if from_text else value
-  if isinstance(default, guidance.Guidance):
-    kind = values.pop("kind", default.name)
-    start = default if kind == default.name else guidance.guidance_class(kind)()
-    return dataclasses.replace(start, **values)
-  if isinstance(default, SamplerConfig) or _has_objective(default):
+  if choice:
     return default.with_options(**values)
   return dataclasses.replace(default, **values)
 
@@ -201,41 +181,19 @@ def _field_lines(section: str, config, skip=()) -> list[str]:
   return lines
 
 
-def _sampler_usage(section: str, config: SamplerConfig) -> list[str]:
-  """Shared options, then each strategy's own options with its defaults."""
-  lines = [f"  --{section}.strategy={json.dumps(config.strategy.name)}".ljust(45) +
-           f"one of {list(STRATEGIES)}; options of another strategy start from its "
-           "defaults", *_field_lines(section, config, skip=("strategy",))]
-  for name, cls in STRATEGIES.items():
-    current = config.strategy if name == config.strategy.name else cls()
-    own = _field_lines(section, current)
-    lines.append(f"  strategy {name}: {(cls.__doc__ or '').splitlines()[0]}")
-    lines.extend("  " + line for line in own)
-  return lines
-
-
-def _train_usage(section: str, config) -> list[str]:
-  """The loop's options, then each objective's own options with its defaults."""
-  current = config.objective
-  lines = [f"  --{section}.objective={json.dumps(current.name)}".ljust(45) +
-           f"one of {list(objectives.OBJECTIVES)}; options of another objective start from "
-           "its defaults", *_field_lines(section, config, skip=("objective",))]
-  for name, cls in objectives.OBJECTIVES.items():
-    own = _field_lines(section, current if name == current.name else cls())
-    lines.append(f"  objective {name}: {(cls.__doc__ or '').splitlines()[0]}")
-    lines.extend("  " + line for line in own)
-  return lines
-
-
-def _guidance_usage(section: str, config: guidance.Guidance) -> list[str]:
-  """The guidance kinds, each with its own options and their defaults."""
-  lines = [f"  --{section}.kind={json.dumps(config.name)}".ljust(45) +
-           f"one of {list(guidance.GUIDANCES)}; options of another kind start from its "
-           "defaults"]
-  for name, cls in guidance.GUIDANCES.items():
-    lines.append(f"  guidance {name}: {(cls.__doc__ or '').splitlines()[0]}")
+def _choice_usage(section: str, config) -> list[str]:
+  """The selector and the config's own options, then each registered choice's options with
+  its defaults."""
+  selector, registry, current, holds = _choice(config)
+  lines = [f"  --{section}.{selector}={json.dumps(current.name)}".ljust(45) +
+           f"one of {list(registry.classes)}; options of another {registry.kind} start from "
+           "its defaults"]
+  if holds:
+    lines.extend(_field_lines(section, config, skip=(selector,)))
+  for name, cls in registry.classes.items():
+    lines.append(f"  {registry.kind} {name}: {(cls.__doc__ or '').splitlines()[0]}")
     lines.extend("  " + line for line in
-                 _field_lines(section, config if name == config.name else cls()))
+                 _field_lines(section, current if name == current.name else cls()))
   return lines
 
 
@@ -247,12 +205,8 @@ def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str
            "--config: a JSON object {section: {field: value}}, applied before the flags."]
   for section, config in defaults.items():
     lines.append(f"\n{section} ({type(config).__name__}):")
-    if isinstance(config, SamplerConfig):
-      lines.extend(_sampler_usage(section, config))
-    elif _has_objective(config):
-      lines.extend(_train_usage(section, config))
-    elif isinstance(config, guidance.Guidance):
-      lines.extend(_guidance_usage(section, config))
+    if _choice(config):
+      lines.extend(_choice_usage(section, config))
     else:
       lines.extend(_field_lines(section, config, skip=[
           key.split(".", 1)[1] for key in fixed or {} if key.startswith(section + ".")]))

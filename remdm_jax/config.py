@@ -12,9 +12,11 @@ the shared config and rejects an option the strategy does not have.
 from __future__ import annotations
 
 import dataclasses
+from typing import ClassVar
 
-from remdm_jax import schedules
-from remdm_jax.strategies import STRATEGIES, Mdlm, Strategy, strategy_class
+from remdm_jax import schedules, strategies
+from remdm_jax.registry import with_choice_options
+from remdm_jax.strategies import STRATEGIES, Mdlm, Strategy
 from remdm_jax.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
 from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
 
@@ -27,6 +29,8 @@ class SamplerConfig:
 
   Defaults follow the ReMDM reference code (Wang et al. 2025, arXiv 2503.00307).
   """
+
+  CHOICE: ClassVar = ("strategy", strategies.REGISTRY)   # --sampler.strategy picks it
 
   strategy: Strategy = Mdlm()   # a strategy object: Mdlm(), Cap(eta), Loop(...), ...
   num_steps: int = 128          # T, number of denoiser calls before the final noise removal
@@ -94,44 +98,17 @@ class SamplerConfig:
   def with_options(self, **options) -> SamplerConfig:
     """A copy with flat options changed. A new `strategy` name starts from that strategy's
     defaults (its options do not carry over); other names go to the strategy when it has
-    them, else to the shared config.
+    them, else to the shared config (`remdm_jax.registry.with_choice_options`).
 
     Raises:
       ValueError: an unknown option, or one the strategy does not have (naming both).
     """
-    name = options.pop("strategy", self.strategy.name)
-    if isinstance(name, Strategy):
-      strategy = name
-    elif name == self.strategy.name:
-      strategy = self.strategy
-    else:
-      strategy = strategy_class(name)()
-    own = {f.name for f in dataclasses.fields(strategy)}
-    shared = {f.name for f in dataclasses.fields(self)} - {"strategy"}
-    for key in options:
-      if key not in own | shared:
-        raise ValueError(unknown_option_message(key, strategy.name))
-    strategy = dataclasses.replace(strategy, **{k: v for k, v in options.items() if k in own})
-    return dataclasses.replace(self, strategy=strategy,
-                               **{k: v for k, v in options.items() if k in shared})
+    return with_choice_options(self, "strategy", strategies.REGISTRY, options)
 
 
 def _by_select(select: str) -> list[str]:
   """The strategies whose `select` is the given one."""
   return sorted(name for name, cls in STRATEGIES.items() if cls.select == select)
-
-
-def unknown_option_message(key: str, strategy: str) -> str:
-  """Names an option that the strategy does not have, and the strategies that do."""
-  own = sorted(f.name for f in dataclasses.fields(STRATEGIES[strategy]))
-  others = sorted(n for n, cls in STRATEGIES.items()
-                  if key in {f.name for f in dataclasses.fields(cls)})
-  if others:
-    return (f"{key} does not apply to strategy {strategy!r} (its own options: "
-            f"{own or 'none'}; {key} belongs to {others})")
-  shared = sorted(f.name for f in dataclasses.fields(SamplerConfig) if f.name != "strategy")
-  return (f"unknown sampler option {key!r}; strategy {strategy!r} takes {own or 'none'}, "
-          f"every strategy takes {shared}")
 
 
 def sampler_config(strategy="mdlm", **options) -> SamplerConfig:

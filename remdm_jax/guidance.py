@@ -31,6 +31,7 @@ import jax
 import jax.numpy as jnp
 
 from remdm_jax.denoiser import Classifier, Denoiser, as_classifier_fn, as_denoiser
+from remdm_jax.registry import Registry
 from remdm_jax.rounds import in_rounds
 from remdm_jax.validation import check_choice, check_fields, check_range, check_scalar
 
@@ -179,6 +180,11 @@ ModelAt = Callable[[int | None], Denoiser]
 the model itself when it is not class-conditional)."""
 
 
+REGISTRY = Registry("guidance", "cfg")
+GUIDANCES = REGISTRY.classes        # name -> guidance class
+guidance_class = REGISTRY.lookup    # name -> class; an unknown name lists the known ones
+
+
 @dataclasses.dataclass(frozen=True)
 class Guidance:
   """The base of the guidance choices (`NoGuidance`, `Cfg`, `Cbg`), frozen dataclasses holding
@@ -188,9 +194,20 @@ class Guidance:
 
   name: ClassVar[str] = ""
   needs_classifier: ClassVar[bool] = False
+  CHOICE: ClassVar = ("kind", REGISTRY)   # --guidance.kind picks it
 
   def __post_init__(self):
     check_fields(self)
+
+  def with_options(self, **options) -> Guidance:
+    """A copy with flat options changed; a new `kind` starts from that guidance's defaults.
+
+    Raises:
+      ValueError: an unknown kind, or an option the guidance does not have (naming both).
+    """
+    kind = options.pop("kind", self.name)
+    start = self if kind == self.name else REGISTRY.lookup(kind)()
+    return REGISTRY.build(kind, **{**dataclasses.asdict(start), **options})
 
   def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
                mask_id: int) -> Denoiser:
@@ -199,6 +216,7 @@ class Guidance:
     raise TypeError(f"{type(self).__name__} is not one of {sorted(GUIDANCES)}")
 
 
+@REGISTRY.register
 @dataclasses.dataclass(frozen=True)
 class NoGuidance(Guidance):
   """No guidance: the model itself (at `target` for a class-conditional model)."""
@@ -211,6 +229,7 @@ class NoGuidance(Guidance):
     return model_at(target)
 
 
+@REGISTRY.register
 @dataclasses.dataclass(frozen=True)
 class Cfg(Guidance):
   """Classifier-free guidance (D-CFG): the model at `target` against its null class."""
@@ -228,6 +247,7 @@ class Cfg(Guidance):
     return classifier_free_guidance(model_at(target), model_at(None), self.gamma)
 
 
+@REGISTRY.register
 @dataclasses.dataclass(frozen=True)
 class Cbg(Guidance):
   """Classifier-based guidance (D-CBG): the null-class model reweighted by a classifier.
@@ -248,15 +268,6 @@ class Cbg(Guidance):
                mask_id: int) -> Denoiser:
     return classifier_guidance(model_at(None), classifier, target=target, gamma=self.gamma,
                                mask_id=mask_id, form=self.form)
-
-
-GUIDANCES = {cls.name: cls for cls in (NoGuidance, Cfg, Cbg)}
-
-
-def guidance_class(name: str) -> type[Guidance]:
-  """The guidance registered as `name`; an unknown name is a ValueError listing them."""
-  check_choice("guidance", name, tuple(GUIDANCES))
-  return GUIDANCES[name]
 
 
 def guidance_options(guidance: Guidance) -> dict:

@@ -30,43 +30,15 @@ from flax import nnx
 from remdm_jax import batches, losses
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
+from remdm_jax.registry import Registry
 from remdm_jax.schedules import LogLinear, total_noise
-from remdm_jax.validation import (ArgumentTypeError, check_choice, check_fields, check_int,
-                                  check_range)
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range
 
-OBJECTIVES: dict[str, type[Objective]] = {}
+REGISTRY = Registry("objective", "remdm")
+OBJECTIVES = REGISTRY.classes       # name -> objective class
+register = REGISTRY.register        # the class decorator
+objective_class = REGISTRY.lookup   # name -> class; an unknown name lists the known ones
 SIGMA_RULES = ("cap", "rescale")
-
-
-def register(cls: type[Objective]) -> type[Objective]:
-  """Adds an objective class to `OBJECTIVES` under its `name`."""
-  OBJECTIVES[cls.name] = cls
-  return cls
-
-
-def objective_class(name: str) -> type[Objective]:
-  """The class registered as `name`; an unknown name is a ValueError listing the known ones."""
-  if not isinstance(name, str):
-    raise ArgumentTypeError(f"objective must be a name such as 'remdm' or an objective object, "
-                            f"got {name!r}")
-  check_choice("objective", name, tuple(OBJECTIVES))
-  return OBJECTIVES[name]
-
-
-def option_names(cls: type[Objective]) -> list[str]:
-  """The options of an objective class, in field order."""
-  return [f.name for f in dataclasses.fields(cls)]
-
-
-def unknown_option_message(key: str, objective: str, shared=()) -> str:
-  """Names an option that the objective does not have, and the objectives that do."""
-  own = option_names(OBJECTIVES[objective])
-  others = sorted(n for n, cls in OBJECTIVES.items() if key in option_names(cls))
-  if others:
-    return (f"{key} does not apply to objective {objective!r} (its own options: "
-            f"{own or 'none'}; {key} belongs to {others})")
-  every = f", every objective takes {sorted(shared)}" if shared else ""
-  return f"unknown option {key!r}; objective {objective!r} takes {own or 'none'}{every}"
 
 
 def make_objective(objective: str = "mdlm", **options) -> Objective:
@@ -76,11 +48,7 @@ def make_objective(objective: str = "mdlm", **options) -> Objective:
   Raises:
     ValueError: an unknown objective, an option it does not have, or a value out of range.
   """
-  cls = objective_class(objective)
-  for key in options:
-    if key not in option_names(cls):
-      raise ValueError(unknown_option_message(key, objective))
-  return cls(**options)
+  return REGISTRY.build(objective, **options)
 
 
 def _training_labels(model: DiT, labels, key: jax.Array, label_dropout: float, train: bool):

@@ -20,25 +20,14 @@ import numpy as np
 
 from remdm_jax import schedules
 from remdm_jax.diffusion import base_sigma
-from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
+from remdm_jax.registry import Registry
+from remdm_jax.validation import check_choice, check_fields, check_range
 
-STRATEGIES: dict[str, type[Strategy]] = {}
+REGISTRY = Registry("strategy", "cap")
+STRATEGIES = REGISTRY.classes      # name -> strategy class
+register = REGISTRY.register       # the class decorator
+strategy_class = REGISTRY.lookup   # name -> class; an unknown name lists the known ones
 CONF_SCORES = ("prob", "logprob")
-
-
-def register(cls: type[Strategy]) -> type[Strategy]:
-  """Adds a strategy class to `STRATEGIES` under its `name`."""
-  STRATEGIES[cls.name] = cls
-  return cls
-
-
-def strategy_class(name: str) -> type[Strategy]:
-  """The class registered as `name`; an unknown name is a ValueError listing the known ones."""
-  if not isinstance(name, str):
-    raise ArgumentTypeError(f"strategy must be a name such as 'cap' or a strategy object, "
-                            f"got {name!r}")
-  check_choice("strategy", name, tuple(STRATEGIES))
-  return STRATEGIES[name]
 
 
 def safe_div(num: np.ndarray, den: np.ndarray, at_zero: float) -> np.ndarray:

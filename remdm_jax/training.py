@@ -33,12 +33,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import batches, distributed, files
+from remdm_jax import batches, distributed, files, objectives
 from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.objectives import (MdlmObjective, Objective, held_out_loss, objective_class,
-                                  option_names, unknown_option_message)
+from remdm_jax.objectives import MdlmObjective, Objective, held_out_loss
+from remdm_jax.registry import with_choice_options
 from remdm_jax.sharding import param_shardings
 from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
 
@@ -72,6 +72,7 @@ class TrainConfig:
   log_every: int = 10           # metrics.jsonl period (steps)
   seed: int = 0                 # parameters, data order and noise all derive from it
 
+  CHOICE: ClassVar = ("objective", objectives.REGISTRY)   # --train.objective picks it
   RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "eval_batches", "save_every",
                                           "log_every")
 
@@ -107,22 +108,7 @@ class TrainConfig:
     Raises:
       ValueError: an unknown option, or one the objective does not have (naming both).
     """
-    name = options.pop("objective", self.objective.name)
-    if isinstance(name, Objective):
-      objective = name
-    elif name == self.objective.name:
-      objective = self.objective
-    else:
-      objective = objective_class(name)()
-    own = set(option_names(type(objective)))
-    shared = {f.name for f in dataclasses.fields(self)} - {"objective"}
-    for key in options:
-      if key not in own | shared:
-        raise ValueError(unknown_option_message(key, objective.name, shared))
-    objective = dataclasses.replace(objective,
-                                    **{k: v for k, v in options.items() if k in own})
-    return dataclasses.replace(self, objective=objective,
-                               **{k: v for k, v in options.items() if k in shared})
+    return with_choice_options(self, "objective", objectives.REGISTRY, options)
 
 
 def _all_finite(tree) -> jax.Array:

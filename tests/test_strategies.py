@@ -118,7 +118,8 @@ def test_topk_counts():
     (dict(strategy="topk", t_on=0.5), r"t_on and t_off apply to strategy 'topk' only with "),
     (dict(strategy="loop", t_min=0.1), r"need t_min <= t_off for strategy 'loop'"),
     (dict(strategy="loop", base="max"), r"unknown base 'max'"),
-    (dict(bogus=1), r"unknown sampler option 'bogus'; strategy 'mdlm' takes none"),
+    (dict(bogus=1), r"unknown option 'bogus'; strategy 'mdlm' takes none, every strategy "
+                   r"takes \['cache',"),
     (dict(top_p_mode="hf"), r"unknown top_p_mode"),
 ])
 def test_bad_config_is_rejected_with_named_argument(kwargs, match):
