@@ -17,6 +17,7 @@ import time
 
 import jax
 import numpy as np
+from flax import nnx
 from tqdm import tqdm
 
 from remdm_jax import distributed, files, sharding
@@ -253,8 +254,12 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
       raise ValueError(f"batch_size must be a multiple of the {mesh.shape['data']} "
                        f"data-parallel devices with several processes, got {job.batch_size}")
     batch_sharding = None
+  for module in (model, classifier):   # placed once: the two inputs of D-CFG share the weights
+    if module is not None:
+      nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
   denoiser = job_denoiser(job, guidance, model, classifier, tokenizer.mask_id)
-  params = sharding.shard_params(denoiser.params, mesh)
+  params = sharding.shard_params(denoiser.params, mesh)   # placed weights stay; gamma, target
+                                                          # are replicated
   num_steps = int(build_table(cfg).t.shape[0])
   starts = range(0, job.num_samples, job.batch_size)
   bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
