@@ -27,6 +27,7 @@ import typing
 
 from remdm_jax import distributed, files, guidance, jobs, shards
 from remdm_jax.config import SamplerConfig
+from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
 from remdm_jax.validation import check_fields, check_range
@@ -80,21 +81,9 @@ def _field_types(config) -> dict:
   return {f.name: hints[f.name] for f in dataclasses.fields(config)}
 
 
-def _choice(config):
-  """`(selector, registry, current choice, holds)` for a section that takes a registered
-  choice flat (`registry.CHOICE` on its class: the sampler's strategy, the objective, the
-  guidance), else None; `holds`: the choice is a field of the config (not the config itself)."""
-  spec = getattr(type(config), "CHOICE", None)
-  if spec is None:
-    return None
-  selector, registry = spec
-  holds = selector in {f.name for f in dataclasses.fields(config)}
-  return selector, registry, getattr(config, selector) if holds else config, holds
-
-
 def _section_config(section: str, default, flags: list[tuple]):
   """The default of one section updated by its `(field, value, from_text)` flags."""
-  choice = _choice(default)
+  choice = choice_spec(default)
   if choice:
     selector, registry, current, holds = choice
     picked = [v for f, v, _ in flags if f == selector]
@@ -184,7 +173,7 @@ def _field_lines(section: str, config, skip=()) -> list[str]:
 def _choice_usage(section: str, config) -> list[str]:
   """The selector and the config's own options, then each registered choice's options with
   its defaults."""
-  selector, registry, current, holds = _choice(config)
+  selector, registry, current, holds = choice_spec(config)
   lines = [f"  --{section}.{selector}={json.dumps(current.name)}".ljust(45) +
            f"one of {list(registry.classes)}; options of another {registry.kind} start from "
            "its defaults"]
@@ -205,7 +194,7 @@ def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str
            "--config: a JSON object {section: {field: value}}, applied before the flags."]
   for section, config in defaults.items():
     lines.append(f"\n{section} ({type(config).__name__}):")
-    if _choice(config):
+    if choice_spec(config):
       lines.extend(_choice_usage(section, config))
     else:
       lines.extend(_field_lines(section, config, skip=[
@@ -294,7 +283,8 @@ def _sample(argv: list[str]) -> int:
 
 
 def sample_main(argv: list[str] | None = None) -> int:
-  """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--dist.FIELD=...]`."""
+  """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--guidance.FIELD=...]
+  [--dist.FIELD=...]`."""
   return run_cli(_sample, sys.argv[1:] if argv is None else argv)
 
 

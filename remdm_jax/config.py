@@ -15,7 +15,7 @@ import dataclasses
 from typing import ClassVar
 
 from remdm_jax import schedules, strategies
-from remdm_jax.registry import with_choice_options
+from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.strategies import STRATEGIES, Mdlm, Strategy
 from remdm_jax.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
 from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
@@ -91,9 +91,7 @@ class SamplerConfig:
   def options(self) -> dict:
     """The flat form: `{"strategy": name, **strategy fields, **shared fields}` (JSON-able;
     `sampler_config(**cfg.options())` rebuilds the config)."""
-    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name != "strategy"}
-    return {"strategy": self.strategy.name, **dataclasses.asdict(self.strategy), **shared}
+    return flat_options(self)
 
   def with_options(self, **options) -> SamplerConfig:
     """A copy with flat options changed. A new `strategy` name starts from that strategy's
@@ -103,7 +101,7 @@ class SamplerConfig:
     Raises:
       ValueError: an unknown option, or one the strategy does not have (naming both).
     """
-    return with_choice_options(self, "strategy", strategies.REGISTRY, options)
+    return with_choice_options(self, options)
 
 
 def _by_select(select: str) -> list[str]:

@@ -7,8 +7,13 @@ return denoisers, so nothing a sampler relies on is lost when one is wrapped, as
 a function would be under `lambda`, `functools.partial` or `jax.jit`.
 
 A plain function `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` is accepted wherever a
-denoiser is, through `as_denoiser`; it is assumed to read `t` (the conservative choice: the
+denoiser is, through `ensure_denoiser`; it is assumed to read `t` (the conservative choice: the
 sampler's cache is then refused).
+
+The functions are static: two denoisers whose functions compare equal share a compiled
+sampler, so producers build them as small frozen dataclasses (equal when their settings are),
+never as fresh closures. Whatever a static function refers to lives as long as the compiled
+sampler that used it: weights belong in `params`, never in a closure.
 """
 
 from __future__ import annotations
@@ -19,6 +24,7 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 
 @dataclasses.dataclass(frozen=True)
@@ -36,7 +42,7 @@ class _Unparameterised:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply", "features_apply", "head_apply", "reads_t",
                                 "vocab_size"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """A masked diffusion model as the sampler sees it.
 
@@ -74,11 +80,14 @@ class Denoiser:
                        "contract) or neither")
     if not isinstance(self.reads_t, bool):
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
-    if self.vocab_size is not None and (isinstance(self.vocab_size, bool) or
-                                        not isinstance(self.vocab_size, int) or
-                                        self.vocab_size < 1):
-      raise ValueError(f"Denoiser.vocab_size must be an int >= 1 or None, got "
-                       f"{self.vocab_size!r}")
+    if self.vocab_size is not None:
+      if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size,
+                                                             (int, np.integer)):
+        raise TypeError(f"Denoiser.vocab_size must be an integer or None, got "
+                        f"{self.vocab_size!r}")
+      if self.vocab_size < 1:
+        raise ValueError(f"Denoiser.vocab_size must be >= 1, got {self.vocab_size}")
+      object.__setattr__(self, "vocab_size", int(self.vocab_size))
 
   @classmethod
   def wrap(cls, fn: Callable, *, reads_t: bool = True,
@@ -94,7 +103,13 @@ class Denoiser:
     return cls(_Unparameterised(fn), reads_t=reads_t, vocab_size=vocab_size)
 
   def __call__(self, z: jax.Array, t: jax.Array) -> jax.Array:
+    """Logits `[B, L, V]` (any float dtype) of `z [B, L] int32` at times `t [B] float32`."""
     return self.apply(self.params, z, t)
+
+  @property
+  def takes_params(self) -> bool:
+    """False for a wrapped plain function, which has no parameters to replace."""
+    return not isinstance(self.apply, _Unparameterised)
 
   @property
   def is_split(self) -> bool:
@@ -114,7 +129,7 @@ class Denoiser:
     return dataclasses.replace(self, params=params)
 
 
-def as_denoiser(denoiser) -> Denoiser:
+def ensure_denoiser(denoiser) -> Denoiser:
   """A `Denoiser` as it is; a plain function `(z, t) -> logits` wrapped (assumed to read t).
 
   Raises:
@@ -151,7 +166,7 @@ def check_output(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply"])
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Classifier:
   """A classifier of noisy sequences for classifier-based guidance:
   `classifier(x [B, L, V] float32 one-hot (or soft) rows, t [B] float32) -> logits [B, C]`,
@@ -167,10 +182,11 @@ class Classifier:
                       f"{self.apply!r:.80}")
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
+    """Class logits `[B, C]` of `x [B, L, V] float32` rows at times `t [B] float32`."""
     return self.apply(self.params, x, t)
 
 
-def as_classifier_fn(classifier) -> Classifier:
+def ensure_classifier(classifier) -> Classifier:
   """A `Classifier` as it is; a plain function `(x, t) -> logits [B, C]` wrapped.
 
   Raises:

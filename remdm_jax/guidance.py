@@ -29,9 +29,10 @@ from typing import Callable, ClassVar
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from remdm_jax.denoiser import Classifier, Denoiser, as_classifier_fn, as_denoiser
-from remdm_jax.registry import Registry
+from remdm_jax.denoiser import Classifier, Denoiser, ensure_classifier, ensure_denoiser
+from remdm_jax.registry import Registry, with_choice_options
 from remdm_jax.rounds import in_rounds
 from remdm_jax.validation import check_choice, check_fields, check_range, check_scalar
 
@@ -46,6 +47,23 @@ def _vocab_size(*denoisers: Denoiser) -> int | None:
   if len(sizes) > 1:
     raise ValueError(f"the denoisers' vocabularies differ: {sorted(sizes)}")
   return sizes.pop() if sizes else None
+
+
+@dataclasses.dataclass(frozen=True)
+class _CfgCall:
+  """D-CFG of two denoiser functions: `(params, z, t) -> [B, L, V] f32` log-probabilities,
+  params `(conditional params, unconditional params, gamma)`."""
+
+  conditional: Callable
+  unconditional: Callable
+
+  def __call__(self, params, z: jax.Array, t: jax.Array) -> jax.Array:
+    cond_params, uncond_params, gamma = params
+    log_cond = jax.nn.log_softmax(self.conditional(cond_params, z, t).astype(jnp.float32),
+                                  axis=-1)                                    # [B, L, V]
+    log_uncond = jax.nn.log_softmax(
+        self.unconditional(uncond_params, z, t).astype(jnp.float32), axis=-1)
+    return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
 
 
 def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
@@ -66,18 +84,9 @@ def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
     TypeError: a denoiser is neither a Denoiser nor a function.
     ValueError: a concrete gamma is not a finite number, or the vocabularies differ.
   """
-  conditional, unconditional = as_denoiser(conditional), as_denoiser(unconditional)
+  conditional, unconditional = ensure_denoiser(conditional), ensure_denoiser(unconditional)
   check_scalar("gamma", gamma)
-  cond_apply, uncond_apply = conditional.apply, unconditional.apply
-
-  def guided(params, z: jax.Array, t: jax.Array) -> jax.Array:
-    cond_params, uncond_params, gamma = params
-    log_cond = jax.nn.log_softmax(cond_apply(cond_params, z, t).astype(jnp.float32), axis=-1)
-    log_uncond = jax.nn.log_softmax(uncond_apply(uncond_params, z, t).astype(jnp.float32),
-                                    axis=-1)
-    return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
-
-  return Denoiser(guided, (conditional.params, unconditional.params,
+  return Denoiser(_CfgCall(conditional.apply, unconditional.apply), (conditional.params, unconditional.params,
                            jnp.asarray(gamma, jnp.float32)),
                   reads_t=conditional.reads_t or unconditional.reads_t,
                   vocab_size=_vocab_size(conditional, unconditional))
@@ -128,6 +137,46 @@ def gradient_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Arra
   return grad - jnp.take_along_axis(grad, z[..., None], axis=-1)
 
 
+@dataclasses.dataclass(frozen=True)
+class _CbgCall:
+  """D-CBG of a denoiser and a classifier function: `(params, z, t) -> [B, L, V] f32`
+  log-probabilities, params `(denoiser params, classifier params, gamma, target)`."""
+
+  denoiser: Callable
+  classifier: Callable
+  form: str
+  mask_id: int
+
+  def __call__(self, params, z: jax.Array, t: jax.Array) -> jax.Array:
+    den_params, cls_params, gamma, target = params
+    classifier = Classifier(self.classifier, cls_params)
+    log_x = jax.nn.log_softmax(self.denoiser(den_params, z, t).astype(jnp.float32),
+                               axis=-1)                                       # [B, L, V]
+    targets = jnp.broadcast_to(target, z.shape[:1])                           # [B]
+    masked = z == self.mask_id                                                # [B, L]
+    if self.form == "exact":    # only the masked positions are scored
+      scores = exact_classifier_scores(classifier, z, t, targets, log_x.shape[-1], masked)
+    else:                       # one gradient covers every position
+      scores = gradient_classifier_scores(classifier, z, t, targets, log_x.shape[-1])
+    return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
+                              axis=-1)                                        # [B, L, V]
+
+
+def _check_target(target) -> None:
+  """A target class: an int >= 0 or integer ids >= 0 (checked when concrete).
+
+  Raises:
+    ValueError: a negative class, or no integer ids.
+  """
+  if isinstance(target, jax.core.Tracer):
+    return
+  ids = np.asarray(target)
+  if ids.dtype == object or not np.issubdtype(ids.dtype, np.integer) or ids.ndim > 1:
+    raise ValueError(f"target must be a class id (an int) or [B] integer ids, got {target!r}")
+  if ids.size and ids.min() < 0:
+    raise ValueError(f"target classes must be >= 0, got {ids.min()}")
+
+
 def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
                         form: str = DEFAULT_FORM) -> Denoiser:
   """D-CBG as a denoiser: `x_theta` reweighted at masked positions by the classifier's
@@ -150,27 +199,14 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
 
   Raises:
     TypeError: the denoiser or classifier is neither its type nor a function.
-    ValueError: gamma is not a finite number, or form is unknown.
+    ValueError: gamma is not a finite number, form is unknown, or a concrete target is not a
+      class id >= 0.
   """
-  denoiser, classifier = as_denoiser(denoiser), as_classifier_fn(classifier)
+  denoiser, classifier = ensure_denoiser(denoiser), ensure_classifier(classifier)
   check_scalar("gamma", gamma)
   check_choice("form", form, GUIDANCE_FORMS)
-  den_apply, cls_apply = denoiser.apply, classifier.apply
-
-  def guided(params, z: jax.Array, t: jax.Array) -> jax.Array:
-    den_params, cls_params, gamma, target = params
-    cls = Classifier(cls_apply, cls_params)
-    log_x = jax.nn.log_softmax(den_apply(den_params, z, t).astype(jnp.float32), axis=-1)
-    targets = jnp.broadcast_to(target, z.shape[:1])                           # [B]
-    masked = z == mask_id                                                     # [B, L]
-    if form == "exact":    # only the masked positions are scored
-      scores = exact_classifier_scores(cls, z, t, targets, log_x.shape[-1], masked)
-    else:                  # one gradient covers every position
-      scores = gradient_classifier_scores(cls, z, t, targets, log_x.shape[-1])
-    return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
-                              axis=-1)                                        # [B, L, V]
-
-  return Denoiser(guided, (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
+  _check_target(target)
+  return Denoiser(_CbgCall(denoiser.apply, classifier.apply, form, mask_id), (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
                            jnp.asarray(target, jnp.int32)),
                   reads_t=True, vocab_size=denoiser.vocab_size)
 
@@ -205,14 +241,21 @@ class Guidance:
     Raises:
       ValueError: an unknown kind, or an option the guidance does not have (naming both).
     """
-    kind = options.pop("kind", self.name)
-    start = self if kind == self.name else REGISTRY.lookup(kind)()
-    return REGISTRY.build(kind, **{**dataclasses.asdict(start), **options})
+    return with_choice_options(self, options)
 
   def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
                mask_id: int) -> Denoiser:
     """The denoiser to sample, from `model_at(label)` (the model's denoiser at a class; None:
-    the null class), the target class, the classifier (`Cbg` only) and the mask id."""
+    the null class), the target class, the classifier (`Cbg` only) and the mask id.
+
+    Raises:
+      ValueError: a target or classifier missing where this guidance needs it, or given
+        where it does not use it (`check_guidance_inputs`).
+    """
+    check_guidance_inputs(self, target=target, has_classifier=classifier is not None)
+    return self._build(model_at, target, classifier, mask_id)
+
+  def _build(self, model_at: ModelAt, target, classifier, mask_id: int) -> Denoiser:
     raise TypeError(f"{type(self).__name__} is not one of {sorted(GUIDANCES)}")
 
 
@@ -223,8 +266,7 @@ class NoGuidance(Guidance):
 
   name: ClassVar[str] = "none"
 
-  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
-               mask_id: int) -> Denoiser:
+  def _build(self, model_at: ModelAt, target, classifier, mask_id: int) -> Denoiser:
     del classifier, mask_id
     return model_at(target)
 
@@ -241,8 +283,7 @@ class Cfg(Guidance):
     super().__post_init__()
     check_scalar("gamma", self.gamma)
 
-  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
-               mask_id: int) -> Denoiser:
+  def _build(self, model_at: ModelAt, target, classifier, mask_id: int) -> Denoiser:
     del classifier, mask_id
     return classifier_free_guidance(model_at(target), model_at(None), self.gamma)
 
@@ -264,15 +305,9 @@ class Cbg(Guidance):
     check_scalar("gamma", self.gamma)
     check_choice("form", self.form, GUIDANCE_FORMS)
 
-  def denoiser(self, model_at: ModelAt, *, target: int | None, classifier=None,
-               mask_id: int) -> Denoiser:
+  def _build(self, model_at: ModelAt, target, classifier, mask_id: int) -> Denoiser:
     return classifier_guidance(model_at(None), classifier, target=target, gamma=self.gamma,
                                mask_id=mask_id, form=self.form)
-
-
-def guidance_options(guidance: Guidance) -> dict:
-  """The flat, JSON-able form `{"kind": name, **options}` (recorded in job manifests)."""
-  return {"kind": guidance.name, **dataclasses.asdict(guidance)}
 
 
 def check_guidance_inputs(guidance: Guidance, *, target: int | None, has_classifier: bool,
@@ -281,7 +316,8 @@ def check_guidance_inputs(guidance: Guidance, *, target: int | None, has_classif
   there.
 
   Raises:
-    ValueError: naming what is missing or what this guidance does not use.
+    TypeError: not a registered guidance object. ValueError: naming what is missing or what
+      this guidance does not use.
   """
   if not isinstance(guidance, Guidance) or guidance.name not in GUIDANCES:
     raise TypeError(f"guidance must be NoGuidance(), Cfg(gamma) or Cbg(gamma, form), got "

@@ -23,17 +23,26 @@ from tqdm import tqdm
 from remdm_jax import distributed, files, sharding
 from remdm_jax.checkpoint import load_model, load_tokenizer_name
 from remdm_jax.config import SamplerConfig
-from remdm_jax.guidance import (Guidance, NoGuidance, check_guidance_inputs,
-                                guidance_options)
+from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
 from remdm_jax.models import DiT, NoisyClassifier, as_classifier, as_denoiser
 from remdm_jax.plan import build_table
+from remdm_jax.registry import flat_options
 from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling import make_sampler
 from remdm_jax.shards import finished_shards, open_job, shard_path, shard_text
 from remdm_jax.tokenizers import encode_rows, get_tokenizer
 from remdm_jax.validation import check_fields, check_range
 
-SHIPPED_MODEL = pathlib.Path(importlib.resources.files("remdm_jax.shipped"), "shakespeare-mdlm")
+def _shipped_models() -> pathlib.Path:
+  """The shipped models: package data `remdm_jax.shipped` once installed, else the source
+  tree's `checkpoints/` (the package run from a checkout)."""
+  try:
+    return pathlib.Path(importlib.resources.files("remdm_jax.shipped"))
+  except ModuleNotFoundError:
+    return pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
+
+
+SHIPPED_MODEL = _shipped_models() / "shakespeare-mdlm"
 
 
 class Throughput:
@@ -220,6 +229,35 @@ def trajectory_record(trajectory, row: int) -> dict:
           "remasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.remasked)]}
 
 
+def _batch_sharding(job: SampleJob, mesh):
+  """The batch split over the mesh's "data" devices; None (one device computes the batch)
+  when `batch_size` does not divide over them, which only a single process allows."""
+  if job.batch_size % mesh.shape["data"] == 0:
+    return distributed.batch_sharding(mesh)
+  if jax.process_count() > 1:
+    raise ValueError(f"batch_size must be a multiple of the {mesh.shape['data']} "
+                     f"data-parallel devices with several processes, got {job.batch_size}")
+  return None
+
+
+def _write_batch(job: SampleJob, first: int, tokens, trajectory, tokenizer, settings: dict,
+                 directory) -> list[dict]:
+  """The records of the rows of one batch (`tokens [B, L] int32`, from global index `first`)
+  that this process holds; each block is written as a shard, atomically, when the job has a
+  folder."""
+  records = []
+  for start, rows in distributed.local_row_blocks(tokens):
+    block = [_record(first + start + i, row, tokenizer, settings, job)
+             for i, row in enumerate(rows) if first + start + i < job.num_samples]
+    for i, record in enumerate(block if trajectory is not None else []):
+      record["trajectory"] = trajectory_record(trajectory, start + i)
+    if directory and block:
+      files.write_atomic(shard_path(directory, block[0]["index"], block[-1]["index"] + 1),
+                         shard_text(block))
+    records.extend(block)
+  return records
+
+
 def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = NoGuidance(), *,
                      progress: bool = True) -> JobResult:
   """Samples `job.num_samples` sequences from `job.model` with `cfg` (and `guidance`), sharded
@@ -248,12 +286,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
   texts = prompt_texts(job)
   prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len)
   mesh = distributed.make_mesh(job.model_axis)
-  batch_sharding = distributed.batch_sharding(mesh)
-  if job.batch_size % mesh.shape["data"]:
-    if jax.process_count() > 1:
-      raise ValueError(f"batch_size must be a multiple of the {mesh.shape['data']} "
-                       f"data-parallel devices with several processes, got {job.batch_size}")
-    batch_sharding = None
+  batch_sharding = _batch_sharding(job, mesh)
   for module in (model, classifier):   # placed once: the two inputs of D-CFG share the weights
     if module is not None:
       nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
@@ -275,18 +308,16 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
 
   key = jax.random.key(job.seed)
   sampler.compile(key, params, prompt_block(0))
-  directory = None
   settings = cfg.options()
-  if job.out:
-    directory = open_job(job.out, {
-        "model": job.model, "model_config": dataclasses.asdict(model.cfg),
-        "tokenizer": tokenizer_name, "sampler": settings,
-        "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
-        "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
-        "device_count": jax.device_count(), "model_axis": job.model_axis,
-        "trajectory": job.trajectory,
-        "guidance": {**guidance_options(guidance), "class_label": job.class_label,
-                     "classifier": job.classifier}})
+  directory = open_job(job.out, {
+      "model": job.model, "model_config": dataclasses.asdict(model.cfg),
+      "tokenizer": tokenizer_name, "sampler": settings,
+      "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
+      "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
+      "device_count": jax.device_count(), "model_axis": job.model_axis,
+      "trajectory": job.trajectory,
+      "guidance": {**flat_options(guidance), "class_label": job.class_label,
+                   "classifier": job.classifier}}) if job.out else None
   local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
                   if batch_sharding else [(0, job.batch_size)])
   done = set(finished_shards(directory)) if directory else set()
@@ -308,18 +339,9 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
       if flags.any():
         raise NonFiniteLogitsError(f"model {job.model}: {nonfinite_message(flags, first)}; "
                                    "nothing of this batch was written")
-      blocks = distributed.local_row_blocks(tokens)
       throughput.add(real, time.perf_counter() - tic)
-      for start, rows in blocks:
-        batch_records = [_record(first + start + i, row, tokenizer, settings, job)
-                         for i, row in enumerate(rows) if first + start + i < job.num_samples]
-        for i, record in enumerate(batch_records if trajectory is not None else []):
-          record["trajectory"] = trajectory_record(trajectory, start + i)
-        if directory and batch_records:
-          files.write_atomic(shard_path(directory, batch_records[0]["index"],
-                                        batch_records[-1]["index"] + 1),
-                             shard_text(batch_records))
-        records.extend(batch_records)
+      records.extend(_write_batch(job, first, tokens, trajectory, tokenizer, settings,
+                                  directory))
       bar.show_rate(throughput.summary()["tokens_per_s"])
   finally:
     bar.close()

@@ -30,7 +30,7 @@ from flax import nnx
 from remdm_jax import batches, losses
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
-from remdm_jax.registry import Registry
+from remdm_jax.registry import Registry, flat_options
 from remdm_jax.schedules import LogLinear, total_noise
 from remdm_jax.validation import check_choice, check_fields, check_int, check_range
 
@@ -72,6 +72,7 @@ class Objective:
   name: ClassVar[str]
   causal: ClassVar[bool] = False         # the DiT it trains attends left to right
   model_class: ClassVar[type] = DiT      # what `training.build_run` builds
+  CHOICE: ClassVar = ("objective", REGISTRY)   # its name in the flat form
 
   def __post_init__(self):
     check_fields(self)
@@ -79,7 +80,7 @@ class Objective:
   def options(self) -> dict:
     """The flat form `{"objective": name, **fields}` (JSON-able; `make_objective(**it)`
     rebuilds the objective)."""
-    return {"objective": self.name, **dataclasses.asdict(self)}
+    return flat_options(self)
 
   def check_model(self, model_cfg: DiTConfig) -> None:
     """Raises a `ValueError` unless the model fits the objective (causal or not)."""

@@ -72,16 +72,39 @@ class Registry:
     return cls(**options)
 
 
-def with_choice_options(config, selector: str, registry: Registry, options: dict):
-  """A copy of `config`, a dataclass holding a registered choice in its field `selector`,
-  with flat options changed. A new choice (a name, or a choice object) starts from that
-  choice's defaults; other options go to the choice when it has them, else to `config`.
+def choice_spec(config):
+  """`(selector, registry, choice, holds)` of a config whose class names its registered choice
+  (`CHOICE = (selector, registry)`): the choice is the field `selector` of the config
+  (`holds`, e.g. `SamplerConfig.strategy`) or the config itself (a bare choice, e.g. a
+  guidance, whose name the flat form calls `selector`). None for any other config."""
+  spec = getattr(type(config), "CHOICE", None)
+  if spec is None:
+    return None
+  selector, registry = spec
+  holds = selector in option_names(config)
+  return selector, registry, getattr(config, selector) if holds else config, holds
+
+
+def flat_options(config) -> dict:
+  """The flat, JSON-able form `{selector: name, **choice options, **config options}`;
+  `config.with_options(**it)` rebuilds the config."""
+  selector, _, choice, holds = choice_spec(config)
+  own = {selector: choice.name, **dataclasses.asdict(choice)}
+  if not holds:
+    return own
+  return {**own, **{k: getattr(config, k) for k in option_names(config) if k != selector}}
+
+
+def with_choice_options(config, options: dict):
+  """A copy of `config` (see `choice_spec`) with flat options changed. A new choice (a name,
+  or a choice object) starts from that choice's defaults; other options go to the choice when
+  it has them, else to the config.
 
   Raises:
     ValueError: an unknown option, or one the choice does not have (naming both).
   """
+  selector, registry, current, holds = choice_spec(config)
   options = dict(options)
-  current = getattr(config, selector)
   name = options.pop(selector, current.name)
   if dataclasses.is_dataclass(name) and not isinstance(name, type):   # a choice object
     choice = name
@@ -90,10 +113,12 @@ def with_choice_options(config, selector: str, registry: Registry, options: dict
   else:
     choice = registry.lookup(name)()
   own = set(option_names(choice))
-  shared = set(option_names(config)) - {selector}
+  shared = set(option_names(config)) - {selector} if holds else set()
   for key in options:
     if key not in own | shared:
       raise ValueError(registry.unknown_option_message(key, choice.name, shared))
   choice = dataclasses.replace(choice, **{k: v for k, v in options.items() if k in own})
+  if not holds:
+    return choice
   return dataclasses.replace(config, **{selector: choice},
                              **{k: v for k, v in options.items() if k in shared})

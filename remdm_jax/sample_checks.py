@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax.validation import check_int
+from remdm_jax.validation import check_int, check_range
 
 class NonFiniteLogitsError(FloatingPointError):
   """The denoiser returned logits that define no distribution where a token was drawn."""
@@ -52,37 +52,46 @@ def check_sizes(batch_size, seq_len, mask_id) -> None:
   check_int("mask_id", mask_id, 0)
 
 
-def check_first_index(first_index):
-  """An int >= 0, or a traced integer scalar (e.g. a jit argument)."""
+def check_first_index(first_index, batch_size: int):
+  """An int (or a concrete or traced integer scalar, e.g. a jit argument) with every global
+  index `first_index + i`, `i < batch_size`, in int32: concrete values in
+  `[0, 2**31 - batch_size]`."""
   if isinstance(first_index, jax.Array):
     if first_index.shape != () or not jnp.issubdtype(first_index.dtype, jnp.integer):
       raise ValueError(f"first_index must be an integer scalar, got "
                        f"{first_index.dtype}{list(first_index.shape)}")
-    if not isinstance(first_index, jax.core.Tracer):
-      check_int("first_index", int(first_index), 0)
-    return first_index
-  return check_int("first_index", first_index, 0)
+    if isinstance(first_index, jax.core.Tracer):
+      return first_index
+    value = check_int("first_index", int(first_index), 0)
+  else:
+    value = check_int("first_index", first_index, 0)
+  check_range("first_index", value, 0, 2 ** 31 - batch_size,
+              context=" (example indices are int32)")
+  return first_index
 
 
-def check_prompt(prompt, batch_size: int, seq_len: int,
-                 vocab_size: int | None) -> jax.Array:
-  """A `[B, L]`, `[1, L]` or `[L]` integer prompt as `[B, L] int32`; checks shape and dtype
-  always, and the ids in `[0, vocab_size)` when `vocab_size` is given and the prompt can be
-  read here (not traced, and held by this process alone)."""
-  readable = (not isinstance(prompt, jax.core.Tracer) and
-              getattr(prompt, "is_fully_addressable", True))
-  prompt = np.asarray(prompt) if readable else prompt
+def check_prompt(prompt, batch_size: int, seq_len: int, vocab_size) -> jax.Array:
+  """A `[B, L]`, `[1, L]` or `[L]` integer prompt as `[B, L] int32`. Shape and dtype are
+  always checked; the ids are checked in `[0, V)` when the prompt can be read here (not
+  traced, and held by this process alone), `V` being `vocab_size` or, when it is a function,
+  what it returns (called only then). A `[B, L] int32` array comes back as it is (a device
+  array keeps its placement)."""
+  prompt = prompt if isinstance(prompt, jax.Array) else np.asarray(prompt)
   if prompt.shape not in ((batch_size, seq_len), (1, seq_len), (seq_len,)):
     raise ValueError(
         f"prompt must have shape [batch_size, seq_len] = [{batch_size}, {seq_len}], "
         f"[1, {seq_len}] or [{seq_len}], got {list(prompt.shape)}")
   if not jnp.issubdtype(prompt.dtype, jnp.integer):
     raise ValueError(f"prompt must hold integer ids, got dtype {prompt.dtype}")
+  readable = (not isinstance(prompt, jax.core.Tracer) and
+              getattr(prompt, "is_fully_addressable", True))
+  vocab_size = vocab_size() if readable and callable(vocab_size) else vocab_size
   if readable and vocab_size is not None:
-    low, high = int(prompt.min()), int(prompt.max())
+    with jax.ensure_compile_time_eval():   # a concrete prompt inside a user's trace too
+      low, high = int(prompt.min()), int(prompt.max())
     if low < 0 or high >= vocab_size:
       raise ValueError(
           f"prompt ids must be in [0, V) = [0, {vocab_size}), got values in [{low}, {high}]")
   if prompt.shape == (batch_size, seq_len) and prompt.dtype == np.int32:
-    return prompt   # as given: a global array keeps its sharding
+    return prompt
   return jnp.broadcast_to(jnp.asarray(prompt, jnp.int32), (batch_size, seq_len))

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.config import SamplerConfig
-from remdm_jax.denoiser import Denoiser, as_denoiser, check_output
+from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
 from remdm_jax.plan import Plan, StepRule, build_plan
 from remdm_jax.rounds import in_rounds
 from remdm_jax.sample_checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
@@ -208,14 +208,12 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule, *,
   `jax.debug.callback`; progress reporting, possibly once per device); it does not change the
   tokens.
   """
-  denoiser = as_denoiser(denoiser)
+  denoiser = ensure_denoiser(denoiser)
   _check_call(denoiser, rule, batch_size, seq_len, mask_id)
-  first_index = check_first_index(first_index)
+  first_index = check_first_index(first_index, batch_size)
   if prompt is not None:
-    concrete = not isinstance(prompt, jax.core.Tracer)
     prompt = check_prompt(prompt, batch_size, seq_len,
-                          check_output(denoiser, batch_size, seq_len, mask_id) if concrete
-                          else None)
+                          lambda: check_output(denoiser, batch_size, seq_len, mask_id))
   tokens, nonfinite, records = _run(
       as_typed_key(key), denoiser, plan, prompt, first_index, rule=rule,
       batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
@@ -236,7 +234,7 @@ class Sampler:
   def __init__(self, denoiser, config: SamplerConfig, *, batch_size: int, seq_len: int,
                mask_id: int, batch_sharding=None, return_trajectory: bool = False,
                return_nonfinite: bool = False, on_step=None):
-    self.denoiser = as_denoiser(denoiser)
+    self.denoiser = ensure_denoiser(denoiser)
     self.plan, self.rule = build_plan(config)
     _check_call(self.denoiser, self.rule, batch_size, seq_len, mask_id)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
@@ -247,35 +245,45 @@ class Sampler:
     self._vocab_size = None
     self._compiled = None
 
-  def _checked_prompt(self, prompt, denoiser: Denoiser):
-    """The prompt as `[B, L] int32`; all masks for None (one signature, one compile)."""
-    if prompt is None:
-      return np.full((self.batch_size, self.seq_len), self.mask_id, np.int32)
-    if isinstance(prompt, jax.core.Tracer) or not getattr(prompt, "is_fully_addressable", True):
-      return check_prompt(prompt, self.batch_size, self.seq_len, None)
+  def _vocab_size_of(self, denoiser: Denoiser) -> int:
+    """V of the denoiser's logits, traced abstractly once per sampler."""
     if self._vocab_size is None:
       self._vocab_size = check_output(denoiser, self.batch_size, self.seq_len, self.mask_id)
-    return check_prompt(prompt, self.batch_size, self.seq_len, self._vocab_size)
+    return self._vocab_size
 
   def _arguments(self, key, params, prompt, plan, first_index):
+    """The jitted run's arguments: `(key, denoiser, plan, prompt [B, L] int32 (all masks for
+    None: one signature, one compile), first_index)`."""
+    if params is not None and not self.denoiser.takes_params:
+      raise ValueError("params were given, but this denoiser is a plain function without "
+                       "parameters; wrap an apply(params, z, t) function as "
+                       "remdm_jax.Denoiser(apply) to pass them")
     denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
-    return (as_typed_key(key), denoiser, self.plan if plan is None else plan,
-            self._checked_prompt(prompt, denoiser),
+    prompt = (np.full((self.batch_size, self.seq_len), self.mask_id, np.int32) if prompt is None
+              else check_prompt(prompt, self.batch_size, self.seq_len,
+                                lambda: self._vocab_size_of(denoiser)))
+    return (as_typed_key(key), denoiser, self.plan if plan is None else plan, prompt,
             first_index if isinstance(first_index, jax.Array) else np.int32(first_index))
 
   def compile(self, key, params=None, prompt=None, *, plan: Plan | None = None,
               first_index=0) -> "Sampler":
-    """Compiles now for these arguments' shapes and shardings (e.g. before a job writes
-    anything); later calls with arguments of the same kind use that executable."""
-    arguments = self._arguments(key, params, prompt, plan, check_first_index(first_index))
+    """Compiles now for these arguments (e.g. before a job writes anything). Later calls
+    outside a trace use that executable, so their arguments must have the same shapes,
+    dtypes and shardings (JAX says which differs); calls inside a trace go through `jit`."""
+    arguments = self._arguments(key, params, prompt, plan,
+                                check_first_index(first_index, self.batch_size))
     self._compiled = _jitted_run.lower(*arguments, **self._static).compile()
     return self
 
   def __call__(self, key, params=None, prompt=None, *, plan: Plan | None = None,
                first_index=0):
-    first_index = check_first_index(first_index)
+    """Tokens `[B, L] int32` (or what `sample` returns with the sampler's options) for a key,
+    optionally other parameters of the denoiser's structure, a prompt, a plan of the same
+    config kind and the batch's first global index."""
+    first_index = check_first_index(first_index, self.batch_size)
     arguments = self._arguments(key, params, prompt, plan, first_index)
-    if self._compiled is not None:
+    traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arguments))
+    if self._compiled is not None and not traced:
       tokens, nonfinite, records = self._compiled(*arguments)
     else:
       tokens, nonfinite, records = _jitted_run(*arguments, **self._static)
@@ -296,7 +304,8 @@ def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: i
       arrays become constants of the executable).
     config: as in `sample` (and `batch_size`, `seq_len`, `mask_id`, `batch_sharding`,
       `return_trajectory`, `return_nonfinite`).
-    on_step: optional host callback `on_step(step)` as each step starts (progress bars).
+    on_step: optional host callback `on_step(step)` as each step starts (progress bars). It
+      is static: a new callback compiles a new executable.
 
   Returns:
     A `Sampler`: `sampler(key, params=None, prompt=None, *, plan=None, first_index=0)`. The

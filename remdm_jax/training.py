@@ -38,7 +38,7 @@ from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
 from remdm_jax.models.dit import DiTConfig
 from remdm_jax.objectives import MdlmObjective, Objective, held_out_loss
-from remdm_jax.registry import with_choice_options
+from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.sharding import param_shardings
 from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
 
@@ -96,9 +96,7 @@ class TrainConfig:
   def options(self) -> dict:
     """The flat form: `{"objective": name, **objective fields, **other fields}` (JSON-able;
     `TrainConfig().with_options(**cfg.options())` rebuilds the config)."""
-    shared = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)
-              if f.name != "objective"}
-    return {**self.objective.options(), **shared}
+    return flat_options(self)
 
   def with_options(self, **options) -> TrainConfig:
     """A copy with flat options changed. A new `objective` name starts from that objective's
@@ -108,7 +106,7 @@ class TrainConfig:
     Raises:
       ValueError: an unknown option, or one the objective does not have (naming both).
     """
-    return with_choice_options(self, "objective", objectives.REGISTRY, options)
+    return with_choice_options(self, options)
 
 
 def _all_finite(tree) -> jax.Array:

@@ -85,8 +85,9 @@ def check_fields(config) -> None:
 
 
 def _interval(low, high, low_open: bool, high_open: bool) -> str:
-  left = "(-inf" if low is None else ("(" if low_open else "[") + f"{low:g}"
-  right = "inf)" if high is None else f"{high:g}" + (")" if high_open else "]")
+  bound = lambda x: str(x) if isinstance(x, int) else f"{x:g}"   # ints exact, at any size
+  left = "(-inf" if low is None else ("(" if low_open else "[") + bound(low)
+  right = "inf)" if high is None else bound(high) + (")" if high_open else "]")
   return f"{left}, {right}"
 
 

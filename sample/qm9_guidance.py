@@ -208,11 +208,11 @@ def compare_forms(model, classifier, rows: np.ndarray, gammas) -> list[dict]:
     for gamma in gammas:
       probs, seconds = {}, {}
       for form in GUIDANCE_FORMS:
-        guided = jax.jit(classifier_guidance(uncond, cls, target=1, gamma=gamma,
-                                             mask_id=TOK.mask_id, form=form))
-        compiled = guided.lower(z, t).compile()
+        guided = classifier_guidance(uncond, cls, target=1, gamma=gamma, mask_id=TOK.mask_id,
+                                     form=form)
+        compiled = jax.jit(lambda den, z, t: den(z, t)).lower(guided, z, t).compile()
         tic = time.time()
-        probs[form] = np.exp(np.asarray(compiled(z, t)))
+        probs[form] = np.exp(np.asarray(compiled(guided, z, t)))
         seconds[form] = time.time() - tic
       tv = lambda a, b: float(0.5 * np.abs(a - b).sum(-1)[masked].mean())
       results.append({"t": t_value, "gamma": gamma, "masked": int(masked.sum()),

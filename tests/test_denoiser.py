@@ -7,7 +7,7 @@ import pytest
 
 import remdm_jax
 from remdm_jax import Classifier, Denoiser, sampler_config
-from remdm_jax.denoiser import as_denoiser, check_output
+from remdm_jax.denoiser import ensure_denoiser, check_output
 
 from conftest import MASK_ID
 
@@ -45,21 +45,25 @@ def test_parameters_are_leaves_and_functions_are_structure():
 
 def test_wrapping_keeps_or_declares_the_contract():
   plain = lambda z, t: jnp.zeros(z.shape + (5,))
-  assert as_denoiser(plain).reads_t                     # conservative: assumed to read t
+  assert ensure_denoiser(plain).reads_t                     # conservative: assumed to read t
   assert not Denoiser.wrap(plain, reads_t=False).reads_t
-  assert Denoiser.wrap(plain) == Denoiser.wrap(plain)   # equal wraps share a compile
+  assert (jax.tree.structure(Denoiser.wrap(plain)) ==    # equal wraps share a compile
+          jax.tree.structure(Denoiser.wrap(plain)))
   den = Denoiser(_apply, _params(0), reads_t=False)
-  assert as_denoiser(den) is den
+  assert ensure_denoiser(den) is den
   with pytest.raises(TypeError, match="denoiser must be a function"):
-    as_denoiser(3)
+    ensure_denoiser(3)
   with pytest.raises(TypeError, match="already a Denoiser"):
     Denoiser.wrap(den)
   with pytest.raises(ValueError, match="both features_apply and head_apply"):
     Denoiser(_apply, features_apply=_apply)
   with pytest.raises(TypeError, match="reads_t must be a bool"):
     Denoiser(_apply, reads_t=1)
-  with pytest.raises(ValueError, match="vocab_size must be an int >= 1"):
+  with pytest.raises(ValueError, match="vocab_size must be >= 1, got 0"):
     Denoiser(_apply, vocab_size=0)
+  with pytest.raises(TypeError, match="vocab_size must be an integer or None, got 5.0"):
+    Denoiser(_apply, vocab_size=5.0)
+  assert Denoiser(_apply, vocab_size=np.int64(5)).vocab_size == 5
 
 
 def test_output_is_checked_against_the_declared_vocabulary():
@@ -105,3 +109,46 @@ def test_guidance_carries_the_contract_and_takes_gamma_as_a_parameter():
                                       mask_id=MASK_ID)
   assert cbg.reads_t and cbg.vocab_size == 5            # the classifier reads t
   assert jax.tree.leaves(cbg.params)[1].shape == (5, 2)  # the classifier's weights are leaves
+
+
+def test_producers_with_equal_settings_share_one_structure():
+  """Two `as_denoiser` calls, and guidance of other strengths, give denoisers of one pytree
+  structure (one compiled sampler); another class does not."""
+  from flax import nnx
+  from remdm_jax.models import DiT, DiTConfig, as_denoiser
+  model = DiT(DiTConfig(vocab_size=5, hidden=8, heads=2, blocks=1, cond_dim=4, max_length=3,
+                        num_classes=2), rngs=nnx.Rngs(0))
+  structure = lambda den: jax.tree.structure(den)
+  assert structure(as_denoiser(model, label=1)) == structure(as_denoiser(model, label=1))
+  assert structure(as_denoiser(model, label=1)) != structure(as_denoiser(model, label=0))
+  cfg_at = lambda gamma: remdm_jax.classifier_free_guidance(
+      as_denoiser(model, label=1), as_denoiser(model), gamma)
+  assert structure(cfg_at(1.0)) == structure(cfg_at(3.0))
+  with pytest.raises(ValueError, match=r"label must be in \[0, 2\) \(the model's 2 classes\)"):
+    as_denoiser(model, label=2)
+
+
+def test_sampler_arguments_are_checked():
+  plain = Denoiser.wrap(lambda z, t: jnp.zeros(z.shape + (5,)))
+  cfg = sampler_config(num_steps=2)
+  run = remdm_jax.make_sampler(plain, cfg, batch_size=2, seq_len=3, mask_id=MASK_ID)
+  with pytest.raises(ValueError, match="params were given, but this denoiser is a plain"):
+    run(jax.random.key(0), {"w": jnp.ones(())})
+  with pytest.raises(ValueError, match=r"first_index must be in \[0, 2147483646\]"):
+    run(jax.random.key(0), first_index=2 ** 31 - 1)
+  compiled = remdm_jax.make_sampler(Denoiser(_apply, _params(0)), cfg, batch_size=2,
+                                    seq_len=3, mask_id=MASK_ID).compile(jax.random.key(0))
+  eager = compiled(jax.random.key(1))
+  traced = jax.jit(lambda key: compiled(key))(jax.random.key(1))   # a trace uses jit
+  np.testing.assert_array_equal(eager, traced)
+
+
+def test_guidance_choices_check_their_inputs():
+  uncond = Denoiser(_apply, _params(1), vocab_size=5)
+  classifier = Classifier(lambda w, x, t: x.sum(1) @ w, jnp.ones((5, 2)))
+  with pytest.raises(ValueError, match="guidance 'cfg' needs a target class"):
+    remdm_jax.Cfg().denoiser(lambda label: uncond, target=None, mask_id=MASK_ID)
+  with pytest.raises(ValueError, match="guidance 'cbg' without a classifier"):
+    remdm_jax.Cbg().denoiser(lambda label: uncond, target=1, mask_id=MASK_ID)
+  with pytest.raises(ValueError, match="target classes must be >= 0, got -1"):
+    remdm_jax.classifier_guidance(uncond, classifier, target=-1, gamma=1.0, mask_id=MASK_ID)

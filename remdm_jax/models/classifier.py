@@ -7,6 +7,8 @@ positions and a linear layer to the classes. Taking `[B, L, V]` inputs (not ids)
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 from flax import nnx
@@ -48,11 +50,21 @@ class NoisyClassifier(nnx.Module):
     return self.output(pooled).astype(jnp.float32)
 
 
+@dataclasses.dataclass(frozen=True)
+class _ClassifierCall:
+  """`(state, x [B, L, V] f32, t [B] f32) -> logits [B, C]`; equal for equal settings."""
+
+  graphdef: nnx.GraphDef
+  schedule: object          # alpha(t) for the total noise; None: log-linear, eps = 1e-3
+
+  def __call__(self, state, x: jax.Array, t: jax.Array) -> jax.Array:
+    return nnx.merge(self.graphdef, state)(x, total_noise(t, self.schedule))
+
+
 def as_classifier(model: NoisyClassifier, schedule=None) -> Classifier:
   """The model as a guidance `Classifier`, `(x [B, L, V] float32, t [B] float32) -> logits
   [B, C]`, for `remdm_jax.classifier_guidance`: the sampler's time `t` becomes the total
   noise `sigma = -log alpha(t)` (default: log-linear with eps = 1e-3, as the DiT). The model's
   state is the classifier's `params` (an argument of a compiled sampler, not a constant)."""
   graphdef, state = nnx.split(model)
-  return Classifier(lambda state, x, t: nnx.merge(graphdef, state)(x, total_noise(t, schedule)),
-                    state)
+  return Classifier(_ClassifierCall(graphdef, schedule), state)

@@ -17,7 +17,7 @@ from flax import nnx
 
 from remdm_jax.denoiser import Denoiser
 from remdm_jax.schedules import total_noise
-from remdm_jax.validation import check_choice, check_fields, check_range
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -214,44 +214,58 @@ class DiT(nnx.Module):
     return _modulate(self.norm_final(x.astype(jnp.float32)), shift, scale)  # [B, L, D] f32
 
 
-def as_denoiser(model: DiT, schedule=None, *, label=None) -> Denoiser:
+@dataclasses.dataclass(frozen=True)
+class _DiTCall:
+  """One part of a DiT as a function of `(state, x, t)`: "features" (`z [B, L] int32` to the
+  trunk `[B, L, D]` f32), "head" (`h [B, K, D]` to logits `[B, K, V]`) or "logits" (both).
+  Equal settings compare equal, so samplers built from two `as_denoiser` calls share one
+  executable."""
+
+  graphdef: nnx.GraphDef
+  schedule: object          # alpha(t) for the total noise; None: log-linear, eps = 1e-3
+  label: int | None         # the class of a class-conditional model; None: the null class
+  part: str
+
+  def __call__(self, state, x: jax.Array, t: jax.Array) -> jax.Array:
+    model = nnx.merge(self.graphdef, state)
+    if self.part == "head":   # position-wise; the adaLN modulation is applied in features
+      return model.project(x)                                            # [B, K, V]
+    labels = (None if self.label is None else
+              jnp.full(x.shape[:1], self.label, jnp.int32))              # [B]
+    h = model.features(x, total_noise(t, self.schedule), labels=labels)  # [B, L, D] f32
+    return h if self.part == "features" else model.project(h)           # [B, L, V]
+
+
+def as_denoiser(model: DiT, schedule=None, *, label: int | None = None) -> Denoiser:
   """Wraps a DiT as a sampler `Denoiser`: `den(z [B, L] int32, t [B] f32) -> logits [B, L, V]`
   (float32, or bfloat16 for a model with `dtype="bfloat16"`: `DiT.project`).
 
-  The model's state (`nnx.split(model)[1]`) is the denoiser's `params`, a pytree leaf, so a
-  sampler compiled for it takes new weights without recompiling and never bakes them in. The
-  sampler's time `t` becomes MDLM's total noise `sigma = -log alpha(t)` (default schedule:
-  log-linear with eps = 1e-3, as MDLM trains); `reads_t` is the model's time conditioning.
-  It carries the split contract (the trunk with the final adaLN, and the output projection),
-  so the sampler projects only the rows it draws. For a class-conditional model, `label` (an
-  int, or `[B]` ids) conditions every call; None is the null class, so
-  `as_denoiser(model, label=1)` and `as_denoiser(model)` are the two inputs of
-  `remdm_jax.classifier_free_guidance`.
+  The model's state (`nnx.split(model)[1]`, taken now: later in-place changes to the model do
+  not reach the denoiser) is its `params`, a pytree leaf, so a sampler compiled for it takes
+  new weights without recompiling and never bakes them in; two calls with the same settings
+  give denoisers that share a compiled sampler. The sampler's time `t` becomes MDLM's total
+  noise `sigma = -log alpha(t)` (default schedule: log-linear with eps = 1e-3, as MDLM
+  trains); `reads_t` is the model's time conditioning. It carries the split contract (the
+  trunk with the final adaLN, and the output projection), so the sampler projects only the
+  rows it draws. For a class-conditional model, `label` (an int class) conditions every
+  call; None is the null class, so `as_denoiser(model, label=1)` and `as_denoiser(model)` are
+  the two inputs of `remdm_jax.classifier_free_guidance`.
 
   Raises:
     ValueError: the model is causal (autoregressive): it predicts the next token, not the
-      masked ones, and would sample garbage.
+      masked ones, and would sample garbage; or `label` is not a class of the model.
   """
   if model.cfg.causal:
     raise ValueError("as_denoiser needs a masked diffusion DiT, got a causal "
                      "(autoregressive) one; use as_evaluator for causal models")
+  if label is not None:
+    label = check_range("label", check_int("label", label, 0), 0, model.cfg.num_classes,
+                        high_open=True, context=f" (the model's {model.cfg.num_classes} classes)")
   graphdef, state = nnx.split(model)
-
-  def features(state, z: jax.Array, t: jax.Array) -> jax.Array:
-    labels = None if label is None else jnp.broadcast_to(jnp.asarray(label, jnp.int32),
-                                                         z.shape[:1])
-    return nnx.merge(graphdef, state).features(z, total_noise(t, schedule),
-                                               labels=labels)            # [B, L, D] f32
-
-  def head(state, h: jax.Array, t: jax.Array) -> jax.Array:
-    del t   # the adaLN modulation is applied in features; the head is position-wise
-    return nnx.merge(graphdef, state).project(h)                        # [B, K, V]
-
-  def logits(state, z: jax.Array, t: jax.Array) -> jax.Array:
-    return head(state, features(state, z, t), t)
-
-  return Denoiser(logits, state, features_apply=features, head_apply=head,
-                  reads_t=model.cfg.time_conditioning, vocab_size=model.cfg.vocab_size)
+  part = lambda name: _DiTCall(graphdef, schedule, label, name)
+  return Denoiser(part("logits"), state, features_apply=part("features"),
+                  head_apply=part("head"), reads_t=model.cfg.time_conditioning,
+                  vocab_size=model.cfg.vocab_size)
 
 
 def denoiser_and_params(model: DiT, schedule=None) -> tuple[Denoiser, nnx.State]:
