@@ -37,7 +37,6 @@ from remdm_jax.validation import check_choice, check_fields, check_int, check_ra
 REGISTRY = Registry("objective", "remdm")
 OBJECTIVES = REGISTRY.classes       # name -> objective class
 register = REGISTRY.register        # the class decorator
-objective_class = REGISTRY.lookup   # name -> class; an unknown name lists the known ones
 SIGMA_RULES = ("cap", "rescale")
 
 

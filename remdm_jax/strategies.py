@@ -26,7 +26,6 @@ from remdm_jax.validation import check_choice, check_fields, check_range
 REGISTRY = Registry("strategy", "cap")
 STRATEGIES = REGISTRY.classes      # name -> strategy class
 register = REGISTRY.register       # the class decorator
-strategy_class = REGISTRY.lookup   # name -> class; an unknown name lists the known ones
 CONF_SCORES = ("prob", "logprob")
 
 
