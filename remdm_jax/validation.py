@@ -20,6 +20,7 @@ import types
 import typing
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -137,3 +138,106 @@ def check_choice(name: str, value, choices) -> None:
   """Raises a `ValueError` listing the choices when `value` is not one of them."""
   if value not in choices:
     raise ValueError(f"unknown {name} {value!r}; choose from {sorted(choices)}")
+
+
+# Arrays: shapes and dtypes are static under jax.jit and always checked; the values of an
+# array are read only when it is concrete (`is_concrete`), so a traced argument passes on
+# its shape and dtype alone.
+
+_KINDS = {"int": ("integer", lambda d: jnp.issubdtype(d, jnp.integer)),
+          "float": ("floating-point", lambda d: jnp.issubdtype(d, jnp.floating)),
+          "bool": ("boolean", lambda d: d == np.bool_)}
+
+
+def is_concrete(value) -> bool:
+  """True when the values of an array can be read here: it is not traced (`jax.core.Tracer`)
+  and this process holds all of it."""
+  return (not isinstance(value, jax.core.Tracer) and
+          getattr(value, "is_fully_addressable", True))
+
+
+def _shape_text(shape) -> str:
+  return "[" + ", ".join("*" if n is None else str(n) for n in shape) + "]"
+
+
+def as_array(name: str, value):
+  """`value` as an array: a JAX array (traced or not) or NumPy array as it is, a number or a
+  nested list through `np.asarray`; anything else (None, a string, a ragged list, a list
+  of objects) raises `ArgumentTypeError` naming the argument."""
+  if isinstance(value, (jax.Array, np.ndarray)):
+    return value
+  if value is None or isinstance(value, (str, bytes)):
+    raise ArgumentTypeError(f"{name} must be an array, got {value!r}")
+  try:
+    array = np.asarray(value)
+  except (TypeError, ValueError):
+    raise ArgumentTypeError(f"{name} must be an array (a rectangular nested list of "
+                            f"numbers at most), got {type(value).__name__}") from None
+  if array.dtype == object or array.dtype.kind in "USV":
+    raise ArgumentTypeError(f"{name} must be an array of numbers, got "
+                            f"{type(value).__name__} of {array.dtype}")
+  return array
+
+
+def check_array(name: str, value, *, ndim: int | None = None, shape=None,
+                dtype: str | None = None, dims: str = ""):
+  """Checks the rank, shape and dtype kind of an array-like; returns it as an array.
+
+  Only `.shape` and `.dtype` are read, so this holds under `jax.jit` too.
+
+  Args:
+    name: the argument's name, for the message.
+    value: a JAX array (or tracer), a NumPy array, a number or a nested list.
+    ndim: the required rank, or None for any.
+    shape: the required shape, a tuple whose None entries match any size, or None.
+    dtype: "int" (signed or unsigned integers, not bool), "float" (any floating type,
+      bfloat16 included), "bool", or None for any.
+    dims: the shape's symbols for the message, e.g. "[B, L]".
+
+  Raises:
+    ArgumentTypeError: not an array, or the wrong dtype kind.
+    ValueError: the wrong rank or shape, e.g.
+      `valid must have shape [B, L] = [2, 4], got [4]`.
+  """
+  array = as_array(name, value)
+  if ndim is not None and array.ndim != ndim:
+    raise ValueError(f"{name} must have {ndim} dimension{'s' * (ndim != 1)}"
+                     f"{' ' + dims if dims else ''}, got shape {list(array.shape)}")
+  if shape is not None and (len(shape) != array.ndim or any(
+      want is not None and want != got for want, got in zip(shape, array.shape))):
+    raise ValueError(f"{name} must have shape {dims + ' = ' if dims else ''}"
+                     f"{_shape_text(shape)}, got {list(array.shape)}")
+  if dtype is not None:
+    check_choice("dtype kind", dtype, _KINDS)
+    words, test = _KINDS[dtype]
+    if not test(array.dtype):
+      raise ArgumentTypeError(f"{name} must hold {words} values, got dtype {array.dtype}")
+  return array
+
+
+def check_ids(name: str, value, low: int, high: int, *, exclude: int | None = None,
+              shape=None, dims: str = ""):
+  """An integer array whose values lie in `[low, high)` (and differ from `exclude`); returns
+  it as an array.
+
+  The dtype (and `shape`, as in `check_array`) is always checked; the values only when the
+  array is concrete (`is_concrete`), since under a trace they cannot be read. The message
+  names the first offending value and its index:
+  `x must hold ids in [0, 5), got 7 at index (1, 3)`.
+  """
+  array = check_array(name, value, shape=shape, dtype="int", dims=dims)
+  if not is_concrete(array) or array.size == 0:
+    return array
+  xp = np if isinstance(array, np.ndarray) else jnp
+  with jax.ensure_compile_time_eval():          # a concrete array inside a user's trace too
+    bad = (array < low) | (array >= high)
+    if exclude is not None:
+      bad = bad | (array == exclude)
+    if bool(bad.any()):
+      index = np.unravel_index(int(xp.argmax(bad)), array.shape)
+      where = tuple(int(i) for i in index)
+      where = f" at index {where[0] if len(where) == 1 else where}" if where else ""
+      other = "" if exclude is None else f" other than {exclude}"
+      raise ValueError(f"{name} must hold ids in [{low}, {high}){other}, got "
+                       f"{int(array[index])}{where}")
+  return array

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from remdm_jax import files
-from remdm_jax.validation import ArgumentTypeError, check_fields, check_int, check_range
+from remdm_jax.validation import (ArgumentTypeError, check_array, check_fields, check_ids,
+                                  check_int, check_range, is_concrete)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -95,3 +96,69 @@ def test_a_dict_is_not_a_sampler_config():
   import remdm_jax
   with pytest.raises(TypeError, match="config must be a SamplerConfig, got dict"):
     remdm_jax.build_plan({"strategy": "cap"})
+
+
+@pytest.mark.parametrize("value,kwargs,error,message", [
+    (None, {}, ArgumentTypeError, "x must be an array, got None"),
+    ("abc", {}, ArgumentTypeError, "x must be an array, got 'abc'"),
+    ([[1, 2], [3]], {}, ArgumentTypeError, r"x must be an array \(a rectangular"),
+    (["a"], {}, ArgumentTypeError, "x must be an array of numbers, got list of <U1"),
+    (np.zeros(3), dict(ndim=2, dims="[B, L]"), ValueError,
+     r"x must have 2 dimensions \[B, L\], got shape \[3\]"),
+    (np.zeros((2, 3)), dict(shape=(2, 4), dims="[B, L]"), ValueError,
+     r"x must have shape \[B, L\] = \[2, 4\], got \[2, 3\]"),
+    (np.zeros((2, 3)), dict(shape=(None, 3, 1)), ValueError,
+     r"x must have shape \[\*, 3, 1\], got \[2, 3\]"),
+    (np.zeros(3), dict(dtype="int"), ArgumentTypeError,
+     "x must hold integer values, got dtype float64"),
+    (np.zeros(3, bool), dict(dtype="int"), ArgumentTypeError,
+     "x must hold integer values, got dtype bool"),
+    (np.zeros(3, np.int32), dict(dtype="float"), ArgumentTypeError,
+     "x must hold floating-point values, got dtype int32"),
+    (np.full(3, 0.5), dict(dtype="bool"), ArgumentTypeError,
+     "x must hold boolean values, got dtype float64"),
+])
+def test_check_array_names_the_argument_and_what_it_got(value, kwargs, error, message):
+  with pytest.raises(error, match=message):
+    check_array("x", value, **kwargs)
+
+
+def test_check_array_accepts_matching_arrays_and_tracers():
+  import jax
+  import jax.numpy as jnp
+  assert check_array("x", [[1, 2]], shape=(None, 2), dtype="int").shape == (1, 2)
+  assert check_array("x", jnp.zeros((2,), jnp.bfloat16), ndim=1, dtype="float").ndim == 1
+  assert check_array("x", np.zeros(2, np.uint8), dtype="int").dtype == np.uint8
+
+  def f(x):
+    check_array("x", x, shape=(2, 3), dtype="int")
+    assert not is_concrete(x)
+    return x
+  jax.jit(f)(jnp.zeros((2, 3), jnp.int32))
+  with pytest.raises(ValueError, match=r"x must have shape \[2, 3\], got \[3\]"):
+    jax.jit(f)(jnp.zeros((3,), jnp.int32))
+
+
+@pytest.mark.parametrize("value,kwargs,message", [
+    ([[0, 1, 2], [3, 4, 7]], {}, r"x must hold ids in \[0, 5\), got 7 at index \(1, 2\)"),
+    ([2, -1, 9], {}, r"x must hold ids in \[0, 5\), got -1 at index 1"),
+    ([0, 4], dict(exclude=4), r"x must hold ids in \[0, 5\) other than 4, got 4 at index 1"),
+    (np.int32(5), {}, r"x must hold ids in \[0, 5\), got 5$"),
+])
+def test_check_ids_names_the_first_bad_id_and_its_index(value, kwargs, message):
+  import jax.numpy as jnp
+  for array in (value, jnp.asarray(value)):
+    with pytest.raises(ValueError, match=message):
+      check_ids("x", array, 0, 5, **kwargs)
+
+
+def test_check_ids_reads_values_only_when_concrete():
+  import jax
+  import jax.numpy as jnp
+  assert check_ids("x", [0, 4], 0, 5).tolist() == [0, 4]
+  with pytest.raises(ArgumentTypeError, match="x must hold integer values, got dtype float"):
+    check_ids("x", [0.0, 1.0], 0, 5)
+  traced = jax.jit(lambda x: check_ids("x", x, 0, 5) + 1)    # values unreadable: skipped
+  assert traced(jnp.asarray([7])).tolist() == [8]
+  with pytest.raises(ArgumentTypeError, match="x must hold integer values"):
+    traced(jnp.asarray([7.0]))
