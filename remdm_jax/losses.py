@@ -18,6 +18,14 @@ One call per objective, for training a model of your own with `jax.value_and_gra
 causal `logits_fn(x)`). The functions below them are the pieces they chain.
 The discrete bounds leave out the reconstruction term at `t = 0`, which is exactly 0 when
 `alpha(0) = 1` (log-linear, polynomial, linear with sigma_min = 0; not cosine with eps > 0).
+
+Every public function checks its arguments before computing anything it returns: shapes,
+dtypes, options (`num_steps`, `sigma_rule`, `eta`, `eps`, `mask_id`) and the key always (they
+are static under `jax.jit`); the values of token ids, labels and a concrete `eta` only when
+they are concrete. Under a trace (`jax.jit`, `jax.grad`, a training step) ids out of range
+cannot be seen, and give NaN or inf instead of an error. The vocabulary size `V` is the last
+axis of the logits that the model returns (the model is called once, as for the loss), so
+ids are checked against the model, not against a number passed alongside it.
 """
 
 from __future__ import annotations
@@ -30,21 +38,93 @@ import jax.numpy as jnp
 from remdm_jax import diffusion
 from remdm_jax.denoiser import Denoiser
 from remdm_jax.schedules import LogLinear
+from remdm_jax.validation import (ArgumentTypeError, as_array, check_array, check_choice,
+                                  check_ids, check_int, check_range, check_scalar)
+
+
+# Argument checks: shapes, dtypes and options always; ids when concrete (`check_ids`).
+
+def _check_key(key) -> None:
+  """A typed key (`jax.random.key`) or a legacy `uint32[2]` one, as the samplers take."""
+  if key is None or isinstance(key, (bool, int, float, str, bytes)):
+    raise ArgumentTypeError("key must be jax.random.key(seed) or a legacy "
+                            f"jax.random.PRNGKey(seed) uint32[2], got {key!r}")
+  array = as_array("key", key)
+  if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
+    if array.shape != ():
+      raise ValueError(f"key must be a single key (shape ()), got shape {list(array.shape)}")
+  elif array.dtype != jnp.uint32 or array.shape != (2,):
+    raise ArgumentTypeError(
+        "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2], "
+        f"got {array.dtype}{list(array.shape)}")
+
+
+def _check_function(name: str, fn, contract: str) -> None:
+  if not callable(fn):
+    raise ArgumentTypeError(f"{name} must be a function {contract}, got {fn!r:.80}")
+
+
+def _check_tokens(x, valid=None, *, min_len: int = 1):
+  """`x [B, L]` integer (`B >= 1`, `L >= min_len`) and an optional `valid [B, L] bool`."""
+  x = check_array("x", x, ndim=2, dtype="int", dims="[B, L]")
+  check_range("x's batch size B", x.shape[0], 1)
+  check_range("x's length L", x.shape[1], min_len)
+  if valid is not None:
+    check_array("valid", valid, shape=x.shape, dtype="bool", dims="[B, L] (x's shape)")
+  return x
+
+
+def _check_logits(name: str, logits, leading: tuple[int, ...], dims: str) -> int:
+  """Float logits shaped `leading + (V,)`; returns `V`."""
+  check_array(name, logits, shape=leading + (None,), dtype="float", dims=dims)
+  return logits.shape[-1]
+
+
+def _check_vocab(x, vocab_size: int, mask_id: int | None, source: str) -> None:
+  """`mask_id` in `[0, V)` and the clean ids `x` in `[0, V)` other than the mask id (their
+  values only when `x` is concrete)."""
+  if mask_id is not None:
+    check_range("mask_id", mask_id, 0, vocab_size, high_open=True,
+                context=f" (V = {vocab_size}, {source})")
+  check_ids("x", x, 0, vocab_size, exclude=mask_id)
+
+
+def check_eta(sigma_rule: str, eta) -> None:
+  """`sigma_rule` one of `diffusion.SIGMA_RULES` and `eta` its parameter: a finite real, in
+  `[0, inf)` for "cap" (`min(eta, sigma_max)`), in `[0, 1]` for "rescale"
+  (`eta * sigma_max`) and "constant" (sigma itself, a probability), 0 for "max"
+  (`sigma_max`, no parameter). A traced `eta` is data and is not checked."""
+  check_choice("sigma_rule", sigma_rule, diffusion.SIGMA_RULES)
+  if sigma_rule == "max" and not isinstance(eta, jax.core.Tracer):
+    check_scalar("eta", eta)
+    if eta != 0:
+      raise ValueError(f"eta does not apply to sigma_rule 'max' (sigma = sigma_max); use 0 "
+                       f"or sigma_rule 'cap' / 'rescale', got {eta}")
+  check_scalar("eta", eta, 0.0, None if sigma_rule == "cap" else 1.0,
+               context=f" for sigma_rule {sigma_rule!r}")
+
+
+def _check_eps(eps) -> None:
+  check_scalar("eps", eps, 0.0, 1.0, low_open=True, high_open=True)
 
 
 def antithetic_uniform(key: jax.Array, batch_size: int) -> jax.Array:
-  """`u_i = (u_0 + i / B) mod 1`; `[B] float32` in [0, 1)."""
+  """`u_i = (u_0 + i / B) mod 1`; `[B] float32` in [0, 1). `batch_size`: an int >= 1."""
+  _check_key(key)
+  check_int("batch_size", batch_size, 1)
   u0 = jax.random.uniform(key, (), jnp.float32)
   return jnp.mod(u0 + jnp.arange(batch_size, dtype=jnp.float32) / batch_size, 1.0)
 
 
 def continuous_times(key: jax.Array, batch_size: int, eps: float = 1e-3) -> jax.Array:
-  """`t = eps + (1 - eps) u`, u antithetic; `[B] float32`."""
+  """`t = eps + (1 - eps) u`, u antithetic; `[B] float32`. `eps` in (0, 1)."""
+  _check_eps(eps)
   return eps + (1.0 - eps) * antithetic_uniform(key, batch_size)
 
 
 def discrete_steps(key: jax.Array, batch_size: int, num_steps: int) -> jax.Array:
-  """`i ~ U{1..T}` (antithetic); `[B] int32`."""
+  """`i ~ U{1..T}` (antithetic); `[B] int32`. `num_steps` T: an int >= 1."""
+  check_int("num_steps", num_steps, 1)
   u = antithetic_uniform(key, batch_size)
   return jnp.minimum(jnp.floor(u * num_steps).astype(jnp.int32) + 1, num_steps)
 
@@ -52,8 +132,16 @@ def discrete_steps(key: jax.Array, batch_size: int, num_steps: int) -> jax.Array
 def corrupt(key: jax.Array, x: jax.Array, alpha_t: jax.Array, mask_id: int) -> jax.Array:
   """Forward process: each token becomes `mask_id` with probability `1 - alpha_t`.
 
-  Args: x `[B, L] int32`; alpha_t `[B] float32`. Returns z_t `[B, L] int32`.
+  Args: x `[B, L] int32`; alpha_t `[B] float32`; mask_id an int >= 0. Shapes, dtypes and
+  the key are checked (ids are not: `corrupt` knows no vocabulary). Returns z_t `[B, L] int32`.
   """
+  _check_key(key)
+  x = _check_tokens(x)
+  check_array("alpha_t", alpha_t, shape=x.shape[:1], dtype="float", dims="[B] (x's batch)")
+  return _corrupt(key, x, alpha_t, check_int("mask_id", mask_id, 0))
+
+
+def _corrupt(key, x, alpha_t, mask_id):
   keep = jax.random.uniform(key, x.shape, jnp.float32) < alpha_t[:, None]
   return jnp.where(keep, x, mask_id).astype(jnp.int32)
 
@@ -65,7 +153,8 @@ def _per_token(weighted: jax.Array, valid: jax.Array | None) -> jax.Array:
 
 
 def mdlm_continuous_weight(schedule, t: jax.Array) -> jax.Array:
-  """`-alpha'(t) / (1 - alpha(t))`; `[B] float32`."""
+  """`-alpha'(t) / (1 - alpha(t))`; `[B] float32` for `t [B]` float."""
+  check_array("t", t, ndim=1, dtype="float", dims="[B]")
   return -schedule.alpha_prime(t) / (1.0 - schedule.alpha(t))
 
 
@@ -79,6 +168,10 @@ def remdm_discrete_weight(schedule, step: jax.Array, num_steps: int,
     `(weight [B] f32, t [B] f32)`: `T (alpha_s - alpha_t + sigma alpha_t) / (1 - alpha_t)`
     and `t = i / T`.
   """
+  check_array("step", step, ndim=1, dtype="int", dims="[B]")
+  check_int("num_steps", num_steps, 1)
+  if sigma_rule is not None:
+    check_eta(sigma_rule, eta)
   t = step.astype(jnp.float32) / num_steps
   s = (step - 1).astype(jnp.float32) / num_steps
   alpha_t, alpha_s = schedule.alpha(t), schedule.alpha(s)
@@ -92,10 +185,21 @@ def nelbo(logits: jax.Array, x: jax.Array, z_t: jax.Array, weight: jax.Array, ma
   """Weighted masked NLL in nats per valid token; `[] float32`.
 
   Args:
-    logits: `[B, L, V]` raw denoiser output for `z_t`. x: `[B, L] int32` clean tokens.
+    logits: `[B, L, V]` float, raw denoiser output for `z_t`. x: `[B, L] int32` clean tokens,
+      ids in `[0, V)` other than `mask_id` (values checked when concrete).
     z_t: `[B, L] int32`. weight: `[B] float32` (from the functions above).
+    mask_id: an int in `[0, V)`.
     valid: optional `[B, L] bool`, False at padding (excluded from sum and count).
   """
+  x = _check_tokens(x, valid)
+  check_array("z_t", z_t, shape=x.shape, dtype="int", dims="[B, L] (x's shape)")
+  check_array("weight", weight, shape=x.shape[:1], dtype="float", dims="[B] (x's batch)")
+  vocab_size = _check_logits("logits", logits, x.shape, "[B, L, V]")
+  _check_vocab(x, vocab_size, check_int("mask_id", mask_id, 0), "the logits' last axis")
+  return _nelbo(logits, x, z_t, weight, mask_id, valid)
+
+
+def _nelbo(logits, x, z_t, weight, mask_id, valid):
   return _per_token(weight[:, None] * diffusion.masked_nll(logits, x, z_t, mask_id), valid)
 
 
@@ -103,9 +207,28 @@ def autoregressive_nll(logits: jax.Array, x: jax.Array,
                        valid: jax.Array | None = None) -> jax.Array:
   """Next-token cross-entropy, logits at `i` predicting `x[i + 1]`; nats per token, `[] f32`.
 
-  `valid [B, L]` marks real tokens; a target counts when it is valid.
+  `logits [B, L, V]` float; `x [B, L]` integer, `L >= 2`, ids in `[0, V)` (values checked
+  when concrete); `valid [B, L] bool` marks real tokens; a target counts when it is valid.
   """
+  x = _check_tokens(x, valid, min_len=2)
+  check_ids("x", x, 0, _check_logits("logits", logits, x.shape, "[B, L, V]"))
+  return _autoregressive_nll(logits, x, valid)
+
+
+def _autoregressive_nll(logits, x, valid):
   return _per_token(diffusion.next_token_nll(logits, x), None if valid is None else valid[:, 1:])
+
+
+def _check_diffusion_args(denoiser, x, key, mask_id, valid, eps):
+  """The arguments every diffusion loss shares; returns `x` as an array."""
+  _check_function("denoiser", denoiser, "(z [B, L] int32, t [B] float32) -> logits [B, L, V]")
+  x = _check_tokens(x, valid)
+  _check_key(key)
+  check_int("mask_id", mask_id, 0)
+  _check_eps(eps)
+  if isinstance(denoiser, Denoiser) and denoiser.vocab_size is not None:
+    _check_vocab(x, denoiser.vocab_size, mask_id, "the denoiser's vocab_size")
+  return x
 
 
 def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: int,
@@ -113,9 +236,11 @@ def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: i
                     sigma_rule: str | None, eta: float) -> jax.Array:
   """The masked-diffusion NELBO of one batch, nats per valid token; `[] float32`.
 
-  `key` is split in three: times, masks, and a third key left to the caller (the training
-  loop's dropout), so these losses and the training objectives (`Objective.loss`) draw
-  the same noise.
+  `num_steps=0` is continuous time. `key` is split in three: times, masks, and a third key
+  left to the caller (the training loop's dropout), so these losses and the training
+  objectives (`Objective.loss`) draw the same noise. The logits are checked once the
+  denoiser has returned them: `[B, L, V]` float with `mask_id < V`, and `x`'s ids (when
+  concrete) against `V`.
   """
   key_time, key_mask, _ = jax.random.split(key, 3)
   batch_size = x.shape[0]
@@ -126,8 +251,11 @@ def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: i
   else:
     step = discrete_steps(key_time, batch_size, num_steps)
     weight, t = remdm_discrete_weight(schedule, step, num_steps, sigma_rule, eta)
-  z_t = corrupt(key_mask, x, schedule.alpha(t), mask_id)
-  return nelbo(denoiser(z_t, t), x, z_t, weight, mask_id, valid)
+  z_t = _corrupt(key_mask, x, schedule.alpha(t), mask_id)
+  logits = denoiser(z_t, t)
+  vocab_size = _check_logits("the denoiser's logits", logits, x.shape, "[B, L, V]")
+  _check_vocab(x, vocab_size, mask_id, "the denoiser's logits' last axis")
+  return _nelbo(logits, x, z_t, weight, mask_id, valid)
 
 
 def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
@@ -136,11 +264,19 @@ def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
   schedule `alpha(t) = 1 - (1 - eps) t`, nats per valid token; `[] float32`.
 
   Args:
-    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (e.g. a closure over the
-      parameters being trained, or `models.as_denoiser(model)`).
-    x: `[B, L] int32` clean tokens. key: a PRNG key (times and masks).
-    mask_id: the mask id. valid: optional `[B, L] bool`, False at padding.
-    eps: times are drawn from [eps, 1].
+    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` float (e.g. a closure
+      over the parameters being trained, or `models.as_denoiser(model)`).
+    x: `[B, L] int32` clean tokens, ids in `[0, V)` other than `mask_id`.
+    key: a PRNG key (times and masks).
+    mask_id: the mask id, in `[0, V)`. valid: optional `[B, L] bool`, False at padding.
+    eps: in (0, 1); times are drawn from [eps, 1].
+
+  Raises:
+    ValueError: `x` is not `[B, L]` (or `valid` not `[B, L] bool`), `eps` not in (0, 1),
+      `mask_id` not in `[0, V)`, the logits not `[B, L, V]`, or (when `x` is concrete, not
+      under a trace) an id of `x` outside `[0, V)` or equal to `mask_id`.
+    ArgumentTypeError: `x` not integer, `valid` not boolean, the logits not floating-point,
+      `key` not a PRNG key, an option of the wrong type.
 
   Examples:
     >>> import jax, jax.numpy as jnp
@@ -149,22 +285,39 @@ def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
     >>> round(float(mdlm_loss(uniform, x, jax.random.key(0), mask_id=4)), 3)  # E = log 4 = 1.386
     1.421
   """
+  x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
   return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, 0, None, 0.0)
 
 
 def mdlm_discrete_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
                        mask_id: int, valid: jax.Array | None = None,
                        eps: float = 1e-3) -> jax.Array:
-  """MDLM's NELBO with `num_steps` discrete steps (ReMDM eq. 9 with sigma = 0); arguments as
-  in `mdlm_loss`; `[] float32` nats per valid token."""
+  """MDLM's NELBO with `num_steps` discrete steps (ReMDM eq. 9 with sigma = 0); `num_steps`
+  an int >= 1, other arguments as in `mdlm_loss`; `[] float32` nats per valid token.
+
+  Raises:
+    ValueError, ArgumentTypeError: as `mdlm_loss`, and `num_steps` not an int >= 1.
+  """
+  x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
+  check_int("num_steps", num_steps, 1)
   return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, None, 0.0)
 
 
 def remdm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
                sigma_rule: str, eta: float, mask_id: int, valid: jax.Array | None = None,
                eps: float = 1e-3) -> jax.Array:
-  """ReMDM's NELBO (eq. 9) with `num_steps` steps and sigma from `sigma_rule` ("cap",
-  "rescale", "constant" or "max") and `eta`; arguments as in `mdlm_loss`; `[] float32`."""
+  """ReMDM's NELBO (eq. 9) with `num_steps` steps (an int >= 1) and sigma from `sigma_rule`
+  ("cap", "rescale", "constant" or "max") and `eta` (see `check_eta`: >= 0 for cap, in
+  [0, 1] for rescale and constant, 0 for max; a traced eta is not checked); other arguments
+  as in `mdlm_loss`; `[] float32`.
+
+  Raises:
+    ValueError, ArgumentTypeError: as `mdlm_loss`, `num_steps` not an int >= 1, an unknown
+      `sigma_rule`, or `eta` outside its range (NaN included).
+  """
+  x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
+  check_int("num_steps", num_steps, 1)
+  check_eta(sigma_rule, eta)
   return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, sigma_rule, eta)
 
 
@@ -177,20 +330,44 @@ def classifier_loss(classifier: Callable[[jax.Array, jax.Array], jax.Array], x: 
   `z_t` from the forward process at `t ~ U[eps, 1]`.
 
   Args:
-    classifier: `(x [B, L, V] float32 one-hot, t [B] float32) -> logits [B, C]`.
-    x: `[B, L] int32` clean tokens; labels: `[B] int32` classes; key: a PRNG key.
-    mask_id: the mask id; vocab_size: V, the one-hot width (mask included).
+    classifier: `(x [B, L, V] float32 one-hot, t [B] float32) -> logits [B, C]` float,
+      `C >= 2` classes.
+    x: `[B, L] int32` clean tokens, ids in `[0, V)` other than `mask_id`.
+    labels: `[B] int32` classes in `[0, C)`. key: a PRNG key.
+    mask_id: the mask id, in `[0, V)`; vocab_size: V, the one-hot width (mask included).
+    eps: in (0, 1).
+
+  Raises:
+    ValueError: a shape or range above, the ids of `x` and `labels` included when they are
+      concrete (under a trace only their shapes and dtypes are checked).
+    ArgumentTypeError: a wrong type or dtype, or `key` not a PRNG key.
   """
+  _check_function("classifier", classifier, "(x [B, L, V] one-hot, t [B]) -> logits [B, C]")
+  x = _check_tokens(x)
+  labels = check_array("labels", labels, shape=x.shape[:1], dtype="int", dims="[B] (x's batch)")
+  _check_key(key)
+  check_int("vocab_size", vocab_size, 2)
+  check_int("mask_id", mask_id, 0)
+  _check_eps(eps)
+  _check_vocab(x, vocab_size, mask_id, "vocab_size")
   key_time, key_mask, _ = jax.random.split(key, 3)
   t = continuous_times(key_time, x.shape[0], eps)
-  z_t = corrupt(key_mask, x, LogLinear(eps=eps).alpha(t), mask_id)
+  z_t = _corrupt(key_mask, x, LogLinear(eps=eps).alpha(t), mask_id)
   logits = classifier(jax.nn.one_hot(z_t, vocab_size, dtype=jnp.float32), t)
+  num_classes = _check_logits("the classifier's logits", logits, x.shape[:1], "[B, C]")
+  check_range("the classifier's number of classes C", num_classes, 2)
+  check_ids("labels", labels, 0, num_classes)
   log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
   return -jnp.mean(jnp.take_along_axis(log_probs, labels[:, None], axis=-1))
 
 
 def ar_loss(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
             valid: jax.Array | None = None) -> jax.Array:
-  """Next-token cross-entropy of a causal model `logits_fn(x [B, L]) -> [B, L, V]`, nats per
-  valid target; `[] float32`."""
-  return autoregressive_nll(logits_fn(x), x, valid)
+  """Next-token cross-entropy of a causal model `logits_fn(x [B, L]) -> [B, L, V]` float,
+  nats per valid target; `[] float32`. `x [B, L]` integer with `L >= 2` and ids in `[0, V)`
+  (checked when concrete); `valid` optional `[B, L] bool`."""
+  _check_function("logits_fn", logits_fn, "(x [B, L] int32) -> logits [B, L, V]")
+  x = _check_tokens(x, valid, min_len=2)
+  logits = logits_fn(x)
+  check_ids("x", x, 0, _check_logits("logits_fn's logits", logits, x.shape, "[B, L, V]"))
+  return _autoregressive_nll(logits, x, valid)
