@@ -127,11 +127,23 @@ def check_int(name: str, value, low=None, high=None) -> int:
   return check_range(name, _as_int(name, value), low, high)
 
 
-def check_strings(name: str, value) -> None:
-  """A list (or other sequence) of strings; a bare string or bytes is refused, since
-  iterating it would silently give its characters."""
-  if isinstance(value, (str, bytes)) or not all(isinstance(v, str) for v in value):
-    raise ValueError(f"{name} must be a list of strings, got {type(value).__name__}")
+def check_strings(name: str, value) -> list[str]:
+  """A list (or other iterable) of strings, returned as a list; a bare string or bytes is
+  refused, since iterating it would silently give its characters, and so is a non-string
+  item (the message names the first one and its index)."""
+  if isinstance(value, (str, bytes)):
+    raise ArgumentTypeError(f"{name} must be a list of strings, got {type(value).__name__} "
+                            f"{value!r:.40} (iterating it would give its characters)")
+  try:
+    items = list(value)
+  except TypeError:
+    raise ArgumentTypeError(f"{name} must be a list of strings, got "
+                            f"{type(value).__name__}") from None
+  for i, item in enumerate(items):
+    if not isinstance(item, str):
+      raise ArgumentTypeError(f"{name} must be a list of strings, got "
+                              f"{type(item).__name__} {item!r:.40} at index {i}")
+  return items
 
 
 def check_choice(name: str, value, choices) -> None:
