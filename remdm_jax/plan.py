@@ -15,6 +15,7 @@ one scan over it for every strategy.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import NamedTuple
 
 import jax
@@ -40,15 +41,6 @@ class StepTable(NamedTuple):
   remask_count: jax.Array       # topk: tokens remasked at this step, int32
 
 
-class Plan(NamedTuple):
-  """Everything the scan consumes as data: the table and the scalar knobs."""
-
-  table: StepTable
-  top_p: jax.Array        # [] float32
-  temperature: jax.Array  # [] float32
-  t_final: jax.Array      # [] float32, time of the final noise-removal call
-
-
 @dataclasses.dataclass(frozen=True)
 class StepRule:
   """The static part: switches that change the step's code (hashable, jit-static)."""
@@ -63,6 +55,44 @@ class StepRule:
   position_chunk: int = 0
   unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
   draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["table", "top_p", "temperature", "t_final"],
+                   meta_fields=["rule"])
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything the scan consumes as data (the table and the scalar knobs, pytree leaves), and
+  the static rule they were built for (part of the pytree structure, so a plan always runs
+  under its own switches and a jitted function retraces for a plan of another rule)."""
+
+  table: StepTable
+  top_p: jax.Array        # [] float32
+  temperature: jax.Array  # [] float32
+  t_final: jax.Array      # [] float32, time of the final noise-removal call
+  rule: StepRule          # static: the switches of the config the plan was built from
+
+
+def rule_differences(built: Plan, given: Plan) -> list[str]:
+  """What differs in the static part of two plans: the number of steps and every `StepRule`
+  field, as `"name: built -> given"` strings (empty when `given` runs where `built` does)."""
+  differences = []
+  steps = (built.table.t.shape[0], given.table.t.shape[0])
+  if steps[0] != steps[1]:
+    differences.append(f"steps: {steps[0]} -> {steps[1]}")
+  for field in dataclasses.fields(StepRule):
+    a, b = getattr(built.rule, field.name), getattr(given.rule, field.name)
+    if a != b:
+      differences.append(f"{field.name}: {a!r} -> {b!r}")
+  return differences
+
+
+def check_plan(plan) -> "Plan":
+  """`plan` if it is a `Plan` (from `build_plan`), else an `ArgumentTypeError` saying so."""
+  if not isinstance(plan, Plan):
+    raise ArgumentTypeError(f"plan must be a remdm_jax.Plan from remdm_jax.build_plan(config), "
+                            f"got {type(plan).__name__}")
+  return plan
 
 
 def _check_config(cfg) -> SamplerConfig:
@@ -112,19 +142,20 @@ def build_table(cfg: SamplerConfig) -> StepTable:
 
 
 def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
-  """Splits a config into scan data (`Plan`, a pytree) and static switches (`StepRule`).
+  """Splits a config into scan data (`Plan`, a pytree) and static switches (`StepRule`); the
+  plan carries its rule (`plan.rule is rule`), so it runs as its config would wherever it goes.
 
   Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
   them compiles once (the rule's `unmask_fraction` comes from the sigma-free part of the
   table, so it does not change with eta).
   """
   fields, unmask_fraction = _host_table(cfg)
-  plan = Plan(table=_to_table(fields), top_p=jnp.asarray(cfg.top_p, jnp.float32),
-              temperature=jnp.asarray(cfg.temperature, jnp.float32),
-              t_final=jnp.asarray(cfg.t_min, jnp.float32))
   rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,
                   top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
                   use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
                   logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk,
                   unmask_fraction=unmask_fraction, draw_capacity=cfg.draw_capacity)
+  plan = Plan(table=_to_table(fields), top_p=jnp.asarray(cfg.top_p, jnp.float32),
+              temperature=jnp.asarray(cfg.temperature, jnp.float32),
+              t_final=jnp.asarray(cfg.t_min, jnp.float32), rule=rule)
   return plan, rule

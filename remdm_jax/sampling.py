@@ -22,6 +22,7 @@ References:
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Callable
 
 import jax
@@ -30,7 +31,7 @@ import numpy as np
 
 from remdm_jax.config import SamplerConfig
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
-from remdm_jax.plan import Plan, StepRule, build_plan
+from remdm_jax.plan import Plan, StepRule, build_plan, check_plan, rule_differences
 from remdm_jax.rounds import in_rounds
 from remdm_jax.sample_checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
                                      check_prompt, check_sizes, raise_nonfinite)
@@ -132,11 +133,12 @@ def _final_denoise(denoiser, rule, z, t_final, mask_id):
                       lambda: (z, jnp.zeros(z.shape[:1], bool)))
 
 
-def _run(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, rule: StepRule,
-         batch_size: int, seq_len: int, mask_id: int, batch_sharding, record: bool, on_step):
+def _run(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batch_size: int,
+         seq_len: int, mask_id: int, batch_sharding, record: bool, on_step):
   """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
   `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
-  a checked `[B, L] int32` template."""
+  a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`)."""
+  rule = plan.rule
   check_output(denoiser, batch_size, seq_len, mask_id)
   z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
   example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
@@ -163,7 +165,7 @@ def _run(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, rule: Step
   return tokens, nonfinite, records
 
 
-_STATIC = ("rule", "batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_step")
+_STATIC = ("batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_step")
 _jitted_run = jax.jit(_run, static_argnames=_STATIC)
 
 
@@ -194,7 +196,7 @@ def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
   return (tokens, nonfinite) if return_nonfinite else tokens
 
 
-def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule, *,
+def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None = None, *,
                      batch_size: int, seq_len: int, mask_id: int,
                      prompt: jax.Array | None = None, first_index=0,
                      batch_sharding: jax.sharding.Sharding | None = None,
@@ -204,10 +206,20 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule, *,
   jit argument to sweep eta, top_p or temperature without recompiling. Arguments and results
   as in `sample`; this function does not compile by itself (`make_sampler` does).
 
+  The plan runs under its own switches (`plan.rule`, part of its pytree structure: a plan of
+  another rule retraces the caller's jit). `rule`, when given, must be the plan's own (the
+  second result of `build_plan`); another rule is refused, naming what differs.
+
   `on_step(step)`, when given, is called on the host as each step starts (a
   `jax.debug.callback`; progress reporting, possibly once per device); it does not change the
   tokens.
   """
+  plan = check_plan(plan)
+  if rule is not None and rule != plan.rule:
+    differences = rule_differences(dataclasses.replace(plan, rule=rule), plan)
+    raise ValueError(f"rule is not the plan's own ({'; '.join(differences)}, rule -> "
+                     "plan's); pass the pair that build_plan(config) returns, or no rule")
+  rule = plan.rule
   denoiser = ensure_denoiser(denoiser)
   _check_call(denoiser, rule, batch_size, seq_len, mask_id)
   first_index = check_first_index(first_index, batch_size)
@@ -215,8 +227,7 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule, *,
     prompt = check_prompt(prompt, batch_size, seq_len,
                           lambda: check_output(denoiser, batch_size, seq_len, mask_id))
   tokens, nonfinite, records = _run(
-      as_typed_key(key), denoiser, plan, prompt, first_index, rule=rule,
-      batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
+      as_typed_key(key), denoiser, plan, prompt, first_index, batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
       record=return_trajectory, on_step=on_step)
   return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
                  return_nonfinite)
@@ -239,7 +250,7 @@ class Sampler:
     _check_call(self.denoiser, self.rule, batch_size, seq_len, mask_id)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
     self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
-    self._static = dict(rule=self.rule, batch_size=batch_size, seq_len=seq_len,
+    self._static = dict(batch_size=batch_size, seq_len=seq_len,
                         mask_id=mask_id, batch_sharding=batch_sharding,
                         record=return_trajectory, on_step=on_step)
     self._vocab_size = None
@@ -262,8 +273,24 @@ class Sampler:
     prompt = (np.full((self.batch_size, self.seq_len), self.mask_id, np.int32) if prompt is None
               else check_prompt(prompt, self.batch_size, self.seq_len,
                                 lambda: self._vocab_size_of(denoiser)))
-    return (as_typed_key(key), denoiser, self.plan if plan is None else plan, prompt,
+    return (as_typed_key(key), denoiser, self._own_kind(plan), prompt,
             first_index if isinstance(first_index, jax.Array) else np.int32(first_index))
+
+  def _own_kind(self, plan) -> Plan:
+    """The sampler's plan for None; else `plan`, if it was built for the sampler's static
+    settings (the same rule and number of steps), or a `ValueError` naming what differs."""
+    if plan is None:
+      return self.plan
+    differences = rule_differences(self.plan, check_plan(plan))
+    if differences:
+      hint = (" (a top_p sweep needs top_p < 1 in the sampler's config)"
+              if any(d.startswith("use_top_p") for d in differences) else "")
+      raise ValueError(
+          "plan was built from a config with other static settings than this sampler's "
+          f"({'; '.join(differences)}, sampler -> plan); a sampler runs the plans of configs "
+          "that differ only in eta, top_p, temperature or the strategy's table. Build a "
+          f"sampler for that config: make_sampler(denoiser, config, ...){hint}")
+    return plan
 
   def compile(self, key, params=None, prompt=None, *, plan: Plan | None = None,
               first_index=0) -> "Sampler":

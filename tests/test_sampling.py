@@ -426,6 +426,45 @@ def test_bad_input_named(kwargs, match, mixture):
     remdm_jax.sample(key, mixture, sampler_config(), **args)
 
 
+# --- Plans carry the switches they were built for. ------------------------------------------
+def test_a_plan_runs_as_its_config_would(mixture):
+  """A top-p plan through `sample_with_plan` under a user's jit gives `sample`'s tokens for
+  its own config, also when the caller's jit first traced a plan without top-p (the rule is
+  part of the plan's structure: the second plan retraces instead of running without top-p)."""
+  plain, topp = sampler_config("cap", eta=0.05), sampler_config("cap", eta=0.05, top_p=0.6)
+  run = jax.jit(lambda k, plan: remdm_jax.sample_with_plan(
+      k, mixture, plan, batch_size=B, seq_len=L, mask_id=MASK_ID))
+  key = jax.random.key(5)
+  for cfg in (plain, topp):
+    np.testing.assert_array_equal(
+        run(key, remdm_jax.build_plan(cfg)[0]),
+        remdm_jax.sample(key, mixture, cfg, batch_size=B, seq_len=L, mask_id=MASK_ID))
+  assert not np.array_equal(run(key, remdm_jax.build_plan(plain)[0]),
+                            run(key, remdm_jax.build_plan(topp)[0]))
+
+
+@pytest.mark.parametrize("other,named", [
+    (sampler_config("cap", eta=0.05, num_steps=16, top_p=0.9),
+     r"use_top_p: False -> True.*top_p < 1"),
+    (sampler_config("topk", num_steps=16), r"select: 'bernoulli' -> 'rank'"),
+    (sampler_config("conf", num_steps=16), r"conf_score: None -> 'prob'"),
+    (sampler_config("cap", eta=0.05, num_steps=32), r"steps: 16 -> 32"),
+])
+def test_a_sampler_refuses_a_plan_of_other_switches(other, named, mixture):
+  own = sampler_config("cap", eta=0.05, num_steps=16)
+  sampler = remdm_jax.make_sampler(mixture, own, batch_size=B, seq_len=L, mask_id=MASK_ID)
+  sampler(jax.random.key(0), plan=remdm_jax.build_plan(own.with_options(eta=0.02))[0])
+  with pytest.raises(ValueError, match="plan was built from a config with other static "
+                     "settings than this sampler's.*" + named):
+    sampler(jax.random.key(0), plan=remdm_jax.build_plan(other)[0])
+  with pytest.raises(TypeError, match="plan must be a remdm_jax.Plan .* got dict"):
+    sampler(jax.random.key(0), plan={})
+  plan, _ = remdm_jax.build_plan(own)
+  with pytest.raises(ValueError, match="rule is not the plan's own"):
+    remdm_jax.sample_with_plan(jax.random.key(0), mixture, plan, remdm_jax.build_plan(other)[1],
+                               batch_size=B, seq_len=L, mask_id=MASK_ID)
+
+
 def test_wrong_denoiser_shape_named():
   bad = lambda z, t: jnp.zeros(z.shape[:1] + (3,), jnp.float32)
   with pytest.raises(ValueError, match=r"denoiser must return logits \[batch_size, seq_len, V\]"):
