@@ -4,15 +4,24 @@ Every tokenizer has `encode(str) -> list[int]` (no special ids added), `decode(i
 (special ids dropped and the rest joined: the documents of a row separated by EOS come back
 as one string; split at `eos_id` first to keep them apart), `vocab_size` (including the mask
 id), `mask_id`, `bos_id` and `eos_id`.
+
+`encode` takes only a string and `decode` only a 1-D list or array of integer ids in
+`[0, vocab_size)`: a float, a string or an id outside the vocabulary is an error that names
+it and its position, not a character silently dropped or a float truncated.
 """
 
 from __future__ import annotations
 
+import numbers
 import os
 import pathlib
 from typing import Iterable, Protocol, Sequence
 
+import jax
 import numpy as np
+
+from remdm_jax.validation import (ArgumentTypeError, check_array, check_ids, check_int,
+                                  check_strings, coerce)
 
 
 class Tokenizer(Protocol):
@@ -26,6 +35,34 @@ class Tokenizer(Protocol):
   def decode(self, ids: Iterable[int]) -> str: ...
 
 
+def _check_text(text) -> str:
+  if not isinstance(text, str):
+    raise ArgumentTypeError(f"text must be a string, got {type(text).__name__} {text!r:.40}")
+  return text
+
+
+def _check_ids(ids, vocab_size: int) -> np.ndarray:
+  """`ids` (a list, tuple, iterable or 1-D array of integers in `[0, vocab_size)`) as a
+  `[N]` NumPy integer array; an empty one as `[0] int32`."""
+  if isinstance(ids, (str, bytes)):
+    raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
+                            f"{type(ids).__name__} {ids!r:.40}")
+  if not isinstance(ids, (np.ndarray, jax.Array)):
+    try:
+      ids = list(ids)
+    except TypeError:
+      raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
+                              f"{type(ids).__name__} {ids!r:.40}") from None
+    for i, item in enumerate(ids):
+      if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+        raise ArgumentTypeError(f"ids must be integer token ids, got {type(item).__name__} "
+                                f"{item!r:.40} at index {i}")
+    if not ids:
+      return np.zeros(0, np.int32)
+  ids = np.asarray(check_array("ids", ids, ndim=1, dims="[N]"))
+  return check_ids("ids", ids, 0, vocab_size) if ids.size else ids.astype(np.int32)
+
+
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
                 bos: bool = True, eos: bool = False, truncate: bool = False,
                 what: str = "example") -> tuple[np.ndarray, np.ndarray]:
@@ -36,8 +73,18 @@ def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fil
 
   Raises:
     ValueError: a row needs more than `seq_len` positions and `truncate` is False (names it
-      as `what` and its index).
+      as `what` and its index); `texts` not a list of strings, `seq_len` not an int >= 1,
+      `fill` not an id in `[0, vocab_size)`, a flag not a bool.
   """
+  texts = check_strings("texts", texts)
+  check_int("seq_len", seq_len, 1)
+  for name in ("encode", "decode"):
+    if not callable(getattr(tokenizer, name, None)):
+      raise ArgumentTypeError(f"tokenizer must have encode and decode (a Tokenizer), got "
+                              f"{tokenizer!r:.60}")
+  check_int("fill", fill, 0, tokenizer.vocab_size - 1)
+  for name, flag in (("bos", bos), ("eos", eos), ("truncate", truncate)):
+    coerce(name, flag, bool)
   rows = np.full((len(texts), seq_len), fill, np.int32)
   lengths = np.zeros(len(texts), int)
   for i, text in enumerate(texts):
@@ -58,10 +105,14 @@ class ByteTokenizer:
   bos_id, eos_id, mask_id = 256, 257, 258
 
   def encode(self, text: str) -> list[int]:
-    return list(text.encode("utf-8"))
+    """The UTF-8 bytes of a string."""
+    return list(_check_text(text).encode("utf-8"))
 
   def decode(self, ids: Iterable[int]) -> str:
-    return bytes(int(i) for i in ids if 0 <= int(i) < 256).decode("utf-8", errors="replace")
+    """The text of integer ids in `[0, 259)`: bytes decoded (invalid UTF-8 replaced by
+    U+FFFD), BOS, EOS and mask dropped."""
+    ids = _check_ids(ids, self.vocab_size)
+    return bytes(ids[ids < 256].astype(np.uint8)).decode("utf-8", errors="replace")
 
 
 _GPT2_PATTERN = (r"""'(?:[sdmt]|ll|ve|re)| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+""")
@@ -104,10 +155,13 @@ class GPT2Tokenizer:
                                        special_tokens={"<|endoftext|>": self.eos_id})
 
   def encode(self, text: str) -> list[int]:
-    return self._encoding.encode(text, allowed_special={"<|endoftext|>"})
+    """BPE ids of a string; `<|endoftext|>` in the text becomes EOS."""
+    return self._encoding.encode(_check_text(text), allowed_special={"<|endoftext|>"})
 
   def decode(self, ids: Iterable[int]) -> str:
-    return self._encoding.decode([int(i) for i in ids if 0 <= int(i) < self.eos_id])
+    """The text of integer ids in `[0, 50258)`, EOS (= BOS) and mask dropped."""
+    ids = _check_ids(ids, self.vocab_size)
+    return self._encoding.decode(ids[ids < self.eos_id].tolist())
 
 
 def get_tokenizer(name: str) -> Tokenizer:
