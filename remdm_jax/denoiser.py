@@ -39,9 +39,23 @@ class _Unparameterised:
     return self.fn(z, t)
 
 
+def _check_optional_int(owner, field: str, low: int) -> None:
+  """A declared size or id of a `Denoiser` / `Classifier`: None, or an integer >= low (stored
+  as `int`)."""
+  value = getattr(owner, field)
+  if value is None:
+    return
+  name = f"{type(owner).__name__}.{field}"
+  if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+    raise TypeError(f"{name} must be an integer or None, got {value!r}")
+  if value < low:
+    raise ValueError(f"{name} must be >= {low}, got {value}")
+  object.__setattr__(owner, field, int(value))
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply", "features_apply", "head_apply", "reads_t",
-                                "vocab_size"])
+                                "vocab_size", "mask_id"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """A masked diffusion model as the sampler sees it.
@@ -62,6 +76,8 @@ class Denoiser:
     reads_t: whether the logits depend on `t`. The sampler's `cache=True` (reuse a step's
       logits when no token changed) is exact only for `reads_t=False`, and refused otherwise.
     vocab_size: `V` when known (checked against the logits' last axis), else None.
+    mask_id: the mask id the function was built for when it uses one (the guided denoisers
+      of `classifier_guidance`), else None; a sampler with another mask id refuses it.
   """
 
   apply: Callable
@@ -70,6 +86,7 @@ class Denoiser:
   head_apply: Callable | None = None
   reads_t: bool = True
   vocab_size: int | None = None
+  mask_id: int | None = None
 
   def __post_init__(self):
     if not callable(self.apply):
@@ -80,14 +97,8 @@ class Denoiser:
                        "contract) or neither")
     if not isinstance(self.reads_t, bool):
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
-    if self.vocab_size is not None:
-      if isinstance(self.vocab_size, bool) or not isinstance(self.vocab_size,
-                                                             (int, np.integer)):
-        raise TypeError(f"Denoiser.vocab_size must be an integer or None, got "
-                        f"{self.vocab_size!r}")
-      if self.vocab_size < 1:
-        raise ValueError(f"Denoiser.vocab_size must be >= 1, got {self.vocab_size}")
-      object.__setattr__(self, "vocab_size", int(self.vocab_size))
+    _check_optional_int(self, "vocab_size", 1)
+    _check_optional_int(self, "mask_id", 0)
 
   @classmethod
   def wrap(cls, fn: Callable, *, reads_t: bool = True,
@@ -145,15 +156,16 @@ def check_output(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int
 
   Raises:
     ValueError: the logits are not `[batch_size, seq_len, V]` floats, `V` differs from the
-      declared `vocab_size`, or `mask_id` is not in `[0, V)`.
+      declared `vocab_size`, `mask_id` is not in `[0, V)` or is not the denoiser's own.
   """
+  check_has_params(denoiser)
   out = jax.eval_shape(denoiser, jax.ShapeDtypeStruct((batch_size, seq_len), jnp.int32),
                        jax.ShapeDtypeStruct((batch_size,), jnp.float32))
   shape = getattr(out, "shape", None)
   if shape is None or len(shape) != 3 or shape[:2] != (batch_size, seq_len):
     raise ValueError(
         f"denoiser must return logits [batch_size, seq_len, V] = [{batch_size}, {seq_len}, V], "
-        f"got {shape}")
+        f"got {list(shape) if shape is not None else type(out).__name__}")
   if not jnp.issubdtype(out.dtype, jnp.floating):
     raise ValueError(f"denoiser must return floating logits, got dtype {out.dtype}")
   if denoiser.vocab_size is not None and denoiser.vocab_size != shape[2]:
@@ -161,25 +173,46 @@ def check_output(denoiser: Denoiser, batch_size: int, seq_len: int, mask_id: int
                      f"with V = {shape[2]}")
   if not mask_id < shape[2]:
     raise ValueError(f"mask_id must be in [0, V) = [0, {shape[2]}), got {mask_id}")
+  if denoiser.mask_id is not None and denoiser.mask_id != mask_id:
+    raise ValueError(f"mask_id {mask_id} differs from the denoiser's own mask id "
+                     f"{denoiser.mask_id} (the one it was built with, e.g. by "
+                     "classifier_guidance(mask_id=...)); sample with the same mask id")
   return shape[2]
 
 
+def check_has_params(denoiser: Denoiser) -> None:
+  """A denoiser of an `apply(params, z, t)` function must hold its parameters.
+
+  Raises:
+    ValueError: `Denoiser(apply)` was built without params and none were given.
+  """
+  if denoiser.takes_params and denoiser.params is None:
+    raise ValueError("params: this Denoiser(apply) holds no parameters (params=None); pass "
+                     "them to the sampler (sampler(key, params)) or build "
+                     "Denoiser(apply, params); for a function of (z, t) alone use "
+                     "Denoiser.wrap(fn)")
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
-                   meta_fields=["apply"])
+                   meta_fields=["apply", "num_classes"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Classifier:
   """A classifier of noisy sequences for classifier-based guidance:
   `classifier(x [B, L, V] float32 one-hot (or soft) rows, t [B] float32) -> logits [B, C]`,
   computed as `apply(params, x, t)`. Taking one-hot rows, not ids, lets the first-order
-  guidance differentiate it; like `Denoiser`, its `params` are pytree leaves."""
+  guidance differentiate it; like `Denoiser`, its `params` are pytree leaves. `num_classes`
+  (C, when known; `models.as_classifier` sets it) lets guidance check a target class before
+  sampling."""
 
   apply: Callable
   params: Any = None
+  num_classes: int | None = None
 
   def __post_init__(self):
     if not callable(self.apply):
       raise TypeError(f"Classifier.apply must be a function (params, x, t) -> logits, got "
                       f"{self.apply!r:.80}")
+    _check_optional_int(self, "num_classes", 2)
 
   def __call__(self, x: jax.Array, t: jax.Array) -> jax.Array:
     """Class logits `[B, C]` of `x [B, L, V] float32` rows at times `t [B] float32`."""

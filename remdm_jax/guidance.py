@@ -34,19 +34,21 @@ import numpy as np
 from remdm_jax.denoiser import Classifier, Denoiser, ensure_classifier, ensure_denoiser
 from remdm_jax.registry import Registry, with_choice_options
 from remdm_jax.rounds import in_rounds
-from remdm_jax.validation import check_choice, check_fields, check_range, check_scalar
+from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
+                                  check_scalar)
 
 GUIDANCE_FORMS = ("gradient", "exact")
 DEFAULT_FORM = "gradient"   # one call and one gradient per step; exact costs V calls per
                             # masked position
 
 
-def _vocab_size(*denoisers: Denoiser) -> int | None:
-  """The vocabulary the denoisers declare (they must agree), or None."""
-  sizes = {d.vocab_size for d in denoisers if d.vocab_size is not None}
-  if len(sizes) > 1:
-    raise ValueError(f"the denoisers' vocabularies differ: {sorted(sizes)}")
-  return sizes.pop() if sizes else None
+def _agreed(field: str, *denoisers: Denoiser) -> int | None:
+  """What the denoisers declare as `field` ("vocab_size" or "mask_id"; they must agree), or
+  None."""
+  values = {getattr(d, field) for d in denoisers if getattr(d, field) is not None}
+  if len(values) > 1:
+    raise ValueError(f"the denoisers' {field} values differ: {sorted(values)}")
+  return values.pop() if values else None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -82,20 +84,35 @@ def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
 
   Raises:
     TypeError: a denoiser is neither a Denoiser nor a function.
-    ValueError: a concrete gamma is not a finite number, or the vocabularies differ.
+    ValueError: a concrete gamma is not a finite number, or the vocabularies (or declared
+      mask ids) differ.
   """
   conditional, unconditional = ensure_denoiser(conditional), ensure_denoiser(unconditional)
   check_scalar("gamma", gamma)
   return Denoiser(_CfgCall(conditional.apply, unconditional.apply), (conditional.params, unconditional.params,
                            jnp.asarray(gamma, jnp.float32)),
                   reads_t=conditional.reads_t or unconditional.reads_t,
-                  vocab_size=_vocab_size(conditional, unconditional))
+                  vocab_size=_agreed("vocab_size", conditional, unconditional),
+                  mask_id=_agreed("mask_id", conditional, unconditional))
 
 
 def _target_log_prob(classifier: Classifier, onehot: jax.Array, t: jax.Array,
                      target: jax.Array) -> jax.Array:
-  """`log p(y = target | x, t)`, `[N]` float32, for `onehot [N, L, V]`, `t [N]`, `target [N]`."""
-  logits = classifier(onehot, t).astype(jnp.float32)                  # [N, C]
+  """`log p(y = target | x, t)`, `[N]` float32, for `onehot [N, L, V]`, `t [N]`, `target [N]`.
+
+  Raises (while tracing):
+    ValueError: the classifier's output is not `[N, C]` floating logits with `C >= 2` (one
+      class gives a constant log-probability: guidance would do nothing).
+  """
+  logits = classifier(onehot, t)                                      # [N, C]
+  shape = getattr(logits, "shape", None)
+  if shape is None or len(shape) != 2 or shape[0] != onehot.shape[0] or shape[1] < 2:
+    raise ValueError(f"classifier must return logits [B, C] with C >= 2 classes for "
+                     f"{onehot.shape[0]} inputs, got {list(shape) if shape else logits!r:.60}")
+  if not jnp.issubdtype(logits.dtype, jnp.floating):
+    raise ValueError(f"classifier must return floating logits (integers have no gradient), "
+                     f"got dtype {logits.dtype}")
+  logits = logits.astype(jnp.float32)
   log_probs = jax.nn.log_softmax(logits, axis=-1)
   return jnp.take_along_axis(log_probs, target[:, None], axis=-1)[:, 0]
 
@@ -158,23 +175,32 @@ class _CbgCall:
       scores = exact_classifier_scores(classifier, z, t, targets, log_x.shape[-1], masked)
     else:                       # one gradient covers every position
       scores = gradient_classifier_scores(classifier, z, t, targets, log_x.shape[-1])
+    classes = jax.eval_shape(classifier, jax.ShapeDtypeStruct(log_x.shape, jnp.float32),
+                             t).shape[-1]
+    known = (targets >= 0) & (targets < classes)           # [B]; else NaN, never unguided
+    scores = jnp.where(known[:, None, None], scores, jnp.nan)
     return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
                               axis=-1)                                        # [B, L, V]
 
 
-def _check_target(target) -> None:
-  """A target class: an int >= 0 or integer ids >= 0 (checked when concrete).
+def _check_target(target, num_classes: int | None) -> None:
+  """A target class: an int or `[B]` integer ids in `[0, num_classes)` (`[0, inf)` when the
+  classifier does not declare its classes). The type and shape are always checked, the
+  values when concrete.
 
   Raises:
-    ValueError: a negative class, or no integer ids.
+    ValueError: a class out of range, or no integer ids.
   """
-  if isinstance(target, jax.core.Tracer):
-    return
-  ids = np.asarray(target)
+  ids = target if isinstance(target, jax.core.Tracer) else np.asarray(target)
   if ids.dtype == object or not np.issubdtype(ids.dtype, np.integer) or ids.ndim > 1:
     raise ValueError(f"target must be a class id (an int) or [B] integer ids, got {target!r}")
-  if ids.size and ids.min() < 0:
-    raise ValueError(f"target classes must be >= 0, got {ids.min()}")
+  if isinstance(target, jax.core.Tracer) or not ids.size:
+    return
+  high = "inf)" if num_classes is None else f"{num_classes}) (the classifier's classes)"
+  low_id, high_id = int(ids.min()), int(ids.max())
+  if low_id < 0 or (num_classes is not None and high_id >= num_classes):
+    raise ValueError(f"target must hold classes in [0, {high}, got "
+                     f"{low_id if low_id < 0 else high_id}")
 
 
 def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
@@ -188,7 +214,8 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
       [B, C]`), e.g. `remdm_jax.models.as_classifier(model)`.
     target: the class to steer towards: an int, or `[B] int32` per example (traced is fine).
     gamma: guidance strength (0: the denoiser unchanged); a finite number, or traced data.
-    mask_id: the mask token; only masked positions are reweighted.
+    mask_id: the mask token; only masked positions are reweighted. The result declares it
+      (`Denoiser.mask_id`): a sampler with another mask id refuses it.
     form: "gradient" (default: one call and one gradient per step) or "exact" (`V`
       classifier inputs per masked position per example and step).
 
@@ -199,16 +226,26 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
 
   Raises:
     TypeError: the denoiser or classifier is neither its type nor a function.
-    ValueError: gamma is not a finite number, form is unknown, or a concrete target is not a
-      class id >= 0.
+    ValueError: gamma is not a finite number, form is unknown, a concrete target is not a
+      class of the classifier (`[0, num_classes)` when it declares them; `>= 0` otherwise),
+      or mask_id is negative, outside the denoiser's vocabulary or not its own. While
+      sampling (when traced): the classifier's output is not `[B, C]` floating logits with
+      `C >= 2`.
   """
   denoiser, classifier = ensure_denoiser(denoiser), ensure_classifier(classifier)
   check_scalar("gamma", gamma)
   check_choice("form", form, GUIDANCE_FORMS)
-  _check_target(target)
-  return Denoiser(_CbgCall(denoiser.apply, classifier.apply, form, mask_id), (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
-                           jnp.asarray(target, jnp.int32)),
-                  reads_t=True, vocab_size=denoiser.vocab_size)
+  _check_target(target, classifier.num_classes)
+  check_int("mask_id", mask_id, 0)
+  if denoiser.vocab_size is not None:
+    check_range("mask_id", mask_id, 0, denoiser.vocab_size - 1,
+                context=" (the denoiser's vocabulary)")
+  if denoiser.mask_id is not None and denoiser.mask_id != mask_id:
+    raise ValueError(f"mask_id {mask_id} differs from the denoiser's own {denoiser.mask_id}")
+  params = (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
+            jnp.asarray(target, jnp.int32))
+  return Denoiser(_CbgCall(denoiser.apply, classifier.apply, form, mask_id), params,
+                  reads_t=True, vocab_size=denoiser.vocab_size, mask_id=mask_id)
 
 
 ModelAt = Callable[[int | None], Denoiser]

@@ -10,7 +10,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax.validation import check_int, check_range
+from remdm_jax.validation import ArgumentTypeError, check_int, check_range
 
 class NonFiniteLogitsError(FloatingPointError):
   """The denoiser returned logits that define no distribution where a token was drawn."""
@@ -22,7 +22,8 @@ def nonfinite_message(flags: np.ndarray, first_index: int) -> str:
   return (f"the denoiser returned non-finite logits (NaN, +inf, or -inf for every id but the "
           f"mask) at masked positions of {len(bad)} of {len(flags)} examples (global "
           f"indices {bad[:8]}{'...' if len(bad) > 8 else ''}); their tokens would be "
-          "meaningless. Check the model's parameters and inputs")
+          "meaningless. Check the model's parameters and inputs (a guided denoiser also "
+          "gives them for a target outside its classifier's classes)")
 
 
 def raise_nonfinite(flags, first_index) -> None:
@@ -32,17 +33,24 @@ def raise_nonfinite(flags, first_index) -> None:
     raise NonFiniteLogitsError(nonfinite_message(flags, int(first_index)))
 
 
+_KEY_HELP = "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2]"
+
+
 def as_typed_key(key: jax.Array) -> jax.Array:
-  """Accepts a typed key (`jax.random.key`) or a legacy `uint32[2]` key; returns a typed one."""
-  key = jnp.asarray(key) if not isinstance(key, jax.Array) else key
+  """Accepts a typed key (`jax.random.key`) or a legacy `uint32[2]` key; returns a typed one.
+
+  Raises:
+    ArgumentTypeError: anything else (None, a seed, a string), naming what was given.
+  """
+  if not isinstance(key, (jax.Array, np.ndarray)):
+    hint = f" (for seed {key}: jax.random.key({key}))" if isinstance(key, int) else ""
+    raise ArgumentTypeError(f"{_KEY_HELP}, got {type(key).__name__} {key!r:.40}{hint}")
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     if key.shape != ():
       raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}")
     return key
   if key.dtype != jnp.uint32 or key.shape != (2,):
-    raise ValueError(
-        "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2], "
-        f"got {key.dtype}{list(key.shape)}")
+    raise ValueError(f"{_KEY_HELP}, got {key.dtype}{list(key.shape)}")
   return jax.random.wrap_key_data(key)
 
 

@@ -102,7 +102,7 @@ def test_guidance_carries_the_contract_and_takes_gamma_as_a_parameter():
       run(jax.random.key(0), stronger.params),
       remdm_jax.sample(jax.random.key(0), stronger, cfg, batch_size=2, seq_len=3,
                        mask_id=MASK_ID))
-  with pytest.raises(ValueError, match=r"vocabularies differ: \[5, 7\]"):
+  with pytest.raises(ValueError, match=r"vocab_size values differ: \[5, 7\]"):
     remdm_jax.classifier_free_guidance(cond, Denoiser(_apply, vocab_size=7), 1.0)
   classifier = Classifier(lambda w, x, t: x.sum(1) @ w, jnp.ones((5, 2)))
   cbg = remdm_jax.classifier_guidance(uncond, classifier, target=1, gamma=1.0,
@@ -136,6 +136,21 @@ def test_sampler_arguments_are_checked():
     run(jax.random.key(0), {"w": jnp.ones(())})
   with pytest.raises(ValueError, match=r"first_index must be in \[0, 2147483646\]"):
     run(jax.random.key(0), first_index=2 ** 31 - 1)
+  for key, given in [(None, "NoneType None"), (3, r"int 3 \(for seed 3: jax.random.key\(3\)\)")]:
+    with pytest.raises(TypeError, match=r"key must be jax.random.key\(seed\) or a legacy .*, "
+                       "got " + given):
+      run(key)
+  unset = remdm_jax.make_sampler(Denoiser(_apply), cfg, batch_size=2, seq_len=3,
+                                 mask_id=MASK_ID)
+  with pytest.raises(ValueError, match=r"params: this Denoiser\(apply\) holds no parameters"):
+    unset(jax.random.key(0))
+  assert unset(jax.random.key(0), _params(0)).shape == (2, 3)   # given at the call: fine
+  for field, value, error in [("vocab_size", 0, ValueError), ("mask_id", -1, ValueError),
+                              ("mask_id", 1.5, TypeError)]:
+    with pytest.raises(error, match=f"Denoiser.{field} must be"):
+      Denoiser(_apply, **{field: value})
+  with pytest.raises(ValueError, match="Classifier.num_classes must be >= 2, got 1"):
+    remdm_jax.Classifier(_apply, num_classes=1)
   compiled = remdm_jax.make_sampler(Denoiser(_apply, _params(0)), cfg, batch_size=2,
                                     seq_len=3, mask_id=MASK_ID).compile(jax.random.key(0))
   eager = compiled(jax.random.key(1))
@@ -150,5 +165,5 @@ def test_guidance_choices_check_their_inputs():
     remdm_jax.Cfg().denoiser(lambda label: uncond, target=None, mask_id=MASK_ID)
   with pytest.raises(ValueError, match="guidance 'cbg' without a classifier"):
     remdm_jax.Cbg().denoiser(lambda label: uncond, target=1, mask_id=MASK_ID)
-  with pytest.raises(ValueError, match="target classes must be >= 0, got -1"):
+  with pytest.raises(ValueError, match=r"target must hold classes in \[0, inf\), got -1"):
     remdm_jax.classifier_guidance(uncond, classifier, target=-1, gamma=1.0, mask_id=MASK_ID)

@@ -205,6 +205,40 @@ def test_bad_guidance_arguments():
     remdm_jax.classifier_guidance(den, cls, target=0, gamma=float("nan"), mask_id=MASK)
 
 
+def _guided_sample(guided, mask_id=MASK):
+  return remdm_jax.sample(jax.random.key(0), guided, sampler_config(num_steps=4), batch_size=2,
+                          seq_len=L, mask_id=mask_id)
+
+
+@pytest.mark.parametrize("form", ["gradient", "exact"])
+def test_guidance_is_never_silently_unguided(form):
+  """Each way a guided denoiser could sample as if unguided is an error before (or, for a
+  target outside an undeclared classifier's classes, instead of) any tokens."""
+  den, _ = _toy_denoiser()
+  cls, _ = _toy_classifier()
+  guide = lambda classifier, **kw: remdm_jax.classifier_guidance(
+      den, classifier, gamma=2.0, form=form, **{"target": 1, "mask_id": MASK, **kw})
+  with pytest.raises(ValueError, match=r"classifier must return logits \[B, C\] with C >= 2 "
+                     r"classes for \d+ inputs, got \[\d+, 1\]"):
+    _guided_sample(guide(lambda x, t: cls(x, t)[:, :1], target=0))
+  with pytest.raises(ValueError, match="classifier must return floating logits .*int32"):
+    _guided_sample(guide(lambda x, t: cls(x, t).astype(jnp.int32)))
+  with pytest.raises(ValueError, match="mask_id 3 differs from the denoiser's own mask id 4"):
+    _guided_sample(guide(cls), mask_id=3)
+  with pytest.raises(ValueError, match=r"target must hold classes in \[0, inf\), got -1"):
+    guide(cls, target=-1)
+  declared = remdm_jax.Classifier(lambda params, x, t: cls(x, t), num_classes=3)
+  with pytest.raises(ValueError, match=r"target must hold classes in \[0, 3\) \(the "
+                     r"classifier's classes\), got 3"):
+    guide(declared, target=np.array([0, 3]))
+  with pytest.raises(remdm_jax.NonFiniteLogitsError, match="target outside its classifier"):
+    _guided_sample(guide(cls, target=3))       # undeclared classes: NaN, never unguided
+  sized = remdm_jax.Denoiser.wrap(den, vocab_size=V)
+  with pytest.raises(ValueError, match=r"mask_id must be in \[0, 4\] \(the denoiser's "
+                     r"vocabulary\), got 5"):
+    remdm_jax.classifier_guidance(sized, cls, target=0, gamma=1.0, mask_id=5, form=form)
+
+
 def _class_conditional_dit():
   from flax import nnx
   from remdm_jax.models import DiT, DiTConfig

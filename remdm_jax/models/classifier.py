@@ -65,6 +65,8 @@ def as_classifier(model: NoisyClassifier, schedule=None) -> Classifier:
   """The model as a guidance `Classifier`, `(x [B, L, V] float32, t [B] float32) -> logits
   [B, C]`, for `remdm_jax.classifier_guidance`: the sampler's time `t` becomes the total
   noise `sigma = -log alpha(t)` (default: log-linear with eps = 1e-3, as the DiT). The model's
-  state is the classifier's `params` (an argument of a compiled sampler, not a constant)."""
+  state is the classifier's `params` (an argument of a compiled sampler, not a constant); its
+  `num_classes` is the model's, so guidance checks a target class before sampling."""
   graphdef, state = nnx.split(model)
-  return Classifier(_ClassifierCall(graphdef, schedule), state)
+  return Classifier(_ClassifierCall(graphdef, schedule), state,
+                    num_classes=model.cfg.num_classes)
