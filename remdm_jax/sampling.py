@@ -38,6 +38,7 @@ from remdm_jax.sample_checks import (NonFiniteLogitsError, as_typed_key, check_f
 from remdm_jax.step_rules import (draw_all, draw_capacity, draw_selected, greedy,
                                   select_bernoulli, select_rank)
 from remdm_jax.trajectory import Trajectory
+from remdm_jax.validation import ArgumentTypeError, coerce
 
 __all__ = ["NonFiniteLogitsError", "Sampler", "make_sampler", "sample", "sample_with_plan"]
 
@@ -169,6 +170,19 @@ _STATIC = ("batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_s
 _jitted_run = jax.jit(_run, static_argnames=_STATIC)
 
 
+def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step) -> None:
+  """The run's options: a sharding or None, two booleans, a callable or None."""
+  if batch_sharding is not None and not isinstance(batch_sharding, jax.sharding.Sharding):
+    raise ArgumentTypeError(f"batch_sharding must be a jax.sharding.Sharding (e.g. "
+                            f"NamedSharding(mesh, P('data'))) or None, got "
+                            f"{type(batch_sharding).__name__}")
+  coerce("return_trajectory", return_trajectory, bool)
+  coerce("return_nonfinite", return_nonfinite, bool)
+  if on_step is not None and not callable(on_step):
+    raise ArgumentTypeError(f"on_step must be a function of the step or None, got "
+                            f"{on_step!r:.60}")
+
+
 def _check_call(denoiser: Denoiser, rule: StepRule, batch_size, seq_len, mask_id) -> None:
   """The checks that need no tracing."""
   check_sizes(batch_size, seq_len, mask_id)
@@ -215,6 +229,7 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   tokens.
   """
   plan = check_plan(plan)
+  _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
   if rule is not None and rule != plan.rule:
     differences = rule_differences(dataclasses.replace(plan, rule=rule), plan)
     raise ValueError(f"rule is not the plan's own ({'; '.join(differences)}, rule -> "
@@ -246,6 +261,7 @@ class Sampler:
                mask_id: int, batch_sharding=None, return_trajectory: bool = False,
                return_nonfinite: bool = False, on_step=None):
     self.denoiser = ensure_denoiser(denoiser)
+    _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
     self.plan, self.rule = build_plan(config)
     _check_call(self.denoiser, self.rule, batch_size, seq_len, mask_id)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
