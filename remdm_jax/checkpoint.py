@@ -15,11 +15,18 @@ truncated or corrupt parameter file as one error naming the folder.
 
 from __future__ import annotations
 
+import atexit
+import contextlib
 import dataclasses
 import json
 import logging
+import os
 import pathlib
+import re
+import shutil
 import sys
+import threading
+import time
 
 import jax
 import orbax.checkpoint as ocp
@@ -46,9 +53,10 @@ def save_model(model: DiT | NoisyClassifier, directory, tokenizer: str | None = 
     raise ValueError(f"{directory} already holds a model (config.json); refusing to overwrite")
   directory.mkdir(parents=True, exist_ok=True)
   state = nnx.state(model, nnx.Param)
-  checkpointer = ocp.StandardCheckpointer()
-  checkpointer.save(directory / _PARAMS, state)
-  checkpointer.wait_until_finished()
+  with failed_save_is_one_error(directory / _PARAMS, "model parameters"):
+    checkpointer = ocp.StandardCheckpointer()
+    checkpointer.save(directory / _PARAMS, state)
+    checkpointer.wait_until_finished()
   kind = "noisy_classifier" if isinstance(model, NoisyClassifier) else "dit"
   payload = {"model": kind, "config": dataclasses.asdict(model.cfg), "tokenizer": tokenizer}
   if step is not None:
@@ -56,6 +64,82 @@ def save_model(model: DiT | NoisyClassifier, directory, tokenizer: str | None = 
   if jax.process_index() == 0:
     files.write_atomic(directory / _CONFIG, json.dumps(payload, indent=2) + "\n")
   return directory
+
+
+_TEMPORARY = "*.orbax-checkpoint-tmp*"
+
+
+def _save_failure(err: BaseException, target: pathlib.Path, what: str) -> OSError | None:
+  """The one error a failed orbax write becomes (None for a failure that is not I/O): the
+  operating system's reason (orbax reports it as `os_error_code='28'`) and the path."""
+  text = str(err)
+  code = re.search(r"os_error_code='?(\d+)", text)
+  if code:
+    number = int(code.group(1))
+    return OSError(number, f"cannot write the {what} ({os.strerror(number)})", str(target))
+  if isinstance(err, OSError):
+    return OSError(err.errno, f"cannot write the {what} ({err.strerror or err})", str(target))
+  if "Error writing" in text or "Failed writing" in text:
+    first = (text.splitlines() or [type(err).__name__])[0][:200]
+    return OSError(None, f"cannot write the {what} ({first})", str(target))
+  return None
+
+
+def _remove_temporaries(folder: pathlib.Path, settle: float = 0.2, limit: float = 5.0) -> None:
+  """Removes orbax's temporary folders in `folder` until none reappears for two checks
+  `settle` seconds apart (writes already queued when a save fails still land; at most
+  `limit` seconds). Registered again for the exit, for any write that lands later still."""
+  deadline, quiet = time.monotonic() + limit, 0
+  while quiet < 2:
+    found = list(folder.glob(_TEMPORARY))
+    for temporary in found:
+      shutil.rmtree(temporary, ignore_errors=True)
+    quiet = 0 if found else quiet + 1
+    if not settle or time.monotonic() >= deadline:
+      return
+    time.sleep(settle)
+
+
+class _QuietSave(logging.Filter):
+  """Drops the ERROR records (each with a traceback) that orbax's threads log for the
+  failure the save then raises; they are reported once, by the caller."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    return record.levelno < logging.ERROR
+
+
+@contextlib.contextmanager
+def failed_save_is_one_error(target: pathlib.Path, what: str):
+  """Runs an orbax save of `target` so that a failure (a full disk, ...) is one `OSError`
+  naming `target`, with no traceback printed from any thread and no orbax temporary folder
+  left beside it.
+
+  Within the block, orbax's ERROR log records are dropped and an exception ending a thread is
+  kept, not printed; a save that returns although one of its threads failed raises that
+  failure.
+  """
+  _silence_orbax_coroutines()
+  quiet, failed = _QuietSave(), []
+  previous_hook = threading.excepthook
+  threading.excepthook = lambda args: failed.append(args.exc_value)
+  loggers = [logging.getLogger(name) for name in ("absl", "orbax")]
+  for logger in loggers:
+    logger.addFilter(quiet)
+  try:
+    yield
+    if failed:
+      raise failed[0]
+  except Exception as err:
+    _remove_temporaries(target.parent)
+    atexit.register(_remove_temporaries, target.parent, 0.0)
+    reported = _save_failure(err, target, what)
+    if reported is None:
+      raise
+    raise reported from None
+  finally:
+    threading.excepthook = previous_hook
+    for logger in loggers:
+      logger.removeFilter(quiet)
 
 
 def _read_payload(directory: pathlib.Path) -> dict:
@@ -245,11 +329,19 @@ class Checkpoints:
                                              enable_async_checkpointing=False))
 
   def save(self, state: dict) -> None:
+    """Saves the state under its step (synchronously).
+
+    Raises:
+      OSError: the write failed (a full disk, ...): one error naming the step's folder; the
+        partial step is removed and the previous checkpoints stay.
+    """
     step = int(state["step"])
-    self.manager.save(step, args=ocp.args.Composite(
-        state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
-            {"config": self.record, "data_position": step})), force=True)
-    self.manager.wait_until_finished()
+    directory = pathlib.Path(self.manager.directory)
+    with failed_save_is_one_error(directory / str(step), "checkpoint"):
+      self.manager.save(step, args=ocp.args.Composite(
+          state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(
+              {"config": self.record, "data_position": step})), force=True)
+      self.manager.wait_until_finished()
 
   def restore_latest(self, state: dict) -> dict | None:
     step = self.manager.latest_step()

@@ -12,10 +12,15 @@ Sources:
 line (`remdm_jax.cli.convert_main`)::
 
   remdm-convert SRC DST [--convert.released_config=CONFIG.json]
+                        [--convert.allow_nonfinite=true]
+
+Tensors holding NaN or infinity are refused (naming them and the count) unless
+`allow_nonfinite` is set.
 """
 
 from __future__ import annotations
 
+import contextlib
 import pathlib
 from typing import Mapping
 
@@ -23,7 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from remdm_jax import files
+from remdm_jax import files, locks
 from remdm_jax.checkpoint import save_model
 from remdm_jax.models.dit import DiT, DiTConfig
 
@@ -75,17 +80,36 @@ def _check_inv_freq(value: np.ndarray, cfg: DiTConfig) -> None:
                      f"formula 1 / 10000^(2k / {head_dim}) to rtol {rtol:.2g}")
 
 
-def convert_tensors(tensors: Mapping[str, np.ndarray], cfg: DiTConfig) -> DiT:
+def _check_finite(tensors: Mapping[str, np.ndarray]) -> None:
+  """Raises naming every tensor holding NaN or infinity, with its count."""
+  bad = {k: int(v.size - np.count_nonzero(np.isfinite(v))) for k, v in tensors.items()}
+  bad = {k: n for k, n in bad.items() if n}
+  if bad:
+    shown = ", ".join(f"{_PREFIX}{k} ({n} of {tensors[k].size})" for k, n in
+                      list(bad.items())[:3]) + (", ..." if len(bad) > 3 else "")
+    raise ValueError(f"{len(bad)} checkpoint tensor(s) hold non-finite values (NaN or "
+                     f"infinity): {shown}; the weights are damaged (convert anyway with "
+                     "--convert.allow_nonfinite=true, allow_nonfinite=True)")
+
+
+def convert_tensors(tensors: Mapping[str, np.ndarray], cfg: DiTConfig, *,
+                    allow_nonfinite: bool = False) -> DiT:
   """Builds a `DiT` from released tensors (keys with or without `backbone.`).
 
+  Args:
+    allow_nonfinite: convert tensors holding NaN or infinity instead of refusing them.
+
   Raises:
-    ValueError: one line naming the first missing, unknown or wrongly shaped key.
+    ValueError: one line naming the first missing, unknown or wrongly shaped key, or the
+      tensors that hold non-finite values (with their counts).
   """
   tensors = {k.removeprefix(_PREFIX): np.asarray(v) for k, v in tensors.items()}
   floating = [k for k, v in tensors.items() if not np.issubdtype(v.dtype, np.floating)]
   if floating:
     raise ValueError(f"checkpoint tensors must be floating point; {_PREFIX}{floating[0]} is "
                      f"{tensors[floating[0]].dtype}")
+  if not allow_nonfinite:
+    _check_finite(tensors)
   if _INV_FREQ in tensors:
     _check_inv_freq(tensors.pop(_INV_FREQ), cfg)
   names = released_names(cfg)
@@ -179,21 +203,49 @@ def read_lightning_ckpt(path) -> dict[str, np.ndarray]:
   return ema_tensors(torch.load(str(path), map_location="cpu", weights_only=False))
 
 
-def convert(src, dst, config_json=None) -> pathlib.Path:
-  """Converts a released folder or `.ckpt` at `src` into a model folder at `dst`."""
-  src = pathlib.Path(src)
+def _read_source(src: pathlib.Path, config_json) -> tuple[DiTConfig, dict[str, np.ndarray]]:
+  """The config and tensors of a released folder or a Lightning `.ckpt`."""
   if src.is_dir():
-    cfg, tensors = read_hf_folder(src)
-  elif src.suffix == ".ckpt":
+    if config_json is not None:
+      raise ValueError(f"--convert.released_config={config_json} is only read for a Lightning "
+                       f".ckpt source; {src} is a released folder, which uses its own "
+                       "config.json: remove the flag")
+    return read_hf_folder(src)
+  if src.suffix == ".ckpt":
     if config_json is None:
       raise ValueError("a .ckpt needs --convert.released_config=FILE, the released config.json")
     cfg = config_from_hf(files.read_json_object(config_json, "released config"))
-    tensors = read_lightning_ckpt(src)
-  elif not src.exists():
+    return cfg, read_lightning_ckpt(src)
+  if not src.exists():
     raise ValueError(f"{src}: no such file or folder")
-  else:
-    raise ValueError(f"SRC must be a released folder or a .ckpt file, got {src}")
+  raise ValueError(f"SRC must be a released folder or a .ckpt file, got {src}")
+
+
+def convert(src, dst, config_json=None, *, allow_nonfinite: bool = False) -> pathlib.Path:
+  """Converts a released folder or `.ckpt` at `src` into a model folder at `dst`.
+
+  `config_json` is the released config.json of a `.ckpt` source (a folder has its own; giving
+  one for a folder is refused). `dst` is held by this run while it is written
+  (`remdm_jax.locks`); a failed write leaves no temporary behind, and no `dst` it created.
+
+  Raises:
+    ValueError: a bad source, an option that does not apply, non-finite tensors (unless
+      `allow_nonfinite`) or a `dst` that is a file or already holds a model.
+    OSError: writing failed (a full disk, ...), naming the path.
+  """
+  src = pathlib.Path(src)
+  cfg, tensors = _read_source(src, config_json)
+  model = convert_tensors(tensors, cfg, allow_nonfinite=allow_nonfinite)
   dst = pathlib.Path(dst)
   if dst.exists() and not dst.is_dir():
     raise ValueError(f"{dst}: is a file, expected a new model folder")
-  return save_model(convert_tensors(tensors, cfg), dst, tokenizer="gpt2")
+  created = not dst.exists()
+  dst = files.check_writable_folder(dst, "model")
+  try:
+    with locks.hold(dst, "model"):
+      return save_model(model, dst, tokenizer="gpt2")
+  except BaseException:
+    if created:
+      with contextlib.suppress(OSError):
+        dst.rmdir()      # only when empty: nothing of ours, nothing of anyone else's
+    raise

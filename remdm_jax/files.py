@@ -18,15 +18,15 @@ def _describe(err: OSError) -> str:
   return err.strerror or type(err).__name__
 
 
-def read_text(path, what: str = "file") -> str:
-  """The UTF-8 text of `path`.
+def read_text(path, what: str = "file", encoding: str = "utf-8") -> str:
+  """The UTF-8 text of `path` (`encoding="utf-8-sig"` also drops a leading byte-order mark).
 
   Raises:
     ValueError: `"<path>: <what> ..."` when it is missing, a folder, unreadable or not UTF-8.
   """
   path = pathlib.Path(path)
   try:
-    return path.read_text(encoding="utf-8")
+    return path.read_text(encoding=encoding)
   except IsADirectoryError:
     raise ValueError(f"{path}: is a folder, expected a {what}") from None
   except FileNotFoundError:
@@ -57,14 +57,25 @@ def read_json_object(path, what: str = "JSON file") -> dict:
 
 
 def write_atomic(path, text: str) -> None:
-  """Writes `text` to a temporary sibling, flushes it to disk, then renames it to `path`."""
+  """Writes `text` to a temporary sibling, flushes it to disk, then renames it to `path`.
+
+  Raises:
+    OSError: the write failed (a full disk, ...); its filename is `path`, and the temporary
+      is removed (nothing is left behind, `path` is unchanged).
+  """
   path = pathlib.Path(path)
   temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-  with temporary.open("w", encoding="utf-8") as handle:
-    handle.write(text)
-    handle.flush()
-    os.fsync(handle.fileno())
-  os.replace(temporary, path)
+  try:
+    with temporary.open("w", encoding="utf-8") as handle:
+      handle.write(text)
+      handle.flush()
+      os.fsync(handle.fileno())
+    os.replace(temporary, path)
+  except BaseException as err:
+    temporary.unlink(missing_ok=True)
+    if isinstance(err, OSError):
+      raise OSError(err.errno, f"cannot write the file ({_describe(err)})", str(path)) from None
+    raise
 
 
 def replace_folder(new: pathlib.Path, final: pathlib.Path) -> None:

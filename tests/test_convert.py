@@ -157,3 +157,48 @@ def test_destination_that_is_a_file_is_refused(tmp_path, capsys):
   (tmp_path / "d").write_text("x")
   assert "d: is a file, expected a new model folder" in _one_error_line(
       capsys, [str(src), str(tmp_path / "d")])
+
+
+def test_released_config_for_a_folder_source_is_refused(tmp_path, capsys):
+  src = _released_folder(tmp_path / "release")
+  err = _one_error_line(capsys, [str(src), str(tmp_path / "d"),
+                                 f"--convert.released_config={src / 'config.json'}"])
+  assert "--convert.released_config" in err and "only read for a Lightning .ckpt" in err
+  assert str(src) in err and not (tmp_path / "d").exists()
+
+
+def test_nonfinite_tensors_are_refused_unless_allowed(tmp_path, capsys):
+  tensors = released_tensors(SMALL)
+  tensors["backbone.blocks.0.mlp.0.bias"][[1, 5]] = [np.nan, np.inf]
+  src = _released_folder(tmp_path / "release", tensors=tensors)
+  err = _one_error_line(capsys, [str(src), str(tmp_path / "d")])
+  size = tensors["backbone.blocks.0.mlp.0.bias"].size
+  assert f"backbone.blocks.0.mlp.0.bias (2 of {size})" in err
+  assert "--convert.allow_nonfinite=true" in err and not (tmp_path / "d").exists()
+  assert cli.convert_main([str(src), str(tmp_path / "d"), "--convert.allow_nonfinite=true"]) == 0
+  bias = np.asarray(load_model(tmp_path / "d").blocks[0].mlp_0.bias[...])
+  assert np.isnan(bias[1]) and np.isinf(bias[5])
+
+
+_FULL_DISK = """
+import resource, signal, sys
+from remdm_jax import cli
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails (EFBIG)
+resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
+sys.exit(cli.convert_main(sys.argv[1:]))
+"""
+
+
+def test_a_full_disk_is_one_line_with_nothing_left_behind(tmp_path):
+  """Orbax's writer threads fail (a file size limit stands in for a full disk): one `error:`
+  line naming the folder, no traceback from any thread, no temporary and no new folder."""
+  import subprocess
+  import sys
+  src = _released_folder(tmp_path / "release")
+  done = subprocess.run([sys.executable, "-c", _FULL_DISK, str(src), str(tmp_path / "d")],
+                        capture_output=True, text=True, timeout=300)
+  assert done.returncode == 2, done.stderr[-2000:]
+  assert done.stderr.count("\n") == 1 and "Traceback" not in done.stderr
+  assert done.stderr.startswith(f"error: {tmp_path / 'd' / 'params'}: cannot write the model "
+                                "parameters (File too large)")
+  assert not (tmp_path / "d").exists()
