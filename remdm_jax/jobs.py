@@ -9,6 +9,7 @@ and ends with exactly the files of an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.resources
 import pathlib
@@ -20,7 +21,7 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from remdm_jax import distributed, files, sharding
+from remdm_jax import distributed, files, locks, sharding
 from remdm_jax.checkpoint import load_model, load_tokenizer_name
 from remdm_jax.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
@@ -29,7 +30,8 @@ from remdm_jax.plan import build_table
 from remdm_jax.registry import flat_options
 from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling import make_sampler
-from remdm_jax.shards import finished_shards, open_job, shard_path, shard_text
+from remdm_jax.shards import (finished_shards, manifest_digest, open_job, shard_path,
+                              shard_text)
 from remdm_jax.tokenizers import encode_rows, get_tokenizer
 from remdm_jax.validation import check_fields, check_range
 
@@ -117,10 +119,11 @@ class JobResult:
 
 
 def prompt_texts(job: SampleJob) -> list[str]:
-  """The job's prompts: `prompt`, or the non-blank lines of `prompt_file`; [] for none."""
+  """The job's prompts: `prompt`, or the non-blank lines of `prompt_file` (UTF-8; a leading
+  byte-order mark is dropped, never a prompt byte); [] for none."""
   if job.prompt_file:
-    texts = [l for l in files.read_text(job.prompt_file, "prompt file").splitlines()
-             if l.strip()]
+    text = files.read_text(job.prompt_file, "prompt file", encoding="utf-8-sig")
+    texts = [l for l in text.splitlines() if l.strip()]
     if not texts:
       raise ValueError(f"{job.prompt_file}: the prompt file holds no prompt (no non-blank "
                        "line)")
@@ -215,9 +218,12 @@ class StepProgress:
     self.bar.close()
 
 
-def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJob) -> dict:
-  return {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
-          "settings": settings, "model": job.model}
+def _record(index: int, row: np.ndarray, tokenizer, settings: dict, job: SampleJob,
+            digest: str | None) -> dict:
+  """One sample as JSON; `job` is the digest of the job folder's manifest (with a folder)."""
+  record = {"index": index, "seed": job.seed, "text": tokenizer.decode(row), "ids": row.tolist(),
+            "settings": settings, "model": job.model}
+  return record if digest is None else {**record, "job": digest}
 
 
 def trajectory_record(trajectory, row: int) -> dict:
@@ -241,13 +247,13 @@ def _batch_sharding(job: SampleJob, mesh):
 
 
 def _write_batch(job: SampleJob, first: int, tokens, trajectory, tokenizer, settings: dict,
-                 directory) -> list[dict]:
+                 directory, digest: str | None) -> list[dict]:
   """The records of the rows of one batch (`tokens [B, L] int32`, from global index `first`)
   that this process holds; each block is written as a shard, atomically, when the job has a
   folder."""
   records = []
   for start, rows in distributed.local_row_blocks(tokens):
-    block = [_record(first + start + i, row, tokenizer, settings, job)
+    block = [_record(first + start + i, row, tokenizer, settings, job, digest)
              for i, row in enumerate(rows) if first + start + i < job.num_samples]
     for i, record in enumerate(block if trajectory is not None else []):
       record["trajectory"] = trajectory_record(trajectory, start + i)
@@ -270,9 +276,19 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
   Raises:
     ValueError: a bad model folder, prompt, sequence length, batch split, guidance or a job
       folder holding another job. NonFiniteLogitsError: the model returned non-finite logits.
+    locks.FolderInUse: another run is using the job folder (named: pid, host, start,
+      command); the processes of one multi-process job share process 0's lock.
   """
   if job.out:
     files.check_writable_folder(job.out, "job")
+  with (locks.hold(job.out, "job", primary=distributed.is_primary()) if job.out
+        else contextlib.nullcontext()):
+    return _run_job(cfg, job, guidance, progress)
+
+
+def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool
+             ) -> JobResult:
+  """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
   if job.trajectory and jax.process_count() > 1:
     raise ValueError("trajectory records need a single process (every step of every example "
                      "is gathered on the host)")
@@ -309,7 +325,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
   key = jax.random.key(job.seed)
   sampler.compile(key, params, prompt_block(0))
   settings = cfg.options()
-  directory = open_job(job.out, {
+  manifest = {
       "model": job.model, "model_config": dataclasses.asdict(model.cfg),
       "tokenizer": tokenizer_name, "sampler": settings,
       "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
@@ -317,7 +333,9 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
       "device_count": jax.device_count(), "model_axis": job.model_axis,
       "trajectory": job.trajectory,
       "guidance": {**flat_options(guidance), "class_label": job.class_label,
-                   "classifier": job.classifier}}) if job.out else None
+                   "classifier": job.classifier}}
+  directory = open_job(job.out, manifest) if job.out else None
+  digest = manifest_digest(manifest) if job.out else None
   local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
                   if batch_sharding else [(0, job.batch_size)])
   done = set(finished_shards(directory)) if directory else set()
@@ -341,7 +359,7 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
                                    "nothing of this batch was written")
       throughput.add(real, time.perf_counter() - tic)
       records.extend(_write_batch(job, first, tokens, trajectory, tokenizer, settings,
-                                  directory))
+                                  directory, digest))
       bar.show_rate(throughput.summary()["tokens_per_s"])
   finally:
     bar.close()

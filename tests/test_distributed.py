@@ -156,7 +156,7 @@ def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path, capsys):
 def test_merge_reports_missing_samples(tmp_path):
   (tmp_path / shards.MANIFEST).write_text(json.dumps({"num_samples": 3}))
   files.write_atomic(shards.shard_path(tmp_path, 0, 2), shards.shard_text(
-      [{"index": 0}, {"index": 1}]))
+      [{"index": 0, "text": "a"}, {"index": 1, "text": "b"}]))
   with pytest.raises(ValueError, match="1 of 3 samples missing"):
     shards.merge(tmp_path)
 

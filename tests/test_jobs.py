@@ -2,6 +2,7 @@
 
 import dataclasses
 import json
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -231,3 +232,91 @@ def test_guided_job_errors(tiny_model, tmp_path):
     remdm_jax.sample(jax.random.key(0), guided, sampler_config("mdlm", num_steps=2,
                                                                cache=True),
                      batch_size=1, seq_len=2, mask_id=4)
+
+
+@pytest.fixture(scope="module")
+def two_jobs(tiny_model, tmp_path_factory):
+  """Two finished job folders `a` and `b` of 4 samples (shards of 2) that differ only in the
+  sampler's eta."""
+  base = tmp_path_factory.mktemp("jobs")
+  for name, eta in (("a", 0.02), ("b", 0.04)):
+    job = jobs.SampleJob(model=str(tiny_model), num_samples=4, batch_size=2,
+                         out=str(base / name))
+    jobs.run_sampling_job(sampler_config("cap", eta=eta, num_steps=2), job, progress=False)
+  return base
+
+
+def _rewrite(path, change):
+  """Rewrites a shard with `change(record)` applied to each record."""
+  records = [json.loads(line) for line in path.read_text().splitlines()]
+  for record in records:
+    change(record)
+  path.write_text(shards.shard_text(records))
+
+
+def _merge_error(directory, capsys, *flags):
+  assert cli.merge_main([str(directory), *flags]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: ") and "Traceback" not in err
+  assert not (directory / shards.MERGED).exists()
+  return err
+
+
+def test_merge_refuses_a_shard_of_another_job(two_jobs, tmp_path, capsys):
+  """A shard of job b (other eta) under job a's manifest is named, not merged."""
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  shutil.copy(shards.shard_path(two_jobs / "b", 2, 4), shards.shard_path(job, 2, 4))
+  err = _merge_error(job, capsys)
+  assert "samples-000000002-000000004.jsonl: line 1: the sample does not belong to this job" \
+      in err and "job digest" in err and "settings" in err
+
+
+def test_every_record_carries_its_jobs_digest_and_is_checked_by_it(two_jobs, tmp_path, capsys):
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  manifest = json.loads((job / shards.MANIFEST).read_text())
+  assert {r["job"] for r in shards.merge(job)} == {shards.manifest_digest(manifest)}
+  (job / shards.MERGED).unlink()
+  # same settings, seed and model, but written under another manifest (e.g. other prompts)
+  _rewrite(shards.shard_path(job, 0, 2), lambda r: r.update(job="0123456789abcdef"))
+  assert "line 1: the sample does not belong to this job (differs from manifest.json in " \
+      "job digest '0123456789abcdef'" in _merge_error(job, capsys)
+
+
+def test_records_written_before_digests_merge_when_they_fit(two_jobs, tmp_path):
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  for first in (0, 2):
+    _rewrite(shards.shard_path(job, first, first + 2), lambda r: r.pop("job"))
+  assert [r["index"] for r in shards.merge(job)] == [0, 1, 2, 3]
+
+
+def test_damaged_records_are_named_even_when_scoring(two_jobs, causal_model, tmp_path, capsys):
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  path = shards.shard_path(job, 0, 2)
+  lines = path.read_text().splitlines()
+  damaged = {k: v for k, v in json.loads(lines[1]).items() if k != "text"}
+  path.write_text(lines[0] + "\n" + json.dumps(damaged) + "\n")
+  err = _merge_error(job, capsys, f"--merge.evaluator={causal_model}")
+  assert f"{path}: line 2 is a damaged sample record (no text)" in err
+  path.write_text(lines[1] + "\n" + lines[0].replace('"index": 0', '"index": 3') + "\n")
+  assert "line 2 holds sample 3, outside the shard's rows [0, 2)" in _merge_error(job, capsys)
+
+
+def test_a_job_folder_is_used_by_one_run_at_a_time(two_jobs, tiny_model, tmp_path):
+  from test_locks import _holder
+  from remdm_jax import locks
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  with _holder(job) as holder:
+    with pytest.raises(locks.FolderInUse, match=rf"{job}: the job folder is in use by another "
+                       rf"run \(pid {holder.pid} "):
+      jobs.run_sampling_job(sampler_config("cap", eta=0.02, num_steps=2),
+                            jobs.SampleJob(model=str(tiny_model), num_samples=4, batch_size=2,
+                                           out=str(job)), progress=False)
+    with pytest.raises(locks.FolderInUse, match=rf"pid {holder.pid} "):
+      shards.merge(job)
+  assert len(shards.merge(job)) == 4                     # free once the holder is gone
+
+
+def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
+  path = tmp_path / "prompts.txt"
+  path.write_bytes("\ufeffROMEO.\nJULIET.\n".encode("utf-8"))
+  assert jobs.prompt_texts(jobs.SampleJob(prompt_file=str(path))) == ["ROMEO.", "JULIET."]
