@@ -59,8 +59,8 @@ def _check_ids(ids, vocab_size: int) -> np.ndarray:
                                 f"{item!r:.40} at index {i}")
     if not ids:
       return np.zeros(0, np.int32)
-  ids = np.asarray(check_array("ids", ids, ndim=1, dims="[N]"))
-  return check_ids("ids", ids, 0, vocab_size) if ids.size else ids.astype(np.int32)
+  return check_ids("ids", np.asarray(check_array("ids", ids, ndim=1, dims="[N]")), 0,
+                   vocab_size)
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
@@ -144,6 +144,9 @@ class GPT2Tokenizer:
     except ImportError:
       raise ValueError("the GPT-2 tokenizer needs tiktoken and the GPT-2 files: pip install "
                        "'remdm-jax[gpt2]'") from None
+    if directory is not None and not isinstance(directory, (str, os.PathLike)):
+      raise ArgumentTypeError(f"directory must be a path (str or os.PathLike) or None, got "
+                              f"{directory!r:.60}")
     directory = pathlib.Path(directory) if directory else _default_gpt2_dir()
     files = [directory / "vocab.bpe", directory / "encoder.json"]
     if not all(f.is_file() for f in files):

@@ -50,3 +50,14 @@ def test_split_labels_use_the_training_threshold():
   # 80th percentile of [0, 0, 1, 1, 2] is 1.2: only 2 rings and above are class 1
   np.testing.assert_array_equal(train_labels, [0, 0, 0, 0, 1])
   np.testing.assert_array_equal(valid_labels, [0, 1, 0, 0])
+
+
+def test_novelty_against_a_training_set_written_in_any_form():
+  """A training set that is not a `canonical_set` is canonicalised first: "OCC" in it is the
+  sample "CCO", so only "CCN" is novel; a `canonical_set` is used as it is."""
+  got = chem.generation_metrics(["CCO", "CCN"], ["OCC", "C1CC"], "rings")
+  assert (got["novel"], got["novel_valid_unique"]) == (0.5, 1)
+  assert chem.generation_metrics(["CCO", "CCN"], {"OCC"}, "rings") == got
+  training = chem.canonical_set(s for s in ["OCC"])         # any iterable of strings
+  assert isinstance(training, chem.CanonicalSet) and training == {"CCO"}
+  assert chem.generation_metrics(["CCO", "CCN"], training, "rings") == got

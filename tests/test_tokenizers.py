@@ -51,3 +51,13 @@ def test_gpt2_without_tiktoken_names_the_install(monkeypatch):
 def test_tokenizer_name_must_be_text():
   with pytest.raises(ValueError, match="tokenizer must be 'bytes', 'gpt2' or a directory"):
     get_tokenizer(None)
+
+
+def test_decode_takes_lists_arrays_and_iterables_of_ids():
+  import jax.numpy as jnp
+  import numpy as np
+  tok = ByteTokenizer()
+  ids = [72, 105, tok.eos_id, tok.mask_id]
+  for form in (ids, tuple(ids), iter(ids), np.asarray(ids, np.int64), jnp.asarray(ids)):
+    assert tok.decode(form) == "Hi"
+  assert tok.decode([]) == "" and tok.decode(np.zeros(0, np.int32)) == ""
