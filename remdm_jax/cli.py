@@ -25,7 +25,7 @@ import re
 import sys
 import typing
 
-from remdm_jax import distributed, files, guidance, jobs, shards
+from remdm_jax import distributed, files, guidance, jobs, locks, shards
 from remdm_jax.config import SamplerConfig
 from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, run_cli
@@ -235,23 +235,44 @@ TRAIN_FIXED = {
 
 def _train(argv: list[str]) -> int:
   from remdm_jax import data, training
-  configs, rest = parse_sections(argv, train_sections(), "--workdir=DIR ", TRAIN_FIXED)
-  workdir = [a.split("=", 1)[1] for a in rest if a.startswith("--workdir=")]
-  if len(workdir) != 1 or len(rest) != 1 or not workdir[0]:
-    raise UsageError(f"pass exactly one --workdir=DIR; unexpected arguments: {rest}")
-  files.check_writable_folder(workdir[0], "workdir")
-  distributed.initialize(configs["dist"])
+  sections = train_sections()
+  configs, rest = parse_sections(argv, sections, "--workdir=DIR ", TRAIN_FIXED)
+  workdir = _workdir(rest, sections)
   data_cfg, train_cfg = configs["data"], configs["train"]
-  tokenizer = data_cfg.make_tokenizer()
-  model_cfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size,
-                                  max_length=data_cfg.seq_len,
-                                  causal=train_cfg.objective.causal,
-                                  num_classes=2 if data_cfg.label else 0)
-  train_rows, valid_rows = data_cfg.load_rows(tokenizer)
-  stream = data.BatchStream(train_rows, train_cfg.batch_size, train_cfg.seed)
-  training.train(model_cfg, train_cfg, stream, valid_rows, tokenizer.mask_id, workdir[0],
-                 tokenizer=data_cfg.tokenizer)
+  if train_cfg.objective.name == "classifier" and not data_cfg.label:
+    raise UsageError("--train.objective=classifier trains on labelled molecules: add "
+                     "--data.label=qed or --data.label=rings (with --data.layout=pad and "
+                     "SMILES text, e.g. --data.dataset=qm9_smiles)")
+  files.check_writable_folder(workdir, "workdir")
+  distributed.initialize(configs["dist"])
+  with locks.hold(workdir, "workdir", primary=distributed.is_primary()):
+    tokenizer = data_cfg.make_tokenizer()
+    model_cfg = dataclasses.replace(configs["model"], vocab_size=tokenizer.vocab_size,
+                                    max_length=data_cfg.seq_len,
+                                    causal=train_cfg.objective.causal,
+                                    num_classes=2 if data_cfg.label else 0)
+    train_rows, valid_rows = data_cfg.load_rows(tokenizer)
+    stream = data.BatchStream(train_rows, train_cfg.batch_size, train_cfg.seed)
+    training.train(model_cfg, train_cfg, stream, valid_rows, tokenizer.mask_id, workdir,
+                   tokenizer=data_cfg.tokenizer)
   return 0
+
+
+def _workdir(rest: list[str], sections: dict) -> str:
+  """The one `--workdir=DIR` among the arguments that are not section flags; any other
+  argument is an error naming only the unknown ones and what is valid."""
+  unexpected = [a for a in rest if not a.startswith("--workdir=")]
+  if "--workdir" in unexpected:
+    raise UsageError("--workdir needs a value: --workdir=DIR")
+  if unexpected:
+    raise UsageError(f"unexpected arguments {unexpected}; remdm-train takes --workdir=DIR, "
+                     "--config=FILE.json and --SECTION.FIELD=VALUE flags with SECTION one of "
+                     f"{sorted(sections)} (--help lists them)")
+  workdirs = [a.split("=", 1)[1] for a in rest]
+  if len(workdirs) != 1 or not workdirs[0]:
+    raise UsageError(f"pass exactly one --workdir=DIR, got {len(workdirs)} "
+                     f"({', '.join(map(repr, workdirs)) or 'none'})")
+  return workdirs[0]
 
 
 def train_main(argv: list[str] | None = None) -> int:
@@ -325,7 +346,10 @@ def merge_main(argv: list[str] | None = None) -> int:
 class ConvertOptions:
   """What `remdm-convert SRC DST` needs besides the two paths."""
 
-  released_config: str = ""   # the released config.json, for a Lightning .ckpt source
+  released_config: str = ""   # the released config.json, for a Lightning .ckpt source only
+                              # (a folder source has its own; giving one is refused)
+  allow_nonfinite: bool = False  # convert tensors holding NaN or infinity instead of
+                                 # refusing them
 
   def __post_init__(self):
     check_fields(self)
@@ -335,11 +359,15 @@ def _convert_weights(argv: list[str]) -> int:
   from remdm_jax import convert
   configs, rest = parse_sections(argv, {"convert": ConvertOptions()}, "SRC DST ")
   src, dst = _positional(rest, ("SRC", "DST"))
-  print(f"wrote {convert.convert(src, dst, configs['convert'].released_config or None)}")
+  options = configs["convert"]
+  written = convert.convert(src, dst, options.released_config or None,
+                            allow_nonfinite=options.allow_nonfinite)
+  print(f"wrote {written}")
   return 0
 
 
 def convert_main(argv: list[str] | None = None) -> int:
-  """`remdm-convert SRC DST [--convert.released_config=CONFIG.json]`: released MDLM weights
-  (a Hugging Face folder or a Lightning .ckpt) into a model folder."""
+  """`remdm-convert SRC DST [--convert.released_config=CONFIG.json]
+  [--convert.allow_nonfinite=true]`: released MDLM weights (a Hugging Face folder or a
+  Lightning .ckpt) into a model folder."""
   return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)

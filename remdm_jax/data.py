@@ -262,6 +262,18 @@ class BatchStream:
                              np.asarray([order[e][o] for e, o in zip(epochs, offsets)]))
 
 
+def _check_smiles(texts: list[str], label: str, where: str) -> None:
+  """Raises unless every example parses as a SMILES string (a label is a property of the
+  molecule; an unparsable example would silently be class 0)."""
+  from remdm_jax import chem
+  bad = [i for i, text in enumerate(texts) if chem.molecule(text) is None]
+  if bad:
+    raise ValueError(f"label={label!r} needs SMILES text, one molecule per example; "
+                     f"{len(bad)} of {len(texts)} examples of {where} do not parse as SMILES "
+                     f"(first: example {bad[0]}, {texts[bad[0]][:40]!r}); use a molecule "
+                     "dataset such as qm9_smiles, or no label")
+
+
 @dataclasses.dataclass(frozen=True)
 class DataConfig:
   """Where the text comes from and how it becomes rows."""
@@ -289,7 +301,12 @@ class DataConfig:
 
   def load_rows(self, tokenizer: Tokenizer) -> tuple:
     """Rows of the train and validation splits: `[N, seq_len] int32`, or with `label`,
-    `{"tokens": [N, seq_len] int32, "labels": [N] int32}` (`remdm_jax.batches`)."""
+    `{"tokens": [N, seq_len] int32, "labels": [N] int32}` (`remdm_jax.batches`).
+
+    Raises:
+      ValueError: with `label`, an example that does not parse as SMILES (the count and the
+        first one are named).
+    """
     layout = pack if self.layout == "pack" else pad
     texts = [load_texts(self.dataset, split, self.data_dir, self.source_dir)
              for split in ("train", "validation")]
@@ -297,5 +314,7 @@ class DataConfig:
     if not self.label:
       return tuple(rows)
     from remdm_jax import chem
+    for split, examples in zip(("train", "validation"), texts):
+      _check_smiles(examples, self.label, f"{self.dataset} {split}")
     labels = chem.split_labels(texts[0], texts[1], self.label)
     return tuple({"tokens": r, "labels": y} for r, y in zip(rows, labels))

@@ -33,9 +33,10 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import batches, distributed, files, objectives
+from remdm_jax import batches, distributed, files, locks, objectives
 from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
+from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiTConfig
 from remdm_jax.objectives import MdlmObjective, Objective, held_out_loss
 from remdm_jax.registry import flat_options, with_choice_options
@@ -310,8 +311,12 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
       class-conditional model, `remdm_jax.batches`), or None.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
     tokenizer: recorded with the exported model (`WORKDIR/model`).
+
+  Raises:
+    locks.FolderInUse: another run holds `workdir` (named: pid, host, start, command).
+    ValueError: a checkpoint of another run, too few validation rows, or unlabelled rows for
+      the classifier objective.
   """
-  from tqdm import tqdm
   if (valid_rows is not None and cfg.eval_every
       and batches.num_rows(valid_rows) < cfg.batch_size):
     raise ValueError(f"the validation split has {batches.num_rows(valid_rows)} rows, fewer than "
@@ -319,6 +324,29 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
                      "size, or pass --train.eval_every=0")
   workdir = files.check_writable_folder(workdir, "workdir")
   record = run_record(model_cfg, cfg, train_stream, mask_id, tokenizer)
+  if cfg.objective.model_class is NoisyClassifier and not isinstance(train_stream.rows, dict):
+    raise ValueError(f"objective {cfg.objective.name!r} needs labelled rows ({{'tokens', "
+                     "'labels'}}), got unlabelled ones (remdm-train: add --data.label=qed or "
+                     "--data.label=rings)")
+  with locks.hold(workdir, "workdir", primary=distributed.is_primary()):
+    return _train_in(workdir, record, model_cfg, cfg, train_stream, valid_rows, mask_id,
+                     stop_at=stop_at, progress=progress, tokenizer=tokenizer)
+
+
+def _write_metric(log, path: pathlib.Path, entry: dict) -> None:
+  """Appends one line to `metrics.jsonl`; a failed write names the file."""
+  try:
+    log.write(json.dumps(entry) + "\n")
+    log.flush()
+  except OSError as err:
+    raise OSError(err.errno, f"cannot write the metrics ({err.strerror or err})",
+                  str(path)) from None
+
+
+def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: TrainConfig,
+              train_stream, valid_rows, mask_id: int, *, stop_at, progress, tokenizer) -> dict:
+  """The body of `train`, run while this run holds the workdir's lock."""
+  from tqdm import tqdm
   run, state = build_run(model_cfg, cfg, mask_id)
   checkpoints = Checkpoints(workdir / "checkpoints", resume_identity(record))
   restored = checkpoints.restore_latest(state)
@@ -329,7 +357,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
   metrics_path = workdir / "metrics.jsonl"
   if primary:
     _truncate_metrics(metrics_path, start)
-    (workdir / "config.json").write_text(json.dumps(record, indent=2) + "\n")
+    files.write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
   stop, last = _StopOnSignal(), min(cfg.steps, stop_at or cfg.steps)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and primary), desc="train")
   try:
@@ -350,8 +378,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
                     state["ema"], jax.device_put(batch, run.data_sharding), key),
                 valid_rows, cfg.batch_size, seed=cfg.seed + 1, max_batches=cfg.eval_batches)
             entry["valid_ppl_bound"] = float(np.exp(entry["valid_nelbo"]))
-          log.write(json.dumps(entry) + "\n")
-          log.flush()
+          _write_metric(log, metrics_path, entry)
           bar.set_postfix(loss=f"{entry['loss']:.3f}")
         bar.update(1)
         # every process stops together

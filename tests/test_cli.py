@@ -260,3 +260,38 @@ def test_train_cli_refuses_a_file_as_workdir(tmp_path, capsys):
   (tmp_path / "f").write_text("x")
   assert cli.train_main([f"--workdir={tmp_path / 'f'}"]) == 2
   assert "f: is a file, expected a folder for the workdir" in _one_line(capsys)
+
+
+@pytest.mark.parametrize("argv,expected", [
+    (["--workdir=w", "--steps=5"], "unexpected arguments ['--steps=5']; remdm-train takes "
+     "--workdir=DIR, --config=FILE.json and --SECTION.FIELD=VALUE flags with SECTION one of "
+     "['data', 'dist', 'model', 'train']"),
+    (["--workdir"], "--workdir needs a value: --workdir=DIR"),
+    (["--workdir=a", "--workdir=b"], "pass exactly one --workdir=DIR, got 2 ('a', 'b')"),
+    (["--workdir=w", "--train.objective=classifier"], "--train.objective=classifier trains on "
+     "labelled molecules: add --data.label=qed or --data.label=rings"),
+])
+def test_train_usage_errors_name_only_what_is_wrong(argv, expected, tmp_path, monkeypatch,
+                                                    capsys):
+  monkeypatch.chdir(tmp_path)
+  assert cli.train_main(argv) == 2
+  line = _one_line(capsys)
+  assert expected in line and "'--workdir=w'" not in line
+  assert not (tmp_path / "w").exists()
+
+
+def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeypatch, capsys):
+  import errno
+  import os
+  from remdm_jax import files
+  from remdm_jax.errors import run_cli
+
+  def full_disk(fd):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  monkeypatch.setattr(os, "fsync", full_disk)
+  (tmp_path / "m.json").write_text("old")
+  assert run_cli(lambda argv: files.write_atomic(tmp_path / "m.json", "new") or 0, []) == 2
+  assert _one_line(capsys) == (f"error: {tmp_path / 'm.json'}: cannot write the file (No "
+                               "space left on device)")
+  assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
+  assert (tmp_path / "m.json").read_text() == "old"

@@ -204,3 +204,17 @@ def test_labelled_rows_stay_aligned_through_the_batch_stream():
     data.DataConfig(dataset="qm9_smiles", label="qed")
   with pytest.raises(ValueError, match="unknown label 'logp'"):
     data.DataConfig(dataset="qm9_smiles", layout="pad", label="logp")
+
+
+def test_a_label_on_text_that_is_not_smiles_names_the_examples(monkeypatch):
+  pytest.importorskip("rdkit")
+  splits = {"train": ["the king's war", "CCO", "a night of peace"], "validation": ["C#N"]}
+  monkeypatch.setattr(data, "load_texts", lambda name, split, *args: splits[split])
+  cfg = data.DataConfig(dataset="text_folder", layout="pad", label="qed", seq_len=32)
+  with pytest.raises(ValueError, match=r"label='qed' needs SMILES text, one molecule per "
+                     r"example; 2 of 3 examples of text_folder train do not parse as SMILES "
+                     r"\(first: example 0, \"the king's war\"\)"):
+    cfg.load_rows(data.get_tokenizer("bytes"))
+  splits["train"] = ["CCO", "c1ccccc1", "CC(=O)O"]
+  train, valid = cfg.load_rows(data.get_tokenizer("bytes"))
+  assert train["labels"].shape == (3,) and valid["labels"].shape == (1,)

@@ -530,3 +530,50 @@ def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
     jobs.load_sampling_model(tmp_path / "model")
   with pytest.raises(ValueError, match="objective 'classifier' needs labelled rows"):
     _train(tmp_path / "plain", cfg=dataclasses.replace(cfg, steps=1), model=model_cfg)
+
+
+def test_a_workdir_is_used_by_one_run_at_a_time(tmp_path, capsys):
+  """A second run on a held workdir stops at once (exit 2, naming the holder) and writes
+  nothing; once the holder is killed, its leftover lock file is no lock."""
+  from remdm_jax import cli, locks
+  from test_locks import _holder
+  with _holder(tmp_path) as holder:
+    assert cli.train_main([f"--workdir={tmp_path}", "--data.dataset=nowhere"]) == 2
+    line = capsys.readouterr().err
+    assert line.count("\n") == 1 and f"the workdir folder is in use by another run (pid " \
+        f"{holder.pid} on host " in line
+    with pytest.raises(locks.FolderInUse, match=f"pid {holder.pid} "):
+      _train(tmp_path)
+  assert sorted(p.name for p in tmp_path.iterdir()) == [locks.LOCK_FILE]
+  _train(tmp_path, cfg=dataclasses.replace(TRAIN, steps=2, save_every=2))
+  assert (tmp_path / "model").is_dir() and not (tmp_path / locks.LOCK_FILE).exists()
+
+
+def test_a_failed_checkpoint_save_is_one_line_without_thread_tracebacks(tmp_path, capsys,
+                                                                        caplog):
+  """A save whose writer thread fails on a full disk (a stand-in for orbax's): one `error:`
+  line naming the step's folder, no traceback or ERROR record, no temporary left."""
+  import errno
+  import logging
+  import threading
+  checkpoints = checkpoint.Checkpoints(tmp_path / "checkpoints", {"run": 1})
+
+  def save(step, args=None, force=False):
+    temporary = tmp_path / "checkpoints" / f"{step}.orbax-checkpoint-tmp-7"
+    temporary.mkdir(parents=True)
+    (temporary / "part").write_bytes(b"")
+
+    def writer():
+      failure = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+      logging.getLogger("absl").error("write failed", exc_info=failure)
+      raise failure
+    thread = threading.Thread(target=writer)
+    thread.start()
+    thread.join()
+  checkpoints.manager.save = save
+  assert errors.run_cli(lambda argv: checkpoints.save({"step": 3}), []) == 2
+  err = capsys.readouterr().err
+  assert err == (f"error: {tmp_path / 'checkpoints' / '3'}: cannot write the checkpoint (No "
+                 "space left on device)\n")
+  assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+  assert list((tmp_path / "checkpoints").iterdir()) == []
