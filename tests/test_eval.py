@@ -116,3 +116,10 @@ def test_entropy_refuses_what_is_not_ids(rows, match):
 def test_mauve_refuses_bad_features(p, q, match):
   with pytest.raises(ValueError, match=match):
     ev.mauve_score(p, q)
+
+
+def test_scoring_names_a_record_without_text():
+  from remdm_jax import scoring
+  with pytest.raises(ValueError, match=r"record 1 \(sample 7\) has no text to score"):
+    scoring.evaluate_samples([{"index": 0, "text": "a"}, {"index": 7, "ids": [1]}],
+                             "no-evaluator-needed")
