@@ -1,0 +1,190 @@
+"""Loading a released LLaDA folder into `remdm_jax.models.llada.LLaDA`, one tensor at a time.
+
+A released folder holds `config.json` (the reference field names, read by
+`LLaDAConfig.from_hf`), sharded `model-0000k-of-0000n.safetensors` files and
+`model.safetensors.index.json`, whose `weight_map` maps each key to its shard (a folder with
+a single `model.safetensors` and no index is read too). Keys are
+`model.transformer.wte.weight`, `model.transformer.blocks.{i}.{attn_norm,ff_norm}.weight`,
+`model.transformer.blocks.{i}.{q_proj,k_proj,v_proj,attn_out,ff_proj,up_proj,ff_out}.weight`
+(PyTorch `[out, in]`, transposed here to the `[in, out]` kernels), `model.transformer.ln_f.weight`
+and `model.transformer.ff_out.weight` (absent with `weight_tying`).
+
+The model is created abstractly (`nnx.eval_shape`), every key, shard and shape is checked
+from the safetensors headers before any weight is read, and each tensor is then read through
+a memory map and placed on its device(s) alone, so the model never exists whole in host
+memory. Tokenizer files are not read here.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from remdm_jax.files import read_json_object
+from remdm_jax.models.llada import DTYPES, LLaDA, LLaDAConfig
+from remdm_jax.safetensors_io import SafetensorsFile
+from remdm_jax.sharding import param_spec
+from remdm_jax.validation import check_choice
+
+INDEX = "model.safetensors.index.json"
+SINGLE = "model.safetensors"
+_PREFIX = "model.transformer."
+_FLOATS = ("float64", "float32", "float16", "bfloat16")
+
+# Tensor-parallel rules over the "model" mesh axis, on paths like "blocks/0/q_proj/kernel":
+# the input projections split their output columns, the two output projections of a block
+# their input rows (XLA adds the reductions), the embedding its features and the vocabulary
+# projection its vocabulary columns. A dimension the axis does not divide is replicated.
+LLADA_RULES: tuple[tuple[str, P], ...] = (
+    (r"^blocks/\d+/(q_proj|k_proj|v_proj|ff_proj|up_proj)/kernel$", P(None, "model")),
+    (r"^blocks/\d+/(attn_out|ff_out)/kernel$", P("model", None)),
+    (r"^wte/embedding$", P(None, "model")),
+    (r"^ff_out/kernel$", P(None, "model")),
+)
+
+
+def released_key(path: tuple) -> tuple[str, bool]:
+  """`(key, transposed)`: the released name of the parameter at an NNX state path, and
+  whether its stored layout is the transpose of ours (a PyTorch Linear weight)."""
+  *module, leaf = (str(part) for part in path)
+  key = _PREFIX + ".".join(module) + ".weight"
+  if leaf == "kernel":
+    return key, True
+  if leaf in ("embedding", "weight"):
+    return key, False
+  raise ValueError(f"no released key for the parameter {'/'.join(map(str, path))}")
+
+
+def _weight_map(folder: pathlib.Path) -> dict[str, str]:
+  """key -> shard file name, from the index (or the single file's header)."""
+  index_path = folder / INDEX
+  if not index_path.exists() and (folder / SINGLE).exists():
+    return {key: SINGLE for key in SafetensorsFile(folder / SINGLE).tensors}
+  index = read_json_object(index_path, "safetensors index")
+  weight_map = index.get("weight_map")
+  if not isinstance(weight_map, dict) or not all(
+      isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
+    raise ValueError(f"{index_path}: weight_map must map tensor names to shard file names, "
+                     f"got {weight_map!r:.120}")
+  return weight_map
+
+
+def _open_shards(folder: pathlib.Path, weight_map: dict[str, str]) -> dict[str, SafetensorsFile]:
+  """Each shard the index names, parsed (headers only)."""
+  shards = {}
+  for name in sorted(set(weight_map.values())):
+    path = folder / name
+    if not path.is_file():
+      key = min(k for k, v in weight_map.items() if v == name)
+      raise ValueError(f"{path}: missing shard file (the index places {key} in it)")
+    shards[name] = SafetensorsFile(path)
+  return shards
+
+
+def _check_keys(expected: dict[str, tuple], weight_map: dict[str, str],
+                shards: dict[str, SafetensorsFile], folder: pathlib.Path) -> None:
+  """Every expected key is present once with its released shape; nothing else is.
+
+  `expected`: key -> (shape in the released layout, ...)."""
+  stored = {key: name for name, shard in shards.items() for key in shard.tensors}
+  unknown = sorted((set(weight_map) | set(stored)) - set(expected))
+  if unknown:
+    where = weight_map.get(unknown[0]) or stored[unknown[0]]
+    raise ValueError(f"{folder / where}: unknown tensor {unknown[0]} (not a parameter of "
+                     f"this LLaDA config; {len(unknown)} unknown in all)")
+  missing = sorted(set(expected) - set(weight_map))
+  if missing:
+    raise ValueError(f"{folder}: missing tensor {missing[0]} in the weight map "
+                     f"({len(missing)} missing in all)")
+  for key, (shape, *_) in expected.items():
+    shard = shards[weight_map[key]]
+    if key not in shard:
+      raise ValueError(f"{shard.path}: missing tensor {key} (the index places it in this "
+                       "shard)")
+    found = shard.tensors[key].shape
+    if found != shape:
+      raise ValueError(f"{shard.path}: tensor {key} has shape {list(found)}, expected "
+                       f"{list(shape)}")
+    if np.dtype(shard.tensors[key].dtype).name not in _FLOATS:
+      raise ValueError(f"{shard.path}: tensor {key} has dtype {shard.tensors[key].dtype}, "
+                       "expected a floating dtype")
+
+
+def _stored_dtype(weight_map, shards) -> str:
+  """The dtype name of the stored embedding (what "as stored" means)."""
+  key = _PREFIX + "wte.weight"
+  shard = shards.get(weight_map.get(key))
+  name = np.dtype(shard.tensors[key].dtype).name if shard and key in shard else "float32"
+  return name if name in DTYPES else "float32"
+
+
+def _sharding(mesh: Mesh, path: tuple, shape: tuple[int, ...]) -> NamedSharding:
+  """The parameter's `NamedSharding` by `LLADA_RULES` (replicated without a "model" axis)."""
+  if "model" not in mesh.axis_names or mesh.shape["model"] == 1:
+    return NamedSharding(mesh, P())
+  name = "/".join(map(str, path))                                          # blocks/0/q_proj/kernel
+  return NamedSharding(mesh, param_spec(name, shape, mesh.shape["model"], LLADA_RULES))
+
+
+def _place(array: np.ndarray, dtype, sharding) -> jax.Array:
+  """One host tensor on its device(s): replicated onto the default device, or read per
+  shard (only the slices each local device holds) for a `NamedSharding`."""
+  if sharding is None:
+    return jax.device_put(np.array(array, dtype=dtype))   # one tensor copied, then freed
+  return jax.make_array_from_callback(
+      array.shape, sharding, lambda index: np.array(array[index], dtype=dtype))
+
+
+def load_llada(directory, *, dtype: str | None = None, mesh: Mesh | None = None) -> LLaDA:
+  """A released LLaDA folder as an NNX `LLaDA` model.
+
+  Args:
+    directory: the folder with `config.json`, the safetensors shards and their index.
+    dtype: parameter and compute dtype ("float32", "bfloat16", "float16"); None keeps the
+      stored dtype (bfloat16 for the released 8B models, about 16 GB of parameters).
+    mesh: optional mesh; its "model" axis splits the matrices by `LLADA_RULES` (a mesh
+      without one replicates every tensor over its devices). None: the default device.
+
+  Returns:
+    The model, with every parameter on device.
+
+  Raises:
+    ValueError: one line naming the file or tensor: a missing folder, config or index, a
+      config this implementation does not cover, a missing shard file, a missing, unknown
+      or mis-shaped tensor.
+  """
+  if dtype is not None:
+    check_choice("dtype", dtype, DTYPES)
+  if mesh is not None and any(kind != AxisType.Auto for kind in mesh.axis_types):
+    raise ValueError(f"mesh axes must be AxisType.Auto (as remdm_jax.distributed.make_mesh "
+                     f"builds them), got {dict(zip(mesh.axis_names, mesh.axis_types))}")
+  folder = pathlib.Path(directory)
+  if not folder.is_dir():
+    raise ValueError(f"{folder}: no such LLaDA folder")
+  config = read_json_object(folder / "config.json", "LLaDA config.json")
+  weight_map = _weight_map(folder)
+  shards = _open_shards(folder, weight_map)
+  try:
+    cfg = LLaDAConfig.from_hf(config, dtype=dtype or _stored_dtype(weight_map, shards))
+  except ValueError as err:
+    raise ValueError(f"{folder / 'config.json'}: {err}") from None
+  graphdef, state = nnx.split(nnx.eval_shape(lambda: LLaDA(cfg, rngs=nnx.Rngs(0))))
+  expected = {}
+  for path, variable in nnx.to_flat_state(state):
+    key, transposed = released_key(path)
+    shape = variable.get_value().shape
+    expected[key] = (shape[::-1] if transposed else shape, path, variable, transposed)
+  _check_keys(expected, weight_map, shards, folder)
+  placed = []
+  for key, (_, path, variable, transposed) in expected.items():
+    array = shards[weight_map[key]][key]                                   # memory-mapped
+    array = array.T if transposed else array                               # [in, out]
+    sharding = None if mesh is None else _sharding(mesh, path, array.shape)
+    placed.append((path, variable.replace(_place(array, variable.get_value().dtype,
+                                                 sharding))))
+  return nnx.merge(graphdef, nnx.from_flat_state(placed))
+
