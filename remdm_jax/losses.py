@@ -37,8 +37,9 @@ import jax.numpy as jnp
 
 from remdm_jax import diffusion
 from remdm_jax.denoiser import Denoiser
+from remdm_jax.sample_checks import as_typed_key
 from remdm_jax.schedules import LogLinear
-from remdm_jax.validation import (ArgumentTypeError, as_array, check_array, check_choice,
+from remdm_jax.validation import (ArgumentTypeError, check_array, check_choice,
                                   check_ids, check_int, check_range, check_scalar)
 
 
@@ -46,17 +47,7 @@ from remdm_jax.validation import (ArgumentTypeError, as_array, check_array, chec
 
 def _check_key(key) -> None:
   """A typed key (`jax.random.key`) or a legacy `uint32[2]` one, as the samplers take."""
-  if key is None or isinstance(key, (bool, int, float, str, bytes)):
-    raise ArgumentTypeError("key must be jax.random.key(seed) or a legacy "
-                            f"jax.random.PRNGKey(seed) uint32[2], got {key!r}")
-  array = as_array("key", key)
-  if jax.dtypes.issubdtype(array.dtype, jax.dtypes.prng_key):
-    if array.shape != ():
-      raise ValueError(f"key must be a single key (shape ()), got shape {list(array.shape)}")
-  elif array.dtype != jnp.uint32 or array.shape != (2,):
-    raise ArgumentTypeError(
-        "key must be jax.random.key(seed) or a legacy jax.random.PRNGKey(seed) uint32[2], "
-        f"got {array.dtype}{list(array.shape)}")
+  as_typed_key(key)
 
 
 def _check_function(name: str, fn, contract: str) -> None:

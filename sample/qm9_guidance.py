@@ -76,14 +76,15 @@ def labelled_rows(work: pathlib.Path, prop: str) -> tuple[dict, dict]:
                for split in ("train", "valid"))
 
 
-def training_set(work: pathlib.Path) -> frozenset:
-  """Canonical SMILES of the training molecules (for novelty), cached in WORK."""
+def training_set(work: pathlib.Path) -> chem.CanonicalSet:
+  """Canonical SMILES of the training molecules (for novelty), cached in WORK (written by
+  `chem.canonical_set`, so read back as one)."""
   cache = work / "train_canonical.txt"
   if not cache.exists():
     cfg = data_config(work)
     smiles = data.load_texts("qm9_smiles", "train", cfg.data_dir, cfg.source_dir)
     cache.write_text("\n".join(sorted(chem.canonical_set(smiles))) + "\n")
-  return frozenset(cache.read_text().split())
+  return chem.CanonicalSet(cache.read_text().split())
 
 
 def train_model(work: pathlib.Path, name: str, objective: str, rows: dict, args) -> object:
