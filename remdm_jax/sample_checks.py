@@ -47,7 +47,7 @@ def as_typed_key(key: jax.Array) -> jax.Array:
     raise ArgumentTypeError(f"{_KEY_HELP}, got {type(key).__name__} {key!r:.40}{hint}")
   if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
     if key.shape != ():
-      raise ValueError(f"key must be a single key (shape ()), got shape {key.shape}")
+      raise ValueError(f"key must be a single key (shape []), got shape {list(key.shape)}")
     return key
   if key.dtype != jnp.uint32 or key.shape != (2,):
     raise ValueError(f"{_KEY_HELP}, got {key.dtype}{list(key.shape)}")
