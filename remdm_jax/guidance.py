@@ -61,10 +61,13 @@ class _CfgCall:
 
   def __call__(self, params, z: jax.Array, t: jax.Array) -> jax.Array:
     cond_params, uncond_params, gamma = params
-    log_cond = jax.nn.log_softmax(self.conditional(cond_params, z, t).astype(jnp.float32),
-                                  axis=-1)                                    # [B, L, V]
-    log_uncond = jax.nn.log_softmax(
-        self.unconditional(uncond_params, z, t).astype(jnp.float32), axis=-1)
+    cond, uncond = self.conditional(cond_params, z, t), self.unconditional(uncond_params, z, t)
+    if cond.shape != uncond.shape:
+      raise ValueError(f"classifier-free guidance needs logits of one shape from both "
+                       f"denoisers, got conditional {list(cond.shape)} and unconditional "
+                       f"{list(uncond.shape)}")
+    log_cond = jax.nn.log_softmax(cond.astype(jnp.float32), axis=-1)          # [B, L, V]
+    log_uncond = jax.nn.log_softmax(uncond.astype(jnp.float32), axis=-1)
     return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
 
 
@@ -109,6 +112,9 @@ def _target_log_prob(classifier: Classifier, onehot: jax.Array, t: jax.Array,
   if shape is None or len(shape) != 2 or shape[0] != onehot.shape[0] or shape[1] < 2:
     raise ValueError(f"classifier must return logits [B, C] with C >= 2 classes for "
                      f"{onehot.shape[0]} inputs, got {list(shape) if shape else logits!r:.60}")
+  if classifier.num_classes is not None and shape[1] != classifier.num_classes:
+    raise ValueError(f"classifier declares num_classes {classifier.num_classes} but returns "
+                     f"logits {list(shape)}")
   if not jnp.issubdtype(logits.dtype, jnp.floating):
     raise ValueError(f"classifier must return floating logits (integers have no gradient), "
                      f"got dtype {logits.dtype}")
@@ -127,6 +133,7 @@ def exact_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Array,
   classifier call on `B * V` sequences; as many rounds as the example with the most selected
   positions has, so scoring only the masked positions costs in proportion to them. Meant for
   small vocabularies such as SMILES characters."""
+  classifier = ensure_classifier(classifier)
   batch, length = z.shape
   selected = jnp.ones(z.shape, bool) if selected is None else selected
   candidates = jnp.arange(vocab_size, dtype=z.dtype)[None, :, None]     # [1, V, 1]
@@ -149,6 +156,7 @@ def gradient_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Arra
   """First-order `log p(y = target | z with z_l = v, t)` up to a constant per position:
   `g_l[v] - g_l[z_l]`, `g = d log p(y | x) / d x` at `x = one_hot(z)`; `[B, L, V] float32`.
   One classifier call and its gradient per step."""
+  classifier = ensure_classifier(classifier)
   onehot = jax.nn.one_hot(z, vocab_size, dtype=jnp.float32)            # [B, L, V]
   grad = jax.grad(lambda x: jnp.sum(_target_log_prob(classifier, x, t, target)))(onehot)
   return grad - jnp.take_along_axis(grad, z[..., None], axis=-1)
@@ -161,12 +169,16 @@ class _CbgCall:
 
   denoiser: Callable
   classifier: Callable
+  num_classes: int | None
   form: str
   mask_id: int
 
   def __call__(self, params, z: jax.Array, t: jax.Array) -> jax.Array:
     den_params, cls_params, gamma, target = params
-    classifier = Classifier(self.classifier, cls_params)
+    classifier = Classifier(self.classifier, cls_params, self.num_classes)
+    if target.shape not in ((), z.shape[:1]):
+      raise ValueError(f"target must be one class or [B] = [{z.shape[0]}] classes, got shape "
+                       f"{list(target.shape)}")
     log_x = jax.nn.log_softmax(self.denoiser(den_params, z, t).astype(jnp.float32),
                                axis=-1)                                       # [B, L, V]
     targets = jnp.broadcast_to(target, z.shape[:1])                           # [B]
@@ -244,7 +256,8 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
     raise ValueError(f"mask_id {mask_id} differs from the denoiser's own {denoiser.mask_id}")
   params = (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
             jnp.asarray(target, jnp.int32))
-  return Denoiser(_CbgCall(denoiser.apply, classifier.apply, form, mask_id), params,
+  call = _CbgCall(denoiser.apply, classifier.apply, classifier.num_classes, form, mask_id)
+  return Denoiser(call, params,
                   reads_t=True, vocab_size=denoiser.vocab_size, mask_id=mask_id)
 
 

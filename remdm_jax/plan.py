@@ -26,7 +26,7 @@ from remdm_jax import schedules
 from remdm_jax.config import SamplerConfig
 from remdm_jax.diffusion import sigma_max
 from remdm_jax.strategies import safe_div
-from remdm_jax.validation import ArgumentTypeError
+from remdm_jax.validation import ArgumentTypeError, check_scalar
 
 
 class StepTable(NamedTuple):
@@ -88,10 +88,19 @@ def rule_differences(built: Plan, given: Plan) -> list[str]:
 
 
 def check_plan(plan) -> "Plan":
-  """`plan` if it is a `Plan` (from `build_plan`), else an `ArgumentTypeError` saying so."""
+  """`plan` if it is a `Plan` (from `build_plan`), else an `ArgumentTypeError` saying so.
+  Its scalars are checked as a config's are when they are concrete (a traced plan is data):
+  `top_p` in (0, 1], `temperature` in (0, inf), `t_final` in [0, 1).
+
+  Raises:
+    ArgumentTypeError: not a `Plan`. ValueError: a concrete scalar out of its range.
+  """
   if not isinstance(plan, Plan):
     raise ArgumentTypeError(f"plan must be a remdm_jax.Plan from remdm_jax.build_plan(config), "
                             f"got {type(plan).__name__}")
+  check_scalar("plan.top_p", plan.top_p, 0.0, 1.0, low_open=True)
+  check_scalar("plan.temperature", plan.temperature, 0.0, low_open=True)
+  check_scalar("plan.t_final", plan.t_final, 0.0, 1.0, high_open=True)
   return plan
 
 

@@ -285,6 +285,12 @@ class Sampler:
       raise ValueError("params were given, but this denoiser is a plain function without "
                        "parameters; wrap an apply(params, z, t) function as "
                        "remdm_jax.Denoiser(apply) to pass them")
+    if params is not None and self.denoiser.params is not None:
+      own, given = jax.tree.structure(self.denoiser.params), jax.tree.structure(params)
+      if own != given:
+        raise ValueError(f"params must have the structure of the denoiser's own parameters "
+                         f"(its pytree), got another: {str(given):.200} instead of "
+                         f"{str(own):.200}")
     denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
     prompt = (np.full((self.batch_size, self.seq_len), self.mask_id, np.int32) if prompt is None
               else check_prompt(prompt, self.batch_size, self.seq_len,

@@ -10,6 +10,7 @@ a uniform-logits denoiser) so the table runs in a few seconds.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import importlib.util
 from typing import Callable, NamedTuple
@@ -19,7 +20,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import Denoiser, chem, losses
+import remdm_jax
+from remdm_jax import Classifier, Denoiser, chem, losses, sampler_config
 from remdm_jax.schedules import LogLinear
 from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows
 from remdm_jax.validation import ArgumentTypeError
@@ -332,7 +334,229 @@ TOKENIZER_CASES = [
 ]
 
 
-CASES = LOSS_CASES + CHEM_CASES + TOKENIZER_CASES
+
+# Sampling: the same V = 5 (mask 4); a [2, 3] batch of 2 steps, a uniform denoiser.
+
+SAMPLER_CFG = sampler_config("cap", eta=0.05, num_steps=2)
+SIZES = dict(batch_size=2, seq_len=3, mask_id=MASK)
+
+
+def sample(**kwargs):
+  """`remdm_jax.sample` of the uniform denoiser, with `kwargs` changed."""
+  args = dict(key=KEY, denoiser=uniform, config=SAMPLER_CFG, **SIZES)
+  args.update(kwargs)
+  return lambda: remdm_jax.sample(args.pop("key"), args.pop("denoiser"), args.pop("config"),
+                                  **args)
+
+
+def sampler_call(*args, config=SAMPLER_CFG, denoiser=uniform, **kwargs):
+  """A `make_sampler` sampler called with `args` and `kwargs` (the key first)."""
+  return lambda: remdm_jax.make_sampler(denoiser, config, **SIZES)(*args, **kwargs)
+
+
+def plan_of(cfg):
+  return remdm_jax.build_plan(cfg)[0]
+
+
+WEIGHTED = Denoiser(lambda params, z, t: params["w"] * jnp.ones(z.shape + (V,), jnp.float32))
+
+
+def three_classes(x, t):
+  return jnp.mean(x, axis=1)[:, :3] * jnp.arange(1.0, 4.0)[None]     # [B, 3] float32
+
+
+def guided(classifier_fn=three_classes, **kwargs):
+  """`classifier_guidance` of the uniform denoiser, with `kwargs` changed."""
+  args = {"target": 1, "gamma": 2.0, "mask_id": MASK, **kwargs}
+  return lambda: remdm_jax.classifier_guidance(uniform, classifier_fn, **args)
+
+
+def sample_guided(classifier_fn=three_classes, mask_id=MASK, **kwargs):
+  """A sample of a guided denoiser (errors found while the sampler traces it)."""
+  return lambda: remdm_jax.sample(KEY, guided(classifier_fn, **kwargs)(), SAMPLER_CFG,
+                                  batch_size=2, seq_len=3, mask_id=mask_id)
+
+
+SAMPLER_CASES = [
+    case("sample/key None", sample(key=None), ArgumentTypeError,
+         "key must be jax.random.key(seed)", "got NoneType"),
+    case("sample/key a seed", sample(key=3), ArgumentTypeError, "got int 3",
+         "jax.random.key(3)"),
+    case("sample/key of floats", sample(key=jnp.zeros((3,))), ValueError,
+         "key must be jax.random.key(seed)", "got float32[3]"),
+    case("sample/batch_size zero", sample(batch_size=0), ValueError,
+         "batch_size must be in [1, inf)", "got 0"),
+    case("sample/batch_size a float", sample(batch_size=4.0), ArgumentTypeError,
+         "batch_size must be an integer", "got 4.0"),
+    case("sample/seq_len negative", sample(seq_len=-1), ValueError,
+         "seq_len must be in [1, inf)", "got -1"),
+    case("sample/mask_id outside the logits", sample(mask_id=5), ValueError,
+         "mask_id must be in [0, V) = [0, 5)", "got 5"),
+    case("sample/prompt of another length", sample(prompt=jnp.zeros((2, 4), jnp.int32)),
+         ValueError, "prompt must have shape [batch_size, seq_len] = [2, 3]", "got [2, 4]"),
+    case("sample/prompt id above V", sample(prompt=jnp.full((2, 3), 9, jnp.int32)), ValueError,
+         "prompt ids must be in [0, V) = [0, 5)", "[9, 9]"),
+    case("sample/prompt of floats", sample(prompt=jnp.zeros((2, 3))), ValueError,
+         "prompt must hold integer ids", "float32"),
+    case("sample/first_index fractional", sample(first_index=1.5), ArgumentTypeError,
+         "first_index must be an integer", "got 1.5"),
+    case("sample/first_index negative", sample(first_index=-1), ValueError,
+         "first_index must be in [0, inf)", "got -1"),
+    case("sample/first_index an array", sample(first_index=jnp.zeros((2,), jnp.int32)),
+         ValueError, "first_index must be an integer scalar", "int32[2]"),
+    case("sample/config a dict", sample(config={"strategy": "cap"}), ArgumentTypeError,
+         "config must be a SamplerConfig", "got dict"),
+    case("sample/denoiser not a function", sample(denoiser="model"), TypeError,
+         "denoiser must be a function (z [B, L] int32", "'model'"),
+    case("sample/logits without the length", sample(
+        denoiser=lambda z, t: jnp.zeros(z.shape[:1] + (V,))), ValueError,
+         "denoiser must return logits [batch_size, seq_len, V] = [2, 3, V]", "got [2, 5]"),
+    case("sample/logits of another batch", sample(
+        denoiser=lambda z, t: jnp.zeros((1,) + z.shape[1:] + (V,))), ValueError,
+         "denoiser must return logits [batch_size, seq_len, V]", "got [1, 3, 5]"),
+    case("sample/integer logits", sample(
+        denoiser=lambda z, t: jnp.zeros(z.shape + (V,), jnp.int32)), ValueError,
+         "denoiser must return floating logits", "int32"),
+    case("sample/logits beside the declared vocabulary", sample(
+        denoiser=Denoiser.wrap(uniform, vocab_size=7)), ValueError,
+         "denoiser declares vocab_size 7", "V = 5"),
+    case("sample/return_trajectory a string", sample(return_trajectory="yes"),
+         ArgumentTypeError, "return_trajectory must be true or false", "'yes'"),
+    case("sample/batch_sharding a string", sample(batch_sharding="data"), ArgumentTypeError,
+         "batch_sharding must be a jax.sharding.Sharding", "got str"),
+    case("sample/cache for a denoiser that reads t",
+         sample(config=SAMPLER_CFG.with_options(cache=True)), ValueError,
+         "cache=True", "reads_t=True", "Denoiser.wrap(fn, reads_t=False)"),
+    case("make_sampler/on_step not a function", lambda: remdm_jax.make_sampler(
+        uniform, SAMPLER_CFG, on_step=3, **SIZES), ArgumentTypeError,
+         "on_step must be a function", "got 3"),
+    case("Sampler/params for a plain function", sampler_call(KEY, {"w": 1.0}), ValueError,
+         "params were given, but this denoiser is a plain function"),
+    case("Sampler/params missing", sampler_call(KEY, denoiser=WEIGHTED), ValueError,
+         "params: this Denoiser(apply) holds no parameters", "Denoiser.wrap(fn)"),
+    case("Sampler/params of another structure", sampler_call(
+        KEY, {"v": jnp.float32(1)}, denoiser=WEIGHTED.with_params({"w": jnp.float32(1)})),
+         ValueError, "params must have the structure of the denoiser's own parameters",
+         "'v'", "'w'"),
+    case("top_p_filter/top_p above 1", lambda: remdm_jax.top_p_filter(jnp.ones((2, 3)) / 3, 1.5),
+         ValueError, "top_p must be in (0, 1]", "got 1.5"),
+    case("top_p_filter/top_p nan", lambda: remdm_jax.top_p_filter(jnp.ones((2, 3)) / 3, jnp.nan),
+         ValueError, "top_p must be a finite number"),
+    case("top_p_filter/integer probabilities", lambda: remdm_jax.top_p_filter(
+        jnp.ones((2, 3), jnp.int32), 0.5), ValueError, "probs must be a floating"),
+    case("get_schedule/option of another schedule", lambda: remdm_jax.get_schedule(
+        "cosine", power=2.0), ValueError, "schedule 'cosine' takes ['eps']"),
+    case("Sampler/first_index past int32", sampler_call(KEY, first_index=2 ** 31 - 1),
+         ValueError, "first_index must be in [0, 2147483646]", "example indices are int32"),
+]
+
+PLAN_CASES = [
+    case("Sampler/plan a dict", sampler_call(KEY, plan={}), ArgumentTypeError,
+         "plan must be a remdm_jax.Plan", "got dict"),
+    case("Sampler/plan and rule as a tuple", sampler_call(
+        KEY, plan=remdm_jax.build_plan(SAMPLER_CFG)), ArgumentTypeError,
+         "plan must be a remdm_jax.Plan", "got tuple"),
+    case("Sampler/plan with top-p where the sampler has none", sampler_call(
+        KEY, plan=plan_of(SAMPLER_CFG.with_options(top_p=0.5))), ValueError,
+         "other static settings", "use_top_p: False -> True", "top_p < 1"),
+    case("Sampler/plan of a topk config", sampler_call(
+        KEY, plan=plan_of(sampler_config("topk", num_steps=2))), ValueError,
+         "other static settings", "select: 'bernoulli' -> 'rank'"),
+    case("Sampler/plan of a conf config", sampler_call(
+        KEY, plan=plan_of(sampler_config("conf", num_steps=2))), ValueError,
+         "other static settings", "conf_score: None -> 'prob'"),
+    case("Sampler/plan of other steps", sampler_call(
+        KEY, plan=plan_of(SAMPLER_CFG.with_options(num_steps=4))), ValueError,
+         "other static settings", "steps: 2 -> 4"),
+    case("Sampler/plan of nan temperature", sampler_call(
+        KEY, plan=dataclasses.replace(plan_of(SAMPLER_CFG), temperature=jnp.float32(jnp.nan))),
+         ValueError, "plan.temperature must be a finite number", "nan"),
+    case("Sampler/plan of top_p zero", sampler_call(
+        KEY, plan=dataclasses.replace(plan_of(SAMPLER_CFG), top_p=jnp.float32(0.0))),
+         ValueError, "plan.top_p must be in (0, 1]", "got 0.0"),
+    case("sample_with_plan/rule of another plan", lambda: remdm_jax.sample_with_plan(
+        KEY, uniform, plan_of(SAMPLER_CFG), remdm_jax.build_plan(sampler_config("topk"))[1],
+        **SIZES), ValueError, "rule is not the plan's own", "select: 'rank' -> 'bernoulli'"),
+    case("build_plan/config a dict", lambda: remdm_jax.build_plan({"strategy": "cap"}),
+         ArgumentTypeError, "config must be a SamplerConfig", "got dict"),
+]
+
+GUIDANCE_CASES = [
+    case("classifier_guidance/target outside the declared classes", guided(
+        Classifier(lambda params, x, t: three_classes(x, t), num_classes=3), target=3),
+         ValueError, "target must hold classes in [0, 3) (the classifier's classes)", "got 3"),
+    case("classifier_guidance/target negative", guided(target=-1), ValueError,
+         "target must hold classes in [0, inf)", "got -1"),
+    case("classifier_guidance/target of floats", guided(target=1.5), ValueError,
+         "target must be a class id (an int) or [B] integer ids", "1.5"),
+    case("classifier_guidance/target per position", guided(target=np.zeros((2, 3), int)),
+         ValueError, "target must be a class id (an int) or [B] integer ids"),
+    case("classifier_guidance/target of another batch", sample_guided(
+        target=np.array([0, 1, 2])), ValueError,
+         "target must be one class or [B] = [2] classes", "got shape [3]"),
+    case("classifier_guidance/target outside undeclared classes", sample_guided(target=3),
+         remdm_jax.NonFiniteLogitsError, "non-finite logits",
+         "target outside its classifier's classes"),
+    case("classifier_guidance/one class", sample_guided(lambda x, t: three_classes(x, t)[:, :1],
+                                                        target=0),
+         ValueError, "classifier must return logits [B, C] with C >= 2", "got [2, 1]"),
+    case("classifier_guidance/logits per position", sample_guided(
+        lambda x, t: jnp.zeros(x.shape[:2] + (3,))), ValueError,
+         "classifier must return logits [B, C]", "got [2, 3, 3]"),
+    case("classifier_guidance/logits of one dimension", sample_guided(
+        lambda x, t: jnp.zeros(x.shape[:1])), ValueError,
+         "classifier must return logits [B, C]", "got [2]"),
+    case("classifier_guidance/integer logits", sample_guided(
+        lambda x, t: three_classes(x, t).astype(jnp.int32)), ValueError,
+         "classifier must return floating logits", "int32"),
+    case("classifier_guidance/logits beside the declared classes", sample_guided(
+        Classifier(lambda params, x, t: jnp.zeros((x.shape[0], 4)), num_classes=3)),
+         ValueError, "classifier declares num_classes 3", "[2, 4]"),
+    case("classifier_guidance/mask_id other than the sampler's", sample_guided(mask_id=3),
+         ValueError, "mask_id 3 differs from the denoiser's own mask id 4"),
+    case("classifier_guidance/mask_id outside the vocabulary", lambda: (
+        remdm_jax.classifier_guidance(Denoiser.wrap(uniform, vocab_size=V), three_classes,
+                                      target=0, gamma=1.0, mask_id=9)),
+         ValueError, "mask_id must be in [0, 4] (the denoiser's vocabulary)", "got 9"),
+    case("classifier_guidance/mask_id negative", guided(mask_id=-1), ValueError,
+         "mask_id must be in [0, inf)", "got -1"),
+    case("classifier_guidance/gamma nan", guided(gamma=float("nan")), ValueError,
+         "gamma must be a finite number", "nan"),
+    case("classifier_guidance/unknown form", guided(form="taylor"), ValueError,
+         "unknown form 'taylor'", "exact", "gradient"),
+    case("classifier_guidance/classifier not a function", guided(None), TypeError,
+         "classifier must be a function (x [B, L, V] float32"),
+    case("classifier_free_guidance/gamma inf", lambda: remdm_jax.classifier_free_guidance(
+        uniform, uniform, float("inf")), ValueError, "gamma must be a finite number"),
+    case("classifier_free_guidance/declared vocabularies differ", lambda: (
+        remdm_jax.classifier_free_guidance(Denoiser.wrap(uniform, vocab_size=5),
+                                           Denoiser.wrap(uniform, vocab_size=7), 1.0)),
+         ValueError, "vocab_size values differ: [5, 7]"),
+    case("classifier_free_guidance/logits of two shapes", sample(
+        denoiser=remdm_jax.classifier_free_guidance(
+            uniform, lambda z, t: jnp.zeros(z.shape + (V + 1,)), 1.0)), ValueError,
+         "needs logits of one shape from both denoisers", "[2, 3, 5]", "[2, 3, 6]"),
+    case("classifier_free_guidance/denoiser None", lambda: (
+        remdm_jax.classifier_free_guidance(None, None, 1.0)), TypeError,
+         "denoiser must be a function (z [B, L] int32"),
+    case("Denoiser/vocab_size zero", lambda: Denoiser(uniform, vocab_size=0), ValueError,
+         "Denoiser.vocab_size must be >= 1", "got 0"),
+    case("Denoiser/mask_id fractional", lambda: Denoiser(uniform, mask_id=1.5), TypeError,
+         "Denoiser.mask_id must be an integer or None", "1.5"),
+    case("Denoiser/half the split contract", lambda: Denoiser(uniform, features_apply=uniform),
+         ValueError, "needs both features_apply and head_apply"),
+    case("Classifier/one class", lambda: Classifier(three_classes, num_classes=1), ValueError,
+         "Classifier.num_classes must be >= 2", "got 1"),
+    case("Cbg/gamma a string", lambda: remdm_jax.Cbg(gamma="2"), ArgumentTypeError,
+         "gamma must be a number", "'2'"),
+    case("Cfg/denoiser without a target", lambda: remdm_jax.Cfg().denoiser(
+        lambda label: uniform, target=None, mask_id=MASK), ValueError,
+         "guidance 'cfg' needs a target class"),
+]
+
+
+CASES = (LOSS_CASES + CHEM_CASES + TOKENIZER_CASES + SAMPLER_CASES + PLAN_CASES +
+         GUIDANCE_CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
