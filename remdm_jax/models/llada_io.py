@@ -18,6 +18,7 @@ memory. Tokenizer files are not read here.
 from __future__ import annotations
 
 import pathlib
+import re
 
 import jax
 import numpy as np
@@ -35,16 +36,22 @@ SINGLE = "model.safetensors"
 _PREFIX = "model.transformer."
 _FLOATS = ("float64", "float32", "float16", "bfloat16")
 
-# Tensor-parallel rules over the "model" mesh axis, on paths like "blocks/0/q_proj/kernel":
-# the input projections split their output columns, the two output projections of a block
-# their input rows (XLA adds the reductions), the embedding its features and the vocabulary
-# projection its vocabulary columns. A dimension the axis does not divide is replicated.
+# Tensor-parallel rules over the "model" mesh axis (Megatron-style), on paths like
+# "blocks/0/q_proj/kernel": the input projections split their output columns (attention:
+# whole heads per device, see `param_sharding`), the two output projections of a block their
+# input rows (XLA adds one all-reduce after each), the embedding its vocabulary rows (a
+# vocabulary-parallel lookup: one all-reduce, and the residual stream stays whole on every
+# device) and the output projection its vocabulary columns. A dimension the axis does not
+# divide is replicated. For a 2-way axis the compiled forward has 1 + 2 * n_layers
+# all-reduces of `[B, L, D]` and no all-gather (tests/test_llada_sharding.py).
 LLADA_RULES: tuple[tuple[str, P], ...] = (
     (r"^blocks/\d+/(q_proj|k_proj|v_proj|ff_proj|up_proj)/kernel$", P(None, "model")),
     (r"^blocks/\d+/(attn_out|ff_out)/kernel$", P("model", None)),
-    (r"^wte/embedding$", P(None, "model")),
+    (r"^wte/embedding$", P("model", None)),
     (r"^ff_out/kernel$", P(None, "model")),
 )
+# The attention matrices, whose split dimension is heads x head width.
+_HEADS = re.compile(r"^blocks/\d+/(q_proj|k_proj|v_proj|attn_out)/kernel$")
 
 
 def released_key(path: tuple) -> tuple[str, bool]:
@@ -122,12 +129,30 @@ def _stored_dtype(weight_map, shards) -> str:
   return name if name in DTYPES else "float32"
 
 
-def _sharding(mesh: Mesh, path: tuple, shape: tuple[int, ...]) -> NamedSharding:
-  """The parameter's `NamedSharding` by `LLADA_RULES` (replicated without a "model" axis)."""
+def param_sharding(mesh: Mesh, path: tuple, shape: tuple[int, ...],
+                   head_dim: int) -> NamedSharding:
+  """One parameter's `NamedSharding` by `LLADA_RULES`: replicated without a "model" axis,
+  and for q/k/v/attn_out unless every device gets whole heads (a multiple of `head_dim`
+  columns or rows; a split head would make XLA exchange partial attention scores)."""
   if "model" not in mesh.axis_names or mesh.shape["model"] == 1:
     return NamedSharding(mesh, P())
+  size = mesh.shape["model"]
   name = "/".join(map(str, path))                                          # blocks/0/q_proj/kernel
-  return NamedSharding(mesh, param_spec(name, shape, mesh.shape["model"], LLADA_RULES))
+  spec = param_spec(name, shape, size, LLADA_RULES)
+  if _HEADS.match(name) and spec != P():
+    split = shape[0] if spec[0] == "model" else shape[1]
+    if (split // size) % head_dim:
+      spec = P()
+  return NamedSharding(mesh, spec)
+
+
+def llada_shardings(state, mesh: Mesh, cfg: LLaDAConfig):
+  """`NamedSharding`s for a LLaDA state (`nnx.split(model)[1]`, arrays or shape structs),
+  the same structure as `state`, by `param_sharding`."""
+  return nnx.from_flat_state([
+      (path, variable.replace(param_sharding(mesh, path, variable.get_value().shape,
+                                             cfg.head_dim)))
+      for path, variable in nnx.to_flat_state(state)])
 
 
 def _place(array: np.ndarray, dtype, sharding) -> jax.Array:
@@ -183,7 +208,8 @@ def load_llada(directory, *, dtype: str | None = None, mesh: Mesh | None = None)
   for key, (_, path, variable, transposed) in expected.items():
     array = shards[weight_map[key]][key]                                   # memory-mapped
     array = array.T if transposed else array                               # [in, out]
-    sharding = None if mesh is None else _sharding(mesh, path, array.shape)
+    sharding = (None if mesh is None
+                else param_sharding(mesh, path, array.shape, cfg.head_dim))
     placed.append((path, variable.replace(_place(array, variable.get_value().dtype,
                                                  sharding))))
   return nnx.merge(graphdef, nnx.from_flat_state(placed))
