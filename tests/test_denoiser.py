@@ -167,3 +167,24 @@ def test_guidance_choices_check_their_inputs():
     remdm_jax.Cbg().denoiser(lambda label: uncond, target=1, mask_id=MASK_ID)
   with pytest.raises(ValueError, match=r"target must hold classes in \[0, inf\), got -1"):
     remdm_jax.classifier_guidance(uncond, classifier, target=-1, gamma=1.0, mask_id=MASK_ID)
+
+
+def test_models_as_denoiser_picks_the_family():
+  """`remdm_jax.models.as_denoiser` wraps a DiT (reads t) and a LLaDA model (ignores t, has its
+  own mask id) alike, and refuses what does not apply."""
+  from flax import nnx
+  from remdm_jax.models import DiT, DiTConfig, LLaDA, LLaDAConfig, as_denoiser
+  llada = LLaDA(LLaDAConfig(vocab_size=11, d_model=8, n_layers=1, n_heads=2, n_kv_heads=1,
+                            mlp_hidden_size=16, max_sequence_length=8, mask_id=10,
+                            param_dtype="float32", dtype="float32"), rngs=nnx.Rngs(0))
+  dit = DiT(DiTConfig(vocab_size=7, hidden=8, heads=2, blocks=1, cond_dim=4, max_length=6),
+            rngs=nnx.Rngs(0))
+  den = as_denoiser(llada)
+  assert (den.reads_t, den.vocab_size, den.mask_id, den.is_split) == (False, 11, 10, True)
+  z = jnp.full((2, 5), 10, jnp.int32)
+  np.testing.assert_allclose(den(z, jnp.ones((2,))), llada(z), rtol=1e-6)
+  assert as_denoiser(dit).reads_t == dit.cfg.time_conditioning and as_denoiser(dit).mask_id is None
+  with pytest.raises(ValueError, match="label do not apply to a LLaDA model"):
+    as_denoiser(llada, label=1)
+  with pytest.raises(TypeError, match="model must be a remdm_jax.models.DiT or LLaDA, got str"):
+    as_denoiser("model")

@@ -1,7 +1,12 @@
-"""Backbones: the MDLM diffusion transformer (DiT) in Flax NNX."""
+"""Backbones in Flax NNX: the MDLM diffusion transformer (DiT), its noisy classifier, and the
+LLaDA bidirectional transformer read from its released checkpoint layout."""
 
 from remdm_jax.models.classifier import NoisyClassifier, as_classifier
-from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser, as_evaluator, denoiser_and_params
+from remdm_jax.models.denoisers import as_denoiser
+from remdm_jax.models.dit import DiT, DiTConfig, as_evaluator, denoiser_and_params
+from remdm_jax.models.llada import LLaDA, LLaDAConfig
+from remdm_jax.models.llada_io import load_llada
 
-__all__ = ["DiT", "DiTConfig", "NoisyClassifier", "as_classifier", "as_denoiser", "as_evaluator",
-           "denoiser_and_params"]
+__all__ = ["DiT", "DiTConfig", "LLaDA", "LLaDAConfig", "NoisyClassifier", "as_classifier",
+           "as_denoiser", "as_evaluator", "denoiser_and_params",
+           "load_llada"]
