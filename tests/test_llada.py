@@ -162,6 +162,12 @@ def test_from_hf_reads_released_fields():
   assert LLaDAConfig.from_hf(released_config(), dtype="float32").param_dtype == "float32"
   assert LLaDAConfig.from_hf(released_config(multi_query_attention=True,
                                              n_kv_heads=None)).n_kv_heads == 1
+  without = {k: v for k, v in released_config().items() if k not in ("embedding_size",
+                                                                     "torch_dtype")}
+  assert LLaDAConfig.from_hf(without).vocab_size == 50_304      # the reference's default
+  null = released_config(embedding_size=None, vocab_size=VOCAB + 2)
+  assert LLaDAConfig.from_hf(null).vocab_size == VOCAB + 2         # null: the vocabulary
+  assert LLaDAConfig.from_hf(without | {"dtype": "float16"}).dtype == "float16"
 
 
 @pytest.mark.parametrize("field, value", [("include_bias", True), ("block_type", "sequential"),

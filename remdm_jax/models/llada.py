@@ -95,8 +95,9 @@ class LLaDAConfig:
     `d_model`, `n_layers`, `n_heads` and `vocab_size` are required; other fields take the
     reference code's defaults when absent (`n_kv_heads`: `n_heads`, or 1 with
     `multi_query_attention`; `mlp_hidden_size`: `mlp_ratio * d_model`; `embedding_size`:
-    `vocab_size`). `dtype` sets both `param_dtype` and `dtype`; None: the file's
-    `torch_dtype` when it names one of `DTYPES`, else float32.
+    50304 when absent, `vocab_size` when null). `dtype` sets both `param_dtype` and `dtype`;
+    None: the file's `torch_dtype` (or `dtype`, as newer writers name it) when it names one
+    of `DTYPES`, else float32.
 
     Raises:
       ValueError: a required field is missing, or a field asks for a variant this
@@ -118,9 +119,11 @@ class LLaDAConfig:
     n_heads = config["n_heads"]
     n_kv_heads = value("n_kv_heads", 1 if config.get("multi_query_attention") else n_heads)
     if dtype is None:
-      dtype = config.get("torch_dtype") if config.get("torch_dtype") in DTYPES else "float32"
+      stored = config.get("torch_dtype", config.get("dtype"))
+      dtype = stored if stored in DTYPES else "float32"
     return cls(
-        vocab_size=value("embedding_size", config["vocab_size"]), d_model=config["d_model"],
+        vocab_size=config.get("embedding_size", 50_304) or config["vocab_size"],
+        d_model=config["d_model"],
         n_layers=config["n_layers"], n_heads=n_heads, n_kv_heads=n_kv_heads,
         mlp_hidden_size=value("mlp_hidden_size", value("mlp_ratio", 4) * config["d_model"]),
         rope_theta=value("rope_theta", 10_000.0), rms_norm_eps=value("rms_norm_eps", 1e-5),
