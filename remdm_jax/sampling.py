@@ -318,11 +318,33 @@ class Sampler:
               first_index=0) -> "Sampler":
     """Compiles now for these arguments (e.g. before a job writes anything). Later calls
     outside a trace use that executable, so their arguments must have the same shapes,
-    dtypes and shardings (JAX says which differs); calls inside a trace go through `jit`."""
-    arguments = self._arguments(key, params, prompt, plan,
-                                check_first_index(first_index, self.batch_size))
+    dtypes and shardings (JAX says which differs); calls inside a trace go through `jit`.
+
+    `key` and the leaves of `params` may be `jax.ShapeDtypeStruct`s (with shardings), to
+    compile, or inspect `compiled().memory_analysis()`, without any weights: a typed key's
+    struct is `jax.eval_shape(jax.random.key, 0)`. Their values are then not checked."""
+    abstract_key = isinstance(key, jax.ShapeDtypeStruct)
+    if abstract_key and (key.shape != () or
+                         not jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)):
+      raise ValueError(f"an abstract key must be a typed key's struct (shape [], e.g. "
+                       f"jax.eval_shape(jax.random.key, 0)), got {key.dtype}{list(key.shape)}")
+    arguments = self._arguments(jax.random.key(0) if abstract_key else key, params, prompt,
+                                plan, check_first_index(first_index, self.batch_size))
+    if abstract_key:
+      arguments = (key,) + arguments[1:]
     self._compiled = _jitted_run.lower(*arguments, **self._static).compile()
     return self
+
+  def compiled(self) -> jax.stages.Compiled:
+    """The executable of the last `compile` (for `memory_analysis()`, `as_text()`).
+
+    Raises:
+      ValueError: `compile` was not called.
+    """
+    if self._compiled is None:
+      raise ValueError("this sampler was not compiled ahead of time; call "
+                       "sampler.compile(key, params) first")
+    return self._compiled
 
   def __call__(self, key, params=None, prompt=None, *, plan: Plan | None = None,
                first_index=0):
