@@ -35,6 +35,8 @@ from flax import nnx
 from remdm_jax import files
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
+from remdm_jax.models.llada import LLaDA
+from remdm_jax.models.llada_io import is_llada_folder, load_llada
 
 _CONFIG = "config.json"
 _PARAMS = "params"
@@ -272,17 +274,28 @@ def _restore(params_dir: pathlib.Path, abstract_state):
                    f"{first}")
 
 
-def load_model(directory) -> DiT | NoisyClassifier:
-  """Rebuilds the model of a folder written by `save_model` or `remdm-convert`.
+def load_model(directory, *, dtype: str | None = None,
+               mesh: jax.sharding.Mesh | None = None) -> DiT | NoisyClassifier | LLaDA:
+  """Rebuilds the model of a folder written by `save_model` or `remdm-convert`, or reads a
+  released LLaDA folder (`config.json` with `model_type` "llada", safetensors shards and
+  their index) as it is.
 
   Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
   honouring the checkpoint's `time_conditioning` (or the `NoisyClassifier` of a folder
-  trained with the classifier objective).
+  trained with the classifier objective), or a `LLaDA` (`models.llada_io.load_llada`: each
+  tensor read and placed alone, in `dtype` (None: as stored) and split over `mesh`'s "model"
+  axis when given).
 
   Raises:
     ValueError: not a model folder, a bad `config.json`, parameters of other shapes than the
-      config needs, or unreadable parameter files; the message names the file.
+      config needs, or unreadable parameter files; the message names the file. `dtype` or
+      `mesh` for a folder that is not a LLaDA one.
   """
+  if is_llada_folder(directory):
+    return load_llada(directory, dtype=dtype, mesh=mesh)
+  if dtype is not None or mesh is not None:
+    raise ValueError(f"{directory}: dtype and mesh apply to released LLaDA folders only; this "
+                     "model folder keeps its saved dtype and is placed by the caller")
   directory = pathlib.Path(directory).absolute()
   payload = _read_payload(directory)
   cfg, kind = _config_of(payload, directory), _MODEL_KINDS[payload["model"]]

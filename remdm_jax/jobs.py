@@ -23,16 +23,18 @@ from tqdm import tqdm
 
 from remdm_jax import distributed, files, locks, sharding
 from remdm_jax.checkpoint import load_model, load_tokenizer_name
+from remdm_jax.hf_tokenizer import HFTokenizer
 from remdm_jax.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
-from remdm_jax.models import DiT, NoisyClassifier, as_classifier, as_denoiser
+from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
+from remdm_jax.models.llada_io import is_llada_folder
 from remdm_jax.plan import build_table
 from remdm_jax.registry import flat_options
 from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling import make_sampler
 from remdm_jax.shards import (finished_shards, manifest_digest, open_job, shard_path,
                               shard_text)
-from remdm_jax.tokenizers import encode_rows, get_tokenizer
+from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import check_fields, check_range
 
 def _shipped_models() -> pathlib.Path:
@@ -77,13 +79,16 @@ class SampleJob:
   """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`),
   guidance in a `Guidance` (`--guidance.*`)."""
 
-  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted)
+  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted) or a
+                                   # released LLaDA folder (config.json, safetensors)
   num_samples: int = 4             # sequences to generate
   batch_size: int = 4              # sequences per jitted call (split over all devices)
   seed: int = 0                    # example i uses fold_in(key(seed), i)
   seq_len: int = 0                 # 0: the model's max_length
   prompt: str = ""                 # text placed after BOS in every sample
   prompt_file: str = ""            # one prompt per line, used in turn
+  chat: bool = False               # prompts as user turns of the folder's chat template
+                                   # (Instruct models); else BOS + the prompt's ids
   out: str = ""                    # job directory: manifest + atomic JSON-lines shards
   model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
   quiet: bool = False              # do not print the samples
@@ -102,6 +107,9 @@ class SampleJob:
     check_range("class_label", self.class_label, -1)
     if self.prompt and self.prompt_file:
       raise ValueError("pass either prompt or prompt_file, not both")
+    if self.chat and not (self.prompt or self.prompt_file):
+      raise ValueError("chat=true applies the chat template to prompts; pass prompt or "
+                       "prompt_file")
 
   @property
   def target(self) -> int | None:
@@ -131,16 +139,31 @@ def prompt_texts(job: SampleJob) -> list[str]:
   return [job.prompt] if job.prompt else []
 
 
-def prompt_rows(texts: list[str], num_rows: int, tokenizer, seq_len: int) -> np.ndarray | None:
-  """`[num_rows, seq_len] int32` templates (BOS, prompt ids, then masks; row i uses prompt
-  `i mod len(texts)`), or None without prompts."""
+def prompt_rows(texts: list[str], num_rows: int, tokenizer: Tokenizer, seq_len: int, *,
+                chat: bool = False) -> np.ndarray | None:
+  """`[num_rows, seq_len] int32` templates (row i uses prompt `i mod len(texts)`: BOS and its
+  ids, or with `chat` the ids of the tokenizer's chat template around it as a user turn,
+  generation prompt included; then masks), or None without prompts.
+
+  Raises:
+    ValueError: `chat` with a tokenizer that has no chat template; a prompt longer than
+      `seq_len`.
+  """
   if not texts:
     return None
-  rows, _ = encode_rows(tokenizer, texts, seq_len, fill=tokenizer.mask_id, what="prompt")
+  if chat:
+    if not callable(getattr(tokenizer, "apply_chat_template", None)):
+      raise ValueError("chat=true needs a model folder whose tokenizer has a chat template "
+                       "(a released Instruct folder); this model's tokenizer has none")
+    texts = [tokenizer.apply_chat_template([{"role": "user", "content": text}])
+             for text in texts]
+  rows, _ = encode_rows(tokenizer, texts, seq_len, fill=tokenizer.mask_id, bos=not chat,
+                        what="prompt")
   return rows[np.arange(num_rows) % len(texts)]
 
 
-def job_denoiser(job: SampleJob, guidance: Guidance, model: DiT, classifier, mask_id: int):
+def job_denoiser(job: SampleJob, guidance: Guidance, model: DiT | LLaDA, classifier,
+                 mask_id: int):
   """The denoiser a job samples: `guidance` applied to the model (at `job.class_label`, or its
   null class) with the job's classifier (a `NoisyClassifier` for `Cbg`, else None)."""
   return guidance.denoiser(lambda label: as_denoiser(model, label=label), target=job.target,
@@ -148,9 +171,10 @@ def job_denoiser(job: SampleJob, guidance: Guidance, model: DiT, classifier, mas
                            mask_id=mask_id)
 
 
-def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT, classifier) -> None:
+def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT | LLaDA,
+                           classifier) -> None:
   """Clear errors for a class or classifier that does not fit the model."""
-  classes = model.cfg.num_classes
+  classes = getattr(model.cfg, "num_classes", 0)   # LLaDA: not class-conditional
   if guidance.name != "cbg" and job.class_label >= classes:
     raise ValueError(f"class_label must be in [0, {classes}) for this model "
                      f"({'not class-conditional' if not classes else f'{classes} classes'}), "
@@ -165,31 +189,82 @@ def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT, class
                      f"classifier, got {job.class_label}")
 
 
-def load_classifier(folder):
-  """A classifier folder written by `remdm-train --train.objective=classifier`."""
+def _place(module, mesh) -> None:
+  """Puts a DiT or classifier's parameters on `mesh` by the DiT rules (None: left where they
+  are)."""
+  if mesh is not None:
+    nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
+
+
+def load_classifier(folder, mesh=None):
+  """A classifier folder written by `remdm-train --train.objective=classifier`, placed on
+  `mesh` when given."""
   classifier = load_model(folder)
   if not isinstance(classifier, NoisyClassifier):
     raise ValueError(f"{folder} is not a classifier folder (train one with "
                      "--train.objective=classifier)")
+  _place(classifier, mesh)
   return classifier
 
 
-def load_sampling_model(folder):
-  """`(model, tokenizer, tokenizer name)` of a masked diffusion model folder, checked to fit
-  each other."""
-  model = load_model(folder)
-  if not isinstance(model, DiT):
-    raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
-                     "diffusion model (a classifier serves D-CBG guidance)")
-  if model.cfg.causal:
-    raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
-                     "diffusion model (a causal one serves as the evaluator of remdm-merge)")
-  tokenizer_name = load_tokenizer_name(folder)
-  tokenizer = get_tokenizer(tokenizer_name)
-  if tokenizer.vocab_size != model.cfg.vocab_size:
-    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
-                     f"model's {model.cfg.vocab_size}")
-  return model, tokenizer, tokenizer_name
+@dataclasses.dataclass(frozen=True)
+class SamplingModel:
+  """A masked diffusion model of either family, with what a job needs to know about it."""
+
+  model: DiT | LLaDA
+  tokenizer: Tokenizer
+  tokenizer_name: str     # as recorded in the manifest: "bytes", "gpt2" or a folder
+  max_length: int         # the longest sequence the model takes
+
+
+def _load_llada(folder, mesh) -> SamplingModel:
+  """A released LLaDA folder: its weights split over `mesh`'s "model" axis as they are read,
+  its tokenizer from the same folder."""
+  model = load_model(folder, mesh=mesh)
+  tokenizer = HFTokenizer(folder)
+  if tokenizer.mask_id != model.cfg.mask_id:
+    raise ValueError(f"{folder}: the tokenizer's mask id {tokenizer.mask_id} differs from "
+                     f"the model's {model.cfg.mask_id} (config.json)")
+  return SamplingModel(model, tokenizer, str(pathlib.Path(folder).absolute()),
+                       model.cfg.max_sequence_length)
+
+
+def load_sampling_model(folder, mesh=None) -> SamplingModel:
+  """A masked diffusion model folder (a DiT, or a released LLaDA folder) with its tokenizer,
+  checked to fit each other, and placed on `mesh` when given.
+
+  Raises:
+    ValueError: a classifier or causal model folder, or a tokenizer that does not fit.
+  """
+  if is_llada_folder(folder):
+    loaded = _load_llada(folder, mesh)
+  else:
+    model = load_model(folder)
+    if not isinstance(model, DiT):
+      raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
+                       "diffusion model (a classifier serves D-CBG guidance)")
+    if model.cfg.causal:
+      raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
+                       "diffusion model (a causal one serves as the evaluator of remdm-merge)")
+    tokenizer_name = load_tokenizer_name(folder)
+    _place(model, mesh)
+    loaded = SamplingModel(model, get_tokenizer(tokenizer_name), tokenizer_name,
+                           model.cfg.max_length)
+  if loaded.tokenizer.vocab_size != loaded.model.cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary {loaded.tokenizer.vocab_size} does not match the "
+                     f"model's {loaded.model.cfg.vocab_size}")
+  return loaded
+
+
+def _replicate_unplaced(tree, mesh):
+  """`tree` with every leaf not yet on `mesh` (guidance strength, target) replicated over it;
+  leaves already placed (the weights) stay as they are."""
+  def place(leaf):
+    on_mesh = isinstance(getattr(leaf, "sharding", None), jax.sharding.NamedSharding) and \
+        leaf.sharding.mesh == mesh
+    return leaf if on_mesh else jax.device_put(
+        leaf, jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))
+  return jax.tree.map(place, tree)
 
 
 class StepProgress:
@@ -293,22 +368,18 @@ def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: b
     raise ValueError("trajectory records need a single process (every step of every example "
                      "is gathered on the host)")
   check_guidance_inputs(guidance, target=job.target, has_classifier=bool(job.classifier))
-  model, tokenizer, tokenizer_name = load_sampling_model(job.model)
-  classifier = load_classifier(job.classifier) if job.classifier else None
-  _check_guidance_models(job, guidance, model, classifier)
-  seq_len = job.seq_len or model.cfg.max_length
-  check_range("seq_len", seq_len, 1, model.cfg.max_length,
-              context=" (the model's max_length)")
-  texts = prompt_texts(job)
-  prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len)
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
-  for module in (model, classifier):   # placed once: the two inputs of D-CFG share the weights
-    if module is not None:
-      nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
+  loaded = load_sampling_model(job.model, mesh)   # placed once: the two inputs of D-CFG
+  model, tokenizer, tokenizer_name = loaded.model, loaded.tokenizer, loaded.tokenizer_name
+  classifier = load_classifier(job.classifier, mesh) if job.classifier else None
+  _check_guidance_models(job, guidance, model, classifier)   # share the weights
+  seq_len = job.seq_len or loaded.max_length
+  check_range("seq_len", seq_len, 1, loaded.max_length, context=" (the model's max_length)")
+  texts = prompt_texts(job)
+  prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len, chat=job.chat)
   denoiser = job_denoiser(job, guidance, model, classifier, tokenizer.mask_id)
-  params = sharding.shard_params(denoiser.params, mesh)   # placed weights stay; gamma, target
-                                                          # are replicated
+  params = _replicate_unplaced(denoiser.params, mesh)
   num_steps = int(build_table(cfg).t.shape[0])
   starts = range(0, job.num_samples, job.batch_size)
   bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
@@ -329,7 +400,8 @@ def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: b
       "model": job.model, "model_config": dataclasses.asdict(model.cfg),
       "tokenizer": tokenizer_name, "sampler": settings,
       "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
-      "seq_len": seq_len, "prompts": texts, "process_count": jax.process_count(),
+      "seq_len": seq_len, "prompts": texts, **({"chat": True} if job.chat else {}),
+      "process_count": jax.process_count(),
       "device_count": jax.device_count(), "model_axis": job.model_axis,
       "trajectory": job.trajectory,
       "guidance": {**flat_options(guidance), "class_label": job.class_label,

@@ -60,8 +60,10 @@ def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fil
   for i, text in enumerate(texts):
     ids = [tokenizer.bos_id] * bos + tokenizer.encode(text) + [tokenizer.eos_id] * eos
     if len(ids) > seq_len and not truncate:
-      raise ValueError(f"{what} {i} needs {len(ids)} positions (BOS{' and EOS' * eos} "
-                       f"included), more than seq_len={seq_len}")
+      added = " and ".join(name for name, used in (("BOS", bos), ("EOS", eos)) if used)
+      raise ValueError(f"{what} {i} needs {len(ids)} positions"
+                       f"{f' ({added} included)' if added else ''}, more than "
+                       f"seq_len={seq_len}")
     ids = ids[:seq_len]
     rows[i, :len(ids)] = ids
     lengths[i] = len(ids)

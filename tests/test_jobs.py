@@ -320,3 +320,44 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
   path = tmp_path / "prompts.txt"
   path.write_bytes("\ufeffROMEO.\nJULIET.\n".encode("utf-8"))
   assert jobs.prompt_texts(jobs.SampleJob(prompt_file=str(path))) == ["ROMEO.", "JULIET."]
+
+
+@pytest.fixture(scope="module")
+def llada_folder(tmp_path_factory):
+  """A released-layout LLaDA Instruct folder: tiny random weights in two shards and their
+  index, and a tokenizer with a chat template (ids of `test_hf_tokenizer`'s folder: 290
+  tokens, the mask at 286, the embedding padded to 320 rows)."""
+  from test_hf_tokenizer import _write_folder
+  from test_llada import released_config, released_tensors, write_folder
+  folder = tmp_path_factory.mktemp("llada-instruct")
+  _write_folder(folder)
+  config = released_config(embedding_size=320, vocab_size=300, mask_token_id=286,
+                           eos_token_id=285, pad_token_id=285, max_sequence_length=32)
+  return write_folder(folder, config, released_tensors(config))
+
+
+def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
+  """`--job.model` takes a released LLaDA folder: weights split over a model axis as they are
+  read, prompts as user turns of its chat template, and the job resumes like any other."""
+  from remdm_jax.hf_tokenizer import HFTokenizer
+  tokenizer = HFTokenizer(llada_folder)
+  argv = [f"--job.model={llada_folder}", "--job.prompt=What is two plus two?",
+          "--job.chat=true", "--job.seq_len=32", "--job.num_samples=4", "--job.batch_size=4",
+          "--job.model_axis=2", f"--job.out={tmp_path / 'job'}", "--job.quiet=true",
+          "--sampler.strategy=cap", "--sampler.eta=0.05", "--sampler.num_steps=4"]
+  assert cli.sample_main(argv) == 0
+  records = shards.merge(tmp_path / "job")
+  prompt = tokenizer.encode(tokenizer.apply_chat_template(
+      [{"role": "user", "content": "What is two plus two?"}]))
+  assert prompt[0] == tokenizer.bos_id and len(prompt) < 32
+  for record in records:
+    assert record["ids"][:len(prompt)] == prompt                    # the prompt is kept
+    assert tokenizer.mask_id not in record["ids"]                   # the answer is decoded
+  manifest = json.loads((tmp_path / "job" / shards.MANIFEST).read_text())
+  assert manifest["chat"] and manifest["tokenizer"] == str(llada_folder)
+  assert manifest["model_config"]["mask_id"] == 286
+  assert cli.sample_main(argv) == 0                                 # resumes: nothing to do
+  assert shards.merge(tmp_path / "job") == records
+  with pytest.raises(ValueError, match="chat=true needs a model folder whose tokenizer has a "
+                     "chat template"):
+    jobs.prompt_rows(["hi"], 1, ByteTokenizer(), 8, chat=True)

@@ -54,6 +54,18 @@ LLADA_RULES: tuple[tuple[str, P], ...] = (
 _HEADS = re.compile(r"^blocks/\d+/(q_proj|k_proj|v_proj|attn_out)/kernel$")
 
 
+def is_llada_folder(directory) -> bool:
+  """Whether `directory` holds a released LLaDA model: a `config.json` whose `model_type` is
+  "llada" (or whose `architectures` name a LLaDA class), beside safetensors weights."""
+  folder = pathlib.Path(directory)
+  config = folder / "config.json"
+  if not config.is_file() or not ((folder / INDEX).is_file() or (folder / SINGLE).is_file()):
+    return False
+  payload = read_json_object(config, "model config")
+  names = [payload.get("model_type")] + list(payload.get("architectures") or [])
+  return any(isinstance(n, str) and n.lower().startswith("llada") for n in names)
+
+
 def released_key(path: tuple) -> tuple[str, bool]:
   """`(key, transposed)`: the released name of the parameter at an NNX state path, and
   whether its stored layout is the transpose of ours (a PyTorch Linear weight)."""
