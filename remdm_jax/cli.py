@@ -293,8 +293,11 @@ def _sample(argv: list[str]) -> int:
   if rest:
     raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD=, "
                      "--job.FIELD=, --guidance.FIELD= and --dist.FIELD= (--help lists them)")
-  distributed.initialize(configs["dist"])
   job = configs["job"]
+  if job.trajectory and not job.out:
+    raise UsageError("--job.trajectory=true keeps each step in the records of the job folder; "
+                     "set --job.out=DIR (the command line prints only the text)")
+  distributed.initialize(configs["dist"])
   result = jobs.run_sampling_job(configs["sampler"], job, configs["guidance"])
   if distributed.is_primary():
     for record in [] if job.quiet else result.records:
@@ -320,6 +323,12 @@ class MergeOptions:
   def __post_init__(self):
     check_fields(self)
     check_range("batch_size", self.batch_size, 1)
+    unused = [f.name for f in dataclasses.fields(self)
+              if f.name != "evaluator" and getattr(self, f.name) != f.default]
+    if unused and not self.evaluator:
+      raise ValueError(f"{', '.join(unused)} only {'apply' if len(unused) > 1 else 'applies'} "
+                       "when scoring; set evaluator (a causal model folder) or leave "
+                       f"{'them' if len(unused) > 1 else 'it'} out")
 
 
 def _merge(argv: list[str]) -> int:

@@ -65,6 +65,12 @@ class SamplerConfig:
     check_range("t_min", self.t_min, 0.0, 1.0, high_open=True)
     check_range("position_chunk", self.position_chunk, 0)
     check_range("draw_capacity", self.draw_capacity, 0)
+    top_p_options = [f"{f}={getattr(self, f)!r}" for f in ("top_p_mode", "top_p_impl")
+                     if getattr(self, f) != _DEFAULTS[f]]
+    if self.top_p == 1.0 and top_p_options:
+      verb = "apply" if len(top_p_options) > 1 else "applies"
+      raise ValueError(f"{', '.join(top_p_options)} {verb} only with top_p < 1 (top_p=1 "
+                       "disables the filter); set top_p or leave them out")
     name = self.strategy.name
     if self.schedule != "loglinear" and not self.strategy.uses_schedule:
       raise ValueError(f"schedule does not apply to strategy {name!r} (it fixes its own "
@@ -107,6 +113,9 @@ class SamplerConfig:
 def _by_select(select: str) -> list[str]:
   """The strategies whose `select` is the given one."""
   return sorted(name for name, cls in STRATEGIES.items() if cls.select == select)
+
+
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
 
 
 def sampler_config(strategy="mdlm", **options) -> SamplerConfig:

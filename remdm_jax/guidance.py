@@ -63,9 +63,9 @@ class _CfgCall:
     cond_params, uncond_params, gamma = params
     cond, uncond = self.conditional(cond_params, z, t), self.unconditional(uncond_params, z, t)
     if cond.shape != uncond.shape:
-      raise ValueError(f"classifier-free guidance needs logits of one shape from both "
-                       f"denoisers, got conditional {list(cond.shape)} and unconditional "
-                       f"{list(uncond.shape)}")
+      raise ValueError(f"classifier-free guidance needs logits of one shape (one vocabulary) "
+                       f"from both denoisers, got conditional {list(cond.shape)} and "
+                       f"unconditional {list(uncond.shape)}")
     log_cond = jax.nn.log_softmax(cond.astype(jnp.float32), axis=-1)          # [B, L, V]
     log_uncond = jax.nn.log_softmax(uncond.astype(jnp.float32), axis=-1)
     return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
@@ -181,6 +181,9 @@ class _CbgCall:
                        f"{list(target.shape)}")
     log_x = jax.nn.log_softmax(self.denoiser(den_params, z, t).astype(jnp.float32),
                                axis=-1)                                       # [B, L, V]
+    if not self.mask_id < log_x.shape[-1]:
+      raise ValueError(f"mask_id must be in [0, V) = [0, {log_x.shape[-1]}) (the denoiser's "
+                       f"logits), got {self.mask_id}")
     targets = jnp.broadcast_to(target, z.shape[:1])                           # [B]
     masked = z == self.mask_id                                                # [B, L]
     if self.form == "exact":    # only the masked positions are scored
@@ -189,6 +192,7 @@ class _CbgCall:
       scores = gradient_classifier_scores(classifier, z, t, targets, log_x.shape[-1])
     classes = jax.eval_shape(classifier, jax.ShapeDtypeStruct(log_x.shape, jnp.float32),
                              t).shape[-1]
+    _check_target(target, classes)          # concrete (an eager call): one clear error
     known = (targets >= 0) & (targets < classes)           # [B]; else NaN, never unguided
     scores = jnp.where(known[:, None, None], scores, jnp.nan)
     return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),

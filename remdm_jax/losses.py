@@ -77,7 +77,7 @@ def _check_vocab(x, vocab_size: int, mask_id: int | None, source: str) -> None:
   if mask_id is not None:
     check_range("mask_id", mask_id, 0, vocab_size, high_open=True,
                 context=f" (V = {vocab_size}, {source})")
-  check_ids("x", x, 0, vocab_size, exclude=mask_id)
+  check_ids("x", x, 0, vocab_size, exclude=mask_id, excluded="the mask id")
 
 
 def check_eta(sigma_rule: str, eta) -> None:

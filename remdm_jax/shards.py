@@ -91,7 +91,8 @@ def _read_shard(path: pathlib.Path, manifest: dict, digest: str) -> list[dict]:
       record = json.loads(line)
     except json.JSONDecodeError as err:
       raise ValueError(f"{path}: line {number} is not valid JSON ({err.msg})") from None
-    if not isinstance(record, dict) or not isinstance(record.get("index"), int):
+    index = record.get("index") if isinstance(record, dict) else None
+    if not isinstance(index, int) or isinstance(index, bool):
       raise ValueError(f"{path}: line {number} is not a sample record (no integer index)")
     if not isinstance(record.get("text"), str):
       raise ValueError(f"{path}: line {number} is a damaged sample record (no text)")

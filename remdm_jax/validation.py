@@ -228,9 +228,9 @@ def check_array(name: str, value, *, ndim: int | None = None, shape=None,
 
 
 def check_ids(name: str, value, low: int, high: int, *, exclude: int | None = None,
-              shape=None, dims: str = ""):
-  """An integer array whose values lie in `[low, high)` (and differ from `exclude`); returns
-  it as an array.
+              excluded: str = "", shape=None, dims: str = ""):
+  """An integer array whose values lie in `[low, high)` (and differ from `exclude`, which
+  `excluded` names in the message, e.g. "the mask id"); returns it as an array.
 
   The dtype (and `shape`, as in `check_array`) is always checked; the values only when the
   array is concrete (`is_concrete`), since under a trace they cannot be read. The message
@@ -249,7 +249,7 @@ def check_ids(name: str, value, low: int, high: int, *, exclude: int | None = No
       index = np.unravel_index(int(xp.argmax(bad)), array.shape)
       where = tuple(int(i) for i in index)
       where = f" at index {where[0] if len(where) == 1 else where}" if where else ""
-      other = "" if exclude is None else f" other than {exclude}"
+      other = "" if exclude is None else f" other than {excluded + ' ' * bool(excluded)}{exclude}"
       raise ValueError(f"{name} must hold ids in [{low}, {high}){other}, got "
                        f"{int(array[index])}{where}")
   return array

@@ -113,11 +113,11 @@ LOSS_CASES = [
                                              valid=jnp.ones(3, bool)), ValueError,
          "valid must have shape [B, L]", "[3, 3]", "got [3]"),
     case("mdlm_loss/x id above V", mdlm(x=with_id((1, 2), 7)), ValueError,
-         "x must hold ids in [0, 5) other than 4", "got 7 at index (1, 2)"),
+         "x must hold ids in [0, 5) other than the mask id 4", "got 7 at index (1, 2)"),
     case("mdlm_loss/x id negative", mdlm(x=with_id((0, 1), -1)), ValueError,
          "x must hold ids in [0, 5)", "got -1 at index (0, 1)"),
     case("mdlm_loss/x holds the mask id", mdlm(x=with_id((0, 0), MASK)), ValueError,
-         "other than 4", "got 4 at index (0, 0)"),
+         "other than the mask id 4", "got 4 at index (0, 0)"),
     case("mdlm_loss/x id above a Denoiser's vocab_size",
          mdlm(denoiser=Denoiser.wrap(uniform, vocab_size=V), x=with_id((1, 0), 6)), ValueError,
          "x must hold ids in [0, 5)", "got 6 at index (1, 0)"),
@@ -477,6 +477,11 @@ PLAN_CASES = [
     case("sample_with_plan/rule of another plan", lambda: remdm_jax.sample_with_plan(
         KEY, uniform, plan_of(SAMPLER_CFG), remdm_jax.build_plan(sampler_config("topk"))[1],
         **SIZES), ValueError, "rule is not the plan's own", "select: 'rank' -> 'bernoulli'"),
+    case("SamplerConfig/top_p_mode without top-p", lambda: sampler_config(
+        "cap", eta=0.05, top_p_mode="standard"), ValueError,
+         "top_p_mode='standard' applies only with top_p < 1"),
+    case("SamplerConfig/top_p_impl without top-p", lambda: sampler_config(top_p_impl="sort"),
+         ValueError, "top_p_impl='sort' applies only with top_p < 1"),
     case("build_plan/config a dict", lambda: remdm_jax.build_plan({"strategy": "cap"}),
          ArgumentTypeError, "config must be a SamplerConfig", "got dict"),
 ]
@@ -497,6 +502,12 @@ GUIDANCE_CASES = [
     case("classifier_guidance/target outside undeclared classes", sample_guided(target=3),
          remdm_jax.NonFiniteLogitsError, "non-finite logits",
          "target outside its classifier's classes"),
+    case("classifier_guidance/target outside the classes, called directly", lambda: guided(
+        target=5)()(jnp.full((2, 3), MASK, jnp.int32), jnp.ones((2,))), ValueError,
+         "target must hold classes in [0, 3) (the classifier's classes)", "got 5"),
+    case("classifier_guidance/mask_id outside the logits, called directly", lambda: guided(
+        mask_id=9)()(jnp.full((2, 3), 4, jnp.int32), jnp.ones((2,))), ValueError,
+         "mask_id must be in [0, V) = [0, 5) (the denoiser's logits)", "got 9"),
     case("classifier_guidance/one class", sample_guided(lambda x, t: three_classes(x, t)[:, :1],
                                                         target=0),
          ValueError, "classifier must return logits [B, C] with C >= 2", "got [2, 1]"),
@@ -535,7 +546,7 @@ GUIDANCE_CASES = [
     case("classifier_free_guidance/logits of two shapes", sample(
         denoiser=remdm_jax.classifier_free_guidance(
             uniform, lambda z, t: jnp.zeros(z.shape + (V + 1,)), 1.0)), ValueError,
-         "needs logits of one shape from both denoisers", "[2, 3, 5]", "[2, 3, 6]"),
+         "needs logits of one shape (one vocabulary) from both denoisers", "[2, 3, 5]", "[2, 3, 6]"),
     case("classifier_free_guidance/denoiser None", lambda: (
         remdm_jax.classifier_free_guidance(None, None, 1.0)), TypeError,
          "denoiser must be a function (z [B, L] int32"),

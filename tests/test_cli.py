@@ -64,6 +64,10 @@ def test_sample_cli_writes_reproducible_records(tiny_model, tmp_path, capsys):
      r"--sampler.t_on: t_on does not apply to strategy 'cap' \(its own options: \['eta'\]; "
      r"t_on belongs to \['loop', 'topk'\]\)"),
     ("--sampler.strategy=mdlm --sampler.eta=0.01", "eta does not apply to strategy 'mdlm'"),
+    ("--sampler.top_p=1 --sampler.top_p_mode=standard",
+     r"top_p_mode='standard' applies only with top_p < 1"),
+    ("--job.trajectory=true --job.quiet=true",
+     r"--job.trajectory=true keeps each step in the records of the job folder; set --job.out"),
 ])
 def test_sample_cli_bad_input_exit_2(flag, match, tiny_model, capsys):
   assert cli.sample_main([f"--job.model={tiny_model}", *flag.split(" ")]) == 2
@@ -295,3 +299,10 @@ def test_a_failed_write_names_the_file_and_leaves_no_temporary(tmp_path, monkeyp
                                "space left on device)")
   assert [p.name for p in tmp_path.iterdir()] == ["m.json"]
   assert (tmp_path / "m.json").read_text() == "old"
+
+
+@pytest.mark.parametrize("flag", ["--merge.add_bos=true", "--merge.batch_size=8"])
+def test_merge_scoring_options_need_an_evaluator(flag, tmp_path, capsys):
+  assert cli.merge_main([str(tmp_path), flag]) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and "only applies when scoring; set evaluator" in err

@@ -299,6 +299,8 @@ def test_damaged_records_are_named_even_when_scoring(two_jobs, causal_model, tmp
   assert f"{path}: line 2 is a damaged sample record (no text)" in err
   path.write_text(lines[1] + "\n" + lines[0].replace('"index": 0', '"index": 3') + "\n")
   assert "line 2 holds sample 3, outside the shard's rows [0, 2)" in _merge_error(job, capsys)
+  path.write_text(lines[0].replace('"index": 0', '"index": true') + "\n" + lines[1] + "\n")
+  assert "line 1 is not a sample record (no integer index)" in _merge_error(job, capsys)
 
 
 def test_a_job_folder_is_used_by_one_run_at_a_time(two_jobs, tiny_model, tmp_path):
