@@ -83,8 +83,13 @@ def rule_differences(built: Plan, given: Plan) -> list[str]:
   for field in dataclasses.fields(StepRule):
     a, b = getattr(built.rule, field.name), getattr(given.rule, field.name)
     if a != b:
-      differences.append(f"{field.name}: {a!r} -> {b!r}")
+      shown = [f"{v:.4g}" if isinstance(v, float) else repr(v) for v in (a, b)]
+      differences.append(f"{field.name}{_GLOSS.get(field.name, '')}: {shown[0]} -> {shown[1]}")
   return differences
+
+
+_GLOSS = {"unmask_fraction": " (the largest share of positions one step unmasks, from the "
+                             "strategy's grid and schedule)"}
 
 
 def check_plan(plan) -> "Plan":
