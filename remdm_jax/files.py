@@ -8,6 +8,7 @@ folder) appears under its final name only when complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pathlib
@@ -18,6 +19,21 @@ def _describe(err: OSError) -> str:
   return err.strerror or type(err).__name__
 
 
+@contextlib.contextmanager
+def reading(path, what: str):
+  """Turns the errors of reading `path` inside the block into one `ValueError` that starts
+  with the path: `"<path>: no such <what>"`, `"is a folder"` or `"cannot read the <what>
+  (<reason>)"`."""
+  try:
+    yield
+  except IsADirectoryError:
+    raise ValueError(f"{path}: is a folder, expected a {what}") from None
+  except FileNotFoundError:
+    raise ValueError(f"{path}: no such {what}") from None
+  except OSError as err:
+    raise ValueError(f"{path}: cannot read the {what} ({_describe(err)})") from None
+
+
 def read_text(path, what: str = "file", encoding: str = "utf-8") -> str:
   """The UTF-8 text of `path` (`encoding="utf-8-sig"` also drops a leading byte-order mark).
 
@@ -26,13 +42,8 @@ def read_text(path, what: str = "file", encoding: str = "utf-8") -> str:
   """
   path = pathlib.Path(path)
   try:
-    return path.read_text(encoding=encoding)
-  except IsADirectoryError:
-    raise ValueError(f"{path}: is a folder, expected a {what}") from None
-  except FileNotFoundError:
-    raise ValueError(f"{path}: no such {what}") from None
-  except OSError as err:
-    raise ValueError(f"{path}: cannot read the {what} ({_describe(err)})") from None
+    with reading(path, what):
+      return path.read_text(encoding=encoding)
   except UnicodeDecodeError as err:
     raise ValueError(f"{path}: the {what} is not UTF-8 text (byte {err.start})") from None
 

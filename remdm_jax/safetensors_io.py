@@ -20,6 +20,8 @@ import struct
 import ml_dtypes
 import numpy as np
 
+from remdm_jax.files import reading
+
 DTYPES: dict[str, np.dtype] = {
     "F64": np.dtype("<f8"), "F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
     "BF16": np.dtype(ml_dtypes.bfloat16),
@@ -74,7 +76,7 @@ def read_header(path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
       starts with the path).
   """
   path = pathlib.Path(path)
-  try:
+  with reading(path, "safetensors file"):
     size = path.stat().st_size
     with path.open("rb") as handle:
       head = handle.read(8)
@@ -83,12 +85,6 @@ def read_header(path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise ValueError(f"{path}: not a safetensors file (header length "
                          f"{length} for a {size}-byte file)")
       text = handle.read(length)
-  except FileNotFoundError:
-    raise ValueError(f"{path}: no such safetensors file") from None
-  except IsADirectoryError:
-    raise ValueError(f"{path}: is a folder, expected a safetensors file") from None
-  except OSError as err:
-    raise ValueError(f"{path}: cannot read the safetensors file ({err.strerror})") from None
   try:
     header = json.loads(text.decode("utf-8"))
   except (UnicodeDecodeError, json.JSONDecodeError) as err:

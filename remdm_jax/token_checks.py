@@ -13,7 +13,7 @@ import numbers
 import jax
 import numpy as np
 
-from remdm_jax.validation import ArgumentTypeError, check_array, check_ids
+from remdm_jax.validation import ArgumentTypeError, check_array, check_ids, check_items
 
 
 def _check_text(text) -> str:
@@ -22,22 +22,15 @@ def _check_text(text) -> str:
   return text
 
 
+def _is_integer(item) -> bool:
+  return isinstance(item, numbers.Integral) and not isinstance(item, (bool, np.bool_))
+
+
 def _check_ids(ids, vocab_size: int) -> np.ndarray:
   """`ids` (a list, tuple, iterable or 1-D array of integers in `[0, vocab_size)`) as a
   `[N]` NumPy integer array; an empty one as `[0] int32`."""
-  if isinstance(ids, (str, bytes)):
-    raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
-                            f"{type(ids).__name__} {ids!r:.40}")
   if not isinstance(ids, (np.ndarray, jax.Array)):
-    try:
-      ids = list(ids)
-    except TypeError:
-      raise ArgumentTypeError(f"ids must be a list of integer token ids, got "
-                              f"{type(ids).__name__} {ids!r:.40}") from None
-    for i, item in enumerate(ids):
-      if isinstance(item, (bool, np.bool_)) or not isinstance(item, numbers.Integral):
-        raise ArgumentTypeError(f"ids must be integer token ids, got {type(item).__name__} "
-                                f"{item!r:.40} at index {i}")
+    ids = check_items("ids", ids, "integer token ids", _is_integer)
     if not ids:
       return np.zeros(0, np.int32)
   return check_ids("ids", np.asarray(check_array("ids", ids, ndim=1, dims="[N]")), 0,

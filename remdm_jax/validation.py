@@ -127,23 +127,29 @@ def check_int(name: str, value, low=None, high=None) -> int:
   return check_range(name, _as_int(name, value), low, high)
 
 
-def check_strings(name: str, value) -> list[str]:
-  """A list (or other iterable) of strings, returned as a list; a bare string or bytes is
-  refused, since iterating it would silently give its characters, and so is a non-string
-  item (the message names the first one and its index)."""
+def check_items(name: str, value, what: str, accepts) -> list:
+  """A list (or other iterable) of items that `accepts(item)`, returned as a list; a bare
+  string or bytes is refused, since iterating it would silently give its characters, and so
+  is an item not accepted (the message names the first one and its index). `what` names
+  the items: `"x must be a list of {what}"`."""
   if isinstance(value, (str, bytes)):
-    raise ArgumentTypeError(f"{name} must be a list of strings, got {type(value).__name__} "
+    raise ArgumentTypeError(f"{name} must be a list of {what}, got {type(value).__name__} "
                             f"{value!r:.40} (iterating it would give its characters)")
   try:
     items = list(value)
   except TypeError:
-    raise ArgumentTypeError(f"{name} must be a list of strings, got "
+    raise ArgumentTypeError(f"{name} must be a list of {what}, got "
                             f"{type(value).__name__}") from None
   for i, item in enumerate(items):
-    if not isinstance(item, str):
-      raise ArgumentTypeError(f"{name} must be a list of strings, got "
+    if not accepts(item):
+      raise ArgumentTypeError(f"{name} must be a list of {what}, got "
                               f"{type(item).__name__} {item!r:.40} at index {i}")
   return items
+
+
+def check_strings(name: str, value) -> list[str]:
+  """A list (or other iterable) of strings, returned as a list (`check_items`)."""
+  return check_items(name, value, "strings", lambda item: isinstance(item, str))
 
 
 def check_choice(name: str, value, choices) -> None:

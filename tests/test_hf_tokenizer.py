@@ -92,7 +92,7 @@ def test_decode_drops_special_and_padding_ids_and_refuses_bad_ids(folder):
   assert tok.decode(row) == tok.decode(np.array(row)) == "What is two"
   with pytest.raises(ValueError, match=r"ids must hold ids in \[0, 320\), got 320 at index"):
     tok.decode([1, 320])
-  with pytest.raises(TypeError, match="ids must be integer token ids, got float 1.5 at index 0"):
+  with pytest.raises(TypeError, match="ids must be a list of integer token ids, got float 1.5 at index 0"):
     tok.decode([1.5])
   with pytest.raises(TypeError, match="text must be a string, got int 3"):
     tok.encode(3)
