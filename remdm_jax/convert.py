@@ -20,8 +20,8 @@ Tensors holding NaN or infinity are refused (naming them and the count) unless
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
+import shutil
 from typing import Mapping
 
 import jax.numpy as jnp
@@ -245,7 +245,6 @@ def convert(src, dst, config_json=None, *, allow_nonfinite: bool = False) -> pat
     with locks.hold(dst, "model"):
       return save_model(model, dst, tokenizer="gpt2")
   except BaseException:
-    if created:
-      with contextlib.suppress(OSError):
-        dst.rmdir()      # only when empty: nothing of ours, nothing of anyone else's
+    if created:          # the folder is this run's own: nothing of anyone else's is in it
+      shutil.rmtree(dst, ignore_errors=True)
     raise

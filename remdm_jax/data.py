@@ -208,7 +208,7 @@ def pack(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   Returns:
     `[N, seq_len] int32`; the tail shorter than `seq_len - 2` is dropped.
   """
-  check_strings("texts", texts)
+  texts = check_strings("texts", texts)
   check_int("seq_len", seq_len, 3)
   stream = np.concatenate([np.asarray(tokenizer.encode(t) + [tokenizer.eos_id], np.int32)
                            for t in texts] or [np.zeros((0,), np.int32)])
@@ -225,7 +225,7 @@ def pad(texts: list[str], tokenizer: Tokenizer, seq_len: int) -> np.ndarray:
   Raises:
     ValueError: if an example needs more than `seq_len` positions.
   """
-  check_strings("texts", texts)
+  texts = check_strings("texts", texts)
   check_int("seq_len", seq_len, 2)
   return encode_rows(tokenizer, texts, seq_len, fill=tokenizer.eos_id, eos=True)[0]
 

@@ -4,7 +4,7 @@ Exit codes:
 
 - 0: finished;
 - 1: a run failed (non-finite logits or loss);
-- 2: bad input: flags, files, configs, models;
+- 2: bad input: flags, files, configs, models, or an optional extra not installed;
 - 128 + signal number (130 SIGINT, 143 SIGTERM): stopped by a signal after saving (resumable).
 
 `run_cli(main, argv)` maps exceptions to these; library code raises ordinary exceptions
@@ -50,7 +50,7 @@ def run_cli(main: Callable[[list[str]], int], argv: list[str]) -> int:
     return _fail(str(err), err.exit_code)
   except FloatingPointError as err:
     return _fail(str(err), 1)
-  except ValueError as err:
+  except (ValueError, ImportError) as err:   # ImportError: an optional extra not installed
     return _fail(str(err), 2)
   except OSError as err:
     where = f"{err.filename}: " if err.filename else ""

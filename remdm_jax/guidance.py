@@ -92,8 +92,8 @@ def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
   """
   conditional, unconditional = ensure_denoiser(conditional), ensure_denoiser(unconditional)
   check_scalar("gamma", gamma)
-  return Denoiser(_CfgCall(conditional.apply, unconditional.apply), (conditional.params, unconditional.params,
-                           jnp.asarray(gamma, jnp.float32)),
+  params = (conditional.params, unconditional.params, jnp.asarray(gamma, jnp.float32))
+  return Denoiser(_CfgCall(conditional.apply, unconditional.apply), params,
                   reads_t=conditional.reads_t or unconditional.reads_t,
                   vocab_size=_agreed("vocab_size", conditional, unconditional),
                   mask_id=_agreed("mask_id", conditional, unconditional))

@@ -18,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
+from remdm_jax import files
 from remdm_jax.token_checks import _check_ids, _check_text
 from remdm_jax.validation import ArgumentTypeError
 
@@ -34,16 +35,9 @@ _EXTRA = 'pip install -e ".[llada]"'
 
 
 def _read_json(path: pathlib.Path) -> dict:
-  """The JSON object in `path`, or {} when there is no such file."""
-  if not path.is_file():
-    return {}
-  try:
-    value = json.loads(path.read_text(encoding="utf-8"))
-  except (json.JSONDecodeError, UnicodeDecodeError) as error:
-    raise ValueError(f"{path} is not valid JSON: {error}") from None
-  if not isinstance(value, dict):
-    raise ValueError(f"{path} must hold a JSON object, got {type(value).__name__}")
-  return value
+  """The JSON object in `path` (errors name the file, as `files.read_json_object` words
+  them), or {} when there is no such file."""
+  return files.read_json_object(path, "tokenizer JSON file") if path.is_file() else {}
 
 
 def _token_text(value, where: str) -> str | None:
@@ -179,8 +173,8 @@ class HFTokenizer:
                          "mask_token")
     config_mask = self._config.get("mask_token_id")
     if config_mask is not None and config_mask != mask_id:
-      raise ValueError(f"mask_token_id in {self.directory / 'config.json'} is {config_mask!r}, but the tokenizer's "
-                       f"mask token has id {mask_id}")
+      raise ValueError(f"mask_token_id in {self.directory / 'config.json'} is {config_mask!r}, "
+                       f"but the tokenizer's mask token has id {mask_id}")
     return mask_id
 
   def _model_vocab_size(self) -> int:
@@ -191,7 +185,8 @@ class HFTokenizer:
       if value is None:
         continue
       if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{key} in {self.directory / 'config.json'} must be an integer >= 1, got {value!r}")
+        raise ValueError(f"{key} in {self.directory / 'config.json'} must be an integer >= 1, "
+                         f"got {value!r}")
       sizes.append(value)
     return max(sizes)
 

@@ -23,9 +23,9 @@ from tqdm import tqdm
 
 from remdm_jax import distributed, files, locks, sharding
 from remdm_jax.checkpoint import load_model, load_tokenizer_name
-from remdm_jax.hf_tokenizer import HFTokenizer
 from remdm_jax.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
+from remdm_jax.hf_tokenizer import HFTokenizer
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
 from remdm_jax.models.llada_io import is_llada_folder
 from remdm_jax.plan import build_table
@@ -220,8 +220,8 @@ class SamplingModel:
 def _load_llada(folder, mesh) -> SamplingModel:
   """A released LLaDA folder: its weights split over `mesh`'s "model" axis as they are read,
   its tokenizer from the same folder."""
+  tokenizer = HFTokenizer(folder)      # first: a missing extra or file before 16 GB are read
   model = load_model(folder, mesh=mesh)
-  tokenizer = HFTokenizer(folder)
   if tokenizer.mask_id != model.cfg.mask_id:
     raise ValueError(f"{folder}: the tokenizer's mask id {tokenizer.mask_id} differs from "
                      f"the model's {model.cfg.mask_id} (config.json)")

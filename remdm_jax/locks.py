@@ -27,6 +27,10 @@ import pathlib
 import socket
 import sys
 
+import jax
+
+from remdm_jax import distributed
+
 LOCK_FILE = ".lock"
 _HELD: dict[pathlib.Path, int] = {}   # lock file -> nesting depth, in this process
 
@@ -89,6 +93,17 @@ def _write_holder(fd: int) -> None:
     pass
 
 
+def _shared_outcome(failure: Exception | None, folder, what: str) -> None:
+  """Raises on every process of a multi-process run when process 0 could not take the lock
+  (a collective there: each process calls it once per `hold`); in one process, raises
+  `failure` if any."""
+  if jax.distributed.is_initialized() and distributed.any_process(failure is not None):
+    raise failure or FolderInUse(f"{folder}: process 0 could not take the lock of the {what} "
+                                 "folder (its error names the holder); this process stops too")
+  if failure is not None:
+    raise failure
+
+
 @contextlib.contextmanager
 def hold(folder, what: str, *, primary: bool = True):
   """Holds the lock of `folder` (an existing folder) for the `with` block.
@@ -96,27 +111,34 @@ def hold(folder, what: str, *, primary: bool = True):
   Args:
     folder: the folder the run owns.
     what: its name in messages ("workdir", "job", "model").
-    primary: False for every process of a multi-process run but process 0 (they share its
-      lock and take none).
+    primary: False for every process of a multi-process run but process 0: they take no lock
+      but share process 0's outcome (when it cannot lock, every process raises, so none runs
+      on without the lock).
 
   Raises:
     FolderInUse: another run holds the lock (the message names its pid, host, start time and
       command line).
     ValueError: the lock file cannot be created or locked.
   """
-  if not primary:
-    yield
-    return
   folder = pathlib.Path(folder)
-  path = (folder / LOCK_FILE).absolute()
-  if path in _HELD:
-    _HELD[path] += 1
+  path = (folder / LOCK_FILE).resolve()
+  nested = primary and path in _HELD
+  fd, failure = None, None
+  if primary and not nested:
+    try:
+      fd = _open_locked(path, folder, what)
+    except ValueError as err:
+      failure = err
+  _shared_outcome(failure, folder, what)
+  if fd is None:                        # another process's lock, or one this run holds
+    if nested:
+      _HELD[path] += 1
     try:
       yield
     finally:
-      _HELD[path] -= 1
+      if nested:
+        _HELD[path] -= 1
     return
-  fd = _open_locked(path, folder, what)
   _write_holder(fd)
   _HELD[path] = 1
   try:

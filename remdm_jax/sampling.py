@@ -242,7 +242,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
     prompt = check_prompt(prompt, batch_size, seq_len,
                           lambda: check_output(denoiser, batch_size, seq_len, mask_id))
   tokens, nonfinite, records = _run(
-      as_typed_key(key), denoiser, plan, prompt, first_index, batch_size=batch_size, seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
+      as_typed_key(key), denoiser, plan, prompt, first_index, batch_size=batch_size,
+      seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
       record=return_trajectory, on_step=on_step)
   return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
                  return_nonfinite)
@@ -310,7 +311,7 @@ class Sampler:
       raise ValueError(
           "plan was built from a config with other static settings than this sampler's "
           f"({'; '.join(differences)}, sampler -> plan); a sampler runs the plans of configs "
-          "that differ only in eta, top_p, temperature or the strategy's table. Build a "
+          "that differ only in eta, top_p (below 1) or temperature. Build a "
           f"sampler for that config: make_sampler(denoiser, config, ...){hint}")
     return plan
 

@@ -306,3 +306,12 @@ def test_merge_scoring_options_need_an_evaluator(flag, tmp_path, capsys):
   assert cli.merge_main([str(tmp_path), flag]) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and "only applies when scoring; set evaluator" in err
+
+
+def test_a_missing_optional_extra_is_one_line(capsys):
+  def main(argv):
+    raise ImportError('Hugging Face tokenizer folders need the tokenizers package: pip install '
+                      '-e ".[llada]"')
+  assert cli.run_cli(main, []) == 2
+  err = capsys.readouterr().err
+  assert err.count("\n") == 1 and err.startswith("error: Hugging Face tokenizer folders need")

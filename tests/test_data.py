@@ -218,3 +218,12 @@ def test_a_label_on_text_that_is_not_smiles_names_the_examples(monkeypatch):
   splits["train"] = ["CCO", "c1ccccc1", "CC(=O)O"]
   train, valid = cfg.load_rows(data.get_tokenizer("bytes"))
   assert train["labels"].shape == (3,) and valid["labels"].shape == (1,)
+
+
+def test_rows_from_a_generator_of_texts():
+  """Any iterable of texts is read once and kept (a generator is not used up by the check)."""
+  tok = ByteTokenizer()
+  texts = ["ab", "c"]
+  np.testing.assert_array_equal(data.pad((t for t in texts), tok, 8), data.pad(texts, tok, 8))
+  np.testing.assert_array_equal(data.pack((t for t in texts * 4), tok, 6),
+                                data.pack(texts * 4, tok, 6))

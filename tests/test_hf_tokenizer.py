@@ -182,10 +182,10 @@ def test_missing_files_and_tokens_are_one_clear_error(tmp_path):
                                        r">= 1, got 0"):
     HFTokenizer(tmp_path)
   (tmp_path / "config.json").write_text("[320]")
-  with pytest.raises(ValueError, match=r"config.json must hold a JSON object, got list"):
+  with pytest.raises(ValueError, match=r"config.json: expected a JSON object at the top level, got list"):
     HFTokenizer(tmp_path)
   (tmp_path / "config.json").write_text("{")
-  with pytest.raises(ValueError, match=r"config.json is not valid JSON"):
+  with pytest.raises(ValueError, match=r"config.json: not valid JSON"):
     HFTokenizer(tmp_path)
 
 

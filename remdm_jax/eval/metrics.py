@@ -51,12 +51,13 @@ def mean_entropy(rows) -> float:
   return float(np.mean([unigram_entropy(_id_row(r, f"rows[{i}]")) for i, r in enumerate(rows)]))
 
 
-def _check_texts(texts, max_len: int, batch_size: int) -> None:
-  check_strings("texts", texts)
+def _check_texts(texts, max_len: int, batch_size: int) -> list[str]:
+  texts = check_strings("texts", texts)
   if len(texts) == 0:
     raise ValueError("texts is empty: there is nothing to score")
   check_int("max_len", max_len, 2)
   check_int("batch_size", batch_size, 1)
+  return texts
 
 
 def _encode_batch(tokenizer, texts: Sequence[str], max_len: int, add_bos: bool):
@@ -95,7 +96,7 @@ def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
     ValueError: `texts` is not a non-empty list of strings, `max_len < 2`, no token is
       left to score (empty texts), or the evaluator's scores are not finite.
   """
-  _check_texts(texts, max_len, batch_size)
+  texts = _check_texts(texts, max_len, batch_size)
   ids, scored, _ = _encode_batch(tokenizer, texts, max_len, add_bos)
   if not scored.any():
     raise ValueError(f"no token to score in {len(texts)} texts (each needs at least two "
@@ -111,7 +112,7 @@ def gen_ppl(logits_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
 def evaluator_features(features_fn: Callable, tokenizer, texts: Sequence[str], max_len: int,
                        batch_size: int = 32, add_bos: bool = False) -> np.ndarray:
   """Hidden state at each text's last token; `[N, D] float32` (for MAUVE)."""
-  _check_texts(texts, max_len, batch_size)
+  texts = _check_texts(texts, max_len, batch_size)
   ids, _, lengths = _encode_batch(tokenizer, texts, max_len, add_bos)
   last = np.maximum(lengths, 1) - 1
   at_last = lambda t, i: features_fn(t)[jnp.arange(t.shape[0]), i]        # [B, D]
