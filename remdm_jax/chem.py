@@ -120,9 +120,15 @@ def split_labels(train: Sequence[str], validation: Sequence[str], prop: str,
   train, validation = check_strings("train", train), check_strings("validation", validation)
   check_choice("prop", prop, PROPERTIES)
   _check_percentile(percentile)
-  train_values = property_values(train, prop)
+  return split_labels_of_values(property_values(train, prop), property_values(validation, prop),
+                                percentile)
+
+
+def split_labels_of_values(train_values: np.ndarray, valid_values: np.ndarray,
+                           percentile: float = 90.0) -> tuple[np.ndarray, np.ndarray]:
+  """`split_labels` from the two splits' `property_values` (NaN: an unparsable molecule, class
+  0), for a caller that has computed them already."""
   train_labels, threshold = class_labels(train_values, percentile)
-  valid_values = property_values(validation, prop)
   valid_labels = (np.isfinite(valid_values) & (np.nan_to_num(valid_values, nan=-np.inf)
                                                >= threshold)).astype(np.int32)
   return train_labels, valid_labels

@@ -262,11 +262,10 @@ class BatchStream:
                              np.asarray([order[e][o] for e, o in zip(epochs, offsets)]))
 
 
-def _check_smiles(texts: list[str], label: str, where: str) -> None:
-  """Raises unless every example parses as a SMILES string (a label is a property of the
-  molecule; an unparsable example would silently be class 0)."""
-  from remdm_jax import chem
-  bad = [i for i, text in enumerate(texts) if chem.molecule(text) is None]
+def _check_smiles(texts: list[str], values: np.ndarray, label: str, where: str) -> None:
+  """Raises unless every example parsed as a SMILES string, i.e. has a property value (a
+  label is a property of the molecule; an unparsable example would silently be class 0)."""
+  bad = np.flatnonzero(np.isnan(values)).tolist()
   if bad:
     raise ValueError(f"label={label!r} needs SMILES text, one molecule per example; "
                      f"{len(bad)} of {len(texts)} examples of {where} do not parse as SMILES "
@@ -314,7 +313,8 @@ class DataConfig:
     if not self.label:
       return tuple(rows)
     from remdm_jax import chem
-    for split, examples in zip(("train", "validation"), texts):
-      _check_smiles(examples, self.label, f"{self.dataset} {split}")
-    labels = chem.split_labels(texts[0], texts[1], self.label)
+    values = [chem.property_values(examples, self.label) for examples in texts]  # parsed once
+    for split, examples, split_values in zip(("train", "validation"), texts, values):
+      _check_smiles(examples, split_values, self.label, f"{self.dataset} {split}")
+    labels = chem.split_labels_of_values(*values)
     return tuple({"tokens": r, "labels": y} for r, y in zip(rows, labels))
