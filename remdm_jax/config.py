@@ -34,10 +34,12 @@ class SamplerConfig:
 
   strategy: Strategy = Mdlm()   # a strategy object: Mdlm(), Cap(eta), Loop(...), ...
   num_steps: int = 128          # T, number of denoiser calls before the final noise removal
+                                # (llada: steps per block)
   top_p: float = 1.0            # nucleus mass in (0, 1]; 1 disables it
   top_p_mode: str = "reference" # reference: cumsum <= p plus top token; standard: mass >= p
   top_p_impl: str = DEFAULT_IMPL  # bisect: 31 masked sums; radix: 4 histogram passes; sort
-  temperature: float = 1.0      # logits are divided by it before the softmax
+  temperature: float = 1.0      # logits are divided by it before the softmax (llada: 0 is
+                                # argmax)
   schedule: str = "loglinear"   # alpha(t) on the grid (loglinear is alpha = 1 - t); loop and
                                 # dfm fix their own
   t_min: float = 1e-5           # last time of the grid, as in the reference sampler
@@ -61,7 +63,8 @@ class SamplerConfig:
     check_choice("schedule", self.schedule, tuple(schedules.SCHEDULES))
     check_range("num_steps", self.num_steps, 1)
     check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-    check_range("temperature", self.temperature, 0.0, low_open=True)
+    block = self.strategy.select == "block"
+    check_range("temperature", self.temperature, 0.0, low_open=not block)
     check_range("t_min", self.t_min, 0.0, 1.0, high_open=True)
     check_range("position_chunk", self.position_chunk, 0)
     check_range("draw_capacity", self.draw_capacity, 0)
@@ -83,10 +86,24 @@ class SamplerConfig:
       raise ValueError(f"draw_capacity applies to strategies that draw only where they "
                        f"unmask ({_by_select('bernoulli')}), not to {name!r}; got "
                        f"draw_capacity={self.draw_capacity}")
+    if block:
+      self._check_block()
     t_off = self.strategy.last_phase_start
     if t_off is not None and t_off < self.t_min:
       raise ValueError(f"need t_min <= t_off for strategy {name!r}, got t_off={t_off}, "
                        f"t_min={self.t_min}")
+
+  def _check_block(self) -> None:
+    """Block decoding (`strategy.select == "block"`) reads only num_steps and temperature of
+    the shared options; the others are refused when set."""
+    unused = [f"{name}={getattr(self, name)!r}" for name in _NOT_BLOCK
+              if getattr(self, name) != _DEFAULTS[name]]
+    if unused:
+      verb = "do" if len(unused) > 1 else "does"
+      raise ValueError(f"{', '.join(unused)} {verb} not apply to block decoding (strategy "
+                       f"{self.strategy.name!r} reads num_steps and temperature); leave "
+                       "them out")
+    self.strategy.window(self.num_steps)
 
   @classmethod
   def paper_loop(cls, num_steps: int = 256) -> SamplerConfig:
@@ -116,6 +133,7 @@ def _by_select(select: str) -> list[str]:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
+_NOT_BLOCK = ("top_p", "t_min", "cache", "logits_dtype")
 
 
 def sampler_config(strategy="mdlm", **options) -> SamplerConfig:

@@ -55,7 +55,7 @@ def _check_optional_int(owner, field: str, low: int) -> None:
 
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply", "features_apply", "head_apply", "reads_t",
-                                "vocab_size", "mask_id"])
+                                "vocab_size", "mask_id", "prefill_apply", "cached_apply"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """A masked diffusion model as the sampler sees it.
@@ -78,6 +78,14 @@ class Denoiser:
     vocab_size: `V` when known (checked against the logits' last axis), else None.
     mask_id: the mask id the function was built for when it uses one (the guided denoisers
       of `classifier_guidance`), else None; a sampler with another mask id refuses it.
+    prefill_apply, cached_apply: optional key-value cache contract, both or neither (needs
+      the split contract and `reads_t=False`), used by block decoding's `kv_cache`:
+      `prefill_apply(params, z [B, L] int32) -> (h [B, L, D], cache)` is `features` that
+      also returns the attention keys and values of every position (any pytree), and
+      `cached_apply(params, z_w [B, W] int32, positions [B, W] int32, fresh [B, W] bool,
+      cache) -> h [B, W, D]` runs the rows `z_w` standing at `positions`, attending to the
+      cache's keys and values with those of the `fresh` rows replaced by their new ones (the
+      stored cache is not changed).
   """
 
   apply: Callable
@@ -87,6 +95,8 @@ class Denoiser:
   reads_t: bool = True
   vocab_size: int | None = None
   mask_id: int | None = None
+  prefill_apply: Callable | None = None
+  cached_apply: Callable | None = None
 
   def __post_init__(self):
     if not callable(self.apply):
@@ -95,6 +105,12 @@ class Denoiser:
     if (self.features_apply is None) != (self.head_apply is None):
       raise ValueError("Denoiser needs both features_apply and head_apply (the split "
                        "contract) or neither")
+    if (self.prefill_apply is None) != (self.cached_apply is None):
+      raise ValueError("Denoiser needs both prefill_apply and cached_apply (the key-value "
+                       "cache contract) or neither")
+    if self.prefill_apply is not None and (not self.is_split or self.reads_t):
+      raise ValueError("Denoiser's key-value cache contract (prefill_apply, cached_apply) "
+                       "needs the split contract and reads_t=False")
     if not isinstance(self.reads_t, bool):
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
     _check_optional_int(self, "vocab_size", 1)
@@ -134,6 +150,21 @@ class Denoiser:
   def head(self, h: jax.Array, t: jax.Array) -> jax.Array:
     """The position-wise output layer: `h [B, K, D] -> logits [B, K, V]` (split only)."""
     return self.head_apply(self.params, h, t)
+
+  @property
+  def has_kv_cache(self) -> bool:
+    """Whether it offers the key-value cache contract (`prefill`, `cached`)."""
+    return self.prefill_apply is not None
+
+  def prefill(self, z: jax.Array):
+    """`(h [B, L, D], cache)`: the trunk of `z [B, L] int32` and every position's keys and
+    values (cache contract only)."""
+    return self.prefill_apply(self.params, z)
+
+  def cached(self, z_w: jax.Array, positions: jax.Array, fresh: jax.Array, cache) -> jax.Array:
+    """The trunk of the rows `z_w [B, W] int32` at `positions [B, W] int32`, attending to
+    `cache` with the `fresh [B, W] bool` rows' own keys and values: `h [B, W, D]`."""
+    return self.cached_apply(self.params, z_w, positions, fresh, cache)
 
   def with_params(self, params) -> "Denoiser":
     """The same denoiser with other parameters (same structure: no recompilation)."""

@@ -73,14 +73,17 @@ class Plan:
   rule: StepRule          # static: the switches of the config the plan was built from
 
 
-def rule_differences(built: Plan, given: Plan) -> list[str]:
-  """What differs in the static part of two plans: the number of steps and every `StepRule`
-  field, as `"name: built -> given"` strings (empty when `given` runs where `built` does)."""
+def rule_differences(built, given) -> list[str]:
+  """What differs in the static part of two plans: the kind of plan, the number of steps and
+  every field of the rule, as `"name: built -> given"` strings (empty when `given` runs where
+  `built` does)."""
+  if type(built) is not type(given):
+    return [f"kind: {type(built).__name__} -> {type(given).__name__}"]
   differences = []
   steps = (built.table.t.shape[0], given.table.t.shape[0])
   if steps[0] != steps[1]:
     differences.append(f"steps: {steps[0]} -> {steps[1]}")
-  for field in dataclasses.fields(StepRule):
+  for field in dataclasses.fields(built.rule):
     a, b = getattr(built.rule, field.name), getattr(given.rule, field.name)
     if a != b:
       shown = [f"{v:.4g}" if isinstance(v, float) else repr(v) for v in (a, b)]
@@ -93,13 +96,17 @@ _GLOSS = {"unmask_fraction": " (the largest share of positions one step unmasks,
 
 
 def check_plan(plan) -> "Plan":
-  """`plan` if it is a `Plan` (from `build_plan`), else an `ArgumentTypeError` saying so.
-  Its scalars are checked as a config's are when they are concrete (a traced plan is data):
-  `top_p` in (0, 1], `temperature` in (0, inf), `t_final` in [0, 1).
+  """`plan` if it is a `Plan` or a `BlockPlan` (from `build_plan`), else an
+  `ArgumentTypeError` saying so. Its scalars are checked as a config's are when they are
+  concrete (a traced plan is data): `top_p` in (0, 1], `temperature` in (0, inf), `t_final`
+  in [0, 1) (a `BlockPlan`: `remdm_jax.blocks.check_block_plan`).
 
   Raises:
-    ArgumentTypeError: not a `Plan`. ValueError: a concrete scalar out of its range.
+    ArgumentTypeError: not a plan. ValueError: a concrete scalar out of its range.
   """
+  from remdm_jax import blocks   # blocks builds on this module's table types
+  if isinstance(plan, blocks.BlockPlan):
+    return blocks.check_block_plan(plan)
   if not isinstance(plan, Plan):
     raise ArgumentTypeError(f"plan must be a remdm_jax.Plan from remdm_jax.build_plan(config), "
                             f"got {type(plan).__name__}")
@@ -161,8 +168,12 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
 
   Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
   them compiles once (the rule's `unmask_fraction` comes from the sigma-free part of the
-  table, so it does not change with eta).
+  table, so it does not change with eta). Block decoding (strategy "llada") gives a
+  `remdm_jax.blocks.BlockPlan` and its `BlockRule`.
   """
+  if _check_config(cfg).strategy.select == "block":
+    from remdm_jax import blocks
+    return blocks.build_block_plan(cfg)
   fields, unmask_fraction = _host_table(cfg)
   rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,
                   top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,

@@ -29,6 +29,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from remdm_jax import blocks as block_decoding
+from remdm_jax.blocks import BlockPlan
 from remdm_jax.config import SamplerConfig
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
 from remdm_jax.plan import Plan, StepRule, build_plan, check_plan, rule_differences
@@ -134,13 +136,30 @@ def _final_denoise(denoiser, rule, z, t_final, mask_id):
                       lambda: (z, jnp.zeros(z.shape[:1], bool)))
 
 
-def _run(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batch_size: int,
-         seq_len: int, mask_id: int, batch_sharding, record: bool, on_step):
+def _run(key, denoiser: Denoiser, plan: Plan | BlockPlan, prompt, first_index, *,
+         batch_size: int, seq_len: int, mask_id: int, batch_sharding, record: bool, on_step,
+         blocks: int = 0):
   """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
   `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
-  a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`)."""
-  rule = plan.rule
+  a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`); a
+  `BlockPlan` runs block decoding (`remdm_jax.blocks`) over `blocks` blocks."""
   check_output(denoiser, batch_size, seq_len, mask_id)
+  run = block_decoding.run_blocks if isinstance(plan, BlockPlan) else _run_steps
+  extra = dict(blocks=blocks) if isinstance(plan, BlockPlan) else {}
+  tokens, nonfinite, records = run(key, denoiser, plan, prompt, first_index,
+                                   batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
+                                   batch_sharding=batch_sharding, record=record,
+                                   on_step=on_step, **extra)
+  if isinstance(batch_sharding, jax.sharding.NamedSharding):   # every process reads all flags
+    nonfinite = jax.lax.with_sharding_constraint(
+        nonfinite, jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()))
+  return tokens, nonfinite, records
+
+
+def _run_steps(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batch_size: int,
+               seq_len: int, mask_id: int, batch_sharding, record: bool, on_step):
+  """The diffusion-time strategies' run (`_run`)."""
+  rule = plan.rule
   z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
   example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
       first_index + jnp.arange(batch_size, dtype=jnp.int32))
@@ -159,14 +178,11 @@ def _run(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batch_size
   (z, _, nonfinite, _), records = jax.lax.scan(
       step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
   tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
-  nonfinite = nonfinite | final_nonfinite
-  if isinstance(batch_sharding, jax.sharding.NamedSharding):   # every process reads all flags
-    nonfinite = jax.lax.with_sharding_constraint(
-        nonfinite, jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()))
-  return tokens, nonfinite, records
+  return tokens, nonfinite | final_nonfinite, records
 
 
-_STATIC = ("batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_step")
+_STATIC = ("batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_step",
+           "blocks")
 _jitted_run = jax.jit(_run, static_argnames=_STATIC)
 
 
@@ -183,9 +199,12 @@ def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
                             f"{on_step!r:.60}")
 
 
-def _check_call(denoiser: Denoiser, rule: StepRule, batch_size, seq_len, mask_id) -> None:
+def _check_call(denoiser: Denoiser, rule, batch_size, seq_len, mask_id) -> None:
   """The checks that need no tracing."""
   check_sizes(batch_size, seq_len, mask_id)
+  if isinstance(rule, block_decoding.BlockRule):
+    block_decoding.check_block_call(denoiser, rule, seq_len, denoiser.vocab_size)
+    return
   if rule.position_chunk and seq_len % rule.position_chunk:
     raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
                      f"{rule.position_chunk}")
@@ -206,8 +225,17 @@ def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
     else:
       raise_nonfinite(nonfinite, first_index)
   if return_trajectory:
-    return Trajectory(tokens, *records, plan.table.t, nonfinite)
+    times = (block_decoding.trajectory_times(plan, records[0].shape[0])
+             if isinstance(plan, BlockPlan) else plan.table.t)
+    return Trajectory(tokens, *records, times, nonfinite)
   return (tokens, nonfinite) if return_nonfinite else tokens
+
+
+def _blocks_of(rule, prompt, seq_len: int, mask_id: int) -> int:
+  """The static block count of block decoding (0 for the other strategies)."""
+  if not isinstance(rule, block_decoding.BlockRule):
+    return 0
+  return block_decoding.num_blocks(rule, prompt, seq_len, mask_id)
 
 
 def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None = None, *,
@@ -244,7 +272,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   tokens, nonfinite, records = _run(
       as_typed_key(key), denoiser, plan, prompt, first_index, batch_size=batch_size,
       seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
-      record=return_trajectory, on_step=on_step)
+      record=return_trajectory, on_step=on_step,
+      blocks=_blocks_of(rule, prompt, seq_len, mask_id))
   return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
                  return_nonfinite)
 
@@ -272,6 +301,7 @@ class Sampler:
                         record=return_trajectory, on_step=on_step)
     self._vocab_size = None
     self._compiled = None
+    self._compiled_blocks = 0
 
   def _vocab_size_of(self, denoiser: Denoiser) -> int:
     """V of the denoiser's logits, traced abstractly once per sampler."""
@@ -333,7 +363,9 @@ class Sampler:
                                 plan, check_first_index(first_index, self.batch_size))
     if abstract_key:
       arguments = (key,) + arguments[1:]
-    self._compiled = _jitted_run.lower(*arguments, **self._static).compile()
+    blocks = _blocks_of(self.rule, arguments[3], self.seq_len, self.mask_id)
+    self._compiled = _jitted_run.lower(*arguments, **self._static, blocks=blocks).compile()
+    self._compiled_blocks = blocks
     return self
 
   def compiled(self) -> jax.stages.Compiled:
@@ -355,10 +387,11 @@ class Sampler:
     first_index = check_first_index(first_index, self.batch_size)
     arguments = self._arguments(key, params, prompt, plan, first_index)
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arguments))
-    if self._compiled is not None and not traced:
-      tokens, nonfinite, records = self._compiled(*arguments)
+    blocks = _blocks_of(self.rule, arguments[3], self.seq_len, self.mask_id)
+    if self._compiled is not None and not traced and blocks <= self._compiled_blocks:
+      tokens, nonfinite, records = self._compiled(*arguments)   # extra blocks are skipped
     else:
-      tokens, nonfinite, records = _jitted_run(*arguments, **self._static)
+      tokens, nonfinite, records = _jitted_run(*arguments, **self._static, blocks=blocks)
     return _result(tokens, nonfinite, records, arguments[2], first_index,
                    self.return_trajectory, self.return_nonfinite)
 

@@ -45,7 +45,7 @@ def select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):
   return unmask, remask
 
 
-def _top_count(score: jax.Array, count: jax.Array) -> jax.Array:
+def top_count(score: jax.Array, count: jax.Array) -> jax.Array:
   """Marks the `count[b]` highest scores of each row; `[B, L] f32, [B] int32 -> [B, L] bool`."""
   rank = jnp.argsort(jnp.argsort(-score, axis=-1), axis=-1)        # [B, L]
   return rank < count[:, None]
@@ -62,10 +62,10 @@ def select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
   n_free = jnp.sum(~fixed, axis=-1)
   n_decoded = jnp.sum(decoded, axis=-1)
   n_remask = jnp.minimum(row.remask_count, n_decoded)
-  remask = decoded & _top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
+  remask = decoded & top_count(jnp.where(decoded, -psi, -jnp.inf), n_remask)
   target = jnp.round(row.decoded_frac * n_free).astype(jnp.int32)
   n_unmask = jnp.clip(target - (n_decoded - n_remask), 0, jnp.sum(masked, axis=-1))
-  unmask = masked & _top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
+  unmask = masked & top_count(jnp.where(masked, token_prob, -jnp.inf), n_unmask)
   return unmask, remask
 
 

@@ -308,3 +308,94 @@ class Topk(Strategy):
     normal = np.cumsum(~in_loop)
     decoded_frac = normal / max(int(normal[-1]), 1)
     return decoded_frac, np.where(in_loop, self.remask, 0).astype(np.int32)
+
+
+REMASKING = ("low_confidence", "random")
+KV_CACHES = ("none", "prefix", "dual")
+REMDM_SELECTS = ("confidence", "random")
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class Llada(Strategy):
+  """Semi-autoregressive block decoding (LLaDA's decoder, Nie et al. 2025, arXiv 2502.09992):
+  the masked tail after each prompt is cut into blocks of `block_length`, decoded left to
+  right with `num_steps` steps each; a step unmasks the most confident (`low_confidence`) or
+  random masked positions of the block, `masked // num_steps` of them plus one in the first
+  `masked % num_steps` steps. Runs in `remdm_jax.blocks`; `num_steps` counts steps per block.
+
+  Options beyond LLaDA's own:
+    remdm_number > 0 (ReMDM-LLaDA, Wang et al. 2025, arXiv 2503.00307, rebuttal): after
+      `remdm_start` of a block's steps, `remdm_steps` extra steps each remask the
+      `remdm_number` decoded tokens of the block decoded with the lowest confidence (or random
+      ones, `remdm_select="random"`) and then decode `remdm_decode` positions.
+    threshold > 0 (Fast-dLLM, Wu et al. 2025, arXiv 2505.22618): a step also unmasks every
+      masked position of the block whose confidence is at least `threshold` (at least the
+      step's count; `num_steps=block_length` gives Fast-dLLM's "at least one").
+    kv_cache: "prefix" computes the keys and values of the prompt and finished blocks once
+      per block, "dual" those of every position outside the block (Fast-dLLM's caches;
+      approximations). Needs a denoiser with the cache contract (LLaDA models have it).
+    cfg_scale > 0: classifier-free guidance with the prompt masked for the unconditional
+      logits, `un + (cfg_scale + 1) * (cond - un)` (LLaDA's `generate`).
+    eos_id >= 0: an example whose answer holds `eos_id` after a block stops: its later
+      positions become `eos_id` and it takes no more steps.
+  """
+
+  name: ClassVar[str] = "llada"
+  select: ClassVar[str] = "block"
+  uses_schedule: ClassVar[bool] = False
+  block_length: int = 32          # K: positions per block, from each prompt's end
+  remasking: str = "low_confidence"  # which masked positions a step unmasks: most confident
+                                  # (softmax probability of the chosen id) or random
+  threshold: float = 0.0          # > 0: also unmask every position this confident
+  kv_cache: str = "none"          # none | prefix | dual
+  cfg_scale: float = 0.0          # classifier-free guidance scale (0: off)
+  remdm_number: int = 0           # ReMDM-LLaDA: tokens remasked per remasking step (0: off)
+  remdm_start: int = -1           # regular steps before the remasking steps (-1: K * 7 // 8)
+  remdm_steps: int = -1           # remasking steps per block (-1: num_steps)
+  remdm_decode: int = -1          # positions decoded per remasking step (-1: remdm_number)
+  remdm_select: str = "confidence"  # which decoded tokens are remasked: least confident or
+                                  # random (the rebuttal's baseline)
+  eos_id: int = -1                # >= 0: stop an example after a block holding this id
+
+  def __post_init__(self):
+    super().__post_init__()
+    context = " for strategy 'llada'"
+    check_range("block_length", self.block_length, 1, context=context)
+    check_choice("remasking", self.remasking, REMASKING)
+    check_range("threshold", self.threshold, 0.0, 1.0, context=context)
+    check_choice("kv_cache", self.kv_cache, KV_CACHES)
+    check_range("cfg_scale", self.cfg_scale, 0.0, context=context)
+    check_range("remdm_number", self.remdm_number, 0, context=context)
+    check_choice("remdm_select", self.remdm_select, REMDM_SELECTS)
+    check_range("eos_id", self.eos_id, -1, context=context)
+    for name in ("remdm_start", "remdm_steps", "remdm_decode"):
+      check_range(name, getattr(self, name), -1, context=context)
+    remdm_options = {f: getattr(self, f) for f in ("remdm_start", "remdm_steps",
+                                                    "remdm_decode", "remdm_select")
+                     if getattr(self, f) != _LLADA_DEFAULTS[f]}
+    if not self.remdm_number and remdm_options:
+      raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in remdm_options.items())} apply "
+                       "only with remdm_number > 0 (the ReMDM-LLaDA remasking steps); set "
+                       "remdm_number or leave them out")
+
+  def window(self, num_steps: int) -> tuple[int, int, int]:
+    """`(start, steps, decode)` of the remasking steps (all 0 without ReMDM-LLaDA).
+
+    Raises:
+      ValueError: `remdm_start` beyond `num_steps`.
+    """
+    if not self.remdm_number:
+      return 0, 0, 0
+    start = self.block_length * 7 // 8 if self.remdm_start < 0 else self.remdm_start
+    if start > num_steps:
+      raise ValueError(f"remdm_start must be in [0, num_steps] = [0, {num_steps}] (the "
+                       f"remasking steps start after that many of a block's steps), got "
+                       f"{start}" + (" (the default block_length * 7 // 8; set remdm_start)"
+                                     if self.remdm_start < 0 else ""))
+    steps = num_steps if self.remdm_steps < 0 else self.remdm_steps
+    decode = self.remdm_number if self.remdm_decode < 0 else self.remdm_decode
+    return start, steps, decode
+
+
+_LLADA_DEFAULTS = {f.name: f.default for f in dataclasses.fields(Llada)}

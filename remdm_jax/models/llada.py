@@ -135,18 +135,27 @@ class LLaDAConfig:
 def rotary_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
   """`(cos, sin)`, each `[L, Dh] float32`: angle `p * theta^(-2k/Dh)` at position `p` for
   dimensions `k` and `k + Dh/2` (the rotate-half pairing)."""
+  return rotary_at(jnp.arange(length, dtype=jnp.int32), head_dim, theta)
+
+
+def rotary_at(positions: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+  """`rotary_tables` at given positions: `positions [...] int32 -> (cos, sin)`, each
+  `[..., Dh] float32`, equal bit for bit to the tables' rows at those positions."""
   inv_freq = 1.0 / theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim)
-  angles = jnp.arange(length, dtype=jnp.float32)[:, None] * inv_freq[None]   # [L, Dh/2]
-  angles = jnp.concatenate([angles, angles], axis=-1)                         # [L, Dh]
+  angles = positions.astype(jnp.float32)[..., None] * inv_freq.reshape(
+      (1,) * positions.ndim + (-1,))                                         # [..., Dh/2]
+  angles = jnp.concatenate([angles, angles], axis=-1)                         # [..., Dh]
   return jnp.cos(angles), jnp.sin(angles)
 
 
 def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-  """Rotary embedding in float32; `x [B, L, N, Dh]` -> same shape and dtype."""
+  """Rotary embedding in float32; `x [B, L, N, Dh]` with `cos, sin` of `[L, Dh]` (shared by
+  the batch) or `[B, L, Dh]` (per example) -> `x`'s shape and dtype."""
   x32 = x.astype(jnp.float32)
   first, second = jnp.split(x32, 2, axis=-1)
   rotated = jnp.concatenate([-second, first], axis=-1)                       # [B, L, N, Dh]
-  cos, sin = cos[None, :, None, :], sin[None, :, None, :]                    # [1, L, 1, Dh]
+  cos, sin = (jnp.broadcast_to(c, x.shape[:2] + c.shape[-1:])[:, :, None, :]
+              for c in (cos, sin))                                           # [B, L, 1, Dh]
   return (x32 * cos + rotated * sin).astype(x.dtype)
 
 
@@ -188,14 +197,40 @@ class Block(nnx.Module):
     self.ff_out = _linear(m, d, cfg, rngs)
 
   def __call__(self, x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
-    b, l, d = x.shape
+    return self.with_kv(x, cos, sin)[0]
+
+  def with_kv(self, x: jax.Array, cos: jax.Array, sin: jax.Array):
+    """The block and its keys and values: `x [B, L, D] -> (x' [B, L, D], (k, v))`, `k, v`
+    `[B, L, Hkv, Dh]` in `x`'s dtype (k after rotary)."""
+    q, k, v = self._qkv(x, cos, sin)
+    return self._finish(x, q, k, v), (k, v)
+
+  def cached(self, x: jax.Array, cos: jax.Array, sin: jax.Array, positions: jax.Array,
+             fresh: jax.Array, kv) -> jax.Array:
+    """The rows `x [B, W, D]` at `positions [B, W] int32` (`cos, sin [B, W, Dh]`), attending
+    to the cached `kv` (`k, v [B, L, Hkv, Dh]`) with the `fresh [B, W] bool` rows' entries
+    replaced by their new keys and values; `-> [B, W, D]`."""
+    q, k, v = self._qkv(x, cos, sin)
+    rows = jnp.arange(x.shape[0])[:, None]
+    at = jnp.where(fresh, positions, kv[0].shape[1])         # out of range: dropped
+    k_all = kv[0].at[rows, at].set(k, mode="drop")
+    v_all = kv[1].at[rows, at].set(v, mode="drop")
+    return self._finish(x, q, k_all, v_all)
+
+  def _qkv(self, x, cos, sin):
+    b, l, _ = x.shape
     h = self.attn_norm(x)
     q = _rotate(self.q_proj(h).reshape(b, l, self.heads, self.head_dim), cos, sin)
     k = _rotate(self.k_proj(h).reshape(b, l, self.kv_heads, self.head_dim), cos, sin)
     v = self.v_proj(h).reshape(b, l, self.kv_heads, self.head_dim)         # [B, L, Hkv, Dh]
+    return q, k, v
+
+  def _finish(self, x, q, k, v):
+    """Attention of `q [B, W, H, Dh]` over `k, v [B, L, Hkv, Dh]`, then the MLP."""
+    b, w, d = x.shape
     # query head n reads key/value head n // (H / Hkv), as the reference's repeat_interleave
-    att = jax.nn.dot_product_attention(q, k, v)                            # [B, L, H, Dh]
-    x = x + self.attn_out(att.reshape(b, l, d))
+    att = jax.nn.dot_product_attention(q, k, v)                            # [B, W, H, Dh]
+    x = x + self.attn_out(att.reshape(b, w, d))
     h = self.ff_norm(x)
     return x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
 
@@ -226,17 +261,41 @@ class LLaDA(nnx.Module):
     Raises:
       ValueError: tokens are not a `[B, L]` integer array, or `L > max_sequence_length`.
     """
+    return self.features_with_cache(tokens)[0]
+
+  def features_with_cache(self, tokens: jax.Array):
+    """`features` and every layer's keys and values: `(h [B, L, D], cache)`, the cache a
+    tuple over layers of `(k, v)`, each `[B, L, Hkv, Dh]` (k after rotary)."""
+    self._check_tokens(tokens)
+    cos, sin = rotary_tables(tokens.shape[1], self.cfg.head_dim, self.cfg.rope_theta)
+    x = self.wte(tokens).astype(jnp.dtype(self.cfg.dtype))                 # [B, L, D]
+    cache = []
+    for block in self.blocks:
+      x, kv = block.with_kv(x, cos, sin)
+      cache.append(kv)
+    return self.ln_f(x), tuple(cache)
+
+  def features_cached(self, tokens: jax.Array, positions: jax.Array, fresh: jax.Array,
+                      cache) -> jax.Array:
+    """The hidden states of the rows `tokens [B, W] int32` standing at `positions [B, W]
+    int32`, each layer attending to `cache` (from `features_with_cache` of the whole
+    sequence) with the `fresh [B, W] bool` rows' keys and values replaced by their new
+    ones: `h [B, W, D]`. With every row of the sequence fresh this is `features`; with some
+    rows cached it is the approximation of Fast-dLLM's prefix and dual caches."""
+    self._check_tokens(tokens)
+    cos, sin = rotary_at(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, W, Dh]
+    x = self.wte(tokens).astype(jnp.dtype(self.cfg.dtype))                 # [B, W, D]
+    for block, kv in zip(self.blocks, cache):
+      x = block.cached(x, cos, sin, positions, fresh, kv)
+    return self.ln_f(x)
+
+  def _check_tokens(self, tokens: jax.Array) -> None:
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
       raise ValueError(f"tokens must be [B, L] integer ids, got {tokens.dtype}"
                        f"{list(tokens.shape)}")
     if tokens.shape[1] > self.cfg.max_sequence_length:
       raise ValueError(f"sequence length must be <= max_sequence_length="
                        f"{self.cfg.max_sequence_length}, got {tokens.shape[1]}")
-    cos, sin = rotary_tables(tokens.shape[1], self.cfg.head_dim, self.cfg.rope_theta)
-    x = self.wte(tokens).astype(jnp.dtype(self.cfg.dtype))                 # [B, L, D]
-    for block in self.blocks:
-      x = block(x, cos, sin)
-    return self.ln_f(x)
 
   def project(self, h: jax.Array) -> jax.Array:
     """The output layer: `h [..., D] -> logits [..., V] float32` (the matmul in cfg.dtype,
@@ -274,12 +333,34 @@ class _LLaDACall:
     return h if self.part == "features" else model.project(h)             # [B, L, V]
 
 
+@dataclasses.dataclass(frozen=True)
+class _LLaDAPrefill:
+  """`(state, z [B, L] int32) -> (h [B, L, D], cache)`: the key-value cache contract's
+  first part (`LLaDA.features_with_cache`)."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, z: jax.Array):
+    return nnx.merge(self.graphdef, state).features_with_cache(z)
+
+
+@dataclasses.dataclass(frozen=True)
+class _LLaDACached:
+  """`(state, z_w, positions, fresh, cache) -> h [B, W, D]` (`LLaDA.features_cached`)."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, z_w, positions, fresh, cache) -> jax.Array:
+    return nnx.merge(self.graphdef, state).features_cached(z_w, positions, fresh, cache)
+
+
 def as_denoiser(model: LLaDA) -> Denoiser:
   """Wraps a LLaDA model as a sampler `Denoiser`: `den(z [B, L] int32, t [B] f32) -> logits
   [B, L, V] float32`, with `reads_t=False` (the model has no time input, so the sampler's
   `cache=True` is allowed), `vocab_size=V`, the model's `mask_id` (a sampler with another
-  mask id refuses it) and the split contract (`features`: the trunk with `ln_f`; `head`:
-  the output projection), so the sampler projects only the rows it draws.
+  mask id refuses it), the split contract (`features`: the trunk with `ln_f`; `head`:
+  the output projection), so the sampler projects only the rows it draws, and the
+  key-value cache contract (`prefill`, `cached`) that block decoding's `kv_cache` uses.
 
   The model's state is taken now (`nnx.split(model)`) and is the denoiser's `params`, a
   pytree leaf: a compiled sampler takes new weights without recompiling.
@@ -302,4 +383,5 @@ def as_denoiser(model: LLaDA) -> Denoiser:
   part = lambda name: _LLaDACall(graphdef, name)
   return Denoiser(part("logits"), state, features_apply=part("features"),
                   head_apply=part("head"), reads_t=False, vocab_size=model.cfg.vocab_size,
-                  mask_id=model.cfg.mask_id)
+                  mask_id=model.cfg.mask_id,
+                  prefill_apply=_LLaDAPrefill(graphdef), cached_apply=_LLaDACached(graphdef))

@@ -1,0 +1,442 @@
+"""Semi-autoregressive block decoding: LLaDA's decoder, ReMDM-LLaDA's remasking steps and
+Fast-dLLM's threshold decoding and key-value caches, as one `lax.scan` over a flat step table.
+
+Each example's answer is the masked tail of its row, from its prompt's end (`P_b`, the
+position after its last non-mask id) to `L`, cut into blocks of `K = block_length`. Block `j`
+of example `b` covers `[P_b + jK, P_b + (j + 1)K)`; all examples take block `j`'s steps
+together, so one call of the model serves the batch. A step reads the logits of the block's
+`K` rows only (a split denoiser projects only those rows), picks `x0` per row (argmax at
+temperature 0, else the 64-bit-safe Gumbel draw of the tempered SUBS distribution), scores
+each row (the softmax probability of `x0`, or a uniform draw for `remasking="random"`) and
+unmasks the highest-scoring masked rows:
+
+- the step's count: `masked // S` plus one in the first `masked % S` of the block's `S =
+  num_steps` regular steps (`masked` counted at the block's start), as LLaDA's
+  `get_num_transfer_tokens`; with `threshold > 0`, at least every row scoring `>= threshold`;
+- ReMDM-LLaDA: after `remdm_start` regular steps, `remdm_steps` steps each first remask the
+  `remdm_number` tokens of the block that were decoded with the lowest score (or random ones),
+  then decode `remdm_decode` rows.
+
+A step with no work for any example of the batch (its block is done, or every example stopped
+at EOS) skips the model call (`lax.cond`). With `kv_cache`, a block's first step runs the
+whole sequence and keeps every position's keys and values; its later steps run the rows from
+the block to the end of the longest answer ("prefix": earlier positions read the cache) or the
+block alone ("dual": every other position reads the cache).
+
+Randomness follows the sampler's rule: example `i` draws from `fold_in(key, first_index + i)`,
+step `s` from `fold_in(that, s)` (split into remask, score and token keys), position `p` from
+`fold_in(.., p)`; tokens do not depend on the batch split.
+
+References:
+  Nie et al., "Large Language Diffusion Models", 2025, arXiv 2502.09992 (and
+  ML-GSAI/LLaDA `generate.py`).
+  Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
+  Scaling", NeurIPS 2025, arXiv 2503.00307 (guanghanwang/ReMDM-LLaDA `eval_llada.py`).
+  Wu et al., "Fast-dLLM: Training-free Acceleration of Diffusion LLM by Enabling KV Cache and
+  Parallel Decoding", 2025, arXiv 2505.22618 (NVlabs/Fast-dLLM `llada/generate.py`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import warnings
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from remdm_jax import posterior
+from remdm_jax.diffusion import subs_log_probs
+from remdm_jax.step_rules import greedy, top_count
+from remdm_jax.validation import check_scalar
+
+
+class BlockTable(NamedTuple):
+  """The steps of one block, each `[n]` (n = num_steps + remasking steps)."""
+
+  t: jax.Array         # float32: 1 - (regular steps done) / num_steps, for trajectories
+  regular: jax.Array   # int32: index among the block's regular steps; -1 on remasking steps
+  remask: jax.Array    # int32: tokens remasked before the step (ReMDM-LLaDA)
+  decode: jax.Array    # int32: rows decoded on a remasking step (0 on regular steps)
+
+
+@dataclasses.dataclass(frozen=True)
+class BlockRule:
+  """The static switches of block decoding (hashable, jit-static)."""
+
+  select: str = "block"
+  block_length: int = 32
+  num_steps: int = 32          # regular steps per block
+  score: str = "low_confidence"
+  greedy: bool = True          # temperature 0
+  use_threshold: bool = False
+  use_cfg: bool = False
+  kv_cache: str = "none"
+  remdm_select: str = "confidence"
+  eos_id: int = -1
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["table", "temperature", "threshold", "cfg_scale"],
+                   meta_fields=["rule"])
+@dataclasses.dataclass(frozen=True)
+class BlockPlan:
+  """What the block scan consumes as data (the per-block step table and the scalar knobs) and
+  its static rule. A sampler built for one config runs the plans of configs that differ only
+  in temperature (above 0), threshold (above 0) or cfg_scale (above 0)."""
+
+  table: BlockTable
+  temperature: jax.Array   # [] float32 (unused when rule.greedy)
+  threshold: jax.Array     # [] float32
+  cfg_scale: jax.Array     # [] float32
+  rule: BlockRule
+
+
+def block_table(strategy, num_steps: int) -> BlockTable:
+  """The steps of one block: `num_steps` regular steps with the remasking steps inserted
+  after `start` of them (host side)."""
+  start, steps, decode = strategy.window(num_steps)
+  regular = np.concatenate([np.arange(start), np.full(steps, -1),
+                            np.arange(start, num_steps)]).astype(np.int32)
+  window = regular < 0
+  done = np.cumsum(~window) - (~window)                 # regular steps before each step
+  return BlockTable(t=jnp.asarray(1.0 - done / num_steps, jnp.float32),
+                    regular=jnp.asarray(regular),
+                    remask=jnp.asarray(np.where(window, strategy.remdm_number, 0), jnp.int32),
+                    decode=jnp.asarray(np.where(window, decode, 0), jnp.int32))
+
+
+def build_block_plan(cfg) -> tuple[BlockPlan, BlockRule]:
+  """A block-decoding config (strategy "llada") as a plan and its rule."""
+  strategy = cfg.strategy
+  rule = BlockRule(block_length=strategy.block_length, num_steps=cfg.num_steps,
+                   score=strategy.remasking, greedy=cfg.temperature == 0.0,
+                   use_threshold=strategy.threshold > 0.0, use_cfg=strategy.cfg_scale > 0.0,
+                   kv_cache=strategy.kv_cache, remdm_select=strategy.remdm_select,
+                   eos_id=strategy.eos_id)
+  plan = BlockPlan(table=block_table(strategy, cfg.num_steps),
+                   temperature=jnp.asarray(cfg.temperature, jnp.float32),
+                   threshold=jnp.asarray(strategy.threshold, jnp.float32),
+                   cfg_scale=jnp.asarray(strategy.cfg_scale, jnp.float32), rule=rule)
+  return plan, rule
+
+
+def check_block_plan(plan: BlockPlan) -> BlockPlan:
+  """A block plan's concrete scalars in their ranges (a traced plan is data).
+
+  Raises:
+    ValueError: temperature outside [0, inf) (or 0 for a plan built with temperature > 0),
+      threshold outside [0, 1], cfg_scale below 0.
+  """
+  low_open = not plan.rule.greedy
+  check_scalar("plan.temperature", plan.temperature, 0.0, low_open=low_open)
+  check_scalar("plan.threshold", plan.threshold, 0.0, 1.0)
+  check_scalar("plan.cfg_scale", plan.cfg_scale, 0.0)
+  return plan
+
+
+def check_block_call(denoiser, rule: BlockRule, seq_len: int, vocab_size: int | None) -> None:
+  """Checks needing no tracing; warns when `kv_cache` must run uncached.
+
+  Raises:
+    ValueError: `eos_id` outside `[0, V)`.
+  """
+  if rule.kv_cache != "none" and not denoiser.has_kv_cache:
+    warnings.warn(f"kv_cache={rule.kv_cache!r}: this denoiser has no key-value cache "
+                  "contract (Denoiser.prefill_apply / cached_apply; LLaDA models have it), "
+                  "so block decoding runs uncached", stacklevel=3)
+  if vocab_size is not None and rule.eos_id >= vocab_size:
+    raise ValueError(f"eos_id must be in [0, V) = [0, {vocab_size}) or -1, got {rule.eos_id}")
+
+
+def num_blocks(rule: BlockRule, prompt, seq_len: int, mask_id: int) -> int:
+  """Blocks the scan runs: enough for the longest masked tail of a concrete prompt (all of
+  `seq_len` for None or a traced prompt). Static: a new count compiles a new executable.
+
+  Raises:
+    ValueError: a concrete prompt row has a mask before its last non-mask id (block decoding
+      decodes the masked tail only).
+  """
+  if prompt is None or isinstance(prompt, jax.core.Tracer):
+    return math.ceil(seq_len / rule.block_length)
+  rows = np.asarray(prompt)
+  start = answer_start(rows, mask_id)
+  inner = (rows == mask_id) & (np.arange(rows.shape[1]) < start[:, None])
+  if inner.any():
+    b, p = np.argwhere(inner)[0]
+    raise ValueError(f"prompt row {b} has the mask id at position {p}, before its last "
+                     f"prompt id at {start[b] - 1}; block decoding decodes the masked tail "
+                     "after each prompt (use another strategy to infill)")
+  return max(1, math.ceil(int(np.max(seq_len - start)) / rule.block_length))
+
+
+def answer_start(z, mask_id: int):
+  """`P_b`: the position after each row's last non-mask id (0 for an all-mask row);
+  `[B, L] -> [B] int32` (NumPy or JAX)."""
+  xp = np if isinstance(z, np.ndarray) else jnp
+  positions = xp.arange(1, z.shape[1] + 1, dtype=np.int32)
+  return xp.max(xp.where(z != mask_id, positions[None], 0), axis=1).astype(np.int32)
+
+
+class _Geometry(NamedTuple):
+  """Where block `j` lies for each example."""
+
+  first: jax.Array       # [B] int32, P_b + jK (may be >= L: the block is empty)
+  positions: jax.Array   # [B, K] int32, P_b + jK + k, clipped to L - 1
+  valid: jax.Array       # [B, K] bool, the unclipped position is < L
+
+
+def _geometry(start: jax.Array, block: jax.Array, block_length: int, seq_len: int):
+  first = start + block * block_length
+  positions = first[:, None] + jnp.arange(block_length, dtype=jnp.int32)[None]
+  return _Geometry(first, jnp.minimum(positions, seq_len - 1), positions < seq_len)
+
+
+def _rows(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """`x [B, L, ...]` at `positions [B, K]` -> `[B, K, ...]`."""
+  index = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
+def _scatter(x: jax.Array, positions: jax.Array, valid: jax.Array, values: jax.Array):
+  """`x [B, L]` with `values [B, K]` written at the valid `positions`."""
+  at = jnp.where(valid, positions, x.shape[1])             # out of range: dropped
+  return x.at[jnp.arange(x.shape[0])[:, None], at].set(values, mode="drop")
+
+
+class _Model(NamedTuple):
+  """How a step obtains the block's logits: `(logits [B, K, V] float32, cache)` from
+  `(z [B, L], geometry, first_step_of_block, cache)` (the unconditional rows of CFG, if any,
+  are stacked after the conditional ones inside)."""
+
+  window_logits: callable
+  init_cache: callable
+
+
+def _head_rows(denoiser, h_or_logits, positions, t, split: bool):
+  rows = _rows(h_or_logits, positions)
+  return (denoiser.head(rows, t) if split else rows).astype(jnp.float32)
+
+
+def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask_id,
+                tail: int) -> _Model:
+  """The block's logits for the step, per `rule.kv_cache` and `rule.use_cfg`."""
+  split = denoiser.is_split
+  cached = rule.kv_cache != "none" and denoiser.has_kv_cache
+  twice = (lambda x: jnp.concatenate([x, x])) if rule.use_cfg else (lambda x: x)
+
+  def inputs(z):
+    """The rows the model sees: z, and z with the prompt masked under CFG."""
+    if not rule.use_cfg:
+      return z
+    return jnp.concatenate([z, jnp.where(fixed, mask_id, z)])
+
+  def combine(logits):
+    if not rule.use_cfg:
+      return logits
+    cond, uncond = jnp.split(logits, 2)
+    return uncond + (plan.cfg_scale + 1.0) * (cond - uncond)
+
+  def t_of(seqs):     # the masked share, for denoisers that read t (LLaDA ignores it)
+    return jnp.maximum(jnp.mean((seqs == mask_id).astype(jnp.float32), axis=1), 1e-5)
+
+  def full(seqs, geometry):
+    t = t_of(seqs)
+    out = denoiser.features(seqs, t) if split else denoiser(seqs, t)
+    return _head_rows(denoiser, out, twice(geometry.positions), t, split)
+
+  def prefill(seqs, geometry):
+    h, cache = denoiser.prefill(seqs)
+    return _head_rows(denoiser, h, twice(geometry.positions), None, True), cache
+
+  def reuse(seqs, geometry, cache):
+    positions, valid = twice(geometry.positions), twice(geometry.valid)
+    if rule.kv_cache == "dual":
+      h = denoiser.cached(_rows(seqs, positions), positions, valid, cache)
+      return _head_rows(denoiser, h, jnp.broadcast_to(jnp.arange(positions.shape[1]),
+                                                      positions.shape), None, True)
+    first = seq_len - tail                                  # rows [L - tail, L)
+    at = jnp.broadcast_to(first + jnp.arange(tail, dtype=jnp.int32), (seqs.shape[0], tail))
+    fresh = at >= twice(geometry.first)[:, None]            # the block and after it
+    h = denoiser.cached(seqs[:, first:], at, fresh, cache)
+    return _head_rows(denoiser, h, jnp.clip(positions - first, 0, tail - 1), None, True)
+
+  def window_logits(z, geometry, first_step, cache):
+    seqs = inputs(z)
+    if not cached:
+      return combine(full(seqs, geometry)), cache
+    logits, cache = jax.lax.cond(first_step, lambda: prefill(seqs, geometry),
+                                 lambda: (reuse(seqs, geometry, cache), cache))
+    return combine(logits), cache
+
+  def init_cache(z):
+    if not cached:
+      return None
+    shape = jax.eval_shape(lambda s: denoiser.prefill(s)[1], inputs(z))
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
+
+  return _Model(window_logits, init_cache)
+
+
+def _position_keys(keys: jax.Array, positions: jax.Array) -> jax.Array:
+  """`fold_in(keys[b], positions[b, k])`: `[B]` keys, `[B, K]` int32 -> `[B, K]` keys."""
+  return jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(keys,
+                                                                                  positions)
+
+
+def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: int):
+  """Per block row: `x0 [B, K] int32` (argmax, or a draw of the tempered SUBS distribution),
+  its score `[B, K] float32` (log of the full softmax probability of `x0`, or of a uniform
+  draw for random remasking) and `[B, K] bool`, no finite largest logit."""
+  if rule.greedy:
+    x0, bad = greedy(logits, mask_id)
+  else:
+    log_probs = subs_log_probs(logits, mask_id, plan.temperature)          # [B, K, V]
+    bad = ~jnp.isfinite(jnp.max(log_probs, axis=-1))
+    x0, _ = jax.vmap(jax.vmap(posterior.draw_categorical))(
+        _position_keys(keys[:, 2], positions), jnp.exp(log_probs))
+  if rule.score == "low_confidence":
+    chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
+    score = chosen - jax.nn.logsumexp(logits, axis=-1)
+  else:
+    uniform = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
+        _position_keys(keys[:, 1], positions))
+    score = jnp.log1p(-uniform)          # log of a uniform draw in (0, 1]: finite
+  return x0, score, bad
+
+
+def _ranked(score: jax.Array, eligible: jax.Array) -> jax.Array:
+  """Scores for `top_count`: every eligible row above every other one (a -inf or NaN score
+  of an eligible row becomes the lowest finite float)."""
+  floor = jnp.finfo(jnp.float32).min
+  return jnp.where(eligible, jnp.nan_to_num(jnp.maximum(score, floor), nan=floor), -jnp.inf)
+
+
+def _transfer_count(row, count, masked, score, plan, rule: BlockRule, last_step):
+  """How many masked rows a step unmasks, `[B] int32`: the regular schedule's count (LLaDA's
+  `get_num_transfer_tokens` of `count`, the block's masks at its start) or the remasking
+  step's `decode`; at least every row scoring `>= threshold`; all that are left on the
+  block's last step."""
+  steps = rule.num_steps
+  regular = count // steps + (row.regular < count % steps).astype(jnp.int32)
+  k = jnp.where(row.regular >= 0, regular, row.decode)
+  n_masked = jnp.sum(masked, axis=-1)
+  if rule.use_threshold:
+    k = jnp.maximum(k, jnp.sum(masked & (score >= jnp.log(plan.threshold)), axis=-1))
+  return jnp.where(last_step, n_masked, jnp.minimum(k, n_masked))
+
+
+def _remask(key, row, z_w, track_w, valid, rule: BlockRule, positions, mask_id):
+  """ReMDM-LLaDA: the `row.remask` tokens of the block decoded with the lowest score (or
+  random ones) go back to the mask; `[B, K] bool`. Only tokens decoded in this block (a
+  finite recorded score) are candidates."""
+  candidates = valid & (z_w != mask_id) & jnp.isfinite(track_w)
+  if rule.remdm_select == "confidence":
+    priority = -track_w
+  else:
+    priority = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
+        _position_keys(key, positions))
+  n = jnp.minimum(row.remask, jnp.sum(candidates, axis=-1))
+  return candidates & top_count(_ranked(priority, candidates), n)
+
+
+def _stop_at_eos(z, start, eos_id: int):
+  """Examples whose answer holds `eos_id`: every answer position after the first one becomes
+  `eos_id` (so nothing is left to decode); `(z [B, L], stopped [B] bool)`."""
+  position = jnp.arange(z.shape[1], dtype=jnp.int32)
+  is_eos = (z == eos_id) & (position[None] >= start[:, None])
+  first = jnp.min(jnp.where(is_eos, position, z.shape[1]), axis=1)
+  return jnp.where(position[None] > first[:, None], eos_id, z), first < z.shape[1]
+
+
+class _Carry(NamedTuple):
+  z: jax.Array           # [B, L] int32
+  track: jax.Array       # [B, L] float32: score at which each token was decoded (+inf else)
+  count: jax.Array       # [B] int32: masks of the current block at its start
+  nonfinite: jax.Array   # [B] bool
+  cache: object          # the model's key-value cache, or None
+
+
+def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_keys,
+               seq_len: int, mask_id: int, steps_per_block: int, record: bool, on_step):
+  """The scan body over the flat table (every block's steps)."""
+
+  def step(carry: _Carry, xs):
+    index, block, row = xs
+    if on_step is not None:
+      jax.debug.callback(on_step, index)
+    within = index % steps_per_block
+    first_step, last_step = within == 0, within == steps_per_block - 1
+    keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, index), 3))(example_keys)
+    geometry = _geometry(start, block, rule.block_length, seq_len)
+    z_w, track_w = _rows(carry.z, geometry.positions), _rows(carry.track, geometry.positions)
+    count = jnp.where(first_step, jnp.sum(geometry.valid & (z_w == mask_id), axis=-1),
+                      carry.count)
+    remask = _remask(keys[:, 0], row, z_w, track_w, geometry.valid, rule, geometry.positions,
+                     mask_id)
+    z_w = jnp.where(remask, mask_id, z_w)
+    track_w = jnp.where(remask, jnp.inf, track_w)
+    masked = geometry.valid & (z_w == mask_id)
+    z = _scatter(carry.z, geometry.positions, geometry.valid, z_w)
+
+    def decode():
+      logits, cache = model.window_logits(z, geometry, first_step, carry.cache)
+      x0, score, bad = _choose(keys, logits, geometry.positions, plan, rule, mask_id)
+      k = _transfer_count(row, count, masked, score, plan, rule, last_step)
+      unmask = masked & top_count(_ranked(score, masked), k)
+      return (jnp.where(unmask, x0, z_w), jnp.where(unmask, score, track_w), unmask,
+              jnp.any(bad & masked, axis=-1), cache)
+
+    def skip():
+      return z_w, track_w, jnp.zeros_like(masked), jnp.zeros_like(carry.nonfinite), carry.cache
+
+    z_w, track_w, unmask, bad, cache = jax.lax.cond(jnp.any(masked), decode, skip)
+    z = _scatter(z, geometry.positions, geometry.valid, z_w)
+    track = _scatter(carry.track, geometry.positions, geometry.valid, track_w)
+    if rule.eos_id >= 0:
+      stopped = _stop_at_eos(z, start, rule.eos_id)[0]
+      z = jnp.where(last_step, stopped, z)
+    out = None
+    if record:
+      out = (z, _scatter(jnp.zeros_like(z, bool), geometry.positions, geometry.valid, unmask),
+             _scatter(jnp.zeros_like(z, bool), geometry.positions, geometry.valid, remask))
+    return _Carry(z, track, count, carry.nonfinite | bad, cache), out
+
+  return step
+
+
+def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, *, batch_size: int,
+               seq_len: int, mask_id: int, batch_sharding, record: bool, on_step,
+               blocks: int):
+  """The whole block-decoding run, traceable: `(tokens [B, L] int32, nonfinite [B] bool,
+  records)` as `sampling._run`, with `blocks` (static) blocks of steps."""
+  rule = plan.rule
+  z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
+  if batch_sharding is not None:
+    z = jax.lax.with_sharding_constraint(z, batch_sharding)
+  start = answer_start(z, mask_id)
+  example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      first_index + jnp.arange(batch_size, dtype=jnp.int32))
+  tail = min(seq_len, blocks * rule.block_length)
+  model = _make_model(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
+  steps_per_block = plan.table.t.shape[0]
+  step = _make_step(model, plan, rule, start, example_keys, seq_len, mask_id,
+                    steps_per_block, record, on_step)
+  total = blocks * steps_per_block
+  table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)
+  xs = (jnp.arange(total, dtype=jnp.int32),
+        jnp.repeat(jnp.arange(blocks, dtype=jnp.int32), steps_per_block), table)
+  carry = _Carry(z, jnp.full(z.shape, jnp.inf, jnp.float32),
+                 jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), bool),
+                 model.init_cache(z))
+  carry, records = jax.lax.scan(step, carry, xs)
+  return carry.z, carry.nonfinite, records
+
+
+def trajectory_times(plan: BlockPlan, steps: int) -> jax.Array:
+  """The nominal time of each recorded step, `[steps] float32` (the table tiled)."""
+  return jnp.tile(plan.table.t, steps // plan.table.t.shape[0])
+

@@ -1,0 +1,230 @@
+"""Block decoding (strategy "llada") against line-by-line float64 NumPy ports of the reference
+decoders at temperature 0: ML-GSAI/LLaDA `generate`, NVlabs/Fast-dLLM's threshold rule and
+`generate_with_prefix_cache` / `generate_with_dual_cache`, and ReMDM-LLaDA's
+`llada_remdm_sample` (guanghanwang/ReMDM-LLaDA `eval_llada.py`), on a tiny random LLaDA whose
+forward is an independent NumPy computation (with an explicit key-value override for the
+caches). The library decodes a batch of prompts of different lengths in one call; the ports
+run one prompt at a time, as the references do."""
+
+import jax
+import numpy as np
+import pytest
+
+import remdm_jax
+from remdm_jax.models.llada import as_denoiser
+from remdm_jax.models.llada_io import load_llada
+from test_llada import MASK_ID, released_config, released_tensors, write_folder
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """(config, float64 tensors, denoiser): the mask's output row is zero, so its logit is 0
+  and never the argmax (the references decode the mask id when it is; the library never
+  does); the softmax still counts it in both."""
+  config = released_config(max_sequence_length=64)
+  tensors = released_tensors(config, seed=3)
+  tensors["model.transformer.ff_out.weight"][MASK_ID] = 0.0
+  folder = tmp_path_factory.mktemp("blocks") / "llada"
+  write_folder(folder, config, tensors)
+  return config, tensors, as_denoiser(load_llada(folder, dtype="float32"))
+
+
+def np_forward(config, tensors, tokens, positions, cache=None, fresh=None):
+  """Float64 logits `[W, V]` of `tokens [W]` at `positions [W]` (one sequence) and every
+  layer's `(k, v)` `[W, Hkv, Dh]`. With `cache` (per layer `(k, v)` `[L, Hkv, Dh]`), the
+  queries attend to the cache with the `fresh` rows' entries replaced by their own."""
+  w = lambda name: np.asarray(tensors["model.transformer." + name], np.float64)
+  d, heads, kv_heads = config["d_model"], config["n_heads"], config["n_kv_heads"]
+  hd, eps = d // heads, config["rms_norm_eps"]
+  rms = lambda x, g: g * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
+  angle = np.asarray(positions)[:, None] * config["rope_theta"] ** (-np.arange(0, hd, 2) / hd)
+  cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]                # [W, 1, Dh/2]
+  rope = lambda x: np.concatenate([x[..., :hd // 2] * cos - x[..., hd // 2:] * sin,
+                                   x[..., hd // 2:] * cos + x[..., :hd // 2] * sin], -1)
+  x, kvs = w("wte.weight")[tokens], []
+  for i in range(config["n_layers"]):
+    p = lambda name: w(f"blocks.{i}.{name}.weight")
+    h = rms(x, p("attn_norm"))
+    q = rope((h @ p("q_proj").T).reshape(-1, heads, hd))
+    k = rope((h @ p("k_proj").T).reshape(-1, kv_heads, hd))
+    v = (h @ p("v_proj").T).reshape(-1, kv_heads, hd)
+    kvs.append((k, v))
+    if cache is not None:
+      k_all, v_all = (c.copy() for c in cache[i])
+      k_all[np.asarray(positions)[fresh]], v_all[np.asarray(positions)[fresh]] = k[fresh], v[fresh]
+      k, v = k_all, v_all
+    k, v = (np.repeat(a, heads // kv_heads, axis=1) for a in (k, v))
+    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
+    probs = np.exp(scores - scores.max(-1, keepdims=True))
+    probs /= probs.sum(-1, keepdims=True)
+    x = x + np.einsum("hqk,khd->qhd", probs, v).reshape(-1, d) @ p("attn_out").T
+    h = rms(x, p("ff_norm"))
+    gate, up = h @ p("ff_proj").T, h @ p("up_proj").T
+    x = x + (gate / (1.0 + np.exp(-gate)) * up) @ p("ff_out").T
+  return rms(x, w("ln_f.weight")) @ w("ff_out.weight").T, kvs
+
+
+def softmax(logits):
+  e = np.exp(logits - logits.max(-1, keepdims=True))
+  return e / e.sum(-1, keepdims=True)
+
+
+def transfer_counts(masked: int, steps: int) -> np.ndarray:
+  """LLaDA's `get_num_transfer_tokens` for one sequence."""
+  counts = np.full(steps, masked // steps)
+  counts[:masked % steps] += 1
+  return counts
+
+
+def choose(x, logits, mask_index, count, threshold=None):
+  """Fast-dLLM's `get_transfer_index` at temperature 0 with `low_confidence` (LLaDA's step
+  for `threshold=None`): top-`count` confidence among masked rows, or with a threshold the
+  top one and every other at least that confident. Returns the new x."""
+  x0 = np.argmax(logits, -1)
+  confidence = np.where(mask_index, np.take_along_axis(softmax(logits), x0[:, None], 1)[:, 0],
+                        -np.inf)
+  order = np.argsort(-confidence, kind="stable")
+  if threshold is None:
+    chosen = order[:count]
+  else:
+    chosen = [order[0]] + [i for i in order[1:mask_index.sum()]
+                           if confidence[i] >= threshold]
+  x = x.copy()
+  x[chosen] = x0[chosen]
+  return x
+
+
+def reference_generate(forward, prompt, *, steps, gen_length, block_length, cfg_scale=0.0,
+                       threshold=None):
+  """ML-GSAI/LLaDA `generate` (with Fast-dLLM's threshold rule), temperature 0, one row."""
+  x = np.concatenate([prompt, np.full(gen_length, MASK_ID)])
+  prompt_index, length = x != MASK_ID, len(x)
+  per_block = steps // (gen_length // block_length)
+  for block in range(gen_length // block_length):
+    lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
+    counts = transfer_counts(int((x[lo:hi] == MASK_ID).sum()), per_block)
+    i = 0
+    while (x[lo:hi] == MASK_ID).any():
+      logits = forward(x, np.arange(length))[0]
+      if cfg_scale > 0:
+        un = forward(np.where(prompt_index, MASK_ID, x), np.arange(length))[0]
+        logits = un + (cfg_scale + 1) * (logits - un)
+      mask_index = (x == MASK_ID) & (np.arange(length) < hi)
+      x = choose(x, logits, mask_index, counts[i], threshold)
+      i += 1
+  return x
+
+
+def reference_cached(forward, prompt, *, steps, gen_length, block_length, dual,
+                     threshold=None):
+  """Fast-dLLM `generate_with_prefix_cache` (dual=False) / `generate_with_dual_cache`,
+  temperature 0, one row: a full forward at each block's start gives its first step and the
+  cache; later steps run `[lo, L)` with the prefix cached, or `[lo, hi)` with all else
+  cached."""
+  x = np.concatenate([prompt, np.full(gen_length, MASK_ID)])
+  length = len(x)
+  per_block = steps // (gen_length // block_length)
+  for block in range(gen_length // block_length):
+    lo, hi = len(prompt) + block * block_length, len(prompt) + (block + 1) * block_length
+    counts = transfer_counts(int((x[lo:hi] == MASK_ID).sum()), per_block)
+    logits, cache = forward(x, np.arange(length))
+    x = choose(x, logits, (x == MASK_ID) & (np.arange(length) < hi), counts[0], threshold)
+    i = 1
+    while (x[lo:hi] == MASK_ID).any():
+      end = hi if dual else length
+      rows = np.arange(lo, end)
+      logits = forward(x[lo:end], rows, cache, np.ones(len(rows), bool))[0]
+      part = choose(x[lo:end], logits, (x[lo:end] == MASK_ID) & (rows < hi), counts[i],
+                    threshold)
+      x = np.concatenate([x[:lo], part, x[end:]])
+      i += 1
+  return x
+
+
+def reference_remdm(forward, prompt, *, steps, gen_length, block_length, remdm_number):
+  """ReMDM-LLaDA `llada_remdm_sample` at temperature 0 (argmax of the float64 softmax in
+  place of its Gumbel draw), one row, with its `conf_cache` bookkeeping."""
+  x = np.concatenate([prompt, np.full(gen_length, MASK_ID)])
+  length, prompt_len = len(x), len(prompt)
+  per_block = steps // (gen_length // block_length)
+  for block in range(gen_length // block_length):
+    conf_cache = np.full(length, np.inf)
+    start = int(block_length / 8 * 7)
+    for i in range(2 * per_block):
+      window = start <= i < start + per_block
+      if window:
+        lowest = np.argsort(conf_cache, kind="stable")[:remdm_number]
+        conf_cache[lowest] = np.inf
+        x[lowest] = MASK_ID
+      mask_index = x == MASK_ID
+      p = softmax(forward(x, np.arange(length))[0])
+      x0 = np.argmax(p, -1)
+      x0_p = np.take_along_axis(p, x0[:, None], 1)[:, 0]
+      x0_p[prompt_len + (block + 1) * block_length:] = -np.inf
+      confidence = np.where(mask_index, x0_p, -np.inf)
+      k = remdm_number if window else gen_length // steps
+      chosen = np.argsort(-confidence, kind="stable")[:k]
+      x[chosen] = np.where(mask_index, x0, x)[chosen]
+      conf_cache[chosen] = confidence[chosen]
+  return x
+
+
+def batch_rows(prompts, length):
+  rows = np.full((len(prompts), length), MASK_ID, np.int32)
+  for b, p in enumerate(prompts):
+    rows[b, :len(p)] = p
+  return rows
+
+
+def prompts_of(lengths, seed=0):
+  rng = np.random.default_rng(seed)
+  return [rng.integers(0, 37, n) for n in lengths]
+
+
+def library(denoiser, prompts, length, **options):
+  cfg = remdm_jax.sampler_config("llada", temperature=0.0, **options)
+  return np.asarray(remdm_jax.sample(jax.random.key(0), denoiser, cfg,
+                                     batch_size=len(prompts), seq_len=length, mask_id=MASK_ID,
+                                     prompt=batch_rows(prompts, length)))
+
+
+@pytest.mark.parametrize("block_length,steps,options", [
+    (16, 16, {}),                     # one block, one token per step
+    (4, 2, {}),                       # several blocks, two tokens per step
+    (4, 3, {}),                       # a remainder spread over the first steps
+    (4, 2, {"cfg_scale": 1.0}),
+    (4, 4, {"threshold": 0.3}),
+])
+def test_matches_llada_generate(tiny, block_length, steps, options):
+  _compare_rows(tiny, reference_generate, block_length, steps, **options)
+
+
+@pytest.mark.parametrize("kv_cache,threshold", [("prefix", None), ("dual", None),
+                                                ("dual", 0.3)])
+def test_matches_fast_dllm_caches(tiny, kv_cache, threshold):
+  reference = lambda *a, **k: reference_cached(*a, dual=kv_cache == "dual", **k)
+  options = {"kv_cache": kv_cache} | ({"threshold": threshold} if threshold else {})
+  _compare_rows(tiny, reference, 4, 4, **options)
+
+
+@pytest.mark.parametrize("remdm_number", [1, 2])
+def test_matches_remdm_llada(tiny, remdm_number):
+  _compare_rows(tiny, reference_remdm, 8, 8, remdm_number=remdm_number)
+
+
+def _compare_rows(tiny, reference, block_length, steps_per_block, **options):
+  """Prompt lengths chosen so every row's answer is whole blocks: P = L - n * K."""
+  config, tensors, denoiser = tiny
+  forward = lambda *a: np_forward(config, tensors, *a)
+  length = 24
+  answers = [length - 3 - (length - 3) % block_length]
+  answers += [answers[0] - block_length] if answers[0] > block_length else []
+  prompts = prompts_of([length - g for g in answers] + [length - answers[0]], seed=1)
+  reference_options = {k: v for k, v in options.items()
+                       if k in ("cfg_scale", "threshold", "remdm_number")}
+  ours = library(denoiser, prompts, length, block_length=block_length,
+                 num_steps=steps_per_block, **options)
+  for b, prompt in enumerate(prompts):
+    gen = length - len(prompt)
+    expected = reference(forward, prompt, steps=steps_per_block * gen // block_length,
+                         gen_length=gen, block_length=block_length, **reference_options)
+    np.testing.assert_array_equal(ours[b], expected, err_msg=f"row {b}, {options}")
