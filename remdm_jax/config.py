@@ -99,10 +99,10 @@ class SamplerConfig:
     unused = [f"{name}={getattr(self, name)!r}" for name in _NOT_BLOCK
               if getattr(self, name) != _DEFAULTS[name]]
     if unused:
-      verb = "do" if len(unused) > 1 else "does"
+      verb, pronoun = ("do", "them") if len(unused) > 1 else ("does", "it")
       raise ValueError(f"{', '.join(unused)} {verb} not apply to block decoding (strategy "
                        f"{self.strategy.name!r} reads num_steps and temperature); leave "
-                       "them out")
+                       f"{pronoun} out")
     self.strategy.window(self.num_steps)
 
   @classmethod
@@ -121,9 +121,19 @@ class SamplerConfig:
     defaults (its options do not carry over); other names go to the strategy when it has
     them, else to the shared config (`remdm_jax.registry.with_choice_options`).
 
+    Switching to block decoding (strategy "llada") also resets the shared options it does
+    not read (top_p, t_min, cache, logits_dtype, schedule, position_chunk, draw_capacity) to
+    their defaults unless they are given in the same call, so a command line's default
+    top-p does not block it.
+
     Raises:
       ValueError: an unknown option, or one the strategy does not have (naming both).
     """
+    strategy = options.get("strategy")
+    if strategy is not None and _select_of(strategy) == "block":
+      kept = {name: _DEFAULTS[name] for name in _NOT_BLOCK + _NOT_BLOCK_CHECKED
+              if name not in options}
+      return with_choice_options(self, {**kept, **options})
     return with_choice_options(self, options)
 
 
@@ -134,6 +144,16 @@ def _by_select(select: str) -> list[str]:
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
 _NOT_BLOCK = ("top_p", "t_min", "cache", "logits_dtype")
+_NOT_BLOCK_CHECKED = ("schedule", "position_chunk", "draw_capacity", "top_p_mode",
+                      "top_p_impl")   # refused for block decoding by their own checks
+
+
+def _select_of(strategy) -> str | None:
+  """The `select` of a strategy name or object (None for an unknown name: refused later)."""
+  if isinstance(strategy, Strategy):
+    return strategy.select
+  cls = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
+  return None if cls is None else cls.select
 
 
 def sampler_config(strategy="mdlm", **options) -> SamplerConfig:

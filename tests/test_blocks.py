@@ -7,6 +7,7 @@ caches). The library decodes a batch of prompts of different lengths in one call
 run one prompt at a time, as the references do."""
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -228,3 +229,164 @@ def _compare_rows(tiny, reference, block_length, steps_per_block, **options):
     expected = reference(forward, prompt, steps=steps_per_block * gen // block_length,
                          gen_length=gen, block_length=block_length, **reference_options)
     np.testing.assert_array_equal(ours[b], expected, err_msg=f"row {b}, {options}")
+
+
+def constant_denoiser(logits, calls=None):
+  """Every position gets the same logits `[V]`; `calls`, a list, counts the model calls."""
+  logits = jnp.asarray(logits, jnp.float32)
+
+  def denoiser(z, t):
+    if calls is not None:
+      jax.debug.callback(lambda: calls.append(1))
+    return jnp.broadcast_to(logits, z.shape + logits.shape)
+  return denoiser
+
+
+def test_temperature_draws_the_tempered_distribution():
+  """4000 one-token answers at temperature 0.7: the frequencies are softmax(l / 0.7) over
+  the ids but the mask, within 4.5 standard errors (seed fixed); temperature 0 is argmax."""
+  logits, mask, batch = np.array([1.0, 0.2, -0.5, 0.4, 3.0]), 4, 4000
+  cfg = remdm_jax.sampler_config("llada", num_steps=1, block_length=1, temperature=0.7)
+  out = remdm_jax.sample(jax.random.key(5), constant_denoiser(logits), cfg, batch_size=batch,
+                         seq_len=1, mask_id=mask)
+  expected = softmax(logits[:4] / 0.7)
+  frequency = np.bincount(np.asarray(out)[:, 0], minlength=5)[:4] / batch
+  np.testing.assert_array_less(np.abs(frequency - expected),
+                               4.5 * np.sqrt(expected * (1 - expected) / batch))
+  greedy = remdm_jax.sample(jax.random.key(5), constant_denoiser(logits),
+                            cfg.with_options(temperature=0.0), batch_size=3, seq_len=2,
+                            mask_id=mask)
+  assert (np.asarray(greedy) == 0).all()
+
+
+def test_random_remasking_picks_positions_uniformly():
+  """With `remasking="random"` the first position decoded of a 4-position block is uniform
+  (2000 examples, 4.5 standard errors); with `low_confidence` on equal confidences it is the
+  first position (stable ranking)."""
+  cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=0.0,
+                                 remasking="random")
+  trajectory = remdm_jax.sample(jax.random.key(2), constant_denoiser([1.0, 0.0, 5.0]), cfg,
+                                batch_size=2000, seq_len=4, mask_id=2, return_trajectory=True)
+  first = np.argmax(np.asarray(trajectory.unmasked[0]), axis=-1)
+  frequency = np.bincount(first, minlength=4) / 2000
+  np.testing.assert_array_less(np.abs(frequency - 0.25), 4.5 * np.sqrt(0.25 * 0.75 / 2000))
+  ordered = remdm_jax.sample(jax.random.key(2), constant_denoiser([1.0, 0.0, 5.0]),
+                             cfg.with_options(remasking="low_confidence"), batch_size=1,
+                             seq_len=4, mask_id=2, return_trajectory=True)
+  assert np.asarray(ordered.unmasked)[:, 0].argmax(-1).tolist() == [0, 1, 2, 3]
+
+
+def test_eos_stops_an_example_and_the_model_calls():
+  """Position 5 prefers EOS (id 2): after the first block [2, 6) the answer ends, every later
+  position is EOS and no later step calls the model (2 calls instead of 8)."""
+  def denoiser(z, t):
+    jax.debug.callback(lambda: calls.append(1))
+    logits = jnp.zeros(z.shape + (4,), jnp.float32).at[..., 1].set(1.0)
+    return logits.at[:, 5, 2].set(5.0)
+
+  calls = []
+  prompt = np.full((1, 16), 3, np.int32)
+  prompt[0, :2] = [0, 1]
+  cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=4, temperature=0.0,
+                                 eos_id=2)
+  out = np.asarray(remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=1,
+                                    seq_len=16, mask_id=3, prompt=prompt))
+  jax.effects_barrier()
+  assert out[0].tolist() == [0, 1, 1, 1, 1] + [2] * 11
+  assert len(calls) == 2
+  calls.clear()
+  remdm_jax.sample(jax.random.key(0), denoiser, cfg.with_options(eos_id=-1), batch_size=1,
+                   seq_len=16, mask_id=3, prompt=prompt).block_until_ready()
+  jax.effects_barrier()
+  assert len(calls) == 8
+
+
+def test_rows_do_not_depend_on_the_batch(tiny):
+  """At temperature 1 with random remasking and ReMDM-LLaDA steps, a row decoded alone (with
+  its global index) equals that row of a batch whose other prompts differ in length."""
+  denoiser = tiny[2]
+  prompts = prompts_of([4, 9, 6], seed=7)
+  cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=1.0,
+                                 remasking="random", remdm_number=1, remdm_start=2)
+  batch = remdm_jax.sample(jax.random.key(1), denoiser, cfg, batch_size=3, seq_len=20,
+                           mask_id=MASK_ID, prompt=batch_rows(prompts, 20))
+  alone = remdm_jax.sample(jax.random.key(1), denoiser, cfg, batch_size=1, seq_len=20,
+                           mask_id=MASK_ID, prompt=batch_rows(prompts[1:2], 20),
+                           first_index=1)
+  np.testing.assert_array_equal(np.asarray(batch)[1], np.asarray(alone)[0])
+  assert not (np.asarray(batch) == MASK_ID).any()
+
+
+def test_trajectory_records_blocks_and_remasking(tiny):
+  """Blocks x (num_steps + remasking steps) records; each block's positions are unmasked
+  inside its own steps; remasking happens only in the remasking steps, one token each."""
+  denoiser = tiny[2]
+  cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=0.0,
+                                 remdm_number=1, remdm_start=2, remdm_steps=3)
+  prompt = batch_rows(prompts_of([8]), 16)
+  trajectory = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=1, seq_len=16,
+                                mask_id=MASK_ID, prompt=prompt, return_trajectory=True)
+  steps = np.asarray(trajectory.steps)
+  assert steps.shape == (2 * 7, 1, 16)
+  remasked = np.asarray(trajectory.remasked)[:, 0].sum(-1)
+  assert remasked.tolist() == [0, 0, 1, 1, 1, 0, 0] * 2
+  unmasked = np.asarray(trajectory.unmasked)[:, 0]
+  assert unmasked[:7, 8:12].any(0).all() and not unmasked[:7, 12:].any()
+  assert unmasked[7:, 12:].any(0).all() and not unmasked[7:, :12].any()
+  np.testing.assert_array_equal(steps[-1], np.asarray(trajectory.tokens))
+  assert np.asarray(trajectory.t).tolist() == [1.0, 0.75, 0.5, 0.5, 0.5, 0.5, 0.25] * 2
+
+
+def test_compiled_sampler_reuses_or_grows_its_blocks(tiny):
+  """A sampler compiled for one prompt runs shorter tails with its executable (empty blocks
+  are skipped) and longer ones with a new one; tokens equal `sample`'s."""
+  denoiser = tiny[2]
+  cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=4, temperature=0.0)
+  sampler = remdm_jax.make_sampler(denoiser, cfg, batch_size=2, seq_len=16, mask_id=MASK_ID)
+  long_prompt = batch_rows(prompts_of([10, 12]), 16)
+  sampler.compile(jax.random.key(0), prompt=long_prompt)
+  for prompt in (batch_rows(prompts_of([13, 12]), 16), batch_rows(prompts_of([2, 12]), 16)):
+    expected = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=2, seq_len=16,
+                                mask_id=MASK_ID, prompt=prompt)
+    np.testing.assert_array_equal(sampler(jax.random.key(0), prompt=prompt), expected)
+
+
+def test_time_reading_denoiser_sees_the_masked_share():
+  """A denoiser that reads t (the DiT) sees the masked share of each row: a denoiser that
+  writes round(8 t) as its token shows it."""
+  def denoiser(z, t):
+    token = jnp.round(8 * t).astype(jnp.int32)                          # [B]
+    return jax.nn.one_hot(jnp.broadcast_to(token[:, None], z.shape), 10) * 10.0
+
+  cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=0.0)
+  prompt = np.full((1, 8), 9, np.int32)
+  prompt[0, :4] = 0
+  out = np.asarray(remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=1, seq_len=8,
+                                    mask_id=9, prompt=prompt))
+  assert out[0, 4:].tolist() == [4, 3, 2, 1]      # 4, 3, 2, 1 of 8 masked at each step
+
+
+def test_kv_cache_without_the_contract_warns_and_runs_uncached():
+  cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=2, temperature=0.0)
+  plain = remdm_jax.sample(jax.random.key(0), constant_denoiser([0.0, 1.0, 0.0]), cfg,
+                           batch_size=1, seq_len=4, mask_id=2)
+  with pytest.warns(UserWarning, match="no key-value cache contract"):
+    cached = remdm_jax.sample(jax.random.key(0), constant_denoiser([0.0, 1.0, 0.0]),
+                              cfg.with_options(kv_cache="dual"), batch_size=1, seq_len=4,
+                              mask_id=2)
+  np.testing.assert_array_equal(plain, cached)
+
+
+def test_block_plan_sweeps_temperature_without_recompiling(tiny):
+  """A plan of another temperature (above 0) runs in the same sampler; a plan of another
+  static setting is refused, naming it."""
+  denoiser = tiny[2]
+  cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=4, temperature=1.0)
+  sampler = remdm_jax.make_sampler(denoiser, cfg, batch_size=1, seq_len=8, mask_id=MASK_ID)
+  hot, _ = remdm_jax.build_plan(cfg.with_options(temperature=5.0))
+  expected = remdm_jax.sample(jax.random.key(0), denoiser, cfg.with_options(temperature=5.0),
+                              batch_size=1, seq_len=8, mask_id=MASK_ID)
+  np.testing.assert_array_equal(sampler(jax.random.key(0), plan=hot), expected)
+  other, _ = remdm_jax.build_plan(cfg.with_options(kv_cache="dual"))
+  with pytest.raises(ValueError, match="kv_cache: 'none' -> 'dual'"):
+    sampler(jax.random.key(0), plan=other)

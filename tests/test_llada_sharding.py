@@ -37,13 +37,13 @@ def tokens_for(seed=0):
   return np.random.default_rng(seed).integers(0, VOCAB, (BATCH, LENGTH)).astype(np.int32)
 
 
-def sample_on(model, mesh, key):
-  """Tokens of the default sampler, batch split over the mesh's "data" axis."""
+def sample_on(model, mesh, key, config=SAMPLER, prompt=None):
+  """Tokens of a sampler (the default one), batch split over the mesh's "data" axis."""
   den = as_denoiser(model)
-  sampler = remdm_jax.make_sampler(den, SAMPLER, batch_size=BATCH, seq_len=LENGTH,
+  sampler = remdm_jax.make_sampler(den, config, batch_size=BATCH, seq_len=LENGTH,
                                    mask_id=MASK_ID,
                                    batch_sharding=NamedSharding(mesh, P("data")))
-  return np.asarray(sampler(key))
+  return np.asarray(sampler(key, prompt=prompt))
 
 
 def placed(model, sharding):
@@ -99,6 +99,25 @@ def test_data_parallel_tokens_identical_to_one_device(folder, devices):
     runs[n] = sample_on(replicated, mesh, key)
   assert not (runs[1] == MASK_ID).any()
   np.testing.assert_array_equal(runs[devices], runs[1], err_msg=f"{devices} devices")
+
+
+def test_block_decoding_with_dual_cache_identical_on_8_devices(folder):
+  """Block decoding (temperature 1, random remasking, ReMDM-LLaDA steps, dual cache) over
+  prompts of different lengths: the batch split over 8 devices gives one device's tokens."""
+  model = load_llada(folder, dtype="float32")
+  config = remdm_jax.sampler_config("llada", num_steps=4, block_length=8, temperature=1.0,
+                                    remasking="random", remdm_number=1, remdm_start=2,
+                                    kv_cache="dual")
+  prompt = np.full((BATCH, LENGTH), MASK_ID, np.int32)
+  for b in range(BATCH):
+    prompt[b, :2 + b] = tokens_for(b)[0, :2 + b] % MASK_ID
+  runs = {}
+  for n in (1, 8):
+    mesh = mesh_of(n, 1)
+    replicated = nnx.merge(*placed(model, NamedSharding(mesh, P())))
+    runs[n] = sample_on(replicated, mesh, jax.random.key(4), config, prompt)
+  assert not (runs[1] == MASK_ID).any()
+  np.testing.assert_array_equal(runs[8], runs[1])
 
 
 @pytest.mark.parametrize("model_axis", [2, pytest.param(4, marks=pytest.mark.slow)])
