@@ -138,17 +138,17 @@ def check_block_plan(plan: BlockPlan) -> BlockPlan:
   return plan
 
 
-def check_block_call(denoiser, rule: BlockRule, seq_len: int, vocab_size: int | None) -> None:
-  """Checks needing no tracing; warns when `kv_cache` must run uncached.
-
-  Raises:
-    ValueError: `eos_id` outside `[0, V)`.
-  """
+def check_block_call(denoiser, rule: BlockRule) -> None:
+  """Checks needing no tracing; warns when `kv_cache` must run uncached."""
   if rule.kv_cache != "none" and not denoiser.has_kv_cache:
     warnings.warn(f"kv_cache={rule.kv_cache!r}: this denoiser has no key-value cache "
                   "contract (Denoiser.prefill_apply / cached_apply; LLaDA models have it), "
-                  "so block decoding runs uncached", stacklevel=3)
-  if vocab_size is not None and rule.eos_id >= vocab_size:
+                  "so block decoding runs uncached", stacklevel=4)
+
+
+def check_eos(rule: BlockRule, vocab_size: int) -> None:
+  """Raises a `ValueError` when `eos_id` is not an id of the logits (`[0, V)`) or -1."""
+  if rule.eos_id >= vocab_size:
     raise ValueError(f"eos_id must be in [0, V) = [0, {vocab_size}) or -1, got {rule.eos_id}")
 
 

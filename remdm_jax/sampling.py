@@ -143,7 +143,9 @@ def _run(key, denoiser: Denoiser, plan: Plan | BlockPlan, prompt, first_index, *
   `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
   a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`); a
   `BlockPlan` runs block decoding (`remdm_jax.blocks`) over `blocks` blocks."""
-  check_output(denoiser, batch_size, seq_len, mask_id)
+  vocab_size = check_output(denoiser, batch_size, seq_len, mask_id)
+  if isinstance(plan, BlockPlan):
+    block_decoding.check_eos(plan.rule, vocab_size)
   run = block_decoding.run_blocks if isinstance(plan, BlockPlan) else _run_steps
   extra = dict(blocks=blocks) if isinstance(plan, BlockPlan) else {}
   tokens, nonfinite, records = run(key, denoiser, plan, prompt, first_index,
@@ -203,7 +205,7 @@ def _check_call(denoiser: Denoiser, rule, batch_size, seq_len, mask_id) -> None:
   """The checks that need no tracing."""
   check_sizes(batch_size, seq_len, mask_id)
   if isinstance(rule, block_decoding.BlockRule):
-    block_decoding.check_block_call(denoiser, rule, seq_len, denoiser.vocab_size)
+    block_decoding.check_block_call(denoiser, rule)
     return
   if rule.position_chunk and seq_len % rule.position_chunk:
     raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "

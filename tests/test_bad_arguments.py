@@ -566,8 +566,58 @@ GUIDANCE_CASES = [
 ]
 
 
+# Block decoding (strategy "llada"): the uniform denoiser, V = 5, mask 4, [B, L] = [2, 3].
+BLOCK_CFG = sampler_config("llada", num_steps=2, block_length=2, temperature=0.0)
+
+
+def llada(**options):
+  return lambda: BLOCK_CFG.with_options(**options)
+
+
+BLOCK_CASES = [
+    case("llada/block_length zero", llada(block_length=0), ValueError,
+         "block_length must be in [1, inf) for strategy 'llada'", "got 0"),
+    case("llada/unknown remasking", llada(remasking="lowest"), ValueError,
+         "unknown remasking 'lowest'", "'low_confidence', 'random'"),
+    case("llada/unknown kv_cache", llada(kv_cache="full"), ValueError,
+         "unknown kv_cache 'full'", "'dual', 'none', 'prefix'"),
+    case("llada/threshold above 1", llada(threshold=1.5), ValueError,
+         "threshold must be in [0, 1] for strategy 'llada'", "got 1.5"),
+    case("llada/negative cfg_scale", llada(cfg_scale=-1.0), ValueError,
+         "cfg_scale must be in [0, inf)", "got -1.0"),
+    case("llada/negative temperature", llada(temperature=-0.5), ValueError,
+         "temperature must be in [0, inf)", "got -0.5"),
+    case("llada/eos_id below -1", llada(eos_id=-2), ValueError,
+         "eos_id must be in [-1, inf)", "got -2"),
+    case("llada/remdm options without remdm_number", llada(remdm_steps=4), ValueError,
+         "remdm_steps=4 apply only with remdm_number > 0"),
+    case("llada/remdm_start past num_steps", llada(remdm_number=1, remdm_start=3), ValueError,
+         "remdm_start must be in [0, num_steps] = [0, 2]", "got 3"),
+    case("llada/default remdm_start past num_steps", llada(remdm_number=1, block_length=32),
+         ValueError, "got 28 (the default block_length * 7 // 8; set remdm_start)"),
+    case("llada/top_p that block decoding ignores", llada(top_p=0.9), ValueError,
+         "top_p=0.9 does not apply to block decoding", "leave it out"),
+    case("llada/cache that block decoding ignores", llada(cache=True), ValueError,
+         "cache=True does not apply to block decoding"),
+    case("llada/eos_id outside V", sample(config=BLOCK_CFG.with_options(eos_id=5)),
+         ValueError, "eos_id must be in [0, V) = [0, 5) or -1", "got 5"),
+    case("llada/prompt with a mask inside", sample(
+        config=BLOCK_CFG, prompt=jnp.asarray([[0, 4, 1], [0, 1, 4]], jnp.int32)), ValueError,
+         "prompt row 0 has the mask id at position 1", "decodes the masked tail"),
+    case("llada/plan with temperature 0 where the sampler draws", sampler_call(
+        KEY, config=BLOCK_CFG.with_options(temperature=1.0),
+        plan=plan_of(BLOCK_CFG)), ValueError, "other static settings",
+         "greedy: False -> True"),
+    case("llada/plan of the diffusion sampler", sampler_call(
+        KEY, config=BLOCK_CFG, plan=plan_of(SAMPLER_CFG)), ValueError,
+         "kind: BlockPlan -> Plan"),
+    case("llada/plan threshold nan", sampler_call(KEY, config=BLOCK_CFG, plan=dataclasses.replace(
+        plan_of(BLOCK_CFG), threshold=jnp.float32(jnp.nan))), ValueError,
+         "plan.threshold must be a finite number", "got nan"),
+]
+
 CASES = (LOSS_CASES + CHEM_CASES + TOKENIZER_CASES + SAMPLER_CASES + PLAN_CASES +
-         GUIDANCE_CASES)
+         GUIDANCE_CASES + BLOCK_CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
