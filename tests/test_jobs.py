@@ -363,3 +363,27 @@ def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
   with pytest.raises(ValueError, match="chat=true needs a model folder whose tokenizer has a "
                      "chat template"):
     jobs.prompt_rows(["hi"], 1, ByteTokenizer(), 8, chat=True)
+
+
+def test_a_llada_job_decodes_blocks_with_a_dual_cache(llada_folder, tmp_path):
+  """`--sampler.strategy=llada` with the dual cache, EOS and trajectories, weights split over
+  a model axis: the prompt is kept, the answer decoded, everything after an EOS is EOS, and
+  the trajectory has blocks x steps records."""
+  from remdm_jax.hf_tokenizer import HFTokenizer
+  tokenizer = HFTokenizer(llada_folder)
+  argv = [f"--job.model={llada_folder}", "--job.prompt=What is two plus two?",
+          "--job.chat=true", "--job.seq_len=32", "--job.num_samples=2", "--job.batch_size=2",
+          "--job.model_axis=2", f"--job.out={tmp_path / 'job'}", "--job.quiet=true",
+          "--job.trajectory=true", "--sampler.strategy=llada", "--sampler.block_length=8",
+          "--sampler.num_steps=4", "--sampler.temperature=0", "--sampler.kv_cache=dual",
+          f"--sampler.eos_id={tokenizer.eos_id}"]
+  assert cli.sample_main(argv) == 0
+  prompt = tokenizer.encode(tokenizer.apply_chat_template(
+      [{"role": "user", "content": "What is two plus two?"}]))
+  for record in shards.merge(tmp_path / "job"):
+    ids = record["ids"]
+    assert ids[:len(prompt)] == prompt and tokenizer.mask_id not in ids
+    answer = ids[len(prompt):]
+    if tokenizer.eos_id in answer:
+      assert set(answer[answer.index(tokenizer.eos_id):]) == {tokenizer.eos_id}
+    assert len(record["trajectory"]["steps"]) == 4 * -(-(32 - len(prompt)) // 8)
