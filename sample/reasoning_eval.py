@@ -28,7 +28,7 @@ import sys
 from remdm_jax import jobs, shards
 from remdm_jax.cli import SAMPLE_SECTIONS, UsageError, parse_sections
 from remdm_jax.errors import run_cli
-from remdm_jax.eval import reasoning
+from remdm_jax.eval import intervals, reasoning
 from remdm_jax.validation import check_int
 
 
@@ -69,7 +69,7 @@ def _main(argv: list[str]) -> int:
     answers.append([reasoning.strip_prompt(r["text"], p.prompt())
                     for p, r in zip(problems, records)])
     correct.append([reasoning.score_countdown(p, a) for p, a in zip(problems, answers[-1])])
-  result = reasoning.pass_at_1(correct)
+  result = intervals.pass_at_1(correct)
   summary = {"task": args.task, "model": args.model, "problem_seed": args.problem_seed,
              "chat": args.chat, "sampler": sampler.options(), "pass_at_1": result.as_dict(),
              "problems": [{"numbers": list(p.numbers), "target": p.target,

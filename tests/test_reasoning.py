@@ -9,6 +9,7 @@ from fractions import Fraction
 import numpy as np
 import pytest
 
+from remdm_jax.eval import intervals as iv
 from remdm_jax.eval import reasoning as rs
 from remdm_jax.validation import ArgumentTypeError
 
@@ -202,47 +203,47 @@ def test_strip_prompt_keeps_what_follows_the_prompt():
 @pytest.mark.parametrize("df,want", [(1, 12.7062), (2, 4.3027), (4, 2.7764), (19, 2.0930),
                                      (30, 2.0423), (120, 1.9799)])
 def test_t_quantile_matches_the_standard_table(df, want):
-  assert rs.t_quantile(0.975, df) == pytest.approx(want, abs=5e-5)
+  assert iv.t_quantile(0.975, df) == pytest.approx(want, abs=5e-5)
 
 
 def test_t_quantile_closed_forms_and_symmetry():
   p = 0.975
-  assert rs.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-12)
-  assert rs.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)),
+  assert iv.t_quantile(p, 1) == pytest.approx(math.tan(math.pi * (p - 0.5)), rel=1e-12)
+  assert iv.t_quantile(p, 2) == pytest.approx((2 * p - 1) / math.sqrt(2 * p * (1 - p)),
                                               rel=1e-12)
-  assert rs.t_quantile(0.1, 5) == pytest.approx(-rs.t_quantile(0.9, 5), rel=1e-12)
-  assert rs.t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-12)
-  assert rs.t_quantile(0.975, 2_000) == pytest.approx(1.9612, abs=1e-4)   # near 1.959964
+  assert iv.t_quantile(0.1, 5) == pytest.approx(-iv.t_quantile(0.9, 5), rel=1e-12)
+  assert iv.t_quantile(0.5, 3) == pytest.approx(0.0, abs=1e-12)
+  assert iv.t_quantile(0.975, 2_000) == pytest.approx(1.9612, abs=1e-4)   # near 1.959964
 
 
 def test_t_quantile_matches_scipy():
   stats = pytest.importorskip("scipy.stats")
   for df in (1, 3, 6, 11, 50):
     for p in (0.6, 0.9, 0.975, 0.999):
-      assert rs.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10)
+      assert iv.t_quantile(p, df) == pytest.approx(stats.t.ppf(p, df), rel=1e-10)
 
 
 def test_pass_at_1_by_hand():
   correct = np.array([[1, 1, 0, 0], [1, 0, 0, 0], [1, 1, 1, 0]], bool)
   # accuracies 0.5, 0.25, 0.75: mean 0.5; sd = sqrt((0 + 0.0625 + 0.0625) / 2) = 0.25
-  result = rs.pass_at_1(correct)
+  result = iv.pass_at_1(correct)
   assert result.mean == pytest.approx(0.5)
   assert result.per_seed == (0.5, 0.25, 0.75)
   assert result.half_width == pytest.approx(4.3027 * 0.25 / math.sqrt(3), rel=1e-4)
   assert (result.seeds, result.problems) == (3, 4)
   assert str(result) == "50.0 +- 62.1 (95% interval over 3 seeds, 4 problems)"
-  assert rs.pass_at_1(correct.astype(int)) == result
-  assert rs.pass_at_1(correct.tolist()) == result
+  assert iv.pass_at_1(correct.astype(int)) == result
+  assert iv.pass_at_1(correct.tolist()) == result
 
 
 def test_pass_at_1_five_seeds_equal_accuracy_has_zero_width():
-  result = rs.pass_at_1(np.tile([True, False, False, True], (5, 1)))
+  result = iv.pass_at_1(np.tile([True, False, False, True], (5, 1)))
   assert (result.mean, result.half_width) == (0.5, 0.0)
   assert str(result) == "50.0 +- 0.0 (95% interval over 5 seeds, 4 problems)"
 
 
 def test_pass_at_1_one_seed_has_no_interval():
-  result = rs.pass_at_1([[True, False, True, True]])
+  result = iv.pass_at_1([[True, False, True, True]])
   assert result.mean == 0.75 and math.isnan(result.half_width)
   assert str(result) == "75.0 (1 seed, 4 problems: no interval; use 2 or more seeds)"
   assert result.as_dict() == {"mean": 0.75, "half_width": None, "seeds": 1, "problems": 4,
@@ -272,16 +273,16 @@ def test_pass_at_1_one_seed_has_no_interval():
     (lambda: rs.gsm8k_correct("#### 1", 1), TypeError, "reference must be a string"),
     (lambda: rs.gsm8k_correct("#### 1", "none"), ValueError, "reference must hold a number"),
     (lambda: rs.strip_prompt("abc", ""), ValueError, "prompt must be a non-empty"),
-    (lambda: rs.t_quantile(1.0, 3), ValueError, r"p must be in \(0, 1\), got 1.0"),
-    (lambda: rs.t_quantile(0.9, 0), ValueError, r"df must be in \[1, inf\), got 0"),
-    (lambda: rs.t_quantile("0.9", 2), TypeError, "p must be a number"),
-    (lambda: rs.pass_at_1([]), ValueError, r"correct must have 2 dimensions \[S, N\]"),
-    (lambda: rs.pass_at_1([[]]), ValueError, r"correct is empty .*\[1, 0\]"),
-    (lambda: rs.pass_at_1([[True, False], [True]]), TypeError, "correct must be an array"),
-    (lambda: rs.pass_at_1([True, False]), ValueError, "correct must have 2 dimensions"),
-    (lambda: rs.pass_at_1([[0.5, 1.0]]), TypeError, "correct must hold booleans"),
-    (lambda: rs.pass_at_1([[0, 2]]), ValueError, "correct must hold only 0 and 1"),
-    (lambda: rs.pass_at_1("11"), TypeError, "correct must be an array"),
+    (lambda: iv.t_quantile(1.0, 3), ValueError, r"p must be in \(0, 1\), got 1.0"),
+    (lambda: iv.t_quantile(0.9, 0), ValueError, r"df must be in \[1, inf\), got 0"),
+    (lambda: iv.t_quantile("0.9", 2), TypeError, "p must be a number"),
+    (lambda: iv.pass_at_1([]), ValueError, r"correct must have 2 dimensions \[S, N\]"),
+    (lambda: iv.pass_at_1([[]]), ValueError, r"correct is empty .*\[1, 0\]"),
+    (lambda: iv.pass_at_1([[True, False], [True]]), TypeError, "correct must be an array"),
+    (lambda: iv.pass_at_1([True, False]), ValueError, "correct must have 2 dimensions"),
+    (lambda: iv.pass_at_1([[0.5, 1.0]]), TypeError, "correct must hold booleans"),
+    (lambda: iv.pass_at_1([[0, 2]]), ValueError, "correct must hold only 0 and 1"),
+    (lambda: iv.pass_at_1("11"), TypeError, "correct must be an array"),
 ])
 def test_bad_arguments_name_the_argument_and_range(call, error, message):
   with pytest.raises(error, match=message):
