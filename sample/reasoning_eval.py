@@ -10,10 +10,10 @@ default ReMDM-loop, 256 steps, top-p 0.9).
   # the shipped character-level model (128 bytes, Shakespeare): shows the plumbing, ~0%
   python sample/reasoning_eval.py --out /tmp/reval --problems 4 --seeds 2
   # a released LLaDA Instruct folder with its chat template, LLaDA's block decoding (strategy
-  # "llada": num_steps per block; top_p must go back to 1), about 300 answer positions
+  # "llada": num_steps per block), about 300 answer positions, ReMDM-LLaDA remasking
   python sample/reasoning_eval.py --model LLaDA-8B-Instruct/ --chat --seq-len 384 \\
       --out runs/countdown --problems 256 --seeds 5 --sampler.strategy=llada \\
-      --sampler.block_length=32 --sampler.num_steps=32 --sampler.top_p=1 \\
+      --sampler.block_length=32 --sampler.num_steps=32 --sampler.remdm_number=1 \\
       --sampler.temperature=0.5
 
 --seq-len 0 samples the model's whole context (4096 for LLaDA): set it. With temperature 0
