@@ -22,13 +22,13 @@ from flax import nnx
 from tqdm import tqdm
 
 from remdm_jax import distributed, files, locks, sharding
+from remdm_jax.blocks import answer_start
 from remdm_jax.checkpoint import load_model, load_tokenizer_name
 from remdm_jax.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
 from remdm_jax.hf_tokenizer import HFTokenizer
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
 from remdm_jax.models.llada_io import is_llada_folder
-from remdm_jax.plan import build_table
 from remdm_jax.registry import flat_options
 from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling import make_sampler
@@ -279,6 +279,11 @@ class StepProgress:
     self.offset = 0   # steps of the batches before the current one
     self.done = 0     # steps finished or started so far
 
+  def set_total(self, total_steps: int) -> None:
+    """The number of steps of the whole job, once the compiled sampler knows it."""
+    self.bar.total = total_steps
+    self.bar.refresh()
+
   def __call__(self, step) -> None:
     ahead = self.offset + int(step) + 1 - self.done
     if ahead > 0:
@@ -308,6 +313,17 @@ def trajectory_record(trajectory, row: int) -> dict:
   return {"t": np.asarray(trajectory.t).tolist(), "steps": pick(trajectory.steps).tolist(),
           "unmasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.unmasked)],
           "remasked": [np.flatnonzero(s).tolist() for s in pick(trajectory.remasked)]}
+
+
+def _widest_first(prompts, batch_size: int, mask_id: int):
+  """The first batch's prompt rows, its first row replaced by the job's row of the longest
+  masked tail (None for no prompts): block decoding compiles its scan for the longest answer
+  of the job, so later batches reuse the executable."""
+  if prompts is None:
+    return None
+  rows = np.array(prompts[:batch_size])
+  rows[0] = prompts[int(np.argmin(answer_start(np.asarray(prompts), mask_id)))]
+  return rows
 
 
 def _batch_sharding(job: SampleJob, mesh):
@@ -380,21 +396,23 @@ def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: b
   prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len, chat=job.chat)
   denoiser = job_denoiser(job, guidance, model, classifier, tokenizer.mask_id)
   params = _replicate_unplaced(denoiser.params, mesh)
-  num_steps = int(build_table(cfg).t.shape[0])
   starts = range(0, job.num_samples, job.batch_size)
-  bar = StepProgress(len(starts) * num_steps, progress and distributed.is_primary())
+  bar = StepProgress(0, progress and distributed.is_primary())
   sampler = make_sampler(denoiser, cfg, batch_size=job.batch_size, seq_len=seq_len,
                          mask_id=tokenizer.mask_id, batch_sharding=batch_sharding,
                          return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar)
 
-  def prompt_block(first):
-    if prompts is None:
+  def prompt_block(rows):
+    if rows is None:
       return None
-    block = np.resize(prompts[first:first + job.batch_size], (job.batch_size, seq_len))
+    block = np.resize(rows, (job.batch_size, seq_len))
     return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
 
   key = jax.random.key(job.seed)
-  sampler.compile(key, params, prompt_block(0))
+  sampler.compile(key, params,
+                  prompt_block(_widest_first(prompts, job.batch_size, tokenizer.mask_id)))
+  num_steps = sampler.num_steps()
+  bar.set_total(len(starts) * num_steps)
   settings = cfg.options()
   manifest = {
       "model": job.model, "model_config": dataclasses.asdict(model.cfg),
@@ -421,7 +439,8 @@ def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: b
         bar(num_steps - 1)
         continue
       tic = time.perf_counter()
-      out = sampler(key, params, prompt_block(first), first_index=first)
+      out = sampler(key, params, None if prompts is None else
+                    prompt_block(prompts[first:first + job.batch_size]), first_index=first)
       tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
       trajectory = out if job.trajectory else None
       real = min(job.batch_size, job.num_samples - first)

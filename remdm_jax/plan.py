@@ -157,8 +157,14 @@ def build_table(cfg: SamplerConfig) -> StepTable:
   """Computes and validates the per-step table of a config (host side, float64 inside).
 
   Raises:
-    ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound.
+    ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound;
+      a block-decoding config (it has no diffusion-time table: `build_plan` gives its
+      `BlockPlan`, `Sampler.num_steps(prompt)` its length).
   """
+  if _check_config(cfg).strategy.select == "block":
+    raise ValueError(f"strategy {cfg.strategy.name!r} decodes blocks and has no diffusion-time "
+                     "table; build_plan(config) gives its BlockPlan and "
+                     "make_sampler(...).num_steps(prompt) the steps it runs")
   return _to_table(_host_table(cfg)[0])
 
 

@@ -370,6 +370,19 @@ class Sampler:
     self._compiled_blocks = blocks
     return self
 
+  def num_steps(self, prompt=None) -> int:
+    """Steps of the scan a call with `prompt` runs (its trajectory's length, what `on_step`
+    counts): the table's for the diffusion strategies; for block decoding, blocks x steps per
+    block, the blocks those of the compiled run when it covers the prompt's longest tail."""
+    if not isinstance(self.rule, block_decoding.BlockRule):
+      return int(self.plan.table.t.shape[0])
+    if prompt is not None:
+      prompt = check_prompt(prompt, self.batch_size, self.seq_len, lambda: None)
+    blocks = _blocks_of(self.rule, prompt, self.seq_len, self.mask_id)
+    if self._compiled is not None and blocks <= self._compiled_blocks:
+      blocks = self._compiled_blocks
+    return blocks * int(self.plan.table.t.shape[0])
+
   def compiled(self) -> jax.stages.Compiled:
     """The executable of the last `compile` (for `memory_analysis()`, `as_text()`).
 

@@ -344,7 +344,10 @@ def test_compiled_sampler_reuses_or_grows_its_blocks(tiny):
   cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=4, temperature=0.0)
   sampler = remdm_jax.make_sampler(denoiser, cfg, batch_size=2, seq_len=16, mask_id=MASK_ID)
   long_prompt = batch_rows(prompts_of([10, 12]), 16)
+  assert sampler.num_steps(long_prompt) == 2 * 2              # tail 6: two blocks of 4
   sampler.compile(jax.random.key(0), prompt=long_prompt)
+  assert sampler.num_steps(batch_rows(prompts_of([13, 12]), 16)) == 4   # the compiled run's
+  assert sampler.num_steps(batch_rows(prompts_of([2, 12]), 16)) == 4 * 2
   for prompt in (batch_rows(prompts_of([13, 12]), 16), batch_rows(prompts_of([2, 12]), 16)):
     expected = remdm_jax.sample(jax.random.key(0), denoiser, cfg, batch_size=2, seq_len=16,
                                 mask_id=MASK_ID, prompt=prompt)
