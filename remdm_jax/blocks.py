@@ -50,7 +50,7 @@ import numpy as np
 
 from remdm_jax import posterior
 from remdm_jax.diffusion import subs_log_probs
-from remdm_jax.step_rules import greedy, top_count
+from remdm_jax.step_rules import conf_weights, greedy, top_count
 from remdm_jax.validation import check_scalar
 
 
@@ -61,6 +61,7 @@ class BlockTable(NamedTuple):
   regular: jax.Array   # int32: index among the block's regular steps; -1 on remasking steps
   remask: jax.Array    # int32: tokens remasked before the step (ReMDM-LLaDA)
   decode: jax.Array    # int32: rows decoded on a remasking step (0 on regular steps)
+  sigma: jax.Array     # float32: remasking probability of a regular step (remask_sigma)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,7 @@ class BlockRule:
   use_cfg: bool = False
   kv_cache: str = "none"
   remdm_select: str = "confidence"
+  remask_sigma: str = "none"
   eos_id: int = -1
 
 
@@ -103,10 +105,12 @@ def block_table(strategy, num_steps: int) -> BlockTable:
                             np.arange(start, num_steps)]).astype(np.int32)
   window = regular < 0
   done = np.cumsum(~window) - (~window)                 # regular steps before each step
+  sigma = np.where(window, 0.0, strategy.block_sigma(num_steps)[np.maximum(regular, 0)])
   return BlockTable(t=jnp.asarray(1.0 - done / num_steps, jnp.float32),
                     regular=jnp.asarray(regular),
                     remask=jnp.asarray(np.where(window, strategy.remdm_number, 0), jnp.int32),
-                    decode=jnp.asarray(np.where(window, decode, 0), jnp.int32))
+                    decode=jnp.asarray(np.where(window, decode, 0), jnp.int32),
+                    sigma=jnp.asarray(sigma, jnp.float32))
 
 
 def build_block_plan(cfg) -> tuple[BlockPlan, BlockRule]:
@@ -116,7 +120,7 @@ def build_block_plan(cfg) -> tuple[BlockPlan, BlockRule]:
                    score=strategy.remasking, greedy=cfg.temperature == 0.0,
                    use_threshold=strategy.threshold > 0.0, use_cfg=strategy.cfg_scale > 0.0,
                    kv_cache=strategy.kv_cache, remdm_select=strategy.remdm_select,
-                   eos_id=strategy.eos_id)
+                   remask_sigma=strategy.remask_sigma, eos_id=strategy.eos_id)
   plan = BlockPlan(table=block_table(strategy, cfg.num_steps),
                    temperature=jnp.asarray(cfg.temperature, jnp.float32),
                    threshold=jnp.asarray(strategy.threshold, jnp.float32),
@@ -315,13 +319,13 @@ def _ranked(score: jax.Array, eligible: jax.Array) -> jax.Array:
   return jnp.where(eligible, jnp.nan_to_num(jnp.maximum(score, floor), nan=floor), -jnp.inf)
 
 
-def _transfer_count(row, count, masked, score, plan, rule: BlockRule, last_step):
+def _transfer_count(row, count, masked, remasked, score, plan, rule: BlockRule, last_step):
   """How many masked rows a step unmasks, `[B] int32`: the regular schedule's count (LLaDA's
-  `get_num_transfer_tokens` of `count`, the block's masks at its start) or the remasking
-  step's `decode`; at least every row scoring `>= threshold`; all that are left on the
-  block's last step."""
+  `get_num_transfer_tokens` of `count`, the block's masks at its start, plus the `remasked
+  [B] int32` of `remask_sigma`) or the remasking step's `decode`; at least every row scoring
+  `>= threshold`; all that are left on the block's last step."""
   steps = rule.num_steps
-  regular = count // steps + (row.regular < count % steps).astype(jnp.int32)
+  regular = count // steps + (row.regular < count % steps).astype(jnp.int32) + remasked
   k = jnp.where(row.regular >= 0, regular, row.decode)
   n_masked = jnp.sum(masked, axis=-1)
   if rule.use_threshold:
@@ -330,10 +334,17 @@ def _transfer_count(row, count, masked, score, plan, rule: BlockRule, last_step)
 
 
 def _remask(key, row, z_w, track_w, valid, rule: BlockRule, positions, mask_id):
-  """ReMDM-LLaDA: the `row.remask` tokens of the block decoded with the lowest score (or
-  random ones) go back to the mask; `[B, K] bool`. Only tokens decoded in this block (a
-  finite recorded score) are candidates."""
+  """Tokens of the block that go back to the mask before the step, `[B, K] bool`; only
+  tokens decoded in this block (a finite recorded score) are candidates. ReMDM-LLaDA steps
+  remask the `row.remask` decoded with the lowest score (or random ones); with
+  `remask_sigma`, each candidate is remasked with probability `row.sigma` (times the conf
+  weights)."""
   candidates = valid & (z_w != mask_id) & jnp.isfinite(track_w)
+  if rule.remask_sigma != "none":
+    p = jnp.broadcast_to(row.sigma, z_w.shape)
+    if rule.remask_sigma == "conf":
+      p = p * conf_weights(jnp.exp(track_w), candidates, "prob")
+    return candidates & jax.vmap(posterior.bernoulli)(key, p)
   if rule.remdm_select == "confidence":
     priority = -track_w
   else:
@@ -385,7 +396,8 @@ def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_k
     def decode():
       logits, cache = model.window_logits(z, geometry, first_step, carry.cache)
       x0, score, bad = _choose(keys, logits, geometry.positions, plan, rule, mask_id)
-      k = _transfer_count(row, count, masked, score, plan, rule, last_step)
+      k = _transfer_count(row, count, masked, jnp.sum(remask, axis=-1), score, plan, rule,
+                          last_step)
       unmask = masked & top_count(_ranked(score, masked), k)
       return (jnp.where(unmask, x0, z_w), jnp.where(unmask, score, track_w), unmask,
               jnp.any(bad & masked, axis=-1), cache)

@@ -21,7 +21,7 @@ from remdm_jax.plan import Plan, StepRule
 from remdm_jax.rounds import in_rounds
 from remdm_jax.topp import top_p_filter
 
-def _conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
+def conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
   """Softmax over decoded positions of `-psi` (paper) or `-log psi`; 0 elsewhere; `[B, L] f32`."""
   logit = -psi if score == "prob" else -jnp.log(psi)
   logit = jnp.where(decoded, logit, -jnp.inf)
@@ -38,7 +38,7 @@ def select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):
   decoded = ~masked & ~fixed
   sigma = jnp.broadcast_to(row.sigma, z.shape)
   if rule.conf_score is not None:
-    sigma = sigma * _conf_weights(psi, decoded, rule.conf_score)
+    sigma = sigma * conf_weights(psi, decoded, rule.conf_score)
   p_remask, p_unmask = posterior.transition_probs(row, sigma)
   remask = decoded & jax.vmap(posterior.bernoulli)(keys[:, 0], p_remask)
   unmask = masked & jax.vmap(posterior.bernoulli)(keys[:, 1], p_unmask)

@@ -19,7 +19,7 @@ from typing import ClassVar
 import numpy as np
 
 from remdm_jax import schedules
-from remdm_jax.diffusion import base_sigma
+from remdm_jax.diffusion import base_sigma, sigma_max
 from remdm_jax.registry import Registry
 from remdm_jax.validation import check_choice, check_fields, check_range
 
@@ -313,6 +313,7 @@ class Topk(Strategy):
 REMASKING = ("low_confidence", "random")
 KV_CACHES = ("none", "prefix", "dual")
 REMDM_SELECTS = ("confidence", "random")
+BLOCK_SIGMAS = ("none", "cap", "rescale", "conf")
 
 
 @register
@@ -337,6 +338,13 @@ class Llada(Strategy):
       approximations). Needs a denoiser with the cache contract (LLaDA models have it).
     cfg_scale > 0: classifier-free guidance with the prompt masked for the unconditional
       logits, `un + (cfg_scale + 1) * (cond - un)` (LLaDA's `generate`).
+    remask_sigma "cap" / "rescale" / "conf" (the paper's ReMDM strategies inside a block):
+      regular step `r` of `S` is the MDLM step from `t = 1 - r/S` to `s = t - 1/S` of LLaDA's
+      linear schedule (`alpha = 1 - t`); each token decoded in the block is remasked with
+      probability `min(eta, sigma_max)`, `eta * sigma_max` or `sigma_max * softmax(-psi)`
+      over the block's decoded tokens (`psi`: the probability each was decoded with), and
+      the step decodes its count plus what it remasked. (ReMDM-loop's constant-alpha phase
+      is what the ReMDM-LLaDA steps do.)
     eos_id >= 0: an example whose answer holds `eos_id` after a block stops: its later
       positions become `eos_id` and it takes no more steps.
   """
@@ -356,6 +364,8 @@ class Llada(Strategy):
   remdm_decode: int = -1          # positions decoded per remasking step (-1: remdm_number)
   remdm_select: str = "confidence"  # which decoded tokens are remasked: least confident or
                                   # random (the rebuttal's baseline)
+  remask_sigma: str = "none"      # cap | rescale | conf: ReMDM remasking on regular steps
+  eta: float = 0.0                # eta of cap (> 0) or rescale (in (0, 1])
   eos_id: int = -1                # >= 0: stop an example after a block holding this id
 
   def __post_init__(self):
@@ -378,6 +388,29 @@ class Llada(Strategy):
       raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in remdm_options.items())} apply "
                        "only with remdm_number > 0 (the ReMDM-LLaDA remasking steps); set "
                        "remdm_number or leave them out")
+    self._check_remask_sigma()
+
+  def _check_remask_sigma(self) -> None:
+    check_choice("remask_sigma", self.remask_sigma, BLOCK_SIGMAS)
+    if self.remask_sigma != "none" and self.remdm_number:
+      raise ValueError(f"remask_sigma={self.remask_sigma!r} and remdm_number="
+                       f"{self.remdm_number} are two remasking rules; choose one")
+    if self.remask_sigma in ("cap", "rescale"):
+      check_range("eta", self.eta, 0.0, 1.0 if self.remask_sigma == "rescale" else None,
+                  low_open=True, context=f" for remask_sigma {self.remask_sigma!r}")
+    elif self.eta != 0.0:
+      raise ValueError(f"eta applies only with remask_sigma 'cap' or 'rescale', got "
+                       f"eta={self.eta} with remask_sigma={self.remask_sigma!r}")
+
+  def block_sigma(self, num_steps: int) -> np.ndarray:
+    """Remasking probability of each regular step of a block, `[num_steps]` float64, on the
+    linear schedule from `t = 1 - r/S` to `s = t - 1/S` (0 without `remask_sigma`)."""
+    r = np.arange(num_steps, dtype=np.float64)
+    alpha_t, alpha_s = r / num_steps, (r + 1) / num_steps
+    if self.remask_sigma == "none":
+      return np.zeros(num_steps)
+    rule = "max" if self.remask_sigma == "conf" else self.remask_sigma
+    return base_sigma(rule, self.eta, sigma_max(alpha_t, alpha_s))
 
   def window(self, num_steps: int) -> tuple[int, int, int]:
     """`(start, steps, decode)` of the remasking steps (all 0 without ReMDM-LLaDA).

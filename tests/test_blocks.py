@@ -393,3 +393,30 @@ def test_block_plan_sweeps_temperature_without_recompiling(tiny):
   other, _ = remdm_jax.build_plan(cfg.with_options(kv_cache="dual"))
   with pytest.raises(ValueError, match="kv_cache: 'none' -> 'dual'"):
     sampler(jax.random.key(0), plan=other)
+
+
+@pytest.mark.parametrize("remask_sigma,eta", [("cap", 0.3), ("rescale", 0.5), ("conf", 0.0)])
+def test_remdm_sigma_inside_blocks_remasks_at_its_rate(remask_sigma, eta):
+  """Regular step r of S = 8 (one position each) is the MDLM step from t = 1 - r/8 of the
+  linear schedule: the r tokens decoded in the block are each remasked with probability
+  sigma_r (cap: min(eta, sigma_max); rescale: eta sigma_max; conf: sigma_max split by the
+  softmax of equal confidences, so sigma_max in all), sigma_max = min(1, (7 - r) / r). The
+  mean remasked count over 600 examples is within 4.5 standard errors of r sigma_r, the step
+  decodes one more than it remasked, and no mask is left."""
+  batch, steps = 600, 8
+  cfg = remdm_jax.sampler_config("llada", num_steps=steps, block_length=steps,
+                                 temperature=1.0, remask_sigma=remask_sigma, eta=eta)
+  trajectory = remdm_jax.sample(jax.random.key(3), constant_denoiser([0.0, 0.0, 0.0, 0.0]),
+                                cfg, batch_size=batch, seq_len=steps, mask_id=3,
+                                return_trajectory=True)
+  remasked = np.asarray(trajectory.remasked).sum(-1)                   # [S, B]
+  unmasked = np.asarray(trajectory.unmasked).sum(-1)
+  r = np.arange(1, steps)
+  smax = np.minimum(1.0, (steps - 1 - r) / r)
+  p = {"cap": np.minimum(eta, smax), "rescale": eta * smax, "conf": smax / r}[remask_sigma]
+  mean, sd = r * p, np.sqrt(r * p * (1 - p))
+  assert (remasked[0] == 0).all()
+  np.testing.assert_array_less(np.abs(remasked[1:].mean(1) - mean),
+                               4.5 * sd / np.sqrt(batch) + 1e-9)
+  np.testing.assert_array_equal(unmasked[:-1], remasked[:-1] + 1)
+  assert not (np.asarray(trajectory.tokens) == 3).any()
