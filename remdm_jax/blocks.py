@@ -42,7 +42,7 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import NamedTuple
+from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -50,7 +50,7 @@ import numpy as np
 
 from remdm_jax import posterior
 from remdm_jax.diffusion import subs_log_probs
-from remdm_jax.step_rules import conf_weights, greedy, top_count
+from remdm_jax.step_rules import conf_weights, example_keys, greedy, step_keys, top_count
 from remdm_jax.validation import check_scalar
 
 
@@ -68,7 +68,6 @@ class BlockTable(NamedTuple):
 class BlockRule:
   """The static switches of block decoding (hashable, jit-static)."""
 
-  select: str = "block"
   block_length: int = 32
   num_steps: int = 32          # regular steps per block
   score: str = "low_confidence"
@@ -129,42 +128,62 @@ def build_block_plan(cfg) -> tuple[BlockPlan, BlockRule]:
 
 
 def check_block_plan(plan: BlockPlan) -> BlockPlan:
-  """A block plan's concrete scalars in their ranges (a traced plan is data).
+  """A block plan's concrete scalars in their ranges (a traced plan is data). A plan whose
+  rule draws, thresholds or guides needs a temperature, threshold or cfg_scale above 0 (0
+  means "off", which is another rule).
 
   Raises:
-    ValueError: temperature outside [0, inf) (or 0 for a plan built with temperature > 0),
-      threshold outside [0, 1], cfg_scale below 0.
+    ValueError: temperature outside [0, inf), threshold outside [0, 1], cfg_scale below 0,
+      or one of them 0 where the rule uses it.
   """
-  low_open = not plan.rule.greedy
-  check_scalar("plan.temperature", plan.temperature, 0.0, low_open=low_open)
-  check_scalar("plan.threshold", plan.threshold, 0.0, 1.0)
-  check_scalar("plan.cfg_scale", plan.cfg_scale, 0.0)
+  rule = plan.rule
+  check_scalar("plan.temperature", plan.temperature, 0.0, low_open=not rule.greedy)
+  check_scalar("plan.threshold", plan.threshold, 0.0, 1.0, low_open=rule.use_threshold)
+  check_scalar("plan.cfg_scale", plan.cfg_scale, 0.0, low_open=rule.use_cfg)
   return plan
 
 
-def check_block_call(denoiser, rule: BlockRule) -> None:
-  """Checks needing no tracing; warns when `kv_cache` must run uncached."""
+def check_block_call(denoiser, rule: BlockRule, mask_id: int) -> None:
+  """Checks needing no tracing; warns when `kv_cache` must run uncached.
+
+  Raises:
+    ValueError: `eos_id` is the mask id.
+  """
+  if rule.eos_id == mask_id:
+    raise ValueError(f"eos_id must not be the mask id {mask_id} (an answer would stop at "
+                     "every still-masked position); pass the tokenizer's end-of-text id")
   if rule.kv_cache != "none" and not denoiser.has_kv_cache:
     warnings.warn(f"kv_cache={rule.kv_cache!r}: this denoiser has no key-value cache "
                   "contract (Denoiser.prefill_apply / cached_apply; LLaDA models have it), "
                   "so block decoding runs uncached", stacklevel=4)
 
 
+def check_block_prompt(rule: BlockRule, prompt) -> None:
+  """Raises a `ValueError` for classifier-free guidance without a prompt (the unconditional
+  logits would be the conditional ones, at twice the cost)."""
+  if rule.use_cfg and prompt is None:
+    raise ValueError("cfg_scale > 0 guides by masking the prompt; this call has no prompt "
+                     "(pass prompt= rows, or cfg_scale=0)")
+
+
 def check_eos(rule: BlockRule, vocab_size: int) -> None:
-  """Raises a `ValueError` when `eos_id` is not an id of the logits (`[0, V)`) or -1."""
+  """Raises a `ValueError` when `eos_id >= V` (an id the logits do not have)."""
   if rule.eos_id >= vocab_size:
     raise ValueError(f"eos_id must be in [0, V) = [0, {vocab_size}) or -1, got {rule.eos_id}")
 
 
 def num_blocks(rule: BlockRule, prompt, seq_len: int, mask_id: int) -> int:
   """Blocks the scan runs: enough for the longest masked tail of a concrete prompt (all of
-  `seq_len` for None or a traced prompt). Static: a new count compiles a new executable.
+  `seq_len` for None, a traced prompt or one spread over other processes' devices; a mask
+  inside such a prompt is not checked and stays in the output). Static: a new count compiles
+  a new executable.
 
   Raises:
     ValueError: a concrete prompt row has a mask before its last non-mask id (block decoding
       decodes the masked tail only).
   """
-  if prompt is None or isinstance(prompt, jax.core.Tracer):
+  if prompt is None or isinstance(prompt, jax.core.Tracer) or (
+      isinstance(prompt, jax.Array) and not prompt.is_fully_addressable):
     return math.ceil(seq_len / rule.block_length)
   rows = np.asarray(prompt)
   start = answer_start(rows, mask_id)
@@ -193,7 +212,9 @@ class _Geometry(NamedTuple):
   valid: jax.Array       # [B, K] bool, the unclipped position is < L
 
 
-def _geometry(start: jax.Array, block: jax.Array, block_length: int, seq_len: int):
+def _geometry(start: jax.Array, block: jax.Array, block_length: int,
+              seq_len: int) -> _Geometry:
+  """Block `block` ([] int32) of each example, whose answer starts at `start [B] int32`."""
   first = start + block * block_length
   positions = first[:, None] + jnp.arange(block_length, dtype=jnp.int32)[None]
   return _Geometry(first, jnp.minimum(positions, seq_len - 1), positions < seq_len)
@@ -212,22 +233,37 @@ def _scatter(x: jax.Array, positions: jax.Array, valid: jax.Array, values: jax.A
 
 
 class _Model(NamedTuple):
-  """How a step obtains the block's logits: `(logits [B, K, V] float32, cache)` from
-  `(z [B, L], geometry, first_step_of_block, cache)` (the unconditional rows of CFG, if any,
-  are stacked after the conditional ones inside)."""
+  """How a step obtains the block's logits (the unconditional rows of CFG, if any, are
+  stacked after the conditional ones inside)."""
 
-  window_logits: callable
-  init_cache: callable
+  window_logits: Callable   # (z [B, L], geometry, first step of the block [] bool, cache)
+                            # -> (logits [B, K, V] float32, cache)
+  init_cache: Callable      # z [B, L] -> a zero cache of the right structure, or None
 
 
-def _head_rows(denoiser, h_or_logits, positions, t, split: bool):
+def _head_rows(denoiser, h_or_logits, positions, t, split: bool) -> jax.Array:
+  """Logits `[B, K, V] float32` at `positions [B, K]` from what the model computed at every
+  row it ran (`[B, W, D]` features of a split denoiser, else `[B, W, V]` logits)."""
   rows = _rows(h_or_logits, positions)
   return (denoiser.head(rows, t) if split else rows).astype(jnp.float32)
 
 
+def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
+  """The static row counts of the prefix cache's later steps: `K, 2K, 4K, ...` below `tail`,
+  then `tail` (the longest answer). A step runs the smallest that reaches back to the batch's
+  earliest block start, so a late block runs few rows (Fast-dLLM's window shrinks block by
+  block; here it shrinks by halves, one compiled model call per width)."""
+  widths, width = [], block_length
+  while width < tail:
+    widths.append(width)
+    width *= 2
+  return tuple(widths) + (tail,)
+
+
 def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask_id,
                 tail: int) -> _Model:
-  """The block's logits for the step, per `rule.kv_cache` and `rule.use_cfg`."""
+  """The block's logits for the step, per `rule.kv_cache` and `rule.use_cfg`; `fixed [B, L]
+  bool` marks the prompt, `tail` is the longest answer (rows, static)."""
   split = denoiser.is_split
   cached = rule.kv_cache != "none" and denoiser.has_kv_cache
   twice = (lambda x: jnp.concatenate([x, x])) if rule.use_cfg else (lambda x: x)
@@ -239,6 +275,7 @@ def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask
     return jnp.concatenate([z, jnp.where(fixed, mask_id, z)])
 
   def combine(logits):
+    """CFG's `un + (s + 1)(cond - un)` of the stacked logits."""
     if not rule.use_cfg:
       return logits
     cond, uncond = jnp.split(logits, 2)
@@ -248,25 +285,37 @@ def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask
     return jnp.maximum(jnp.mean((seqs == mask_id).astype(jnp.float32), axis=1), 1e-5)
 
   def full(seqs, geometry):
+    """Uncached: the model on every row, the head (or the logits) read at the block."""
     t = t_of(seqs)
     out = denoiser.features(seqs, t) if split else denoiser(seqs, t)
     return _head_rows(denoiser, out, twice(geometry.positions), t, split)
 
   def prefill(seqs, geometry):
+    """A block's first step: every row, keeping every position's keys and values."""
     h, cache = denoiser.prefill(seqs)
     return _head_rows(denoiser, h, twice(geometry.positions), None, True), cache
 
   def reuse(seqs, geometry, cache):
+    """A block's later steps: the block alone (dual), or the rows from it on (prefix)."""
     positions, valid = twice(geometry.positions), twice(geometry.valid)
     if rule.kv_cache == "dual":
       h = denoiser.cached(_rows(seqs, positions), positions, valid, cache)
       return _head_rows(denoiser, h, jnp.broadcast_to(jnp.arange(positions.shape[1]),
                                                       positions.shape), None, True)
-    first = seq_len - tail                                  # rows [L - tail, L)
-    at = jnp.broadcast_to(first + jnp.arange(tail, dtype=jnp.int32), (seqs.shape[0], tail))
-    fresh = at >= twice(geometry.first)[:, None]            # the block and after it
-    h = denoiser.cached(seqs[:, first:], at, fresh, cache)
-    return _head_rows(denoiser, h, jnp.clip(positions - first, 0, tail - 1), None, True)
+    widths = prefix_widths(tail, rule.block_length)
+    block_first = twice(geometry.first)
+    needed = seq_len - jnp.min(block_first)                 # rows from the earliest block on
+    branches = [functools.partial(prefix_rows, width=w) for w in widths]
+    index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), needed), len(widths) - 1)
+    return jax.lax.switch(index, branches, seqs, positions, block_first, cache)
+
+  def prefix_rows(seqs, positions, block_first, cache, *, width: int):
+    """The prefix cache's later steps: the last `width` rows run, those from each row's
+    block on with their own keys and values, the earlier ones reading the cache."""
+    first = seq_len - width
+    at = jnp.broadcast_to(first + jnp.arange(width, dtype=jnp.int32), (seqs.shape[0], width))
+    h = denoiser.cached(seqs[:, first:], at, at >= block_first[:, None], cache)
+    return _head_rows(denoiser, h, jnp.clip(positions - first, 0, width - 1), None, True)
 
   def window_logits(z, geometry, first_step, cache):
     seqs = inputs(z)
@@ -291,6 +340,12 @@ def _position_keys(keys: jax.Array, positions: jax.Array) -> jax.Array:
                                                                                   positions)
 
 
+def _position_uniform(keys: jax.Array, positions: jax.Array) -> jax.Array:
+  """A uniform draw in [0, 1) per position, `[B, K] float32`, from `fold_in(keys[b], p)`."""
+  return jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
+      _position_keys(keys, positions))
+
+
 def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: int):
   """Per block row: `x0 [B, K] int32` (argmax, or a draw of the tempered SUBS distribution),
   its score `[B, K] float32` (log of the full softmax probability of `x0`, or of a uniform
@@ -306,9 +361,7 @@ def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: 
     chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
     score = chosen - jax.nn.logsumexp(logits, axis=-1)
   else:
-    uniform = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
-        _position_keys(keys[:, 1], positions))
-    score = jnp.log1p(-uniform)          # log of a uniform draw in (0, 1]: finite
+    score = jnp.log1p(-_position_uniform(keys[:, 1], positions))   # log of (0, 1]: finite
   return x0, score, bad
 
 
@@ -348,19 +401,18 @@ def _remask(key, row, z_w, track_w, valid, rule: BlockRule, positions, mask_id):
   if rule.remdm_select == "confidence":
     priority = -track_w
   else:
-    priority = jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
-        _position_keys(key, positions))
+    priority = _position_uniform(key, positions)
   n = jnp.minimum(row.remask, jnp.sum(candidates, axis=-1))
   return candidates & top_count(_ranked(priority, candidates), n)
 
 
-def _stop_at_eos(z, start, eos_id: int):
-  """Examples whose answer holds `eos_id`: every answer position after the first one becomes
-  `eos_id` (so nothing is left to decode); `(z [B, L], stopped [B] bool)`."""
+def _stop_at_eos(z, start, eos_id: int) -> jax.Array:
+  """`z [B, L]` with every answer position after a row's first `eos_id` set to `eos_id`, so
+  a row whose answer holds it has nothing left to decode."""
   position = jnp.arange(z.shape[1], dtype=jnp.int32)
   is_eos = (z == eos_id) & (position[None] >= start[:, None])
   first = jnp.min(jnp.where(is_eos, position, z.shape[1]), axis=1)
-  return jnp.where(position[None] > first[:, None], eos_id, z), first < z.shape[1]
+  return jnp.where(position[None] > first[:, None], eos_id, z)
 
 
 class _Carry(NamedTuple):
@@ -381,7 +433,7 @@ def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_k
       jax.debug.callback(on_step, index)
     within = index % steps_per_block
     first_step, last_step = within == 0, within == steps_per_block - 1
-    keys = jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, index), 3))(example_keys)
+    keys = step_keys(example_keys, index)
     geometry = _geometry(start, block, rule.block_length, seq_len)
     z_w, track_w = _rows(carry.z, geometry.positions), _rows(carry.track, geometry.positions)
     count = jnp.where(first_step, jnp.sum(geometry.valid & (z_w == mask_id), axis=-1),
@@ -409,8 +461,7 @@ def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_k
     z = _scatter(z, geometry.positions, geometry.valid, z_w)
     track = _scatter(carry.track, geometry.positions, geometry.valid, track_w)
     if rule.eos_id >= 0:
-      stopped = _stop_at_eos(z, start, rule.eos_id)[0]
-      z = jnp.where(last_step, stopped, z)
+      z = jnp.where(last_step, _stop_at_eos(z, start, rule.eos_id), z)
     out = None
     if record:
       out = (z, _scatter(jnp.zeros_like(z, bool), geometry.positions, geometry.valid, unmask),
@@ -430,12 +481,11 @@ def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, *, batch_siz
   if batch_sharding is not None:
     z = jax.lax.with_sharding_constraint(z, batch_sharding)
   start = answer_start(z, mask_id)
-  example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-      first_index + jnp.arange(batch_size, dtype=jnp.int32))
+  keys = example_keys(key, first_index, batch_size)
   tail = min(seq_len, blocks * rule.block_length)
   model = _make_model(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
-  step = _make_step(model, plan, rule, start, example_keys, seq_len, mask_id,
+  step = _make_step(model, plan, rule, start, keys, seq_len, mask_id,
                     steps_per_block, record, on_step)
   total = blocks * steps_per_block
   table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)

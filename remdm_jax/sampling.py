@@ -37,17 +37,12 @@ from remdm_jax.plan import Plan, StepRule, build_plan, check_plan, rule_differen
 from remdm_jax.rounds import in_rounds
 from remdm_jax.sample_checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
                                      check_prompt, check_sizes, raise_nonfinite)
-from remdm_jax.step_rules import (draw_all, draw_capacity, draw_selected, greedy,
-                                  select_bernoulli, select_rank)
+from remdm_jax.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
+                                  greedy, select_bernoulli, select_rank, step_keys)
 from remdm_jax.trajectory import Trajectory
 from remdm_jax.validation import ArgumentTypeError, coerce
 
 __all__ = ["NonFiniteLogitsError", "Sampler", "make_sampler", "sample", "sample_with_plan"]
-
-def _step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
-  """Keys `[B, 3]` (remask, unmask, token) of one step, derived per example."""
-  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
-
 
 def _as_logits_dtype(logits: jax.Array, rule: StepRule) -> jax.Array:
   """Logits held in `rule.logits_dtype` ("auto": as emitted); probabilities are float32 later."""
@@ -80,7 +75,7 @@ def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_st
       computed = jax.lax.cond(changed, call, lambda: cached)
     else:
       computed = call()
-    keys = _step_keys(example_keys, index)
+    keys = step_keys(example_keys, index)
     masked = z == mask_id
     if rule.select == "rank":      # confidence ranking needs every masked position's draw
       tokens, token_prob, bad = draw_all(keys[:, 2], computed, plan, rule, mask_id)
@@ -163,8 +158,7 @@ def _run_steps(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batc
   """The diffusion-time strategies' run (`_run`)."""
   rule = plan.rule
   z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
-  example_keys = jax.vmap(lambda i: jax.random.fold_in(key, i))(
-      first_index + jnp.arange(batch_size, dtype=jnp.int32))
+  keys = example_keys(key, first_index, batch_size)
   psi = jnp.zeros((batch_size, seq_len), jnp.float32)
   if batch_sharding is not None:
     z, psi = jax.lax.with_sharding_constraint((z, psi), batch_sharding)
@@ -174,7 +168,7 @@ def _run_steps(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batc
     out = jax.eval_shape(_step_output(denoiser, rule)[0], z,
                          jnp.zeros((batch_size,), jnp.float32))
     cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
-  step = _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step)
+  step = _make_step(denoiser, plan, rule, keys, fixed, mask_id, record, on_step)
   num_steps = plan.table.t.shape[0]
   nonfinite = jnp.zeros((batch_size,), bool)
   (z, _, nonfinite, _), records = jax.lax.scan(
@@ -205,7 +199,7 @@ def _check_call(denoiser: Denoiser, rule, batch_size, seq_len, mask_id) -> None:
   """The checks that need no tracing."""
   check_sizes(batch_size, seq_len, mask_id)
   if isinstance(rule, block_decoding.BlockRule):
-    block_decoding.check_block_call(denoiser, rule)
+    block_decoding.check_block_call(denoiser, rule, mask_id)
     return
   if rule.position_chunk and seq_len % rule.position_chunk:
     raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
@@ -268,6 +262,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   denoiser = ensure_denoiser(denoiser)
   _check_call(denoiser, rule, batch_size, seq_len, mask_id)
   first_index = check_first_index(first_index, batch_size)
+  if isinstance(rule, block_decoding.BlockRule):
+    block_decoding.check_block_prompt(rule, prompt)
   if prompt is not None:
     prompt = check_prompt(prompt, batch_size, seq_len,
                           lambda: check_output(denoiser, batch_size, seq_len, mask_id))
@@ -325,6 +321,8 @@ class Sampler:
                          f"(its pytree), got another: {str(given):.200} instead of "
                          f"{str(own):.200}")
     denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
+    if isinstance(self.rule, block_decoding.BlockRule):
+      block_decoding.check_block_prompt(self.rule, prompt)
     prompt = (np.full((self.batch_size, self.seq_len), self.mask_id, np.int32) if prompt is None
               else check_prompt(prompt, self.batch_size, self.seq_len,
                                 lambda: self._vocab_size_of(denoiser)))
@@ -373,9 +371,12 @@ class Sampler:
   def num_steps(self, prompt=None) -> int:
     """Steps of the scan a call with `prompt` runs (its trajectory's length, what `on_step`
     counts): the table's for the diffusion strategies; for block decoding, blocks x steps per
-    block, the blocks those of the compiled run when it covers the prompt's longest tail."""
+    block, the blocks those of the compiled run when it covers the prompt's longest tail (or
+    when no prompt is given), else enough for that tail (all of `seq_len` for None)."""
     if not isinstance(self.rule, block_decoding.BlockRule):
       return int(self.plan.table.t.shape[0])
+    if prompt is None and self._compiled is not None:
+      return self._compiled_blocks * int(self.plan.table.t.shape[0])
     if prompt is not None:
       prompt = check_prompt(prompt, self.batch_size, self.seq_len, lambda: None)
     blocks = _blocks_of(self.rule, prompt, self.seq_len, self.mask_id)

@@ -31,6 +31,17 @@ def conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
   return weight / jnp.maximum(jnp.sum(weight, axis=-1, keepdims=True), 1e-30)
 
 
+def example_keys(key: jax.Array, first_index, batch_size: int) -> jax.Array:
+  """`[B]` keys: example `i` of the batch draws only from `fold_in(key, first_index + i)`."""
+  return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+      first_index + jnp.arange(batch_size, dtype=jnp.int32))
+
+
+def step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
+  """Keys `[B, 3]` (remask, unmask / score, token) of one step, derived per example."""
+  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
+
+
 def select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):
   """Per-token coin flips of eq. 6; returns `(unmask, remask)`, both `[B, L] bool`. They
   depend on the table row, the carry and the keys only, not on `x_theta`."""

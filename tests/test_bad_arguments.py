@@ -606,6 +606,15 @@ BLOCK_CASES = [
     case("llada/two remasking rules", llada(remask_sigma="conf", remdm_number=1,
                                             remdm_start=1), ValueError,
          "remask_sigma='conf' and remdm_number=1 are two remasking rules"),
+    case("llada/eos_id the mask id", sample(config=BLOCK_CFG.with_options(eos_id=4)),
+         ValueError, "eos_id must not be the mask id 4"),
+    case("llada/cfg_scale without a prompt", sample(config=BLOCK_CFG.with_options(
+        cfg_scale=1.0)), ValueError, "cfg_scale > 0 guides by masking the prompt",
+         "no prompt"),
+    case("llada/plan threshold 0 where the sampler thresholds", sampler_call(
+        KEY, config=BLOCK_CFG.with_options(threshold=0.5), plan=dataclasses.replace(
+            plan_of(BLOCK_CFG.with_options(threshold=0.5)), threshold=jnp.float32(0.0))),
+         ValueError, "plan.threshold must be in (0, 1]", "got 0.0"),
     case("llada/top_p that block decoding ignores", llada(top_p=0.9), ValueError,
          "top_p=0.9 does not apply to block decoding", "leave it out"),
     case("llada/cache that block decoding ignores", llada(cache=True), ValueError,
