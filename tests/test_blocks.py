@@ -346,6 +346,7 @@ def test_compiled_sampler_reuses_or_grows_its_blocks(tiny):
   long_prompt = batch_rows(prompts_of([10, 12]), 16)
   assert sampler.num_steps(long_prompt) == 2 * 2              # tail 6: two blocks of 4
   sampler.compile(jax.random.key(0), prompt=long_prompt)
+  assert sampler.num_steps() == 4                               # the compiled run's
   assert sampler.num_steps(batch_rows(prompts_of([13, 12]), 16)) == 4   # the compiled run's
   assert sampler.num_steps(batch_rows(prompts_of([2, 12]), 16)) == 4 * 2
   for prompt in (batch_rows(prompts_of([13, 12]), 16), batch_rows(prompts_of([2, 12]), 16)):
