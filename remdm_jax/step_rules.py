@@ -17,7 +17,6 @@ import numpy as np
 
 from remdm_jax import posterior
 from remdm_jax.diffusion import subs_log_probs, without_mask
-from remdm_jax.plan import Plan, StepRule
 from remdm_jax.rounds import in_rounds
 from remdm_jax.topp import top_p_filter
 
@@ -80,9 +79,10 @@ def select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
   return unmask, remask
 
 
-def _x_theta(logits: jax.Array, plan: Plan, rule: StepRule,
+def _x_theta(logits: jax.Array, plan, rule,
              mask_id: int) -> tuple[jax.Array, jax.Array]:
-  """SUBS probabilities after temperature and top-p, `[B, L, V] float32`, and where they are
+  """SUBS probabilities after temperature and top-p (`plan`, a `Plan`, and its `StepRule`),
+  `[B, L, V] float32`, and where they are
   not a distribution (a NaN or +inf logit, or -inf for every id but the mask), `[B, L] bool`."""
   log_probs = subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
   nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
@@ -127,7 +127,7 @@ def draw_all(token_keys, logits, plan, rule, mask_id):
   return jax.lax.fori_loop(0, length // chunk, body, init)
 
 
-def draw_capacity(rule: StepRule, seq_len: int) -> int:
+def draw_capacity(rule, seq_len: int) -> int:
   """K, the positions per example drawn in one round: `rule.draw_capacity` if set, else the
   largest expected number of MDLM unmaskings in a step, `L * max(alpha_s - alpha_t)`, plus a
   binomial margin (4 sd + 8). Steps that unmask more (remasking strategies re-unmask) take

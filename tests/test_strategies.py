@@ -110,7 +110,7 @@ def test_topk_counts():
     (dict(strategy="cap", eta=-0.1), r"eta must be in \[0, inf\) for strategy 'cap', got -0.1"),
     # an option the strategy does not have is named, with the strategies that have it
     (dict(strategy="mdlm", eta=0.5), r"eta does not apply to strategy 'mdlm' \(its own options: "
-                                     r"none; eta belongs to \['cap', 'conf', 'loop', 'rescale'\]"),
+                                     r"none; eta belongs to \['cap', 'conf', 'llada', 'loop', 'rescale'\]"),
     (dict(strategy="cap", t_on=0.5), r"t_on does not apply to strategy 'cap'"),
     (dict(strategy="loop", schedule="cosine"), r"schedule does not apply to strategy 'loop'"),
     (dict(strategy="dfm", schedule="cosine"), r"schedule does not apply to strategy 'dfm'"),
