@@ -82,8 +82,8 @@ def select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
 def _x_theta(logits: jax.Array, plan, rule,
              mask_id: int) -> tuple[jax.Array, jax.Array]:
   """SUBS probabilities after temperature and top-p (`plan`, a `Plan`, and its `StepRule`),
-  `[B, L, V] float32`, and where they are
-  not a distribution (a NaN or +inf logit, or -inf for every id but the mask), `[B, L] bool`."""
+  `[B, L, V] float32`, and where they are not a distribution (a NaN or +inf logit, or -inf
+  for every id but the mask), `[B, L] bool`."""
   log_probs = subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
   nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
   probs = jnp.exp(log_probs)
