@@ -20,8 +20,8 @@ unmasks the highest-scoring masked rows:
 A step with no work for any example of the batch (its block is done, or every example stopped
 at EOS) skips the model call (`lax.cond`). With `kv_cache`, a block's first step runs the
 whole sequence and keeps every position's keys and values; its later steps run the rows from
-the block to the end of the longest answer ("prefix": earlier positions read the cache) or the
-block alone ("dual": every other position reads the cache).
+the block to the end ("prefix", in widths `prefix_widths`: earlier positions read the cache)
+or the block alone ("dual": every other position reads the cache).
 
 Randomness follows the sampler's rule: example `i` draws from `fold_in(key, first_index + i)`,
 step `s` from `fold_in(that, s)` (split into remask, score and token keys), position `p` from
@@ -49,8 +49,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import posterior
-from remdm_jax.diffusion import subs_log_probs
-from remdm_jax.step_rules import conf_weights, example_keys, greedy, step_keys, top_count
+from remdm_jax.step_rules import (conf_weights, draw_at, example_keys, greedy, position_keys,
+                                  step_keys, tempered_probs, top_count)
 from remdm_jax.validation import check_scalar
 
 
@@ -334,16 +334,10 @@ def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask
   return _Model(window_logits, init_cache)
 
 
-def _position_keys(keys: jax.Array, positions: jax.Array) -> jax.Array:
-  """`fold_in(keys[b], positions[b, k])`: `[B]` keys, `[B, K]` int32 -> `[B, K]` keys."""
-  return jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(keys,
-                                                                                  positions)
-
-
 def _position_uniform(keys: jax.Array, positions: jax.Array) -> jax.Array:
   """A uniform draw in [0, 1) per position, `[B, K] float32`, from `fold_in(keys[b], p)`."""
   return jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
-      _position_keys(keys, positions))
+      position_keys(keys, positions))
 
 
 def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: int):
@@ -353,10 +347,8 @@ def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: 
   if rule.greedy:
     x0, bad = greedy(logits, mask_id)
   else:
-    log_probs = subs_log_probs(logits, mask_id, plan.temperature)          # [B, K, V]
-    bad = ~jnp.isfinite(jnp.max(log_probs, axis=-1))
-    x0, _ = jax.vmap(jax.vmap(posterior.draw_categorical))(
-        _position_keys(keys[:, 2], positions), jnp.exp(log_probs))
+    probs, bad = tempered_probs(logits, mask_id, plan.temperature)          # [B, K, V]
+    x0, _ = draw_at(keys[:, 2], probs, positions)
   if rule.score == "low_confidence":
     chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
     score = chosen - jax.nn.logsumexp(logits, axis=-1)

@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import schedules
+from remdm_jax import blocks, schedules
 from remdm_jax.config import SamplerConfig
 from remdm_jax.diffusion import sigma_max
 from remdm_jax.strategies import safe_div
@@ -104,7 +104,6 @@ def check_plan(plan) -> "Plan":
   Raises:
     ArgumentTypeError: not a plan. ValueError: a concrete scalar out of its range.
   """
-  from remdm_jax import blocks   # blocks builds on this module's table types
   if isinstance(plan, blocks.BlockPlan):
     return blocks.check_block_plan(plan)
   if not isinstance(plan, Plan):
@@ -178,7 +177,6 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
   `remdm_jax.blocks.BlockPlan` and its `BlockRule`.
   """
   if _check_config(cfg).strategy.select == "block":
-    from remdm_jax import blocks
     return blocks.build_block_plan(cfg)
   fields, unmask_fraction = _host_table(cfg)
   rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,

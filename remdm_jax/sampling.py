@@ -23,6 +23,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable
 
 import jax
@@ -139,14 +140,14 @@ def _run(key, denoiser: Denoiser, plan: Plan | BlockPlan, prompt, first_index, *
   a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`); a
   `BlockPlan` runs block decoding (`remdm_jax.blocks`) over `blocks` blocks."""
   vocab_size = check_output(denoiser, batch_size, seq_len, mask_id)
+  run = _run_steps
   if isinstance(plan, BlockPlan):
     block_decoding.check_eos(plan.rule, vocab_size)
-  run = block_decoding.run_blocks if isinstance(plan, BlockPlan) else _run_steps
-  extra = dict(blocks=blocks) if isinstance(plan, BlockPlan) else {}
+    run = functools.partial(block_decoding.run_blocks, blocks=blocks)
   tokens, nonfinite, records = run(key, denoiser, plan, prompt, first_index,
                                    batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
                                    batch_sharding=batch_sharding, record=record,
-                                   on_step=on_step, **extra)
+                                   on_step=on_step)
   if isinstance(batch_sharding, jax.sharding.NamedSharding):   # every process reads all flags
     nonfinite = jax.lax.with_sharding_constraint(
         nonfinite, jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()))

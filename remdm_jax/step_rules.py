@@ -79,28 +79,45 @@ def select_rank(keys, row, z, fixed, mask_id, psi, token_prob):
   return unmask, remask
 
 
+def tempered_probs(logits: jax.Array, mask_id: int,
+                   temperature) -> tuple[jax.Array, jax.Array]:
+  """SUBS probabilities of `logits [..., V]` divided by `temperature`, `[..., V] float32`,
+  and where they are not a distribution (a NaN or +inf logit, or -inf for every id but the
+  mask), `[...] bool`."""
+  log_probs = subs_log_probs(logits, mask_id, temperature)        # [..., V] f32
+  return jnp.exp(log_probs), ~jnp.isfinite(jnp.max(log_probs, axis=-1))
+
+
 def _x_theta(logits: jax.Array, plan, rule,
              mask_id: int) -> tuple[jax.Array, jax.Array]:
-  """SUBS probabilities after temperature and top-p (`plan`, a `Plan`, and its `StepRule`),
-  `[B, L, V] float32`, and where they are not a distribution (a NaN or +inf logit, or -inf
-  for every id but the mask), `[B, L] bool`."""
-  log_probs = subs_log_probs(logits, mask_id, plan.temperature)   # [B, L, V] f32
-  nonfinite = ~jnp.isfinite(jnp.max(log_probs, axis=-1))                    # [B, L]
-  probs = jnp.exp(log_probs)
+  """`tempered_probs` after top-p (`plan`, a `Plan`, and its `StepRule`): `[B, L, V]
+  float32` and `[B, L] bool`."""
+  probs, nonfinite = tempered_probs(logits, mask_id, plan.temperature)
   if rule.use_top_p:
     probs = top_p_filter(probs, plan.top_p, mode=rule.top_p_mode, impl=rule.top_p_impl)
   return probs, nonfinite
 
 
+def position_keys(keys: jax.Array, positions: jax.Array) -> jax.Array:
+  """`fold_in(keys[b], positions[b, c])`: `[B]` keys, `[B, C]` int32 -> `[B, C]` keys."""
+  return jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(keys,
+                                                                                  positions)
+
+
+def draw_at(token_keys: jax.Array, probs: jax.Array,
+            positions: jax.Array) -> tuple[jax.Array, jax.Array]:
+  """One draw per row of `probs [B, C, V]`, the row of position `positions[b, c]` drawn with
+  key `fold_in(token_keys[b], positions[b, c])`: `(ids [B, C] int32, prob [B, C] f32)`."""
+  return jax.vmap(jax.vmap(posterior.draw_categorical))(position_keys(token_keys, positions),
+                                                        probs)
+
+
 def _draw_positions(token_keys, logits, positions, plan, rule, mask_id):
-  """x_theta and one draw for each row of `logits [B, C, V]`, the row of position
-  `positions[b, c]` drawn with key `fold_in(token_keys[b], positions[b, c])`.
+  """x_theta and one draw for each row of `logits [B, C, V]` (`draw_at`).
 
   Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`."""
-  keys = jax.vmap(lambda k, ps: jax.vmap(lambda p: jax.random.fold_in(k, p))(ps))(
-      token_keys, positions)                                                   # [B, C]
   probs, nonfinite = _x_theta(logits, plan, rule, mask_id)                     # [B, C, V]
-  return (*jax.vmap(jax.vmap(posterior.draw_categorical))(keys, probs), nonfinite)
+  return (*draw_at(token_keys, probs, positions), nonfinite)
 
 
 def draw_all(token_keys, logits, plan, rule, mask_id):
