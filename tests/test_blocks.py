@@ -14,7 +14,7 @@ import pytest
 import remdm_jax
 from remdm_jax.models.llada import as_denoiser
 from remdm_jax.models.llada_io import load_llada
-from test_llada import MASK_ID, released_config, released_tensors, write_folder
+from test_llada import MASK_ID, np_forward, released_config, released_tensors, write_folder
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):
@@ -27,41 +27,6 @@ def tiny(tmp_path_factory):
   folder = tmp_path_factory.mktemp("blocks") / "llada"
   write_folder(folder, config, tensors)
   return config, tensors, as_denoiser(load_llada(folder, dtype="float32"))
-
-
-def np_forward(config, tensors, tokens, positions, cache=None, fresh=None):
-  """Float64 logits `[W, V]` of `tokens [W]` at `positions [W]` (one sequence) and every
-  layer's `(k, v)` `[W, Hkv, Dh]`. With `cache` (per layer `(k, v)` `[L, Hkv, Dh]`), the
-  queries attend to the cache with the `fresh` rows' entries replaced by their own."""
-  w = lambda name: np.asarray(tensors["model.transformer." + name], np.float64)
-  d, heads, kv_heads = config["d_model"], config["n_heads"], config["n_kv_heads"]
-  hd, eps = d // heads, config["rms_norm_eps"]
-  rms = lambda x, g: g * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-  angle = np.asarray(positions)[:, None] * config["rope_theta"] ** (-np.arange(0, hd, 2) / hd)
-  cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]                # [W, 1, Dh/2]
-  rope = lambda x: np.concatenate([x[..., :hd // 2] * cos - x[..., hd // 2:] * sin,
-                                   x[..., hd // 2:] * cos + x[..., :hd // 2] * sin], -1)
-  x, kvs = w("wte.weight")[tokens], []
-  for i in range(config["n_layers"]):
-    p = lambda name: w(f"blocks.{i}.{name}.weight")
-    h = rms(x, p("attn_norm"))
-    q = rope((h @ p("q_proj").T).reshape(-1, heads, hd))
-    k = rope((h @ p("k_proj").T).reshape(-1, kv_heads, hd))
-    v = (h @ p("v_proj").T).reshape(-1, kv_heads, hd)
-    kvs.append((k, v))
-    if cache is not None:
-      k_all, v_all = (c.copy() for c in cache[i])
-      k_all[np.asarray(positions)[fresh]], v_all[np.asarray(positions)[fresh]] = k[fresh], v[fresh]
-      k, v = k_all, v_all
-    k, v = (np.repeat(a, heads // kv_heads, axis=1) for a in (k, v))
-    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
-    probs = np.exp(scores - scores.max(-1, keepdims=True))
-    probs /= probs.sum(-1, keepdims=True)
-    x = x + np.einsum("hqk,khd->qhd", probs, v).reshape(-1, d) @ p("attn_out").T
-    h = rms(x, p("ff_norm"))
-    gate, up = h @ p("ff_proj").T, h @ p("up_proj").T
-    x = x + (gate / (1.0 + np.exp(-gate)) * up) @ p("ff_out").T
-  return rms(x, w("ln_f.weight")) @ w("ff_out.weight").T, kvs
 
 
 def softmax(logits):

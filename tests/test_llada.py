@@ -83,40 +83,51 @@ def write_folder(folder, config, tensors, dtype=np.float32):
   return folder
 
 
-def reference_logits(config, tensors, tokens):
-  """The LLaDA forward in float64 NumPy: RMSNorm `w * x / sqrt(mean(x^2) + eps)`; rotary
-  as an explicit rotation of the pairs `(x_i, x_{i + Dh/2})` by `p * theta^(-2i/Dh)`;
-  softmax attention over all positions, scale `1/sqrt(Dh)`, key/value head `n // group`;
-  SiLU(gate) * up; `ln_f`; `ff_out` or the tied embedding; optional `1/sqrt(D)`."""
+def np_forward(config, tensors, tokens, positions, cache=None, fresh=None):
+  """The LLaDA forward in float64 NumPy for one sequence: RMSNorm `w * x / sqrt(mean(x^2) +
+  eps)`; rotary as an explicit rotation of the pairs `(x_i, x_{i + Dh/2})` by
+  `p * theta^(-2i/Dh)`; softmax attention over all positions, scale `1/sqrt(Dh)`, key/value
+  head `n // group`; SiLU(gate) * up; `ln_f`; `ff_out` or the tied embedding; optional
+  `1/sqrt(D)`. Returns the logits `[W, V]` of `tokens [W]` at `positions [W]` and every
+  layer's `(k, v)` `[W, Hkv, Dh]`. With `cache` (per layer `(k, v)` `[L, Hkv, Dh]`), the
+  queries attend to the cache with the `fresh` rows' entries replaced by their own."""
   w = lambda name: np.asarray(tensors["model.transformer." + name], np.float64)
   d, heads, kv_heads = config["d_model"], config["n_heads"], config["n_kv_heads"]
-  hd, eps, (b, l) = d // heads, config["rms_norm_eps"], tokens.shape
+  hd, eps = d // heads, config["rms_norm_eps"]
   rms = lambda x, g: g * x / np.sqrt(np.mean(x * x, axis=-1, keepdims=True) + eps)
-  angle = np.arange(l)[:, None] * config["rope_theta"] ** (-np.arange(0, hd, 2) / hd)
-  cos, sin = np.cos(angle)[None, :, None], np.sin(angle)[None, :, None]  # [1, L, 1, Dh/2]
-
-  def rope(x):
-    x1, x2 = x[..., :hd // 2], x[..., hd // 2:]
-    return np.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-
-  x = w("wte.weight")[tokens]
+  angle = np.asarray(positions)[:, None] * config["rope_theta"] ** (-np.arange(0, hd, 2) / hd)
+  cos, sin = np.cos(angle)[:, None], np.sin(angle)[:, None]                # [W, 1, Dh/2]
+  rope = lambda x: np.concatenate([x[..., :hd // 2] * cos - x[..., hd // 2:] * sin,
+                                   x[..., hd // 2:] * cos + x[..., :hd // 2] * sin], -1)
+  x, kvs = w("wte.weight")[tokens], []
   for i in range(config["n_layers"]):
     p = lambda name: w(f"blocks.{i}.{name}.weight")
     h = rms(x, p("attn_norm"))
-    q = rope((h @ p("q_proj").T).reshape(b, l, heads, hd))
-    k = rope((h @ p("k_proj").T).reshape(b, l, kv_heads, hd))
-    v = (h @ p("v_proj").T).reshape(b, l, kv_heads, hd)
-    k, v = (np.repeat(a, heads // kv_heads, axis=2) for a in (k, v))
-    scores = np.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(hd)
+    q = rope((h @ p("q_proj").T).reshape(-1, heads, hd))
+    k = rope((h @ p("k_proj").T).reshape(-1, kv_heads, hd))
+    v = (h @ p("v_proj").T).reshape(-1, kv_heads, hd)
+    kvs.append((k, v))
+    if cache is not None:
+      k_all, v_all = (c.copy() for c in cache[i])
+      k_all[np.asarray(positions)[fresh]], v_all[np.asarray(positions)[fresh]] = k[fresh], v[fresh]
+      k, v = k_all, v_all
+    k, v = (np.repeat(a, heads // kv_heads, axis=1) for a in (k, v))
+    scores = np.einsum("qhd,khd->hqk", q, k) / np.sqrt(hd)
     probs = np.exp(scores - scores.max(-1, keepdims=True))
     probs /= probs.sum(-1, keepdims=True)
-    x = x + np.einsum("bhqk,bkhd->bqhd", probs, v).reshape(b, l, d) @ p("attn_out").T
+    x = x + np.einsum("hqk,khd->qhd", probs, v).reshape(-1, d) @ p("attn_out").T
     h = rms(x, p("ff_norm"))
     gate, up = h @ p("ff_proj").T, h @ p("up_proj").T
     x = x + (gate / (1.0 + np.exp(-gate)) * up) @ p("ff_out").T
   x = rms(x, w("ln_f.weight"))
   logits = x @ (w("wte.weight") if config["weight_tying"] else w("ff_out.weight")).T
-  return logits / np.sqrt(d) if config["scale_logits"] else logits
+  return (logits / np.sqrt(d) if config["scale_logits"] else logits), kvs
+
+
+def reference_logits(config, tensors, tokens):
+  """`np_forward` of every row of `tokens [B, L]`: float64 logits `[B, L, V]`."""
+  positions = np.arange(tokens.shape[1])
+  return np.stack([np_forward(config, tensors, row, positions)[0] for row in tokens])
 
 
 CONFIGS = {
