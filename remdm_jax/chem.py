@@ -22,7 +22,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from remdm_jax.validation import (ArgumentTypeError, check_array, check_choice, check_scalar,
-                                  check_strings)
+                                  check_string, check_strings)
 
 PROPERTIES = ("qed", "rings")
 
@@ -54,10 +54,7 @@ def molecule(smiles: str):
     ArgumentTypeError: `smiles` is not a string.
   """
   Chem, _ = _rdkit()
-  if not isinstance(smiles, str):
-    raise ArgumentTypeError(f"smiles must be a string, got {type(smiles).__name__} "
-                            f"{smiles!r:.40}")
-  if not smiles.strip():
+  if not check_string("smiles", smiles).strip():
     return None
   return Chem.MolFromSmiles(smiles)
 

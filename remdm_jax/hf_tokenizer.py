@@ -19,8 +19,8 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from remdm_jax import files
-from remdm_jax.token_checks import _check_ids, _check_text
-from remdm_jax.validation import ArgumentTypeError
+from remdm_jax.token_checks import _check_ids
+from remdm_jax.validation import ArgumentTypeError, check_string
 
 # The token LLaDA writes for a masked position; its tokenizer_config.json lists it among the
 # added tokens but sets no `mask_token`.
@@ -193,7 +193,7 @@ class HFTokenizer:
   def encode(self, text: str) -> list[int]:
     """The ids of a string, no special ids added; special tokens written in the text (as a
     rendered chat template holds them) become their ids."""
-    return self._tokenizer.encode(_check_text(text), add_special_tokens=False).ids
+    return self._tokenizer.encode(check_string("text", text), add_special_tokens=False).ids
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of integer ids in `[0, vocab_size)`, special ids and padding ids dropped."""

@@ -13,13 +13,7 @@ import numbers
 import jax
 import numpy as np
 
-from remdm_jax.validation import ArgumentTypeError, check_array, check_ids, check_items
-
-
-def _check_text(text) -> str:
-  if not isinstance(text, str):
-    raise ArgumentTypeError(f"text must be a string, got {type(text).__name__} {text!r:.40}")
-  return text
+from remdm_jax.validation import check_array, check_ids, check_items
 
 
 def _is_integer(item) -> bool:

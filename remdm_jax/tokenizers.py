@@ -18,8 +18,8 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from remdm_jax.token_checks import _check_ids, _check_text
-from remdm_jax.validation import ArgumentTypeError, check_int, check_strings, coerce
+from remdm_jax.token_checks import _check_ids
+from remdm_jax.validation import ArgumentTypeError, check_int, check_string, check_strings, coerce
 
 
 class Tokenizer(Protocol):
@@ -78,7 +78,7 @@ class ByteTokenizer:
 
   def encode(self, text: str) -> list[int]:
     """The UTF-8 bytes of a string."""
-    return list(_check_text(text).encode("utf-8"))
+    return list(check_string("text", text).encode("utf-8"))
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of integer ids in `[0, 259)`: bytes decoded (invalid UTF-8 replaced by
@@ -131,7 +131,7 @@ class GPT2Tokenizer:
 
   def encode(self, text: str) -> list[int]:
     """BPE ids of a string; `<|endoftext|>` in the text becomes EOS."""
-    return self._encoding.encode(_check_text(text), allowed_special={"<|endoftext|>"})
+    return self._encoding.encode(check_string("text", text), allowed_special={"<|endoftext|>"})
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of integer ids in `[0, 50258)`, EOS (= BOS) and mask dropped."""

@@ -147,6 +147,15 @@ def check_items(name: str, value, what: str, accepts) -> list:
   return items
 
 
+def check_string(name: str, value) -> str:
+  """`value` if it is a string, else an `ArgumentTypeError` naming `name`, the type and the
+  value (shortened)."""
+  if not isinstance(value, str):
+    raise ArgumentTypeError(f"{name} must be a string, got {type(value).__name__} "
+                            f"{value!r:.40}")
+  return value
+
+
 def check_strings(name: str, value) -> list[str]:
   """A list (or other iterable) of strings, returned as a list (`check_items`)."""
   return check_items(name, value, "strings", lambda item: isinstance(item, str))

@@ -35,20 +35,13 @@ from fractions import Fraction
 
 import numpy as np
 
-from remdm_jax.validation import ArgumentTypeError, check_int, check_items
+from remdm_jax.validation import ArgumentTypeError, check_int, check_items, check_string
 
 PROMPT = ("Use the numbers {numbers}, each exactly once, and +, -, *, / to write an equation "
           "that equals {target}. Answer:")   # ends at "Answer:": the model's text is the answer
 
 _MAX_EXPRESSION = 200       # characters; a longer "equation" is wrong, not parsed
 _MAX_DRAWS = 10_000         # expression draws per problem before the generator gives up
-
-
-def _as_text(name: str, value) -> str:
-  if not isinstance(value, str):
-    raise ArgumentTypeError(f"{name} must be a string, got {type(value).__name__} "
-                            f"{value!r:.40}")
-  return value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -74,7 +67,7 @@ class CountdownProblem:
       check_int(f"numbers[{i}]", x, 1)
     object.__setattr__(self, "numbers", tuple(int(x) for x in numbers))
     object.__setattr__(self, "target", check_int("target", self.target))
-    object.__setattr__(self, "solution", _as_text("solution", self.solution))
+    object.__setattr__(self, "solution", check_string("solution", self.solution))
 
   def prompt(self) -> str:
     """The task as one line of text (`PROMPT`), ending at "Answer:".
@@ -229,7 +222,7 @@ def extract_equation(text: str) -> str | None:
     >>> extract_equation("so \\\\boxed{(7 \\\\div 2) \\\\times 4}")
     '(7 / 2) * 4'
   """
-  text = _as_text("text", text)
+  text = check_string("text", text)
   for opening, closing in (("<answer>", "</answer>"), ("\\boxed{", "}")):
     marked = _last_marked(text, opening, closing)
     if marked is not None:
@@ -356,7 +349,7 @@ def extract_number_answer(text: str) -> str | None:
     >>> extract_number_answer("The answer is -7.50.")
     '-7.5'
   """
-  text = _as_text("text", text)
+  text = check_string("text", text)
   candidates = []
   if "####" in text:
     candidates = _NUMBER.findall(text[text.rfind("####") + 4:])[:1]
@@ -385,7 +378,7 @@ def gsm8k_correct(text: str, reference: str) -> bool:
     >>> gsm8k_correct("So the total is $1,000.", "1000")
     True
   """
-  reference = _as_text("reference", reference)
+  reference = check_string("reference", reference)
   want = extract_number_answer(reference)
   if want is None:
     raise ValueError(f"reference must hold a number, got {reference!r:.60}")
@@ -401,7 +394,7 @@ def strip_prompt(text: str, prompt: str) -> str:
     ValueError: `prompt` is empty or does not occur in `text` (a tokenizer whose decoding
       does not give the prompt back: decode the ids after the prompt instead).
   """
-  text, prompt = _as_text("text", text), _as_text("prompt", prompt)
+  text, prompt = check_string("text", text), check_string("prompt", prompt)
   if not prompt:
     raise ValueError("prompt must be a non-empty string, got ''")
   at = text.find(prompt)
