@@ -260,7 +260,7 @@ def check_identity(reference: dict, workdir: pathlib.Path) -> tuple[bool, dict]:
   """Runs every case in the library, prints the tables; (all identical, library answers)."""
   import jax
   import remdm_jax
-  from remdm_jax.models.llada_io import load_llada
+  from remdm_jax.weights.llada_io import load_llada
   print(f"\njax {jax.__version__} ({jax.default_backend()}); reference: " + ", ".join(
       f"{k} {v}" for k, v in reference["versions"].items()))
   print("\n| checkpoint | probe logits [2, 40, V] max abs diff | max abs ref |\n|---|---|---|")
@@ -368,7 +368,7 @@ def speed(reference: dict, workdir: pathlib.Path, repeats: int) -> None:
   workload, prints the table and the model's per-part costs."""
   import jax
   import remdm_jax
-  from remdm_jax.models.llada_io import load_llada
+  from remdm_jax.weights.llada_io import load_llada
   model = load_llada(workdir / "perf", dtype="float32")
   mask_id = reference["checkpoints"]["perf"]["mask_id"]
   den = remdm_jax.models.as_denoiser(model)

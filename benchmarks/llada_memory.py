@@ -44,7 +44,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P  # noqa: E4
 
 from remdm_jax import SamplerConfig, make_sampler  # noqa: E402
 from remdm_jax.models.llada import LLaDA, LLaDAConfig, as_denoiser  # noqa: E402
-from remdm_jax.models.llada_io import llada_shardings  # noqa: E402
+from remdm_jax.weights.llada_io import llada_shardings  # noqa: E402
 
 GIB = 2 ** 30
 # name -> (mesh shape (data, model), device memory in GiB)

@@ -143,7 +143,7 @@ def compare(workdir: pathlib.Path, tolerance: float) -> bool:
   """Loads every folder with `load_llada`, prints the table; True when all pass."""
   import jax
   import jax.numpy as jnp
-  from remdm_jax.models.llada_io import load_llada
+  from remdm_jax.weights.llada_io import load_llada
   print(f"\njax {jax.__version__}, {jax.default_backend()}; pass: max abs diff and max abs "
         f"diff / max |ref| both <= {tolerance:g}\n")
   print("| config | H / Hkv | tied | scale_logits | logits [B, L, V] | max abs diff | "
@@ -172,7 +172,7 @@ def compare(workdir: pathlib.Path, tolerance: float) -> bool:
 
 def _rewrite_shard(folder: pathlib.Path, key: str, edit) -> None:
   """Rewrites the shard holding `key`: `edit(tensors)` changes the dict of its tensors."""
-  from remdm_jax.safetensors_io import SafetensorsFile, write_safetensors
+  from remdm_jax.weights.safetensors_io import SafetensorsFile, write_safetensors
   index_path = folder / "model.safetensors.index.json"
   index = json.loads(index_path.read_text())
   path = folder / index["weight_map"][key]
@@ -212,7 +212,7 @@ REFUSALS = {"missing shard": "missing shard file", "wrong shape": "has shape",
 
 def check_refusals(workdir: pathlib.Path) -> bool:
   """Each broken copy of the first folder raises one ValueError line naming the problem."""
-  from remdm_jax.models.llada_io import load_llada
+  from remdm_jax.weights.llada_io import load_llada
   source = workdir / next(iter(CONFIGS)) / "checkpoint"
   print("\n| broken folder | refused with one line |\n|---|---|")
   ok = True
@@ -222,7 +222,7 @@ def check_refusals(workdir: pathlib.Path) -> bool:
     _break(folder, kind)
     try:   # a released folder's tokenizer is read by HFTokenizer, the weights by load_llada
       if kind == "missing tokenizer":
-        from remdm_jax.hf_tokenizer import HFTokenizer
+        from remdm_jax.text.hf_tokenizer import HFTokenizer
         HFTokenizer(folder)
       else:
         load_llada(folder)

@@ -31,7 +31,7 @@ import subprocess
 import sys
 import tempfile
 
-from remdm_jax.hf_tokenizer import HFTokenizer
+from remdm_jax.text.hf_tokenizer import HFTokenizer
 
 SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
             "<|end_header_id|>", "<|eot_id|>"]

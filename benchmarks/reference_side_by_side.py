@@ -3,7 +3,7 @@
 For each vocabulary size: a reference `DIT` (4 blocks x 256 by default, L = 256) gets random
 weights (every parameter N(0, 0.02), the zero-initialised output layers included); they are
 saved as a released-style folder (`config.json` + `model.safetensors` with `backbone.` keys),
-converted with `remdm_jax.convert` and loaded as the Flax DiT. The two models' logits are
+converted with `remdm_jax.weights.convert` and loaded as the Flax DiT. The two models' logits are
 compared on one input, then both samplers run MDLM and ReMDM-cap (eta 0.008) at T = 64 with
 top-p 0.9 and the final noise removal, per batch size. Reported: seconds per call (the
 reference: one run; remdm-jax: best of 3 after compiling) and the ratio of samples per second.
@@ -196,7 +196,7 @@ def main():
       released, converted = pathlib.Path(tmp, f"released-{vocab}"), pathlib.Path(
           tmp, f"converted-{vocab}")
       save_released_folder(torch_model, args, vocab, released)
-      from remdm_jax.convert import convert
+      from remdm_jax.weights.convert import convert
       convert(released, converted)
       tokens = np.random.default_rng(0).integers(0, vocab, (2, args.length))
       with torch.no_grad():

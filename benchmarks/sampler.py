@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import remdm_jax
-from remdm_jax import sampling, topp
+from remdm_jax.sampling import sampler as sampling
+from remdm_jax.sampling import topp
 
 PRESETS = {
     "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4),

@@ -1,20 +1,44 @@
-"""remdm_jax: masked discrete diffusion (MDLM) and ReMDM remasking samplers in JAX."""
+"""remdm_jax: masked discrete diffusion (MDLM) and ReMDM remasking samplers in JAX.
 
-from remdm_jax import eval, losses, trajectory
-from remdm_jax.blocks import BlockPlan, BlockRule, BlockTable
-from remdm_jax.checkpoint import load_model, save_model
-from remdm_jax.config import SamplerConfig, sampler_config
+The package is laid out in rooms (subpackages), each importing only what it needs:
+`sampling` (the sampler, its configs, strategies and block decoding), `models` (Flax NNX
+backbones), `weights` (model folders, released checkpoints, safetensors), `text`
+(tokenizers), `data` (tensorflow-datasets pipelines), `training` (objectives and the loop),
+`parallel` (multi-process runs, sharding, folder locks), `jobs` (sampling jobs and their
+shards) and `eval` (metrics and reasoning scores), over a small shared core (the denoiser
+type, diffusion math, schedules, guidance, validation, errors). `import remdm_jax` loads the
+sampler's names only: `load_model` and `save_model` import the checkpoint code (orbax) when
+first used.
+"""
+
+from remdm_jax import eval
 from remdm_jax.denoiser import Classifier, Denoiser
 from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
                                 classifier_guidance)
-from remdm_jax.plan import Plan, StepRule, StepTable, build_plan, build_table
-from remdm_jax.sampling import (NonFiniteLogitsError, Sampler, make_sampler, sample,
-                                sample_with_plan)
+from remdm_jax.sampling import trajectory
+from remdm_jax.sampling.blocks import BlockPlan, BlockRule, BlockTable
+from remdm_jax.sampling.config import SamplerConfig, sampler_config
+from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
+from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
+                                        sample_with_plan)
+from remdm_jax.sampling.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Llada, Loop, Mdlm,
+                                           Rescale, Strategy, Topk)
+from remdm_jax.sampling.topp import top_p_filter
+from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.schedules import get_schedule, uniform_grid
-from remdm_jax.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Llada, Loop, Mdlm, Rescale,
-                                  Strategy, Topk)
-from remdm_jax.topp import top_p_filter
-from remdm_jax.trajectory import Trajectory
+from remdm_jax.training import losses
+
+_WEIGHTS = ("load_model", "save_model")   # imported on first use: the checkpoint code needs orbax
+
+
+def __getattr__(name: str):
+  """`load_model` and `save_model` from `remdm_jax.weights.checkpoint`, imported when first
+  asked for (PEP 562), so `import remdm_jax` does not import orbax."""
+  if name in _WEIGHTS:
+    from remdm_jax.weights import checkpoint
+    return getattr(checkpoint, name)
+  raise AttributeError(f"module 'remdm_jax' has no attribute {name!r}")
+
 
 __all__ = [
     "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier", "Conf",

@@ -25,8 +25,12 @@ import re
 import sys
 import typing
 
-from remdm_jax import distributed, files, guidance, jobs, locks, shards
-from remdm_jax.config import SamplerConfig
+from remdm_jax import files, guidance
+from remdm_jax.parallel import distributed
+from remdm_jax.jobs import sample_job as jobs
+from remdm_jax.parallel import locks
+from remdm_jax.jobs import shards
+from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, run_cli
 from remdm_jax.models.dit import DiTConfig
@@ -215,7 +219,8 @@ def _positional(rest: list[str], names: tuple[str, ...]) -> list[str]:
 
 def train_sections() -> dict:
   """The sections of `remdm-train` (imports the data and training modules)."""
-  from remdm_jax import data, training
+  from remdm_jax.data import datasets as data
+  from remdm_jax.training import loop as training
   return {
       "model": DiTConfig(hidden=128, heads=4, blocks=4, cond_dim=64, max_length=256,
                          dropout=0.0),
@@ -234,7 +239,8 @@ TRAIN_FIXED = {
 
 
 def _train(argv: list[str]) -> int:
-  from remdm_jax import data, training
+  from remdm_jax.data import datasets as data
+  from remdm_jax.training import loop as training
   sections = train_sections()
   configs, rest = parse_sections(argv, sections, "--workdir=DIR ", TRAIN_FIXED)
   workdir = _workdir(rest, sections)
@@ -338,7 +344,7 @@ def _merge(argv: list[str]) -> int:
   records = shards.merge(directory)
   summary = {"samples": len(records)}
   if options.evaluator:
-    from remdm_jax import scoring   # the evaluator's imports, only when scoring
+    from remdm_jax.jobs import scoring   # the evaluator's imports, only when scoring
     summary.update(scoring.evaluate_samples(records, options.evaluator, add_bos=options.add_bos,
                                          batch_size=options.batch_size))
   print(json.dumps(summary))
@@ -365,7 +371,7 @@ class ConvertOptions:
 
 
 def _convert_weights(argv: list[str]) -> int:
-  from remdm_jax import convert
+  from remdm_jax.weights import convert
   configs, rest = parse_sections(argv, {"convert": ConvertOptions()}, "SRC DST ")
   src, dst = _positional(rest, ("SRC", "DST"))
   options = configs["convert"]

@@ -33,9 +33,8 @@ import numpy as np
 
 from remdm_jax.denoiser import Classifier, Denoiser, ensure_classifier, ensure_denoiser
 from remdm_jax.registry import Registry, with_choice_options
-from remdm_jax.rounds import in_rounds
-from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
-                                  check_scalar)
+from remdm_jax.sampling.rounds import in_rounds
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range, check_scalar
 
 GUIDANCE_FORMS = ("gradient", "exact")
 DEFAULT_FORM = "gradient"   # one call and one gradient per step; exact costs V calls per
@@ -129,7 +128,7 @@ def exact_classifier_scores(classifier: Classifier, z: jax.Array, t: jax.Array,
   """`log p(y = target | z with z_l = v, t)` for every token `v` at the `selected [B, L] bool`
   positions (default: all); `[B, L, V] float32`, zero at positions not selected.
 
-  One position per example per round (`remdm_jax.rounds.in_rounds`), each round one
+  One position per example per round (`remdm_jax.sampling.rounds.in_rounds`), each round one
   classifier call on `B * V` sequences; as many rounds as the example with the most selected
   positions has, so scoring only the masked positions costs in proportion to them. Meant for
   small vocabularies such as SMILES characters."""

@@ -3,7 +3,7 @@ sampler, per property (QED, ring count), over a sweep of guidance strengths gamm
 
 Steps, each resumable (rerun the same command; finished parts are kept):
   1. labels: each training molecule's property (RDKit) and class 1 at or above the training
-     set's 90th percentile (`remdm_jax.chem`), cached in WORK;
+     set's 90th percentile (`remdm_jax.eval.chem`), cached in WORK;
   2. models, per property, with the library's training loop: a class-conditional MDLM (label
      dropout 0.1 to the null class: one network for x_theta(. | y) and x_theta(. | null)) and
      a classifier of noisy sequences p(y | z_t) (objective "classifier");
@@ -35,13 +35,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import (build_table, chem, classifier_guidance, data, make_sampler,
-                       sampler_config, training)
+from remdm_jax import build_table, classifier_guidance, make_sampler, sampler_config
+from remdm_jax.eval import chem
+from remdm_jax.data import datasets as data
+from remdm_jax.training import loop as training
 from remdm_jax.guidance import GUIDANCE_FORMS, guidance_class
 from remdm_jax.schedules import LogLinear
-from remdm_jax.checkpoint import exported_step, load_model
+from remdm_jax.weights.checkpoint import exported_step, load_model
 from remdm_jax.models import DiTConfig, as_classifier, as_denoiser
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 TOK = ByteTokenizer()
 LENGTH = 32

@@ -1,7 +1,7 @@
 """Countdown pass@1 of a masked diffusion model, with a 95% interval over sampling seeds.
 
 Draws `--problems` Countdown problems (`remdm_jax.eval.reasoning`), writes their prompts to
-OUT/prompts.txt, samples one answer per problem and seed through `remdm_jax.jobs` (a job
+OUT/prompts.txt, samples one answer per problem and seed through `remdm_jax.jobs.sample_job` (a job
 folder OUT/seed<S>/ per seed: a rerun skips what is done), scores the text after each prompt
 and prints pass@1; OUT/summary.json holds the settings, every answer and its score. The
 sampler is set by the `--sampler.*` flags of `remdm-sample` (`remdm-sample --help` lists them;
@@ -25,7 +25,8 @@ import json
 import pathlib
 import sys
 
-from remdm_jax import jobs, shards
+from remdm_jax.jobs import sample_job as jobs
+from remdm_jax.jobs import shards
 from remdm_jax.cli import SAMPLE_SECTIONS, UsageError, parse_sections
 from remdm_jax.errors import run_cli
 from remdm_jax.eval import intervals, reasoning

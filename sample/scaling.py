@@ -18,12 +18,13 @@ import jax
 import numpy as np
 from flax import nnx
 
-from remdm_jax import SamplerConfig, build_table, data, sample, sampler_config
+from remdm_jax import SamplerConfig, build_table, sample, sampler_config
+from remdm_jax.data import datasets as data
 from remdm_jax import eval as metrics
-from remdm_jax.checkpoint import load_model
-from remdm_jax.jobs import SHIPPED_MODEL
+from remdm_jax.weights.checkpoint import load_model
+from remdm_jax.jobs.sample_job import SHIPPED_MODEL
 from remdm_jax.models import as_denoiser, as_evaluator
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 LOOP = dict(t_on=0.55, t_off=0.05, alpha_on=0.9)
 

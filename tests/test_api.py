@@ -8,7 +8,8 @@ import optax
 import pytest
 
 import remdm_jax
-from remdm_jax import losses, sampler_config
+from remdm_jax import sampler_config
+from remdm_jax.training import losses
 from remdm_jax.models import DiT, DiTConfig, as_denoiser, denoiser_and_params
 
 from conftest import MASK_ID
@@ -107,14 +108,14 @@ def test_trajectory_length_and_render(mixture):
   assert n > 16 and trajectory.steps.shape == (n, 2, 6) and trajectory.t.shape == (n,)
   tok = type("Digits", (), {"mask_id": MASK_ID, "decode": lambda self, ids: "".join(
       "abcd"[i] for i in ids)})()
-  text = remdm_jax.trajectory.render(trajectory, tok, example=1, every=5)
+  text = remdm_jax.sampling.trajectory.render(trajectory, tok, example=1, every=5)
   lines = text.splitlines()
   assert lines[0].startswith("step    0") and "|______|" in lines[0]
   assert lines[-1] == "final" + " " * 20 + "|" + "".join(
       "abcd"[i] for i in np.asarray(trajectory.tokens)[1]) + "|"
   assert len(lines) == len(range(0, n, 5)) + (1 if (n - 1) % 5 else 0) + 1
   with pytest.raises(ValueError, match=r"example must be in \[0, 2\), got 2"):
-    remdm_jax.trajectory.render(trajectory, tok, example=2)
+    remdm_jax.sampling.trajectory.render(trajectory, tok, example=2)
 
 
 def _toy_denoiser():

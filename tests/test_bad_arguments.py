@@ -21,9 +21,11 @@ import numpy as np
 import pytest
 
 import remdm_jax
-from remdm_jax import Classifier, Denoiser, chem, losses, sampler_config
+from remdm_jax import Classifier, Denoiser, sampler_config
+from remdm_jax.eval import chem
+from remdm_jax.training import losses
 from remdm_jax.schedules import LogLinear
-from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows
+from remdm_jax.text.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows
 from remdm_jax.validation import ArgumentTypeError
 
 

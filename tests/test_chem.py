@@ -5,7 +5,7 @@ import pytest
 
 pytest.importorskip("rdkit", reason='the chem extra: pip install -e ".[chem]"')
 
-from remdm_jax import chem  # noqa: E402
+from remdm_jax.eval import chem  # noqa: E402
 
 
 def test_validity_rings_and_canonical_forms():

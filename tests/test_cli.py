@@ -5,7 +5,9 @@ import json
 import pytest
 
 import remdm_jax
-from remdm_jax import cli, shards, training
+from remdm_jax import cli
+from remdm_jax.jobs import shards
+from remdm_jax.training import loop as training
 
 
 def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
@@ -186,7 +188,7 @@ def test_rejected_command_writes_nothing_and_the_corrected_one_runs(tiny_model, 
 
 def test_sampler_refuses_a_causal_model(tmp_path, capsys):
   from flax import nnx
-  from remdm_jax.checkpoint import save_model
+  from remdm_jax.weights.checkpoint import save_model
   from remdm_jax.models import DiT, DiTConfig
   cfg = DiTConfig(vocab_size=259, hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24,
                   causal=True)
@@ -200,7 +202,7 @@ def test_nan_model_exits_1_names_the_model_and_writes_no_shard(tiny_model, tmp_p
   """A bit-flipped checkpoint (here: every parameter NaN) must not "sample" NUL bytes."""
   import jax
   from flax import nnx
-  from remdm_jax.checkpoint import load_model, save_model
+  from remdm_jax.weights.checkpoint import load_model, save_model
   model = load_model(tiny_model)
   graphdef, state = nnx.split(model)
   broken = nnx.merge(graphdef, jax.tree.map(lambda x: x * float("nan"), state))

@@ -9,8 +9,9 @@ import pytest
 from safetensors.numpy import save_file
 
 import remdm_jax
-from remdm_jax import cli, convert
-from remdm_jax.checkpoint import load_model, save_model
+from remdm_jax import cli
+from remdm_jax.weights import convert
+from remdm_jax.weights.checkpoint import load_model, save_model
 
 from test_dit import SMALL, numpy_forward, released_tensors
 

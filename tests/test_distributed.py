@@ -15,7 +15,11 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from remdm_jax import sampler_config, distributed, files, sample, shards, sharding, training
+from remdm_jax import sampler_config, files, sample
+from remdm_jax.parallel import distributed
+from remdm_jax.jobs import shards
+from remdm_jax.parallel import sharding
+from remdm_jax.training import loop as training
 from remdm_jax.models.dit import DiT, DiTConfig, as_denoiser
 
 REPO = Path(__file__).resolve().parents[1]
@@ -57,7 +61,7 @@ def _run_processes(argv: list[str], processes: int) -> None:
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
   """A byte-level model folder (a few training steps: non-uniform logits)."""
-  from remdm_jax import data
+  from remdm_jax.data import datasets as data
   workdir = tmp_path_factory.mktemp("tiny")
   rows = np.random.default_rng(0).integers(0, 256, (32, 32)).astype(np.int32)
   model = DiTConfig(vocab_size=259, hidden=32, heads=4, blocks=2, cond_dim=16, max_length=32)

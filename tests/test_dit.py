@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from remdm_jax.convert import convert_tensors
+from remdm_jax.weights.convert import convert_tensors
 from remdm_jax.models import DiT, DiTConfig
 
 SMALL = DiTConfig(vocab_size=13, hidden=32, heads=4, blocks=2, cond_dim=8, max_length=32,

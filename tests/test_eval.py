@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from remdm_jax import eval as ev
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 TOK = ByteTokenizer()
 TABLE = np.random.default_rng(0).standard_normal((TOK.vocab_size, TOK.vocab_size)) * 2
@@ -119,7 +119,7 @@ def test_mauve_refuses_bad_features(p, q, match):
 
 
 def test_scoring_names_a_record_without_text():
-  from remdm_jax import scoring
+  from remdm_jax.jobs import scoring
   with pytest.raises(ValueError, match=r"record 1 \(sample 7\) has no text to score"):
     scoring.evaluate_samples([{"index": 0, "text": "a"}, {"index": 7, "ids": [1]}],
                              "no-evaluator-needed")

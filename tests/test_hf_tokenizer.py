@@ -7,8 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from remdm_jax.hf_tokenizer import HFTokenizer
-from remdm_jax.tokenizers import get_tokenizer
+from remdm_jax.text.hf_tokenizer import HFTokenizer
+from remdm_jax.text.tokenizers import get_tokenizer
 
 SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
             "<|end_header_id|>", "<|eot_id|>"]

@@ -11,11 +11,13 @@ import pytest
 from flax import nnx
 
 import remdm_jax
-from remdm_jax import cli, jobs, sampler_config, shards
-from remdm_jax.checkpoint import load_tokenizer_name, save_model
+from remdm_jax import cli, sampler_config
+from remdm_jax.jobs import sample_job as jobs
+from remdm_jax.jobs import shards
+from remdm_jax.weights.checkpoint import load_tokenizer_name, save_model
 from remdm_jax.eval import metrics
 from remdm_jax.models import DiT, DiTConfig, as_classifier, as_denoiser, as_evaluator
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 SMALL = dict(hidden=16, heads=2, blocks=1, cond_dim=8, max_length=24)
 
@@ -305,7 +307,7 @@ def test_damaged_records_are_named_even_when_scoring(two_jobs, causal_model, tmp
 
 def test_a_job_folder_is_used_by_one_run_at_a_time(two_jobs, tiny_model, tmp_path):
   from test_locks import _holder
-  from remdm_jax import locks
+  from remdm_jax.parallel import locks
   job = shutil.copytree(two_jobs / "a", tmp_path / "a")
   with _holder(job) as holder:
     with pytest.raises(locks.FolderInUse, match=rf"{job}: the job folder is in use by another "
@@ -341,7 +343,7 @@ def llada_folder(tmp_path_factory):
 def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
   """`--job.model` takes a released LLaDA folder: weights split over a model axis as they are
   read, prompts as user turns of its chat template, and the job resumes like any other."""
-  from remdm_jax.hf_tokenizer import HFTokenizer
+  from remdm_jax.text.hf_tokenizer import HFTokenizer
   tokenizer = HFTokenizer(llada_folder)
   argv = [f"--job.model={llada_folder}", "--job.prompt=What is two plus two?",
           "--job.chat=true", "--job.seq_len=32", "--job.num_samples=4", "--job.batch_size=4",
@@ -369,7 +371,7 @@ def test_a_llada_job_decodes_blocks_with_a_dual_cache(llada_folder, tmp_path):
   """`--sampler.strategy=llada` with the dual cache, EOS and trajectories, weights split over
   a model axis: the prompt is kept, the answer decoded, everything after an EOS is EOS, and
   the trajectory has blocks x steps records."""
-  from remdm_jax.hf_tokenizer import HFTokenizer
+  from remdm_jax.text.hf_tokenizer import HFTokenizer
   tokenizer = HFTokenizer(llada_folder)
   argv = [f"--job.model={llada_folder}", "--job.prompt=What is two plus two?",
           "--job.chat=true", "--job.seq_len=32", "--job.num_samples=2", "--job.batch_size=2",

@@ -13,8 +13,8 @@ from jax.sharding import AxisType, PartitionSpec as P
 
 import remdm_jax
 from remdm_jax.models.llada import LLaDA, LLaDAConfig, as_denoiser
-from remdm_jax.models.llada_io import load_llada
-from remdm_jax.safetensors_io import SafetensorsFile, read_header, write_safetensors
+from remdm_jax.weights.llada_io import load_llada
+from remdm_jax.weights.safetensors_io import SafetensorsFile, read_header, write_safetensors
 
 VOCAB, MASK_ID, D_MODEL, LAYERS, HEADS, MLP, LENGTH = 40, 39, 32, 2, 4, 48, 8
 

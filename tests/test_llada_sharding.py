@@ -12,7 +12,7 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 
 import remdm_jax
 from remdm_jax.models.llada import LLaDA, LLaDAConfig, as_denoiser
-from remdm_jax.models.llada_io import llada_shardings, load_llada, param_sharding
+from remdm_jax.weights.llada_io import llada_shardings, load_llada, param_sharding
 from test_llada import MASK_ID, VOCAB, released_config, released_tensors, write_folder
 
 # Wider than test_llada's model, so 4 devices still hold whole heads (Dh = 16, 4 heads).

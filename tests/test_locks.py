@@ -9,12 +9,12 @@ import textwrap
 
 import pytest
 
-from remdm_jax import locks
+from remdm_jax.parallel import locks
 from remdm_jax.errors import run_cli
 
 _HOLDER = textwrap.dedent("""
     import sys, time
-    from remdm_jax import locks
+    from remdm_jax.parallel import locks
     with locks.hold(sys.argv[1], "workdir"):
       print("holding", flush=True)
       time.sleep(120)
@@ -22,7 +22,7 @@ _HOLDER = textwrap.dedent("""
 
 _TAKER = textwrap.dedent("""
     import sys
-    from remdm_jax import locks
+    from remdm_jax.parallel import locks
     from remdm_jax.errors import run_cli
     def main(argv):
       with locks.hold(argv[0], "job"):

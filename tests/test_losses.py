@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import losses
+from remdm_jax.training import losses
 from remdm_jax.schedules import LogLinear
 
 V, MASK = 6, 5

@@ -5,7 +5,7 @@ import glob
 import importlib.resources
 import pathlib
 
-from remdm_jax import jobs
+from remdm_jax.jobs import sample_job as jobs
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 

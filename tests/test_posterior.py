@@ -5,7 +5,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from remdm_jax import diffusion, posterior
+from remdm_jax import diffusion
+from remdm_jax.sampling import posterior
 
 
 def test_subs_excludes_mask_and_is_float32():

@@ -13,7 +13,8 @@ import pytest
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import remdm_jax
-from remdm_jax import sampler_config, sampling
+from remdm_jax import sampler_config
+from remdm_jax.sampling import sampler as sampling
 
 from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
 

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 import remdm_jax
-from remdm_jax import strategies
-from remdm_jax.config import sampler_config
+from remdm_jax.sampling import strategies
+from remdm_jax.sampling.config import sampler_config
 
 from conftest import dfm_grid_reference, direct_step_probs
 

@@ -2,7 +2,7 @@
 
 import pytest
 
-from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, get_tokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer, GPT2Tokenizer, get_tokenizer
 
 TEXT = "To be, or not to be, that is the question:\nWhether 'tis nobler — café ☃."
 

@@ -16,12 +16,17 @@ import pytest
 from flax import nnx
 from jax.sharding import Mesh
 
-from remdm_jax import checkpoint, data, distributed, errors, objectives, training
-from remdm_jax.checkpoint import exported_step, load_model
+from remdm_jax import errors
+from remdm_jax.weights import checkpoint
+from remdm_jax.data import datasets as data
+from remdm_jax.parallel import distributed
+from remdm_jax.training import objectives
+from remdm_jax.training import loop as training
+from remdm_jax.weights.checkpoint import exported_step, load_model
 from remdm_jax.models import DiT, DiTConfig, NoisyClassifier
-from remdm_jax.objectives import (ArObjective, ClassifierObjective, MdlmDiscreteObjective,
-                                  MdlmObjective, RemdmObjective)
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.training.objectives import (ArObjective, ClassifierObjective, MdlmDiscreteObjective,
+                                           MdlmObjective, RemdmObjective)
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 REPO = Path(__file__).resolve().parents[1]
 TOK = ByteTokenizer()
@@ -251,7 +256,7 @@ def test_every_objective_trains(objective, tmp_path):
     (lambda: objectives.make_objective("mdlm", bogus=1), "unknown option 'bogus'; objective "
      r"'mdlm' takes \['eps', 'label_dropout'\]"),
     (lambda: training.TrainConfig(objective="remdm"),
-     "objective must be an objective object such as remdm_jax.objectives.RemdmObjective"),
+     "objective must be an objective object such as remdm_jax.training.objectives.RemdmObjective"),
     (lambda: TRAIN.with_options(eta=0.1), "eta does not apply to objective 'mdlm'"),
     (lambda: TRAIN.with_options(objective="ar", bogus=1), "unknown option 'bogus'; objective "
      "'ar' takes none, every objective takes .'batch_size'"),
@@ -511,7 +516,7 @@ def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
   cross-entropy of the last 10 of 60 steps is below that of the first 10 and below log 2;
   the export loads back as a classifier, and sampling refuses it."""
   import jax.numpy as jnp
-  from remdm_jax import jobs
+  from remdm_jax.jobs import sample_job as jobs
   rows = _rows(0, 256)
   labelled = {"tokens": rows, "labels": (rows[:, 0] < 128).astype(np.int32)}
   model_cfg = dataclasses.replace(MODEL, num_classes=2, time_conditioning=True, dropout=0.0)
@@ -535,7 +540,8 @@ def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
 def test_a_workdir_is_used_by_one_run_at_a_time(tmp_path, capsys):
   """A second run on a held workdir stops at once (exit 2, naming the holder) and writes
   nothing; once the holder is killed, its leftover lock file is no lock."""
-  from remdm_jax import cli, locks
+  from remdm_jax import cli
+  from remdm_jax.parallel import locks
   from test_locks import _holder
   with _holder(tmp_path) as holder:
     assert cli.train_main([f"--workdir={tmp_path}", "--data.dataset=nowhere"]) == 2

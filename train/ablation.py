@@ -18,10 +18,12 @@ import time
 import jax
 import numpy as np
 
-from remdm_jax import data, objectives, training
-from remdm_jax.checkpoint import load_model
+from remdm_jax.data import datasets as data
+from remdm_jax.training import objectives
+from remdm_jax.training import loop as training
+from remdm_jax.weights.checkpoint import load_model
 from remdm_jax.models import DiTConfig
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 PAPER = {"continuous": 2.088, "T=4096 sigma=0": 2.094, "T=4096 eta_cap=0.5": 2.107,
          "T=4096 eta_cap=1.0": 2.119, "T=8192 sigma=0": 2.092, "T=8192 eta_cap=0.5": 2.097,

@@ -19,10 +19,12 @@ import time
 
 import numpy as np
 
-from remdm_jax import data, objectives, training
-from remdm_jax.checkpoint import load_model
+from remdm_jax.data import datasets as data
+from remdm_jax.training import objectives
+from remdm_jax.training import loop as training
+from remdm_jax.weights.checkpoint import load_model
 from remdm_jax.models import DiTConfig
-from remdm_jax.tokenizers import ByteTokenizer
+from remdm_jax.text.tokenizers import ByteTokenizer
 
 SEQ_LEN = 128
 

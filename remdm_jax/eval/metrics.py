@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.diffusion import next_token_nll
-from remdm_jax.tokenizers import encode_rows
+from remdm_jax.text.tokenizers import encode_rows
 from remdm_jax.validation import check_int, check_strings
 
 

@@ -5,8 +5,6 @@ from remdm_jax.models.classifier import NoisyClassifier, as_classifier
 from remdm_jax.models.denoisers import as_denoiser
 from remdm_jax.models.dit import DiT, DiTConfig, as_evaluator, denoiser_and_params
 from remdm_jax.models.llada import LLaDA, LLaDAConfig
-from remdm_jax.models.llada_io import load_llada
 
 __all__ = ["DiT", "DiTConfig", "LLaDA", "LLaDAConfig", "NoisyClassifier", "as_classifier",
-           "as_denoiser", "as_evaluator", "denoiser_and_params",
-           "load_llada"]
+           "as_denoiser", "as_evaluator", "denoiser_and_params"]

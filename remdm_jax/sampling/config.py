@@ -1,9 +1,9 @@
 """`SamplerConfig`: the options every strategy shares, plus the strategy object.
 
 The config is a frozen, hashable dataclass, so it can be a static argument of `jax.jit`.
-`remdm_jax.plan.build_plan` turns it into arrays; nothing inside jitted code reads strings.
+`remdm_jax.sampling.plan.build_plan` turns it into arrays; nothing inside jitted code reads strings.
 
-A strategy's own options live on its class (`remdm_jax.strategies`): `Cap(eta=0.01)`,
+A strategy's own options live on its class (`remdm_jax.sampling.strategies`): `Cap(eta=0.01)`,
 `Loop(eta=0.02, t_on=0.55)`. The flat keyword form used by command lines and sweeps,
 `sampler_config(strategy="cap", eta=0.01, num_steps=64)`, routes each option to the strategy or
 the shared config and rejects an option the strategy does not have.
@@ -14,10 +14,11 @@ from __future__ import annotations
 import dataclasses
 from typing import ClassVar
 
-from remdm_jax import schedules, strategies
+from remdm_jax import schedules
+from remdm_jax.sampling import strategies
 from remdm_jax.registry import flat_options, with_choice_options
-from remdm_jax.strategies import STRATEGIES, Mdlm, Strategy
-from remdm_jax.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
+from remdm_jax.sampling.strategies import STRATEGIES, Mdlm, Strategy
+from remdm_jax.sampling.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
 from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
 
 LOGITS_DTYPES = ("auto", "float32", "bfloat16")
@@ -55,7 +56,7 @@ class SamplerConfig:
     check_fields(self)
     if not isinstance(self.strategy, Strategy):
       raise ArgumentTypeError(
-          f"strategy must be a strategy object such as remdm_jax.strategies.Cap(eta=0.01) "
+          f"strategy must be a strategy object such as remdm_jax.sampling.strategies.Cap(eta=0.01) "
           f"(or use sampler_config(strategy='cap', ...)), got {self.strategy!r}")
     check_choice("top_p_mode", self.top_p_mode, TOP_P_MODES)
     check_choice("top_p_impl", self.top_p_impl, TOP_P_IMPLS)

@@ -37,10 +37,10 @@ import jax.numpy as jnp
 
 from remdm_jax import diffusion
 from remdm_jax.denoiser import Denoiser
-from remdm_jax.sample_checks import as_typed_key
+from remdm_jax.sampling.checks import as_typed_key
 from remdm_jax.schedules import LogLinear
-from remdm_jax.validation import (ArgumentTypeError, check_array, check_choice,
-                                  check_ids, check_int, check_range, check_scalar)
+from remdm_jax.validation import (ArgumentTypeError, check_array, check_choice, check_ids,
+                                  check_int, check_range, check_scalar)
 
 
 # Argument checks: shapes, dtypes and options always; ids when concrete (`check_ids`).

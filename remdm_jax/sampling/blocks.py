@@ -48,9 +48,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import posterior
-from remdm_jax.step_rules import (conf_weights, draw_at, example_keys, greedy, position_keys,
-                                  step_keys, tempered_probs, top_count)
+from remdm_jax.sampling import posterior
+from remdm_jax.sampling.step_rules import (conf_weights, draw_at, example_keys, greedy,
+                                           position_keys, step_keys, tempered_probs, top_count)
 from remdm_jax.validation import check_scalar
 
 

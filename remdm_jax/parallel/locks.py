@@ -29,7 +29,7 @@ import sys
 
 import jax
 
-from remdm_jax import distributed
+from remdm_jax.parallel import distributed
 
 LOCK_FILE = ".lock"
 _HELD: dict[pathlib.Path, int] = {}   # lock file -> nesting depth, in this process

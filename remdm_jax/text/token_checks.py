@@ -1,8 +1,8 @@
 """The argument checks every tokenizer shares: `encode` takes only a string, `decode` only a
 1-D list or array of integer ids in `[0, vocab_size)`.
 
-They live apart from `remdm_jax.tokenizers` so that tokenizers in their own modules
-(`remdm_jax.hf_tokenizer`) use them while `get_tokenizer` imports those modules, with every
+They live apart from `remdm_jax.text.tokenizers` so that tokenizers in their own modules
+(`remdm_jax.text.hf_tokenizer`) use them while `get_tokenizer` imports those modules, with every
 import pointing one way.
 """
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from remdm_jax import eval as metrics
-from remdm_jax.checkpoint import load_model, load_tokenizer_name
+from remdm_jax.weights.checkpoint import load_model, load_tokenizer_name
 from remdm_jax.models import DiT, as_evaluator
-from remdm_jax.tokenizers import get_tokenizer
+from remdm_jax.text.tokenizers import get_tokenizer
 from remdm_jax.validation import check_range
 
 

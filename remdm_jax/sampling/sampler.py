@@ -30,17 +30,17 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import blocks as block_decoding
-from remdm_jax.blocks import BlockPlan
-from remdm_jax.config import SamplerConfig
+from remdm_jax.sampling import blocks as block_decoding
+from remdm_jax.sampling.blocks import BlockPlan
+from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
-from remdm_jax.plan import Plan, StepRule, build_plan, check_plan, rule_differences
-from remdm_jax.rounds import in_rounds
-from remdm_jax.sample_checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
-                                     check_prompt, check_sizes, raise_nonfinite)
-from remdm_jax.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
-                                  greedy, select_bernoulli, select_rank, step_keys)
-from remdm_jax.trajectory import Trajectory
+from remdm_jax.sampling.plan import Plan, StepRule, build_plan, check_plan, rule_differences
+from remdm_jax.sampling.rounds import in_rounds
+from remdm_jax.sampling.checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
+                                       check_prompt, check_sizes, raise_nonfinite)
+from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
+                                           greedy, select_bernoulli, select_rank, step_keys)
+from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.validation import ArgumentTypeError, coerce
 
 __all__ = ["NonFiniteLogitsError", "Sampler", "make_sampler", "sample", "sample_with_plan"]
@@ -138,7 +138,7 @@ def _run(key, denoiser: Denoiser, plan: Plan | BlockPlan, prompt, first_index, *
   """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
   `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
   a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`); a
-  `BlockPlan` runs block decoding (`remdm_jax.blocks`) over `blocks` blocks."""
+  `BlockPlan` runs block decoding (`remdm_jax.sampling.blocks`) over `blocks` blocks."""
   vocab_size = check_output(denoiser, batch_size, seq_len, mask_id)
   run = _run_steps
   if isinstance(plan, BlockPlan):

@@ -1,10 +1,10 @@
 """Training masked diffusion (MDLM / ReMDM NELBO) and autoregressive models.
 
-`TrainConfig` holds the objective (a `remdm_jax.objectives.Objective`, which owns the loss)
+`TrainConfig` holds the objective (a `remdm_jax.training.objectives.Objective`, which owns the loss)
 and the optimiser and loop settings. One jitted train step (AdamW with warm-up, gradient
 clipping, EMA of the weights) runs over a `("data", "model")` mesh: the batch is split on
 "data"; parameters, optimizer moments and EMA are replicated, or split on "model" by the
-tensor-parallel rules of `remdm_jax.sharding` (`model_axis > 1`); XLA inserts the
+tensor-parallel rules of `remdm_jax.parallel.sharding` (`model_axis > 1`); XLA inserts the
 collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure function of
 `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if never
 interrupted. A checkpoint records the run's identity (`resume_identity`): a run that differs
@@ -33,14 +33,18 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import batches, distributed, files, locks, objectives
-from remdm_jax.checkpoint import Checkpoints, exported_step, save_model
+from remdm_jax import files
+from remdm_jax.data import batches
+from remdm_jax.parallel import distributed
+from remdm_jax.parallel import locks
+from remdm_jax.training import objectives
+from remdm_jax.weights.checkpoint import Checkpoints, exported_step, save_model
 from remdm_jax.errors import Stopped
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.objectives import MdlmObjective, Objective, held_out_loss
+from remdm_jax.training.objectives import MdlmObjective, Objective, held_out_loss
 from remdm_jax.registry import flat_options, with_choice_options
-from remdm_jax.sharding import param_shardings
+from remdm_jax.parallel.sharding import param_shardings
 from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
 
 
@@ -82,7 +86,7 @@ class TrainConfig:
     if not isinstance(self.objective, Objective):
       raise ArgumentTypeError(
           "objective must be an objective object such as "
-          "remdm_jax.objectives.RemdmObjective(discrete_steps=4096, eta=0.5) (or use "
+          "remdm_jax.training.objectives.RemdmObjective(discrete_steps=4096, eta=0.5) (or use "
           f"TrainConfig().with_options(objective='remdm', ...)), got {self.objective!r}")
     for name in ("batch_size", "steps", "save_every", "log_every", "model_axis",
                  "eval_batches"):
@@ -275,7 +279,7 @@ def run_record(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, mask_id: in
     TypeError / ValueError: `train_stream` is not a `data.BatchStream` of `cfg.batch_size`.
   """
   if not all(hasattr(train_stream, a) for a in ("rows", "batch_size", "seed", "batch")):
-    raise ArgumentTypeError("train_stream must be a remdm_jax.data.BatchStream (rows, "
+    raise ArgumentTypeError("train_stream must be a remdm_jax.data.datasets.BatchStream (rows, "
                             f"batch_size, seed), got {type(train_stream).__name__}")
   if train_stream.batch_size != cfg.batch_size:
     raise ValueError(f"train_stream gives batches of {train_stream.batch_size} rows, but "
@@ -308,7 +312,7 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
     train_stream: a `data.BatchStream` of `cfg.batch_size` rows (batch k is a pure function
       of k).
     valid_rows: `[N, L] int32` held-out rows for the validation NELBO (labelled rows for a
-      class-conditional model, `remdm_jax.batches`), or None.
+      class-conditional model, `remdm_jax.data.batches`), or None.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
     tokenizer: recorded with the exported model (`WORKDIR/model`).
 

@@ -8,8 +8,8 @@ Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a pro
   `unmask_per_sigma = alpha_t / (1 - alpha_t)` (paper eq. 6).
 
 Valid iff `0 <= sigma <= sigma_max = min(1, (1 - alpha_s) / alpha_t)`. The table is computed on
-the host in float64 from the strategy (`remdm_jax.strategies`) and checked; `sampling.py` runs
-one scan over it for every strategy.
+the host in float64 from the strategy (`remdm_jax.sampling.strategies`) and checked;
+`remdm_jax.sampling.sampler` runs one scan over it for every strategy.
 """
 
 from __future__ import annotations
@@ -22,10 +22,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import blocks, schedules
-from remdm_jax.config import SamplerConfig
+from remdm_jax import schedules
+from remdm_jax.sampling import blocks
+from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.diffusion import sigma_max
-from remdm_jax.strategies import safe_div
+from remdm_jax.sampling.strategies import safe_div
 from remdm_jax.validation import ArgumentTypeError, check_scalar
 
 
@@ -99,7 +100,7 @@ def check_plan(plan) -> "Plan":
   """`plan` if it is a `Plan` or a `BlockPlan` (from `build_plan`), else an
   `ArgumentTypeError` saying so. Its scalars are checked as a config's are when they are
   concrete (a traced plan is data): `top_p` in (0, 1], `temperature` in (0, inf), `t_final`
-  in [0, 1) (a `BlockPlan`: `remdm_jax.blocks.check_block_plan`).
+  in [0, 1) (a `BlockPlan`: `remdm_jax.sampling.blocks.check_block_plan`).
 
   Raises:
     ArgumentTypeError: not a plan. ValueError: a concrete scalar out of its range.
@@ -174,7 +175,7 @@ def build_plan(cfg: SamplerConfig) -> tuple[Plan, StepRule]:
   Passing the `Plan` as a jit argument makes eta, top_p and temperature data: a sweep over
   them compiles once (the rule's `unmask_fraction` comes from the sigma-free part of the
   table, so it does not change with eta). Block decoding (strategy "llada") gives a
-  `remdm_jax.blocks.BlockPlan` and its `BlockRule`.
+  `remdm_jax.sampling.blocks.BlockPlan` and its `BlockRule`.
   """
   if _check_config(cfg).strategy.select == "block":
     return blocks.build_block_plan(cfg)

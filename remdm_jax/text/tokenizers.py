@@ -18,7 +18,7 @@ from typing import Iterable, Protocol, Sequence
 
 import numpy as np
 
-from remdm_jax.token_checks import _check_ids
+from remdm_jax.text.token_checks import _check_ids
 from remdm_jax.validation import ArgumentTypeError, check_int, check_string, check_strings, coerce
 
 
@@ -154,7 +154,7 @@ def get_tokenizer(name: str) -> Tokenizer:
   if name == "gpt2":
     return GPT2Tokenizer()
   if (pathlib.Path(name) / "tokenizer.json").is_file():
-    from remdm_jax.hf_tokenizer import HFTokenizer
+    from remdm_jax.text.hf_tokenizer import HFTokenizer
     return HFTokenizer(name)
   if pathlib.Path(name).is_dir():
     return GPT2Tokenizer(name)

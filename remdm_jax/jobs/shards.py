@@ -8,7 +8,7 @@ the manifest it was written under (`manifest_digest`). `merge` checks that every
 belongs to the job (its digest, and its settings, seed and model against the manifest; a
 record written before digests existed is checked by those fields alone), that every index is
 present once, and writes one file in index order. A job folder is used by one run at a time
-(`remdm_jax.locks`).
+(`remdm_jax.parallel.locks`).
 """
 
 from __future__ import annotations
@@ -18,7 +18,8 @@ import json
 import pathlib
 import re
 
-from remdm_jax import files, locks
+from remdm_jax import files
+from remdm_jax.parallel import locks
 
 MANIFEST = "manifest.json"
 MERGED = "samples.jsonl"
@@ -119,7 +120,7 @@ def _check_belongs(record: dict, manifest: dict, digest: str, where: str) -> Non
 def merge(directory) -> list[dict]:
   """All records of a finished job in index order, written to `DIR/samples.jsonl`.
 
-  Holds the job folder's lock (`remdm_jax.locks`) while it reads and writes.
+  Holds the job folder's lock (`remdm_jax.parallel.locks`) while it reads and writes.
 
   Raises:
     ValueError: no manifest, a damaged shard, a record of another job (other settings, seed,

@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from remdm_jax import files
-from remdm_jax.token_checks import _check_ids
+from remdm_jax.text.token_checks import _check_ids
 from remdm_jax.validation import ArgumentTypeError, check_string
 
 # The token LLaDA writes for a masked position; its tokenizer_config.json lists it among the

@@ -1,7 +1,7 @@
 """Sampling jobs as library code: load a model, shard it, sample, write atomic shards, resume.
 The command line (`remdm-sample`) only parses flags and calls `run_sampling_job`; the job
-folder's manifest, shards and merge live in `remdm_jax.shards`, scoring in
-`remdm_jax.scoring`.
+folder's manifest, shards and merge live in `remdm_jax.jobs.shards`, scoring in
+`remdm_jax.jobs.scoring`.
 
 Example i is a pure function of (seed, i), so a rerun after a kill skips the finished shards
 and ends with exactly the files of an uninterrupted run.
@@ -21,20 +21,22 @@ import numpy as np
 from flax import nnx
 from tqdm import tqdm
 
-from remdm_jax import distributed, files, locks, sharding
-from remdm_jax.blocks import answer_start
-from remdm_jax.checkpoint import load_model, load_tokenizer_name
-from remdm_jax.config import SamplerConfig
+from remdm_jax import files
+from remdm_jax.parallel import distributed
+from remdm_jax.parallel import locks
+from remdm_jax.parallel import sharding
+from remdm_jax.sampling.blocks import answer_start
+from remdm_jax.weights.checkpoint import load_model, load_tokenizer_name
+from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
-from remdm_jax.hf_tokenizer import HFTokenizer
+from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
-from remdm_jax.models.llada_io import is_llada_folder
+from remdm_jax.weights.llada_io import is_llada_folder
 from remdm_jax.registry import flat_options
-from remdm_jax.sample_checks import NonFiniteLogitsError, nonfinite_message
-from remdm_jax.sampling import make_sampler
-from remdm_jax.shards import (finished_shards, manifest_digest, open_job, shard_path,
-                              shard_text)
-from remdm_jax.tokenizers import Tokenizer, encode_rows, get_tokenizer
+from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
+from remdm_jax.sampling.sampler import make_sampler
+from remdm_jax.jobs.shards import finished_shards, manifest_digest, open_job, shard_path, shard_text
+from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import check_fields, check_range
 
 def _shipped_models() -> pathlib.Path:

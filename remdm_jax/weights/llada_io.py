@@ -27,8 +27,8 @@ from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
 from remdm_jax.files import read_json_object
 from remdm_jax.models.llada import DTYPES, LLaDA, LLaDAConfig
-from remdm_jax.safetensors_io import SafetensorsFile
-from remdm_jax.sharding import param_spec
+from remdm_jax.weights.safetensors_io import SafetensorsFile
+from remdm_jax.parallel.sharding import param_spec
 from remdm_jax.validation import check_choice
 
 INDEX = "model.safetensors.index.json"
@@ -197,8 +197,8 @@ def load_llada(directory, *, dtype: str | None = None, mesh: Mesh | None = None)
   if dtype is not None:
     check_choice("dtype", dtype, DTYPES)
   if mesh is not None and any(kind != AxisType.Auto for kind in mesh.axis_types):
-    raise ValueError(f"mesh axes must be AxisType.Auto (as remdm_jax.distributed.make_mesh "
-                     f"builds them), got {dict(zip(mesh.axis_names, mesh.axis_types))}")
+    raise ValueError(f"mesh axes must be AxisType.Auto (as "
+                     f"remdm_jax.parallel.distributed.make_mesh builds them), got {dict(zip(mesh.axis_names, mesh.axis_types))}")
   folder = pathlib.Path(directory)
   if not folder.is_dir():
     raise ValueError(f"{folder}: no such LLaDA folder")

@@ -36,7 +36,7 @@ from remdm_jax import files
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.models.llada import LLaDA
-from remdm_jax.models.llada_io import is_llada_folder, load_llada
+from remdm_jax.weights.llada_io import is_llada_folder, load_llada
 
 _CONFIG = "config.json"
 _PARAMS = "params"

@@ -28,8 +28,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from remdm_jax import files, locks
-from remdm_jax.checkpoint import save_model
+from remdm_jax import files
+from remdm_jax.parallel import locks
+from remdm_jax.weights.checkpoint import save_model
 from remdm_jax.models.dit import DiT, DiTConfig
 
 _PREFIX = "backbone."
@@ -226,7 +227,7 @@ def convert(src, dst, config_json=None, *, allow_nonfinite: bool = False) -> pat
 
   `config_json` is the released config.json of a `.ckpt` source (a folder has its own; giving
   one for a folder is refused). `dst` is held by this run while it is written
-  (`remdm_jax.locks`); a failed write leaves no temporary behind, and no `dst` it created.
+  (`remdm_jax.parallel.locks`); a failed write leaves no temporary behind, and no `dst` it created.
 
   Raises:
     ValueError: a bad source, an option that does not apply, non-finite tensors (unless

@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax import posterior
+from remdm_jax.sampling import posterior
 from remdm_jax.diffusion import subs_log_probs, without_mask
-from remdm_jax.rounds import in_rounds
-from remdm_jax.topp import top_p_filter
+from remdm_jax.sampling.rounds import in_rounds
+from remdm_jax.sampling.topp import top_p_filter
 
 def conf_weights(psi: jax.Array, decoded: jax.Array, score: str) -> jax.Array:
   """Softmax over decoded positions of `-psi` (paper) or `-log psi`; 0 elsewhere; `[B, L] f32`."""

@@ -105,8 +105,8 @@ def initialize(cfg: DistributedConfig) -> None:
 def make_mesh(model_axis: int = 1) -> Mesh:
   """A `("data", "model")` mesh over every device of every process.
 
-  `model_axis` devices share each parameter shard group (see `remdm_jax.sharding`); the rest
-  split the batch.
+  `model_axis` devices share each parameter shard group (see
+  `remdm_jax.parallel.sharding`); the rest split the batch.
   """
   count = jax.device_count()
   if model_axis < 1 or count % model_axis:

@@ -1,7 +1,7 @@
 """The training objectives: one frozen dataclass each, registered once by name.
 
 An objective owns its options (validated on construction, so an option it does not have
-cannot be given to it) and its loss of one batch, built from `remdm_jax.losses`:
+cannot be given to it) and its loss of one batch, built from `remdm_jax.training.losses`:
 
 - `MdlmObjective()`: MDLM's continuous-time NELBO (Sahoo et al. 2024, arXiv 2406.07524,
   eq. 10);
@@ -14,7 +14,7 @@ cannot be given to it) and its loss of one batch, built from `remdm_jax.losses`:
 `make_objective("remdm", discrete_steps=4096, eta=0.5)` is the flat keyword form used by
 command lines. `held_out_loss` is the one validation measure, used by the training loop's
 periodic evaluation and by the scripts that compare trained models. The optimiser and the
-loop live in `remdm_jax.training`, which holds an objective in its `TrainConfig`.
+loop live in `remdm_jax.training.loop`, which holds an objective in its `TrainConfig`.
 """
 
 from __future__ import annotations
@@ -27,7 +27,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from remdm_jax import batches, losses
+from remdm_jax.data import batches
+from remdm_jax.training import losses
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.registry import Registry, flat_options
