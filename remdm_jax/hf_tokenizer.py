@@ -63,12 +63,13 @@ def _special_tokens(directory: pathlib.Path) -> dict[str, str]:
   return found
 
 
-def _chat_template(directory: pathlib.Path) -> str | None:
-  """`chat_template.jinja` when present, else the `chat_template` of tokenizer_config.json
-  (a string, or a list of named templates of which the one named "default" is used)."""
+def _chat_template(directory: pathlib.Path) -> tuple[str | None, pathlib.Path]:
+  """`(source, file)`: `chat_template.jinja` when present, else the `chat_template` of
+  tokenizer_config.json (a string, or a list of named templates of which the one named
+  "default" is used); source None when there is none."""
   jinja_file = directory / "chat_template.jinja"
   if jinja_file.is_file():
-    return jinja_file.read_text(encoding="utf-8")
+    return files.read_text(jinja_file, "chat template"), jinja_file
   where = directory / "tokenizer_config.json"
   template = _read_json(where).get("chat_template")
   if isinstance(template, list):
@@ -77,7 +78,7 @@ def _chat_template(directory: pathlib.Path) -> str | None:
   if template is not None and not isinstance(template, str):
     raise ValueError(f"chat_template in {where} must be a string or a list holding a "
                      f"template named 'default', got {template!r:.60}")
-  return template
+  return template, where
 
 
 def _import_tokenizers():
@@ -204,7 +205,7 @@ class HFTokenizer:
   @property
   def chat_template(self) -> str | None:
     """The folder's chat template source, or None (a Base model has none)."""
-    return _chat_template(self.directory)
+    return _chat_template(self.directory)[0]
 
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
                           add_generation_prompt: bool = True) -> str:
@@ -226,14 +227,15 @@ class HFTokenizer:
       ImportError: jinja2 is missing (the `[llada]` extra).
     """
     if self._template is None:
-      source = self.chat_template
+      source, where = _chat_template(self.directory)
       if source is None:
         raise ValueError(f"{self.directory} has no chat template (no chat_template in "
                          "tokenizer_config.json and no chat_template.jinja): a Base model "
                          "takes plain text")
-      self._template = compile_chat_template(source)
-    return render_chat_template(self._template, messages, self._named,
-                                add_generation_prompt=add_generation_prompt)
+      self._template = (compile_chat_template(source, origin=str(where)), str(where))
+    template, where = self._template
+    return render_chat_template(template, messages, self._named,
+                                add_generation_prompt=add_generation_prompt, origin=where)
 
 
 def _jinja():
@@ -271,7 +273,12 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
                     sort_keys=sort_keys)
 
 
-def compile_chat_template(source: str):
+def _one_line(error: Exception) -> str:
+  """An exception as one line: its type when it has no message, whitespace runs as one space."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def compile_chat_template(source: str, *, origin: str = "chat template"):
   """A Jinja chat template compiled as transformers compiles it.
 
   An immutable sandboxed environment with `trim_blocks=True` and `lstrip_blocks=True`, the
@@ -279,8 +286,12 @@ def compile_chat_template(source: str):
   `json.dumps` (not HTML-escaped, `ensure_ascii=False`), and the globals `raise_exception`
   (raises a `TemplateError`) and `strftime_now(format)` (the local time now).
 
+  Args:
+    source: the template's Jinja text.
+    origin: where it comes from (its file), the start of every error message.
+
   Raises:
-    ValueError: the source is not a string or not valid Jinja.
+    ValueError: the source is not a string or not valid Jinja (any error compiling it).
   """
   if not isinstance(source, str):
     raise ArgumentTypeError(f"chat template must be a string, got {source!r:.60}")
@@ -298,12 +309,17 @@ def compile_chat_template(source: str):
   try:
     return env.from_string(source)
   except jinja2.exceptions.TemplateSyntaxError as error:
-    raise ValueError(f"chat template is not valid Jinja: {error} (line {error.lineno})"
-                     ) from None
+    raise ValueError(f"{origin}: the chat template is not valid Jinja: {_one_line(error)} "
+                     f"(line {error.lineno})") from None
+  except Exception as error:     # the template is foreign code: any failure is its fault
+    raise ValueError(f"{origin}: the chat template does not compile: "
+                     f"{type(error).__name__}: {_one_line(error)}") from None
 
 
 def _check_messages(messages) -> list[dict]:
-  """The messages as fresh dicts, keys holding None dropped (as transformers does)."""
+  """The messages as fresh dicts, keys holding None dropped (as transformers does); each
+  must have a string `role` and `content` (a template reads both, and a missing one would
+  render as nothing)."""
   if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
     raise ArgumentTypeError(f"messages must be a list of dicts such as {{'role': 'user', "
                             f"'content': 'Hi'}}, got {type(messages).__name__} "
@@ -314,20 +330,28 @@ def _check_messages(messages) -> list[dict]:
     if not isinstance(message, Mapping):
       raise ArgumentTypeError(f"messages must be dicts, got {type(message).__name__} "
                               f"{message!r:.40} at index {i}")
+    for field in ("role", "content"):
+      if not isinstance(message.get(field), str):
+        found = "absent" if field not in message else repr(message[field])[:40]
+        raise ValueError(f"messages[{i}]['{field}'] must be a string, got {found}")
   return [{k: v for k, v in message.items() if v is not None} for message in messages]
 
 
 def render_chat_template(template, messages: Sequence[Mapping[str, Any]],
                          special_tokens: Mapping[str, str], *,
-                         add_generation_prompt: bool = True) -> str:
+                         add_generation_prompt: bool = True,
+                         origin: str = "chat template") -> str:
   """A compiled chat template rendered for one conversation.
 
   The template sees `messages`, `add_generation_prompt`, `tools` and `documents` (both None)
   and each named special token in `special_tokens` (`bos_token`, ...), as in transformers.
+  `origin` (the template's file) starts every error message.
 
   Raises:
-    ValueError: `messages` is not a non-empty list of dicts, `add_generation_prompt` not a
-      bool, or the template calls `raise_exception` (its message is kept).
+    ValueError: `messages` is not a non-empty list of dicts with a string `role` and
+      `content`, `add_generation_prompt` not a bool, the template calls `raise_exception`
+      (its message is kept), or it fails in any other way (a range past the sandbox's
+      limit, an `{% include %}` with nothing to include, an undefined call, ...).
   """
   messages = _check_messages(messages)
   if not isinstance(add_generation_prompt, bool):
@@ -337,5 +361,7 @@ def render_chat_template(template, messages: Sequence[Mapping[str, Any]],
   try:
     return template.render(**special_tokens, messages=messages, tools=None, documents=None,
                            add_generation_prompt=add_generation_prompt)
-  except jinja2.exceptions.TemplateError as error:
-    raise ValueError(f"the chat template refused the messages: {error}") from None
+  except Exception as error:     # the template is foreign code: any failure is its fault
+    refused = type(error) is jinja2.exceptions.TemplateError           # raise_exception
+    what = "refused the messages" if refused else f"failed: {type(error).__name__}"
+    raise ValueError(f"{origin}: the chat template {what}: {_one_line(error)}") from None
