@@ -13,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import json
+import pathlib
+import struct
+import tempfile
 from typing import Callable, NamedTuple
 
 import jax
@@ -22,8 +26,12 @@ import pytest
 
 import remdm_jax
 from remdm_jax import Classifier, Denoiser, chem, losses, sampler_config
+from remdm_jax.checkpoint import load_model
+from remdm_jax.hf_tokenizer import compile_chat_template, render_chat_template
+from remdm_jax.models.llada import LLaDAConfig
+from remdm_jax.safetensors_io import read_header
 from remdm_jax.schedules import LogLinear
-from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows
+from remdm_jax.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import ArgumentTypeError
 
 
@@ -636,8 +644,128 @@ BLOCK_CASES = [
          "plan.threshold must be a finite number", "got nan"),
 ]
 
+# Files: a model folder written into a fresh temporary folder, then read.
+def in_folder(files: dict[str, object], read: Callable[[pathlib.Path], object]):
+  """`read(folder)` of a temporary folder holding `files` (name -> bytes, or JSON)."""
+  def call():
+    with tempfile.TemporaryDirectory() as tmp:
+      folder = pathlib.Path(tmp) / "model"
+      folder.mkdir()
+      for name, content in files.items():
+        data = content if isinstance(content, bytes) else json.dumps(content).encode()
+        (folder / name).write_bytes(data)
+      return read(folder)
+  return call
+
+
+def safetensors_bytes(header: dict, data_bytes: int) -> bytes:
+  """A safetensors file of this header and `data_bytes` zero bytes of data."""
+  text = json.dumps(header).encode()
+  return struct.pack("<Q", len(text)) + text + bytes(data_bytes)
+
+
+def f32(shape, begin, end):
+  return {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}
+
+
+def header_of(header: dict, data_bytes: int):
+  return in_folder({"t.safetensors": safetensors_bytes(header, data_bytes)},
+                   lambda folder: read_header(folder / "t.safetensors"))
+
+
+WTE = "model.transformer.wte.weight"
+LLADA_CONFIG = {"model_type": "llada", "block_type": "llama", "layer_norm_type": "rms",
+                "activation_type": "silu", "rope": True, "d_model": 8, "n_layers": 1,
+                "n_heads": 2, "vocab_size": 8, "embedding_size": 8, "mask_token_id": 7}
+
+
+def indexed(shard: str):
+  """load_model of a LLaDA folder whose index places the embedding in `shard`."""
+  return in_folder({"config.json": LLADA_CONFIG,
+                    "model.safetensors.index.json": {"weight_map": {WTE: shard}}}, load_model)
+
+
+def from_hf(**fields):
+  config = LLADA_CONFIG | fields
+  return lambda: LLaDAConfig.from_hf({k: v for k, v in config.items() if v is not ...})
+
+
+FILE_CASES = [
+    case("load_model/shard outside the folder", indexed(
+        "../outside/model-00003-of-00005.safetensors"), ValueError, f"weight_map['{WTE}']",
+         "'../outside/model-00003-of-00005.safetensors'", "not a plain shard file name"),
+    case("load_model/shard an absolute path", indexed("/etc/passwd"), ValueError,
+         f"weight_map['{WTE}'] = '/etc/passwd' is not a plain shard file name"),
+    case("load_model/shard up the tree", indexed("../../../../etc/passwd"), ValueError,
+         "'../../../../etc/passwd' is not a plain shard file name"),
+    case("load_model/shard the parent folder", indexed(".."), ValueError,
+         "= '..' is not a plain shard file name"),
+    case("load_model/shard a Windows path", indexed("..\\x.safetensors"), ValueError,
+         "not a plain shard file name"),
+    case("load_model/pickled weights only", in_folder(
+        {"config.json": LLADA_CONFIG, "pytorch_model.bin": b"pickle"}, load_model), ValueError,
+         "pytorch_model.bin", "never read", "must be safetensors"),
+    case("read_header/overlapping tensors", header_of(
+        {"a": f32([2], 0, 8), "b": f32([2], 4, 12)}, 12), ValueError,
+         "tensors 'a'", "and 'b'", "overlap"),
+    case("read_header/a tensor inside another", header_of(
+        {"a": f32([4], 0, 16), "b": f32([1], 4, 8)}, 16), ValueError, "'a'", "'b'", "overlap"),
+    case("read_header/byte range longer than the shape", header_of({"a": f32([2], 0, 12)}, 12),
+         ValueError, "tensor 'a' of shape [2] F32 needs 8 bytes", "give 12"),
+    case("read_header/byte range shorter than the shape", header_of({"a": f32([3], 0, 8)}, 12),
+         ValueError, "tensor 'a' of shape [3] F32 needs 12 bytes", "give 8"),
+    case("LLaDAConfig.from_hf/no mask_token_id", from_hf(mask_token_id=...), ValueError,
+         "config.json has no mask_token_id (absent or null)", "50256", "set mask_token_id"),
+    case("LLaDAConfig.from_hf/vocab_size above embedding_size", from_hf(vocab_size=9),
+         ValueError, "vocab_size=9 is larger than embedding_size=8"),
+    case("LLaDAConfig.from_hf/vocab_size above the default embedding_size", from_hf(
+        vocab_size=60_000, embedding_size=...), ValueError, "vocab_size=60000",
+         "embedding_size=absent, the default 50304"),
+    case("get_tokenizer/a LLaDA folder without tokenizer.json", in_folder(
+        {"config.json": LLADA_CONFIG}, get_tokenizer), ValueError,
+         "no tokenizer.json in this folder"),
+]
+
+# Chat templates: every failure, compiling or rendering, one line naming the template's file.
+HELLO = [{"role": "user", "content": "Hi"}]
+NEEDS_JINJA = pytest.mark.skipif(importlib.util.find_spec("jinja2") is None,
+                                 reason='the llada extra: pip install -e ".[llada]"')
+
+
+def rendered(source: str, messages=HELLO):
+  return lambda: render_chat_template(
+      compile_chat_template(source, origin="chat_template.jinja"), messages, {},
+      origin="chat_template.jinja")
+
+
+def template_case(*args, **kwargs):
+  return case(*args, **kwargs, marks=NEEDS_JINJA)
+
+
+TEMPLATE_CASES = [
+    template_case("chat template/a range past the sandbox", rendered(
+        "{% for i in range(10**9) %}x{% endfor %}"), ValueError,
+                  "chat_template.jinja: the chat template failed: OverflowError"),
+    template_case("chat template/an include", rendered("{% include 'other.jinja' %}"),
+                  ValueError, "chat_template.jinja: the chat template failed: TypeError"),
+    template_case("chat template/an undefined function", rendered("{{ nope() }}"), ValueError,
+                  "chat_template.jinja: the chat template failed: UndefinedError"),
+    template_case("chat template/a division by zero", rendered("{{ 1 // 0 }}"), ValueError,
+                  "chat_template.jinja: the chat template failed: ZeroDivisionError"),
+    template_case("chat template/not Jinja", rendered("{% for %}"), ValueError,
+                  "chat_template.jinja: the chat template is not valid Jinja", "line 1"),
+    template_case("chat template/raise_exception", rendered("{{ raise_exception('no') }}"),
+                  ValueError, "chat_template.jinja: the chat template refused the messages: no"),
+    template_case("chat template/a message without a role", rendered(
+        "x", [{"content": "Hi"}]), ValueError, "messages[0]['role'] must be a string",
+                  "got absent"),
+    template_case("chat template/content None", rendered(
+        "x", HELLO + [{"role": "user", "content": None}]), ValueError,
+                  "messages[1]['content'] must be a string", "got None"),
+]
+
 CASES = (LOSS_CASES + CHEM_CASES + TOKENIZER_CASES + SAMPLER_CASES + PLAN_CASES +
-         GUIDANCE_CASES + BLOCK_CASES)
+         GUIDANCE_CASES + BLOCK_CASES + FILE_CASES + TEMPLATE_CASES)
 
 
 @pytest.mark.parametrize("case", CASES)
