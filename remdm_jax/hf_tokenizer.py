@@ -14,13 +14,15 @@ import datetime
 import json
 import os
 import pathlib
+import re
+import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from remdm_jax import files
 from remdm_jax.token_checks import _check_ids
-from remdm_jax.validation import ArgumentTypeError, check_string
+from remdm_jax.validation import ArgumentTypeError, check_string, coerce
 
 # The token LLaDA writes for a masked position; its tokenizer_config.json lists it among the
 # added tokens but sets no `mask_token`.
@@ -97,9 +99,12 @@ class HFTokenizer:
   the `bos_token` and `eos_token` of `tokenizer_config.json` (or `special_tokens_map.json`),
   `mask_id` from a `mask_token` there or else the added token `<|mdm_mask|>` (126336 in
   LLaDA), and `eot_id` from the added token `<|eot_id|>` (None when there is none; 126348 in
-  LLaDA-8B-Instruct). `encode` adds no special ids; `decode` drops every special id (the
-  added tokens marked special, and BOS, EOS, mask and end-of-turn) and ids past the
-  tokenizer's own vocabulary.
+  LLaDA-8B-Instruct). `encode` adds no special ids and reads user text as text: a special
+  token's string written in it ("<|mdm_mask|>") is encoded as ordinary characters unless
+  `allow_special=True`; `encode_chat` renders a conversation with the chat template and keeps
+  the template's own special tokens while the messages stay text. `decode` drops every
+  special id (the added tokens marked special, and BOS, EOS, mask and end-of-turn) and ids
+  past the tokenizer's own vocabulary.
 
   `vocab_size` is the model's: the larger of the tokenizer's size (added tokens included) and
   the `embedding_size` / `vocab_size` of a `config.json` beside it, since LLaDA pads its
@@ -140,6 +145,8 @@ class HFTokenizer:
     self.vocab_size = self._model_vocab_size()
     added = self._tokenizer.get_added_tokens_decoder()
     special = {i for i, token in added.items() if token.special}
+    texts = sorted((added[i].content for i in special), key=len, reverse=True)
+    self._special_text = re.compile("|".join(map(re.escape, texts))) if texts else None
     special |= {self.bos_id, self.eos_id, self.mask_id}
     if self.eot_id is not None:
       special.add(self.eot_id)
@@ -191,10 +198,51 @@ class HFTokenizer:
       sizes.append(value)
     return max(sizes)
 
-  def encode(self, text: str) -> list[int]:
-    """The ids of a string, no special ids added; special tokens written in the text (as a
-    rendered chat template holds them) become their ids."""
-    return self._tokenizer.encode(check_string("text", text), add_special_tokens=False).ids
+  def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+    """The ids of a string, no special ids added.
+
+    Args:
+      text: the string.
+      allow_special: whether a special token's string in the text ("<|eot_id|>", as a
+        rendered chat template holds them) becomes its id. False (the default): user text is
+        text, and "<|mdm_mask|>" is encoded as the characters it is made of, never as the
+        mask id. For a conversation use `encode_chat`.
+    """
+    text = check_string("text", text)
+    self._tokenizer.encode_special_tokens = not coerce("allow_special", allow_special, bool)
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_chat(self, messages: Sequence[Mapping[str, Any]], *,
+                  add_generation_prompt: bool = True) -> list[int]:
+    """The ids of a conversation rendered with the chat template (`apply_chat_template`):
+    the special tokens the template writes become their ids, while special-token strings
+    inside the messages' contents stay text.
+
+    Each special-token string in a content is replaced by a placeholder before rendering;
+    the rendered text is cut at the template's special tokens, as the tokenizer itself cuts
+    at added tokens, and each piece between them, placeholders turned back into the user's
+    characters, is encoded as text.
+
+    Raises:
+      ValueError, ImportError: as `apply_chat_template`.
+    """
+    marker = f"\ue000{secrets.randbelow(10**12)}:"          # private use: not in real text
+    found: list[str] = []
+
+    def protect(match):
+      found.append(match.group())
+      return f"{marker}{len(found) - 1}\ue001"
+
+    protected = [dict(m, content=self._special_text.sub(protect, m["content"]))
+                 for m in _check_messages(messages)] if self._special_text else messages
+    rendered = self.apply_chat_template(protected, add_generation_prompt=add_generation_prompt)
+    restore = re.compile(re.escape(marker) + r"(\d+)\ue001")
+    ids, at = [], 0
+    for match in (self._special_text.finditer(rendered) if self._special_text else ()):
+      ids += self.encode(restore.sub(lambda m: found[int(m[1])], rendered[at:match.start()]))
+      ids.append(self._tokenizer.token_to_id(match.group()))
+      at = match.end()
+    return ids + self.encode(restore.sub(lambda m: found[int(m[1])], rendered[at:]))
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of integer ids in `[0, vocab_size)`, special ids and padding ids dropped."""

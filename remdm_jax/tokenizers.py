@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -35,8 +35,10 @@ class Tokenizer(Protocol):
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
                 bos: bool = True, eos: bool = False, truncate: bool = False,
-                what: str = "example") -> tuple[np.ndarray, np.ndarray]:
-  """One text per row: `[BOS] + ids (+ [EOS])`, then `fill` up to `seq_len`.
+                what: str = "example", encode: Callable[[str], list[int]] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """One text per row: `[BOS] + ids (+ [EOS])`, then `fill` up to `seq_len`; the ids are
+  `encode(text)` (default `tokenizer.encode`; e.g. a chat turn's `encode_chat`).
 
   Returns:
     `rows [N, seq_len] int32` and `lengths [N] int` (positions used, after truncation).
@@ -58,7 +60,8 @@ def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fil
   rows = np.full((len(texts), seq_len), fill, np.int32)
   lengths = np.zeros(len(texts), int)
   for i, text in enumerate(texts):
-    ids = [tokenizer.bos_id] * bos + tokenizer.encode(text) + [tokenizer.eos_id] * eos
+    ids = [tokenizer.bos_id] * bos + (encode or tokenizer.encode)(text) + \
+        [tokenizer.eos_id] * eos
     if len(ids) > seq_len and not truncate:
       added = " and ".join(name for name, used in (("BOS", bos), ("EOS", eos)) if used)
       raise ValueError(f"{what} {i} needs {len(ids)} positions"

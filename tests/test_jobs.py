@@ -349,8 +349,7 @@ def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
           "--sampler.strategy=cap", "--sampler.eta=0.05", "--sampler.num_steps=4"]
   assert cli.sample_main(argv) == 0
   records = shards.merge(tmp_path / "job")
-  prompt = tokenizer.encode(tokenizer.apply_chat_template(
-      [{"role": "user", "content": "What is two plus two?"}]))
+  prompt = tokenizer.encode_chat([{"role": "user", "content": "What is two plus two?"}])
   assert prompt[0] == tokenizer.bos_id and len(prompt) < 32
   for record in records:
     assert record["ids"][:len(prompt)] == prompt                    # the prompt is kept
@@ -378,8 +377,7 @@ def test_a_llada_job_decodes_blocks_with_a_dual_cache(llada_folder, tmp_path):
           "--sampler.num_steps=4", "--sampler.temperature=0", "--sampler.kv_cache=dual",
           f"--sampler.eos_id={tokenizer.eos_id}"]
   assert cli.sample_main(argv) == 0
-  prompt = tokenizer.encode(tokenizer.apply_chat_template(
-      [{"role": "user", "content": "What is two plus two?"}]))
+  prompt = tokenizer.encode_chat([{"role": "user", "content": "What is two plus two?"}])
   for record in shards.merge(tmp_path / "job"):
     ids = record["ids"]
     assert ids[:len(prompt)] == prompt and tokenizer.mask_id not in ids
