@@ -28,7 +28,7 @@ import typing
 from remdm_jax import distributed, files, guidance, jobs, locks, shards
 from remdm_jax.config import SamplerConfig
 from remdm_jax.registry import choice_spec
-from remdm_jax.errors import HelpRequested, run_cli
+from remdm_jax.errors import HelpRequested, not_a_command, run_cli
 from remdm_jax.models.dit import DiTConfig
 from remdm_jax.validation import check_fields, check_range
 
@@ -380,3 +380,8 @@ def convert_main(argv: list[str] | None = None) -> int:
   [--convert.allow_nonfinite=true]`: released MDLM weights (a Hugging Face folder or a
   Lightning .ckpt) into a model folder."""
   return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+  sys.exit(not_a_command("remdm_jax.cli", "one of its console scripts: remdm-train, "
+                         "remdm-sample, remdm-merge or remdm-convert (each takes --help)"))

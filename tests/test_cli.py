@@ -315,3 +315,21 @@ def test_a_missing_optional_extra_is_one_line(capsys):
   assert cli.run_cli(main, []) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: Hugging Face tokenizer folders need")
+
+
+@pytest.mark.parametrize("args, command", [
+    (["remdm_jax.convert", "SRC", "DST"], "remdm-convert"),
+    (["remdm_jax.cli"], "remdm-sample"),
+    (["remdm_jax.cli", "sample", "--help"], "remdm-sample"),
+])
+def test_retired_module_entry_points_name_the_command(args, command):
+  """`python -m` of a module that is not an entry point exits 2 with one line naming the
+  console script (it used to exit 0 having done nothing)."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  done = subprocess.run([sys.executable, "-m", *args], cwd=Path(__file__).resolve().parents[1],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stdout == "", done
+  assert done.stderr.count("\n") == 1 and command in done.stderr
+  assert done.stderr.startswith(f"error: python -m {args[0]} is not a command")
