@@ -241,8 +241,8 @@ def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, c
   shards.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
   assert cli.merge_main([str(out)]) == 2
   line = _one_line(capsys)
-  assert "sample 1 is in two shards, samples-000000000-000000002.jsonl and " \
-      "samples-000000001-000000003.jsonl" in line
+  assert "sample 1 is in two shards, samples-000000000-000000002.jsonl (line 2) and " \
+      "samples-000000001-000000003.jsonl (line 1)" in line
   shards.shard_path(out, 1, 3).write_text("{not json\n")
   assert cli.merge_main([str(out)]) == 2
   assert "samples-000000001-000000003.jsonl: line 1 is not valid JSON" in _one_line(capsys)

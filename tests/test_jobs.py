@@ -271,6 +271,29 @@ def test_merge_refuses_a_shard_of_another_job(two_jobs, tmp_path, capsys):
       in err and "job digest" in err and "settings" in err
 
 
+def test_merge_of_a_sample_written_twice_in_one_shard_advises_no_data_loss(two_jobs, tmp_path,
+                                                                         capsys):
+  """A record duplicated inside one shard: the file and both line numbers are named, and the
+  advice deletes one line, never the shard (it holds the only copy of its other sample)."""
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  path = shards.shard_path(job, 0, 2)
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join([lines[0], lines[1], lines[0]]) + "\n")
+  err = _merge_error(job, capsys)
+  assert f"{path}: sample 0 is written twice, at lines 1 and 3" in err
+  assert "delete one of those two lines only" in err and "does not belong" not in err
+
+
+def test_merge_of_a_sample_in_two_shards_names_both_lines(two_jobs, tmp_path, capsys):
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  shards.shard_path(job, 1, 3).write_text(
+      shards.shard_path(job, 0, 2).read_text().splitlines()[1] + "\n")
+  err = _merge_error(job, capsys)
+  assert ("sample 1 is in two shards, samples-000000000-000000002.jsonl (line 2) and "
+          "samples-000000001-000000003.jsonl (line 1)") in err
+  assert "move one shard out of the job folder (do not delete it" in err
+
+
 def test_every_record_carries_its_jobs_digest_and_is_checked_by_it(two_jobs, tmp_path, capsys):
   job = shutil.copytree(two_jobs / "a", tmp_path / "a")
   manifest = json.loads((job / shards.MANIFEST).read_text())
