@@ -508,8 +508,12 @@ GUIDANCE_CASES = [
         target=np.array([0, 1, 2])), ValueError,
          "target must be one class or [B] = [2] classes", "got shape [3]"),
     case("classifier_guidance/target outside undeclared classes", sample_guided(target=3),
-         remdm_jax.NonFiniteLogitsError, "non-finite logits",
-         "target outside its classifier's classes"),
+         ValueError, "target must hold classes in [0, 3)", "logits [B, 3]", "got 3"),
+    case("classifier_guidance/target 5 of a two-class function", sample_guided(
+        lambda x, t: three_classes(x, t)[:, :2], target=5), ValueError,
+         "target must hold classes in [0, 2)", "logits [B, 2]", "got 5"),
+    case("classifier_guidance/a target of the batch outside the classes", sample_guided(
+        target=np.array([0, 4])), ValueError, "target must hold classes in [0, 3)", "got 4"),
     case("classifier_guidance/target outside the classes, called directly", lambda: guided(
         target=5)()(jnp.full((2, 3), MASK, jnp.int32), jnp.ones((2,))), ValueError,
          "target must hold classes in [0, 3) (the classifier's classes)", "got 5"),
