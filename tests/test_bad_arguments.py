@@ -27,6 +27,7 @@ import pytest
 import remdm_jax
 from remdm_jax import Classifier, Denoiser, chem, losses, sampler_config
 from remdm_jax.checkpoint import load_model
+from remdm_jax.cli import ScriptParser, UsageError, check_lows
 from remdm_jax.hf_tokenizer import compile_chat_template, render_chat_template
 from remdm_jax.models.llada import LLaDAConfig
 from remdm_jax.safetensors_io import read_header
@@ -774,8 +775,25 @@ TEMPLATE_CASES = [
                   "messages[1]['content'] must be a string", "got None"),
 ]
 
+# Scripts in sample/ name their own flags.
+def script_flags(*argv: str):
+  parser = ScriptParser()
+  parser.add_argument("--problems", type=int, default=16)
+  parser.add_argument("--steps", type=int, nargs="*", default=None)
+  return lambda: check_lows(parser.parse_args(list(argv)), {"--problems": 1, "--steps": 1})
+
+
+SCRIPT_CASES = [
+    case("script/--problems 0", script_flags("--problems", "0"), UsageError,
+         "--problems must be in [1, inf), got 0"),
+    case("script/a list flag with 0", script_flags("--steps", "4", "0"), UsageError,
+         "--steps must be in [1, inf), got 0"),
+    case("script/not an integer", script_flags("--problems", "abc"), UsageError,
+         "argument --problems: invalid int value: 'abc'"),
+]
+
 CASES = (LOSS_CASES + CHEM_CASES + TOKENIZER_CASES + SAMPLER_CASES + PLAN_CASES +
-         GUIDANCE_CASES + BLOCK_CASES + FILE_CASES + TEMPLATE_CASES)
+         GUIDANCE_CASES + BLOCK_CASES + FILE_CASES + TEMPLATE_CASES + SCRIPT_CASES)
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -333,3 +333,20 @@ def test_retired_module_entry_points_name_the_command(args, command):
   assert done.returncode == 2 and done.stdout == "", done
   assert done.stderr.count("\n") == 1 and command in done.stderr
   assert done.stderr.startswith(f"error: python -m {args[0]} is not a command")
+
+
+@pytest.mark.parametrize("flag, value", [("--problems", "0"), ("--seeds", "0"),
+                                         ("--problem-seed", "-1"), ("--batch-size", "0"),
+                                         ("--seq-len", "-2")])
+def test_reasoning_eval_names_its_own_flags(flag, value, tmp_path, capsys):
+  """sample/reasoning_eval.py refuses a bad count naming its flag (not the library's `n`),
+  before it writes anything."""
+  import importlib.util
+  from pathlib import Path
+  path = Path(__file__).resolve().parents[1] / "sample" / "reasoning_eval.py"
+  spec = importlib.util.spec_from_file_location("reasoning_eval", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  out = tmp_path / "out"
+  assert script.run_cli(script._main, ["--out", str(out), flag, value]) == 2
+  assert f"{flag} must be in [" in _one_line(capsys) and not out.exists()
