@@ -139,7 +139,7 @@ def ours(case: dict) -> dict:
     text = tok.apply_chat_template(case["messages"], add_generation_prompt=case["prompt"])
   except ValueError as error:
     return {"error": str(error)}
-  ids = tok.encode(text)
+  ids = tok.encode(text, allow_special=True)       # as transformers encodes rendered text
   return {"text": text, "ids": ids, "decoded": tok.decode(ids)}
 
 

@@ -17,6 +17,7 @@ through `errors.run_cli`. The commands parse, then call the library
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import inspect
 import json
@@ -32,13 +33,35 @@ from remdm_jax.parallel import locks
 from remdm_jax.jobs import shards
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.registry import choice_spec
-from remdm_jax.errors import HelpRequested, run_cli
+from remdm_jax.errors import HelpRequested, not_a_command, run_cli
 from remdm_jax.models.dit import DiTConfig
 from remdm_jax.validation import check_fields, check_range
 
 
 class UsageError(ValueError):
   """A bad flag, reported as one line with exit code 2."""
+
+
+class ScriptParser(argparse.ArgumentParser):
+  """argparse for the scripts in `sample/`: a bad flag is a `UsageError` (one line, exit 2
+  through `run_cli`) instead of argparse's usage text, and `check_lows` checks the integer
+  flags, each named as the script spells it."""
+
+  def error(self, message: str):
+    raise UsageError(message)
+
+
+def check_lows(args: argparse.Namespace, lows: dict[str, int]) -> None:
+  """Each integer flag (`"--batch-size": 1`; a list flag: every value) at least its bound.
+
+  Raises:
+    UsageError: `"--problems must be in [1, inf), got 0"`.
+  """
+  for flag, low in lows.items():
+    values = getattr(args, flag[2:].replace("-", "_"))
+    for value in values if isinstance(values, list) else [values]:
+      if value is not None and value < low:
+        raise UsageError(f"{flag} must be in [{low}, inf), got {value}")
 
 
 _KIND_WORDS = {int: "an integer", float: "a number"}
@@ -386,3 +409,8 @@ def convert_main(argv: list[str] | None = None) -> int:
   [--convert.allow_nonfinite=true]`: released MDLM weights (a Hugging Face folder or a
   Lightning .ckpt) into a model folder."""
   return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)
+
+
+if __name__ == "__main__":
+  sys.exit(not_a_command("remdm_jax.cli", "one of its console scripts: remdm-train, "
+                         "remdm-sample, remdm-merge or remdm-convert (each takes --help)"))

@@ -39,6 +39,13 @@ def _fail(message: str, code: int) -> int:
   return code
 
 
+def not_a_command(module: str, commands: str) -> int:
+  """What `python -m <module>` does for a library module that used to be run that way: one
+  `error:` line naming the console script to run instead, and exit code 2 (never a silent
+  success that did nothing)."""
+  return _fail(f"python -m {module} is not a command; run {commands}", 2)
+
+
 def run_cli(main: Callable[[list[str]], int], argv: list[str]) -> int:
   """Runs a command's `main(argv)` and turns its exceptions into an exit code and one line."""
   try:

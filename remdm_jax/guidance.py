@@ -171,6 +171,8 @@ class _CbgCall:
   num_classes: int | None
   form: str
   mask_id: int
+  target_max: int | None = None   # the largest concrete target given (None: traced), checked
+                                  # against the class count when the classifier is traced
 
   def __call__(self, params, z: jax.Array, t: jax.Array) -> jax.Array:
     den_params, cls_params, gamma, target = params
@@ -192,6 +194,9 @@ class _CbgCall:
     classes = jax.eval_shape(classifier, jax.ShapeDtypeStruct(log_x.shape, jnp.float32),
                              t).shape[-1]
     _check_target(target, classes)          # concrete (an eager call): one clear error
+    if self.target_max is not None and self.target_max >= classes:   # static: shapes only
+      raise ValueError(f"target must hold classes in [0, {classes}) (the classifier returns "
+                       f"logits [B, {classes}]), got {self.target_max}")
     known = (targets >= 0) & (targets < classes)           # [B]; else NaN, never unguided
     scores = jnp.where(known[:, None, None], scores, jnp.nan)
     return jax.nn.log_softmax(jnp.where(masked[..., None], log_x + gamma * scores, log_x),
@@ -259,7 +264,8 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
     raise ValueError(f"mask_id {mask_id} differs from the denoiser's own {denoiser.mask_id}")
   params = (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
             jnp.asarray(target, jnp.int32))
-  call = _CbgCall(denoiser.apply, classifier.apply, classifier.num_classes, form, mask_id)
+  top = None if isinstance(target, jax.core.Tracer) else int(np.max(target, initial=0))
+  call = _CbgCall(denoiser.apply, classifier.apply, classifier.num_classes, form, mask_id, top)
   return Denoiser(call, params,
                   reads_t=True, vocab_size=denoiser.vocab_size, mask_id=mask_id)
 

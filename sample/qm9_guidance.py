@@ -29,6 +29,7 @@ from __future__ import annotations
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -42,6 +43,8 @@ from remdm_jax.training import loop as training
 from remdm_jax.guidance import GUIDANCE_FORMS, guidance_class
 from remdm_jax.schedules import LogLinear
 from remdm_jax.weights.checkpoint import exported_step, load_model
+from remdm_jax.cli import ScriptParser, check_lows
+from remdm_jax.errors import run_cli
 from remdm_jax.models import DiTConfig, as_classifier, as_denoiser
 from remdm_jax.text.tokenizers import ByteTokenizer
 
@@ -322,8 +325,8 @@ def write_report(summary: dict, forms: dict, checks: dict, out: pathlib.Path, ar
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ScriptParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--work", required=True, help="data, labels and trained models")
   parser.add_argument("--out", required=True)
   parser.add_argument("--props", nargs="+", default=list(chem.PROPERTIES),
@@ -342,6 +345,9 @@ def main():
                       help="held-out molecules for the exact vs first-order D-CBG comparison "
                            "(0 skips it)")
   args = parser.parse_args()
+  check_lows(args, {"--samples": 1, "--steps": 1, "--seeds": 0, "--train-steps": 1,
+                    "--classifier-steps": 1, "--batch-size": 1, "--hidden": 1, "--blocks": 1,
+                    "--exact-molecules": 0})
   work, out = pathlib.Path(args.work), pathlib.Path(args.out)
   work.mkdir(parents=True, exist_ok=True)
   out.mkdir(parents=True, exist_ok=True)
@@ -374,4 +380,4 @@ def main():
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(run_cli(lambda argv: main() or 0, sys.argv[1:]))

@@ -27,15 +27,14 @@ import sys
 
 from remdm_jax.jobs import sample_job as jobs
 from remdm_jax.jobs import shards
-from remdm_jax.cli import SAMPLE_SECTIONS, UsageError, parse_sections
+from remdm_jax.cli import SAMPLE_SECTIONS, ScriptParser, UsageError, check_lows, parse_sections
 from remdm_jax.errors import run_cli
 from remdm_jax.eval import intervals, reasoning
-from remdm_jax.validation import check_int
 
 
 def _arguments(argv: list[str]):
-  parser = argparse.ArgumentParser(description=__doc__, allow_abbrev=False,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ScriptParser(description=__doc__, allow_abbrev=False,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default=str(jobs.SHIPPED_MODEL), help="a model folder")
   parser.add_argument("--out", required=True, help="folder for prompts, jobs and summary")
   parser.add_argument("--task", default="countdown", choices=["countdown"])
@@ -46,6 +45,8 @@ def _arguments(argv: list[str]):
   parser.add_argument("--seq-len", type=int, default=0, help="0: the model's max length")
   parser.add_argument("--chat", action="store_true", help="prompts as chat user turns")
   args, rest = parser.parse_known_args(argv)
+  check_lows(args, {"--problems": 1, "--seeds": 1, "--problem-seed": 0, "--batch-size": 1,
+                    "--seq-len": 0})
   configs, unknown = parse_sections(rest, {"sampler": SAMPLE_SECTIONS["sampler"]})
   if unknown:
     raise UsageError(f"unexpected arguments {unknown}; see --help and remdm-sample --help")
@@ -60,7 +61,7 @@ def _main(argv: list[str]) -> int:
   prompt_file = out / "prompts.txt"
   prompt_file.write_text("".join(p.prompt() + "\n" for p in problems), encoding="utf-8")
   answers, correct = [], []
-  for seed in range(check_int("seeds", args.seeds, 1)):
+  for seed in range(args.seeds):
     job = jobs.SampleJob(model=args.model, prompt_file=str(prompt_file),
                          num_samples=len(problems), batch_size=args.batch_size, seed=seed,
                          seq_len=args.seq_len, chat=args.chat, out=str(out / f"seed{seed}"),

@@ -12,6 +12,7 @@ al. 2025, Table 6) are used as given, with the T >= L / T < L split taken at the
 import argparse
 import json
 import pathlib
+import sys
 import time
 
 import jax
@@ -22,6 +23,8 @@ from remdm_jax import SamplerConfig, build_table, sample, sampler_config
 from remdm_jax.data import datasets as data
 from remdm_jax import eval as metrics
 from remdm_jax.weights.checkpoint import load_model
+from remdm_jax.cli import ScriptParser, check_lows
+from remdm_jax.errors import run_cli
 from remdm_jax.jobs.sample_job import SHIPPED_MODEL
 from remdm_jax.models import as_denoiser, as_evaluator
 from remdm_jax.text.tokenizers import ByteTokenizer
@@ -45,8 +48,8 @@ def method_config(name: str, steps: int, length: int) -> SamplerConfig:
 
 
 def main():
-  parser = argparse.ArgumentParser(description=__doc__,
-                                   formatter_class=argparse.RawDescriptionHelpFormatter)
+  parser = ScriptParser(description=__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
   parser.add_argument("--model", default=str(SHIPPED_MODEL))
   parser.add_argument("--evaluator", default=str(SHIPPED_MODEL.parent / "shakespeare-ar"))
   parser.add_argument("--out", required=True)
@@ -57,6 +60,7 @@ def main():
   parser.add_argument("--data-dir", default="data/tfds")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
+  check_lows(args, {"--samples": 1, "--batch-size": 1, "--steps": 1, "--seed": 0})
   out = pathlib.Path(args.out)
   out.mkdir(parents=True, exist_ok=True)
   tok, model, evaluator = ByteTokenizer(), load_model(args.model), load_model(args.evaluator)
@@ -154,4 +158,4 @@ def write_table_and_plot(results: dict, out: pathlib.Path, samples: int, length:
 
 
 if __name__ == "__main__":
-  main()
+  sys.exit(run_cli(lambda argv: main() or 0, sys.argv[1:]))

@@ -13,6 +13,10 @@ from __future__ import annotations
 import dataclasses
 import functools
 import importlib.util
+import json
+import pathlib
+import struct
+import tempfile
 from typing import Callable, NamedTuple
 
 import jax
@@ -24,8 +28,13 @@ import remdm_jax
 from remdm_jax import Classifier, Denoiser, sampler_config
 from remdm_jax.eval import chem
 from remdm_jax.training import losses
+from remdm_jax.weights.checkpoint import load_model
+from remdm_jax.cli import ScriptParser, UsageError, check_lows
+from remdm_jax.text.hf_tokenizer import compile_chat_template, render_chat_template
+from remdm_jax.models.llada import LLaDAConfig
+from remdm_jax.weights.safetensors_io import read_header
 from remdm_jax.schedules import LogLinear
-from remdm_jax.text.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows
+from remdm_jax.text.tokenizers import ByteTokenizer, GPT2Tokenizer, encode_rows, get_tokenizer
 from remdm_jax.validation import ArgumentTypeError
 
 
@@ -502,8 +511,12 @@ GUIDANCE_CASES = [
         target=np.array([0, 1, 2])), ValueError,
          "target must be one class or [B] = [2] classes", "got shape [3]"),
     case("classifier_guidance/target outside undeclared classes", sample_guided(target=3),
-         remdm_jax.NonFiniteLogitsError, "non-finite logits",
-         "target outside its classifier's classes"),
+         ValueError, "target must hold classes in [0, 3)", "logits [B, 3]", "got 3"),
+    case("classifier_guidance/target 5 of a two-class function", sample_guided(
+        lambda x, t: three_classes(x, t)[:, :2], target=5), ValueError,
+         "target must hold classes in [0, 2)", "logits [B, 2]", "got 5"),
+    case("classifier_guidance/a target of the batch outside the classes", sample_guided(
+        target=np.array([0, 4])), ValueError, "target must hold classes in [0, 3)", "got 4"),
     case("classifier_guidance/target outside the classes, called directly", lambda: guided(
         target=5)()(jnp.full((2, 3), MASK, jnp.int32), jnp.ones((2,))), ValueError,
          "target must hold classes in [0, 3) (the classifier's classes)", "got 5"),
@@ -593,6 +606,12 @@ BLOCK_CASES = [
          "eos_id must be in [-1, inf)", "got -2"),
     case("llada/remdm options without remdm_number", llada(remdm_steps=4), ValueError,
          "remdm_steps=4 apply only with remdm_number > 0"),
+    case("llada/remdm_number past the block", llada(remdm_number=3), ValueError,
+         "remdm_number must be in [0, block_length] = [0, 2]", "got 3"),
+    case("llada/remdm_decode past the block", llada(remdm_number=1, remdm_decode=5), ValueError,
+         "remdm_decode must be in [0, block_length] = [0, 2]", "got 5"),
+    case("llada/no remasking steps", llada(remdm_number=1, remdm_steps=0), ValueError,
+         "remdm_steps must be in [1, inf)", "remdm_number=1", "got 0"),
     case("llada/remdm_start past num_steps", llada(remdm_number=1, remdm_start=3), ValueError,
          "remdm_start must be in [0, num_steps] = [0, 2]", "got 3"),
     case("llada/default remdm_start past num_steps", llada(remdm_number=1, block_length=32),
@@ -638,8 +657,145 @@ BLOCK_CASES = [
          "plan.threshold must be a finite number", "got nan"),
 ]
 
+# Files: a model folder written into a fresh temporary folder, then read.
+def in_folder(files: dict[str, object], read: Callable[[pathlib.Path], object]):
+  """`read(folder)` of a temporary folder holding `files` (name -> bytes, or JSON)."""
+  def call():
+    with tempfile.TemporaryDirectory() as tmp:
+      folder = pathlib.Path(tmp) / "model"
+      folder.mkdir()
+      for name, content in files.items():
+        data = content if isinstance(content, bytes) else json.dumps(content).encode()
+        (folder / name).write_bytes(data)
+      return read(folder)
+  return call
+
+
+def safetensors_bytes(header: dict, data_bytes: int) -> bytes:
+  """A safetensors file of this header and `data_bytes` zero bytes of data."""
+  text = json.dumps(header).encode()
+  return struct.pack("<Q", len(text)) + text + bytes(data_bytes)
+
+
+def f32(shape, begin, end):
+  return {"dtype": "F32", "shape": shape, "data_offsets": [begin, end]}
+
+
+def header_of(header: dict, data_bytes: int):
+  return in_folder({"t.safetensors": safetensors_bytes(header, data_bytes)},
+                   lambda folder: read_header(folder / "t.safetensors"))
+
+
+WTE = "model.transformer.wte.weight"
+LLADA_CONFIG = {"model_type": "llada", "block_type": "llama", "layer_norm_type": "rms",
+                "activation_type": "silu", "rope": True, "d_model": 8, "n_layers": 1,
+                "n_heads": 2, "vocab_size": 8, "embedding_size": 8, "mask_token_id": 7}
+
+
+def indexed(shard: str):
+  """load_model of a LLaDA folder whose index places the embedding in `shard`."""
+  return in_folder({"config.json": LLADA_CONFIG,
+                    "model.safetensors.index.json": {"weight_map": {WTE: shard}}}, load_model)
+
+
+def from_hf(**fields):
+  config = LLADA_CONFIG | fields
+  return lambda: LLaDAConfig.from_hf({k: v for k, v in config.items() if v is not ...})
+
+
+FILE_CASES = [
+    case("load_model/shard outside the folder", indexed(
+        "../outside/model-00003-of-00005.safetensors"), ValueError, f"weight_map['{WTE}']",
+         "'../outside/model-00003-of-00005.safetensors'", "not a plain shard file name"),
+    case("load_model/shard an absolute path", indexed("/etc/passwd"), ValueError,
+         f"weight_map['{WTE}'] = '/etc/passwd' is not a plain shard file name"),
+    case("load_model/shard up the tree", indexed("../../../../etc/passwd"), ValueError,
+         "'../../../../etc/passwd' is not a plain shard file name"),
+    case("load_model/shard the parent folder", indexed(".."), ValueError,
+         "= '..' is not a plain shard file name"),
+    case("load_model/shard a Windows path", indexed("..\\x.safetensors"), ValueError,
+         "not a plain shard file name"),
+    case("load_model/pickled weights only", in_folder(
+        {"config.json": LLADA_CONFIG, "pytorch_model.bin": b"pickle"}, load_model), ValueError,
+         "pytorch_model.bin", "never read", "must be safetensors"),
+    case("read_header/overlapping tensors", header_of(
+        {"a": f32([2], 0, 8), "b": f32([2], 4, 12)}, 12), ValueError,
+         "tensors 'a'", "and 'b'", "overlap"),
+    case("read_header/a tensor inside another", header_of(
+        {"a": f32([4], 0, 16), "b": f32([1], 4, 8)}, 16), ValueError, "'a'", "'b'", "overlap"),
+    case("read_header/byte range longer than the shape", header_of({"a": f32([2], 0, 12)}, 12),
+         ValueError, "tensor 'a' of shape [2] F32 needs 8 bytes", "give 12"),
+    case("read_header/byte range shorter than the shape", header_of({"a": f32([3], 0, 8)}, 12),
+         ValueError, "tensor 'a' of shape [3] F32 needs 12 bytes", "give 8"),
+    case("LLaDAConfig.from_hf/no mask_token_id", from_hf(mask_token_id=...), ValueError,
+         "config.json has no mask_token_id (absent or null)", "50256", "set mask_token_id"),
+    case("LLaDAConfig.from_hf/vocab_size above embedding_size", from_hf(vocab_size=9),
+         ValueError, "vocab_size=9 is larger than embedding_size=8"),
+    case("LLaDAConfig.from_hf/vocab_size above the default embedding_size", from_hf(
+        vocab_size=60_000, embedding_size=...), ValueError, "vocab_size=60000",
+         "embedding_size=absent, the default 50304"),
+    case("get_tokenizer/a LLaDA folder without tokenizer.json", in_folder(
+        {"config.json": LLADA_CONFIG}, get_tokenizer), ValueError,
+         "no tokenizer.json in this folder"),
+]
+
+# Chat templates: every failure, compiling or rendering, one line naming the template's file.
+HELLO = [{"role": "user", "content": "Hi"}]
+NEEDS_JINJA = pytest.mark.skipif(importlib.util.find_spec("jinja2") is None,
+                                 reason='the llada extra: pip install -e ".[llada]"')
+
+
+def rendered(source: str, messages=HELLO):
+  return lambda: render_chat_template(
+      compile_chat_template(source, origin="chat_template.jinja"), messages, {},
+      origin="chat_template.jinja")
+
+
+def template_case(*args, **kwargs):
+  return case(*args, **kwargs, marks=NEEDS_JINJA)
+
+
+TEMPLATE_CASES = [
+    template_case("chat template/a range past the sandbox", rendered(
+        "{% for i in range(10**9) %}x{% endfor %}"), ValueError,
+                  "chat_template.jinja: the chat template failed: OverflowError"),
+    template_case("chat template/an include", rendered("{% include 'other.jinja' %}"),
+                  ValueError, "chat_template.jinja: the chat template failed: TypeError"),
+    template_case("chat template/an undefined function", rendered("{{ nope() }}"), ValueError,
+                  "chat_template.jinja: the chat template failed: UndefinedError"),
+    template_case("chat template/a division by zero", rendered("{{ 1 // 0 }}"), ValueError,
+                  "chat_template.jinja: the chat template failed: ZeroDivisionError"),
+    template_case("chat template/not Jinja", rendered("{% for %}"), ValueError,
+                  "chat_template.jinja: the chat template is not valid Jinja", "line 1"),
+    template_case("chat template/raise_exception", rendered("{{ raise_exception('no') }}"),
+                  ValueError, "chat_template.jinja: the chat template refused the messages: no"),
+    template_case("chat template/a message without a role", rendered(
+        "x", [{"content": "Hi"}]), ValueError, "messages[0]['role'] must be a string",
+                  "got absent"),
+    template_case("chat template/content None", rendered(
+        "x", HELLO + [{"role": "user", "content": None}]), ValueError,
+                  "messages[1]['content'] must be a string", "got None"),
+]
+
+# Scripts in sample/ name their own flags.
+def script_flags(*argv: str):
+  parser = ScriptParser()
+  parser.add_argument("--problems", type=int, default=16)
+  parser.add_argument("--steps", type=int, nargs="*", default=None)
+  return lambda: check_lows(parser.parse_args(list(argv)), {"--problems": 1, "--steps": 1})
+
+
+SCRIPT_CASES = [
+    case("script/--problems 0", script_flags("--problems", "0"), UsageError,
+         "--problems must be in [1, inf), got 0"),
+    case("script/a list flag with 0", script_flags("--steps", "4", "0"), UsageError,
+         "--steps must be in [1, inf), got 0"),
+    case("script/not an integer", script_flags("--problems", "abc"), UsageError,
+         "argument --problems: invalid int value: 'abc'"),
+]
+
 CASES = (LOSS_CASES + CHEM_CASES + TOKENIZER_CASES + SAMPLER_CASES + PLAN_CASES +
-         GUIDANCE_CASES + BLOCK_CASES)
+         GUIDANCE_CASES + BLOCK_CASES + FILE_CASES + TEMPLATE_CASES + SCRIPT_CASES)
 
 
 @pytest.mark.parametrize("case", CASES)

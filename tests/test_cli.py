@@ -243,8 +243,8 @@ def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, c
   shards.shard_path(out, 1, 3).write_text(first.splitlines()[1] + "\n")   # a stray shard
   assert cli.merge_main([str(out)]) == 2
   line = _one_line(capsys)
-  assert "sample 1 is in two shards, samples-000000000-000000002.jsonl and " \
-      "samples-000000001-000000003.jsonl" in line
+  assert "sample 1 is in two shards, samples-000000000-000000002.jsonl (line 2) and " \
+      "samples-000000001-000000003.jsonl (line 1)" in line
   shards.shard_path(out, 1, 3).write_text("{not json\n")
   assert cli.merge_main([str(out)]) == 2
   assert "samples-000000001-000000003.jsonl: line 1 is not valid JSON" in _one_line(capsys)
@@ -317,3 +317,39 @@ def test_a_missing_optional_extra_is_one_line(capsys):
   assert cli.run_cli(main, []) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and err.startswith("error: Hugging Face tokenizer folders need")
+
+
+@pytest.mark.parametrize("args, command", [
+    (["remdm_jax.convert", "SRC", "DST"], "remdm-convert"),
+    (["remdm_jax.weights.convert", "SRC", "DST"], "remdm-convert"),
+    (["remdm_jax.cli"], "remdm-sample"),
+    (["remdm_jax.cli", "sample", "--help"], "remdm-sample"),
+])
+def test_retired_module_entry_points_name_the_command(args, command):
+  """`python -m` of a module that is not an entry point exits 2 with one line naming the
+  console script (it used to exit 0 having done nothing)."""
+  import subprocess
+  import sys
+  from pathlib import Path
+  done = subprocess.run([sys.executable, "-m", *args], cwd=Path(__file__).resolve().parents[1],
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2 and done.stdout == "", done
+  assert done.stderr.count("\n") == 1 and command in done.stderr
+  assert done.stderr.startswith(f"error: python -m {args[0]} is not a command")
+
+
+@pytest.mark.parametrize("flag, value", [("--problems", "0"), ("--seeds", "0"),
+                                         ("--problem-seed", "-1"), ("--batch-size", "0"),
+                                         ("--seq-len", "-2")])
+def test_reasoning_eval_names_its_own_flags(flag, value, tmp_path, capsys):
+  """sample/reasoning_eval.py refuses a bad count naming its flag (not the library's `n`),
+  before it writes anything."""
+  import importlib.util
+  from pathlib import Path
+  path = Path(__file__).resolve().parents[1] / "sample" / "reasoning_eval.py"
+  spec = importlib.util.spec_from_file_location("reasoning_eval", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  out = tmp_path / "out"
+  assert script.run_cli(script._main, ["--out", str(out), flag, value]) == 2
+  assert f"{flag} must be in [" in _one_line(capsys) and not out.exists()

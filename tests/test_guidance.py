@@ -231,8 +231,13 @@ def test_guidance_is_never_silently_unguided(form):
   with pytest.raises(ValueError, match=r"target must hold classes in \[0, 3\) \(the "
                      r"classifier's classes\), got 3"):
     guide(declared, target=np.array([0, 3]))
+  with pytest.raises(ValueError, match=r"target must hold classes in \[0, 3\) \(the "
+                     r"classifier returns logits \[B, 3\]\), got 3"):
+    _guided_sample(guide(cls, target=3))       # undeclared classes: refused when traced
+  swapped = guide(cls, target=1)
+  swapped = swapped.with_params(swapped.params[:3] + (jnp.asarray(3, jnp.int32),))
   with pytest.raises(remdm_jax.NonFiniteLogitsError, match="target outside its classifier"):
-    _guided_sample(guide(cls, target=3))       # undeclared classes: NaN, never unguided
+    _guided_sample(swapped)                    # a target swapped in as data: NaN, never unguided
   sized = remdm_jax.Denoiser.wrap(den, vocab_size=V)
   with pytest.raises(ValueError, match=r"mask_id must be in \[0, 4\] \(the denoiser's "
                      r"vocabulary\), got 5"):

@@ -82,7 +82,38 @@ def test_round_trip_and_special_ids_from_the_files(folder):
   assert ids and max(ids) < 284 and tok.decode(ids) == "The cat sat, two plus two."
   assert (tok.bos_id, tok.eos_id, tok.mask_id, tok.eot_id) == (284, 285, 286, 289)
   assert tok.vocab_size == 320       # config.json's embedding_size, past the 290 tokens
-  assert tok.encode("<|eot_id|>") == [289]
+  assert tok.encode("<|eot_id|>", allow_special=True) == [289]
+
+
+def test_user_text_is_text(folder):
+  """A special token's string in user text is encoded as its characters (never the mask or
+  end-of-turn id) unless allow_special=True; in a conversation the template's own special
+  tokens are still ids, and a conversation without such strings encodes as transformers
+  encodes its rendered text."""
+  tok = HFTokenizer(folder)
+  plain = tok.encode("a <|mdm_mask|> b")
+  assert tok.mask_id not in plain and max(plain) < 284
+  assert tok._tokenizer.decode(plain) == "a <|mdm_mask|> b"
+  assert tok.encode("a <|mdm_mask|> b", allow_special=True) == [64, 220, 286, 220, 65]
+  assert tok.encode_chat(CHAT) == tok.encode(tok.apply_chat_template(CHAT), allow_special=True)
+  ids = tok.encode_chat([{"role": "user", "content": " x <|eot_id|><|mdm_mask|> y "}])
+  assert tok.mask_id not in ids and ids.count(tok.eot_id) == 1        # the template's own
+  assert ids[:2] == [tok.bos_id, 287] and ids[-3:] == [288, 198, 198]
+  assert "x <|eot_id|><|mdm_mask|> y<|eot_id|>" in tok._tokenizer.decode(
+      ids, skip_special_tokens=False)
+  with pytest.raises(TypeError, match="allow_special must be"):
+    tok.encode("a", allow_special="yes")
+
+
+@pytest.mark.parametrize("chat", [False, True])
+def test_a_prompt_naming_the_mask_token_is_text(folder, chat):
+  """A job's prompt holding "<|mdm_mask|>" is encoded as text: its row holds no mask id
+  before the masked tail (it used to be refused as a prompt with a mask inside)."""
+  from remdm_jax.jobs import prompt_rows
+  tok = HFTokenizer(folder)
+  row = prompt_rows(["a <|mdm_mask|> b"], 1, tok, 64, chat=chat)[0].tolist()
+  used = row[:row.index(tok.mask_id)]
+  assert len(used) > 10 and tok.mask_id not in used
 
 
 def test_decode_drops_special_and_padding_ids_and_refuses_bad_ids(folder):
@@ -102,7 +133,8 @@ def test_chat_template_renders_exactly(folder):
   tok = HFTokenizer(folder)
   assert tok.apply_chat_template(CHAT, add_generation_prompt=False) == RENDERED
   assert tok.apply_chat_template(CHAT) == RENDERED + PROMPT
-  ids = tok.encode(RENDERED + PROMPT)
+  ids = tok.encode_chat(CHAT)
+  assert ids == tok.encode(RENDERED + PROMPT, allow_special=True)
   prompt = [287] + tok.encode("assistant") + [288] + tok.encode("\n\n")
   assert ids[:2] == [tok.bos_id, 287] and ids[-len(prompt):] == prompt
   with pytest.raises(ValueError, match="messages must hold at least one message"):
@@ -124,7 +156,7 @@ def test_template_helpers_match_transformers_environment(tmp_path):
   out = tok.apply_chat_template([{"role": "a", "content": "é<", "name": None}] * 3)
   assert out == '{"role": "a", "content": "é<"}' * 2
   with pytest.raises(ValueError, match="the chat template refused the messages: no bad role"):
-    tok.apply_chat_template([{"role": "bad"}])
+    tok.apply_chat_template([{"role": "bad", "content": "x"}])
 
 
 def test_where_the_template_comes_from(tmp_path):

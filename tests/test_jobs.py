@@ -273,6 +273,29 @@ def test_merge_refuses_a_shard_of_another_job(two_jobs, tmp_path, capsys):
       in err and "job digest" in err and "settings" in err
 
 
+def test_merge_of_a_sample_written_twice_in_one_shard_advises_no_data_loss(two_jobs, tmp_path,
+                                                                         capsys):
+  """A record duplicated inside one shard: the file and both line numbers are named, and the
+  advice deletes one line, never the shard (it holds the only copy of its other sample)."""
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  path = shards.shard_path(job, 0, 2)
+  lines = path.read_text().splitlines()
+  path.write_text("\n".join([lines[0], lines[1], lines[0]]) + "\n")
+  err = _merge_error(job, capsys)
+  assert f"{path}: sample 0 is written twice, at lines 1 and 3" in err
+  assert "delete one of those two lines only" in err and "does not belong" not in err
+
+
+def test_merge_of_a_sample_in_two_shards_names_both_lines(two_jobs, tmp_path, capsys):
+  job = shutil.copytree(two_jobs / "a", tmp_path / "a")
+  shards.shard_path(job, 1, 3).write_text(
+      shards.shard_path(job, 0, 2).read_text().splitlines()[1] + "\n")
+  err = _merge_error(job, capsys)
+  assert ("sample 1 is in two shards, samples-000000000-000000002.jsonl (line 2) and "
+          "samples-000000001-000000003.jsonl (line 1)") in err
+  assert "move one shard out of the job folder (do not delete it" in err
+
+
 def test_every_record_carries_its_jobs_digest_and_is_checked_by_it(two_jobs, tmp_path, capsys):
   job = shutil.copytree(two_jobs / "a", tmp_path / "a")
   manifest = json.loads((job / shards.MANIFEST).read_text())
@@ -351,8 +374,7 @@ def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
           "--sampler.strategy=cap", "--sampler.eta=0.05", "--sampler.num_steps=4"]
   assert cli.sample_main(argv) == 0
   records = shards.merge(tmp_path / "job")
-  prompt = tokenizer.encode(tokenizer.apply_chat_template(
-      [{"role": "user", "content": "What is two plus two?"}]))
+  prompt = tokenizer.encode_chat([{"role": "user", "content": "What is two plus two?"}])
   assert prompt[0] == tokenizer.bos_id and len(prompt) < 32
   for record in records:
     assert record["ids"][:len(prompt)] == prompt                    # the prompt is kept
@@ -380,8 +402,7 @@ def test_a_llada_job_decodes_blocks_with_a_dual_cache(llada_folder, tmp_path):
           "--sampler.num_steps=4", "--sampler.temperature=0", "--sampler.kv_cache=dual",
           f"--sampler.eos_id={tokenizer.eos_id}"]
   assert cli.sample_main(argv) == 0
-  prompt = tokenizer.encode(tokenizer.apply_chat_template(
-      [{"role": "user", "content": "What is two plus two?"}]))
+  prompt = tokenizer.encode_chat([{"role": "user", "content": "What is two plus two?"}])
   for record in shards.merge(tmp_path / "job"):
     ids = record["ids"]
     assert ids[:len(prompt)] == prompt and tokenizer.mask_id not in ids

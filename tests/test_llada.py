@@ -303,6 +303,22 @@ def test_broken_folder_gives_one_clear_line(tmp_path, kind):
     assert part in message, (part, message)
 
 
+def test_symlinked_shards_load_as_the_hugging_face_cache_lays_them_out(tmp_path):
+  """A snapshot's shards are links into blobs/ outside the snapshot folder: a plain name in
+  the index, so allowed, and the weights equal the folder's own."""
+  config = CONFIGS["multi_head"]
+  tensors = released_tensors(config)
+  folder = write_folder(tmp_path / "snapshot", config, tensors)
+  (tmp_path / "blobs").mkdir()
+  for shard in folder.glob("*.safetensors"):
+    blob = tmp_path / "blobs" / shard.name
+    shard.rename(blob)
+    shard.symlink_to(blob)
+  model = load_llada(folder, dtype="float32")
+  np.testing.assert_array_equal(np.asarray(model.wte.embedding[...]),
+                                tensors["model.transformer.wte.weight"].astype(np.float32))
+
+
 def test_safetensors_round_trip_and_corruption(tmp_path):
   rng = np.random.default_rng(1)
   tensors = {"f32": rng.standard_normal((3, 4)).astype(np.float32),

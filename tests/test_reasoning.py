@@ -137,6 +137,11 @@ def test_scorer_accepts_correct_equations(problem, text):
     (P22, "\\boxed{3 * 5 + 7"),                 # unclosed box: cut off, no answer
     (P22, "<answer>3 * 5 + 7"),
     (P22, "Answer: " + "(" * 300 + "3" + ")" * 300 + " * 5 + 7"),
+    (rs.CountdownProblem((7, 7), 14), "Answer: 0x7 + 7"),    # only decimal digits are numbers
+    (rs.CountdownProblem((7, 7), 14), "Answer: 0o7 + 7"),
+    (rs.CountdownProblem((7, 7), 14), "Answer: 0b111 + 7"),
+    (rs.CountdownProblem((14, 1), 15), "Answer: 1_4 + 1"),
+    (rs.CountdownProblem((14, 1), 15), "<answer>1_4 + 1</answer>"),
 ])
 def test_scorer_rejects_wrong_or_unsafe_answers(problem, text):
   assert rs.score_countdown(problem, text) is False
@@ -176,6 +181,8 @@ def test_extract_equation(text, want):
     ("a loss of -12.75 dollars", "-12.75"),
     ("10 apples and 0.50 each gives 5.00.", "5"),
     ("#### -0", "0"),
+    ("#### 007.10", "7.1"),
+    ("#### " + "9" * 5_000, "9" * 5_000),        # past int's 4,300-digit string limit
     ("no number", None),
     ("", None),
 ])
@@ -190,6 +197,10 @@ def test_gsm8k_correct_compares_exact_decimals():
   assert not rs.gsm8k_correct("#### 2.5000001", "2.5")
   assert not rs.gsm8k_correct("#### 18", "-18")
   assert not rs.gsm8k_correct("no idea", "18")
+  huge = "1" + "0" * 4_300                             # int(huge) cannot be printed back
+  assert not rs.gsm8k_correct(f"#### {huge}", "72")     # wrong, not an exception
+  assert rs.gsm8k_correct(f"The answer is {huge}.", huge)
+  assert not rs.gsm8k_correct(f"#### {huge}1", f"{huge}2")
 
 
 def test_strip_prompt_keeps_what_follows_the_prompt():

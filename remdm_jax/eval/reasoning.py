@@ -30,7 +30,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import re
-from decimal import Decimal, InvalidOperation
+from decimal import Decimal
 from fractions import Fraction
 
 import numpy as np
@@ -245,6 +245,7 @@ def extract_equation(text: str) -> str | None:
   return (with_operator or runs)[-1]
 
 
+_ARITHMETIC = re.compile(r"[0-9+\-*/()\s]*")    # what an answer may hold, checked before ast
 _OPERATORS = {ast.Add: lambda a, b: a + b, ast.Sub: lambda a, b: a - b,
               ast.Mult: lambda a, b: a * b, ast.Div: lambda a, b: a / b}
 
@@ -265,8 +266,9 @@ def _evaluate(node, used: list[int]) -> Fraction:
 
 def _parse(expression: str) -> tuple[Fraction, list[int]] | None:
   """`(value, numbers used)` of an arithmetic expression, or None when it is not one (any
-  name, call, power, attribute, float...) or divides by zero."""
-  if len(expression) > _MAX_EXPRESSION:
+  name, call, power, attribute, float...) or divides by zero. Only ASCII decimal digits are
+  numbers: Python's other literal forms (`0x7`, `0o7`, `1_4`) are not."""
+  if len(expression) > _MAX_EXPRESSION or not _ARITHMETIC.fullmatch(expression):
     return None
   try:
     tree = ast.parse(expression.strip(), mode="eval")
@@ -320,16 +322,16 @@ def score_countdown(problem: CountdownProblem, text: str) -> bool:
 _NUMBER = re.compile(r"(?:(?<![\w)])-)?\$?\d[\d,]*(?:\.\d+)?")
 
 
-def _normalise_number(raw: str) -> str | None:
-  """A number as text without "$", thousands commas or trailing zeros ("3.0" -> "3")."""
+def _normalise_number(raw: str) -> str:
+  """A number as text without "$", thousands commas, leading or trailing zeros ("3.0" ->
+  "3"). Done on the digits as text, so a number of any length is exact (an `int` of 4,300
+  digits or more cannot be turned back into a string, and a `Decimal` context rounds)."""
   raw = raw.replace("$", "").replace(",", "").rstrip(".")
-  try:
-    value = Decimal(raw)
-  except InvalidOperation:
-    return None
-  if value == value.to_integral_value():
-    return str(int(value))
-  return format(value.normalize(), "f")
+  negative = raw.startswith("-")
+  whole, _, fraction = raw.lstrip("-").partition(".")
+  whole, fraction = whole.lstrip("0") or "0", fraction.rstrip("0")
+  number = whole + (f".{fraction}" if fraction else "")
+  return f"-{number}" if negative and number != "0" else number
 
 
 def extract_number_answer(text: str) -> str | None:

@@ -145,7 +145,8 @@ def prompt_rows(texts: list[str], num_rows: int, tokenizer: Tokenizer, seq_len: 
                 chat: bool = False) -> np.ndarray | None:
   """`[num_rows, seq_len] int32` templates (row i uses prompt `i mod len(texts)`: BOS and its
   ids, or with `chat` the ids of the tokenizer's chat template around it as a user turn,
-  generation prompt included; then masks), or None without prompts.
+  generation prompt included; then masks), or None without prompts. A prompt is text: a
+  special token's string in it ("<|mdm_mask|>") is encoded as characters, not as its id.
 
   Raises:
     ValueError: `chat` with a tokenizer that has no chat template; a prompt longer than
@@ -153,14 +154,12 @@ def prompt_rows(texts: list[str], num_rows: int, tokenizer: Tokenizer, seq_len: 
   """
   if not texts:
     return None
-  if chat:
-    if not callable(getattr(tokenizer, "apply_chat_template", None)):
-      raise ValueError("chat=true needs a model folder whose tokenizer has a chat template "
-                       "(a released Instruct folder); this model's tokenizer has none")
-    texts = [tokenizer.apply_chat_template([{"role": "user", "content": text}])
-             for text in texts]
+  if chat and not callable(getattr(tokenizer, "encode_chat", None)):
+    raise ValueError("chat=true needs a model folder whose tokenizer has a chat template "
+                     "(a released Instruct folder); this model's tokenizer has none")
+  user_turn = lambda text: tokenizer.encode_chat([{"role": "user", "content": text}])
   rows, _ = encode_rows(tokenizer, texts, seq_len, fill=tokenizer.mask_id, bos=not chat,
-                        what="prompt")
+                        what="prompt", encode=user_turn if chat else None)
   return rows[np.arange(num_rows) % len(texts)]
 
 

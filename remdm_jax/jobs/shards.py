@@ -82,9 +82,10 @@ def shard_text(records: list[dict]) -> str:
   return "".join(json.dumps(record) + "\n" for record in records)
 
 
-def _read_shard(path: pathlib.Path, manifest: dict, digest: str) -> list[dict]:
-  """The records of one shard, each checked to be a sample record of this job, with an
-  index in the shard's range; an error names the file, the line and what is wrong."""
+def _read_shard(path: pathlib.Path, manifest: dict, digest: str) -> list[tuple[int, dict]]:
+  """`(line number, record)` of each record of one shard, each checked to be a sample record
+  of this job, with an index in the shard's range; an error names the file, the line and
+  what is wrong."""
   first, stop = (int(g) for g in _SHARD.match(path.name).groups())
   records = []
   for number, line in enumerate(files.read_text(path, "shard").splitlines(), 1):
@@ -101,7 +102,7 @@ def _read_shard(path: pathlib.Path, manifest: dict, digest: str) -> list[dict]:
       raise ValueError(f"{path}: line {number} holds sample {record['index']}, outside the "
                        f"shard's rows [{first}, {stop})")
     _check_belongs(record, manifest, digest, f"{path}: line {number}")
-    records.append(record)
+    records.append((number, record))
   return records
 
 
@@ -146,18 +147,31 @@ def _merged_records(directory: pathlib.Path, manifest: dict) -> list[dict]:
   digest, owner = manifest_digest(manifest), {}
   for first, stop in finished_shards(directory):
     path = shard_path(directory, first, stop)
-    for record in _read_shard(path, manifest, digest):
+    for number, record in _read_shard(path, manifest, digest):
       index = record["index"]
       if index in owner:
-        raise ValueError(f"{directory}: sample {index} is in two shards, "
-                         f"{owner[index][0].name} and {path.name}; delete the one that "
-                         "does not belong to this job and rerun the same command")
+        raise ValueError(_twice(directory, index, owner[index][:2], (path, number)))
       if not 0 <= index < total:
         raise ValueError(f"{path}: sample index {index} is outside the job's "
                          f"[0, {total})")
-      owner[index] = (path, record)
+      owner[index] = (path, number, record)
   missing = sorted(set(range(total)) - set(owner))
   if missing:
     raise ValueError(f"{directory}: the job is not finished: {len(missing)} of {total} "
                      f"samples missing (first: {missing[:5]}); rerun the same command")
-  return [owner[i][1] for i in range(total)]
+  return [owner[i][2] for i in range(total)]
+
+
+def _twice(directory: pathlib.Path, index: int, first: tuple, second: tuple) -> str:
+  """The message for a sample held twice, `first` and `second` being `(shard, line)`: where
+  both copies are, and a remedy that deletes no shard (a shard can hold the only copy of
+  other samples)."""
+  (one, line_one), (two, line_two) = first, second
+  if one == two:
+    return (f"{one}: sample {index} is written twice, at lines {line_one} and {line_two}; "
+            f"delete one of those two lines only (the shard's other lines are the only copy "
+            "of their samples) and merge again")
+  return (f"{directory}: sample {index} is in two shards, {one.name} (line {line_one}) and "
+          f"{two.name} (line {line_two}); move one shard out of the job folder (do not "
+          "delete it: it may hold the only copy of other samples), rerun the same command "
+          "to redo any rows it alone held, then merge again")

@@ -92,17 +92,18 @@ class LLaDAConfig:
   def from_hf(cls, config: dict, *, dtype: str | None = None) -> "LLaDAConfig":
     """The config of a released `config.json` (already parsed), in its field names.
 
-    `d_model`, `n_layers`, `n_heads` and `vocab_size` are required; other fields take the
-    reference code's defaults when absent (`n_kv_heads`: `n_heads`, or 1 with
+    `d_model`, `n_layers`, `n_heads`, `vocab_size` and `mask_token_id` are required (the
+    reference default mask id, 50256, is not a released LLaDA's, so it is never assumed);
+    other fields take the reference code's defaults when absent (`n_kv_heads`: `n_heads`, or 1 with
     `multi_query_attention`; `mlp_hidden_size`: `mlp_ratio * d_model`; `embedding_size`:
     50304 when absent, `vocab_size` when null). `dtype` sets both `param_dtype` and `dtype`;
     None: the file's `torch_dtype` (or `dtype`, as newer writers name it) when it names one
     of `DTYPES`, else float32.
 
     Raises:
-      ValueError: a required field is missing, or a field asks for a variant this
-        implementation does not cover (e.g. `block_type` other than "llama", biases, qk-norm,
-        ALiBi), named with its value and the supported ones.
+      ValueError: a required field is missing, `vocab_size` exceeds `embedding_size`, or a
+        field asks for a variant this implementation does not cover (e.g. `block_type` other
+        than "llama", biases, qk-norm, ALiBi), named with its value and the supported ones.
     """
     if not isinstance(config, dict):
       raise ArgumentTypeError(f"config must be the dict of a config.json, got "
@@ -118,18 +119,28 @@ class LLaDAConfig:
     value = lambda name, default: default if config.get(name) is None else config[name]
     n_heads = config["n_heads"]
     n_kv_heads = value("n_kv_heads", 1 if config.get("multi_query_attention") else n_heads)
+    if config.get("mask_token_id") is None:
+      raise ValueError("config.json has no mask_token_id (absent or null); the reference "
+                       "code's default 50256 is not the mask of a released LLaDA (126336), "
+                       "so it is not assumed: set mask_token_id")
+    embedding_size = config.get("embedding_size", 50_304) or config["vocab_size"]
+    sizes = (config["vocab_size"], embedding_size)
+    if all(isinstance(n, int) for n in sizes) and sizes[0] > sizes[1]:   # types: check_fields
+      shown = embedding_size if "embedding_size" in config else "absent, the default 50304"
+      raise ValueError(f"config.json vocab_size={config['vocab_size']} is larger than "
+                       f"embedding_size={shown}: the embedding needs a row for every token")
     if dtype is None:
       stored = config.get("torch_dtype", config.get("dtype"))
       dtype = stored if stored in DTYPES else "float32"
     return cls(
-        vocab_size=config.get("embedding_size", 50_304) or config["vocab_size"],
+        vocab_size=embedding_size,
         d_model=config["d_model"],
         n_layers=config["n_layers"], n_heads=n_heads, n_kv_heads=n_kv_heads,
         mlp_hidden_size=value("mlp_hidden_size", value("mlp_ratio", 4) * config["d_model"]),
         rope_theta=value("rope_theta", 10_000.0), rms_norm_eps=value("rms_norm_eps", 1e-5),
         max_sequence_length=value("max_sequence_length", 1_024),
         weight_tying=value("weight_tying", True), scale_logits=value("scale_logits", False),
-        mask_id=value("mask_token_id", 50_256), param_dtype=dtype, dtype=dtype)
+        mask_id=config["mask_token_id"], param_dtype=dtype, dtype=dtype)
 
 
 def rotary_tables(length: int, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:

@@ -389,7 +389,22 @@ class Llada(Strategy):
       raise ValueError(f"{', '.join(f'{k}={v!r}' for k, v in remdm_options.items())} apply "
                        "only with remdm_number > 0 (the ReMDM-LLaDA remasking steps); set "
                        "remdm_number or leave them out")
+    self._check_remdm_sizes()
     self._check_remask_sigma()
+
+  def _check_remdm_sizes(self) -> None:
+    """ReMDM-LLaDA options that could not act are refused: a step cannot remask or decode
+    more positions than a block holds, and zero remasking steps never remask."""
+    if not self.remdm_number:
+      return
+    for name in ("remdm_number", "remdm_decode"):
+      value = getattr(self, name)
+      if value > self.block_length:
+        raise ValueError(f"{name} must be in [0, block_length] = [0, {self.block_length}] for "
+                         f"strategy 'llada' (a block holds block_length positions), got {value}")
+    if self.remdm_steps == 0:
+      raise ValueError(f"remdm_steps must be in [1, inf) (or -1: num_steps) with remdm_number"
+                       f"={self.remdm_number} > 0 (no remasking step would remask), got 0")
 
   def _check_remask_sigma(self) -> None:
     check_choice("remask_sigma", self.remask_sigma, BLOCK_SIGMAS)

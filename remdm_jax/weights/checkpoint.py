@@ -144,8 +144,16 @@ def failed_save_is_one_error(target: pathlib.Path, what: str):
       logger.removeFilter(quiet)
 
 
+_PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
+
+
 def _read_payload(directory: pathlib.Path) -> dict:
   path = directory / _CONFIG
+  pickled = [name for name in _PICKLED if (directory / name).is_file()]
+  if pickled and not (directory / _PARAMS).is_dir():
+    raise ValueError(f"{directory}: holds pickled PyTorch weights ({pickled[0]}), which are "
+                     "never read (unpickling can run code); the weights must be safetensors "
+                     "(model.safetensors, or shards and model.safetensors.index.json)")
   if not path.is_file() or not (directory / _PARAMS).is_dir():
     raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
                      f"{_PARAMS}/)")

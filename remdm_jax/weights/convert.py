@@ -22,13 +22,14 @@ from __future__ import annotations
 
 import pathlib
 import shutil
+import sys
 from typing import Mapping
 
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from remdm_jax import files
+from remdm_jax import errors, files
 from remdm_jax.parallel import locks
 from remdm_jax.weights.checkpoint import save_model
 from remdm_jax.models.dit import DiT, DiTConfig
@@ -249,3 +250,8 @@ def convert(src, dst, config_json=None, *, allow_nonfinite: bool = False) -> pat
     if created:          # the folder is this run's own: nothing of anyone else's is in it
       shutil.rmtree(dst, ignore_errors=True)
     raise
+
+
+if __name__ == "__main__":
+  sys.exit(errors.not_a_command("remdm_jax.weights.convert", "remdm-convert SRC DST (see remdm-convert "
+                                "--help)"))

@@ -89,7 +89,19 @@ def _weight_map(folder: pathlib.Path) -> dict[str, str]:
       isinstance(k, str) and isinstance(v, str) for k, v in weight_map.items()):
     raise ValueError(f"{index_path}: weight_map must map tensor names to shard file names, "
                      f"got {weight_map!r:.120}")
+  for key, name in weight_map.items():
+    _check_shard_name(index_path, key, name)
   return weight_map
+
+
+def _check_shard_name(index_path: pathlib.Path, key: str, name: str) -> None:
+  """A shard name must be a plain file name in the index's folder: no folder part, no `..`,
+  not absolute; checked before any file is opened, so an index never makes the loader read
+  outside the model folder. (A shard that is itself a symbolic link, as in the Hugging Face
+  cache's snapshots, is a plain name and is followed.)"""
+  if name in ("", ".", "..") or "/" in name or "\\" in name or "\0" in name:
+    raise ValueError(f"{index_path}: weight_map[{key!r}] = {name!r} is not a plain shard file "
+                     "name in the model folder (no folder part, '..' or absolute path)")
 
 
 def _open_shards(folder: pathlib.Path, weight_map: dict[str, str]) -> dict[str, SafetensorsFile]:

@@ -94,7 +94,20 @@ def read_header(path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
   metadata = header.pop("__metadata__", None) or {}
   tensors = {name: _entry(path, name, entry, 8 + length, size)
              for name, entry in header.items()}
+  _check_disjoint(path, tensors)
   return tensors, metadata
+
+
+def _check_disjoint(path, tensors: dict[str, TensorInfo]) -> None:
+  """No two tensors share a byte (the reference reader refuses overlapping data_offsets:
+  one tensor's bytes read as another's would load silently wrong weights)."""
+  ranges = sorted((info.start, info.stop, name) for name, info in tensors.items()
+                  if info.stop > info.start)
+  for (begin, stop, first), (start, end, second) in zip(ranges, ranges[1:]):
+    if start < stop:
+      raise ValueError(f"{path}: tensors {first!r} (file bytes [{begin}, {stop})) and "
+                       f"{second!r} ([{start}, {end})) overlap; each tensor must have its own "
+                       "bytes (corrupt file)")
 
 
 class SafetensorsFile:
