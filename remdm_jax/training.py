@@ -41,7 +41,7 @@ from remdm_jax.models.dit import DiTConfig
 from remdm_jax.objectives import MdlmObjective, Objective, held_out_loss
 from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.sharding import param_shardings
-from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
+from remdm_jax.validation import ArgumentTypeError, check_fields, check_range, option
 
 
 class TrainingDiverged(FloatingPointError):
@@ -56,22 +56,23 @@ class TrainConfig:
   it logs and saves, never the parameters of a step.
   """
 
-  objective: Objective = MdlmObjective()  # an objectives.Objective: mdlm, mdlm_discrete,
-                                # remdm (eq. 9), ar (a causal model) or classifier (labelled rows)
-  learning_rate: float = 3e-4   # AdamW peak rate, reached after warm-up
-  warmup_steps: int = 100       # linear warm-up from 0
-  weight_decay: float = 0.0     # AdamW decoupled weight decay
-  grad_clip: float = 1.0        # global-norm clipping
-  ema_decay: float = 0.999      # EMA of the weights (evaluation, export); its decay warms up:
-                                # min(ema_decay, (1 + n) / (10 + n)) at update n
-  batch_size: int = 32          # global batch, split over the "data" devices
-  model_axis: int = 1           # devices sharing each parameter shard ("model" mesh axis)
-  steps: int = 1_000            # total optimizer steps
-  eval_every: int = 200         # validation NELBO period (steps); 0 disables it
-  eval_batches: int = 4         # validation batches per evaluation
-  save_every: int = 200         # checkpoint period (steps)
-  log_every: int = 10           # metrics.jsonl period (steps)
-  seed: int = 0                 # parameters, data order and noise all derive from it
+  objective: Objective = option(MdlmObjective(), "an objectives.Objective: mdlm, "
+                                                 "mdlm_discrete, remdm (eq. 9), ar (a causal "
+                                                 "model) or classifier (labelled rows)")
+  learning_rate: float = option(3e-4, "AdamW peak rate, reached after warm-up")
+  warmup_steps: int = option(100, "linear warm-up from 0")
+  weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+  grad_clip: float = option(1.0, "global-norm clipping")
+  ema_decay: float = option(0.999, "EMA of the weights (evaluation, export); its decay warms "
+                                   "up: min(ema_decay, (1 + n) / (10 + n)) at update n")
+  batch_size: int = option(32, 'global batch, split over the "data" devices')
+  model_axis: int = option(1, 'devices sharing each parameter shard ("model" mesh axis)')
+  steps: int = option(1_000, "total optimizer steps")
+  eval_every: int = option(200, "validation NELBO period (steps); 0 disables it")
+  eval_batches: int = option(4, "validation batches per evaluation")
+  save_every: int = option(200, "checkpoint period (steps)")
+  log_every: int = option(10, "metrics.jsonl period (steps)")
+  seed: int = option(0, "parameters, data order and noise all derive from it")
 
   CHOICE: ClassVar = ("objective", objectives.REGISTRY)   # --train.objective picks it
   RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "eval_batches", "save_every",
