@@ -18,13 +18,14 @@ end the command through `errors.run_cli`. The commands parse, then call the libr
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import pathlib
 import sys
 import typing
 
-from remdm_jax import distributed, files, guidance, jobs, locks, shards
+from remdm_jax import checkpoint, distributed, files, guidance, jobs, locks, shards
 from remdm_jax.config import SamplerConfig
 from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, run_cli
@@ -34,6 +35,19 @@ from remdm_jax.validation import check_fields, check_range, option
 
 class UsageError(ValueError):
   """A bad flag, reported as one line with exit code 2."""
+
+
+_PROCESS_HOOKS = contextlib.ExitStack()   # entered, never closed: they last for the process
+
+
+def _command(main, argv: list[str] | None) -> int:
+  """Runs a command through `run_cli`. As the process's own command (`argv` None: it reads
+  `sys.argv`), it first drops orbax's leftover tracebacks for the rest of the process
+  (`checkpoint.orbax_leftovers_dropped`): Python reports them whenever it collects them, at
+  exit too. Called with `argv` (tests, scripts), it changes no process-wide hook."""
+  if argv is None:
+    _PROCESS_HOOKS.enter_context(checkpoint.orbax_leftovers_dropped())
+  return run_cli(main, sys.argv[1:] if argv is None else argv)
 
 
 _KIND_WORDS = {int: "an integer", float: "a number"}
@@ -272,7 +286,7 @@ def _workdir(rest: list[str], sections: dict) -> str:
 
 def train_main(argv: list[str] | None = None) -> int:
   """`remdm-train --workdir=DIR [--config=FILE] [--model.* --train.* --data.* --dist.*]`."""
-  return run_cli(_train, sys.argv[1:] if argv is None else argv)
+  return _command(_train, argv)
 
 
 SAMPLE_SECTIONS = {
@@ -304,7 +318,7 @@ def _sample(argv: list[str]) -> int:
 def sample_main(argv: list[str] | None = None) -> int:
   """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--guidance.FIELD=...]
   [--dist.FIELD=...]`."""
-  return run_cli(_sample, sys.argv[1:] if argv is None else argv)
+  return _command(_sample, argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -343,7 +357,7 @@ def _merge(argv: list[str]) -> int:
 def merge_main(argv: list[str] | None = None) -> int:
   """`remdm-merge DIR [--merge.evaluator=MODEL --merge.add_bos=true]`: merge a job's shards
   into `DIR/samples.jsonl`, optionally scoring them."""
-  return run_cli(_merge, sys.argv[1:] if argv is None else argv)
+  return _command(_merge, argv)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -374,4 +388,4 @@ def convert_main(argv: list[str] | None = None) -> int:
   """`remdm-convert SRC DST [--convert.released_config=CONFIG.json]
   [--convert.allow_nonfinite=true]`: released MDLM weights (a Hugging Face folder or a
   Lightning .ckpt) into a model folder."""
-  return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)
+  return _command(_convert_weights, argv)

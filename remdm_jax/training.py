@@ -9,14 +9,16 @@ collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure fu
 `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if never
 interrupted. A checkpoint records the run's identity (`resume_identity`): a run that differs
 in anything but its length and its logging, evaluation and save periods is refused. SIGTERM
-and SIGINT save and stop (`errors.Stopped`); SIGKILL loses at most `save_every` steps. A step
-whose loss, gradient or update is not finite is not applied: the run saves the last good
-state and raises `TrainingDiverged`. The exported model (`WORKDIR/model`) always matches the
-final step and is replaced atomically.
+and SIGINT save and stop (`errors.Stopped`; the handlers are in place while the steps run,
+and the previous ones are back when `train` returns or raises); SIGKILL loses at most
+`save_every` steps. A step whose loss, gradient or update is not finite is not applied: the
+run saves the last good state and raises `TrainingDiverged`. The exported model
+(`WORKDIR/model`) always matches the final step and is replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +26,7 @@ import os
 import pathlib
 import shutil
 import signal
+import types
 from typing import ClassVar
 
 import jax
@@ -192,20 +195,23 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class _StopOnSignal:
-  """Turns SIGTERM and SIGINT into a flag checked between steps (the loop then saves and
-  stops). A second signal of the same kind acts as it would without this handler."""
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Within the block, SIGTERM and SIGINT set the yielded flag's `signum`, checked between
+  steps (the loop then saves and stops); a second signal of the same kind acts as it would
+  without this handler. The previous handlers are back on exit."""
+  stop, previous = types.SimpleNamespace(signum=None), {}
 
-  def __init__(self):
-    self.signum = None
-    self._previous = {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+  def handle(signum, frame):
+    stop.signum = signum
+    signal.signal(signum, previous[signum])
 
-  def _handle(self, signum, frame):
-    self.signum = signum
-    signal.signal(signum, self._previous[signum])
-
-  def restore(self):
-    for signum, handler in self._previous.items():
+  try:
+    for signum in _STOP_SIGNALS:
+      previous[signum] = signal.signal(signum, handle)
+    yield stop
+  finally:
+    for signum, handler in previous.items():
       signal.signal(signum, handler)
 
 
@@ -359,10 +365,11 @@ def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: Tr
   if primary:
     _truncate_metrics(metrics_path, start)
     files.write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
-  stop, last = _StopOnSignal(), min(cfg.steps, stop_at or cfg.steps)
+  last = min(cfg.steps, stop_at or cfg.steps)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and primary), desc="train")
   try:
-    with metrics_path.open("a") if primary else open(os.devnull, "w") as log:
+    with (_stop_on_signals() as stop,
+          metrics_path.open("a") if primary else open(os.devnull, "w") as log):
       for step in range(start, last):
         batch = jax.device_put(train_stream.batch(step), run.data_sharding)
         state, metrics = run.train_step(state, batch)
@@ -393,7 +400,6 @@ def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: Tr
                         "resume", stop.signum or signal.SIGTERM)
   finally:
     bar.close()
-    stop.restore()
   if int(state["step"]) == cfg.steps:
     _export(run, state, workdir, tokenizer)
   return state
