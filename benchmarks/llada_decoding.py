@@ -7,16 +7,21 @@ and transformers: it builds each checkpoint as `llada_reference.py` does (the re
 sharper (some confidences above 0.9, so threshold decoding decodes several tokens per step)
 and its mask-id row zero (the mask id's logit is exactly 0: the reference decoders take the
 argmax over the whole vocabulary, the library never decodes the mask id; the softmax of both
-still includes it). It runs the reference decoders unchanged, extracted from git mirrors:
+still includes it). It runs the reference decoders unchanged, extracted from git checkouts
+at pinned commits (`references.py`; `benchmarks/prepare_references.sh DIR` prepares them):
 ML-GSAI/LLaDA `generate`, NVlabs/Fast-dLLM `generate` / `generate_with_prefix_cache` /
 `generate_with_dual_cache` (threshold None or 0.9), and a temperature-0 transcription of
 guanghanwang/ReMDM-LLaDA's `llada_remdm_sample` (in the worker). The library side loads each
 folder with `load_llada(dir, dtype="float32")` and samples with `remdm_jax.sample` /
 `make_sampler` and the "llada" strategy at temperature 0.
 
-  python benchmarks/llada_decoding.py [--quick] [--reference-python PY] \
+  benchmarks/prepare_references.sh DIR && export REMDM_REFERENCES=DIR
+  python benchmarks/llada_decoding.py [--quick] [--references DIR] [--reference-python PY] \
       [--reference-code DIR] [--llada-repo GIT] [--fast-dllm-repo GIT] [--remdm-llada-repo GIT]
       [--workdir DIR]   (kept; a later run with the same plan reuses its reference results)
+
+Each git directory must be at its pinned commit and the modeling code must have its pinned
+sha256 (`references.py`); otherwise the run stops with one line naming the flag.
 
 1. Identity (`low_confidence`, temperature 0) against ML-GSAI `generate`: one block, several
    blocks, classifier-free guidance (cfg 1.0), and steps that do not divide the block. Each
@@ -57,6 +62,7 @@ import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 import llada_reference  # noqa: E402  (the tiny configs)
+import references  # noqa: E402  (the pinned reference code)
 
 HERE = pathlib.Path(__file__).resolve().parent
 WORKER = HERE / "llada_decoding_reference_worker.py"
@@ -517,28 +523,43 @@ def _same_plan(saved: dict | None, plan: dict) -> bool:
   return saved is not None and strip(saved) == strip(json.loads(json.dumps(plan)))
 
 
+def _checked_references(args):
+  """`args` with every reference path filled in (under `--references` when not given), each
+  git directory at its pinned commit and the modeling code at its pinned sha256."""
+  args.reference_python = str(references.under(args.reference_python, args.references,
+                                               references.PYTHON))
+  args.reference_code = references.under(args.reference_code, args.references,
+                                         references.MODELING_CODE)
+  references.check_python("--reference-python", args.reference_python)
+  references.check_modeling("--reference-code", args.reference_code)
+  for name, (folder, _, _) in references.REPOSITORIES.items():
+    flag = f"{name}_repo"
+    setattr(args, flag, str(references.under(getattr(args, flag), args.references, folder)))
+    references.check_commit(f"--{flag.replace('_', '-')}", name, getattr(args, flag))
+  return args
+
+
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--reference-python", default="/work/venv-torch/bin/python",
-                      help="a Python with torch and transformers")
+  parser.add_argument("--references", help="the folder that benchmarks/prepare_references.sh "
+                      f"prepared (default: ${references.ENVIRONMENT}); the flags below "
+                      "default to paths under it")
+  parser.add_argument("--reference-python", help="a Python with torch and transformers "
+                      f"(default: REFERENCES/{references.PYTHON})")
   parser.add_argument("--reference-code", type=pathlib.Path,
-                      default=pathlib.Path("/work/refcode/llada/model"),
                       help="the folder `model` with configuration_llada.py and "
-                      "modeling_llada.py (Fast-dLLM's llada/model)")
-  parser.add_argument("--llada-repo", default="/work/.mirror/ML-GSAI+LLaDA/repo",
-                      help="git directory of ML-GSAI/LLaDA")
-  parser.add_argument("--fast-dllm-repo", default="/work/.mirror/NVlabs+Fast-dLLM/repo",
-                      help="git directory of NVlabs/Fast-dLLM")
-  parser.add_argument("--remdm-llada-repo",
-                      default="/work/.mirror/guanghanwang+ReMDM-LLaDA/repo",
-                      help="git directory of guanghanwang/ReMDM-LLaDA")
+                      "modeling_llada.py, checked by sha256 (default: "
+                      f"REFERENCES/{references.MODELING_CODE})")
+  for name, (folder, url, commit) in references.REPOSITORIES.items():
+    parser.add_argument(f"--{name.replace('_', '-')}-repo", help=f"git directory of {url} "
+                        f"at {commit[:7]}, checked (default: REFERENCES/{folder})")
   parser.add_argument("--quick", action="store_true", help="identity checks only")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per speed row")
   parser.add_argument("--workdir", type=pathlib.Path, help="kept when given, and its "
                       "reference results are reused by a later run with the same plan "
                       "(default: a temporary folder, removed at the end)")
   parser.add_argument("--verbose", action="store_true", help="the worker prints each job")
-  args = parser.parse_args(argv)
+  args = _checked_references(parser.parse_args(argv))
   started = time.perf_counter()
   with tempfile.TemporaryDirectory() as scratch:
     workdir = (args.workdir or pathlib.Path(scratch)).resolve()

@@ -11,12 +11,14 @@ model (logits equal bit for bit), and writes its logits for fixed tokens. The li
 `load_llada(dir, dtype="float32")` and compares. Then it breaks copies of one folder and
 checks that each is refused with one line.
 
-  python benchmarks/llada_reference.py --reference-python /path/to/venv/bin/python \
-      --reference-code /path/to/llada/model
+  benchmarks/prepare_references.sh DIR && export REMDM_REFERENCES=DIR
+  python benchmarks/llada_reference.py [--references DIR] [--reference-python PY] \
+      [--reference-code MODEL_DIR]
 
 `--reference-code` is the folder holding `configuration_llada.py`, `modeling_llada.py` and
-`__init__.py` (e.g. `llada/model/` of NVlabs/Fast-dLLM); it is imported as a package and runs
-unchanged. Its attention function is wrapped in `torch.compile`; the reference side sets
+`__init__.py`: `llada/model/` of NVlabs/Fast-dLLM at its pinned commit (`references.py`;
+each file's sha256 is checked, and a differing one is refused in one line); it is imported as
+a package and runs unchanged. Its attention function is wrapped in `torch.compile`; the reference side sets
 `TORCHDYNAMO_DISABLE=1`, so it runs eagerly (the same `F.scaled_dot_product_attention`
 call) instead of compiling C++ on the CPU. Exits non-zero when a logit check or a refusal
 check fails.
@@ -34,6 +36,9 @@ import sys
 import tempfile
 
 import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import references  # noqa: E402  (the pinned reference code)
 
 # Reference `LLaDAConfig` fields shared by every config: the released 8B file's settings.
 BASE = {
@@ -237,9 +242,13 @@ def check_refusals(workdir: pathlib.Path) -> bool:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--reference-python", help="a Python with torch and transformers")
-  parser.add_argument("--reference-code", type=pathlib.Path, required=True,
-                      help="the folder with configuration_llada.py and modeling_llada.py")
+  parser.add_argument("--references", help="the folder that benchmarks/prepare_references.sh "
+                      f"prepared (default: ${references.ENVIRONMENT})")
+  parser.add_argument("--reference-python", help="a Python with torch and transformers "
+                      f"(default: REFERENCES/{references.PYTHON})")
+  parser.add_argument("--reference-code", type=pathlib.Path,
+                      help="the folder with configuration_llada.py and modeling_llada.py, "
+                      f"checked by sha256 (default: REFERENCES/{references.MODELING_CODE})")
   parser.add_argument("--workdir", type=pathlib.Path, help="kept when given (default: a "
                       "temporary folder, removed at the end)")
   parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -249,8 +258,12 @@ def main(argv=None) -> int:
   if args.write_reference:
     write_reference(args.reference_code.resolve(), args.workdir)
     return 0
-  if not args.reference_python:
-    parser.error("--reference-python is required")
+  args.reference_python = references.under(args.reference_python, args.references,
+                                           references.PYTHON)
+  args.reference_code = references.under(args.reference_code, args.references,
+                                         references.MODELING_CODE)
+  references.check_python("--reference-python", args.reference_python)
+  references.check_modeling("--reference-code", args.reference_code)
   with tempfile.TemporaryDirectory() as scratch:
     workdir = args.workdir or pathlib.Path(scratch)
     workdir.mkdir(parents=True, exist_ok=True)

@@ -16,8 +16,8 @@ whitespace and non-ASCII text) with and without the generation prompt, it compar
 
 transformers runs in its own interpreter, since it is no dependency of this library:
 
-  python -m venv /tmp/venv-hf && /tmp/venv-hf/bin/pip install transformers tokenizers jinja2
-  python benchmarks/llada_tokenizer_reference.py --reference-python /tmp/venv-hf/bin/python
+  benchmarks/prepare_references.sh DIR   # DIR/venv has transformers, tokenizers, jinja2
+  python benchmarks/llada_tokenizer_reference.py --reference-python DIR/venv/bin/python
 
 Prints one table row per case and exits with status 1 when any case differs.
 """

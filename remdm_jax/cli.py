@@ -10,23 +10,24 @@ holds a registered choice (`CHOICE`, `remdm_jax.registry`) takes it flat: the st
 choice's own options beside the config's; a new choice starts from its own defaults, and an
 option it does not have is an error naming the choices that have it. Fields a command sets
 itself (`fixed`) are refused by name. `-h` / `--help` prints every field with its default and
-meaning. Positional arguments are folders (`remdm-merge DIR`). Errors end the command
-through `errors.run_cli`. The commands parse, then call the library
+meaning (the field's `help` metadata, `validation.option`; no source file is read), and
+`--help=SECTION` one section's. Positional arguments are folders (`remdm-merge DIR`). Errors
+end the command through `errors.run_cli`. The commands parse, then call the library
 (`jobs.run_sampling_job`, `training.train`, `shards.merge`, `convert.convert`).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
-import inspect
 import json
 import pathlib
-import re
 import sys
 import typing
 
 from remdm_jax import files, guidance
+from remdm_jax.weights import checkpoint
 from remdm_jax.parallel import distributed
 from remdm_jax.jobs import sample_job as jobs
 from remdm_jax.parallel import locks
@@ -35,7 +36,7 @@ from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, not_a_command, run_cli
 from remdm_jax.models.dit import DiTConfig
-from remdm_jax.validation import check_fields, check_range
+from remdm_jax.validation import check_fields, check_range, option
 
 
 class UsageError(ValueError):
@@ -62,6 +63,19 @@ def check_lows(args: argparse.Namespace, lows: dict[str, int]) -> None:
     for value in values if isinstance(values, list) else [values]:
       if value is not None and value < low:
         raise UsageError(f"{flag} must be in [{low}, inf), got {value}")
+
+
+_PROCESS_HOOKS = contextlib.ExitStack()   # entered, never closed: they last for the process
+
+
+def _command(main, argv: list[str] | None) -> int:
+  """Runs a command through `run_cli`. As the process's own command (`argv` None: it reads
+  `sys.argv`), it first drops orbax's leftover tracebacks for the rest of the process
+  (`checkpoint.orbax_leftovers_dropped`): Python reports them whenever it collects them, at
+  exit too. Called with `argv` (tests, scripts), it changes no process-wide hook."""
+  if argv is None:
+    _PROCESS_HOOKS.enter_context(checkpoint.orbax_leftovers_dropped())
+  return run_cli(main, sys.argv[1:] if argv is None else argv)
 
 
 _KIND_WORDS = {int: "an integer", float: "a number"}
@@ -141,13 +155,15 @@ def parse_sections(argv: list[str], defaults: dict, arguments: str = "",
   `--help` leaves them out.
 
   Raises:
-    HelpRequested: `-h` or `--help` was given (its text lists every field).
+    HelpRequested: `-h` or `--help` was given (its text lists every field), or
+      `--help=SECTION` (that section's fields).
     UsageError / ValueError: an unknown or malformed flag, a flag for a fixed field, or a
       value the config refuses.
   """
   fixed = fixed or {}
-  if "-h" in argv or "--help" in argv:
-    raise HelpRequested(usage(defaults, arguments, fixed))
+  sections = [arg.split("=", 1)[1] for arg in argv if arg.startswith("--help=")]
+  if "-h" in argv or "--help" in argv or sections:
+    raise HelpRequested(usage(defaults, arguments, fixed, sections[-1] if sections else None))
   rest, flags = [], []
   for arg in argv:
     if arg.startswith("--config="):
@@ -168,32 +184,14 @@ def parse_sections(argv: list[str], defaults: dict, arguments: str = "",
   return configs, rest
 
 
-def _field_comments(cls) -> dict[str, str]:
-  """The `# comment` after each field of a dataclass's source (continuation lines joined),
-  inherited fields included."""
-  comments, last = {}, None
-  sources = [inspect.getsource(c) for c in reversed(cls.__mro__)
-             if dataclasses.is_dataclass(c) and c.__module__ != "builtins"]
-  for line in "\n".join(sources).splitlines():
-    field = re.match(r"\s+(\w+)\s*:[^=]*=.*?#\s?(.*)$", line)
-    more = re.match(r"\s+#\s?(.*)$", line)
-    if field:
-      last = field.group(1)
-      comments[last] = field.group(2).strip()
-    elif more and last:
-      comments[last] += " " + more.group(1).strip()
-    elif line.strip():
-      last = None
-  return comments
-
-
 def _field_lines(section: str, config, skip=()) -> list[str]:
-  comments = _field_comments(type(config))
+  """`--section.field=DEFAULT  help` for each field, the help from its metadata
+  (`validation.option`)."""
   lines = []
   for field in dataclasses.fields(config):
     if field.name not in skip:
       flag = f"  --{section}.{field.name}={json.dumps(getattr(config, field.name))}"
-      lines.append(f"{flag:<44} {comments.get(field.name, '')}".rstrip())
+      lines.append(f"{flag:<44} {field.metadata.get('help', '')}".rstrip())
   return lines
 
 
@@ -213,19 +211,31 @@ def _choice_usage(section: str, config) -> list[str]:
   return lines
 
 
-def usage(defaults: dict, arguments: str = "", fixed: dict | None = None) -> str:
+def usage(defaults: dict, arguments: str = "", fixed: dict | None = None,
+          only: str | None = None) -> str:
   """Every `--section.field=DEFAULT` with its meaning, section by section (but the `fixed`
-  fields, which the command sets: they are named at the end)."""
+  fields, which the command sets: they are named at the end); `only`: one section's.
+
+  Raises:
+    UsageError: `only` is not one of the sections (they are listed).
+  """
+  if only is not None and only not in defaults:
+    raise UsageError(f"--help={only}: unknown section; choose from {list(defaults)}")
+  fixed = {key: reason for key, reason in (fixed or {}).items()
+           if only is None or key.startswith(only + ".")}
   lines = [f"usage: {pathlib.Path(sys.argv[0]).name} {arguments}[--config=FILE.json] "
            "[--SECTION.FIELD=VALUE ...]",
-           "--config: a JSON object {section: {field: value}}, applied before the flags."]
+           "--config: a JSON object {section: {field: value}}, applied before the flags.",
+           f"--help=SECTION: one section's flags only, SECTION one of {list(defaults)}."]
   for section, config in defaults.items():
+    if only not in (None, section):
+      continue
     lines.append(f"\n{section} ({type(config).__name__}):")
     if choice_spec(config):
       lines.extend(_choice_usage(section, config))
     else:
       lines.extend(_field_lines(section, config, skip=[
-          key.split(".", 1)[1] for key in fixed or {} if key.startswith(section + ".")]))
+          key.split(".", 1)[1] for key in fixed if key.startswith(section + ".")]))
   if fixed:
     lines.append("\nset by this command (a flag for one is an error):")
     lines.extend(f"  {key:<42} {reason}" for key, reason in fixed.items())
@@ -306,7 +316,7 @@ def _workdir(rest: list[str], sections: dict) -> str:
 
 def train_main(argv: list[str] | None = None) -> int:
   """`remdm-train --workdir=DIR [--config=FILE] [--model.* --train.* --data.* --dist.*]`."""
-  return run_cli(_train, sys.argv[1:] if argv is None else argv)
+  return _command(_train, argv)
 
 
 SAMPLE_SECTIONS = {
@@ -338,16 +348,16 @@ def _sample(argv: list[str]) -> int:
 def sample_main(argv: list[str] | None = None) -> int:
   """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--guidance.FIELD=...]
   [--dist.FIELD=...]`."""
-  return run_cli(_sample, sys.argv[1:] if argv is None else argv)
+  return _command(_sample, argv)
 
 
 @dataclasses.dataclass(frozen=True)
 class MergeOptions:
   """How `remdm-merge DIR` scores the merged samples."""
 
-  evaluator: str = ""      # a causal model folder: report Gen PPL and entropy under it
-  add_bos: bool = False    # prepend BOS when scoring (evaluators trained on BOS-led rows)
-  batch_size: int = 32     # rows per evaluator call
+  evaluator: str = option("", "a causal model folder: report Gen PPL and entropy under it")
+  add_bos: bool = option(False, "prepend BOS when scoring (evaluators trained on BOS-led rows)")
+  batch_size: int = option(32, "rows per evaluator call")
 
   def __post_init__(self):
     check_fields(self)
@@ -377,17 +387,17 @@ def _merge(argv: list[str]) -> int:
 def merge_main(argv: list[str] | None = None) -> int:
   """`remdm-merge DIR [--merge.evaluator=MODEL --merge.add_bos=true]`: merge a job's shards
   into `DIR/samples.jsonl`, optionally scoring them."""
-  return run_cli(_merge, sys.argv[1:] if argv is None else argv)
+  return _command(_merge, argv)
 
 
 @dataclasses.dataclass(frozen=True)
 class ConvertOptions:
   """What `remdm-convert SRC DST` needs besides the two paths."""
 
-  released_config: str = ""   # the released config.json, for a Lightning .ckpt source only
-                              # (a folder source has its own; giving one is refused)
-  allow_nonfinite: bool = False  # convert tensors holding NaN or infinity instead of
-                                 # refusing them
+  released_config: str = option("", "the released config.json, for a Lightning .ckpt source "
+                                    "only (a folder source has its own; giving one is refused)")
+  allow_nonfinite: bool = option(False, "convert tensors holding NaN or infinity instead of "
+                                        "refusing them")
 
   def __post_init__(self):
     check_fields(self)
@@ -408,7 +418,7 @@ def convert_main(argv: list[str] | None = None) -> int:
   """`remdm-convert SRC DST [--convert.released_config=CONFIG.json]
   [--convert.allow_nonfinite=true]`: released MDLM weights (a Hugging Face folder or a
   Lightning .ckpt) into a model folder."""
-  return run_cli(_convert_weights, sys.argv[1:] if argv is None else argv)
+  return _command(_convert_weights, argv)
 
 
 if __name__ == "__main__":

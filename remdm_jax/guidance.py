@@ -34,7 +34,8 @@ import numpy as np
 from remdm_jax.denoiser import Classifier, Denoiser, ensure_classifier, ensure_denoiser
 from remdm_jax.registry import Registry, with_choice_options
 from remdm_jax.sampling.rounds import in_rounds
-from remdm_jax.validation import check_choice, check_fields, check_int, check_range, check_scalar
+from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
+                                  check_scalar, option)
 
 GUIDANCE_FORMS = ("gradient", "exact")
 DEFAULT_FORM = "gradient"   # one call and one gradient per step; exact costs V calls per
@@ -336,7 +337,7 @@ class Cfg(Guidance):
   """Classifier-free guidance (D-CFG): the model at `target` against its null class."""
 
   name: ClassVar[str] = "cfg"
-  gamma: float = 1.0   # guidance strength (1: the conditional model; 0: the null class)
+  gamma: float = option(1.0, "guidance strength (1: the conditional model; 0: the null class)")
 
   def __post_init__(self):
     super().__post_init__()
@@ -356,8 +357,8 @@ class Cbg(Guidance):
 
   name: ClassVar[str] = "cbg"
   needs_classifier: ClassVar[bool] = True
-  gamma: float = 1.0          # guidance strength (0: the model unchanged)
-  form: str = DEFAULT_FORM    # gradient (one call and its gradient per step) or exact
+  gamma: float = option(1.0, "guidance strength (0: the model unchanged)")
+  form: str = option(DEFAULT_FORM, "gradient (one call and its gradient per step) or exact")
 
   def __post_init__(self):
     super().__post_init__()

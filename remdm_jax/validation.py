@@ -5,7 +5,8 @@ hold its annotated type (`int` fields take Python or NumPy integers but not `boo
 `float` fields take any real number but not `bool` or a string, and must be finite; `bool`
 fields take only booleans), and NumPy scalars are stored as Python scalars, so configs stay
 hashable and JSON-serialisable. Ranges are then checked with `check_range`, whose message
-names the argument, the allowed interval and the value received.
+names the argument, the allowed interval and the value received. `option(default, help)`
+declares a field with the text that `--help` prints for it.
 
 Wrong types raise `ArgumentTypeError`, which is both a `TypeError` and a `ValueError`: the
 command lines report it as one `error:` line like any other bad value.
@@ -26,6 +27,13 @@ import numpy as np
 
 class ArgumentTypeError(TypeError, ValueError):
   """An argument of the wrong type (a `TypeError` that the CLIs report like a `ValueError`)."""
+
+
+def option(default, help_text: str):
+  """A config field with its default and its `--help` text (`field.metadata["help"]`, read
+  by the command lines; no source file is needed). Defaults, equality and hashing are those
+  of a plain `name: type = default` field."""
+  return dataclasses.field(default=default, metadata={"help": help_text})
 
 
 def _as_int(name: str, value) -> int:

@@ -1,6 +1,9 @@
 """The flag parser and the remdm-train error path."""
 
+import dataclasses
+import inspect
 import json
+import re
 
 import pytest
 
@@ -8,6 +11,7 @@ import remdm_jax
 from remdm_jax import cli
 from remdm_jax.jobs import shards
 from remdm_jax.training import loop as training
+from remdm_jax.registry import choice_spec
 
 
 def test_flags_convert_by_field_type_and_config_file_applies_first(tmp_path):
@@ -232,6 +236,62 @@ def test_help_names_each_field_with_its_meaning(capsys):
   assert "--job.prompt_file=\"\"" in out and "one prompt per line, used in turn" in out
   assert "--sampler.position_chunk=0" in out and "(less memory, same tokens)" in out  # continued
   assert "--sampler.draw_capacity=0" in out and "(same tokens for any value)" in out
+
+
+def _exposed_configs():
+  """Every config a command line exposes, with each registered choice of a choice section."""
+  sections = {**cli.train_sections(), **cli.SAMPLE_SECTIONS, "merge": cli.MergeOptions(),
+              "convert": cli.ConvertOptions()}
+  configs = []
+  for section, config in sections.items():
+    configs.append((section, config))
+    spec = choice_spec(config)
+    if spec:
+      configs.extend((section, cls()) for cls in spec[1].classes.values())
+  return configs
+
+
+def test_every_exposed_field_has_help_text():
+  missing = [f"{section}.{field.name} ({type(config).__name__})"
+             for section, config in _exposed_configs()
+             for field in dataclasses.fields(config)
+             if not field.metadata.get("help", "").strip()]
+  assert not missing
+
+
+@pytest.mark.parametrize("main", [cli.sample_main, cli.train_main, cli.merge_main,
+                                  cli.convert_main])
+def test_help_reads_no_source(main, monkeypatch, capsys):
+  """As in an install that ships only .pyc files: no source can be read."""
+  def no_source(obj):
+    raise OSError("could not get source code")
+  monkeypatch.setattr(inspect, "getsource", no_source)
+  assert main(["--help"]) == 0
+  flags = [l for l in capsys.readouterr().out.splitlines() if l.strip().startswith("--")]
+  assert flags and all(len(l.split(None, 1)) == 2 for l in flags), flags   # flag and help
+
+
+def _flag_sections(usage: str) -> set[str]:
+  """The sections of the `--section.field=` flags that a usage text lists."""
+  return set(re.findall(r"^\s+--(\w+)\.\w+=", usage, re.MULTILINE))
+
+
+def test_help_of_one_section_prints_only_that_section(capsys):
+  assert cli.sample_main(["--help=sampler"]) == 0
+  out = capsys.readouterr().out
+  assert out.startswith("usage:") and "sampler (SamplerConfig):" in out
+  assert "--sampler.num_steps=256" in out and "strategy llada:" in out
+  assert _flag_sections(out) == {"sampler"}
+  assert cli.train_main(["--help=model"]) == 0
+  out = capsys.readouterr().out
+  assert "--model.hidden=128" in out and "model.vocab_size" in out   # a fixed model field
+  assert _flag_sections(out) == {"model"}
+
+
+def test_help_of_an_unknown_section_is_one_error_listing_the_sections(capsys):
+  assert cli.sample_main(["--help=nope"]) == 2
+  assert _one_line(capsys) == ("error: --help=nope: unknown section; choose from ['sampler', "
+                               "'job', 'guidance', 'dist']")
 
 
 def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, capsys):

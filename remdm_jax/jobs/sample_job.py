@@ -35,9 +35,10 @@ from remdm_jax.weights.llada_io import is_llada_folder
 from remdm_jax.registry import flat_options
 from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling.sampler import make_sampler
-from remdm_jax.jobs.shards import finished_shards, manifest_digest, open_job, shard_path, shard_text
+from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, shard_path,
+                              shard_text)
 from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
-from remdm_jax.validation import check_fields, check_range
+from remdm_jax.validation import check_fields, check_range, option
 
 def _shipped_models() -> pathlib.Path:
   """The shipped models: package data `remdm_jax.shipped` once installed, else the source
@@ -81,24 +82,24 @@ class SampleJob:
   """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`),
   guidance in a `Guidance` (`--guidance.*`)."""
 
-  model: str = str(SHIPPED_MODEL)  # a model folder (trained, shipped or converted) or a
-                                   # released LLaDA folder (config.json, safetensors)
-  num_samples: int = 4             # sequences to generate
-  batch_size: int = 4              # sequences per jitted call (split over all devices)
-  seed: int = 0                    # example i uses fold_in(key(seed), i)
-  seq_len: int = 0                 # 0: the model's max_length
-  prompt: str = ""                 # text placed after BOS in every sample
-  prompt_file: str = ""            # one prompt per line, used in turn
-  chat: bool = False               # prompts as user turns of the folder's chat template
-                                   # (Instruct models); else BOS + the prompt's ids
-  out: str = ""                    # job directory: manifest + atomic JSON-lines shards
-  model_axis: int = 1              # devices sharing each parameter shard (tensor parallel)
-  quiet: bool = False              # do not print the samples
-  trajectory: bool = False         # records keep every step's ids and what it (re)masked
-  class_label: int = -1            # class-conditional model: the class (-1: the null class);
-                                   # with guidance, the target class
-  classifier: str = ""             # guidance cbg: a classifier folder (remdm-train objective
-                                   # classifier)
+  model: str = option(str(SHIPPED_MODEL), "a model folder (trained, shipped or converted) or a "
+                                          "released LLaDA folder (config.json, safetensors)")
+  num_samples: int = option(4, "sequences to generate")
+  batch_size: int = option(4, "sequences per jitted call (split over all devices)")
+  seed: int = option(0, "example i uses fold_in(key(seed), i)")
+  seq_len: int = option(0, "0: the model's max_length")
+  prompt: str = option("", "text placed after BOS in every sample")
+  prompt_file: str = option("", "one prompt per line, used in turn")
+  chat: bool = option(False, "prompts as user turns of the folder's chat template (Instruct "
+                             "models); else BOS + the prompt's ids")
+  out: str = option("", "job directory: manifest + atomic JSON-lines shards")
+  model_axis: int = option(1, "devices sharing each parameter shard (tensor parallel)")
+  quiet: bool = option(False, "do not print the samples")
+  trajectory: bool = option(False, "records keep every step's ids and what it (re)masked")
+  class_label: int = option(-1, "class-conditional model: the class (-1: the null class); with "
+                                "guidance, the target class")
+  classifier: str = option("", "guidance cbg: a classifier folder (remdm-train objective "
+                               "classifier)")
 
   def __post_init__(self):
     check_fields(self)

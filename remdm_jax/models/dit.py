@@ -17,7 +17,7 @@ from flax import nnx
 
 from remdm_jax.denoiser import Denoiser
 from remdm_jax.schedules import total_noise
-from remdm_jax.validation import check_choice, check_fields, check_int, check_range
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range, option
 
 DTYPES = ("float32", "bfloat16", "float16")
 
@@ -26,18 +26,18 @@ DTYPES = ("float32", "bfloat16", "float16")
 class DiTConfig:
   """Sizes of a DiT; the defaults are the released small OpenWebText model."""
 
-  vocab_size: int = 50_258         # V, including the mask id
-  hidden: int = 768                # D
-  heads: int = 12                  # D / heads = 64 per head
-  blocks: int = 12
-  cond_dim: int = 128              # C, width of the noise conditioning
-  max_length: int = 1024           # longest sequence the rotary cache is checked against
-  time_conditioning: bool = False  # False: sigma is ignored (the release feeds 0)
-  causal: bool = False             # True: causal attention, no adaLN (autoregressive model)
-  dropout: float = 0.1             # applied only when rngs are passed at call time
-  dtype: str = "float32"           # compute dtype of the matmuls; LayerNorm and logits f32
-  num_classes: int = 0             # > 0: class-conditional; a class embedding is added to c,
-                                   # and id num_classes is the null (unconditional) class
+  vocab_size: int = option(50_258, "V, including the mask id")
+  hidden: int = option(768, "D")
+  heads: int = option(12, "D / heads = 64 per head")
+  blocks: int = option(12, "number of transformer blocks")
+  cond_dim: int = option(128, "C, width of the noise conditioning")
+  max_length: int = option(1024, "longest sequence the rotary cache is checked against")
+  time_conditioning: bool = option(False, "False: sigma is ignored (the release feeds 0)")
+  causal: bool = option(False, "True: causal attention, no adaLN (autoregressive model)")
+  dropout: float = option(0.1, "applied only when rngs are passed at call time")
+  dtype: str = option("float32", "compute dtype of the matmuls; LayerNorm and logits f32")
+  num_classes: int = option(0, "> 0: class-conditional; a class embedding is added to c, and "
+                               "id num_classes is the null (unconditional) class")
 
   def __post_init__(self):
     check_fields(self)

@@ -23,7 +23,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax.validation import check_choice, check_fields, check_range
+from remdm_jax.validation import check_choice, check_fields, check_range, option
 
 CPU_COLLECTIVES = ("gloo", "mpi")
 
@@ -32,12 +32,13 @@ CPU_COLLECTIVES = ("gloo", "mpi")
 class DistributedConfig:
   """`jax.distributed.initialize` settings (`--dist.*`); the defaults mean one process."""
 
-  coordinator_address: str = ""  # host:port of process 0; "" with auto=false: one process
-  num_processes: int = 0         # total processes (with coordinator_address)
-  process_id: int = -1           # this process, in [0, num_processes)
-  auto: bool = False             # let JAX detect the cluster (Cloud TPU, SLURM, Open MPI)
-  cpu_collectives: str = "gloo"  # cross-process collectives for CPU devices: gloo | mpi
-  timeout: int = 300             # seconds to wait for every process to join, then give up
+  coordinator_address: str = option("", 'host:port of process 0; "" with auto=false: one '
+                                        "process")
+  num_processes: int = option(0, "total processes (with coordinator_address)")
+  process_id: int = option(-1, "this process, in [0, num_processes)")
+  auto: bool = option(False, "let JAX detect the cluster (Cloud TPU, SLURM, Open MPI)")
+  cpu_collectives: str = option("gloo", "cross-process collectives for CPU devices: gloo | mpi")
+  timeout: int = option(300, "seconds to wait for every process to join, then give up")
 
   def __post_init__(self):
     check_fields(self)

@@ -19,7 +19,8 @@ from remdm_jax.sampling import strategies
 from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.sampling.strategies import STRATEGIES, Mdlm, Strategy
 from remdm_jax.sampling.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
-from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range
+from remdm_jax.validation import (ArgumentTypeError, check_choice, check_fields, check_range,
+                                  option)
 
 LOGITS_DTYPES = ("auto", "float32", "bfloat16")
 
@@ -33,24 +34,28 @@ class SamplerConfig:
 
   CHOICE: ClassVar = ("strategy", strategies.REGISTRY)   # --sampler.strategy picks it
 
-  strategy: Strategy = Mdlm()   # a strategy object: Mdlm(), Cap(eta), Loop(...), ...
-  num_steps: int = 128          # T, number of denoiser calls before the final noise removal
-                                # (llada: steps per block)
-  top_p: float = 1.0            # nucleus mass in (0, 1]; 1 disables it
-  top_p_mode: str = "reference" # reference: cumsum <= p plus top token; standard: mass >= p
-  top_p_impl: str = DEFAULT_IMPL  # bisect: 31 masked sums; radix: 4 histogram passes; sort
-  temperature: float = 1.0      # logits are divided by it before the softmax (llada: 0 is
-                                # argmax)
-  schedule: str = "loglinear"   # alpha(t) on the grid (loglinear is alpha = 1 - t); loop and
-                                # dfm fix their own
-  t_min: float = 1e-5           # last time of the grid, as in the reference sampler
-  cache: bool = False           # reuse x_theta when nothing changed; only if denoiser ignores t
-  logits_dtype: str = "auto"    # the denoiser's logits (and the cache) are held in this dtype;
-                                # auto: as the denoiser emits them (bf16 from a bf16 model)
-  position_chunk: int = 0       # topk (draws at every position): x_theta, top-p and draws for
-                                # this many positions at a time (less memory, same tokens)
-  draw_capacity: int = 0        # other strategies: positions drawn per example per round; 0
-                                # sizes it from the schedule (same tokens for any value)
+  strategy: Strategy = option(Mdlm(), "a strategy object: Mdlm(), Cap(eta), Loop(...), ...")
+  num_steps: int = option(128, "T, number of denoiser calls before the final noise removal "
+                               "(llada: steps per block)")
+  top_p: float = option(1.0, "nucleus mass in (0, 1]; 1 disables it")
+  top_p_mode: str = option("reference", "reference: cumsum <= p plus top token; standard: mass "
+                                        ">= p")
+  top_p_impl: str = option(DEFAULT_IMPL, "bisect: 31 masked sums; radix: 4 histogram passes; "
+                                         "sort")
+  temperature: float = option(1.0, "logits are divided by it before the softmax (llada: 0 is "
+                                   "argmax)")
+  schedule: str = option("loglinear", "alpha(t) on the grid (loglinear is alpha = 1 - t); loop "
+                                      "and dfm fix their own")
+  t_min: float = option(1e-5, "last time of the grid, as in the reference sampler")
+  cache: bool = option(False, "reuse x_theta when nothing changed; only if denoiser ignores t")
+  logits_dtype: str = option("auto", "the denoiser's logits (and the cache) are held in this "
+                                     "dtype; auto: as the denoiser emits them (bf16 from a "
+                                     "bf16 model)")
+  position_chunk: int = option(0, "topk (draws at every position): x_theta, top-p and draws "
+                                  "for this many positions at a time (less memory, same "
+                                  "tokens)")
+  draw_capacity: int = option(0, "other strategies: positions drawn per example per round; 0 "
+                                 "sizes it from the schedule (same tokens for any value)")
 
   def __post_init__(self):
     check_fields(self)

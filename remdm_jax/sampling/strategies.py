@@ -21,7 +21,7 @@ import numpy as np
 from remdm_jax import schedules
 from remdm_jax.diffusion import base_sigma, sigma_max
 from remdm_jax.registry import Registry
-from remdm_jax.validation import check_choice, check_fields, check_range
+from remdm_jax.validation import check_choice, check_fields, check_range, option
 
 REGISTRY = Registry("strategy", "cap")
 STRATEGIES = REGISTRY.classes      # name -> strategy class
@@ -112,7 +112,7 @@ class Cap(Strategy):
   """ReMDM-cap: `sigma = min(eta, sigma_max)`."""
 
   name: ClassVar[str] = "cap"
-  eta: float = 0.008   # eta_cap; 0.008 is the paper's best for T >= L (Table 6)
+  eta: float = option(0.008, "eta_cap; 0.008 is the paper's best for T >= L (Table 6)")
 
   def __post_init__(self):
     super().__post_init__()
@@ -128,7 +128,7 @@ class Rescale(Strategy):
   """ReMDM-rescale: `sigma = eta * sigma_max`."""
 
   name: ClassVar[str] = "rescale"
-  eta: float = 0.015   # eta_rescale in [0, 1]; 0.015 is the paper's best for T >= L
+  eta: float = option(0.015, "eta_rescale in [0, 1]; 0.015 is the paper's best for T >= L")
 
   def __post_init__(self):
     super().__post_init__()
@@ -153,9 +153,9 @@ class Conf(Strategy):
   """ReMDM-conf: the base sigma times a softmax over decoded positions of their confidence."""
 
   name: ClassVar[str] = "conf"
-  base: str = "max"     # base sigma: max (sigma_max, the reference), cap or rescale
-  eta: float = 0.0      # eta of a cap or rescale base (none for max)
-  score: str = "prob"   # weights softmax(-psi) (paper) or softmax(-log psi)
+  base: str = option("max", "base sigma: max (sigma_max, the reference), cap or rescale")
+  eta: float = option(0.0, "eta of a cap or rescale base (none for max)")
+  score: str = option("prob", "weights softmax(-psi) (paper) or softmax(-log psi)")
 
   def __post_init__(self):
     super().__post_init__()
@@ -181,12 +181,12 @@ class Loop(Strategy):
 
   name: ClassVar[str] = "loop"
   uses_schedule: ClassVar[bool] = False
-  eta: float = 0.02      # phase-2 sigma (base constant), or eta of a cap / rescale base
-  t_on: float = 0.55     # phase 2 starts when t <= t_on
-  t_off: float = 0.05    # phase 2 ends when t <= t_off
-  alpha_on: float = 0.9  # alpha held in phase 2
-  base: str = "constant" # phase-2 sigma rule: constant (reference), cap or rescale
-  conf: str = "none"     # none, or prob / logprob: weight phase-2 sigma by confidence
+  eta: float = option(0.02, "phase-2 sigma (base constant), or eta of a cap / rescale base")
+  t_on: float = option(0.55, "phase 2 starts when t <= t_on")
+  t_off: float = option(0.05, "phase 2 ends when t <= t_off")
+  alpha_on: float = option(0.9, "alpha held in phase 2")
+  base: str = option("constant", "phase-2 sigma rule: constant (reference), cap or rescale")
+  conf: str = option("none", "none, or prob / logprob: weight phase-2 sigma by confidence")
 
   def __post_init__(self):
     super().__post_init__()
@@ -243,8 +243,8 @@ class Dfm(Strategy):
 
   name: ClassVar[str] = "dfm"
   uses_schedule: ClassVar[bool] = False
-  beta_scale: float = 10.0   # corrector strength (as in the ReMDM reference)
-  beta_power: float = 0.25   # exponent of t and 1 - t in beta_t
+  beta_scale: float = option(10.0, "corrector strength (as in the ReMDM reference)")
+  beta_power: float = option(0.25, "exponent of t and 1 - t in beta_t")
 
   def __post_init__(self):
     super().__post_init__()
@@ -285,9 +285,9 @@ class Topk(Strategy):
 
   name: ClassVar[str] = "topk"
   select: ClassVar[str] = "rank"
-  remask: int = 0        # tokens remasked (and re-unmasked) per step of [t_off, t_on]
-  t_on: float = 0.55     # with remask > 0: the remasking steps start when t <= t_on
-  t_off: float = 0.05    # ... and end when t <= t_off
+  remask: int = option(0, "tokens remasked (and re-unmasked) per step of [t_off, t_on]")
+  t_on: float = option(0.55, "with remask > 0: the remasking steps start when t <= t_on")
+  t_off: float = option(0.05, "... and end when t <= t_off")
 
   def __post_init__(self):
     super().__post_init__()
@@ -353,21 +353,22 @@ class Llada(Strategy):
   name: ClassVar[str] = "llada"
   select: ClassVar[str] = "block"
   uses_schedule: ClassVar[bool] = False
-  block_length: int = 32          # K: positions per block, from each prompt's end
-  remasking: str = "low_confidence"  # which masked positions a step unmasks: most confident
-                                  # (softmax probability of the chosen id) or random
-  threshold: float = 0.0          # > 0: also unmask every position this confident
-  kv_cache: str = "none"          # none | prefix | dual
-  cfg_scale: float = 0.0          # classifier-free guidance scale (0: off)
-  remdm_number: int = 0           # ReMDM-LLaDA: tokens remasked per remasking step (0: off)
-  remdm_start: int = -1           # regular steps before the remasking steps (-1: K * 7 // 8)
-  remdm_steps: int = -1           # remasking steps per block (-1: num_steps)
-  remdm_decode: int = -1          # positions decoded per remasking step (-1: remdm_number)
-  remdm_select: str = "confidence"  # which decoded tokens are remasked: least confident or
-                                  # random (the rebuttal's baseline)
-  remask_sigma: str = "none"      # cap | rescale | conf: ReMDM remasking on regular steps
-  eta: float = 0.0                # eta of cap (> 0) or rescale (in (0, 1])
-  eos_id: int = -1                # >= 0: stop an example after a block holding this id
+  block_length: int = option(32, "K: positions per block, from each prompt's end")
+  remasking: str = option("low_confidence", "which masked positions a step unmasks: most "
+                                            "confident (softmax probability of the chosen id) "
+                                            "or random")
+  threshold: float = option(0.0, "> 0: also unmask every position this confident")
+  kv_cache: str = option("none", "none | prefix | dual")
+  cfg_scale: float = option(0.0, "classifier-free guidance scale (0: off)")
+  remdm_number: int = option(0, "ReMDM-LLaDA: tokens remasked per remasking step (0: off)")
+  remdm_start: int = option(-1, "regular steps before the remasking steps (-1: K * 7 // 8)")
+  remdm_steps: int = option(-1, "remasking steps per block (-1: num_steps)")
+  remdm_decode: int = option(-1, "positions decoded per remasking step (-1: remdm_number)")
+  remdm_select: str = option("confidence", "which decoded tokens are remasked: least confident "
+                                           "or random (the rebuttal's baseline)")
+  remask_sigma: str = option("none", "cap | rescale | conf: ReMDM remasking on regular steps")
+  eta: float = option(0.0, "eta of cap (> 0) or rescale (in (0, 1])")
+  eos_id: int = option(-1, ">= 0: stop an example after a block holding this id")
 
   def __post_init__(self):
     super().__post_init__()

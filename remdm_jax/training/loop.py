@@ -9,14 +9,16 @@ collectives. Randomness is `fold_in(key(seed), step)` and batch `k` is a pure fu
 `(seed, k)`, so a run resumed from an orbax checkpoint continues exactly as if never
 interrupted. A checkpoint records the run's identity (`resume_identity`): a run that differs
 in anything but its length and its logging, evaluation and save periods is refused. SIGTERM
-and SIGINT save and stop (`errors.Stopped`); SIGKILL loses at most `save_every` steps. A step
-whose loss, gradient or update is not finite is not applied: the run saves the last good
-state and raises `TrainingDiverged`. The exported model (`WORKDIR/model`) always matches the
-final step and is replaced atomically.
+and SIGINT save and stop (`errors.Stopped`; the handlers are in place while the steps run,
+and the previous ones are back when `train` returns or raises); SIGKILL loses at most
+`save_every` steps. A step whose loss, gradient or update is not finite is not applied: the
+run saves the last good state and raises `TrainingDiverged`. The exported model
+(`WORKDIR/model`) always matches the final step and is replaced atomically.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -24,6 +26,7 @@ import os
 import pathlib
 import shutil
 import signal
+import types
 from typing import ClassVar
 
 import jax
@@ -45,7 +48,7 @@ from remdm_jax.models.dit import DiTConfig
 from remdm_jax.training.objectives import MdlmObjective, Objective, held_out_loss
 from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.parallel.sharding import param_shardings
-from remdm_jax.validation import ArgumentTypeError, check_fields, check_range
+from remdm_jax.validation import ArgumentTypeError, check_fields, check_range, option
 
 
 class TrainingDiverged(FloatingPointError):
@@ -60,22 +63,23 @@ class TrainConfig:
   it logs and saves, never the parameters of a step.
   """
 
-  objective: Objective = MdlmObjective()  # an objectives.Objective: mdlm, mdlm_discrete,
-                                # remdm (eq. 9), ar (a causal model) or classifier (labelled rows)
-  learning_rate: float = 3e-4   # AdamW peak rate, reached after warm-up
-  warmup_steps: int = 100       # linear warm-up from 0
-  weight_decay: float = 0.0     # AdamW decoupled weight decay
-  grad_clip: float = 1.0        # global-norm clipping
-  ema_decay: float = 0.999      # EMA of the weights (evaluation, export); its decay warms up:
-                                # min(ema_decay, (1 + n) / (10 + n)) at update n
-  batch_size: int = 32          # global batch, split over the "data" devices
-  model_axis: int = 1           # devices sharing each parameter shard ("model" mesh axis)
-  steps: int = 1_000            # total optimizer steps
-  eval_every: int = 200         # validation NELBO period (steps); 0 disables it
-  eval_batches: int = 4         # validation batches per evaluation
-  save_every: int = 200         # checkpoint period (steps)
-  log_every: int = 10           # metrics.jsonl period (steps)
-  seed: int = 0                 # parameters, data order and noise all derive from it
+  objective: Objective = option(MdlmObjective(), "an objectives.Objective: mdlm, "
+                                                 "mdlm_discrete, remdm (eq. 9), ar (a causal "
+                                                 "model) or classifier (labelled rows)")
+  learning_rate: float = option(3e-4, "AdamW peak rate, reached after warm-up")
+  warmup_steps: int = option(100, "linear warm-up from 0")
+  weight_decay: float = option(0.0, "AdamW decoupled weight decay")
+  grad_clip: float = option(1.0, "global-norm clipping")
+  ema_decay: float = option(0.999, "EMA of the weights (evaluation, export); its decay warms "
+                                   "up: min(ema_decay, (1 + n) / (10 + n)) at update n")
+  batch_size: int = option(32, 'global batch, split over the "data" devices')
+  model_axis: int = option(1, 'devices sharing each parameter shard ("model" mesh axis)')
+  steps: int = option(1_000, "total optimizer steps")
+  eval_every: int = option(200, "validation NELBO period (steps); 0 disables it")
+  eval_batches: int = option(4, "validation batches per evaluation")
+  save_every: int = option(200, "checkpoint period (steps)")
+  log_every: int = option(10, "metrics.jsonl period (steps)")
+  seed: int = option(0, "parameters, data order and noise all derive from it")
 
   CHOICE: ClassVar = ("objective", objectives.REGISTRY)   # --train.objective picks it
   RESUMABLE: ClassVar[tuple[str, ...]] = ("steps", "eval_every", "eval_batches", "save_every",
@@ -195,20 +199,23 @@ def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
 _STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
 
 
-class _StopOnSignal:
-  """Turns SIGTERM and SIGINT into a flag checked between steps (the loop then saves and
-  stops). A second signal of the same kind acts as it would without this handler."""
+@contextlib.contextmanager
+def _stop_on_signals():
+  """Within the block, SIGTERM and SIGINT set the yielded flag's `signum`, checked between
+  steps (the loop then saves and stops); a second signal of the same kind acts as it would
+  without this handler. The previous handlers are back on exit."""
+  stop, previous = types.SimpleNamespace(signum=None), {}
 
-  def __init__(self):
-    self.signum = None
-    self._previous = {s: signal.signal(s, self._handle) for s in _STOP_SIGNALS}
+  def handle(signum, frame):
+    stop.signum = signum
+    signal.signal(signum, previous[signum])
 
-  def _handle(self, signum, frame):
-    self.signum = signum
-    signal.signal(signum, self._previous[signum])
-
-  def restore(self):
-    for signum, handler in self._previous.items():
+  try:
+    for signum in _STOP_SIGNALS:
+      previous[signum] = signal.signal(signum, handle)
+    yield stop
+  finally:
+    for signum, handler in previous.items():
       signal.signal(signum, handler)
 
 
@@ -362,10 +369,11 @@ def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: Tr
   if primary:
     _truncate_metrics(metrics_path, start)
     files.write_atomic(workdir / "config.json", json.dumps(record, indent=2) + "\n")
-  stop, last = _StopOnSignal(), min(cfg.steps, stop_at or cfg.steps)
+  last = min(cfg.steps, stop_at or cfg.steps)
   bar = tqdm(total=cfg.steps, initial=start, disable=not (progress and primary), desc="train")
   try:
-    with metrics_path.open("a") if primary else open(os.devnull, "w") as log:
+    with (_stop_on_signals() as stop,
+          metrics_path.open("a") if primary else open(os.devnull, "w") as log):
       for step in range(start, last):
         batch = jax.device_put(train_stream.batch(step), run.data_sharding)
         state, metrics = run.train_step(state, batch)
@@ -396,7 +404,6 @@ def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: Tr
                         "resume", stop.signum or signal.SIGTERM)
   finally:
     bar.close()
-    stop.restore()
   if int(state["step"]) == cfg.steps:
     _export(run, state, workdir, tokenizer)
   return state

@@ -33,7 +33,7 @@ from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
 from remdm_jax.registry import Registry, flat_options
 from remdm_jax.schedules import LogLinear, total_noise
-from remdm_jax.validation import check_choice, check_fields, check_int, check_range
+from remdm_jax.validation import check_choice, check_fields, check_int, check_range, option
 
 REGISTRY = Registry("objective", "remdm")
 OBJECTIVES = REGISTRY.classes       # name -> objective class
@@ -111,8 +111,9 @@ class _Diffusion(Objective):
   class-conditional. Subclasses choose the bound (`_nelbo`)."""
 
   _: dataclasses.KW_ONLY
-  eps: float = 1e-3             # log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]
-  label_dropout: float = 0.1    # class-conditional model: chance a label becomes the null class
+  eps: float = option(1e-3, "log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]")
+  label_dropout: float = option(0.1, "class-conditional model: chance a label becomes the null "
+                                     "class")
 
   def __post_init__(self):
     super().__post_init__()
@@ -146,7 +147,8 @@ class MdlmDiscreteObjective(_Diffusion):
   """MDLM's NELBO in `discrete_steps` steps (ReMDM eq. 9 with sigma = 0)."""
 
   name: ClassVar[str] = "mdlm_discrete"
-  discrete_steps: int = 4_096   # T of the discrete NELBO (the ReMDM ablation: 4,096, 8,192)
+  discrete_steps: int = option(4_096, "T of the discrete NELBO (the ReMDM ablation: 4,096, "
+                                      "8,192)")
 
   def __post_init__(self):
     super().__post_init__()
@@ -163,10 +165,10 @@ class RemdmObjective(_Diffusion):
   """ReMDM's NELBO (eq. 9) in `discrete_steps` steps, sigma from `sigma_rule` and `eta`."""
 
   name: ClassVar[str] = "remdm"
-  discrete_steps: int = 4_096   # T of the discrete NELBO (eq. 9 is discrete)
-  sigma_rule: str = "cap"       # cap: min(eta, sigma_max) (the paper's ablation); rescale:
-                                # eta sigma_max
-  eta: float = 0.0              # eta_cap (>= 0) or eta_rescale (in [0, 1]); 0 is MDLM's bound
+  discrete_steps: int = option(4_096, "T of the discrete NELBO (eq. 9 is discrete)")
+  sigma_rule: str = option("cap", "cap: min(eta, sigma_max) (the paper's ablation); rescale: "
+                                  "eta sigma_max")
+  eta: float = option(0.0, "eta_cap (>= 0) or eta_rescale (in [0, 1]); 0 is MDLM's bound")
 
   def __post_init__(self):
     super().__post_init__()
@@ -203,7 +205,7 @@ class ClassifierObjective(Objective):
 
   name: ClassVar[str] = "classifier"
   model_class: ClassVar[type] = NoisyClassifier
-  eps: float = 1e-3             # log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]
+  eps: float = option(1e-3, "log-linear schedule: alpha(1) = eps, t drawn from [eps, 1]")
 
   def __post_init__(self):
     super().__post_init__()

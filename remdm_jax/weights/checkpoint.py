@@ -116,11 +116,11 @@ def failed_save_is_one_error(target: pathlib.Path, what: str):
   naming `target`, with no traceback printed from any thread and no orbax temporary folder
   left beside it.
 
-  Within the block, orbax's ERROR log records are dropped and an exception ending a thread is
-  kept, not printed; a save that returns although one of its threads failed raises that
-  failure.
+  Within the block, orbax's ERROR log records are dropped, an exception ending a thread is
+  kept, not printed, and orbax's leftover coroutines are dropped (`orbax_leftovers_dropped`);
+  a save that returns although one of its threads failed raises that failure. The previous
+  `threading.excepthook`, `sys.unraisablehook` and logger filters are back on exit.
   """
-  _silence_orbax_coroutines()
   quiet, failed = _QuietSave(), []
   previous_hook = threading.excepthook
   threading.excepthook = lambda args: failed.append(args.exc_value)
@@ -128,7 +128,8 @@ def failed_save_is_one_error(target: pathlib.Path, what: str):
   for logger in loggers:
     logger.addFilter(quiet)
   try:
-    yield
+    with orbax_leftovers_dropped():
+      yield
     if failed:
       raise failed[0]
   except Exception as err:
@@ -224,14 +225,14 @@ def _shapes(tree) -> dict[str, tuple]:
 
 def _check_stored_shapes(params_dir: pathlib.Path, abstract_state) -> None:
   """Compares the stored parameter shapes with those the config needs, before reading."""
-  try:
-    metadata = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
-  except Exception as err:  # orbax raises many types for unreadable metadata
-    metadata, reason = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
-  else:
-    reason = "missing or corrupt"
+  with orbax_leftovers_dropped():
+    try:
+      metadata = ocp.StandardCheckpointer().metadata(params_dir).item_metadata
+    except Exception as err:  # orbax raises many types for unreadable metadata
+      metadata, reason = None, f"{type(err).__name__}: {str(err).splitlines()[0][:200]}"
+    else:
+      reason = "missing or corrupt"
   if metadata is None:
-    _silence_orbax_coroutines()
     raise ValueError(f"{params_dir}: cannot read the parameters' metadata ({reason})")
   stored = _shapes(metadata)
   needed = _shapes(abstract_state)
@@ -252,32 +253,43 @@ def _from_failed_read(unraisable) -> bool:
           and str(unraisable.exc_value) == "Event loop is closed")
 
 
-def _silence_orbax_coroutines() -> None:
-  """Installs (once) an unraisable hook and an asyncio log filter that drop only the
-  tracebacks left behind by a failed orbax read; they appear whenever Python collects them,
-  even at exit. Every other unraisable exception and asyncio record passes through."""
+def _not_orbax_never_retrieved(record: logging.LogRecord) -> bool:
+  message = record.getMessage()
+  return not ("never retrieved" in message and "orbax" in message)
+
+
+@contextlib.contextmanager
+def orbax_leftovers_dropped():
+  """Within the block, an unraisable hook and an asyncio log filter drop the tracebacks left
+  behind by a failed orbax read or write (every other unraisable exception and asyncio record
+  passes through); the previous `sys.unraisablehook` and filters are back on exit.
+
+  Python reports such leftovers whenever it collects them, at exit too, so the command lines
+  keep this for their whole process (`remdm_jax.cli`); library calls use it around orbax only.
+  """
   previous = sys.unraisablehook
-  if getattr(previous, "_drops_orbax_coroutines", False):
-    return
+  asyncio_logger = logging.getLogger("asyncio")
 
   def hook(unraisable):
     if not _from_failed_read(unraisable):
       previous(unraisable)
 
-  hook._drops_orbax_coroutines = True
   sys.unraisablehook = hook
-  logging.getLogger("asyncio").addFilter(
-      lambda record: not ("never retrieved" in record.getMessage()
-                          and "orbax" in record.getMessage()))
+  asyncio_logger.addFilter(_not_orbax_never_retrieved)
+  try:
+    yield
+  finally:
+    sys.unraisablehook = previous
+    asyncio_logger.removeFilter(_not_orbax_never_retrieved)
 
 
 def _restore(params_dir: pathlib.Path, abstract_state):
   """orbax restore; a failure (truncated or corrupt files) becomes one `ValueError`."""
-  try:
-    return ocp.StandardCheckpointer().restore(params_dir, abstract_state)
-  except Exception as err:  # orbax / TensorStore raise many types
-    first = (str(err).splitlines() or [type(err).__name__])[0].split(" See full")[0][:300]
-  _silence_orbax_coroutines()
+  with orbax_leftovers_dropped():
+    try:
+      return ocp.StandardCheckpointer().restore(params_dir, abstract_state)
+    except Exception as err:  # orbax / TensorStore raise many types
+      first = (str(err).splitlines() or [type(err).__name__])[0].split(" See full")[0][:300]
   raise ValueError(f"{params_dir}: cannot read the parameters (truncated or corrupt files?): "
                    f"{first}")
 
