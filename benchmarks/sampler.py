@@ -23,7 +23,7 @@ import jax
 import jax.numpy as jnp
 
 import remdm_jax
-from remdm_jax.sampling import sampler as sampling
+from remdm_jax.sampling import steps
 from remdm_jax.sampling import topp
 
 PRESETS = {
@@ -131,8 +131,8 @@ def bench_python_loop(args, apply, params, mask_id):
 
   @jax.jit
   def one_step(params, carry, index, row):
-    step = sampling._make_step(as_denoiser(apply, params, False), plan, rule, keys, fixed,
-                               mask_id, record=False, on_step=None)
+    step = steps.make_step(as_denoiser(apply, params, False), plan, keys, fixed, mask_id,
+                           record=False, on_step=None)
     return step(carry, (index, row))[0]
 
   def python_loop(params):

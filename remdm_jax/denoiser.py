@@ -53,16 +53,40 @@ def _check_optional_int(owner, field: str, low: int) -> None:
   object.__setattr__(owner, field, int(value))
 
 
+@dataclasses.dataclass(frozen=True)
+class _Aligned:
+  """`(params, z, t) -> logits` of an `apply` whose row `p` predicts position `p + shift`,
+  moved so that index `p` holds position `p`'s logits (`shift_rows`); equal for equal
+  `apply` and `shift`."""
+
+  apply: Callable
+  shift: int
+
+  def __call__(self, params, z, t):
+    return shift_rows(self.apply(params, z, t), self.shift)
+
+
+def shift_rows(x: jax.Array, shift: int) -> jax.Array:
+  """`x [B, L, ...]` with row `p` moved to `p + shift` and the first `shift` rows kept
+  (`cat([x[:, :1], x[:, :-1]], 1)` for shift 1, as Dream-class models align their logits);
+  `x` itself for shift 0."""
+  if not shift:
+    return x
+  return jnp.concatenate([x[:, :shift], x[:, :-shift]], axis=1)
+
+
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply", "features_apply", "head_apply", "reads_t",
-                                "vocab_size", "mask_id", "prefill_apply", "cached_apply"])
+                                "vocab_size", "mask_id", "prefill_apply", "cached_apply",
+                                "shift"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """A masked diffusion model as the sampler sees it.
 
   `denoiser(z, t)` is `apply(params, z, t)`: `z [B, L] int32` (the mask id where masked),
   `t [B] float32` in (0, 1], raw logits `[B, L, V]` in any float dtype (`V` includes the mask
-  id; the sampler applies SUBS).
+  id; the sampler applies SUBS), their index `p` the logits of position `p` (with `shift`,
+  after moving the model's rows into place).
 
   Attributes:
     apply: `(params, z, t) -> logits [B, L, V]`.
@@ -86,6 +110,12 @@ class Denoiser:
       cache) -> h [B, W, D]` runs the rows `z_w` standing at `positions`, attending to the
       cache's keys and values with those of the `fresh` rows replaced by their new ones (the
       stored cache is not changed).
+    shift: 0, or 1 for models whose row `p - 1` predicts position `p` (Dream-class models,
+      and the GPT-2 MDMs of Ye et al. 2024): `apply` returns the model's rows as they are,
+      `denoiser(z, t)` moves them into place (`shift_rows`; position 0 keeps row 0, as
+      those models do), and the split and cache contracts' rows are the model's, so the
+      head of row `p - shift` (`feature_rows`) gives position `p`'s logits. The samplers
+      honour it: block decoding's caches run the row before a block too.
   """
 
   apply: Callable
@@ -97,6 +127,7 @@ class Denoiser:
   mask_id: int | None = None
   prefill_apply: Callable | None = None
   cached_apply: Callable | None = None
+  shift: int = 0
 
   def __post_init__(self):
     if not callable(self.apply):
@@ -115,6 +146,9 @@ class Denoiser:
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
     _check_optional_int(self, "vocab_size", 1)
     _check_optional_int(self, "mask_id", 0)
+    if isinstance(self.shift, (bool, np.bool_)) or self.shift not in (0, 1):
+      raise ValueError(f"Denoiser.shift must be 0 or 1 (the row that predicts position p is "
+                       f"p - shift), got {self.shift!r}")
 
   @classmethod
   def wrap(cls, fn: Callable, *, reads_t: bool = True,
@@ -130,8 +164,20 @@ class Denoiser:
     return cls(_Unparameterised(fn), reads_t=reads_t, vocab_size=vocab_size)
 
   def __call__(self, z: jax.Array, t: jax.Array) -> jax.Array:
-    """Logits `[B, L, V]` (any float dtype) of `z [B, L] int32` at times `t [B] float32`."""
-    return self.apply(self.params, z, t)
+    """Logits `[B, L, V]` (any float dtype) of `z [B, L] int32` at times `t [B] float32`,
+    index `p` for position `p` whatever the `shift`."""
+    return self.aligned_apply(self.params, z, t)
+
+  @property
+  def aligned_apply(self) -> Callable:
+    """`(params, z, t) -> logits`, index `p` for position `p` (`apply` itself for shift 0):
+    what combinators (guidance) build on."""
+    return _Aligned(self.apply, self.shift) if self.shift else self.apply
+
+  def feature_rows(self, positions: jax.Array) -> jax.Array:
+    """The rows of `features` (or of the cache contract's `h`) whose head gives the logits
+    of `positions` (int32, any shape): `max(positions - shift, 0)`."""
+    return jnp.maximum(positions - self.shift, 0) if self.shift else positions
 
   @property
   def takes_params(self) -> bool:

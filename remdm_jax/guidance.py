@@ -93,7 +93,7 @@ def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
   conditional, unconditional = ensure_denoiser(conditional), ensure_denoiser(unconditional)
   check_scalar("gamma", gamma)
   params = (conditional.params, unconditional.params, jnp.asarray(gamma, jnp.float32))
-  return Denoiser(_CfgCall(conditional.apply, unconditional.apply), params,
+  return Denoiser(_CfgCall(conditional.aligned_apply, unconditional.aligned_apply), params,
                   reads_t=conditional.reads_t or unconditional.reads_t,
                   vocab_size=_agreed("vocab_size", conditional, unconditional),
                   mask_id=_agreed("mask_id", conditional, unconditional))
@@ -266,7 +266,8 @@ def classifier_guidance(denoiser, classifier, *, target, gamma, mask_id: int,
   params = (denoiser.params, classifier.params, jnp.asarray(gamma, jnp.float32),
             jnp.asarray(target, jnp.int32))
   top = None if isinstance(target, jax.core.Tracer) else int(np.max(target, initial=0))
-  call = _CbgCall(denoiser.apply, classifier.apply, classifier.num_classes, form, mask_id, top)
+  call = _CbgCall(denoiser.aligned_apply, classifier.apply, classifier.num_classes, form,
+                  mask_id, top)
   return Denoiser(call, params,
                   reads_t=True, vocab_size=denoiser.vocab_size, mask_id=mask_id)
 

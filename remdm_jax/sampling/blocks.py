@@ -42,13 +42,15 @@ import dataclasses
 import functools
 import math
 import warnings
-from typing import Callable, NamedTuple
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.sampling import posterior
+from remdm_jax.sampling.decoder import Decoder, RunShape
+from remdm_jax.sampling.windows import Geometry, make_window, rows
 from remdm_jax.sampling.step_rules import (conf_weights, draw_at, example_keys, greedy,
                                            position_keys, step_keys, tempered_probs, top_count)
 from remdm_jax.validation import check_scalar
@@ -65,8 +67,9 @@ class BlockTable(NamedTuple):
 
 
 @dataclasses.dataclass(frozen=True)
-class BlockRule:
-  """The static switches of block decoding (hashable, jit-static)."""
+class BlockRule(Decoder):
+  """The static switches of block decoding (hashable, jit-static), and the decoder that runs
+  a `BlockPlan`: its extent is the number of blocks, from the longest answer of the prompt."""
 
   block_length: int = 32
   num_steps: int = 32          # regular steps per block
@@ -78,6 +81,39 @@ class BlockRule:
   remdm_select: str = "confidence"
   remask_sigma: str = "none"
   eos_id: int = -1
+
+  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
+    return run_blocks(key, denoiser, plan, prompt, first_index, shape)
+
+  def check_plan(self, plan):
+    return check_block_plan(plan)
+
+  def trajectory_length(self, plan, extent: int) -> int:
+    """Blocks x steps per block (regular and remasking steps)."""
+    return extent * int(plan.table.t.shape[0])
+
+  def times(self, plan, steps: int) -> jax.Array:
+    """The nominal time of each recorded step, `[steps] float32` (the table tiled)."""
+    return jnp.tile(plan.table.t, steps // plan.table.t.shape[0])
+
+  def check_call(self, denoiser, shape: RunShape) -> None:
+    check_block_call(denoiser, self, shape.mask_id)
+
+  def check_prompt(self, prompt) -> None:
+    """Raises a `ValueError` for classifier-free guidance without a prompt (the unconditional
+    logits would be the conditional ones, at twice the cost)."""
+    if self.use_cfg and prompt is None:
+      raise ValueError("cfg_scale > 0 guides by masking the prompt; this call has no prompt "
+                       "(pass prompt= rows, or cfg_scale=0)")
+
+  def check_vocab(self, vocab_size: int) -> None:
+    """Raises a `ValueError` when `eos_id >= V` (an id the logits do not have)."""
+    if self.eos_id >= vocab_size:
+      raise ValueError(f"eos_id must be in [0, V) = [0, {vocab_size}) or -1, got "
+                       f"{self.eos_id}")
+
+  def extent(self, prompt, shape: RunShape) -> int:
+    return num_blocks(self, prompt, shape.seq_len, shape.mask_id)
 
 
 @functools.partial(jax.tree_util.register_dataclass,
@@ -158,20 +194,6 @@ def check_block_call(denoiser, rule: BlockRule, mask_id: int) -> None:
                   "so block decoding runs uncached", stacklevel=4)
 
 
-def check_block_prompt(rule: BlockRule, prompt) -> None:
-  """Raises a `ValueError` for classifier-free guidance without a prompt (the unconditional
-  logits would be the conditional ones, at twice the cost)."""
-  if rule.use_cfg and prompt is None:
-    raise ValueError("cfg_scale > 0 guides by masking the prompt; this call has no prompt "
-                     "(pass prompt= rows, or cfg_scale=0)")
-
-
-def check_eos(rule: BlockRule, vocab_size: int) -> None:
-  """Raises a `ValueError` when `eos_id >= V` (an id the logits do not have)."""
-  if rule.eos_id >= vocab_size:
-    raise ValueError(f"eos_id must be in [0, V) = [0, {vocab_size}) or -1, got {rule.eos_id}")
-
-
 def num_blocks(rule: BlockRule, prompt, seq_len: int, mask_id: int) -> int:
   """Blocks the scan runs: enough for the longest masked tail of a concrete prompt (all of
   `seq_len` for None, a traced prompt or one spread over other processes' devices; a mask
@@ -204,26 +226,12 @@ def answer_start(z, mask_id: int):
   return xp.max(xp.where(z != mask_id, positions[None], 0), axis=1).astype(np.int32)
 
 
-class _Geometry(NamedTuple):
-  """Where block `j` lies for each example."""
-
-  first: jax.Array       # [B] int32, P_b + jK (may be >= L: the block is empty)
-  positions: jax.Array   # [B, K] int32, P_b + jK + k, clipped to L - 1
-  valid: jax.Array       # [B, K] bool, the unclipped position is < L
-
-
 def _geometry(start: jax.Array, block: jax.Array, block_length: int,
-              seq_len: int) -> _Geometry:
+              seq_len: int) -> Geometry:
   """Block `block` ([] int32) of each example, whose answer starts at `start [B] int32`."""
   first = start + block * block_length
   positions = first[:, None] + jnp.arange(block_length, dtype=jnp.int32)[None]
-  return _Geometry(first, jnp.minimum(positions, seq_len - 1), positions < seq_len)
-
-
-def _rows(x: jax.Array, positions: jax.Array) -> jax.Array:
-  """`x [B, L, ...]` at `positions [B, K]` -> `[B, K, ...]`."""
-  index = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
-  return jnp.take_along_axis(x, index, axis=1)
+  return Geometry(first, jnp.minimum(positions, seq_len - 1), positions < seq_len)
 
 
 def _scatter(x: jax.Array, positions: jax.Array, valid: jax.Array, values: jax.Array):
@@ -232,129 +240,36 @@ def _scatter(x: jax.Array, positions: jax.Array, valid: jax.Array, values: jax.A
   return x.at[jnp.arange(x.shape[0])[:, None], at].set(values, mode="drop")
 
 
-class _Model(NamedTuple):
-  """How a step obtains the block's logits (the unconditional rows of CFG, if any, are
-  stacked after the conditional ones inside)."""
-
-  window_logits: Callable   # (z [B, L], geometry, first step of the block [] bool, cache)
-                            # -> (logits [B, K, V] float32, cache)
-  init_cache: Callable      # z [B, L] -> a zero cache of the right structure, or None
-
-
-def _head_rows(denoiser, h_or_logits, positions, t, split: bool) -> jax.Array:
-  """Logits `[B, K, V] float32` at `positions [B, K]` from what the model computed at every
-  row it ran (`[B, W, D]` features of a split denoiser, else `[B, W, V]` logits)."""
-  rows = _rows(h_or_logits, positions)
-  return (denoiser.head(rows, t) if split else rows).astype(jnp.float32)
-
-
-def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
-  """The static row counts of the prefix cache's later steps: `K, 2K, 4K, ...` below `tail`,
-  then `tail` (the longest answer). A step runs the smallest that reaches back to the batch's
-  earliest block start, so a late block runs few rows (Fast-dLLM's window shrinks block by
-  block; here it shrinks by halves, one compiled model call per width)."""
-  widths, width = [], block_length
-  while width < tail:
-    widths.append(width)
-    width *= 2
-  return tuple(widths) + (tail,)
-
-
-def _make_model(denoiser, rule: BlockRule, plan: BlockPlan, fixed, seq_len, mask_id,
-                tail: int) -> _Model:
-  """The block's logits for the step, per `rule.kv_cache` and `rule.use_cfg`; `fixed [B, L]
-  bool` marks the prompt, `tail` is the longest answer (rows, static)."""
-  split = denoiser.is_split
-  cached = rule.kv_cache != "none" and denoiser.has_kv_cache
-  twice = (lambda x: jnp.concatenate([x, x])) if rule.use_cfg else (lambda x: x)
-
-  def inputs(z):
-    """The rows the model sees: z, and z with the prompt masked under CFG."""
-    if not rule.use_cfg:
-      return z
-    return jnp.concatenate([z, jnp.where(fixed, mask_id, z)])
-
-  def combine(logits):
-    """CFG's `un + (s + 1)(cond - un)` of the stacked logits."""
-    if not rule.use_cfg:
-      return logits
-    cond, uncond = jnp.split(logits, 2)
-    return uncond + (plan.cfg_scale + 1.0) * (cond - uncond)
-
-  def t_of(seqs):     # the masked share, for denoisers that read t (LLaDA ignores it)
-    return jnp.maximum(jnp.mean((seqs == mask_id).astype(jnp.float32), axis=1), 1e-5)
-
-  def full(seqs, geometry):
-    """Uncached: the model on every row, the head (or the logits) read at the block."""
-    t = t_of(seqs)
-    out = denoiser.features(seqs, t) if split else denoiser(seqs, t)
-    return _head_rows(denoiser, out, twice(geometry.positions), t, split)
-
-  def prefill(seqs, geometry):
-    """A block's first step: every row, keeping every position's keys and values."""
-    h, cache = denoiser.prefill(seqs)
-    return _head_rows(denoiser, h, twice(geometry.positions), None, True), cache
-
-  def reuse(seqs, geometry, cache):
-    """A block's later steps: the block alone (dual), or the rows from it on (prefix)."""
-    positions, valid = twice(geometry.positions), twice(geometry.valid)
-    if rule.kv_cache == "dual":
-      h = denoiser.cached(_rows(seqs, positions), positions, valid, cache)
-      return _head_rows(denoiser, h, jnp.broadcast_to(jnp.arange(positions.shape[1]),
-                                                      positions.shape), None, True)
-    widths = prefix_widths(tail, rule.block_length)
-    block_first = twice(geometry.first)
-    needed = seq_len - jnp.min(block_first)                 # rows from the earliest block on
-    branches = [functools.partial(prefix_rows, width=w) for w in widths]
-    index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), needed), len(widths) - 1)
-    return jax.lax.switch(index, branches, seqs, positions, block_first, cache)
-
-  def prefix_rows(seqs, positions, block_first, cache, *, width: int):
-    """The prefix cache's later steps: the last `width` rows run, those from each row's
-    block on with their own keys and values, the earlier ones reading the cache."""
-    first = seq_len - width
-    at = jnp.broadcast_to(first + jnp.arange(width, dtype=jnp.int32), (seqs.shape[0], width))
-    h = denoiser.cached(seqs[:, first:], at, at >= block_first[:, None], cache)
-    return _head_rows(denoiser, h, jnp.clip(positions - first, 0, width - 1), None, True)
-
-  def window_logits(z, geometry, first_step, cache):
-    seqs = inputs(z)
-    if not cached:
-      return combine(full(seqs, geometry)), cache
-    logits, cache = jax.lax.cond(first_step, lambda: prefill(seqs, geometry),
-                                 lambda: (reuse(seqs, geometry, cache), cache))
-    return combine(logits), cache
-
-  def init_cache(z):
-    if not cached:
-      return None
-    shape = jax.eval_shape(lambda s: denoiser.prefill(s)[1], inputs(z))
-    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
-
-  return _Model(window_logits, init_cache)
-
-
 def _position_uniform(keys: jax.Array, positions: jax.Array) -> jax.Array:
   """A uniform draw in [0, 1) per position, `[B, K] float32`, from `fold_in(keys[b], p)`."""
   return jax.vmap(jax.vmap(lambda k: jax.random.uniform(k, (), jnp.float32)))(
       position_keys(keys, positions))
 
 
-def _choose(keys, logits, positions, plan: BlockPlan, rule: BlockRule, mask_id: int):
+def _confidence(keys, logits, x0, positions) -> jax.Array:
+  """`low_confidence`: the log of the full softmax probability of `x0`, `[B, K] float32`."""
+  chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
+  return chosen - jax.nn.logsumexp(logits, axis=-1)
+
+
+def _random_score(keys, logits, x0, positions) -> jax.Array:
+  """`random`: the log of a uniform draw per position, `[B, K] float32` (finite)."""
+  return jnp.log1p(-_position_uniform(keys[:, 1], positions))
+
+
+SCORES = {"low_confidence": _confidence, "random": _random_score}   # BlockRule.score
+
+
+def _choose(keys, logits, positions, plan: BlockPlan, score, mask_id: int):
   """Per block row: `x0 [B, K] int32` (argmax, or a draw of the tempered SUBS distribution),
-  its score `[B, K] float32` (log of the full softmax probability of `x0`, or of a uniform
-  draw for random remasking) and `[B, K] bool`, no finite largest logit."""
-  if rule.greedy:
+  its `score` (a function of `SCORES`) `[B, K] float32` and `[B, K] bool`, no finite largest
+  logit."""
+  if plan.rule.greedy:
     x0, bad = greedy(logits, mask_id)
   else:
     probs, bad = tempered_probs(logits, mask_id, plan.temperature)          # [B, K, V]
     x0, _ = draw_at(keys[:, 2], probs, positions)
-  if rule.score == "low_confidence":
-    chosen = jnp.take_along_axis(logits, x0[..., None], axis=-1)[..., 0]
-    score = chosen - jax.nn.logsumexp(logits, axis=-1)
-  else:
-    score = jnp.log1p(-_position_uniform(keys[:, 1], positions))   # log of (0, 1]: finite
-  return x0, score, bad
+  return x0, score(keys, logits, x0, positions), bad
 
 
 def _ranked(score: jax.Array, eligible: jax.Array) -> jax.Array:
@@ -378,24 +293,31 @@ def _transfer_count(row, count, masked, remasked, score, plan, rule: BlockRule, 
   return jnp.where(last_step, n_masked, jnp.minimum(k, n_masked))
 
 
-def _remask(key, row, z_w, track_w, valid, rule: BlockRule, positions, mask_id):
-  """Tokens of the block that go back to the mask before the step, `[B, K] bool`; only
-  tokens decoded in this block (a finite recorded score) are candidates. ReMDM-LLaDA steps
-  remask the `row.remask` decoded with the lowest score (or random ones); with
-  `remask_sigma`, each candidate is remasked with probability `row.sigma` (times the conf
-  weights)."""
-  candidates = valid & (z_w != mask_id) & jnp.isfinite(track_w)
-  if rule.remask_sigma != "none":
-    p = jnp.broadcast_to(row.sigma, z_w.shape)
-    if rule.remask_sigma == "conf":
-      p = p * conf_weights(jnp.exp(track_w), candidates, "prob")
-    return candidates & jax.vmap(posterior.bernoulli)(key, p)
-  if rule.remdm_select == "confidence":
-    priority = -track_w
-  else:
-    priority = _position_uniform(key, positions)
+def _remask_by_sigma(key, row, candidates, track_w, positions, *, conf: bool):
+  """`remask_sigma`: each candidate remasked with probability `row.sigma` (times the conf
+  weights of the probabilities the tokens were decoded with)."""
+  p = jnp.broadcast_to(row.sigma, candidates.shape)
+  if conf:
+    p = p * conf_weights(jnp.exp(track_w), candidates, "prob")
+  return candidates & jax.vmap(posterior.bernoulli)(key, p)
+
+
+def _remask_ranked(key, row, candidates, track_w, positions, *, by_confidence: bool):
+  """ReMDM-LLaDA: the `row.remask` candidates decoded with the lowest score (or random ones;
+  none on a regular step, where `row.remask` is 0)."""
+  priority = -track_w if by_confidence else _position_uniform(key, positions)
   n = jnp.minimum(row.remask, jnp.sum(candidates, axis=-1))
   return candidates & top_count(_ranked(priority, candidates), n)
+
+
+def remask_rule(rule: BlockRule):
+  """The remasking function of a rule, picked once (outside the step): `fn(key, row,
+  candidates [B, K] bool, track_w [B, K] float32, positions [B, K]) -> [B, K] bool`, the
+  tokens of the block that go back to the mask before the step. Only tokens decoded in this
+  block (a finite recorded score) are candidates."""
+  if rule.remask_sigma != "none":
+    return functools.partial(_remask_by_sigma, conf=rule.remask_sigma == "conf")
+  return functools.partial(_remask_ranked, by_confidence=rule.remdm_select == "confidence")
 
 
 def _stop_at_eos(z, start, eos_id: int) -> jax.Array:
@@ -415,9 +337,11 @@ class _Carry(NamedTuple):
   cache: object          # the model's key-value cache, or None
 
 
-def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_keys,
+def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
                seq_len: int, mask_id: int, steps_per_block: int, record: bool, on_step):
-  """The scan body over the flat table (every block's steps)."""
+  """The scan body over the flat table (every block's steps); the window (`model`), the
+  score and the remasking rule are picked here, once."""
+  score, remask_fn = SCORES[rule.score], remask_rule(rule)
 
   def step(carry: _Carry, xs):
     index, block, row = xs
@@ -427,23 +351,23 @@ def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_k
     first_step, last_step = within == 0, within == steps_per_block - 1
     keys = step_keys(example_keys, index)
     geometry = _geometry(start, block, rule.block_length, seq_len)
-    z_w, track_w = _rows(carry.z, geometry.positions), _rows(carry.track, geometry.positions)
+    z_w, track_w = rows(carry.z, geometry.positions), rows(carry.track, geometry.positions)
     count = jnp.where(first_step, jnp.sum(geometry.valid & (z_w == mask_id), axis=-1),
                       carry.count)
-    remask = _remask(keys[:, 0], row, z_w, track_w, geometry.valid, rule, geometry.positions,
-                     mask_id)
+    candidates = geometry.valid & (z_w != mask_id) & jnp.isfinite(track_w)
+    remask = remask_fn(keys[:, 0], row, candidates, track_w, geometry.positions)
     z_w = jnp.where(remask, mask_id, z_w)
     track_w = jnp.where(remask, jnp.inf, track_w)
     masked = geometry.valid & (z_w == mask_id)
     z = _scatter(carry.z, geometry.positions, geometry.valid, z_w)
 
     def decode():
-      logits, cache = model.window_logits(z, geometry, first_step, carry.cache)
-      x0, score, bad = _choose(keys, logits, geometry.positions, plan, rule, mask_id)
-      k = _transfer_count(row, count, masked, jnp.sum(remask, axis=-1), score, plan, rule,
+      logits, cache = model.logits(z, geometry, first_step, carry.cache)
+      x0, scores, bad = _choose(keys, logits, geometry.positions, plan, score, mask_id)
+      k = _transfer_count(row, count, masked, jnp.sum(remask, axis=-1), scores, plan, rule,
                           last_step)
-      unmask = masked & top_count(_ranked(score, masked), k)
-      return (jnp.where(unmask, x0, z_w), jnp.where(unmask, score, track_w), unmask,
+      unmask = masked & top_count(_ranked(scores, masked), k)
+      return (jnp.where(unmask, x0, z_w), jnp.where(unmask, scores, track_w), unmask,
               jnp.any(bad & masked, axis=-1), cache)
 
     def skip():
@@ -463,19 +387,19 @@ def _make_step(model: _Model, plan: BlockPlan, rule: BlockRule, start, example_k
   return step
 
 
-def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, *, batch_size: int,
-               seq_len: int, mask_id: int, batch_sharding, record: bool, on_step,
-               blocks: int):
-  """The whole block-decoding run, traceable: `(tokens [B, L] int32, nonfinite [B] bool,
-  records)` as `sampling._run`, with `blocks` (static) blocks of steps."""
+def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, shape: RunShape):
+  """`BlockRule.run`: the whole block-decoding run, traceable, over `shape.extent` blocks of
+  steps."""
+  batch_size, seq_len, mask_id = shape.batch_size, shape.seq_len, shape.mask_id
+  blocks, record, on_step = shape.extent, shape.record, shape.on_step
   rule = plan.rule
   z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
-  if batch_sharding is not None:
-    z = jax.lax.with_sharding_constraint(z, batch_sharding)
+  if shape.batch_sharding is not None:
+    z = jax.lax.with_sharding_constraint(z, shape.batch_sharding)
   start = answer_start(z, mask_id)
   keys = example_keys(key, first_index, batch_size)
   tail = min(seq_len, blocks * rule.block_length)
-  model = _make_model(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
+  model = make_window(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
   step = _make_step(model, plan, rule, start, keys, seq_len, mask_id,
                     steps_per_block, record, on_step)
@@ -488,9 +412,3 @@ def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, *, batch_siz
                  model.init_cache(z))
   carry, records = jax.lax.scan(step, carry, xs)
   return carry.z, carry.nonfinite, records
-
-
-def trajectory_times(plan: BlockPlan, steps: int) -> jax.Array:
-  """The nominal time of each recorded step, `[steps] float32` (the table tiled)."""
-  return jnp.tile(plan.table.t, steps // plan.table.t.shape[0])
-

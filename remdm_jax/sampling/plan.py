@@ -1,4 +1,5 @@
-"""A `SamplerConfig` becomes a per-step table of arrays (`Plan`) and static switches (`StepRule`).
+"""A config becomes a plan: for the diffusion strategies a per-step table of arrays (`Plan`) and
+static switches (`StepRule`, the decoder that runs it, `remdm_jax.sampling.steps`).
 
 Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a prompt:
 
@@ -9,69 +10,27 @@ Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a pro
 
 Valid iff `0 <= sigma <= sigma_max = min(1, (1 - alpha_s) / alpha_t)`. The table is computed on
 the host in float64 from the strategy (`remdm_jax.sampling.strategies`) and checked;
-`remdm_jax.sampling.sampler` runs one scan over it for every strategy.
+`remdm_jax.sampling.steps` runs one scan over it for every strategy.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax import schedules
+from remdm_jax.diffusion import sigma_max
 from remdm_jax.sampling import blocks
 from remdm_jax.sampling.config import SamplerConfig
-from remdm_jax.diffusion import sigma_max
+from remdm_jax.sampling.decoder import Decoder
+from remdm_jax.sampling.steps import Plan, StepRule, StepTable
 from remdm_jax.sampling.strategies import safe_div
-from remdm_jax.validation import ArgumentTypeError, check_scalar
+from remdm_jax.validation import ArgumentTypeError
 
-
-class StepTable(NamedTuple):
-  """Per-step arrays, all `[n]` (n = number of steps, `len(t)`); float32 unless stated."""
-
-  t: jax.Array                  # time the denoiser sees at this step
-  sigma: jax.Array              # base remasking probability (conf multiplies it per token)
-  sigma_max: jax.Array          # min(1, (1 - alpha_s) / alpha_t), alpha_s at the step's end
-  unmask_base: jax.Array        # (alpha_s - alpha_t) / (1 - alpha_t)
-  unmask_per_sigma: jax.Array   # alpha_t / (1 - alpha_t)
-  decoded_frac: jax.Array       # topk: fraction of free positions decoded after the step
-  remask_count: jax.Array       # topk: tokens remasked at this step, int32
-
-
-@dataclasses.dataclass(frozen=True)
-class StepRule:
-  """The static part: switches that change the step's code (hashable, jit-static)."""
-
-  select: str = "bernoulli"   # bernoulli: per-token coin flips; rank: topk by confidence
-  conf_score: str | None = None  # None, "prob" or "logprob": conf weighting of sigma
-  top_p_mode: str = "reference"
-  top_p_impl: str = "bisect"
-  use_top_p: bool = False
-  cache: bool = False
-  logits_dtype: str = "auto"
-  position_chunk: int = 0
-  unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
-  draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
-
-
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=["table", "top_p", "temperature", "t_final"],
-                   meta_fields=["rule"])
-@dataclasses.dataclass(frozen=True)
-class Plan:
-  """Everything the scan consumes as data (the table and the scalar knobs, pytree leaves), and
-  the static rule they were built for (part of the pytree structure, so a plan always runs
-  under its own switches and a jitted function retraces for a plan of another rule)."""
-
-  table: StepTable
-  top_p: jax.Array        # [] float32
-  temperature: jax.Array  # [] float32
-  t_final: jax.Array      # [] float32, time of the final noise-removal call
-  rule: StepRule          # static: the switches of the config the plan was built from
+__all__ = ["Plan", "StepRule", "StepTable", "build_plan", "build_table", "check_plan",
+           "rule_differences"]
 
 
 def rule_differences(built, given) -> list[str]:
@@ -96,24 +55,18 @@ _GLOSS = {"unmask_fraction": " (the largest share of positions one step unmasks,
                              "strategy's grid and schedule)"}
 
 
-def check_plan(plan) -> "Plan":
-  """`plan` if it is a `Plan` or a `BlockPlan` (from `build_plan`), else an
-  `ArgumentTypeError` saying so. Its scalars are checked as a config's are when they are
-  concrete (a traced plan is data): `top_p` in (0, 1], `temperature` in (0, inf), `t_final`
-  in [0, 1) (a `BlockPlan`: `remdm_jax.sampling.blocks.check_block_plan`).
+def check_plan(plan):
+  """`plan` if it is a plan from `build_plan` (its `rule` a `Decoder`), with its concrete
+  scalars checked by its decoder (`StepRule.check_plan`, `BlockRule.check_plan`), else an
+  `ArgumentTypeError` saying so.
 
   Raises:
     ArgumentTypeError: not a plan. ValueError: a concrete scalar out of its range.
   """
-  if isinstance(plan, blocks.BlockPlan):
-    return blocks.check_block_plan(plan)
-  if not isinstance(plan, Plan):
+  if not isinstance(getattr(plan, "rule", None), Decoder):
     raise ArgumentTypeError(f"plan must be a remdm_jax.Plan from remdm_jax.build_plan(config), "
                             f"got {type(plan).__name__}")
-  check_scalar("plan.top_p", plan.top_p, 0.0, 1.0, low_open=True)
-  check_scalar("plan.temperature", plan.temperature, 0.0, low_open=True)
-  check_scalar("plan.t_final", plan.t_final, 0.0, 1.0, high_open=True)
-  return plan
+  return plan.rule.check_plan(plan)
 
 
 def _check_config(cfg) -> SamplerConfig:

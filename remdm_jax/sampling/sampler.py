@@ -1,12 +1,14 @@
-"""The sampler: one `jax.lax.scan` over the steps of any strategy.
+"""The sampler: checks the call, then runs the plan's own decoder in one compiled program.
 
 `make_sampler` is the one place a sampler is compiled: a jitted run whose arguments are the
 key, the denoiser (a pytree: its parameters are leaves), the plan, the prompt and the first
 index, so new values of any of them reuse the executable. `sample` is the one-call form (it
 builds a sampler and runs it; inside a user's `jit`, `vmap` or sharded program it is traced
 into the caller's computation), and `sample_with_plan` the traceable building block for a
-user's own jitted function. Strategy differences live in the `Plan` arrays built by
-`plan.build_plan`; the step below is written once, the per-step rules are in `step_rules`.
+user's own jitted function. A config becomes a plan (`plan.build_plan`) whose static rule is
+its decoder (`remdm_jax.sampling.decoder.Decoder`): the diffusion steps of every strategy
+(`steps.StepRule`, one scan over the strategy's table) or block decoding
+(`blocks.BlockRule`). This module never asks which one it holds.
 
 Randomness is per example and per position: example `i` of a call draws only from
 `fold_in(key, first_index + i)`, step `j` from `fold_in(that, j)` (split into remask, unmask
@@ -23,164 +25,38 @@ References:
 from __future__ import annotations
 
 import dataclasses
-import functools
 from typing import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
-from remdm_jax.sampling import blocks as block_decoding
-from remdm_jax.sampling.blocks import BlockPlan
-from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
-from remdm_jax.sampling.plan import Plan, StepRule, build_plan, check_plan, rule_differences
-from remdm_jax.sampling.rounds import in_rounds
 from remdm_jax.sampling.checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
                                        check_prompt, check_sizes, raise_nonfinite)
-from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
-                                           greedy, select_bernoulli, select_rank, step_keys)
+from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.decoder import RunShape
+from remdm_jax.sampling.plan import Plan, StepRule, build_plan, check_plan, rule_differences
 from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.validation import ArgumentTypeError, coerce
 
 __all__ = ["NonFiniteLogitsError", "Sampler", "make_sampler", "sample", "sample_with_plan"]
 
-def _as_logits_dtype(logits: jax.Array, rule: StepRule) -> jax.Array:
-  """Logits held in `rule.logits_dtype` ("auto": as emitted); probabilities are float32 later."""
-  return logits if rule.logits_dtype == "auto" else logits.astype(rule.logits_dtype)
 
-
-def _step_output(denoiser, rule: StepRule):
-  """`(fn(z, t), split)`: what a step computes at every position (and what the cache holds):
-  the features of a split denoiser for the Bernoulli rules, else the logits in
-  `rule.logits_dtype`."""
-  if rule.select == "bernoulli" and denoiser.is_split:
-    return denoiser.features, True
-  return (lambda z, t: _as_logits_dtype(denoiser(z, t), rule)), False
-
-
-def _make_step(denoiser, plan, rule, example_keys, fixed, mask_id, record, on_step):
-  """The scan body, shared by every strategy."""
-  capacity = draw_capacity(rule, fixed.shape[1])
-  output, split = _step_output(denoiser, rule)
-
-  def step(carry, xs):
-    z, psi, nonfinite, cache = carry
-    index, row = xs
-    if on_step is not None:
-      jax.debug.callback(on_step, index)
-    t = jnp.full(z.shape[:1], row.t, jnp.float32)
-    call = lambda: output(z, t)   # split: the trunk everywhere, the head only where drawn
-    if rule.cache:
-      cached, changed = cache
-      computed = jax.lax.cond(changed, call, lambda: cached)
-    else:
-      computed = call()
-    keys = step_keys(example_keys, index)
-    masked = z == mask_id
-    if rule.select == "rank":      # confidence ranking needs every masked position's draw
-      tokens, token_prob, bad = draw_all(keys[:, 2], computed, plan, rule, mask_id)
-      unmask, remask = select_rank(keys, row, z, fixed, mask_id, psi, token_prob)
-      drawn = masked
-    else:                          # decide, then draw only where a token is unmasked
-      unmask, remask = select_bernoulli(keys, row, rule, z, fixed, mask_id, psi)
-      rows_at = _row_reader(denoiser, computed, t, split, rule)
-      tokens, token_prob, bad = draw_selected(keys[:, 2], rows_at, unmask, capacity, plan,
-                                               rule, mask_id)
-      drawn = unmask
-    z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
-    psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
-    nonfinite = nonfinite | jnp.any(bad & drawn, axis=-1)
-    if rule.cache:
-      cache = (computed, jnp.any(z_next != z))
-    return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)
-
-  return step
-
-
-def _row_reader(denoiser, computed, t, split, rule):
-  """`rows_at(positions [B, K] int32) -> logits [B, K, V]` from what a step computed at
-  every position (`_step_output`): gathered logits, or the head applied to gathered features."""
-  gather = lambda positions: jnp.take_along_axis(computed, positions[..., None], axis=1)
-  if split:
-    return lambda positions: _as_logits_dtype(denoiser.head(gather(positions), t), rule)
-  return gather
-
-
-def _final_denoise(denoiser, rule, z, t_final, mask_id):
-  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p). The
-  denoiser is not called at all when no position is still masked; a split denoiser's head
-  runs only on the still-masked rows (in rounds of K), a plain one's logits are read whole.
-
-  Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
-  largest logit (NaN, +inf or all -inf)."""
-  masked = z == mask_id                                                # [B, L]
-  output, split = _step_output(denoiser, rule)
-
-  def remove():
-    t = jnp.full(z.shape[:1], t_final, jnp.float32)
-    computed = output(z, t)
-    if split:
-      rows_at = _row_reader(denoiser, computed, t, split, rule)
-      best, bad = in_rounds(masked, draw_capacity(rule, z.shape[1]),
-                            lambda positions: greedy(rows_at(positions), mask_id))
-    else:
-      best, bad = greedy(computed, mask_id)
-    return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)
-
-  return jax.lax.cond(jnp.any(masked), remove,
-                      lambda: (z, jnp.zeros(z.shape[:1], bool)))
-
-
-def _run(key, denoiser: Denoiser, plan: Plan | BlockPlan, prompt, first_index, *,
-         batch_size: int, seq_len: int, mask_id: int, batch_sharding, record: bool, on_step,
-         blocks: int = 0):
+def _run(key, denoiser: Denoiser, plan, prompt, first_index, *, shape: RunShape):
   """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
   `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
-  a checked `[B, L] int32` template. The step's switches are the plan's own (`plan.rule`); a
-  `BlockPlan` runs block decoding (`remdm_jax.sampling.blocks`) over `blocks` blocks."""
-  vocab_size = check_output(denoiser, batch_size, seq_len, mask_id)
-  run = _run_steps
-  if isinstance(plan, BlockPlan):
-    block_decoding.check_eos(plan.rule, vocab_size)
-    run = functools.partial(block_decoding.run_blocks, blocks=blocks)
-  tokens, nonfinite, records = run(key, denoiser, plan, prompt, first_index,
-                                   batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
-                                   batch_sharding=batch_sharding, record=record,
-                                   on_step=on_step)
-  if isinstance(batch_sharding, jax.sharding.NamedSharding):   # every process reads all flags
+  a checked `[B, L] int32` template. The plan's own decoder (`plan.rule`) runs it."""
+  vocab_size = check_output(denoiser, shape.batch_size, shape.seq_len, shape.mask_id)
+  plan.rule.check_vocab(vocab_size)
+  tokens, nonfinite, records = plan.rule.run(key, denoiser, plan, prompt, first_index, shape)
+  sharding = shape.batch_sharding
+  if isinstance(sharding, jax.sharding.NamedSharding):   # every process reads all flags
     nonfinite = jax.lax.with_sharding_constraint(
-        nonfinite, jax.sharding.NamedSharding(batch_sharding.mesh, jax.sharding.PartitionSpec()))
+        nonfinite, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
   return tokens, nonfinite, records
 
 
-def _run_steps(key, denoiser: Denoiser, plan: Plan, prompt, first_index, *, batch_size: int,
-               seq_len: int, mask_id: int, batch_sharding, record: bool, on_step):
-  """The diffusion-time strategies' run (`_run`)."""
-  rule = plan.rule
-  z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
-  keys = example_keys(key, first_index, batch_size)
-  psi = jnp.zeros((batch_size, seq_len), jnp.float32)
-  if batch_sharding is not None:
-    z, psi = jax.lax.with_sharding_constraint((z, psi), batch_sharding)
-  fixed = z != mask_id
-  cache = None
-  if rule.cache:
-    out = jax.eval_shape(_step_output(denoiser, rule)[0], z,
-                         jnp.zeros((batch_size,), jnp.float32))
-    cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
-  step = _make_step(denoiser, plan, rule, keys, fixed, mask_id, record, on_step)
-  num_steps = plan.table.t.shape[0]
-  nonfinite = jnp.zeros((batch_size,), bool)
-  (z, _, nonfinite, _), records = jax.lax.scan(
-      step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
-  tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
-  return tokens, nonfinite | final_nonfinite, records
-
-
-_STATIC = ("batch_size", "seq_len", "mask_id", "batch_sharding", "record", "on_step",
-           "blocks")
-_jitted_run = jax.jit(_run, static_argnames=_STATIC)
+_jitted_run = jax.jit(_run, static_argnames=("shape",))
 
 
 def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step) -> None:
@@ -196,21 +72,10 @@ def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
                             f"{on_step!r:.60}")
 
 
-def _check_call(denoiser: Denoiser, rule, batch_size, seq_len, mask_id) -> None:
-  """The checks that need no tracing."""
-  check_sizes(batch_size, seq_len, mask_id)
-  if isinstance(rule, block_decoding.BlockRule):
-    block_decoding.check_block_call(denoiser, rule, mask_id)
-    return
-  if rule.position_chunk and seq_len % rule.position_chunk:
-    raise ValueError(f"position_chunk must divide seq_len {seq_len}, got "
-                     f"{rule.position_chunk}")
-  if rule.cache and denoiser.reads_t:
-    raise ValueError(
-        "cache=True reuses a step's logits when no token changed, which is exact only for a "
-        "denoiser that ignores t; this one reads t (reads_t=True; a plain function is assumed "
-        "to). Declare a time-free function with remdm_jax.Denoiser.wrap(fn, reads_t=False), "
-        "or sample with cache=False")
+def _check_call(denoiser: Denoiser, shape: RunShape, rule) -> None:
+  """The checks that need no tracing: the sizes, then the decoder's own."""
+  check_sizes(shape.batch_size, shape.seq_len, shape.mask_id)
+  rule.check_call(denoiser, shape)
 
 
 def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
@@ -222,17 +87,8 @@ def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
     else:
       raise_nonfinite(nonfinite, first_index)
   if return_trajectory:
-    times = (block_decoding.trajectory_times(plan, records[0].shape[0])
-             if isinstance(plan, BlockPlan) else plan.table.t)
-    return Trajectory(tokens, *records, times, nonfinite)
+    return Trajectory(tokens, *records, plan.rule.times(plan, records[0].shape[0]), nonfinite)
   return (tokens, nonfinite) if return_nonfinite else tokens
-
-
-def _blocks_of(rule, prompt, seq_len: int, mask_id: int) -> int:
-  """The static block count of block decoding (0 for the other strategies)."""
-  if not isinstance(rule, block_decoding.BlockRule):
-    return 0
-  return block_decoding.num_blocks(rule, prompt, seq_len, mask_id)
 
 
 def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None = None, *,
@@ -261,18 +117,16 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
                      "plan's); pass the pair that build_plan(config) returns, or no rule")
   rule = plan.rule
   denoiser = ensure_denoiser(denoiser)
-  _check_call(denoiser, rule, batch_size, seq_len, mask_id)
+  shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory, on_step)
+  _check_call(denoiser, shape, rule)
   first_index = check_first_index(first_index, batch_size)
-  if isinstance(rule, block_decoding.BlockRule):
-    block_decoding.check_block_prompt(rule, prompt)
+  rule.check_prompt(prompt)
   if prompt is not None:
     prompt = check_prompt(prompt, batch_size, seq_len,
                           lambda: check_output(denoiser, batch_size, seq_len, mask_id))
-  tokens, nonfinite, records = _run(
-      as_typed_key(key), denoiser, plan, prompt, first_index, batch_size=batch_size,
-      seq_len=seq_len, mask_id=mask_id, batch_sharding=batch_sharding,
-      record=return_trajectory, on_step=on_step,
-      blocks=_blocks_of(rule, prompt, seq_len, mask_id))
+  shape = dataclasses.replace(shape, extent=rule.extent(prompt, shape))
+  tokens, nonfinite, records = _run(as_typed_key(key), denoiser, plan, prompt, first_index,
+                                    shape=shape)
   return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
                  return_nonfinite)
 
@@ -292,15 +146,14 @@ class Sampler:
     self.denoiser = ensure_denoiser(denoiser)
     _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
     self.plan, self.rule = build_plan(config)
-    _check_call(self.denoiser, self.rule, batch_size, seq_len, mask_id)
+    self.shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
+                          on_step)
+    _check_call(self.denoiser, self.shape, self.rule)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
     self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
-    self._static = dict(batch_size=batch_size, seq_len=seq_len,
-                        mask_id=mask_id, batch_sharding=batch_sharding,
-                        record=return_trajectory, on_step=on_step)
     self._vocab_size = None
     self._compiled = None
-    self._compiled_blocks = 0
+    self._compiled_extent = 0
 
   def _vocab_size_of(self, denoiser: Denoiser) -> int:
     """V of the denoiser's logits, traced abstractly once per sampler."""
@@ -322,8 +175,7 @@ class Sampler:
                          f"(its pytree), got another: {str(given):.200} instead of "
                          f"{str(own):.200}")
     denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
-    if isinstance(self.rule, block_decoding.BlockRule):
-      block_decoding.check_block_prompt(self.rule, prompt)
+    self.rule.check_prompt(prompt)
     prompt = (np.full((self.batch_size, self.seq_len), self.mask_id, np.int32) if prompt is None
               else check_prompt(prompt, self.batch_size, self.seq_len,
                                 lambda: self._vocab_size_of(denoiser)))
@@ -364,26 +216,26 @@ class Sampler:
                                 plan, check_first_index(first_index, self.batch_size))
     if abstract_key:
       arguments = (key,) + arguments[1:]
-    blocks = _blocks_of(self.rule, arguments[3], self.seq_len, self.mask_id)
-    self._compiled = _jitted_run.lower(*arguments, **self._static, blocks=blocks).compile()
-    self._compiled_blocks = blocks
+    shape = self._shape_for(arguments[3])
+    self._compiled = _jitted_run.lower(*arguments, shape=shape).compile()
+    self._compiled_extent = shape.extent
     return self
+
+  def _shape_for(self, prompt) -> RunShape:
+    """The run's shape with the extent the prompt needs (block decoding: its blocks)."""
+    return dataclasses.replace(self.shape, extent=self.rule.extent(prompt, self.shape))
 
   def num_steps(self, prompt=None) -> int:
     """Steps of the scan a call with `prompt` runs (its trajectory's length, what `on_step`
     counts): the table's for the diffusion strategies; for block decoding, blocks x steps per
     block, the blocks those of the compiled run when it covers the prompt's longest tail (or
     when no prompt is given), else enough for that tail (all of `seq_len` for None)."""
-    if not isinstance(self.rule, block_decoding.BlockRule):
-      return int(self.plan.table.t.shape[0])
-    if prompt is None and self._compiled is not None:
-      return self._compiled_blocks * int(self.plan.table.t.shape[0])
     if prompt is not None:
       prompt = check_prompt(prompt, self.batch_size, self.seq_len, lambda: None)
-    blocks = _blocks_of(self.rule, prompt, self.seq_len, self.mask_id)
-    if self._compiled is not None and blocks <= self._compiled_blocks:
-      blocks = self._compiled_blocks
-    return blocks * int(self.plan.table.t.shape[0])
+    extent = self.rule.extent(prompt, self.shape)
+    if self._compiled is not None and (prompt is None or extent <= self._compiled_extent):
+      extent = self._compiled_extent
+    return self.rule.trajectory_length(self.plan, extent)
 
   def compiled(self) -> jax.stages.Compiled:
     """The executable of the last `compile` (for `memory_analysis()`, `as_text()`).
@@ -404,11 +256,12 @@ class Sampler:
     first_index = check_first_index(first_index, self.batch_size)
     arguments = self._arguments(key, params, prompt, plan, first_index)
     traced = any(isinstance(leaf, jax.core.Tracer) for leaf in jax.tree.leaves(arguments))
-    blocks = _blocks_of(self.rule, arguments[3], self.seq_len, self.mask_id)
-    if self._compiled is not None and not traced and blocks <= self._compiled_blocks:
-      tokens, nonfinite, records = self._compiled(*arguments)   # extra blocks are skipped
+    shape = self._shape_for(arguments[3])
+    if (self._compiled is not None and not traced
+        and shape.extent <= self._compiled_extent):   # a smaller extent: its work is skipped
+      tokens, nonfinite, records = self._compiled(*arguments)
     else:
-      tokens, nonfinite, records = _jitted_run(*arguments, **self._static, blocks=blocks)
+      tokens, nonfinite, records = _jitted_run(*arguments, shape=shape)
     return _result(tokens, nonfinite, records, arguments[2], first_index,
                    self.return_trajectory, self.return_nonfinite)
 

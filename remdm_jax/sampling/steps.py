@@ -1,0 +1,247 @@
+"""The diffusion-step decoder: MDLM and every ReMDM strategy as one scan over a step table.
+
+Per step `i` (from time `t_i` to `s_i < t_i`), for a position not fixed by a prompt: a decoded
+token is remasked with probability `sigma_i` (times the conf weight); a masked one is unmasked
+with probability `unmask_base_i + sigma_i * unmask_per_sigma_i` (paper eq. 6), or, for
+confidence decoding (`topk`), the most confident masked positions are unmasked and the least
+confident decoded ones remasked. After the last step, one greedy noise-removal call decodes
+what is still masked. The table is built on the host by `remdm_jax.sampling.plan`; this
+module holds its types and the scan (`StepRule.run`, the `Decoder` of the diffusion
+strategies).
+
+References:
+  Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
+  Scaling", NeurIPS 2025, arXiv 2503.00307 (sections 3-4, eq. 6).
+  Sahoo et al., "Simple and Effective Masked Diffusion Language Models", 2024,
+  arXiv 2406.07524 (SUBS, the final noise-removal step, caching).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from remdm_jax.sampling.decoder import Decoder, RunShape
+from remdm_jax.sampling.rounds import in_rounds
+from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
+                                           greedy, select_bernoulli, select_rank, step_keys)
+from remdm_jax.validation import check_scalar
+
+
+class StepTable(NamedTuple):
+  """Per-step arrays, all `[n]` (n = number of steps, `len(t)`); float32 unless stated."""
+
+  t: jax.Array                  # time the denoiser sees at this step
+  sigma: jax.Array              # base remasking probability (conf multiplies it per token)
+  sigma_max: jax.Array          # min(1, (1 - alpha_s) / alpha_t), alpha_s at the step's end
+  unmask_base: jax.Array        # (alpha_s - alpha_t) / (1 - alpha_t)
+  unmask_per_sigma: jax.Array   # alpha_t / (1 - alpha_t)
+  decoded_frac: jax.Array       # topk: fraction of free positions decoded after the step
+  remask_count: jax.Array       # topk: tokens remasked at this step, int32
+
+
+@dataclasses.dataclass(frozen=True)
+class StepRule(Decoder):
+  """The static part of a diffusion-step plan: switches that change the step's code
+  (hashable, jit-static), and the decoder that runs the plan."""
+
+  select: str = "bernoulli"   # bernoulli: per-token coin flips; rank: topk by confidence
+  conf_score: str | None = None  # None, "prob" or "logprob": conf weighting of sigma
+  top_p_mode: str = "reference"
+  top_p_impl: str = "bisect"
+  use_top_p: bool = False
+  cache: bool = False
+  logits_dtype: str = "auto"
+  position_chunk: int = 0
+  unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
+  draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
+
+  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
+    return _run_steps(key, denoiser, plan, prompt, first_index, shape)
+
+  def check_plan(self, plan):
+    """Concrete `top_p` in (0, 1], `temperature` in (0, inf), `t_final` in [0, 1)."""
+    check_scalar("plan.top_p", plan.top_p, 0.0, 1.0, low_open=True)
+    check_scalar("plan.temperature", plan.temperature, 0.0, low_open=True)
+    check_scalar("plan.t_final", plan.t_final, 0.0, 1.0, high_open=True)
+    return plan
+
+  def trajectory_length(self, plan, extent: int) -> int:
+    return int(plan.table.t.shape[0])
+
+  def times(self, plan, steps: int) -> jax.Array:
+    return plan.table.t
+
+  def check_call(self, denoiser, shape: RunShape) -> None:
+    """`position_chunk` divides L; `cache` only for a denoiser that ignores t."""
+    if self.position_chunk and shape.seq_len % self.position_chunk:
+      raise ValueError(f"position_chunk must divide seq_len {shape.seq_len}, got "
+                       f"{self.position_chunk}")
+    if self.cache and denoiser.reads_t:
+      raise ValueError(
+          "cache=True reuses a step's logits when no token changed, which is exact only for "
+          "a denoiser that ignores t; this one reads t (reads_t=True; a plain function is "
+          "assumed to). Declare a time-free function with remdm_jax.Denoiser.wrap(fn, "
+          "reads_t=False), or sample with cache=False")
+
+
+@functools.partial(jax.tree_util.register_dataclass,
+                   data_fields=["table", "top_p", "temperature", "t_final"],
+                   meta_fields=["rule"])
+@dataclasses.dataclass(frozen=True)
+class Plan:
+  """Everything the scan consumes as data (the table and the scalar knobs, pytree leaves), and
+  the static rule they were built for (part of the pytree structure, so a plan always runs
+  under its own switches and a jitted function retraces for a plan of another rule)."""
+
+  table: StepTable
+  top_p: jax.Array        # [] float32
+  temperature: jax.Array  # [] float32
+  t_final: jax.Array      # [] float32, time of the final noise-removal call
+  rule: StepRule          # static: the switches of the config the plan was built from
+
+
+def _as_logits_dtype(logits: jax.Array, rule: StepRule) -> jax.Array:
+  """Logits held in `rule.logits_dtype` ("auto": as emitted); probabilities are float32 later."""
+  return logits if rule.logits_dtype == "auto" else logits.astype(rule.logits_dtype)
+
+
+def _step_output(denoiser, rule: StepRule):
+  """`(fn(z, t), split)`: what a step computes at every position (and what the cache holds):
+  the features of a split denoiser for the Bernoulli rules, else the logits in
+  `rule.logits_dtype`."""
+  if rule.select == "bernoulli" and denoiser.is_split:
+    return denoiser.features, True
+  return (lambda z, t: _as_logits_dtype(denoiser(z, t), rule)), False
+
+
+def _row_reader(denoiser, computed, t, split, rule):
+  """`rows_at(positions [B, K] int32) -> logits [B, K, V]` from what a step computed at
+  every position (`_step_output`): gathered logits, or the head applied to the features of
+  the rows that predict those positions (`Denoiser.feature_rows`)."""
+  gather = lambda rows: jnp.take_along_axis(computed, rows[..., None], axis=1)
+  if split:
+    return lambda positions: _as_logits_dtype(
+        denoiser.head(gather(denoiser.feature_rows(positions)), t), rule)
+  return gather
+
+
+class _Context(NamedTuple):
+  """What every step of one run shares (built once, outside the step)."""
+
+  denoiser: object
+  plan: Plan
+  fixed: jax.Array      # [B, L] bool: prompt positions
+  mask_id: int
+  capacity: int         # positions drawn per example per round (Bernoulli rules)
+  split: bool           # the step computed features of a split denoiser
+
+
+def _rank_transition(ctx: _Context, keys, row, z, psi, computed, t):
+  """Confidence ranking: every masked position is drawn, then the most confident unmask.
+  Returns `(unmask, remask, tokens, token_prob, bad)`, each `[B, L]`."""
+  rule = ctx.plan.rule
+  tokens, token_prob, bad = draw_all(keys[:, 2], computed, ctx.plan, rule, ctx.mask_id)
+  unmask, remask = select_rank(keys, row, z, ctx.fixed, ctx.mask_id, psi, token_prob)
+  return unmask, remask, tokens, token_prob, bad & (z == ctx.mask_id)
+
+
+def _bernoulli_transition(ctx: _Context, keys, row, z, psi, computed, t):
+  """Eq. 6 coin flips first, then draws only where a token is unmasked (a split denoiser's
+  head runs on those rows only). Returns as `_rank_transition`."""
+  rule = ctx.plan.rule
+  unmask, remask = select_bernoulli(keys, row, rule, z, ctx.fixed, ctx.mask_id, psi)
+  rows_at = _row_reader(ctx.denoiser, computed, t, ctx.split, rule)
+  tokens, token_prob, bad = draw_selected(keys[:, 2], rows_at, unmask, ctx.capacity,
+                                          ctx.plan, rule, ctx.mask_id)
+  return unmask, remask, tokens, token_prob, bad & unmask
+
+
+_TRANSITIONS: dict[str, Callable] = {"rank": _rank_transition,
+                                     "bernoulli": _bernoulli_transition}
+
+
+def make_step(denoiser, plan: Plan, example_keys_, fixed, mask_id: int, record: bool,
+              on_step):
+  """The scan body, shared by every strategy: `step((z, psi, nonfinite, cache), (index,
+  row)) -> (carry, record)`; the transition rule is picked here, once."""
+  rule = plan.rule
+  output, split = _step_output(denoiser, rule)
+  ctx = _Context(denoiser, plan, fixed, mask_id, draw_capacity(rule, fixed.shape[1]), split)
+  transition = _TRANSITIONS[rule.select]
+
+  def step(carry, xs):
+    z, psi, nonfinite, cache = carry
+    index, row = xs
+    if on_step is not None:
+      jax.debug.callback(on_step, index)
+    t = jnp.full(z.shape[:1], row.t, jnp.float32)
+    call = lambda: output(z, t)   # split: the trunk everywhere, the head only where drawn
+    if rule.cache:
+      cached, changed = cache
+      computed = jax.lax.cond(changed, call, lambda: cached)
+    else:
+      computed = call()
+    keys = step_keys(example_keys_, index)
+    unmask, remask, tokens, token_prob, bad = transition(ctx, keys, row, z, psi, computed, t)
+    z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
+    psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
+    nonfinite = nonfinite | jnp.any(bad, axis=-1)
+    if rule.cache:
+      cache = (computed, jnp.any(z_next != z))
+    return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)
+
+  return step
+
+
+def _final_denoise(denoiser, rule, z, t_final, mask_id):
+  """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p). The
+  denoiser is not called at all when no position is still masked; a split denoiser's head
+  runs only on the still-masked rows (in rounds of K), a plain one's logits are read whole.
+
+  Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
+  largest logit (NaN, +inf or all -inf)."""
+  masked = z == mask_id                                                # [B, L]
+  output, split = _step_output(denoiser, rule)
+
+  def remove():
+    t = jnp.full(z.shape[:1], t_final, jnp.float32)
+    computed = output(z, t)
+    if split:
+      rows_at = _row_reader(denoiser, computed, t, split, rule)
+      best, bad = in_rounds(masked, draw_capacity(rule, z.shape[1]),
+                            lambda positions: greedy(rows_at(positions), mask_id))
+    else:
+      best, bad = greedy(computed, mask_id)
+    return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)
+
+  return jax.lax.cond(jnp.any(masked), remove,
+                      lambda: (z, jnp.zeros(z.shape[:1], bool)))
+
+
+def _run_steps(key, denoiser, plan: Plan, prompt, first_index, shape: RunShape):
+  """`StepRule.run`: the scan over the table, then the final noise removal."""
+  rule, batch_size, mask_id = plan.rule, shape.batch_size, shape.mask_id
+  z = (jnp.full((batch_size, shape.seq_len), mask_id, jnp.int32) if prompt is None
+       else prompt)
+  keys = example_keys(key, first_index, batch_size)
+  psi = jnp.zeros(z.shape, jnp.float32)
+  if shape.batch_sharding is not None:
+    z, psi = jax.lax.with_sharding_constraint((z, psi), shape.batch_sharding)
+  fixed = z != mask_id
+  cache = None
+  if rule.cache:
+    out = jax.eval_shape(_step_output(denoiser, rule)[0], z,
+                         jnp.zeros((batch_size,), jnp.float32))
+    cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
+  step = make_step(denoiser, plan, keys, fixed, mask_id, shape.record, shape.on_step)
+  num_steps = plan.table.t.shape[0]
+  nonfinite = jnp.zeros((batch_size,), bool)
+  (z, _, nonfinite, _), records = jax.lax.scan(
+      step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
+  tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
+  return tokens, nonfinite | final_nonfinite, records

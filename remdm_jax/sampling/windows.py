@@ -1,0 +1,186 @@
+"""How a block-decoding step obtains the logits of its block: three window types.
+
+- `Uncached`: the model on every row, the logits read at the block (LLaDA's `generate`).
+- `PrefixCache`: a block's first step runs every row and keeps every position's keys and
+  values; its later steps run the rows from the block on (in static widths, `prefix_widths`),
+  earlier positions reading the cache (Fast-dLLM's `generate_with_prefix_cache`).
+- `DualCache`: the same first step; the later steps run the block alone, every other position
+  reading the cache (Fast-dLLM's `generate_with_dual_cache`).
+
+The window is picked once per run (`make_window`), outside the scan's step. Classifier-free
+guidance stacks the unconditional rows (the prompt masked) after the conditional ones
+(`Guide`). A denoiser whose row `p - 1` predicts position `p` (`Denoiser.shift`) has the
+row before each block run too, since the block's first position needs it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+
+class Geometry(NamedTuple):
+  """Where block `j` lies for each example."""
+
+  first: jax.Array       # [B] int32, P_b + jK (may be >= L: the block is empty)
+  positions: jax.Array   # [B, K] int32, P_b + jK + k, clipped to L - 1
+  valid: jax.Array       # [B, K] bool, the unclipped position is < L
+
+
+def rows(x: jax.Array, positions: jax.Array) -> jax.Array:
+  """`x [B, L, ...]` at `positions [B, K]` -> `[B, K, ...]`."""
+  index = positions.reshape(positions.shape + (1,) * (x.ndim - 2))
+  return jnp.take_along_axis(x, index, axis=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Guide:
+  """Classifier-free guidance of the block's logits (or none): the model sees `z` and, when
+  `cfg_scale` is used, `z` with the prompt (`fixed [B, L] bool`) masked, stacked after it;
+  the logits are combined as `un + (s + 1)(cond - un)`."""
+
+  use_cfg: bool
+  fixed: jax.Array
+  mask_id: int
+  cfg_scale: jax.Array
+
+  def inputs(self, z: jax.Array) -> jax.Array:
+    """`[B, L]`, or `[2B, L]` under guidance."""
+    if not self.use_cfg:
+      return z
+    return jnp.concatenate([z, jnp.where(self.fixed, self.mask_id, z)])
+
+  def twice(self, x: jax.Array) -> jax.Array:
+    """A per-example array for the stacked rows."""
+    return jnp.concatenate([x, x]) if self.use_cfg else x
+
+  def combine(self, logits: jax.Array) -> jax.Array:
+    """`[B, K, V]` from the stacked logits."""
+    if not self.use_cfg:
+      return logits
+    cond, uncond = jnp.split(logits, 2)
+    return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
+
+
+def _head_at(denoiser, h: jax.Array, positions: jax.Array) -> jax.Array:
+  """Logits `[B, K, V] float32` of `positions [B, K]` from the trunk's rows `h [B, L, D]`."""
+  return denoiser.head(rows(h, denoiser.feature_rows(positions)), None).astype(jnp.float32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Uncached:
+  """The model on every row at every step."""
+
+  denoiser: object
+  guide: Guide
+  mask_id: int
+
+  def init_cache(self, z: jax.Array):
+    return None
+
+  def logits(self, z, geometry: Geometry, first_step, cache):
+    """`(logits [B, K, V] float32, cache)` of the block."""
+    seqs = self.guide.inputs(z)
+    t = jnp.maximum(jnp.mean((seqs == self.mask_id).astype(jnp.float32), axis=1), 1e-5)
+    positions = self.guide.twice(geometry.positions)
+    if self.denoiser.is_split:
+      h = self.denoiser.features(seqs, t)
+      out = rows(h, self.denoiser.feature_rows(positions))
+      out = self.denoiser.head(out, t)
+    else:
+      out = rows(self.denoiser(seqs, t), positions)
+    return self.guide.combine(out.astype(jnp.float32)), cache
+
+
+@dataclasses.dataclass(frozen=True)
+class _Cached:
+  """A block's first step runs every row and keeps the cache; the later steps `reuse` it."""
+
+  denoiser: object
+  guide: Guide
+  seq_len: int
+  block_length: int
+  tail: int          # the longest answer, in rows (static)
+
+  def init_cache(self, z: jax.Array):
+    shape = jax.eval_shape(lambda s: self.denoiser.prefill(s)[1], self.guide.inputs(z))
+    return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
+
+  def logits(self, z, geometry: Geometry, first_step, cache):
+    seqs = self.guide.inputs(z)
+    positions = self.guide.twice(geometry.positions)
+
+    def prefill():
+      h, fresh_cache = self.denoiser.prefill(seqs)
+      return _head_at(self.denoiser, h, positions), fresh_cache
+
+    out, cache = jax.lax.cond(first_step, prefill,
+                              lambda: (self.reuse(seqs, geometry, cache), cache))
+    return self.guide.combine(out), cache
+
+
+@dataclasses.dataclass(frozen=True)
+class DualCache(_Cached):
+  """Later steps run the block's rows (and the row before it, for a shifted denoiser)."""
+
+  def reuse(self, seqs, geometry: Geometry, cache) -> jax.Array:
+    shift = self.denoiser.shift
+    first = self.guide.twice(geometry.first)
+    window = first[:, None] - shift + jnp.arange(self.block_length + shift,
+                                                 dtype=jnp.int32)[None]   # [B, K + shift]
+    at = jnp.clip(window, 0, self.seq_len - 1)
+    fresh = (window >= first[:, None]) & (window < self.seq_len)   # the block's own rows
+    h = self.denoiser.cached(rows(seqs, at), at, fresh, cache)      # [B, K + shift, D]
+    # position first + k is predicted by window row k (row first + k - shift)
+    return self.denoiser.head(h[:, :self.block_length], None).astype(jnp.float32)
+
+
+def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
+  """The static row counts of the prefix cache's later steps: `K, 2K, 4K, ...` below `tail`,
+  then `tail` (the longest answer). A step runs the smallest that reaches back to the batch's
+  earliest block start, so a late block runs few rows (Fast-dLLM's window shrinks block by
+  block; here it shrinks by halves, one compiled model call per width)."""
+  widths, width = [], block_length
+  while width < tail:
+    widths.append(width)
+    width *= 2
+  return tuple(widths) + (tail,)
+
+
+@dataclasses.dataclass(frozen=True)
+class PrefixCache(_Cached):
+  """Later steps run the last rows, from the batch's earliest block (less the shift) on."""
+
+  def reuse(self, seqs, geometry: Geometry, cache) -> jax.Array:
+    shift = self.denoiser.shift
+    widths = prefix_widths(min(self.tail + shift, self.seq_len), self.block_length)
+    block_first = self.guide.twice(geometry.first)
+    needed = self.seq_len - jnp.min(block_first) + shift     # rows from the earliest block on
+    index = jnp.minimum(jnp.searchsorted(jnp.asarray(widths), needed), len(widths) - 1)
+    branches = [functools.partial(self._rows_from, width=w) for w in widths]
+    return jax.lax.switch(index, branches, seqs, self.guide.twice(geometry.positions),
+                          block_first, cache)
+
+  def _rows_from(self, seqs, positions, block_first, cache, *, width: int):
+    """The last `width` rows run, those from each row's block on with their own keys and
+    values, the earlier ones reading the cache."""
+    first = self.seq_len - width
+    at = jnp.broadcast_to(first + jnp.arange(width, dtype=jnp.int32), (seqs.shape[0], width))
+    h = self.denoiser.cached(seqs[:, first:], at, at >= block_first[:, None], cache)
+    needed = jnp.clip(self.denoiser.feature_rows(positions) - first, 0, width - 1)
+    return self.denoiser.head(rows(h, needed), None).astype(jnp.float32)
+
+
+def make_window(denoiser, rule, plan, fixed, seq_len: int, mask_id: int, tail: int):
+  """The window of a run, picked once: `rule.kv_cache` when the denoiser has the cache
+  contract (else uncached), under `rule.use_cfg`'s guidance; `fixed [B, L] bool` marks the
+  prompt, `tail` is the longest answer (rows, static)."""
+  guide = Guide(rule.use_cfg, fixed, mask_id, plan.cfg_scale)
+  if rule.kv_cache == "none" or not denoiser.has_kv_cache:
+    return Uncached(denoiser, guide, mask_id)
+  kind = {"prefix": PrefixCache, "dual": DualCache}[rule.kv_cache]
+  return kind(denoiser, guide, seq_len, rule.block_length, tail)
