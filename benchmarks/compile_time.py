@@ -40,7 +40,9 @@ def main():
   print("| sample(...) | " + " | ".join(f"{s:.3f}" for s in direct) + " |")
   print("| make_sampler(...)(key, params) | " + " | ".join(f"{s:.3f}" for s in fast) + " |")
   print("\n(b) per strategy, seconds\n\n| strategy | trace + lower | XLA compile |\n|---|---|---|")
-  for name in remdm_jax.STRATEGIES:
+  for name, cls in remdm_jax.STRATEGIES.items():
+    if not issubclass(cls, remdm_jax.Strategy):   # block decoding: benchmarks/llada_decoding.py
+      continue
     cfg = remdm_jax.sampler_config(name, num_steps=64, top_p=0.9)
     fn = jax.jit(lambda k, cfg=cfg: remdm_jax.sample(k, denoiser, cfg, batch_size=B,
                                                      seq_len=L, mask_id=V - 1,

@@ -16,13 +16,14 @@ from remdm_jax.denoiser import Classifier, Denoiser
 from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
                                 classifier_guidance)
 from remdm_jax.sampling import trajectory
+from remdm_jax.sampling.block_config import BlockConfig
 from remdm_jax.sampling.blocks import BlockPlan, BlockRule, BlockTable
 from remdm_jax.sampling.config import SamplerConfig, sampler_config
 from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                         sample_with_plan)
-from remdm_jax.sampling.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Llada, Loop, Mdlm,
-                                           Rescale, Strategy, Topk)
+from remdm_jax.sampling.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Loop, Mdlm, Rescale,
+                                           Strategy, Topk)
 from remdm_jax.sampling.topp import top_p_filter
 from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.schedules import get_schedule, uniform_grid
@@ -41,8 +42,8 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier", "Conf",
-    "Denoiser", "Dfm", "Fb", "Guidance", "Llada", "Loop",
+    "BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier", "Conf",
+    "Denoiser", "Dfm", "Fb", "Guidance", "Loop",
     "Mdlm", "NoGuidance", "NonFiniteLogitsError", "Plan", "Rescale",
     "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
     "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance",

@@ -82,6 +82,10 @@ _KIND_WORDS = {int: "an integer", float: "a number"}
 
 
 def _convert(value: str, kind, name: str):
+  """The flag's text as the field's type; `X | None` takes "none" or an X."""
+  optional = [arg for arg in typing.get_args(kind) if arg is not type(None)]
+  if len(optional) == 1 and len(typing.get_args(kind)) == 2:
+    return None if value.lower() == "none" else _convert(value, optional[0], name)
   if kind in (bool, "bool"):
     if value.lower() not in ("true", "false", "1", "0"):
       raise UsageError(f"--{name} takes true or false, got {value!r}")
@@ -122,6 +126,13 @@ def _field_types(config) -> dict:
   return {f.name: hints[f.name] for f in dataclasses.fields(config)}
 
 
+def _own_config(cls) -> bool:
+  """A registered choice that is a config of its own (block decoding's `BlockConfig`, under
+  the strategy name "llada"): the options of the config holding the other choices do not
+  apply to it."""
+  return getattr(cls, "OWN_CONFIG", False)
+
+
 def _section_config(section: str, default, flags: list[tuple]):
   """The default of one section updated by its `(field, value, from_text)` flags."""
   choice = choice_spec(default)
@@ -129,8 +140,10 @@ def _section_config(section: str, default, flags: list[tuple]):
     selector, registry, current, holds = choice
     picked = [v for f, v, _ in flags if f == selector]
     name = picked[-1] if picked else current.name
-    shared = {k: v for k, v in _field_types(default).items() if k != selector} if holds else {}
-    types = {selector: str, **shared, **_field_types(registry.lookup(name)())}
+    picked_cls = registry.lookup(name)
+    shares = holds and not _own_config(picked_cls)
+    shared = {k: v for k, v in _field_types(default).items() if k != selector} if shares else {}
+    types = {selector: str, **shared, **_field_types(picked_cls())}
   else:
     types = _field_types(default)
   values = {}
@@ -205,7 +218,8 @@ def _choice_usage(section: str, config) -> list[str]:
   if holds:
     lines.extend(_field_lines(section, config, skip=(selector,)))
   for name, cls in registry.classes.items():
-    lines.append(f"  {registry.kind} {name}: {(cls.__doc__ or '').splitlines()[0]}")
+    own = " (a config of its own: the options above do not apply)" if _own_config(cls) else ""
+    lines.append(f"  {registry.kind} {name}: {(cls.__doc__ or '').splitlines()[0]}{own}")
     lines.extend("  " + line for line in
                  _field_lines(section, current if name == current.name else cls()))
   return lines

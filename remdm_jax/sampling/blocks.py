@@ -132,34 +132,34 @@ class BlockPlan:
   rule: BlockRule
 
 
-def block_table(strategy, num_steps: int) -> BlockTable:
-  """The steps of one block: `num_steps` regular steps with the remasking steps inserted
-  after `start` of them (host side)."""
-  start, steps, decode = strategy.window(num_steps)
+def block_table(cfg) -> BlockTable:
+  """The steps of one block of a `BlockConfig`: its `S` regular steps with the remasking
+  steps inserted after `start` of them (host side)."""
+  num_steps = cfg.steps_per_block
+  start, steps, decode = cfg.window()
   regular = np.concatenate([np.arange(start), np.full(steps, -1),
                             np.arange(start, num_steps)]).astype(np.int32)
   window = regular < 0
   done = np.cumsum(~window) - (~window)                 # regular steps before each step
-  sigma = np.where(window, 0.0, strategy.block_sigma(num_steps)[np.maximum(regular, 0)])
+  sigma = np.where(window, 0.0, cfg.block_sigma()[np.maximum(regular, 0)])
   return BlockTable(t=jnp.asarray(1.0 - done / num_steps, jnp.float32),
                     regular=jnp.asarray(regular),
-                    remask=jnp.asarray(np.where(window, strategy.remdm_number, 0), jnp.int32),
+                    remask=jnp.asarray(np.where(window, cfg.remdm_number, 0), jnp.int32),
                     decode=jnp.asarray(np.where(window, decode, 0), jnp.int32),
                     sigma=jnp.asarray(sigma, jnp.float32))
 
 
 def build_block_plan(cfg) -> tuple[BlockPlan, BlockRule]:
-  """A block-decoding config (strategy "llada") as a plan and its rule."""
-  strategy = cfg.strategy
-  rule = BlockRule(block_length=strategy.block_length, num_steps=cfg.num_steps,
-                   score=strategy.remasking, greedy=cfg.temperature == 0.0,
-                   use_threshold=strategy.threshold > 0.0, use_cfg=strategy.cfg_scale > 0.0,
-                   kv_cache=strategy.kv_cache, remdm_select=strategy.remdm_select,
-                   remask_sigma=strategy.remask_sigma, eos_id=strategy.eos_id)
-  plan = BlockPlan(table=block_table(strategy, cfg.num_steps),
+  """A `BlockConfig` as a plan and its rule (`BlockConfig.build_plan`)."""
+  rule = BlockRule(block_length=cfg.block_length, num_steps=cfg.steps_per_block,
+                   score=cfg.remasking, greedy=cfg.temperature == 0.0,
+                   use_threshold=cfg.threshold > 0.0, use_cfg=cfg.cfg_scale > 0.0,
+                   kv_cache=cfg.kv_cache, remdm_select=cfg.remdm_select,
+                   remask_sigma=cfg.remask_sigma, eos_id=cfg.eos_id)
+  plan = BlockPlan(table=block_table(cfg),
                    temperature=jnp.asarray(cfg.temperature, jnp.float32),
-                   threshold=jnp.asarray(strategy.threshold, jnp.float32),
-                   cfg_scale=jnp.asarray(strategy.cfg_scale, jnp.float32), rule=rule)
+                   threshold=jnp.asarray(cfg.threshold, jnp.float32),
+                   cfg_scale=jnp.asarray(cfg.cfg_scale, jnp.float32), rule=rule)
   return plan, rule
 
 

@@ -1,4 +1,7 @@
-"""`SamplerConfig`: the options every strategy shares, plus the strategy object.
+"""`SamplerConfig`: the options every diffusion strategy shares, plus the strategy object.
+
+Block decoding has a config of its own (`remdm_jax.sampling.block_config.BlockConfig`,
+strategy "llada"); `sampler_config` and `with_options` move between the two by name.
 
 The config is a frozen, hashable dataclass, so it can be a static argument of `jax.jit`.
 `remdm_jax.sampling.plan.build_plan` turns it into arrays; nothing inside jitted code reads strings.
@@ -15,7 +18,8 @@ import dataclasses
 from typing import ClassVar
 
 from remdm_jax import schedules
-from remdm_jax.sampling import strategies
+from remdm_jax.sampling import steps, strategies
+from remdm_jax.sampling.block_config import BlockConfig
 from remdm_jax.registry import flat_options, with_choice_options
 from remdm_jax.sampling.strategies import STRATEGIES, Mdlm, Strategy
 from remdm_jax.sampling.topp import DEFAULT_IMPL, TOP_P_IMPLS, TOP_P_MODES
@@ -35,15 +39,13 @@ class SamplerConfig:
   CHOICE: ClassVar = ("strategy", strategies.REGISTRY)   # --sampler.strategy picks it
 
   strategy: Strategy = option(Mdlm(), "a strategy object: Mdlm(), Cap(eta), Loop(...), ...")
-  num_steps: int = option(128, "T, number of denoiser calls before the final noise removal "
-                               "(llada: steps per block)")
+  num_steps: int = option(128, "T, number of denoiser calls before the final noise removal")
   top_p: float = option(1.0, "nucleus mass in (0, 1]; 1 disables it")
   top_p_mode: str = option("reference", "reference: cumsum <= p plus top token; standard: mass "
                                         ">= p")
   top_p_impl: str = option(DEFAULT_IMPL, "bisect: 31 masked sums; radix: 4 histogram passes; "
                                          "sort")
-  temperature: float = option(1.0, "logits are divided by it before the softmax (llada: 0 is "
-                                   "argmax)")
+  temperature: float = option(1.0, "logits are divided by it before the softmax")
   schedule: str = option("loglinear", "alpha(t) on the grid (loglinear is alpha = 1 - t); loop "
                                       "and dfm fix their own")
   t_min: float = option(1e-5, "last time of the grid, as in the reference sampler")
@@ -61,16 +63,16 @@ class SamplerConfig:
     check_fields(self)
     if not isinstance(self.strategy, Strategy):
       raise ArgumentTypeError(
-          f"strategy must be a strategy object such as remdm_jax.sampling.strategies.Cap(eta=0.01) "
-          f"(or use sampler_config(strategy='cap', ...)), got {self.strategy!r}")
+          f"strategy must be a strategy object such as remdm_jax.Cap(eta=0.01) (or use "
+          f"sampler_config(strategy='cap', ...); block decoding is a BlockConfig of its own), "
+          f"got {self.strategy!r}")
     check_choice("top_p_mode", self.top_p_mode, TOP_P_MODES)
     check_choice("top_p_impl", self.top_p_impl, TOP_P_IMPLS)
     check_choice("logits_dtype", self.logits_dtype, LOGITS_DTYPES)
     check_choice("schedule", self.schedule, tuple(schedules.SCHEDULES))
     check_range("num_steps", self.num_steps, 1)
     check_range("top_p", self.top_p, 0.0, 1.0, low_open=True)
-    block = self.strategy.select == "block"
-    check_range("temperature", self.temperature, 0.0, low_open=not block)
+    check_range("temperature", self.temperature, 0.0, low_open=True)
     check_range("t_min", self.t_min, 0.0, 1.0, high_open=True)
     check_range("position_chunk", self.position_chunk, 0)
     check_range("draw_capacity", self.draw_capacity, 0)
@@ -92,24 +94,10 @@ class SamplerConfig:
       raise ValueError(f"draw_capacity applies to strategies that draw only where they "
                        f"unmask ({_by_select('bernoulli')}), not to {name!r}; got "
                        f"draw_capacity={self.draw_capacity}")
-    if block:
-      self._check_block()
     t_off = self.strategy.last_phase_start
     if t_off is not None and t_off < self.t_min:
       raise ValueError(f"need t_min <= t_off for strategy {name!r}, got t_off={t_off}, "
                        f"t_min={self.t_min}")
-
-  def _check_block(self) -> None:
-    """Block decoding (`strategy.select == "block"`) reads only num_steps and temperature of
-    the shared options; the others are refused when set."""
-    unused = [f"{name}={getattr(self, name)!r}" for name in _NOT_BLOCK
-              if getattr(self, name) != _DEFAULTS[name]]
-    if unused:
-      verb, pronoun = ("do", "them") if len(unused) > 1 else ("does", "it")
-      raise ValueError(f"{', '.join(unused)} {verb} not apply to block decoding (strategy "
-                       f"{self.strategy.name!r} reads num_steps and temperature); leave "
-                       f"{pronoun} out")
-    self.strategy.window(self.num_steps)
 
   @classmethod
   def paper_loop(cls, num_steps: int = 256) -> SamplerConfig:
@@ -122,24 +110,22 @@ class SamplerConfig:
     `sampler_config(**cfg.options())` rebuilds the config)."""
     return flat_options(self)
 
-  def with_options(self, **options) -> SamplerConfig:
+  def build_plan(self) -> tuple:
+    """The plan (`remdm_jax.sampling.steps.Plan`) and its rule, the diffusion-step decoder."""
+    return steps.build_steps_plan(self)
+
+  def with_options(self, **options):
     """A copy with flat options changed. A new `strategy` name starts from that strategy's
     defaults (its options do not carry over); other names go to the strategy when it has
-    them, else to the shared config (`remdm_jax.registry.with_choice_options`).
-
-    Switching to block decoding (strategy "llada") also resets the shared options it does
-    not read (top_p, t_min, cache, logits_dtype, schedule, position_chunk, draw_capacity) to
-    their defaults unless they are given in the same call, so a command line's default
-    top-p does not block it.
+    them, else to the shared config (`remdm_jax.registry.with_choice_options`). The name
+    "llada" returns a `BlockConfig` of the options given (block decoding reads none of the
+    shared options).
 
     Raises:
       ValueError: an unknown option, or one the strategy does not have (naming both).
     """
-    strategy = options.get("strategy")
-    if strategy is not None and _select_of(strategy) == "block":
-      kept = {name: _DEFAULTS[name] for name in _NOT_BLOCK + _NOT_BLOCK_CHECKED
-              if name not in options}
-      return with_choice_options(self, {**kept, **options})
+    if options.get("strategy") == BlockConfig.name:
+      return BlockConfig().with_options(**options)
     return with_choice_options(self, options)
 
 
@@ -149,22 +135,12 @@ def _by_select(select: str) -> list[str]:
 
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(SamplerConfig)}
-_NOT_BLOCK = ("top_p", "t_min", "cache", "logits_dtype")
-_NOT_BLOCK_CHECKED = ("schedule", "position_chunk", "draw_capacity", "top_p_mode",
-                      "top_p_impl")   # refused for block decoding by their own checks
 
 
-def _select_of(strategy) -> str | None:
-  """The `select` of a strategy name or object (None for an unknown name: refused later)."""
-  if isinstance(strategy, Strategy):
-    return strategy.select
-  cls = STRATEGIES.get(strategy) if isinstance(strategy, str) else None
-  return None if cls is None else cls.select
-
-
-def sampler_config(strategy="mdlm", **options) -> SamplerConfig:
-  """A `SamplerConfig` from flat keywords, e.g. `sampler_config("cap", eta=0.01,
-  num_steps=64)` is `SamplerConfig(strategy=Cap(eta=0.01), num_steps=64)`.
+def sampler_config(strategy="mdlm", **options) -> SamplerConfig | BlockConfig:
+  """A config from flat keywords, e.g. `sampler_config("cap", eta=0.01, num_steps=64)` is
+  `SamplerConfig(strategy=Cap(eta=0.01), num_steps=64)`, and `sampler_config("llada",
+  block_length=32, kv_cache="dual")` is `BlockConfig(block_length=32, kv_cache="dual")`.
 
   Raises:
     ValueError: an unknown strategy or option, or one the strategy does not have.

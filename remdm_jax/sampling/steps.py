@@ -5,9 +5,9 @@ token is remasked with probability `sigma_i` (times the conf weight); a masked o
 with probability `unmask_base_i + sigma_i * unmask_per_sigma_i` (paper eq. 6), or, for
 confidence decoding (`topk`), the most confident masked positions are unmasked and the least
 confident decoded ones remasked. After the last step, one greedy noise-removal call decodes
-what is still masked. The table is built on the host by `remdm_jax.sampling.plan`; this
-module holds its types and the scan (`StepRule.run`, the `Decoder` of the diffusion
-strategies).
+what is still masked. This module holds the table's types, its building on the host in
+float64 from the strategy (checked: `0 <= sigma <= sigma_max = min(1, (1 - alpha_s) /
+alpha_t)`), and the scan (`StepRule.run`, the `Decoder` of the diffusion strategies).
 
 References:
   Wang, Schiff, Sahoo, Kuleshov, "Remasking Discrete Diffusion Models with Inference-Time
@@ -24,11 +24,15 @@ from typing import Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
+from remdm_jax import schedules
+from remdm_jax.diffusion import sigma_max
 from remdm_jax.sampling.decoder import Decoder, RunShape
 from remdm_jax.sampling.rounds import in_rounds
 from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
                                            greedy, select_bernoulli, select_rank, step_keys)
+from remdm_jax.sampling.strategies import safe_div
 from remdm_jax.validation import check_scalar
 
 
@@ -245,3 +249,59 @@ def _run_steps(key, denoiser, plan: Plan, prompt, first_index, shape: RunShape):
       step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
   tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
   return tokens, nonfinite | final_nonfinite, records
+
+
+def _host_table(cfg) -> tuple[dict, float]:
+  """The table's fields as float64 / int32 NumPy arrays, and `max(alpha_s - alpha_t)`.
+
+  Raises:
+    ValueError: if a step's sigma leaves [0, sigma_max], naming the strategy and the bound.
+  """
+  strategy = cfg.strategy
+  schedule = schedules.get_schedule(cfg.schedule)
+  grid = strategy.grid(cfg.num_steps, cfg.t_min)          # [n + 1] f64
+  t, s = grid[:-1], grid[1:]
+  a_t, a_s = strategy.alpha(schedule, t), strategy.alpha(schedule, s)
+  smax = sigma_max(a_t, a_s)
+  sigma = strategy.sigma(t, s, a_t, a_s, smax)
+  if np.any(sigma > smax * (1.0 + 1e-9)) or np.any(sigma < 0.0):
+    bound = float(np.min(smax[sigma > 0])) if np.any(sigma > 0) else 0.0
+    raise ValueError(f"{strategy} gives sigma outside [0, sigma_max]; the smallest "
+                     f"sigma_max on this grid is {bound:.4g}")
+  decoded_frac, remask = strategy.rank_counts(t, s)
+  fields = dict(t=t, sigma=sigma, sigma_max=smax,
+                unmask_base=safe_div(a_s - a_t, 1.0 - a_t, at_zero=0.0),
+                unmask_per_sigma=safe_div(a_t, 1.0 - a_t, at_zero=0.0),
+                decoded_frac=decoded_frac, remask_count=remask)
+  return fields, float(np.max(a_s - a_t))
+
+
+def _to_table(fields: dict) -> StepTable:
+  """float32 arrays (int32 for the remask counts)."""
+  return StepTable(**{name: jnp.asarray(value, jnp.int32 if name == "remask_count"
+                                        else jnp.float32) for name, value in fields.items()})
+
+
+def _to_table(fields: dict) -> StepTable:
+  """float32 arrays (int32 for the remask counts)."""
+  return StepTable(**{name: jnp.asarray(value, jnp.int32 if name == "remask_count"
+                                        else jnp.float32) for name, value in fields.items()})
+
+
+def step_table(cfg) -> StepTable:
+  """The per-step table of a `SamplerConfig` (`remdm_jax.sampling.plan.build_table`)."""
+  return _to_table(_host_table(cfg)[0])
+
+
+def build_steps_plan(cfg) -> tuple[Plan, StepRule]:
+  """A `SamplerConfig` as a `Plan` and its `StepRule` (`SamplerConfig.build_plan`)."""
+  fields, unmask_fraction = _host_table(cfg)
+  rule = StepRule(select=cfg.strategy.select, conf_score=cfg.strategy.conf_score,
+                  top_p_mode=cfg.top_p_mode, top_p_impl=cfg.top_p_impl,
+                  use_top_p=cfg.top_p < 1.0, cache=cfg.cache,
+                  logits_dtype=cfg.logits_dtype, position_chunk=cfg.position_chunk,
+                  unmask_fraction=unmask_fraction, draw_capacity=cfg.draw_capacity)
+  plan = Plan(table=_to_table(fields), top_p=jnp.asarray(cfg.top_p, jnp.float32),
+              temperature=jnp.asarray(cfg.temperature, jnp.float32),
+              t_final=jnp.asarray(cfg.t_min, jnp.float32), rule=rule)
+  return plan, rule
