@@ -16,7 +16,8 @@ import remdm_jax
 from remdm_jax import sampler_config
 from remdm_jax.sampling import sampler as sampling
 
-from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
+from references.mixture import (MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser,
+                               tv_to_mixture)
 
 SUITE = [
     sampler_config(strategy="mdlm", num_steps=16),

@@ -542,8 +542,8 @@ def test_a_workdir_is_used_by_one_run_at_a_time(tmp_path, capsys):
   nothing; once the holder is killed, its leftover lock file is no lock."""
   from remdm_jax import cli
   from remdm_jax.parallel import locks
-  from test_locks import _holder
-  with _holder(tmp_path) as holder:
+  from references.folders import lock_holder
+  with lock_holder(tmp_path) as holder:
     assert cli.train_main([f"--workdir={tmp_path}", "--data.dataset=nowhere"]) == 2
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and f"the workdir folder is in use by another run (pid " \
