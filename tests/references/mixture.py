@@ -71,8 +71,8 @@ def dfm_grid_reference(num_steps, t_min=1e-5, scale=10.0, power=0.25):
 def direct_step_probs(cfg):
   """Per-step (p_remask, p_unmask) written out from the paper's formulas, float64, for the
   strategies with alpha = 1 - t (loop: its own alpha); independent of `remdm_jax.sampling.strategies`.
-  For conf, p_remask is the base sigma (before the confidence weights) and p_unmask the value
-  for that sigma."""
+  For conf (and loop with `conf`), p_remask is the base sigma (before the confidence weights)
+  and p_unmask the value for that sigma; loop's phase-2 sigma follows its `base`."""
   name, st = cfg.strategy.name, cfg.strategy
   if name == "dfm":
     grid = dfm_grid_reference(cfg.num_steps, cfg.t_min, st.beta_scale, st.beta_power)
@@ -101,7 +101,10 @@ def direct_step_probs(cfg):
                         np.where(x > st.t_off, st.alpha_on,
                                  1 - (1 - st.alpha_on) * x / st.t_off))
       a_t, a_s = alpha(t), alpha(s)
-      sigma = np.where((t <= st.t_on) & (s >= st.t_off), st.eta, 0.0)
+      smax = np.minimum(1.0, (1.0 - a_s) / a_t)
+      phase2 = {"constant": st.eta, "cap": np.minimum(st.eta, smax),
+                "rescale": st.eta * smax}[st.base]
+      sigma = np.where((t <= st.t_on) & (s >= st.t_off), phase2, 0.0)
     else:
       raise ValueError(name)
   return sigma, (a_s - (1.0 - sigma) * a_t) / (1.0 - a_t)
