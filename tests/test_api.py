@@ -12,7 +12,7 @@ from remdm_jax import sampler_config
 from remdm_jax.training import losses
 from remdm_jax.models import DiT, DiTConfig, as_denoiser, denoiser_and_params
 
-from conftest import MASK_ID
+from references.mixture import MASK_ID
 
 
 def _counted_apply():

@@ -14,7 +14,7 @@ import pytest
 import remdm_jax
 from remdm_jax.models.llada import as_denoiser
 from remdm_jax.weights.llada_io import load_llada
-from test_llada import MASK_ID, np_forward, released_config, released_tensors, write_folder
+from references.llada import MASK_ID, np_forward, released_config, released_tensors, write_folder
 
 @pytest.fixture(scope="module")
 def tiny(tmp_path_factory):

@@ -13,7 +13,7 @@ from remdm_jax import cli
 from remdm_jax.weights import convert
 from remdm_jax.weights.checkpoint import load_model, save_model
 
-from test_dit import SMALL, numpy_forward, released_tensors
+from references.dit import SMALL, numpy_forward, released_tensors
 
 
 def _released_folder(path, cfg=SMALL, tensors=None):

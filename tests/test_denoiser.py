@@ -9,7 +9,7 @@ import remdm_jax
 from remdm_jax import Classifier, Denoiser, sampler_config
 from remdm_jax.denoiser import ensure_denoiser, check_output
 
-from conftest import MASK_ID
+from references.mixture import MASK_ID
 
 
 def _apply(params, z, t):

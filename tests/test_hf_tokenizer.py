@@ -9,24 +9,8 @@ import pytest
 
 from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.text.tokenizers import get_tokenizer
+from references.folders import write_tokenizer_folder
 
-SPECIALS = ["<|startoftext|>", "<|endoftext|>", "<|mdm_mask|>", "<|start_header_id|>",
-            "<|end_header_id|>", "<|eot_id|>"]
-# Llama-3 style, written over several indented lines so that trim_blocks and lstrip_blocks
-# decide the output.
-TEMPLATE = """{% for message in messages %}
-  {% if loop.first %}
-{{ bos_token }}
-  {%- endif %}
-<|start_header_id|>{{ message['role'] }}<|end_header_id|>
-
-{{ message['content'] | trim }}<|eot_id|>
-{%- endfor %}
-{% if add_generation_prompt %}
-<|start_header_id|>assistant<|end_header_id|>
-
-{% endif %}
-"""
 CHAT = [{"role": "user", "content": "What is two plus two?"},
         {"role": "assistant", "content": " Four. "}]
 RENDERED = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is two plus "
@@ -34,42 +18,12 @@ RENDERED = ("<|startoftext|><|start_header_id|>user<|end_header_id|>\n\nWhat is 
 PROMPT = "<|start_header_id|>assistant<|end_header_id|>\n\n"
 
 
-def _write_tokenizer(folder):
-  """A byte-level BPE trained on three sentences, the specials appended after it (as
-  LLaDA's come after its vocabulary)."""
-  from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-  tok = Tokenizer(models.BPE())
-  tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-  tok.decoder = decoders.ByteLevel()
-  trainer = trainers.BpeTrainer(vocab_size=300, show_progress=False,
-                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
-  tok.train_from_iterator(["The cat sat on the mat.", "What is two plus two?",
-                           "Two plus two is four."], trainer)
-  tok.add_special_tokens(SPECIALS)
-  tok.save(str(folder / "tokenizer.json"))
-  return tok
-
-
-def _write_folder(folder, *, template=TEMPLATE, config=None, specials=None):
-  folder.mkdir(exist_ok=True)
-  tok = _write_tokenizer(folder)
-  tokenizer_config = {"bos_token": "<|startoftext|>",
-                      "eos_token": {"content": "<|endoftext|>", "special": True}}
-  tokenizer_config.update(specials or {})
-  if template is not None:
-    tokenizer_config["chat_template"] = template
-  (folder / "tokenizer_config.json").write_text(json.dumps(tokenizer_config))
-  if config is not None:
-    (folder / "config.json").write_text(json.dumps(config))
-  return tok
-
-
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
   """290 tokens (284 learned, then the 6 specials from 284), and a config.json padding the
   embedding to 320 rows, as LLaDA's pads 126349 tokens to 126464."""
   folder = tmp_path_factory.mktemp("llada")
-  tok = _write_folder(folder, config={"embedding_size": 320, "vocab_size": 300,
+  tok = write_tokenizer_folder(folder, config={"embedding_size": 320, "vocab_size": 300,
                                       "mask_token_id": 286})
   assert tok.get_vocab_size() == 290 and tok.token_to_id("<|mdm_mask|>") == 286
   return folder
@@ -151,7 +105,7 @@ def test_template_helpers_match_transformers_environment(tmp_path):
   template = ("{% for m in messages %}{% if m['role'] == 'bad' %}{{ raise_exception('no "
               "bad role') }}{% endif %}{% generation %}{{ m | tojson }}{% endgeneration %}"
               "{% if loop.index == 2 %}{% break %}{% endif %}{% endfor %}")
-  _write_folder(tmp_path, template=template)
+  write_tokenizer_folder(tmp_path, template=template)
   tok = HFTokenizer(tmp_path)
   out = tok.apply_chat_template([{"role": "a", "content": "é<", "name": None}] * 3)
   assert out == '{"role": "a", "content": "é<"}' * 2
@@ -162,7 +116,7 @@ def test_template_helpers_match_transformers_environment(tmp_path):
 def test_where_the_template_comes_from(tmp_path):
   """chat_template.jinja wins over tokenizer_config.json; a list of named templates gives the
   one named 'default'; a template that is not Jinja, or not text, is refused."""
-  _write_folder(tmp_path, template=[{"name": "tool_use", "template": "T"},
+  write_tokenizer_folder(tmp_path, template=[{"name": "tool_use", "template": "T"},
                                     {"name": "default", "template": "D{{ eos_token }}"}])
   assert HFTokenizer(tmp_path).apply_chat_template(CHAT) == "D<|endoftext|>"
   (tmp_path / "chat_template.jinja").write_text("J{{ messages | length }}")
@@ -171,14 +125,14 @@ def test_where_the_template_comes_from(tmp_path):
   with pytest.raises(ValueError, match="chat template is not valid Jinja: .*line 1"):
     HFTokenizer(tmp_path).apply_chat_template(CHAT)
   (tmp_path / "chat_template.jinja").unlink()
-  _write_folder(tmp_path, template=3)
+  write_tokenizer_folder(tmp_path, template=3)
   with pytest.raises(ValueError, match="chat_template in .*tokenizer_config.json must be a "
                                        "string or a list"):
     HFTokenizer(tmp_path).apply_chat_template(CHAT)
 
 
 def test_a_base_folder_has_no_chat_template(tmp_path):
-  _write_folder(tmp_path, template=None)
+  write_tokenizer_folder(tmp_path, template=None)
   tok = HFTokenizer(tmp_path)
   assert tok.chat_template is None and tok.decode(tok.encode("two")) == "two"
   with pytest.raises(ValueError, match="has no chat template .*a Base model takes plain text"):
@@ -193,7 +147,7 @@ def test_missing_files_and_tokens_are_one_clear_error(tmp_path):
   (tmp_path / "tokenizer.json").write_text("{}")
   with pytest.raises(ValueError, match=r"tokenizer.json is not a tokenizers file"):
     HFTokenizer(tmp_path)
-  _write_folder(tmp_path)
+  write_tokenizer_folder(tmp_path)
   (tmp_path / "tokenizer_config.json").write_text(json.dumps({"bos_token": "<|startoftext|>"}))
   with pytest.raises(ValueError, match=r"no eos_token in .*tokenizer_config.json or "
                                        r".*special_tokens_map.json"):
@@ -208,7 +162,7 @@ def test_missing_files_and_tokens_are_one_clear_error(tmp_path):
   with pytest.raises(ValueError, match=r"eos_token '<nope>' of .* is not a token of"):
     HFTokenizer(tmp_path)
   (tmp_path / "special_tokens_map.json").unlink()
-  _write_folder(tmp_path)
+  write_tokenizer_folder(tmp_path)
   (tmp_path / "config.json").write_text(json.dumps({"embedding_size": 0}))
   with pytest.raises(ValueError, match=r"embedding_size in .*config.json must be an integer "
                                        r">= 1, got 0"):
@@ -222,9 +176,9 @@ def test_missing_files_and_tokens_are_one_clear_error(tmp_path):
 
 
 def test_mask_token_from_the_files(tmp_path):
-  _write_folder(tmp_path, specials={"mask_token": "<|eot_id|>"})
+  write_tokenizer_folder(tmp_path, specials={"mask_token": "<|eot_id|>"})
   assert HFTokenizer(tmp_path).mask_id == 289
-  _write_folder(tmp_path, config={"mask_token_id": 126_336})
+  write_tokenizer_folder(tmp_path, config={"mask_token_id": 126_336})
   with pytest.raises(ValueError, match=r"mask_token_id in .*config.json is 126336, but the "
                                        r"tokenizer's mask token has id 286"):
     HFTokenizer(tmp_path)

@@ -329,10 +329,10 @@ def test_damaged_records_are_named_even_when_scoring(two_jobs, causal_model, tmp
 
 
 def test_a_job_folder_is_used_by_one_run_at_a_time(two_jobs, tiny_model, tmp_path):
-  from test_locks import _holder
+  from references.folders import lock_holder
   from remdm_jax.parallel import locks
   job = shutil.copytree(two_jobs / "a", tmp_path / "a")
-  with _holder(job) as holder:
+  with lock_holder(job) as holder:
     with pytest.raises(locks.FolderInUse, match=rf"{job}: the job folder is in use by another "
                        rf"run \(pid {holder.pid} "):
       jobs.run_sampling_job(sampler_config("cap", eta=0.02, num_steps=2),
@@ -352,12 +352,12 @@ def test_a_byte_order_mark_is_not_part_of_the_first_prompt(tmp_path):
 @pytest.fixture(scope="module")
 def llada_folder(tmp_path_factory):
   """A released-layout LLaDA Instruct folder: tiny random weights in two shards and their
-  index, and a tokenizer with a chat template (ids of `test_hf_tokenizer`'s folder: 290
+  index, and a tokenizer with a chat template (ids of `references.folders`' folder: 290
   tokens, the mask at 286, the embedding padded to 320 rows)."""
-  from test_hf_tokenizer import _write_folder
-  from test_llada import released_config, released_tensors, write_folder
+  from references.folders import write_tokenizer_folder
+  from references.llada import released_config, released_tensors, write_folder
   folder = tmp_path_factory.mktemp("llada-instruct")
-  _write_folder(folder)
+  write_tokenizer_folder(folder)
   config = released_config(embedding_size=320, vocab_size=300, mask_token_id=286,
                            eos_token_id=285, pad_token_id=285, max_sequence_length=32)
   return write_folder(folder, config, released_tensors(config))

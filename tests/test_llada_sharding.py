@@ -13,9 +13,9 @@ from jax.sharding import AxisType, NamedSharding, PartitionSpec as P
 import remdm_jax
 from remdm_jax.models.llada import LLaDA, LLaDAConfig, as_denoiser
 from remdm_jax.weights.llada_io import llada_shardings, load_llada, param_sharding
-from test_llada import MASK_ID, VOCAB, released_config, released_tensors, write_folder
+from references.llada import MASK_ID, VOCAB, released_config, released_tensors, write_folder
 
-# Wider than test_llada's model, so 4 devices still hold whole heads (Dh = 16, 4 heads).
+# Wider than references.llada's model, so 4 devices still hold whole heads (Dh = 16, 4 heads).
 D_MODEL, HEADS, MLP, LAYERS, LENGTH, BATCH = 64, 4, 128, 2, 32, 8
 CONFIG = released_config(d_model=D_MODEL, n_heads=HEADS, n_kv_heads=HEADS,
                          mlp_hidden_size=MLP, n_layers=LAYERS, max_sequence_length=LENGTH)

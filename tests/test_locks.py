@@ -1,8 +1,6 @@
 """One run per folder: `locks.hold` against other processes, killed holders and nesting."""
 
-import contextlib
 import os
-import signal
 import subprocess
 import sys
 import textwrap
@@ -11,14 +9,7 @@ import pytest
 
 from remdm_jax.parallel import locks
 from remdm_jax.errors import run_cli
-
-_HOLDER = textwrap.dedent("""
-    import sys, time
-    from remdm_jax.parallel import locks
-    with locks.hold(sys.argv[1], "workdir"):
-      print("holding", flush=True)
-      time.sleep(120)
-""")
+from references.folders import lock_holder
 
 _TAKER = textwrap.dedent("""
     import sys
@@ -30,19 +21,6 @@ _TAKER = textwrap.dedent("""
       return 0
     sys.exit(run_cli(main, sys.argv[1:]))
 """)
-
-
-@contextlib.contextmanager
-def _holder(folder):
-  """A process holding the lock of `folder`, killed with SIGKILL at the end of the block."""
-  with subprocess.Popen([sys.executable, "-c", _HOLDER, str(folder)], stdout=subprocess.PIPE,
-                        text=True) as holder:
-    try:
-      assert holder.stdout.readline().strip() == "holding"
-      yield holder
-    finally:
-      holder.send_signal(signal.SIGKILL)
-      holder.wait(timeout=30)
 
 
 def test_a_second_process_cannot_take_a_held_folder(tmp_path):
@@ -57,8 +35,8 @@ def test_a_second_process_cannot_take_a_held_folder(tmp_path):
   assert not (tmp_path / locks.LOCK_FILE).exists()     # removed on release
 
 
-def test_the_lock_of_a_killed_run_is_free_and_the_message_names_the_holder(tmp_path):
-  with _holder(tmp_path) as holder:
+def test_the_lock_of_a_killed_run_is_free_and_the_message_names_thelock_holder(tmp_path):
+  with lock_holder(tmp_path) as holder:
     with pytest.raises(locks.FolderInUse, match=rf"pid {holder.pid} on host .* since .*"
                        "command: .*"):
       with locks.hold(tmp_path, "workdir"):
@@ -83,7 +61,7 @@ def test_busy_folder_is_exit_2_through_run_cli(tmp_path, capsys):
     with locks.hold(tmp_path, "workdir"):
       return 0
 
-  with _holder(tmp_path) as holder:
+  with lock_holder(tmp_path) as holder:
     assert run_cli(main, []) == 2
   err = capsys.readouterr().err
   assert err.count("\n") == 1 and f"pid {holder.pid}" in err

@@ -135,3 +135,37 @@ def test_load_model_is_imported_on_first_use():
   assert remdm_jax.load_model is checkpoint.load_model
   with pytest.raises(AttributeError, match="no attribute 'not_a_name'"):
     remdm_jax.not_a_name  # noqa: B018
+
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+def _imports_of_test_modules(source: str) -> list[str]:
+  """The names in `source` that import a test module (`test_*`) or `conftest`, at any depth."""
+  found = []
+  for node in ast.walk(ast.parse(source)):
+    if isinstance(node, ast.Import):
+      names = [alias.name for alias in node.names]
+    elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+      names = [node.module]
+    else:
+      continue
+    found += [n for n in names
+              if n.split(".")[0].startswith("test_") or n.split(".")[0] == "conftest"]
+  return found
+
+
+def test_no_test_module_imports_another():
+  """Shared reference code lives in `tests/references/`: no file of `tests/` imports a test
+  module or `conftest` (pytest loads those itself; importing one runs its module code twice
+  under another name and couples two test files)."""
+  found = {str(p.relative_to(TESTS)): names for p in sorted(TESTS.rglob("*.py"))
+           if (names := _imports_of_test_modules(p.read_text()))}
+  assert not found, found
+
+
+def test_the_test_module_check_can_fail():
+  assert _imports_of_test_modules("from test_llada import np_forward") == ["test_llada"]
+  assert _imports_of_test_modules("def f():\n  import test_locks as t\n") == ["test_locks"]
+  assert _imports_of_test_modules("from conftest import MASK_ID") == ["conftest"]
+  assert _imports_of_test_modules("from references.llada import np_forward\nimport testing") == []

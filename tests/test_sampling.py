@@ -16,7 +16,8 @@ import remdm_jax
 from remdm_jax import sampler_config
 from remdm_jax.sampling import sampler as sampling
 
-from conftest import MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser, tv_to_mixture
+from references.mixture import (MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser,
+                               tv_to_mixture)
 
 SUITE = [
     sampler_config(strategy="mdlm", num_steps=16),
@@ -58,6 +59,58 @@ def _prompt():
   return jnp.asarray(prompt)
 
 
+def _assert_remasking_follows_sigma(cfg, steps, remask_count):
+  """Checks a trajectory `steps [S, B, L]` (no prompt) against the per-step sigma written out
+  from the papers' formulas (`direct_step_probs`, float64, not the library's table).
+
+  A decoded token either stays or becomes the mask. No token is remasked at a step with
+  sigma = 0. The remasks total sum_i sigma_i * n_i within 5 sd, where n_i counts the decoded
+  tokens before step i, or for confidence weights (which sum to 1 over a sequence's decoded
+  tokens) the sequences with one; sd is the binomial sd, or for confidence weights its bound
+  sqrt(sum_i sigma_i * n_i). Where that expectation is at least 10, at least one token is
+  remasked (independent flips: P(none) <= exp(-10)). topk remasks exactly
+  min(remask_count_i, decoded) tokens of each sequence (its counts are checked against
+  LLaDA's split in test_strategies)."""
+  before = np.concatenate([np.full_like(steps[:1], MASK_ID), steps[:-1]])   # [S, B, L]
+  decoded = before != MASK_ID
+  assert np.all((steps[decoded] == before[decoded]) | (steps[decoded] == MASK_ID))
+  remasked = decoded & (steps == MASK_ID)                                    # [S, B, L]
+  strategy = cfg.strategy
+  if strategy.name == "topk":
+    np.testing.assert_array_equal(remasked.sum(-1),
+                                  np.minimum(remask_count[:, None], decoded.sum(-1)))
+    assert (remasked.sum() > 0) == (strategy.remask > 0)
+    return
+  sigma, _ = direct_step_probs(cfg)                                          # [S] f64
+  assert sigma.shape == (steps.shape[0],), (sigma.shape, steps.shape)
+  weighted = strategy.name == "conf" or getattr(strategy, "conf", "none") != "none"
+  trials = np.any(decoded, -1).sum(-1) if weighted else decoded.sum((1, 2))  # [S]
+  count = remasked.sum((1, 2))                                               # [S]
+  assert np.all(count[sigma == 0] == 0), count
+  expected = np.sum(sigma * trials)
+  sd = np.sqrt(expected if weighted else np.sum(sigma * (1 - sigma) * trials))
+  assert abs(count.sum() - expected) <= 5 * sd + 1e-9, (count.sum(), expected, sd)
+  if expected >= 10:
+    assert count.sum() > 0
+
+
+def test_the_remasking_check_fails_for_a_cap_that_never_remasks(mixture, monkeypatch):
+  """The suite's remasking check has the power to fail: a `cap` whose sigma is 0 (so the
+  sampler never remasks) is caught, seed 4 as in the suite."""
+  from remdm_jax.sampling import strategies
+  cfg = SUITE[1]
+  assert cfg.strategy.name == "cap"
+  monkeypatch.setattr(strategies.Cap, "sigma",
+                      lambda self, t, s, alpha_t, alpha_s, smax: np.zeros_like(smax))
+  plan, rule = remdm_jax.build_plan(cfg)
+  assert float(np.max(np.asarray(plan.table.sigma))) == 0.0
+  history = np.asarray(jax.jit(lambda k: remdm_jax.sample_with_plan(
+      k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID,
+      return_trajectory=True))(jax.random.key(4)).steps)
+  with pytest.raises(AssertionError):
+    _assert_remasking_follows_sigma(cfg, history, np.asarray(plan.table.remask_count))
+
+
 @pytest.mark.parametrize("cfg", SUITE, ids=_ids)
 class TestEveryStrategy:
 
@@ -85,18 +138,13 @@ class TestEveryStrategy:
       np.testing.assert_array_equal(step[fixed], np.asarray(prompt)[fixed])
 
   def test_decoded_tokens_change_only_by_remasking(self, cfg, mixture):
-    """A decoded token either stays or becomes the mask; without remasking it never moves."""
+    """A decoded token either stays or becomes the mask, as often as the paper's sigma says
+    (`_assert_remasking_follows_sigma`)."""
     plan, rule = remdm_jax.build_plan(cfg)
     history = np.asarray(jax.jit(lambda k: remdm_jax.sample_with_plan(
         k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID,
         return_trajectory=True))(jax.random.key(4)).steps)
-    before, after = history[:-1], history[1:]
-    decoded = before != MASK_ID
-    assert np.all((after[decoded] == before[decoded]) | (after[decoded] == MASK_ID))
-    remasks = np.any(decoded & (after == MASK_ID))
-    if float(np.max(np.asarray(plan.table.sigma))) == 0 and int(
-        np.max(np.asarray(plan.table.remask_count))) == 0:
-      assert not remasks
+    _assert_remasking_follows_sigma(cfg, history, np.asarray(plan.table.remask_count))
 
   def test_traced_once_across_keys(self, cfg, mixture):
     chex.clear_trace_counter()

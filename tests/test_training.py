@@ -378,6 +378,34 @@ def test_every_objective_gives_its_pinned_loss(objective, model_options, pinned)
   np.testing.assert_allclose([float(v) for v in got], pinned, rtol=1e-6)
 
 
+@pytest.mark.parametrize("objective,rule,eta", [
+    (MdlmObjective(eps=0.05), None, 0.0), (MdlmDiscreteObjective(16), "mdlm", 0.0),
+    (RemdmObjective(16, "cap", 0.5), "cap", 0.5),
+    (RemdmObjective(16, "rescale", 0.3), "rescale", 0.3)],
+    ids=["mdlm", "mdlm_discrete", "remdm_cap", "remdm_rescale"])
+def test_objectives_equal_their_nelbo_in_float64(objective, rule, eta):
+  """Without dropout, each diffusion objective's loss of a DiT built from random released
+  tensors equals the NELBO computed in float64 NumPy from the same tensors (the DiT forward of
+  `references.dit`, time input -log alpha(t), the schedule, weights, SUBS and NLL of
+  `references.nelbo`); only the uniform draws come from JAX. Seeds 0 (weights) and 5 (key);
+  rtol 1e-4 (a float32 forward against a float64 one)."""
+  from references.dit import SMALL, numpy_forward, released_tensors
+  from references.nelbo import reference_nelbo
+  from remdm_jax.weights.convert import convert_tensors
+  tensors = released_tensors(SMALL)
+  model = convert_tensors(tensors, SMALL)
+  mask_id = SMALL.vocab_size - 1
+  x = np.asarray(jax.random.randint(jax.random.key(1), (8, 12), 0, mask_id), np.int32)
+  key = jax.random.key(5)
+  got = objective.loss(model, x, key, mask_id=mask_id, train=False)
+  assert got.dtype == np.float32 and got.shape == ()
+  eps, steps = objective.eps, getattr(objective, "discrete_steps", None)
+  logits = lambda z, t: numpy_forward(tensors, z, -np.log(1.0 - (1.0 - eps) * t), SMALL)
+  want = reference_nelbo(x, key, logits, mask_id, rule=rule, eta=eta, eps=eps,
+                         num_steps=steps)
+  np.testing.assert_allclose(float(got), want, rtol=1e-4)
+
+
 class _SignallingStream(data.BatchStream):
   """Sends `signum` to this process while batch `at` is being fetched (as Ctrl-C would)."""
 
@@ -542,8 +570,8 @@ def test_a_workdir_is_used_by_one_run_at_a_time(tmp_path, capsys):
   nothing; once the holder is killed, its leftover lock file is no lock."""
   from remdm_jax import cli
   from remdm_jax.parallel import locks
-  from test_locks import _holder
-  with _holder(tmp_path) as holder:
+  from references.folders import lock_holder
+  with lock_holder(tmp_path) as holder:
     assert cli.train_main([f"--workdir={tmp_path}", "--data.dataset=nowhere"]) == 2
     line = capsys.readouterr().err
     assert line.count("\n") == 1 and f"the workdir folder is in use by another run (pid " \
