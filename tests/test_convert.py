@@ -186,7 +186,8 @@ import resource, signal, sys
 from remdm_jax import cli
 signal.signal(signal.SIGXFSZ, signal.SIG_IGN)     # a write past the limit fails (EFBIG)
 resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096))
-sys.exit(cli.convert_main(sys.argv[1:]))
+sys.argv[0] = "remdm-convert"
+sys.exit(cli.convert_main())   # as the console script calls it: the command's own process
 """
 
 

@@ -63,7 +63,7 @@ def test_user_text_is_text(folder):
 def test_a_prompt_naming_the_mask_token_is_text(folder, chat):
   """A job's prompt holding "<|mdm_mask|>" is encoded as text: its row holds no mask id
   before the masked tail (it used to be refused as a prompt with a mask inside)."""
-  from remdm_jax.jobs import prompt_rows
+  from remdm_jax.jobs.sample_job import prompt_rows
   tok = HFTokenizer(folder)
   row = prompt_rows(["a <|mdm_mask|> b"], 1, tok, 64, chat=chat)[0].tolist()
   used = row[:row.index(tok.mask_id)]

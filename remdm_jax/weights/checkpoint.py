@@ -27,6 +27,7 @@ import shutil
 import sys
 import threading
 import time
+import warnings
 
 import jax
 import orbax.checkpoint as ocp
@@ -277,7 +278,10 @@ def orbax_leftovers_dropped():
   sys.unraisablehook = hook
   asyncio_logger.addFilter(_not_orbax_never_retrieved)
   try:
-    yield
+    with warnings.catch_warnings():   # an orphaned orbax coroutine collected in the block
+      warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                              category=RuntimeWarning)
+      yield
   finally:
     sys.unraisablehook = previous
     asyncio_logger.removeFilter(_not_orbax_never_retrieved)
