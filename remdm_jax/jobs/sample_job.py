@@ -18,26 +18,22 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from remdm_jax import files
 from remdm_jax.parallel import distributed
 from remdm_jax.parallel import locks
-from remdm_jax.parallel import sharding
 from remdm_jax.sampling.blocks import answer_start
-from remdm_jax.weights.checkpoint import load_model, load_tokenizer_name
+from remdm_jax.weights.checkpoint import load_model, model_family
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
-from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
-from remdm_jax.weights.llada_io import is_llada_folder
 from remdm_jax.registry import flat_options
 from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, shard_path,
                               shard_text)
-from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
+from remdm_jax.text.tokenizers import Tokenizer, encode_rows
 from remdm_jax.validation import check_fields, check_range, option
 
 def _shipped_models() -> pathlib.Path:
@@ -191,27 +187,19 @@ def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT | LLaD
                      f"classifier, got {job.class_label}")
 
 
-def _place(module, mesh) -> None:
-  """Puts a DiT or classifier's parameters on `mesh` by the DiT rules (None: left where they
-  are)."""
-  if mesh is not None:
-    nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
-
-
 def load_classifier(folder, mesh=None):
   """A classifier folder written by `remdm-train --train.objective=classifier`, placed on
   `mesh` when given."""
-  classifier = load_model(folder)
+  classifier = load_model(folder, mesh=mesh)
   if not isinstance(classifier, NoisyClassifier):
     raise ValueError(f"{folder} is not a classifier folder (train one with "
                      "--train.objective=classifier)")
-  _place(classifier, mesh)
   return classifier
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingModel:
-  """A masked diffusion model of either family, with what a job needs to know about it."""
+  """A masked diffusion model of a registered family, with what a job needs to know about it."""
 
   model: DiT | LLaDA
   tokenizer: Tokenizer
@@ -219,43 +207,24 @@ class SamplingModel:
   max_length: int         # the longest sequence the model takes
 
 
-def _load_llada(folder, mesh) -> SamplingModel:
-  """A released LLaDA folder: its weights split over `mesh`'s "model" axis as they are read,
-  its tokenizer from the same folder."""
-  tokenizer = HFTokenizer(folder)      # first: a missing extra or file before 16 GB are read
-  model = load_model(folder, mesh=mesh)
-  if tokenizer.mask_id != model.cfg.mask_id:
-    raise ValueError(f"{folder}: the tokenizer's mask id {tokenizer.mask_id} differs from "
-                     f"the model's {model.cfg.mask_id} (config.json)")
-  return SamplingModel(model, tokenizer, str(pathlib.Path(folder).absolute()),
-                       model.cfg.max_sequence_length)
-
-
 def load_sampling_model(folder, mesh=None) -> SamplingModel:
-  """A masked diffusion model folder (a DiT, or a released LLaDA folder) with its tokenizer,
-  checked to fit each other, and placed on `mesh` when given.
+  """The model of a folder (of any registered family: a DiT, a released LLaDA folder, ...)
+  with its tokenizer, checked to fit each other, and split over `mesh` as it is read when
+  given.
 
   Raises:
-    ValueError: a classifier or causal model folder, or a tokenizer that does not fit.
+    ValueError: a folder no family recognises, a classifier or causal model folder, or a
+      tokenizer that does not fit.
   """
-  if is_llada_folder(folder):
-    loaded = _load_llada(folder, mesh)
-  else:
-    model = load_model(folder)
-    if not isinstance(model, DiT):
-      raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
-                       "diffusion model (a classifier serves D-CBG guidance)")
-    if model.cfg.causal:
-      raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
-                       "diffusion model (a causal one serves as the evaluator of remdm-merge)")
-    tokenizer_name = load_tokenizer_name(folder)
-    _place(model, mesh)
-    loaded = SamplingModel(model, get_tokenizer(tokenizer_name), tokenizer_name,
-                           model.cfg.max_length)
-  if loaded.tokenizer.vocab_size != loaded.model.cfg.vocab_size:
-    raise ValueError(f"tokenizer vocabulary {loaded.tokenizer.vocab_size} does not match the "
-                     f"model's {loaded.model.cfg.vocab_size}")
-  return loaded
+  family, folder = model_family(folder), pathlib.Path(folder)
+  tokenizer = family.tokenizer(folder)   # first: a missing extra or file before 16 GB are read
+  model = family.load(folder, mesh=mesh)
+  family.check_sampling(folder, model, tokenizer)
+  if tokenizer.vocab_size != model.cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
+                     f"model's {model.cfg.vocab_size}")
+  return SamplingModel(model, tokenizer, family.tokenizer_name(folder),
+                       family.max_length(model))
 
 
 def _replicate_unplaced(tree, mesh):
