@@ -125,3 +125,24 @@ def test_refusals():
   with pytest.raises(TypeError, match=r"registered family \(dit: .*toy-test: ToyModel\), got "
                                       "int"):
     as_denoiser(3)
+
+
+def test_the_families_sharding_rules():
+  """A DiT folder read onto a 2-way "model" axis is split by the DiT rules, as `place` splits
+  a model already built; LLaDA's rule keeps whole heads."""
+  from flax import nnx
+  from jax.sharding import PartitionSpec as P
+  from remdm_jax.parallel import distributed
+  mesh = distributed.make_mesh(model_axis=2)
+  dit = families.get("dit")
+  model = remdm_jax.load_model(SHIPPED_MODEL, mesh=mesh)
+  kernel = model.blocks[0].attn_qkv.kernel
+  assert kernel.sharding.spec == P(None, "model") and kernel.sharding.mesh == mesh
+  built = remdm_jax.load_model(SHIPPED_MODEL)
+  dit.place(built, mesh)
+  same = jax.tree.map(lambda a, b: a.sharding == b.sharding and bool((a == b).all()),
+                      nnx.state(built), nnx.state(model))
+  assert all(jax.tree.leaves(same))
+  llada, cfg = families.get("llada"), dataclasses.make_dataclass("C", ["head_dim"])(16)
+  assert llada.param_spec(cfg, "blocks/0/q_proj/kernel", (64, 64), 2) == P(None, "model")
+  assert llada.param_spec(cfg, "blocks/0/q_proj/kernel", (64, 64), 8) == P()   # half heads
