@@ -122,8 +122,8 @@ def test_refusals():
     families.register("toy")
   with pytest.raises(ValueError, match=r"unknown model family 'nope'; choose from \['dit'"):
     families.get("nope")
-  with pytest.raises(TypeError, match=r"registered family \(dit: .*toy-test: ToyModel\), got "
-                                      "int"):
+  with pytest.raises(TypeError, match=r"registered family \(dit: DiT, NoisyClassifier; llada: "
+                                      r"LLaDA;.* toy-test: ToyModel.*\), got int"):
     as_denoiser(3)
 
 
