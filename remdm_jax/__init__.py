@@ -6,12 +6,12 @@ backbones), `weights` (model folders, released checkpoints, safetensors), `text`
 (tokenizers), `data` (tensorflow-datasets pipelines), `training` (objectives and the loop),
 `parallel` (multi-process runs, sharding, folder locks), `jobs` (sampling jobs and their
 shards) and `eval` (metrics and reasoning scores), over a small shared core (the denoiser
-type, diffusion math, schedules, guidance, validation, errors). `import remdm_jax` loads the
-sampler's names only: `load_model` and `save_model` import the checkpoint code (orbax) when
-first used.
+type, diffusion math, schedules, guidance, validation, errors, and the registry of model
+families, `remdm_jax.families`). `import remdm_jax` loads the sampler's names only:
+`load_model` and `save_model` import the checkpoint code (orbax) when first used.
 """
 
-from remdm_jax import eval
+from remdm_jax import eval, families
 from remdm_jax.denoiser import Classifier, Denoiser
 from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
                                 classifier_guidance)
@@ -47,6 +47,6 @@ __all__ = [
     "Mdlm", "NoGuidance", "NonFiniteLogitsError", "Plan", "Rescale",
     "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
     "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance",
-    "eval", "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
+    "eval", "families", "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
     "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

@@ -186,5 +186,6 @@ def test_models_as_denoiser_picks_the_family():
   assert as_denoiser(dit).reads_t == dit.cfg.time_conditioning and as_denoiser(dit).mask_id is None
   with pytest.raises(ValueError, match="label do not apply to a LLaDA model"):
     as_denoiser(llada, label=1)
-  with pytest.raises(TypeError, match="model must be a remdm_jax.models.DiT or LLaDA, got str"):
+  with pytest.raises(TypeError, match=r"model must be a model of a registered family \(dit: "
+                     r"DiT, NoisyClassifier; llada: LLaDA.*got str"):
     as_denoiser("model")

@@ -18,26 +18,22 @@ import time
 
 import jax
 import numpy as np
-from flax import nnx
 from tqdm import tqdm
 
 from remdm_jax import files
 from remdm_jax.parallel import distributed
 from remdm_jax.parallel import locks
-from remdm_jax.parallel import sharding
 from remdm_jax.sampling.blocks import answer_start
-from remdm_jax.weights.checkpoint import load_model, load_tokenizer_name
+from remdm_jax.weights.checkpoint import load_model, model_family
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
-from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
-from remdm_jax.weights.llada_io import is_llada_folder
 from remdm_jax.registry import flat_options
 from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, shard_path,
                               shard_text)
-from remdm_jax.text.tokenizers import Tokenizer, encode_rows, get_tokenizer
+from remdm_jax.text.tokenizers import Tokenizer, encode_rows
 from remdm_jax.validation import check_fields, check_range, option
 
 def _shipped_models() -> pathlib.Path:
@@ -191,27 +187,19 @@ def _check_guidance_models(job: SampleJob, guidance: Guidance, model: DiT | LLaD
                      f"classifier, got {job.class_label}")
 
 
-def _place(module, mesh) -> None:
-  """Puts a DiT or classifier's parameters on `mesh` by the DiT rules (None: left where they
-  are)."""
-  if mesh is not None:
-    nnx.update(module, sharding.shard_params(nnx.state(module), mesh))
-
-
 def load_classifier(folder, mesh=None):
   """A classifier folder written by `remdm-train --train.objective=classifier`, placed on
   `mesh` when given."""
-  classifier = load_model(folder)
+  classifier = load_model(folder, mesh=mesh)
   if not isinstance(classifier, NoisyClassifier):
     raise ValueError(f"{folder} is not a classifier folder (train one with "
                      "--train.objective=classifier)")
-  _place(classifier, mesh)
   return classifier
 
 
 @dataclasses.dataclass(frozen=True)
 class SamplingModel:
-  """A masked diffusion model of either family, with what a job needs to know about it."""
+  """A masked diffusion model of a registered family, with what a job needs to know about it."""
 
   model: DiT | LLaDA
   tokenizer: Tokenizer
@@ -219,43 +207,24 @@ class SamplingModel:
   max_length: int         # the longest sequence the model takes
 
 
-def _load_llada(folder, mesh) -> SamplingModel:
-  """A released LLaDA folder: its weights split over `mesh`'s "model" axis as they are read,
-  its tokenizer from the same folder."""
-  tokenizer = HFTokenizer(folder)      # first: a missing extra or file before 16 GB are read
-  model = load_model(folder, mesh=mesh)
-  if tokenizer.mask_id != model.cfg.mask_id:
-    raise ValueError(f"{folder}: the tokenizer's mask id {tokenizer.mask_id} differs from "
-                     f"the model's {model.cfg.mask_id} (config.json)")
-  return SamplingModel(model, tokenizer, str(pathlib.Path(folder).absolute()),
-                       model.cfg.max_sequence_length)
-
-
 def load_sampling_model(folder, mesh=None) -> SamplingModel:
-  """A masked diffusion model folder (a DiT, or a released LLaDA folder) with its tokenizer,
-  checked to fit each other, and placed on `mesh` when given.
+  """The model of a folder (of any registered family: a DiT, a released LLaDA folder, ...)
+  with its tokenizer, checked to fit each other, and split over `mesh` as it is read when
+  given.
 
   Raises:
-    ValueError: a classifier or causal model folder, or a tokenizer that does not fit.
+    ValueError: a folder no family recognises, a classifier or causal model folder, or a
+      tokenizer that does not fit.
   """
-  if is_llada_folder(folder):
-    loaded = _load_llada(folder, mesh)
-  else:
-    model = load_model(folder)
-    if not isinstance(model, DiT):
-      raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
-                       "diffusion model (a classifier serves D-CBG guidance)")
-    if model.cfg.causal:
-      raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
-                       "diffusion model (a causal one serves as the evaluator of remdm-merge)")
-    tokenizer_name = load_tokenizer_name(folder)
-    _place(model, mesh)
-    loaded = SamplingModel(model, get_tokenizer(tokenizer_name), tokenizer_name,
-                           model.cfg.max_length)
-  if loaded.tokenizer.vocab_size != loaded.model.cfg.vocab_size:
-    raise ValueError(f"tokenizer vocabulary {loaded.tokenizer.vocab_size} does not match the "
-                     f"model's {loaded.model.cfg.vocab_size}")
-  return loaded
+  family, folder = model_family(folder), pathlib.Path(folder)
+  tokenizer = family.tokenizer(folder)   # first: a missing extra or file before 16 GB are read
+  model = family.load(folder, mesh=mesh)
+  family.check_sampling(folder, model, tokenizer)
+  if tokenizer.vocab_size != model.cfg.vocab_size:
+    raise ValueError(f"tokenizer vocabulary {tokenizer.vocab_size} does not match the "
+                     f"model's {model.cfg.vocab_size}")
+  return SamplingModel(model, tokenizer, family.tokenizer_name(folder),
+                       family.max_length(model))
 
 
 def _replicate_unplaced(tree, mesh):
@@ -379,81 +348,135 @@ def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = No
     return _run_job(cfg, job, guidance, progress)
 
 
-def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool
-             ) -> JobResult:
-  """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
+@dataclasses.dataclass(frozen=True)
+class _Run:
+  """A job ready to sample: its model loaded and checked, its sampler compiled."""
+
+  job: SampleJob
+  loaded: SamplingModel
+  seq_len: int
+  texts: list[str]                 # the prompts' text, as the manifest records them
+  prompts: np.ndarray | None       # [num_samples, seq_len] int32 templates, or None
+  batch_sharding: object           # a NamedSharding of the batch, or None (one device)
+  sampler: object                  # the compiled `Sampler`
+  params: object                   # the denoiser's parameters, on the mesh
+  key: jax.Array
+  bar: "StepProgress"              # advanced by the sampler, step by step
+
+
+def _check_job(job: SampleJob, guidance: Guidance) -> None:
+  """What is refused before any file is read."""
   if job.trajectory and jax.process_count() > 1:
     raise ValueError("trajectory records need a single process (every step of every example "
                      "is gathered on the host)")
   check_guidance_inputs(guidance, target=job.target, has_classifier=bool(job.classifier))
+
+
+def _prompt_block(job: SampleJob, rows, seq_len: int, batch_sharding):
+  """`[batch_size, seq_len] int32` prompt rows of one batch (None for none), repeated to the
+  batch's size and placed over its devices."""
+  if rows is None:
+    return None
+  block = np.resize(rows, (job.batch_size, seq_len))
+  return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
+
+
+def _prepare(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool) -> _Run:
+  """Loads and checks the model, classifier and prompts, and compiles the sampler."""
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
   loaded = load_sampling_model(job.model, mesh)   # placed once: the two inputs of D-CFG
-  model, tokenizer, tokenizer_name = loaded.model, loaded.tokenizer, loaded.tokenizer_name
   classifier = load_classifier(job.classifier, mesh) if job.classifier else None
-  _check_guidance_models(job, guidance, model, classifier)   # share the weights
+  _check_guidance_models(job, guidance, loaded.model, classifier)   # share the weights
   seq_len = job.seq_len or loaded.max_length
   check_range("seq_len", seq_len, 1, loaded.max_length, context=" (the model's max_length)")
   texts = prompt_texts(job)
-  prompts = prompt_rows(texts, job.num_samples, tokenizer, seq_len, chat=job.chat)
-  denoiser = job_denoiser(job, guidance, model, classifier, tokenizer.mask_id)
+  mask_id = loaded.tokenizer.mask_id
+  prompts = prompt_rows(texts, job.num_samples, loaded.tokenizer, seq_len, chat=job.chat)
+  denoiser = job_denoiser(job, guidance, loaded.model, classifier, mask_id)
   params = _replicate_unplaced(denoiser.params, mesh)
-  starts = range(0, job.num_samples, job.batch_size)
   bar = StepProgress(0, progress and distributed.is_primary())
   sampler = make_sampler(denoiser, cfg, batch_size=job.batch_size, seq_len=seq_len,
-                         mask_id=tokenizer.mask_id, batch_sharding=batch_sharding,
+                         mask_id=mask_id, batch_sharding=batch_sharding,
                          return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar)
-
-  def prompt_block(rows):
-    if rows is None:
-      return None
-    block = np.resize(rows, (job.batch_size, seq_len))
-    return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
-
   key = jax.random.key(job.seed)
-  sampler.compile(key, params,
-                  prompt_block(_widest_first(prompts, job.batch_size, tokenizer.mask_id)))
-  num_steps = sampler.num_steps()
-  bar.set_total(len(starts) * num_steps)
-  settings = cfg.options()
-  manifest = {
-      "model": job.model, "model_config": dataclasses.asdict(model.cfg),
-      "tokenizer": tokenizer_name, "sampler": settings,
+  widest = _widest_first(prompts, job.batch_size, mask_id)
+  sampler.compile(key, params, _prompt_block(job, widest, seq_len, batch_sharding))
+  return _Run(job, loaded, seq_len, texts, prompts, batch_sharding, sampler, params, key, bar)
+
+
+def _manifest(run: _Run, cfg: SamplerConfig, guidance: Guidance) -> dict:
+  """What the job folder records: the model, sampler, prompts, devices and guidance."""
+  job = run.job
+  return {
+      "model": job.model, "model_config": dataclasses.asdict(run.loaded.model.cfg),
+      "tokenizer": run.loaded.tokenizer_name, "sampler": cfg.options(),
       "num_samples": job.num_samples, "batch_size": job.batch_size, "seed": job.seed,
-      "seq_len": seq_len, "prompts": texts, **({"chat": True} if job.chat else {}),
+      "seq_len": run.seq_len, "prompts": run.texts, **({"chat": True} if job.chat else {}),
       "process_count": jax.process_count(),
       "device_count": jax.device_count(), "model_axis": job.model_axis,
       "trajectory": job.trajectory,
       "guidance": {**flat_options(guidance), "class_label": job.class_label,
                    "classifier": job.classifier}}
+
+
+def _sample_batch(run: _Run, first: int, throughput: Throughput):
+  """`(tokens [B, L] int32, trajectory or None)` of the batch from global index `first`.
+
+  Raises:
+    NonFiniteLogitsError: the model returned non-finite logits for a real row of it.
+  """
+  job, tic = run.job, time.perf_counter()
+  rows = None if run.prompts is None else run.prompts[first:first + job.batch_size]
+  out = run.sampler(run.key, run.params,
+                    _prompt_block(job, rows, run.seq_len, run.batch_sharding),
+                    first_index=first)
+  tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
+  real = min(job.batch_size, job.num_samples - first)
+  flags = np.asarray(nonfinite)[:real]
+  if flags.any():
+    raise NonFiniteLogitsError(f"model {job.model}: {nonfinite_message(flags, first)}; "
+                               "nothing of this batch was written")
+  throughput.add(real, time.perf_counter() - tic)
+  return tokens, out if job.trajectory else None
+
+
+def _sample_batches(run: _Run, settings: dict, directory, digest: str | None
+                    ) -> tuple[list[dict], Throughput]:
+  """Samples every batch not already finished in the job folder, writing each; returns the
+  records this process computed and their throughput."""
+  job, bar = run.job, run.bar
+  num_steps = run.sampler.num_steps()
+  local_ranges = (distributed.local_row_ranges(run.batch_sharding, (job.batch_size, run.seq_len))
+                  if run.batch_sharding else [(0, job.batch_size)])
+  done = set(finished_shards(directory)) if directory else set()
+  throughput, records = Throughput(run.seq_len), []
+  for batch_index, first in enumerate(range(0, job.num_samples, job.batch_size)):
+    bar.offset = batch_index * num_steps
+    wanted = [(first + a, min(first + b, job.num_samples)) for a, b in local_ranges
+              if first + a < job.num_samples]
+    if directory and distributed.all_processes(all(r in done for r in wanted)):
+      bar(num_steps - 1)
+      continue
+    tokens, trajectory = _sample_batch(run, first, throughput)
+    records.extend(_write_batch(job, first, tokens, trajectory, run.loaded.tokenizer,
+                                settings, directory, digest))
+    bar.show_rate(throughput.summary()["tokens_per_s"])
+  return records, throughput
+
+
+def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool
+             ) -> JobResult:
+  """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
+  _check_job(job, guidance)
+  run = _prepare(cfg, job, guidance, progress)
+  num_batches = len(range(0, job.num_samples, job.batch_size))
+  run.bar.set_total(num_batches * run.sampler.num_steps())
+  manifest = _manifest(run, cfg, guidance)
   directory = open_job(job.out, manifest) if job.out else None
   digest = manifest_digest(manifest) if job.out else None
-  local_ranges = (distributed.local_row_ranges(batch_sharding, (job.batch_size, seq_len))
-                  if batch_sharding else [(0, job.batch_size)])
-  done = set(finished_shards(directory)) if directory else set()
-  throughput, records = Throughput(seq_len), []
   try:
-    for batch_index, first in enumerate(starts):
-      bar.offset = batch_index * num_steps
-      wanted = [(first + a, min(first + b, job.num_samples)) for a, b in local_ranges
-                if first + a < job.num_samples]
-      if directory and distributed.all_processes(all(r in done for r in wanted)):
-        bar(num_steps - 1)
-        continue
-      tic = time.perf_counter()
-      out = sampler(key, params, None if prompts is None else
-                    prompt_block(prompts[first:first + job.batch_size]), first_index=first)
-      tokens, nonfinite = (out.tokens, out.nonfinite) if job.trajectory else out
-      trajectory = out if job.trajectory else None
-      real = min(job.batch_size, job.num_samples - first)
-      flags = np.asarray(nonfinite)[:real]
-      if flags.any():
-        raise NonFiniteLogitsError(f"model {job.model}: {nonfinite_message(flags, first)}; "
-                                   "nothing of this batch was written")
-      throughput.add(real, time.perf_counter() - tic)
-      records.extend(_write_batch(job, first, tokens, trajectory, tokenizer, settings,
-                                  directory, digest))
-      bar.show_rate(throughput.summary()["tokens_per_s"])
+    records, throughput = _sample_batches(run, cfg.options(), directory, digest)
   finally:
-    bar.close()
+    run.bar.close()
   return JobResult(records=records, throughput=throughput.summary(), directory=directory)

@@ -30,7 +30,7 @@ DIT_RULES: tuple[tuple[str, P], ...] = (
 )
 
 
-def _path_name(path) -> str:
+def path_name(path) -> str:
   """'blocks/0/attn_qkv/kernel' from a pytree key path (NNX `.value` leaves dropped)."""
   names = []
   for entry in path:
@@ -64,7 +64,7 @@ def param_shardings(state, mesh: Mesh, rules=DIT_RULES):
     return jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
   axis_size = mesh.shape["model"]
   return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: NamedSharding(mesh, param_spec(_path_name(path), leaf.shape,
+      lambda path, leaf: NamedSharding(mesh, param_spec(path_name(path), leaf.shape,
                                                         axis_size, rules)), state)
 
 

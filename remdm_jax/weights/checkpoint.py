@@ -33,11 +33,10 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx
 
-from remdm_jax import files
+from remdm_jax import families, files
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiT, DiTConfig
-from remdm_jax.models.llada import LLaDA
-from remdm_jax.weights.llada_io import is_llada_folder, load_llada
+from remdm_jax.parallel.sharding import param_shardings
 
 _CONFIG = "config.json"
 _PARAMS = "params"
@@ -149,13 +148,23 @@ def failed_save_is_one_error(target: pathlib.Path, what: str):
 _PICKLED = ("pytorch_model.bin", "pytorch_model.bin.index.json", "model.pt", "model.pth")
 
 
-def _read_payload(directory: pathlib.Path) -> dict:
-  path = directory / _CONFIG
+def _refuse_pickled(directory: pathlib.Path) -> None:
+  """Refuses a folder whose only weights are pickled PyTorch files (never unpickled)."""
   pickled = [name for name in _PICKLED if (directory / name).is_file()]
   if pickled and not (directory / _PARAMS).is_dir():
     raise ValueError(f"{directory}: holds pickled PyTorch weights ({pickled[0]}), which are "
                      "never read (unpickling can run code); the weights must be safetensors "
                      "(model.safetensors, or shards and model.safetensors.index.json)")
+
+
+def is_model_folder(directory: pathlib.Path) -> bool:
+  """Whether `directory` has the layout `save_model` writes (`config.json` and `params/`)."""
+  return (directory / _CONFIG).is_file() and (directory / _PARAMS).is_dir()
+
+
+def _read_payload(directory: pathlib.Path) -> dict:
+  path = directory / _CONFIG
+  _refuse_pickled(directory)
   if not path.is_file() or not (directory / _PARAMS).is_dir():
     raise ValueError(f"{directory} is not a remdm_jax model folder (needs {_CONFIG} and "
                      f"{_PARAMS}/)")
@@ -298,38 +307,63 @@ def _restore(params_dir: pathlib.Path, abstract_state):
                    f"{first}")
 
 
-def load_model(directory, *, dtype: str | None = None,
-               mesh: jax.sharding.Mesh | None = None) -> DiT | NoisyClassifier | LLaDA:
-  """Rebuilds the model of a folder written by `save_model` or `remdm-convert`, or reads a
-  released LLaDA folder (`config.json` with `model_type` "llada", safetensors shards and
-  their index) as it is.
+def load_model(directory, *, dtype: str | None = None, mesh: jax.sharding.Mesh | None = None):
+  """The model of a folder, read by the registered model family that recognises it
+  (`remdm_jax.families`): a folder written by `save_model` or `remdm-convert` (`load_dit`),
+  a released LLaDA folder (`config.json` with `model_type` "llada", safetensors shards and
+  their index; `llada_io.load_llada`), or a folder of a family registered by the caller.
 
-  Returns a `DiT`: `model(tokens [B, L] int32, sigma [B] float32) -> logits [B, L, V] f32`,
-  honouring the checkpoint's `time_conditioning` (or the `NoisyClassifier` of a folder
-  trained with the classifier objective), or a `LLaDA` (`models.llada_io.load_llada`: each
-  tensor read and placed alone, in `dtype` (None: as stored) and split over `mesh`'s "model"
-  axis when given).
+  Returns the family's model: a `DiT`, `model(tokens [B, L] int32, sigma [B] float32) ->
+  logits [B, L, V] f32`, honouring the checkpoint's `time_conditioning` (or the
+  `NoisyClassifier` of a folder trained with the classifier objective), or a `LLaDA` (each
+  tensor read and placed alone, in `dtype`, None: as stored). With `mesh`, the parameters
+  are split over its "model" axis by the family's rules as they are read.
 
   Raises:
-    ValueError: not a model folder, a bad `config.json`, parameters of other shapes than the
-      config needs, or unreadable parameter files; the message names the file. `dtype` or
-      `mesh` for a folder that is not a LLaDA one.
+    ValueError: no family recognises the folder (naming the registered ones), pickled
+      PyTorch weights, a bad `config.json`, parameters of other shapes than the config needs,
+      or unreadable parameter files; the message names the file. `dtype` for a family that
+      keeps its saved dtype.
   """
-  if is_llada_folder(directory):
-    return load_llada(directory, dtype=dtype, mesh=mesh)
-  if dtype is not None or mesh is not None:
-    raise ValueError(f"{directory}: dtype and mesh apply to released LLaDA folders only; this "
-                     "model folder keeps its saved dtype and is placed by the caller")
+  return model_family(directory).load(pathlib.Path(directory), dtype=dtype, mesh=mesh)
+
+
+def model_family(directory) -> families.Family:
+  """The registered family that recognises a model folder.
+
+  Raises:
+    ValueError: pickled PyTorch weights (never read), or no family recognises the folder.
+  """
+  if families.find(directory) is None:
+    _refuse_pickled(pathlib.Path(directory).absolute())
+  return families.for_folder(directory)
+
+
+def load_dit(directory, *, dtype: str | None = None,
+             mesh: jax.sharding.Mesh | None = None) -> DiT | NoisyClassifier:
+  """Rebuilds the `DiT` or `NoisyClassifier` of a folder written by `save_model` from its
+  `config.json`, checking the stored shapes first; its parameters go to the first device
+  (every device with several processes), or are split over `mesh` by the DiT rules
+  (`parallel.sharding.DIT_RULES`) as they are read.
+
+  Raises:
+    ValueError: `dtype` given (the folder keeps its saved dtype), or what `load_model`
+      lists for a model folder.
+  """
   directory = pathlib.Path(directory).absolute()
+  if dtype is not None:
+    raise ValueError(f"{directory}: dtype applies to released LLaDA folders only; this model "
+                     "folder keeps its saved dtype")
   payload = _read_payload(directory)
   cfg, kind = _config_of(payload, directory), _MODEL_KINDS[payload["model"]]
   abstract = nnx.eval_shape(lambda: kind(cfg, rngs=nnx.Rngs(0)))
   graphdef, abstract_state, rest = nnx.split(abstract, nnx.Param, ...)
   _check_stored_shapes(directory / _PARAMS, abstract_state)
-  placement = _replicated()
+  placement = (jax.tree.map(lambda _: _replicated(), abstract_state) if mesh is None
+               else param_shardings(abstract_state, mesh))
   abstract_state = jax.tree.map(
-      lambda leaf: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=placement),
-      abstract_state)
+      lambda leaf, where: jax.ShapeDtypeStruct(leaf.shape, leaf.dtype, sharding=where),
+      abstract_state, placement)
   state = _restore(directory / _PARAMS, abstract_state)
   return nnx.merge(graphdef, state, rest)
 

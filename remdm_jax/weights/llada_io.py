@@ -153,21 +153,28 @@ def _stored_dtype(weight_map, shards) -> str:
   return name if name in DTYPES else "float32"
 
 
-def param_sharding(mesh: Mesh, path: tuple, shape: tuple[int, ...],
-                   head_dim: int) -> NamedSharding:
-  """One parameter's `NamedSharding` by `LLADA_RULES`: replicated without a "model" axis,
-  and for q/k/v/attn_out unless every device gets whole heads (a multiple of `head_dim`
-  columns or rows; a split head would make XLA exchange partial attention scores)."""
-  if "model" not in mesh.axis_names or mesh.shape["model"] == 1:
-    return NamedSharding(mesh, P())
-  size = mesh.shape["model"]
-  name = "/".join(map(str, path))                                          # blocks/0/q_proj/kernel
-  spec = param_spec(name, shape, size, LLADA_RULES)
+def llada_param_spec(name: str, shape: tuple[int, ...], axis_size: int,
+                     head_dim: int) -> P:
+  """One parameter's `PartitionSpec` ("blocks/0/q_proj/kernel") by `LLADA_RULES` over a
+  "model" axis of `axis_size` devices; q/k/v/attn_out stay replicated unless every device
+  gets whole heads (a multiple of `head_dim` columns or rows; a split head would make XLA
+  exchange partial attention scores)."""
+  spec = param_spec(name, shape, axis_size, LLADA_RULES)
   if _HEADS.match(name) and spec != P():
     split = shape[0] if spec[0] == "model" else shape[1]
-    if (split // size) % head_dim:
-      spec = P()
-  return NamedSharding(mesh, spec)
+    if (split // axis_size) % head_dim:
+      return P()
+  return spec
+
+
+def param_sharding(mesh: Mesh, path: tuple, shape: tuple[int, ...],
+                   head_dim: int) -> NamedSharding:
+  """One parameter's `NamedSharding` by `llada_param_spec`: replicated without a "model"
+  axis (or one of size 1)."""
+  if "model" not in mesh.axis_names or mesh.shape["model"] == 1:
+    return NamedSharding(mesh, P())
+  name = "/".join(map(str, path))                                          # blocks/0/q_proj/kernel
+  return NamedSharding(mesh, llada_param_spec(name, shape, mesh.shape["model"], head_dim))
 
 
 def llada_shardings(state, mesh: Mesh, cfg: LLaDAConfig):

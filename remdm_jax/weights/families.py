@@ -1,0 +1,112 @@
+"""The built-in model families, registered in `remdm_jax.families` when it is first asked:
+"dit", the library's own folders (`config.json` and `params/`, written by `save_model` or
+`remdm-convert`: a `DiT` or its `NoisyClassifier`), and "llada", released LLaDA folders
+(`config.json` with `model_type` "llada" beside safetensors weights).
+
+Recognising a folder reads no weights and imports no orbax: the DiT's checkpoint code
+(orbax) is imported when a DiT folder is read, not when the registry is consulted.
+"""
+
+from __future__ import annotations
+
+import pathlib
+
+from jax.sharding import PartitionSpec
+
+from remdm_jax import families
+from remdm_jax.denoiser import Denoiser
+from remdm_jax.models import dit, llada
+from remdm_jax.models.classifier import NoisyClassifier
+from remdm_jax.parallel.sharding import DIT_RULES, param_spec
+from remdm_jax.text.hf_tokenizer import HFTokenizer
+from remdm_jax.text.tokenizers import get_tokenizer
+from remdm_jax.weights import llada_io
+
+
+def _checkpoint():
+  """`remdm_jax.weights.checkpoint`, imported when a DiT folder is read (it imports orbax)."""
+  from remdm_jax.weights import checkpoint
+  return checkpoint
+
+
+class DiTFamily(families.Family):
+  """The MDLM diffusion transformer and its noisy classifier, in the library's orbax folders."""
+
+  name = "dit"
+  model_types = (dit.DiT, NoisyClassifier)
+
+  def recognises(self, folder: pathlib.Path) -> bool:
+    return (folder / "config.json").is_file() and (folder / "params").is_dir()
+
+  def load(self, folder, *, dtype=None, mesh=None):
+    return _checkpoint().load_dit(folder, dtype=dtype, mesh=mesh)
+
+  def as_denoiser(self, model, schedule=None, *, label=None) -> Denoiser:
+    if isinstance(model, NoisyClassifier):
+      raise TypeError("a NoisyClassifier predicts classes, it is not a denoiser; use "
+                      "remdm_jax.models.as_classifier for guidance")
+    return dit.as_denoiser(model, schedule, label=label)
+
+  def tokenizer_name(self, folder) -> str:
+    return _checkpoint().load_tokenizer_name(folder)
+
+  def tokenizer(self, folder):
+    return get_tokenizer(self.tokenizer_name(folder))
+
+  def max_length(self, model) -> int:
+    return model.cfg.max_length
+
+  def param_spec(self, cfg, name, shape, axis_size) -> PartitionSpec:
+    del cfg
+    return param_spec(name, shape, axis_size, DIT_RULES)
+
+  def check_sampling(self, folder, model, tokenizer) -> None:
+    del tokenizer
+    if not isinstance(model, dit.DiT):
+      raise ValueError(f"{folder} is a classifier of noisy sequences; sampling needs a masked "
+                       "diffusion model (a classifier serves D-CBG guidance)")
+    if model.cfg.causal:
+      raise ValueError(f"{folder} is a causal (autoregressive) model; sampling needs a masked "
+                       "diffusion model (a causal one serves as the evaluator of remdm-merge)")
+
+
+class LLaDAFamily(families.Family):
+  """Released LLaDA folders (LLaDA-8B-Base / -Instruct), read one tensor at a time."""
+
+  name = "llada"
+  model_types = (llada.LLaDA,)
+
+  def recognises(self, folder: pathlib.Path) -> bool:
+    return llada_io.is_llada_folder(folder)
+
+  def load(self, folder, *, dtype=None, mesh=None):
+    return llada_io.load_llada(folder, dtype=dtype, mesh=mesh)
+
+  def as_denoiser(self, model, schedule=None, *, label=None) -> Denoiser:
+    given = [name for name, value in (("schedule", schedule), ("label", label))
+             if value is not None]
+    if given:
+      raise ValueError(f"{' and '.join(given)} do not apply to a LLaDA model (it reads no "
+                       "time and has no classes)")
+    return llada.as_denoiser(model)
+
+  def tokenizer_name(self, folder) -> str:
+    return str(pathlib.Path(folder).absolute())
+
+  def tokenizer(self, folder):
+    return HFTokenizer(folder)
+
+  def max_length(self, model) -> int:
+    return model.cfg.max_sequence_length
+
+  def param_spec(self, cfg, name, shape, axis_size) -> PartitionSpec:
+    return llada_io.llada_param_spec(name, shape, axis_size, cfg.head_dim)
+
+  def check_sampling(self, folder, model, tokenizer) -> None:
+    if tokenizer.mask_id != model.cfg.mask_id:
+      raise ValueError(f"{folder}: the tokenizer's mask id {tokenizer.mask_id} differs from "
+                       f"the model's {model.cfg.mask_id} (config.json)")
+
+
+families.register(DiTFamily())
+families.register(LLaDAFamily())
