@@ -171,9 +171,14 @@ def _random_folder(path, **cfg_fields):
 
 
 @pytest.mark.parametrize("guidance", ["none", "cfg", "cbg"])
-def test_guided_jobs_sample_what_the_library_samples(guidance, tmp_path):
-  """A job with class_label / guidance gives the tokens of the same guided denoiser sampled
-  directly (and records the guidance in its manifest)."""
+def test_guided_jobs_decode_the_guided_argmax(guidance, tmp_path):
+  """A job with class_label / guidance samples from the guided denoiser it names (and records
+  the guidance in its manifest). The oracle is not the sampler: with one step from t = 1 and
+  temperature 1e-4, every position is decoded at once (the unmask probability is
+  1 - t_min / 1, so all 48 positions are decoded with probability 1 - 5e-4; this seed does)
+  and takes the argmax of the guided logits at the all-mask input, which the guided
+  denoiser gives when called directly (the next id is at least 1e-3 below in log-probability,
+  so a tempered draw picks another with probability below exp(-10))."""
   folder, model = _random_folder(tmp_path / "cond", num_classes=2)
   classifier = None
   extra = {}
@@ -186,7 +191,7 @@ def test_guided_jobs_sample_what_the_library_samples(guidance, tmp_path):
                        out=str(tmp_path / "job"), **extra)
   chosen = {"none": remdm_jax.NoGuidance(), "cfg": remdm_jax.Cfg(gamma=2.0),
             "cbg": remdm_jax.Cbg(gamma=2.0)}[guidance]
-  cfg = sampler_config("rescale", eta=0.5, num_steps=6)
+  cfg = sampler_config("mdlm", num_steps=1, temperature=1e-4)
   records = jobs.run_sampling_job(cfg, job, chosen, progress=False).records
   as_model = lambda label: as_denoiser(model, label=label)
   if guidance == "none":
@@ -197,9 +202,13 @@ def test_guided_jobs_sample_what_the_library_samples(guidance, tmp_path):
     expected_denoiser = remdm_jax.classifier_guidance(
         as_model(None), as_classifier(classifier), target=1, gamma=2.0, mask_id=258,
         form="gradient")
-  expected = remdm_jax.sample(jax.random.key(3), expected_denoiser, cfg, batch_size=2,
-                              seq_len=24, mask_id=258)
-  np.testing.assert_array_equal([r["ids"] for r in records], np.asarray(expected))
+  z = jnp.full((2, 24), 258, jnp.int32)
+  logits = np.asarray(expected_denoiser(z, jnp.ones((2,), jnp.float32)), np.float64)
+  logits[..., 258] = -np.inf
+  log_probs = logits - np.logaddexp.reduce(logits, axis=-1, keepdims=True)
+  top2 = np.sort(log_probs, axis=-1)[..., -2:]
+  assert (top2[..., 1] - top2[..., 0] > 1e-3).all()
+  np.testing.assert_array_equal([r["ids"] for r in records], np.argmax(log_probs, axis=-1))
   manifest = json.loads((tmp_path / "job" / shards.MANIFEST).read_text())
   assert manifest["guidance"] == {"kind": guidance, **({} if guidance == "none" else
                                                        {"gamma": 2.0}),

@@ -215,25 +215,44 @@ class DiT(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class _DiTCall:
-  """One part of a DiT as a function of `(state, x, t)`: "features" (`z [B, L] int32` to the
-  trunk `[B, L, D]` f32), "head" (`h [B, K, D]` to logits `[B, K, V]`) or "logits" (both).
-  Equal settings compare equal, so samplers built from two `as_denoiser` calls share one
-  executable."""
+class _DiTFeatures:
+  """`(state, z [B, L] int32, t [B] f32) -> h [B, L, D] f32`: the trunk of a DiT with the
+  final adaLN. Equal settings compare equal (as do `_DiTHead` and `_DiTLogits`), so samplers
+  built from two `as_denoiser` calls share one executable."""
 
   graphdef: nnx.GraphDef
   schedule: object          # alpha(t) for the total noise; None: log-linear, eps = 1e-3
   label: int | None         # the class of a class-conditional model; None: the null class
-  part: str
 
-  def __call__(self, state, x: jax.Array, t: jax.Array) -> jax.Array:
+  def trunk(self, state, z: jax.Array, t: jax.Array):
+    """`(model, h [B, L, D] f32)`."""
     model = nnx.merge(self.graphdef, state)
-    if self.part == "head":   # position-wise; the adaLN modulation is applied in features
-      return model.project(x)                                            # [B, K, V]
     labels = (None if self.label is None else
-              jnp.full(x.shape[:1], self.label, jnp.int32))              # [B]
-    h = model.features(x, total_noise(t, self.schedule), labels=labels)  # [B, L, D] f32
-    return h if self.part == "features" else model.project(h)           # [B, L, V]
+              jnp.full(z.shape[:1], self.label, jnp.int32))              # [B]
+    return model, model.features(z, total_noise(t, self.schedule), labels=labels)
+
+  def __call__(self, state, z: jax.Array, t: jax.Array) -> jax.Array:
+    return self.trunk(state, z, t)[1]
+
+
+@dataclasses.dataclass(frozen=True)
+class _DiTLogits(_DiTFeatures):
+  """`(state, z, t) -> logits [B, L, V]`: the trunk, then the output projection."""
+
+  def __call__(self, state, z: jax.Array, t: jax.Array) -> jax.Array:
+    model, h = self.trunk(state, z, t)
+    return model.project(h)                                              # [B, L, V]
+
+
+@dataclasses.dataclass(frozen=True)
+class _DiTHead:
+  """`(state, h [B, K, D], t) -> logits [B, K, V]`: position-wise (the adaLN modulation is
+  applied in the trunk)."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, h: jax.Array, t: jax.Array) -> jax.Array:
+    return nnx.merge(self.graphdef, state).project(h)
 
 
 def as_denoiser(model: DiT, schedule=None, *, label: int | None = None) -> Denoiser:
@@ -262,9 +281,9 @@ def as_denoiser(model: DiT, schedule=None, *, label: int | None = None) -> Denoi
     label = check_range("label", check_int("label", label, 0), 0, model.cfg.num_classes,
                         high_open=True, context=f" (the model's {model.cfg.num_classes} classes)")
   graphdef, state = nnx.split(model)
-  part = lambda name: _DiTCall(graphdef, schedule, label, name)
-  return Denoiser(part("logits"), state, features_apply=part("features"),
-                  head_apply=part("head"), reads_t=model.cfg.time_conditioning,
+  return Denoiser(_DiTLogits(graphdef, schedule, label), state,
+                  features_apply=_DiTFeatures(graphdef, schedule, label),
+                  head_apply=_DiTHead(graphdef), reads_t=model.cfg.time_conditioning,
                   vocab_size=model.cfg.vocab_size)
 
 

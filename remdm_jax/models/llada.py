@@ -326,22 +326,36 @@ class LLaDA(nnx.Module):
 
 
 @dataclasses.dataclass(frozen=True)
-class _LLaDACall:
-  """One part of a LLaDA model as a function of `(state, x, t)` (`t` is not read):
-  "features" (`z [B, L] int32 -> h [B, L, D]`), "head" (`h [B, K, D] -> logits [B, K, V]`
-  float32) or "logits" (both). Equal settings compare equal, so samplers built from two
+class _LLaDAFeatures:
+  """`(state, z [B, L] int32, t) -> h [B, L, D]`: the trunk with `ln_f` (`t` is not read).
+  Equal settings compare equal (as do the other parts), so samplers built from two
   `as_denoiser` calls share one executable."""
 
   graphdef: nnx.GraphDef
-  part: str
 
-  def __call__(self, state, x: jax.Array, t: jax.Array) -> jax.Array:
-    del t
+  def __call__(self, state, z: jax.Array, t: jax.Array) -> jax.Array:
+    return nnx.merge(self.graphdef, state).features(z)                   # [B, L, D]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LLaDAHead:
+  """`(state, h [B, K, D], t) -> logits [B, K, V]` float32: the output projection."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, h: jax.Array, t: jax.Array) -> jax.Array:
+    return nnx.merge(self.graphdef, state).project(h)                    # [B, K, V]
+
+
+@dataclasses.dataclass(frozen=True)
+class _LLaDALogits:
+  """`(state, z [B, L] int32, t) -> logits [B, L, V]` float32: the trunk, then the head."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, z: jax.Array, t: jax.Array) -> jax.Array:
     model = nnx.merge(self.graphdef, state)
-    if self.part == "head":
-      return model.project(x)                                              # [B, K, V]
-    h = model.features(x)                                                  # [B, L, D]
-    return h if self.part == "features" else model.project(h)             # [B, L, V]
+    return model.project(model.features(z))                              # [B, L, V]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -391,8 +405,7 @@ def as_denoiser(model: LLaDA) -> Denoiser:
   if not isinstance(model, LLaDA):
     raise ArgumentTypeError(f"model must be a LLaDA, got {type(model).__name__}")
   graphdef, state = nnx.split(model)
-  part = lambda name: _LLaDACall(graphdef, name)
-  return Denoiser(part("logits"), state, features_apply=part("features"),
-                  head_apply=part("head"), reads_t=False, vocab_size=model.cfg.vocab_size,
+  return Denoiser(_LLaDALogits(graphdef), state, features_apply=_LLaDAFeatures(graphdef),
+                  head_apply=_LLaDAHead(graphdef), reads_t=False, vocab_size=model.cfg.vocab_size,
                   mask_id=model.cfg.mask_id,
                   prefill_apply=_LLaDAPrefill(graphdef), cached_apply=_LLaDACached(graphdef))
