@@ -7,8 +7,10 @@ backbones), `weights` (model folders, released checkpoints, safetensors), `text`
 `parallel` (multi-process runs, sharding, folder locks), `jobs` (sampling jobs and their
 shards) and `eval` (metrics and reasoning scores), over a small shared core (the denoiser
 type, diffusion math, schedules, guidance, validation, errors, and the registry of model
-families, `remdm_jax.families`). `import remdm_jax` loads the sampler's names only:
-`load_model` and `save_model` import the checkpoint code (orbax) when first used.
+families, `remdm_jax.families`). `import remdm_jax` loads the sampler's names and registers
+the built-in model families (the library's DiT folders and released LLaDA folders); it imports
+no orbax, tensorflow-datasets, `tokenizers` or RDKit: `load_model` and `save_model` import the
+checkpoint code (orbax) when first used.
 """
 
 from remdm_jax import eval, families
@@ -16,9 +18,8 @@ from remdm_jax.denoiser import Classifier, Denoiser
 from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
                                 classifier_guidance)
 from remdm_jax.sampling import trajectory
-from remdm_jax.sampling.block_config import BlockConfig
 from remdm_jax.sampling.blocks import BlockPlan, BlockRule, BlockTable
-from remdm_jax.sampling.config import SamplerConfig, sampler_config
+from remdm_jax.sampling.config import BlockConfig, SamplerConfig, sampler_config
 from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                         sample_with_plan)
@@ -28,6 +29,7 @@ from remdm_jax.sampling.topp import top_p_filter
 from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.schedules import get_schedule, uniform_grid
 from remdm_jax.training import losses
+from remdm_jax.weights import families as _builtins  # noqa: F401  (registers "dit", "llada")
 
 _WEIGHTS = ("load_model", "save_model")   # imported on first use: the checkpoint code needs orbax
 
@@ -42,11 +44,11 @@ def __getattr__(name: str):
 
 
 __all__ = [
-    "BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier", "Conf",
-    "Denoiser", "Dfm", "Fb", "Guidance", "Loop",
-    "Mdlm", "NoGuidance", "NonFiniteLogitsError", "Plan", "Rescale",
-    "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Topk",
-    "Trajectory", "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance",
-    "eval", "families", "get_schedule", "load_model", "losses", "make_sampler", "sample", "sample_with_plan",
-    "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
+    "BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier",
+    "Conf", "Denoiser", "Dfm", "Fb", "Guidance", "Loop", "Mdlm", "NoGuidance",
+    "NonFiniteLogitsError", "Plan", "Rescale", "STRATEGIES", "Sampler", "SamplerConfig",
+    "StepRule", "StepTable", "Strategy", "Topk", "Trajectory", "build_plan", "build_table",
+    "classifier_free_guidance", "classifier_guidance", "eval", "families", "get_schedule",
+    "load_model", "losses", "make_sampler", "sample", "sample_with_plan", "sampler_config",
+    "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

@@ -19,7 +19,6 @@ end the command through `errors.run_cli`. The commands parse, then call the libr
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
 import pathlib
@@ -65,16 +64,13 @@ def check_lows(args: argparse.Namespace, lows: dict[str, int]) -> None:
         raise UsageError(f"{flag} must be in [{low}, inf), got {value}")
 
 
-_PROCESS_HOOKS = contextlib.ExitStack()   # entered, never closed: they last for the process
-
-
 def _command(main, argv: list[str] | None) -> int:
   """Runs a command through `run_cli`. As the process's own command (`argv` None: it reads
   `sys.argv`), it first drops orbax's leftover tracebacks for the rest of the process
-  (`checkpoint.orbax_leftovers_dropped`): Python reports them whenever it collects them, at
-  exit too. Called with `argv` (tests, scripts), it changes no process-wide hook."""
+  (`checkpoint.drop_orbax_leftovers`): Python reports them whenever it collects them, at exit
+  too. Called with `argv` (tests, scripts), it changes no process-wide hook."""
   if argv is None:
-    _PROCESS_HOOKS.enter_context(checkpoint.orbax_leftovers_dropped())
+    checkpoint.drop_orbax_leftovers()
   return run_cli(main, sys.argv[1:] if argv is None else argv)
 
 

@@ -10,10 +10,10 @@ sampling job ask this registry, so adding a family is adding a class and a `regi
 
 The registry lives in the core because every room consults it: `models/` and `text/` may not
 import `weights/`, and the built-in families (the library's own DiT folders and released LLaDA
-folders, `remdm_jax.weights.families`) need the weight readers. The core may import any room,
-so the built-ins are imported here on the first lookup or registration, never at import time
-(`import remdm_jax` loads no weight code). Families are tried in registration order: the
-built-ins first.
+folders, `remdm_jax.weights.families`) need the weight readers. This module imports no room
+that registers in it (so imports point one way): `import remdm_jax` imports the built-ins,
+which register themselves, and they import no orbax until a DiT folder is read. Families are
+tried in registration order: the built-ins first.
 """
 
 from __future__ import annotations
@@ -96,10 +96,7 @@ def shardings(family: Family, cfg, state, mesh: Mesh):
 
 
 def _registered() -> dict[str, Family]:
-  """The table, with the built-in families in it (imported on first use; a registration made
-  while they are being imported finds their module half-built in `sys.modules`)."""
-  from remdm_jax.weights import families as builtins   # registers "dit" and "llada"
-  del builtins
+  """The table (the built-in families register when `remdm_jax` is imported)."""
   return _FAMILIES
 
 

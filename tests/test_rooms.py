@@ -3,8 +3,8 @@
 The layout: a small shared core of modules directly in `remdm_jax/` and one subpackage per room
 (`sampling`, `models`, `weights`, `text`, `data`, `training`, `parallel`, `jobs`, `eval`). The
 sampler must stay composable inside other programs, so it imports no jobs, training, data or
-weight files; nothing imports the command lines; heavy optional dependencies are imported only
-by the module that uses them; and module-level imports form no circle.
+weight files; nothing imports the command lines; and heavy optional dependencies are imported
+only by the module that uses them (import circles: `tests/test_packaging.py`).
 """
 
 from __future__ import annotations
@@ -71,26 +71,6 @@ def test_layout():
   assert len(flat) <= 12, sorted(flat)
   for room in ROOMS:
     assert (PACKAGE / room / "__init__.py").is_file(), room
-
-
-def test_no_import_circle():
-  """Module-level imports between the package's modules form no circle (depth-first search;
-  an edge to a package means its `__init__`)."""
-  graph = {name: {m for m in deps if m in MODULES} for name, deps in _graph(True).items()}
-  state: dict[str, int] = {}
-
-  def visit(name: str, path: list[str]):
-    state[name] = 1
-    for dep in sorted(graph[name]):
-      if state.get(dep) == 1:
-        pytest.fail("import circle: " + " -> ".join(path[path.index(dep):] + [dep]))
-      if dep not in state:
-        visit(dep, path + [dep])
-    state[name] = 2
-
-  for name in graph:
-    if name not in state:
-      visit(name, [name])
 
 
 @pytest.mark.parametrize("room", sorted(FORBIDDEN))

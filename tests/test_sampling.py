@@ -14,7 +14,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import remdm_jax
 from remdm_jax import sampler_config
-from remdm_jax.sampling import sampler as sampling
+from remdm_jax.sampling import step_rules
 
 from references.mixture import (MASK_ID, MIXTURE_SEQS, direct_step_probs, oracle_denoiser,
                                tv_to_mixture)
@@ -686,8 +686,8 @@ def test_draw_rounds_of_any_capacity_give_the_pinned_tokens():
 def test_draw_capacity_is_sized_from_the_schedule():
   plan, rule = remdm_jax.build_plan(sampler_config("loop", num_steps=256))
   assert rule.unmask_fraction == pytest.approx(0.9 / (0.45 * 256), rel=0.02)   # phase 1
-  assert sampling.draw_capacity(rule, 1024) == int(np.ceil(8.0 + 4 * np.sqrt(8.0) + 8))
-  assert sampling.draw_capacity(rule, 4) == 4
+  assert step_rules.draw_capacity(rule, 1024) == int(np.ceil(8.0 + 4 * np.sqrt(8.0) + 8))
+  assert step_rules.draw_capacity(rule, 4) == 4
   swept = [remdm_jax.build_plan(sampler_config("cap", eta=eta, num_steps=64))[1]
            for eta in (0.0, 0.01, 0.05)]
   assert swept[0] == swept[1] == swept[2]   # eta sweeps keep one static rule

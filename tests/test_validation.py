@@ -94,7 +94,7 @@ def test_nan_is_outside_every_range():
 
 def test_a_dict_is_not_a_sampler_config():
   import remdm_jax
-  with pytest.raises(TypeError, match="config must be a SamplerConfig, got dict"):
+  with pytest.raises(TypeError, match="config must be a SamplerConfig or a BlockConfig .*, got dict"):
     remdm_jax.build_plan({"strategy": "cap"})
 
 

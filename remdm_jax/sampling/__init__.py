@@ -3,15 +3,14 @@ step tables, block decoding, the per-step draws and top-p. It imports the shared
 (no jobs, training, data or weight files).
 
 Modules: `sampler` (checks a call and runs the plan's decoder), `decoder` (the protocol a
-decoder implements), `config` (`SamplerConfig`) and `strategies`, `steps` (the diffusion-step
-decoder and its table), `block_config` (`BlockConfig`), `blocks` and `windows` (the block
-decoder and its model calls), `plan` (configs as plans), `step_rules`, `posterior`, `topp`,
+decoder implements), `config` (`SamplerConfig`, `BlockConfig`) and `strategies`, `steps` (the
+diffusion-step decoder and its table), `blocks` and `windows` (the block decoder and its model
+calls), `plan` (configs as plans), `step_rules`, `posterior`, `topp`,
 `rounds`, `checks` (argument checks, the non-finite-logits error), `trajectory`.
 """
 
-from remdm_jax.sampling.block_config import BlockConfig
 from remdm_jax.sampling.blocks import BlockPlan, BlockRule, BlockTable
-from remdm_jax.sampling.config import SamplerConfig, sampler_config
+from remdm_jax.sampling.config import BlockConfig, SamplerConfig, sampler_config
 from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                         sample_with_plan)

@@ -11,8 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from remdm_jax.sampling import steps
-from remdm_jax.sampling.block_config import BlockConfig
-from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.config import BlockConfig, SamplerConfig
 from remdm_jax.sampling.decoder import Decoder
 from remdm_jax.sampling.steps import Plan, StepRule, StepTable
 from remdm_jax.validation import ArgumentTypeError

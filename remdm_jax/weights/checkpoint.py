@@ -268,32 +268,40 @@ def _not_orbax_never_retrieved(record: logging.LogRecord) -> bool:
   return not ("never retrieved" in message and "orbax" in message)
 
 
-@contextlib.contextmanager
-def orbax_leftovers_dropped():
-  """Within the block, an unraisable hook and an asyncio log filter drop the tracebacks left
-  behind by a failed orbax read or write (every other unraisable exception and asyncio record
-  passes through); the previous `sys.unraisablehook` and filters are back on exit.
-
-  Python reports such leftovers whenever it collects them, at exit too, so the command lines
-  keep this for their whole process (`remdm_jax.cli`); library calls use it around orbax only.
-  """
+def drop_orbax_leftovers() -> None:
+  """For the rest of the process, drops the tracebacks a failed orbax read or write leaves
+  behind: an unraisable hook passes every other unraisable exception to the previous hook, an
+  asyncio log filter drops orbax's "never retrieved" records, and a warnings filter drops the
+  warnings of coroutines never awaited. Python reports such leftovers whenever it collects
+  them, at exit too, so the command lines call this for their own process
+  (`remdm_jax.cli`); library calls use `orbax_leftovers_dropped` around orbax only."""
   previous = sys.unraisablehook
-  asyncio_logger = logging.getLogger("asyncio")
 
   def hook(unraisable):
     if not _from_failed_read(unraisable):
       previous(unraisable)
 
   sys.unraisablehook = hook
-  asyncio_logger.addFilter(_not_orbax_never_retrieved)
-  try:
-    with warnings.catch_warnings():   # an orphaned orbax coroutine collected in the block
-      warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
-                              category=RuntimeWarning)
+  logging.getLogger("asyncio").addFilter(_not_orbax_never_retrieved)
+  warnings.filterwarnings("ignore", message=r"coroutine .* was never awaited",
+                          category=RuntimeWarning)
+
+
+@contextlib.contextmanager
+def orbax_leftovers_dropped():
+  """`drop_orbax_leftovers` within the block: the previous `sys.unraisablehook`, asyncio log
+  filters and warnings filters are back on exit."""
+  previous = sys.unraisablehook
+  asyncio_logger = logging.getLogger("asyncio")
+  had_filter = _not_orbax_never_retrieved in asyncio_logger.filters
+  with warnings.catch_warnings():
+    drop_orbax_leftovers()
+    try:
       yield
-  finally:
-    sys.unraisablehook = previous
-    asyncio_logger.removeFilter(_not_orbax_never_retrieved)
+    finally:
+      sys.unraisablehook = previous
+      if not had_filter:
+        asyncio_logger.removeFilter(_not_orbax_never_retrieved)
 
 
 def _restore(params_dir: pathlib.Path, abstract_state):
