@@ -148,6 +148,7 @@ def test_killed_sampling_job_reruns_to_identical_shards(tiny_model, tmp_path):
   assert len(shards.merge(tmp_path / "split")) == 120
 
 
+@pytest.mark.slow
 def test_rerun_with_other_settings_is_refused(tiny_model, tmp_path, capsys):
   from remdm_jax import cli
   base = [f"--job.model={tiny_model}", f"--job.out={tmp_path}", "--job.quiet=true",
@@ -165,6 +166,7 @@ def test_merge_reports_missing_samples(tmp_path):
     shards.merge(tmp_path)
 
 
+@pytest.mark.slow
 def test_sharded_parameters_sample_like_replicated_ones():
   """A (data 2, model 4) mesh on 8 devices: the Megatron rules really split the weights,
   logits agree to float32 rounding and the sampled tokens are identical."""

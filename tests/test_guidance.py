@@ -281,6 +281,7 @@ def test_class_conditional_dit_and_its_guided_denoisers():
     DiTConfig(num_classes=2, causal=True)
 
 
+@pytest.mark.slow
 def test_noisy_classifier_guides_a_sampler_in_both_forms():
   """The classifier model plugs into both D-CBG forms and the sampler (finite, normalised
   log-probabilities; tokens drawn), and its one-hot input is what the gradient form needs."""

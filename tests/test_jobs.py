@@ -30,6 +30,7 @@ def causal_model(tmp_path_factory):
                     tokenizer="bytes")
 
 
+@pytest.mark.slow
 def test_job_returns_records_and_resumes_to_the_same_files(tiny_model, tmp_path):
   cfg = sampler_config("cap", eta=0.05, num_steps=6)
   job = jobs.SampleJob(model=str(tiny_model), num_samples=5, batch_size=2, seed=1,
@@ -82,6 +83,7 @@ def test_step_progress_counts_steps_over_batches():
   bar.close()
 
 
+@pytest.mark.slow
 def test_merge_scores_with_an_evaluator(tiny_model, causal_model, tmp_path, capsys):
   job = jobs.SampleJob(model=str(tiny_model), num_samples=4, batch_size=4,
                        out=str(tmp_path / "job"))

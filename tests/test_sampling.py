@@ -163,6 +163,7 @@ def _sample_mixture(cfg, denoiser, n=4000, key=1):
   return np.asarray(fn(jax.random.key(key)))
 
 
+@pytest.mark.slow
 def test_mdlm_converges_to_the_data_as_steps_grow(mixture):
   """TV to a 4-sequence mixture falls with T (parallel decoding errors vanish); N = 4000,
   seed 1. Measured: T=2 0.67, T=8 0.28, T=64 0.03 (sampling noise alone is about 0.01)."""
@@ -410,6 +411,7 @@ def test_final_removal_calls_the_denoiser_only_when_masks_remain(mixture):
     assert (tokens != MASK_ID).all() and len(calls) == expected_calls, (t_min, len(calls))
 
 
+@pytest.mark.slow
 def test_bfloat16_logits_change_only_the_rounding():
   """Logits exactly representable in bfloat16 give the same tokens in both dtypes (cached
   too); nudged logits are rounded back to them before anything else sees them."""
@@ -455,6 +457,7 @@ def test_guidance_mixes_log_probs():
 
 
 # --- Plans carry the switches they were built for. ------------------------------------------
+@pytest.mark.slow
 def test_a_plan_runs_as_its_config_would(mixture):
   """A top-p plan through `sample_with_plan` under a user's jit gives `sample`'s tokens for
   its own config, also when the caller's jit first traced a plan without top-p (the rule is
@@ -664,6 +667,7 @@ def test_fixed_key_tokens_are_pinned():
     np.testing.assert_array_equal(tokens, expected[name], err_msg=name)
 
 
+@pytest.mark.slow
 def test_draw_rounds_of_any_capacity_give_the_pinned_tokens():
   """Decide, then draw: the Bernoulli strategies draw tokens only at the positions that
   unmask, K per example per round. With K = 1, 2, 7 and L (cycled over the pinned configs:

@@ -277,6 +277,7 @@ def _chi_square_bound(dof: int, z: float = 4.0) -> float:
   return dof * (1.0 - a + z * math.sqrt(a)) ** 3
 
 
+@pytest.mark.slow
 def test_topk_position_chunks_run_chunked_and_give_identical_tokens():
   """position_chunk C in {1, 2} gives the tokens of no chunking (per-position keys), top-p
   on, for all N = 20,000 samples; a chunk below seq_len really computes x_theta and the draws

@@ -67,6 +67,7 @@ def test_loss_falls_on_shakespeare(shakespeare, tmp_path):
   assert "valid_ppl_bound" in logged[-1] and np.isfinite(logged[-1]["valid_nelbo"])
 
 
+@pytest.mark.slow
 def test_interrupt_and_resume_is_bitwise_identical(tmp_path):
   whole = _train(tmp_path / "whole")
   _train(tmp_path / "split", stop_at=6)                 # as SIGTERM would: saves step 6
@@ -102,6 +103,7 @@ def test_ema_is_the_warmed_up_weighted_average_of_the_iterates():
     np.testing.assert_allclose(leaf, expected, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_a_run_resumes_with_new_length_and_periods_only(tmp_path):
   """The checkpoint's identity is the whole config but `TrainConfig.RESUMABLE`: more steps and
   other log, evaluation and save periods resume; a changed learning rate, objective option,
@@ -464,6 +466,7 @@ def test_numeric_train_options_are_validated_up_front(field, value, match):
     dataclasses.replace(TRAIN, **{field: value})
 
 
+@pytest.mark.slow
 def test_extending_a_finished_run_replaces_its_export(tmp_path):
   """A 4-step run exports step 4; rerunning with steps=6 trains on and exports step 6 (the
   EMA of step 6, bit for bit); a stale temporary export left by a crash is cleared, and a
@@ -499,6 +502,7 @@ def _labelled(seed, n):
   return {"tokens": rows, "labels": (rows[:, 0] % 2).astype(np.int32)}
 
 
+@pytest.mark.slow
 def test_class_conditional_model_trains_on_labelled_rows(tmp_path):
   """Labelled rows through the whole loop (batches, sharding, held-out loss, export): the
   exported model has the class embedding and its labels change the output."""
@@ -538,6 +542,7 @@ def test_label_dropout_replaces_labels_by_the_null_class_at_its_rate():
                        jax.random.key(0), mask_id=TOK.mask_id, train=True)
 
 
+@pytest.mark.slow
 def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
   """objective='classifier' trains a NoisyClassifier on noised labelled rows (the label is
   whether the first token is below 128, visible when that position is not masked): the mean
