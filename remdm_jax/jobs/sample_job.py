@@ -25,7 +25,7 @@ from remdm_jax.parallel import distributed
 from remdm_jax.parallel import locks
 from remdm_jax.sampling.blocks import answer_start
 from remdm_jax.weights.checkpoint import load_model, model_family
-from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.config import BlockConfig, SamplerConfig
 from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
 from remdm_jax.registry import flat_options
@@ -75,8 +75,8 @@ def peak_memory_bytes() -> int:
 
 @dataclasses.dataclass(frozen=True)
 class SampleJob:
-  """What a sampling job produces; sampler options live in `SamplerConfig` (`--sampler.*`),
-  guidance in a `Guidance` (`--guidance.*`)."""
+  """What a sampling job produces; sampler options live in `SamplerConfig` or `BlockConfig`
+  (`--sampler.*`), guidance in a `Guidance` (`--guidance.*`)."""
 
   model: str = option(str(SHIPPED_MODEL), "a model folder (trained, shipped or converted) or a "
                                           "released LLaDA folder (config.json, safetensors)")
@@ -143,7 +143,7 @@ def prompt_rows(texts: list[str], num_rows: int, tokenizer: Tokenizer, seq_len: 
   """`[num_rows, seq_len] int32` templates (row i uses prompt `i mod len(texts)`: BOS and its
   ids, or with `chat` the ids of the tokenizer's chat template around it as a user turn,
   generation prompt included; then masks), or None without prompts. A prompt is text: a
-  special token's string in it ("<|mdm_mask|>") is encoded as characters, not as its id.
+  special token's string in it (`"<|mdm_mask|>"`) is encoded as characters, not as its id.
 
   Raises:
     ValueError: `chat` with a tokenizer that has no chat template; a prompt longer than
@@ -326,7 +326,10 @@ def _write_batch(job: SampleJob, first: int, tokens, trajectory, tokenizer, sett
   return records
 
 
-def run_sampling_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance = NoGuidance(), *,
+Config = SamplerConfig | BlockConfig   # a sampling job's sampler: diffusion steps or blocks
+
+
+def run_sampling_job(cfg: Config, job: SampleJob, guidance: Guidance = NoGuidance(), *,
                      progress: bool = True) -> JobResult:
   """Samples `job.num_samples` sequences from `job.model` with `cfg` (and `guidance`), sharded
   over every device (and process), writing shards to `job.out` when set and skipping
@@ -381,7 +384,7 @@ def _prompt_block(job: SampleJob, rows, seq_len: int, batch_sharding):
   return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
 
 
-def _prepare(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool) -> _Run:
+def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, progress: bool) -> _Run:
   """Loads and checks the model, classifier and prompts, and compiles the sampler."""
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
@@ -405,7 +408,7 @@ def _prepare(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: b
   return _Run(job, loaded, seq_len, texts, prompts, batch_sharding, sampler, params, key, bar)
 
 
-def _manifest(run: _Run, cfg: SamplerConfig, guidance: Guidance) -> dict:
+def _manifest(run: _Run, cfg: Config, guidance: Guidance) -> dict:
   """What the job folder records: the model, sampler, prompts, devices and guidance."""
   job = run.job
   return {
@@ -465,7 +468,7 @@ def _sample_batches(run: _Run, settings: dict, directory, digest: str | None
   return records, throughput
 
 
-def _run_job(cfg: SamplerConfig, job: SampleJob, guidance: Guidance, progress: bool
+def _run_job(cfg: Config, job: SampleJob, guidance: Guidance, progress: bool
              ) -> JobResult:
   """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
   _check_job(job, guidance)

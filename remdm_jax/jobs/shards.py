@@ -2,10 +2,10 @@
 
 A job directory holds `manifest.json` (settings, model, seed and layout; written first) and
 `samples-{first:09d}-{stop:09d}.jsonl` shards (one JSON record per sample, rows
-`[first, stop)`). Each process writes the rows its devices hold, to a temporary name that it then renames, so
-a file under a final name is always complete. Every record carries `"job"`, the digest of
-the manifest it was written under (`manifest_digest`). `merge` checks that every record
-belongs to the job (its digest, and its settings, seed and model against the manifest; a
+`[first, stop)`). Each process writes the rows its devices hold, to a temporary name that it
+then renames, so a file under a final name is always complete. Every record carries `"job"`,
+the digest of the manifest it was written under (`manifest_digest`). `merge` checks that every
+record belongs to the job (its digest, and its settings, seed and model against the manifest; a
 record written before digests existed is checked by those fields alone), that every index is
 present once, and writes one file in index order. A job folder is used by one run at a time
 (`remdm_jax.parallel.locks`).

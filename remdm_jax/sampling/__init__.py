@@ -17,7 +17,7 @@ from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_samp
 from remdm_jax.sampling.strategies import STRATEGIES, Strategy
 from remdm_jax.sampling.trajectory import Trajectory
 
-__all__ = ["BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "NonFiniteLogitsError", "Plan", "STRATEGIES",
-           "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy", "Trajectory",
-           "build_plan", "build_table", "make_sampler", "sample", "sample_with_plan",
-           "sampler_config"]
+__all__ = ["BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "NonFiniteLogitsError", "Plan",
+           "STRATEGIES", "Sampler", "SamplerConfig", "StepRule", "StepTable", "Strategy",
+           "Trajectory", "build_plan", "build_table", "make_sampler", "sample",
+           "sample_with_plan", "sampler_config"]

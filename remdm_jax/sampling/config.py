@@ -157,9 +157,9 @@ class BlockConfig:
   """Block decoding: LLaDA's semi-autoregressive decoder, ReMDM-LLaDA and Fast-dLLM.
 
   The masked tail after each prompt is cut into blocks of `block_length`, decoded left to
-  right with `num_steps` steps each (LLaDA, Nie et al. 2025); a step unmasks the most confident (`low_confidence`) or random
-  masked positions of the block, `masked // num_steps` of them plus one in the first
-  `masked % num_steps` steps.
+  right with `num_steps` steps each (LLaDA, Nie et al. 2025); a step unmasks the most
+  confident (`low_confidence`) or random masked positions of the block, `masked // num_steps`
+  of them plus one in the first `masked % num_steps` steps.
 
   Options beyond LLaDA's own:
     remdm_number > 0 (ReMDM-LLaDA, Wang et al. 2025, rebuttal): after `remdm_start` of a

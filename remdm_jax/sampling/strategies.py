@@ -4,8 +4,9 @@ Every strategy of the ReMDM paper (Wang et al. 2025, arXiv 2503.00307, section 4
 the others only in (a) its time grid, (b) its schedule `alpha~(t)` on that grid, (c) the
 remasking probability `sigma` of each step and (d) a static step rule: confidence weighting
 (conf) or rank selection (topk). A strategy computes (a)-(c) on the host in float64
-(`remdm_jax.sampling.plan` turns them into the table the scan reads); its fields are its
-options, each validated on construction, so an option a strategy does not have cannot be given to it.
+(`remdm_jax.sampling.steps` turns them into the table the scan reads); its fields are its
+options, each validated on construction, so an option a strategy does not have cannot be
+given to it.
 
 Adding a strategy is one class here: subclass `Strategy`, give it a `name`, override what
 differs, and decorate it with `@register`.

@@ -100,7 +100,7 @@ class HFTokenizer:
   `mask_id` from a `mask_token` there or else the added token `<|mdm_mask|>` (126336 in
   LLaDA), and `eot_id` from the added token `<|eot_id|>` (None when there is none; 126348 in
   LLaDA-8B-Instruct). `encode` adds no special ids and reads user text as text: a special
-  token's string written in it ("<|mdm_mask|>") is encoded as ordinary characters unless
+  token's string written in it (`"<|mdm_mask|>"`) is encoded as ordinary characters unless
   `allow_special=True`; `encode_chat` renders a conversation with the chat template and keeps
   the template's own special tokens while the messages stay text. `decode` drops every
   special id (the added tokens marked special, and BOS, EOS, mask and end-of-turn) and ids
@@ -203,9 +203,9 @@ class HFTokenizer:
 
     Args:
       text: the string.
-      allow_special: whether a special token's string in the text ("<|eot_id|>", as a
+      allow_special: whether a special token's string in the text (`"<|eot_id|>"`, as a
         rendered chat template holds them) becomes its id. False (the default): user text is
-        text, and "<|mdm_mask|>" is encoded as the characters it is made of, never as the
+        text, and `"<|mdm_mask|>"` is encoded as the characters it is made of, never as the
         mask id. For a conversation use `encode_chat`.
     """
     text = check_string("text", text)

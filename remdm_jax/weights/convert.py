@@ -253,5 +253,5 @@ def convert(src, dst, config_json=None, *, allow_nonfinite: bool = False) -> pat
 
 
 if __name__ == "__main__":
-  sys.exit(errors.not_a_command("remdm_jax.weights.convert", "remdm-convert SRC DST (see remdm-convert "
-                                "--help)"))
+  sys.exit(errors.not_a_command("remdm_jax.weights.convert",
+                                "remdm-convert SRC DST (see remdm-convert --help)"))

@@ -216,8 +216,9 @@ def load_llada(directory, *, dtype: str | None = None, mesh: Mesh | None = None)
   if dtype is not None:
     check_choice("dtype", dtype, DTYPES)
   if mesh is not None and any(kind != AxisType.Auto for kind in mesh.axis_types):
+    kinds = dict(zip(mesh.axis_names, mesh.axis_types))
     raise ValueError(f"mesh axes must be AxisType.Auto (as "
-                     f"remdm_jax.parallel.distributed.make_mesh builds them), got {dict(zip(mesh.axis_names, mesh.axis_types))}")
+                     f"remdm_jax.parallel.distributed.make_mesh builds them), got {kinds}")
   folder = pathlib.Path(directory)
   if not folder.is_dir():
     raise ValueError(f"{folder}: no such LLaDA folder")
