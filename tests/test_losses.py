@@ -8,6 +8,8 @@ import pytest
 from remdm_jax.training import losses
 from remdm_jax.schedules import LogLinear
 
+from references.nelbo import reference_nelbo
+
 V, MASK = 6, 5
 
 
@@ -113,40 +115,10 @@ def _toy_denoiser(z, t):
   return jnp.asarray(W, jnp.float32)[z] * (1.0 + t[:, None, None])
 
 
-def _noise(key):
-  """`(u0, mask uniforms [B, L])` float64, the draws behind the loss of `key`."""
-  key_time, key_mask, _ = jax.random.split(key, 3)
-  u0 = float(jax.random.uniform(key_time, (), jnp.float32))
-  return u0, np.asarray(jax.random.uniform(key_mask, (B, L), jnp.float32), np.float64)
-
-
 def _reference_nelbo(x, key, rule, eta=0.0, mistake=False):
-  """The NELBO in float64: `rule` None is MDLM in continuous time, "mdlm" its T-step bound,
-  "cap" / "rescale" ReMDM's eq. 9 with that sigma. `mistake` swaps in a plausible wrong
-  weight: `1 / alpha` for `1 / (1 - alpha)`, the T-step weight without T, or sigma dropped."""
-  u0, mask_draws = _noise(key)
-  u = np.mod(u0 + np.arange(B) / B, 1.0)                        # antithetic, [B]
-  alpha = lambda t: 1.0 - (1.0 - EPS) * t                       # log-linear schedule
-  if rule is None:
-    t = EPS + (1.0 - EPS) * u
-    weight = (1.0 - EPS) / (alpha(t) if mistake else 1.0 - alpha(t))  # -alpha' / (1 - alpha)
-  else:
-    i = np.minimum(np.floor(u * T) + 1, T)                      # i ~ U{1..T}
-    t, s = i / T, (i - 1) / T
-    alpha_t, alpha_s = alpha(t), alpha(s)
-    sigma_max = np.minimum(1.0, (1.0 - alpha_s) / alpha_t)
-    sigma = {"mdlm": 0.0, "cap": np.minimum(eta, sigma_max), "rescale": eta * sigma_max}[rule]
-    weight = T * (alpha_s - alpha_t + sigma * alpha_t) / (1.0 - alpha_t)
-    if mistake:
-      weight = weight / T if rule == "mdlm" else T * (alpha_s - alpha_t) / (1.0 - alpha_t)
-  masked = mask_draws >= alpha(t)[:, None]                      # [B, L] bool
-  z = np.where(masked, MASK, x)
-  logits = W[z] * (1.0 + t[:, None, None])                      # [B, L, V] f64
-  logits[..., MASK] = -np.inf                                   # SUBS: never predict the mask
-  log_probs = logits - np.log(np.sum(np.exp(logits), axis=-1, keepdims=True))
-  nll = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
-  terms = weight[:, None] * np.where(masked, nll, 0.0)
-  return float(np.sum(terms * VALID) / np.sum(VALID))
+  """`references.nelbo.reference_nelbo` of the toy denoiser, in float64, over `VALID`."""
+  return reference_nelbo(x, key, lambda z, t: W[z] * (1.0 + t[:, None, None]), MASK, rule=rule,
+                         eta=eta, eps=EPS, num_steps=T, valid=VALID, mistake=mistake)
 
 
 @pytest.mark.parametrize("seed", [3, 11])

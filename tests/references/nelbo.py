@@ -16,19 +16,21 @@ def noise(key, batch_size, length):
 
 
 def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
-                    num_steps=None):
+                    num_steps=None, valid=None, mistake=False):
   """Nats per token of `x [B, L]` under `logits_fn(z [B, L], t [B]) -> [B, L, V]` (float64):
   `rule` None is MDLM in continuous time (weight -alpha' / (1 - alpha)); "mdlm" its
   `num_steps`-step bound; "cap" / "rescale" ReMDM's eq. 9 with that sigma. Log-linear
   schedule `alpha(t) = 1 - (1 - eps) t`; antithetic times; SUBS (the mask is never
-  predicted); only masked positions count."""
+  predicted); only masked positions count, averaged over the `valid [B, L]` tokens (all by
+  default). `mistake` swaps in a plausible wrong weight (`1 / alpha` for `1 / (1 - alpha)`,
+  the T-step weight without T, or sigma dropped), for tests that show the check can fail."""
   b, l = x.shape
   u0, mask_draws = noise(key, b, l)
   u = np.mod(u0 + np.arange(b) / b, 1.0)                        # antithetic, [B]
   alpha = lambda t: 1.0 - (1.0 - eps) * t
   if rule is None:
     t = eps + (1.0 - eps) * u
-    weight = (1.0 - eps) / (1.0 - alpha(t))
+    weight = (1.0 - eps) / (alpha(t) if mistake else 1.0 - alpha(t))
   else:
     i = np.minimum(np.floor(u * num_steps) + 1, num_steps)      # i ~ U{1..T}
     t, s = i / num_steps, (i - 1) / num_steps
@@ -36,6 +38,9 @@ def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
     sigma_max = np.minimum(1.0, (1.0 - alpha_s) / alpha_t)
     sigma = {"mdlm": 0.0, "cap": np.minimum(eta, sigma_max), "rescale": eta * sigma_max}[rule]
     weight = num_steps * (alpha_s - alpha_t + sigma * alpha_t) / (1.0 - alpha_t)
+    if mistake:
+      weight = (weight / num_steps if rule == "mdlm"
+                else num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t))
   masked = mask_draws >= alpha(t)[:, None]                      # [B, L] bool
   z = np.where(masked, mask_id, x)
   logits = np.array(logits_fn(z, t), np.float64)                # [B, L, V] f64
@@ -43,4 +48,5 @@ def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
   top = logits.max(-1, keepdims=True)
   log_probs = logits - top - np.log(np.sum(np.exp(logits - top), axis=-1, keepdims=True))
   nll = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
-  return float(np.mean(weight[:, None] * np.where(masked, nll, 0.0)))
+  valid = np.ones(x.shape, bool) if valid is None else valid
+  return float(np.sum(weight[:, None] * np.where(masked, nll, 0.0) * valid) / np.sum(valid))
