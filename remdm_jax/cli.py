@@ -199,7 +199,9 @@ def _field_lines(section: str, config, skip=()) -> list[str]:
   lines = []
   for field in dataclasses.fields(config):
     if field.name not in skip:
-      flag = f"  --{section}.{field.name}={json.dumps(getattr(config, field.name))}"
+      value = getattr(config, field.name)
+      shown = "none" if value is None else json.dumps(value)   # as a flag takes it
+      flag = f"  --{section}.{field.name}={shown}"
       lines.append(f"{flag:<44} {field.metadata.get('help', '')}".rstrip())
   return lines
 

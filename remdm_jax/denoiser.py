@@ -146,9 +146,11 @@ class Denoiser:
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
     _check_optional_int(self, "vocab_size", 1)
     _check_optional_int(self, "mask_id", 0)
-    if isinstance(self.shift, (bool, np.bool_)) or self.shift not in (0, 1):
+    if (isinstance(self.shift, (bool, np.bool_)) or not isinstance(self.shift, (int, np.integer))
+        or self.shift not in (0, 1)):
       raise ValueError(f"Denoiser.shift must be 0 or 1 (the row that predicts position p is "
                        f"p - shift), got {self.shift!r}")
+    object.__setattr__(self, "shift", int(self.shift))
 
   @classmethod
   def wrap(cls, fn: Callable, *, reads_t: bool = True,

@@ -106,6 +106,23 @@ def test_the_built_in_families_are_found():
   assert get_tokenizer(str(SHIPPED_MODEL)).vocab_size == 259   # the recorded "bytes"
 
 
+def test_a_dit_folder_whose_tokenizer_is_itself(tmp_path):
+  """A DiT folder that records itself as its tokenizer and holds `tokenizer.json` reads those
+  files (the family lookup does not ask the family again)."""
+  pytest.importorskip("tokenizers")
+  from flax import nnx
+  from references.folders import write_tokenizer_folder
+  from remdm_jax.models import DiT, DiTConfig
+  from remdm_jax.text.hf_tokenizer import HFTokenizer
+  folder = tmp_path / "dit"
+  model = DiT(DiTConfig(vocab_size=301, hidden=16, heads=2, blocks=1, cond_dim=8,
+                        max_length=8), rngs=nnx.Rngs(0))
+  remdm_jax.save_model(model, folder, tokenizer=str(folder))
+  write_tokenizer_folder(folder)
+  assert families.find(folder) is families.get("dit")
+  assert isinstance(get_tokenizer(str(folder)), HFTokenizer)
+
+
 def test_an_unknown_folder_names_the_families(tmp_path):
   with pytest.raises(ValueError) as err:
     remdm_jax.load_model(tmp_path)

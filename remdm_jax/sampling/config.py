@@ -131,7 +131,10 @@ class SamplerConfig:
     Raises:
       ValueError: an unknown option, or one the strategy does not have (naming both).
     """
-    if options.get("strategy") == BlockConfig.name:
+    strategy = options.get("strategy")
+    if isinstance(strategy, BlockConfig):
+      return strategy.with_options(**{k: v for k, v in options.items() if k != "strategy"})
+    if strategy == BlockConfig.name:
       return BlockConfig().with_options(**options)
     return with_choice_options(self, options)
 
@@ -318,7 +321,7 @@ class BlockConfig:
       ValueError: an unknown option (listing block decoding's), or a value it refuses.
     """
     strategy = options.get("strategy", self.name)
-    if isinstance(strategy, str) and strategy != self.name:
+    if not isinstance(strategy, BlockConfig) and strategy != self.name:   # a name or a Strategy
       return SamplerConfig().with_options(**options)
     shared = [f"{key}={value!r}" for key, value in options.items()
               if key in option_names(SamplerConfig) and key not in _BLOCK_DEFAULTS

@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 
 from remdm_jax.sampling import steps
-from remdm_jax.sampling.config import BlockConfig, SamplerConfig
+from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.decoder import Decoder
 from remdm_jax.sampling.steps import Plan, StepRule, StepTable
 from remdm_jax.validation import ArgumentTypeError
@@ -26,8 +26,11 @@ def rule_differences(built, given) -> list[str]:
   `built` does)."""
   if type(built) is not type(given):
     return [f"kind: {type(built).__name__} -> {type(given).__name__}"]
+  if type(built.rule) is not type(given.rule):
+    return [f"kind: {type(built).__name__} ({type(built.rule).__name__}) -> "
+            f"{type(given).__name__} ({type(given.rule).__name__})"]
   differences = []
-  steps = (built.table.t.shape[0], given.table.t.shape[0])
+  steps = (built.rule.trajectory_length(built, 1), given.rule.trajectory_length(given, 1))
   if steps[0] != steps[1]:
     differences.append(f"steps: {steps[0]} -> {steps[1]}")
   for field in dataclasses.fields(built.rule):
@@ -57,10 +60,12 @@ def check_plan(plan):
 
 
 def _check_config(cfg):
-  """A `SamplerConfig` or a `BlockConfig`, else an `ArgumentTypeError`."""
-  if not isinstance(cfg, (SamplerConfig, BlockConfig)):
+  """A config that builds a plan (`cfg.build_plan()`: `SamplerConfig`, `BlockConfig`, or a
+  decoder's own config), else an `ArgumentTypeError`."""
+  if not callable(getattr(cfg, "build_plan", None)):
     raise ArgumentTypeError(f"config must be a SamplerConfig or a BlockConfig (e.g. from "
-                            f"remdm_jax.sampler_config), got {type(cfg).__name__}")
+                            f"remdm_jax.sampler_config), or a decoder's config with a "
+                            f"build_plan() method, got {type(cfg).__name__}")
   return cfg
 
 
@@ -73,10 +78,11 @@ def build_table(cfg: SamplerConfig) -> StepTable:
       a block-decoding config (it has no diffusion-time table: `build_plan` gives its
       `BlockPlan`, `Sampler.num_steps(prompt)` its length).
   """
-  if isinstance(_check_config(cfg), BlockConfig):
-    raise ValueError(f"strategy {cfg.name!r} decodes blocks and has no diffusion-time "
-                     "table; build_plan(config) gives its BlockPlan and "
-                     "make_sampler(...).num_steps(prompt) the steps it runs")
+  if not isinstance(_check_config(cfg), SamplerConfig):
+    name = getattr(cfg, "name", type(cfg).__name__)
+    raise ValueError(f"strategy {name!r} has no diffusion-time table (only the diffusion "
+                     "strategies' SamplerConfig has one); build_plan(config) gives its plan "
+                     "and make_sampler(...).num_steps(prompt) the steps it runs")
   return steps.step_table(cfg)
 
 
@@ -91,4 +97,9 @@ def build_plan(cfg) -> tuple:
   `unmask_fraction` comes from the sigma-free part of the table, so it does not change with
   eta).
   """
-  return _check_config(cfg).build_plan()
+  plan, rule = _check_config(cfg).build_plan()
+  if not isinstance(rule, Decoder) or plan.rule is not rule:
+    raise ArgumentTypeError(f"{type(cfg).__name__}.build_plan() must return (plan, rule) with "
+                            f"plan.rule the rule, a remdm_jax.sampling.decoder.Decoder; got a "
+                            f"{type(rule).__name__} rule")
+  return plan, rule

@@ -282,12 +282,6 @@ def _to_table(fields: dict) -> StepTable:
                                         else jnp.float32) for name, value in fields.items()})
 
 
-def _to_table(fields: dict) -> StepTable:
-  """float32 arrays (int32 for the remask counts)."""
-  return StepTable(**{name: jnp.asarray(value, jnp.int32 if name == "remask_count"
-                                        else jnp.float32) for name, value in fields.items()})
-
-
 def step_table(cfg) -> StepTable:
   """The per-step table of a `SamplerConfig` (`remdm_jax.sampling.plan.build_table`)."""
   return _to_table(_host_table(cfg)[0])

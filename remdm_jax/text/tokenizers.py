@@ -163,6 +163,17 @@ def get_tokenizer(name: str) -> Tokenizer:
   family = families.find(name)
   if family is not None:
     return family.tokenizer(pathlib.Path(name))
+  return folder_tokenizer(name)
+
+
+def folder_tokenizer(name: str) -> Tokenizer:
+  """The tokenizer of a directory's own files (what `get_tokenizer` reads when no model family
+  recognises the folder, and a model folder whose recorded tokenizer is itself): an
+  `HFTokenizer` for `tokenizer.json`, GPT-2 BPE for `encoder.json` and `vocab.bpe`.
+
+  Raises:
+    ValueError: neither is there (naming the missing `tokenizer.json`), or not a directory.
+  """
   if (pathlib.Path(name) / "tokenizer.json").is_file():
     from remdm_jax.text.hf_tokenizer import HFTokenizer
     return HFTokenizer(name)

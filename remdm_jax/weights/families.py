@@ -1,4 +1,4 @@
-"""The built-in model families, registered in `remdm_jax.families` when it is first asked:
+"""The built-in model families, registered in `remdm_jax.families` when `remdm_jax` is imported:
 "dit", the library's own folders (`config.json` and `params/`, written by `save_model` or
 `remdm-convert`: a `DiT` or its `NoisyClassifier`), and "llada", released LLaDA folders
 (`config.json` with `model_type` "llada" beside safetensors weights).
@@ -19,7 +19,7 @@ from remdm_jax.models import dit, llada
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.parallel.sharding import DIT_RULES, param_spec
 from remdm_jax.text.hf_tokenizer import HFTokenizer
-from remdm_jax.text.tokenizers import get_tokenizer
+from remdm_jax.text.tokenizers import folder_tokenizer, get_tokenizer
 from remdm_jax.weights import llada_io
 
 
@@ -51,7 +51,10 @@ class DiTFamily(families.Family):
     return _checkpoint().load_tokenizer_name(folder)
 
   def tokenizer(self, folder):
-    return get_tokenizer(self.tokenizer_name(folder))
+    name = self.tokenizer_name(folder)
+    if pathlib.Path(name).resolve() == pathlib.Path(folder).resolve():   # its own files
+      return folder_tokenizer(name)
+    return get_tokenizer(name)
 
   def max_length(self, model) -> int:
     return model.cfg.max_length
