@@ -172,7 +172,7 @@ def _random_folder(path, **cfg_fields):
   return save_model(model, path, tokenizer="bytes"), model
 
 
-@pytest.mark.parametrize("guidance", ["none", "cfg", "cbg"])
+@pytest.mark.parametrize("guidance", ["none", "cfg", pytest.param("cbg", marks=pytest.mark.slow)])
 def test_guided_jobs_decode_the_guided_argmax(guidance, tmp_path):
   """A job with class_label / guidance samples from the guided denoiser it names (and records
   the guidance in its manifest). The oracle is not the sampler: with one step from t = 1 and

@@ -225,7 +225,8 @@ def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
   assert mu.addressable_shards[0].data.shape == (32, 32)     # 128 hidden units / 4
 
 
-@pytest.mark.parametrize("objective", [RemdmObjective(discrete_steps=16, eta=0.5),
+@pytest.mark.parametrize("objective", [pytest.param(RemdmObjective(discrete_steps=16, eta=0.5),
+                                                    marks=pytest.mark.slow),
                                        MdlmDiscreteObjective(discrete_steps=16),
                                        ArObjective()], ids=lambda o: o.name)
 def test_every_objective_trains(objective, tmp_path):
@@ -570,6 +571,7 @@ def test_noisy_classifier_trains_exports_and_is_refused_for_sampling(tmp_path):
     _train(tmp_path / "plain", cfg=dataclasses.replace(cfg, steps=1), model=model_cfg)
 
 
+@pytest.mark.slow
 def test_a_workdir_is_used_by_one_run_at_a_time(tmp_path, capsys):
   """A second run on a held workdir stops at once (exit 2, naming the holder) and writes
   nothing; once the holder is killed, its leftover lock file is no lock."""
