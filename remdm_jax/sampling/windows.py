@@ -66,9 +66,10 @@ class Guide:
     return uncond + (self.cfg_scale + 1.0) * (cond - uncond)
 
 
-def _head_at(denoiser, h: jax.Array, positions: jax.Array) -> jax.Array:
-  """Logits `[B, K, V] float32` of `positions [B, K]` from the trunk's rows `h [B, L, D]`."""
-  return denoiser.head(rows(h, denoiser.feature_rows(positions)), None).astype(jnp.float32)
+def _head_at(denoiser, h: jax.Array, positions: jax.Array, t=None) -> jax.Array:
+  """Logits `[B, K, V] float32` of `positions [B, K]` from the trunk's rows `h [B, L, D]` (the
+  rows that predict them, `Denoiser.feature_rows`), at times `t` (None: a time-free head)."""
+  return denoiser.head(rows(h, denoiser.feature_rows(positions)), t).astype(jnp.float32)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -88,12 +89,10 @@ class Uncached:
     t = jnp.maximum(jnp.mean((seqs == self.mask_id).astype(jnp.float32), axis=1), 1e-5)
     positions = self.guide.twice(geometry.positions)
     if self.denoiser.is_split:
-      h = self.denoiser.features(seqs, t)
-      out = rows(h, self.denoiser.feature_rows(positions))
-      out = self.denoiser.head(out, t)
+      out = _head_at(self.denoiser, self.denoiser.features(seqs, t), positions, t)
     else:
-      out = rows(self.denoiser(seqs, t), positions)
-    return self.guide.combine(out.astype(jnp.float32)), cache
+      out = rows(self.denoiser(seqs, t), positions).astype(jnp.float32)
+    return self.guide.combine(out), cache
 
 
 @dataclasses.dataclass(frozen=True)
