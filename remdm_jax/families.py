@@ -37,6 +37,7 @@ class Family(abc.ABC):
 
   name: str = ""                          # the registry key, e.g. "dit"
   model_types: tuple[type, ...] = ()      # the classes of the models `load` returns
+  config_type: type | None = None         # the config class `build` takes (None: cannot build)
 
   @abc.abstractmethod
   def recognises(self, folder: pathlib.Path) -> bool:
@@ -76,6 +77,23 @@ class Family(abc.ABC):
     """Refuses a model of the family that cannot be sampled (a classifier, a causal model),
     or a tokenizer that does not fit it; nothing to refuse by default."""
     del folder, model, tokenizer
+
+  def build(self, cfg, rngs: nnx.Rngs):
+    """A new model of config `cfg` (a `config_type`), initialised from `rngs`: what the
+    training loop trains."""
+    return self.model_types[0](cfg, rngs=rngs)
+
+  def save(self, model, folder: pathlib.Path, *, tokenizer=None, step: int | None = None
+           ) -> None:
+    """Writes `model` to `folder` (new) in the family's layout, which `load` reads; the
+    training loop's export. `tokenizer` is the one the loop was given, `step` the trained
+    step (`exported_step` reads it back)."""
+    raise NotImplementedError(f"model family {self.name!r} cannot write models")
+
+  def exported_step(self, folder: pathlib.Path) -> int | None:
+    """The training step `save` recorded in `folder`, or None (none, or not a model)."""
+    del folder
+    return None
 
   def place(self, model, mesh: Mesh | None) -> None:
     """Puts the model's parameters on `mesh` by `param_spec` (None: left where they are), for
@@ -157,6 +175,20 @@ def for_folder(folder) -> Family:
     raise ValueError(f"{pathlib.Path(folder).absolute()} is not a remdm_jax model folder: no "
                      f"registered model family recognises it (families: {names()})")
   return family
+
+
+def for_config(cfg) -> Family:
+  """The family whose `config_type` `cfg` is.
+
+  Raises:
+    TypeError: no registered family builds models from such a config.
+  """
+  for family in _registered().values():
+    if family.config_type is not None and isinstance(cfg, family.config_type):
+      return family
+  known = sorted(f.config_type.__name__ for f in _registered().values() if f.config_type)
+  raise TypeError(f"model config must be one of {known} (the registered families' configs), "
+                  f"got {type(cfg).__name__}")
 
 
 def for_model(model) -> Family:

@@ -1,5 +1,7 @@
 """Rows of a data set, as the training loop and the held-out loss see them: `[N, L] int32`
-token ids, or `{"tokens": [N, L] int32, "labels": [N] int32}` for class-conditional training."""
+token ids, `{"tokens": [N, L] int32, "labels": [N] int32}` for class-conditional training, or
+`{"tokens": [N, L] int32, "prompt_lengths": [N] int32}` for prompt-answer rows (the first
+`prompt_lengths[n]` positions of row n are its prompt, never masked and never scored)."""
 
 from __future__ import annotations
 
@@ -13,13 +15,21 @@ def check_rows(rows) -> None:
   if tokens.ndim != 2 or not np.issubdtype(tokens.dtype, np.integer):
     raise ValueError(f"rows must be [N, L] integer ids, got {tokens.dtype}{list(tokens.shape)}")
   if isinstance(rows, dict):
-    if set(rows) != {"tokens", "labels"}:
-      raise ValueError(f"labelled rows need exactly the keys 'tokens' and 'labels', got "
+    if set(rows) not in ({"tokens", "labels"}, {"tokens", "prompt_lengths"}):
+      raise ValueError(f"dict rows need exactly the keys 'tokens' and 'labels' (labelled "
+                       f"rows) or 'tokens' and 'prompt_lengths' (prompt-answer rows), got "
                        f"{sorted(rows)}")
-    labels = np.asarray(rows["labels"])
-    if labels.shape != tokens.shape[:1] or not np.issubdtype(labels.dtype, np.integer):
-      raise ValueError(f"labels must be [N] = [{len(tokens)}] integer class ids, got "
-                       f"{labels.dtype}{list(labels.shape)}")
+    name = "labels" if "labels" in rows else "prompt_lengths"
+    values = np.asarray(rows[name])
+    if values.shape != tokens.shape[:1] or not np.issubdtype(values.dtype, np.integer):
+      what = "integer class ids" if name == "labels" else "integers"
+      raise ValueError(f"{name} must be [N] = [{len(tokens)}] {what}, got "
+                       f"{values.dtype}{list(values.shape)}")
+    if name == "prompt_lengths" and len(values) and (
+        values.min() < 1 or values.max() >= tokens.shape[1]):
+      raise ValueError(f"prompt_lengths must be in [1, L) = [1, {tokens.shape[1]}) so that "
+                       f"every row has an answer, got values in [{values.min()}, "
+                       f"{values.max()}]")
 
 
 def num_rows(rows) -> int:
@@ -34,7 +44,8 @@ def take_rows(rows, index):
 
 
 def tokens_and_labels(batch):
-  """`(tokens [B, L], labels [B] or None)` of a batch of either kind."""
+  """`(tokens [B, L], labels [B] or None)` of a batch of any kind."""
   if isinstance(batch, dict):
-    return batch["tokens"], batch["labels"]
+    return batch["tokens"], batch.get("labels")
   return batch, None
+

@@ -83,6 +83,19 @@ class LLaDAConfig:
     check_choice("param_dtype", self.param_dtype, DTYPES)
     check_choice("dtype", self.dtype, DTYPES)
 
+  def to_hf(self) -> dict:
+    """The released `config.json` fields of this config (`from_hf(cfg.to_hf())` gives it
+    back): what `remdm_jax.weights.llada_io.save_llada` writes."""
+    return {"model_type": "llada", "architectures": ["LLaDAModelLM"], "d_model": self.d_model,
+            "n_layers": self.n_layers, "n_heads": self.n_heads, "n_kv_heads": self.n_kv_heads,
+            "mlp_hidden_size": self.mlp_hidden_size, "rope_theta": self.rope_theta,
+            "rms_norm_eps": self.rms_norm_eps, "max_sequence_length": self.max_sequence_length,
+            "weight_tying": self.weight_tying, "scale_logits": self.scale_logits,
+            "vocab_size": self.vocab_size, "embedding_size": self.vocab_size,
+            "mask_token_id": self.mask_id, "torch_dtype": self.param_dtype,
+            "block_type": "llama", "layer_norm_type": "rms", "activation_type": "silu",
+            "rope": True, "include_bias": False}
+
   @property
   def head_dim(self) -> int:
     """Dh = D / H."""

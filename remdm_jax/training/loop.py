@@ -36,12 +36,12 @@ import optax
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from remdm_jax import files
+from remdm_jax import families, files
 from remdm_jax.data import batches
 from remdm_jax.parallel import distributed
 from remdm_jax.parallel import locks
 from remdm_jax.training import objectives
-from remdm_jax.weights.checkpoint import Checkpoints, exported_step, save_model
+from remdm_jax.weights.checkpoint import Checkpoints
 from remdm_jax.errors import Stopped
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.models.dit import DiTConfig
@@ -151,18 +151,33 @@ class Run:
   data_sharding: NamedSharding
 
 
-def build_run(model_cfg: DiTConfig, cfg: TrainConfig, mask_id: int,
+def _placement(model_cfg, state, mesh: Mesh):
+  """Where the training state lives: a DiT's parameter-shaped leaves (moments and EMA too)
+  follow the DiT's tensor-parallel rules; other families train with replicated parameters
+  (data parallel), so a "model" axis of more than one device is refused for them."""
+  if isinstance(model_cfg, DiTConfig):
+    return param_shardings(state, mesh)
+  if "model" in mesh.axis_names and mesh.shape["model"] > 1:
+    raise ValueError(f"model_axis must be 1 for a {type(model_cfg).__name__} (its training "
+                     "state is replicated; split the batch over the data axis)")
+  return jax.tree.map(lambda _: NamedSharding(mesh, P()), state)
+
+
+def build_run(model_cfg, cfg: TrainConfig, mask_id: int,
               mesh: Mesh | None = None) -> tuple[Run, dict]:
-  """Initial training state `{params, opt_state, ema, step}` and the jitted step functions."""
+  """Initial training state `{params, opt_state, ema, step}` and the jitted step functions.
+
+  `model_cfg` is the config of any registered family that builds models (`DiTConfig`,
+  `LLaDAConfig`); the objective builds the model (`Objective.build_model`)."""
   cfg.objective.check_model(model_cfg)
   mesh = mesh or distributed.make_mesh(cfg.model_axis)
   replicated, data = NamedSharding(mesh, P()), NamedSharding(mesh, P("data"))
-  model = cfg.objective.model_class(model_cfg, rngs=nnx.Rngs(cfg.seed))
+  model = cfg.objective.build_model(model_cfg, nnx.Rngs(cfg.seed))
   graphdef, params, rest = nnx.split(model, nnx.Param, ...)
   tx = make_optimizer(cfg)
   state = {"params": params, "opt_state": tx.init(params), "ema": jax.tree.map(jnp.copy, params),
            "step": jnp.zeros((), jnp.int32)}
-  placement = param_shardings(state, mesh)   # parameter-shaped leaves follow the DiT rules
+  placement = _placement(model_cfg, state, mesh)
   state = jax.device_put(state, placement)
   base_key = jax.random.key(cfg.seed)
 
@@ -244,22 +259,23 @@ def _diverged(metrics: dict, done: int, workdir: pathlib.Path) -> TrainingDiverg
       "check the data, in a new workdir")
 
 
-def _export(run: Run, state: dict, workdir: pathlib.Path, tokenizer: str | None) -> None:
+def _export(run: Run, state: dict, workdir: pathlib.Path, tokenizer) -> None:
   """Writes the EMA model to `WORKDIR/model` unless it already holds this step's export.
 
   The export is written to a temporary folder, then swapped in (`files.replace_folder`), so
   `WORKDIR/model` is always a complete export; a stale or interrupted one is replaced.
   """
   step, final = int(state["step"]), workdir / "model"
-  stale = exported_step(final) != step
+  model = nnx.merge(run.graphdef, state["ema"], run.rest)
+  family = families.for_model(model)
+  stale = family.exported_step(final) != step
   if not distributed.any_process(stale):   # a collective: all processes decide together
     return
   temporary = workdir / ".model.tmp"
   if distributed.is_primary():
     shutil.rmtree(temporary, ignore_errors=True)
   distributed.barrier("export-start")
-  save_model(nnx.merge(run.graphdef, state["ema"], run.rest), temporary, tokenizer,
-             step=step)
+  family.save(model, temporary, tokenizer=tokenizer, step=step)
   if distributed.is_primary():
     files.replace_folder(temporary, final)
   distributed.barrier("export-done")
@@ -276,8 +292,16 @@ def _rows_digest(rows) -> str:
   return digest.hexdigest()[:16]
 
 
-def run_record(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, mask_id: int,
-               tokenizer: str | None) -> dict:
+def _tokenizer_record(tokenizer):
+  """How a run records its tokenizer: a name as it is, a tokenizer object by its class and
+  characters (the task models' character tokenizer)."""
+  if tokenizer is None or isinstance(tokenizer, str):
+    return tokenizer
+  return {"class": type(tokenizer).__name__,
+          "characters": getattr(tokenizer, "characters", None)}
+
+
+def run_record(model_cfg, cfg: TrainConfig, train_stream, mask_id: int, tokenizer) -> dict:
   """The resolved config of a run (`WORKDIR/config.json`, JSON-able): the model, the flat
   train options (`TrainConfig.options`) and the data as the loop sees it: a digest of the
   training rows, their order seed, the mask id and the tokenizer recorded with the export.
@@ -293,8 +317,11 @@ def run_record(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, mask_id: in
                      f"batch_size={cfg.batch_size}")
   rows = train_stream.rows
   data = {"rows_sha256": _rows_digest(rows), "num_rows": batches.num_rows(rows),
-          "order_seed": train_stream.seed, "mask_id": mask_id, "tokenizer": tokenizer}
+          "order_seed": train_stream.seed, "mask_id": mask_id,
+          "tokenizer": _tokenizer_record(tokenizer)}
   record = {"model": dataclasses.asdict(model_cfg), "train": cfg.options(), "data": data}
+  if not isinstance(model_cfg, DiTConfig):
+    record["model_config"] = type(model_cfg).__name__
   return json.loads(json.dumps(record))     # as it reads back: tuples become lists
 
 
@@ -305,9 +332,9 @@ def resume_identity(record: dict) -> dict:
   return {**record, "train": train}
 
 
-def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
+def train(model_cfg, cfg: TrainConfig, train_stream, valid_rows: np.ndarray | None,
           mask_id: int, workdir, *, stop_at: int | None = None, progress: bool = True,
-          tokenizer: str | None = None) -> dict:
+          tokenizer=None, init_from=None) -> dict:
   """Trains (or resumes) in `workdir`; returns the final state.
 
   A checkpoint in `workdir` is resumed only by a run with the same `resume_identity` (model,
@@ -321,7 +348,13 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
     valid_rows: `[N, L] int32` held-out rows for the validation NELBO (labelled rows for a
       class-conditional model, `remdm_jax.data.batches`), or None.
     stop_at: stop (and save) after this step, as if interrupted; for tests and time limits.
-    tokenizer: recorded with the exported model (`WORKDIR/model`).
+    model_cfg: a `DiTConfig`, a `LLaDAConfig` or the config of another registered family
+      that builds and saves models (`remdm_jax.families`).
+    tokenizer: recorded with the exported model (`WORKDIR/model`): a name for a DiT, a
+      tokenizer with `save(folder)` (the character tokenizer) for a LLaDA.
+    init_from: a model folder (of `model_cfg`'s family, with `model_cfg` its config) whose
+      weights start the run: fine-tuning, e.g. a released LLaDA folder. Read only when no
+      checkpoint is resumed; recorded in the run's identity.
 
   Raises:
     locks.FolderInUse: another run holds `workdir` (named: pid, host, start, command).
@@ -335,13 +368,16 @@ def train(model_cfg: DiTConfig, cfg: TrainConfig, train_stream, valid_rows: np.n
                      "size, or pass --train.eval_every=0")
   workdir = files.check_writable_folder(workdir, "workdir")
   record = run_record(model_cfg, cfg, train_stream, mask_id, tokenizer)
+  if init_from is not None:
+    record["init_from"] = str(pathlib.Path(init_from).absolute())
   if cfg.objective.model_class is NoisyClassifier and not isinstance(train_stream.rows, dict):
     raise ValueError(f"objective {cfg.objective.name!r} needs labelled rows ({{'tokens', "
                      "'labels'}}), got unlabelled ones (remdm-train: add --data.label=qed or "
                      "--data.label=rings)")
   with locks.hold(workdir, "workdir", primary=distributed.is_primary()):
     return _train_in(workdir, record, model_cfg, cfg, train_stream, valid_rows, mask_id,
-                     stop_at=stop_at, progress=progress, tokenizer=tokenizer)
+                     stop_at=stop_at, progress=progress, tokenizer=tokenizer,
+                     init_from=init_from)
 
 
 def _write_metric(log, path: pathlib.Path, entry: dict) -> None:
@@ -354,8 +390,26 @@ def _write_metric(log, path: pathlib.Path, entry: dict) -> None:
                   str(path)) from None
 
 
-def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: TrainConfig,
-              train_stream, valid_rows, mask_id: int, *, stop_at, progress, tokenizer) -> dict:
+def _initial_weights(state: dict, model_cfg, folder) -> dict:
+  """`state` with its parameters and EMA set to the weights of the model in `folder`.
+
+  Raises:
+    ValueError: the folder's model has another config or other parameter shapes.
+  """
+  loaded = families.for_folder(folder).load(pathlib.Path(folder))
+  if loaded.cfg != model_cfg:
+    raise ValueError(f"init_from: {folder} holds a model of another config than the run's; "
+                     f"pass its config ({type(loaded.cfg).__name__} of the folder)")
+  params = nnx.state(loaded, nnx.Param)
+  shardings = jax.tree.map(lambda a: a.sharding, state["params"])
+  params = jax.device_put(jax.tree.map(lambda p, s: p.astype(s.dtype), params,
+                                       state["params"]), shardings)
+  return {**state, "params": params, "ema": jax.tree.map(jnp.copy, params)}
+
+
+def _train_in(workdir: pathlib.Path, record: dict, model_cfg, cfg: TrainConfig,
+              train_stream, valid_rows, mask_id: int, *, stop_at, progress, tokenizer,
+              init_from) -> dict:
   """The body of `train`, run while this run holds the workdir's lock."""
   from tqdm import tqdm
   run, state = build_run(model_cfg, cfg, mask_id)
@@ -363,6 +417,8 @@ def _train_in(workdir: pathlib.Path, record: dict, model_cfg: DiTConfig, cfg: Tr
   restored = checkpoints.restore_latest(state)
   if restored is not None:
     state = jax.device_put(restored, jax.tree.map(lambda a: a.sharding, state))
+  elif init_from is not None:
+    state = _initial_weights(state, model_cfg, init_from)
   start = int(state["step"])
   primary = distributed.is_primary()
   metrics_path = workdir / "metrics.jsonl"

@@ -222,14 +222,25 @@ def _check_diffusion_args(denoiser, x, key, mask_id, valid, eps):
   return x
 
 
+def _answer_only(x, valid, prompt):
+  """`(valid, prompt)` with the prompt positions left out of `valid` (checked `[B, L] bool`)."""
+  if prompt is None:
+    return valid, None
+  check_array("prompt", prompt, shape=x.shape, dtype="bool", dims="[B, L] (x's shape)")
+  return (~prompt if valid is None else valid & ~prompt), prompt
+
+
 def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: int,
                     valid: jax.Array | None, eps: float, num_steps: int,
-                    sigma_rule: str | None, eta: float) -> jax.Array:
+                    sigma_rule: str | None, eta: float,
+                    prompt: jax.Array | None = None) -> jax.Array:
   """The masked-diffusion NELBO of one batch, nats per valid token; `[] float32`.
 
   `num_steps=0` is continuous time. `key` is split in three: times, masks, and a third key
   left to the caller (the training loop's dropout), so these losses and the training
-  objectives (`Objective.loss`) draw the same noise. The logits are checked once the
+  objectives (`Objective.loss`) draw the same noise. `prompt` (`[B, L] bool`), when given,
+  marks positions that are never masked (a prompt: pass `valid=~prompt` so that they are not
+  counted either). The logits are checked once the
   denoiser has returned them: `[B, L, V]` float with `mask_id < V`, and `x`'s ids (when
   concrete) against `V`.
   """
@@ -243,6 +254,8 @@ def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: i
     step = discrete_steps(key_time, batch_size, num_steps)
     weight, t = remdm_discrete_weight(schedule, step, num_steps, sigma_rule, eta)
   z_t = _corrupt(key_mask, x, schedule.alpha(t), mask_id)
+  if prompt is not None:
+    z_t = jnp.where(prompt, x, z_t)
   logits = denoiser(z_t, t)
   vocab_size = _check_logits("the denoiser's logits", logits, x.shape, "[B, L, V]")
   _check_vocab(x, vocab_size, mask_id, "the denoiser's logits' last axis")
@@ -250,7 +263,8 @@ def _diffusion_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, mask_id: i
 
 
 def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
-              valid: jax.Array | None = None, eps: float = 1e-3) -> jax.Array:
+              valid: jax.Array | None = None, eps: float = 1e-3,
+              prompt: jax.Array | None = None) -> jax.Array:
   """MDLM's continuous-time NELBO (eq. 10 of Sahoo et al.) of one batch under the log-linear
   schedule `alpha(t) = 1 - (1 - eps) t`, nats per valid token; `[] float32`.
 
@@ -261,6 +275,8 @@ def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
     key: a PRNG key (times and masks).
     mask_id: the mask id, in `[0, V)`. valid: optional `[B, L] bool`, False at padding.
     eps: in (0, 1); times are drawn from [eps, 1].
+    prompt: optional `[B, L] bool`, True at positions never masked and never counted (a
+      prompt: the bound of the answer given the prompt).
 
   Raises:
     ValueError: `x` is not `[B, L]` (or `valid` not `[B, L] bool`), `eps` not in (0, 1),
@@ -277,12 +293,13 @@ def mdlm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, mask_id: int,
     1.421
   """
   x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
-  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, 0, None, 0.0)
+  valid, prompt = _answer_only(x, valid, prompt)
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, 0, None, 0.0, prompt)
 
 
 def mdlm_discrete_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
                        mask_id: int, valid: jax.Array | None = None,
-                       eps: float = 1e-3) -> jax.Array:
+                       eps: float = 1e-3, prompt: jax.Array | None = None) -> jax.Array:
   """MDLM's NELBO with `num_steps` discrete steps (ReMDM eq. 9 with sigma = 0); `num_steps`
   an int >= 1, other arguments as in `mdlm_loss`; `[] float32` nats per valid token.
 
@@ -291,12 +308,13 @@ def mdlm_discrete_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_
   """
   x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
   check_int("num_steps", num_steps, 1)
-  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, None, 0.0)
+  valid, prompt = _answer_only(x, valid, prompt)
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, None, 0.0, prompt)
 
 
 def remdm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: int,
                sigma_rule: str, eta: float, mask_id: int, valid: jax.Array | None = None,
-               eps: float = 1e-3) -> jax.Array:
+               eps: float = 1e-3, prompt: jax.Array | None = None) -> jax.Array:
   """ReMDM's NELBO (eq. 9) with `num_steps` steps (an int >= 1) and sigma from `sigma_rule`
   ("cap", "rescale", "constant" or "max") and `eta` (see `check_eta`: >= 0 for cap, in
   [0, 1] for rescale and constant, 0 for max; a traced eta is not checked); other arguments
@@ -309,7 +327,9 @@ def remdm_loss(denoiser: Denoiser, x: jax.Array, key: jax.Array, *, num_steps: i
   x = _check_diffusion_args(denoiser, x, key, mask_id, valid, eps)
   check_int("num_steps", num_steps, 1)
   check_eta(sigma_rule, eta)
-  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, sigma_rule, eta)
+  valid, prompt = _answer_only(x, valid, prompt)
+  return _diffusion_loss(denoiser, x, key, mask_id, valid, eps, num_steps, sigma_rule, eta,
+                         prompt)
 
 
 def classifier_loss(classifier: Callable[[jax.Array, jax.Array], jax.Array], x: jax.Array,
@@ -362,3 +382,57 @@ def ar_loss(logits_fn: Callable[[jax.Array], jax.Array], x: jax.Array,
   logits = logits_fn(x)
   check_ids("x", x, 0, _check_logits("logits_fn's logits", logits, x.shape, "[B, L, V]"))
   return _autoregressive_nll(logits, x, valid)
+
+
+SFT_WEIGHTINGS = ("inverse", "linear")
+
+
+def sft_loss(denoiser: Denoiser, x: jax.Array, prompt: jax.Array, key: jax.Array, *,
+             mask_id: int, eps: float = 1e-3, weighting: str = "inverse",
+             time_steps: int = 20) -> jax.Array:
+  """Supervised fine-tuning loss of a masked diffusion model on prompt-answer rows, nats;
+  `[] float32`.
+
+  The prompt is never masked; each answer position is masked with probability `r` (one `r`
+  per row), and the cross-entropy of the full softmax (the mask id included, as the
+  reference trains) at the masked positions is weighted and summed over the row, divided by
+  the row's answer length, and averaged over rows:
+
+  - `weighting="inverse"` (LLaDA's SFT, Nie et al. 2025, Algorithm / guidelines):
+    `r = (1 - eps) t + eps`, `t ~ U(0, 1)`, weight `1 / r`;
+  - `weighting="linear"` (Ye et al., ICLR 2025, `time_reweighting="linear"`): `k ~ U{0..T-1}`,
+    `r = (k + 1) / T`, weight `T - k`, `T = time_steps`.
+
+  Args:
+    denoiser: `(z [B, L] int32, t [B] float32) -> logits [B, L, V]` (`t` is `r`).
+    x: `[B, L] int32` rows (prompt, then answer), ids in `[0, V)` other than `mask_id`.
+    prompt: `[B, L] bool`, True at prompt positions; every row needs an answer position.
+    key: a PRNG key, split in three as the NELBOs split it (times, masks, dropout).
+    mask_id: in `[0, V)`. eps: in (0, 1). time_steps: T >= 1 ("linear" only).
+
+  Raises:
+    ValueError / ArgumentTypeError: a shape, dtype or option out of range.
+  """
+  _check_function("denoiser", denoiser, "(z [B, L] int32, t [B] float32) -> logits [B, L, V]")
+  x = _check_tokens(x)
+  check_array("prompt", prompt, shape=x.shape, dtype="bool", dims="[B, L] (x's shape)")
+  _check_key(key)
+  check_int("mask_id", mask_id, 0)
+  _check_eps(eps)
+  check_choice("weighting", weighting, SFT_WEIGHTINGS)
+  check_int("time_steps", time_steps, 1)
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  batch_size = x.shape[0]
+  if weighting == "inverse":
+    ratio = (1.0 - eps) * jax.random.uniform(key_time, (batch_size,)) + eps
+    weight = 1.0 / ratio
+  else:
+    k = jax.random.randint(key_time, (batch_size,), 0, time_steps)
+    ratio, weight = (k + 1) / time_steps, (time_steps - k).astype(jnp.float32)
+  masked = (jax.random.uniform(key_mask, x.shape) < ratio[:, None]) & ~prompt
+  logits = denoiser(jnp.where(masked, mask_id, x).astype(jnp.int32), ratio)
+  vocab_size = _check_logits("the denoiser's logits", logits, x.shape, "[B, L, V]")
+  _check_vocab(x, vocab_size, mask_id, "the denoiser's logits' last axis")
+  nll = diffusion.token_nll(jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1), x)
+  per_row = jnp.sum(jnp.where(masked, nll, 0.0), axis=1) * weight
+  return jnp.mean(per_row / jnp.maximum(jnp.sum(~prompt, axis=1), 1))

@@ -9,7 +9,13 @@ cannot be given to it) and its loss of one batch, built from `remdm_jax.training
 - `RemdmObjective(discrete_steps, sigma_rule, eta)`: the ReMDM NELBO (Wang et al. 2025,
   arXiv 2503.00307, eq. 9);
 - `ArObjective()`: the autoregressive next-token NLL of a causal model;
-- `ClassifierObjective()`: the cross-entropy of a classifier of noisy sequences p(y | z_t).
+- `ClassifierObjective()`: the cross-entropy of a classifier of noisy sequences p(y | z_t);
+- `SftObjective(weighting)`: supervised fine-tuning on prompt-answer rows (LLaDA's, or Ye et
+  al.'s linear time weighting).
+
+On prompt-answer rows (`{"tokens", "prompt_lengths"}`, `remdm_jax.data.batches`) the NELBOs
+are those of the answer given the prompt: the prompt is never masked and never scored. A
+model without a time input (a LLaDA) is trained through its family's denoiser.
 
 `make_objective("remdm", discrete_steps=4096, eta=0.5)` is the flat keyword form used by
 command lines. `held_out_loss` is the one validation measure, used by the training loop's
@@ -27,10 +33,11 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from remdm_jax import families
 from remdm_jax.data import batches
 from remdm_jax.training import losses
 from remdm_jax.models.classifier import NoisyClassifier
-from remdm_jax.models.dit import DiT, DiTConfig
+from remdm_jax.models.dit import DiT
 from remdm_jax.registry import Registry, flat_options
 from remdm_jax.schedules import LogLinear, total_noise
 from remdm_jax.validation import check_choice, check_fields, check_int, check_range, option
@@ -71,7 +78,8 @@ class Objective:
 
   name: ClassVar[str]
   causal: ClassVar[bool] = False         # the DiT it trains attends left to right
-  model_class: ClassVar[type] = DiT      # what `training.build_run` builds
+  model_class: ClassVar[type | None] = None   # what `build_model` builds (None: the model
+                                              # of the config's family)
   CHOICE: ClassVar = ("objective", REGISTRY)   # its name in the flat form
 
   def __post_init__(self):
@@ -82,11 +90,19 @@ class Objective:
     rebuilds the objective)."""
     return flat_options(self)
 
-  def check_model(self, model_cfg: DiTConfig) -> None:
+  def check_model(self, model_cfg) -> None:
     """Raises a `ValueError` unless the model fits the objective (causal or not)."""
-    if model_cfg.causal != self.causal:
+    causal = getattr(model_cfg, "causal", False)
+    if causal != self.causal:
       raise ValueError(f"objective {self.name!r} needs model causal={self.causal}, got "
-                       f"causal={model_cfg.causal}")
+                       f"causal={causal}")
+
+  def build_model(self, model_cfg, rngs: nnx.Rngs):
+    """A new model for `model_cfg`: `model_class` when set, else the model of the family
+    whose config type `model_cfg` is (`remdm_jax.families.for_config`)."""
+    if self.model_class is not None:
+      return self.model_class(model_cfg, rngs=rngs)
+    return families.for_config(model_cfg).build(model_cfg, rngs)
 
   def loss(self, model: DiT | NoisyClassifier, batch, key: jax.Array, *, mask_id: int,
            train: bool) -> jax.Array:
@@ -99,10 +115,35 @@ class Objective:
     """
     rngs = nnx.Rngs(dropout=jax.random.split(key, 3)[2]) if train else None
     tokens, labels = batches.tokens_and_labels(batch)
-    return self._loss(model, tokens, labels, key, mask_id, rngs, train)
+    return self._loss(model, tokens, labels, key, mask_id, rngs, train, prompt_positions(batch))
 
-  def _loss(self, model, tokens, labels, key, mask_id, rngs, train) -> jax.Array:
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train, prompt) -> jax.Array:
     raise NotImplementedError(f"objective {self.name!r} defines no loss")
+
+
+def prompt_positions(batch) -> jax.Array | None:
+  """`[B, L] bool`, True within each row's prompt, for prompt-answer rows; else None."""
+  if not isinstance(batch, dict) or "prompt_lengths" not in batch:
+    return None
+  length = batch["tokens"].shape[1]
+  return jnp.arange(length)[None, :] < jnp.asarray(batch["prompt_lengths"])[:, None]
+
+
+def _refuse_prompts(name: str, prompt) -> None:
+  if prompt is not None:
+    raise ValueError(f"objective {name!r} does not train on prompt-answer rows; use "
+                     "llada_sft, mdlm, mdlm_discrete or remdm")
+
+
+def _denoiser(model, schedule, labels, rngs):
+  """`(z, t) -> logits` of the model being trained: a DiT reads the time (as total noise),
+  its labels and the dropout key; any other family's model through its denoiser."""
+  if isinstance(model, DiT):
+    return lambda z, t: model(z, total_noise(t, schedule), labels=labels, rngs=rngs)
+  if labels is not None:
+    raise ValueError(f"labelled rows need a class-conditional DiT, got a "
+                     f"{type(model).__name__}")
+  return families.for_model(model).as_denoiser(model)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -120,13 +161,13 @@ class _Diffusion(Objective):
     check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
     check_range("label_dropout", self.label_dropout, 0.0, 1.0, high_open=True)
 
-  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
-    labels = _training_labels(model, labels, key, self.label_dropout, train)
-    schedule = LogLinear(eps=self.eps)
-    denoiser = lambda z, t: model(z, total_noise(t, schedule), labels=labels, rngs=rngs)
-    return self._nelbo(denoiser, tokens, key, mask_id)
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train, prompt):
+    if isinstance(model, DiT):
+      labels = _training_labels(model, labels, key, self.label_dropout, train)
+    denoiser = _denoiser(model, LogLinear(eps=self.eps), labels, rngs)
+    return self._nelbo(denoiser, tokens, key, mask_id, prompt)
 
-  def _nelbo(self, denoiser, tokens, key, mask_id) -> jax.Array:
+  def _nelbo(self, denoiser, tokens, key, mask_id, prompt) -> jax.Array:
     raise NotImplementedError(f"objective {self.name!r} defines no bound")
 
 
@@ -137,8 +178,8 @@ class MdlmObjective(_Diffusion):
 
   name: ClassVar[str] = "mdlm"
 
-  def _nelbo(self, denoiser, tokens, key, mask_id):
-    return losses.mdlm_loss(denoiser, tokens, key, mask_id=mask_id, eps=self.eps)
+  def _nelbo(self, denoiser, tokens, key, mask_id, prompt):
+    return losses.mdlm_loss(denoiser, tokens, key, mask_id=mask_id, eps=self.eps, prompt=prompt)
 
 
 @register
@@ -154,9 +195,9 @@ class MdlmDiscreteObjective(_Diffusion):
     super().__post_init__()
     check_range("discrete_steps", self.discrete_steps, 1, context=f" for objective {self.name!r}")
 
-  def _nelbo(self, denoiser, tokens, key, mask_id):
+  def _nelbo(self, denoiser, tokens, key, mask_id, prompt):
     return losses.mdlm_discrete_loss(denoiser, tokens, key, num_steps=self.discrete_steps,
-                                     mask_id=mask_id, eps=self.eps)
+                                     mask_id=mask_id, eps=self.eps, prompt=prompt)
 
 
 @register
@@ -177,10 +218,10 @@ class RemdmObjective(_Diffusion):
     check_range("eta", self.eta, 0.0, 1.0 if self.sigma_rule == "rescale" else None,
                 context=f" for sigma_rule {self.sigma_rule!r}")
 
-  def _nelbo(self, denoiser, tokens, key, mask_id):
+  def _nelbo(self, denoiser, tokens, key, mask_id, prompt):
     return losses.remdm_loss(denoiser, tokens, key, num_steps=self.discrete_steps,
                              sigma_rule=self.sigma_rule, eta=self.eta, mask_id=mask_id,
-                             eps=self.eps)
+                             eps=self.eps, prompt=prompt)
 
 
 @register
@@ -191,7 +232,8 @@ class ArObjective(Objective):
   name: ClassVar[str] = "ar"
   causal: ClassVar[bool] = True
 
-  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train, prompt):
+    _refuse_prompts(self.name, prompt)
     if labels is not None:
       raise ValueError("objective 'ar' trains an unconditional model; got labelled rows")
     return losses.ar_loss(
@@ -211,13 +253,41 @@ class ClassifierObjective(Objective):
     super().__post_init__()
     check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
 
-  def _loss(self, model, tokens, labels, key, mask_id, rngs, train):
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train, prompt):
+    _refuse_prompts(self.name, prompt)
     if labels is None:
       raise ValueError("objective 'classifier' needs labelled rows (--data.label=qed|rings)")
     schedule = LogLinear(eps=self.eps)
     return losses.classifier_loss(
         lambda x, t: model(x, total_noise(t, schedule), rngs=rngs), tokens, labels, key,
         mask_id=mask_id, vocab_size=model.cfg.vocab_size, eps=self.eps)
+
+
+@register
+@dataclasses.dataclass(frozen=True)
+class SftObjective(Objective):
+  """Supervised fine-tuning on prompt-answer rows (`losses.sft_loss`): LLaDA's objective
+  (`weighting="inverse"`) or Ye et al.'s linear time weighting."""
+
+  name: ClassVar[str] = "llada_sft"
+  eps: float = option(1e-3, "inverse weighting: mask ratio (1 - eps) t + eps")
+  weighting: str = option("inverse", "inverse: LLaDA's 1/t; linear: Ye et al.'s T - k at mask "
+                                     "ratio (k + 1) / T")
+  time_steps: int = option(20, "T of the linear weighting")
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("eps", self.eps, 0.0, 1.0, low_open=True, high_open=True)
+    check_choice("weighting", self.weighting, losses.SFT_WEIGHTINGS)
+    check_range("time_steps", self.time_steps, 1)
+
+  def _loss(self, model, tokens, labels, key, mask_id, rngs, train, prompt):
+    if prompt is None or labels is not None:
+      raise ValueError(f"objective {self.name!r} trains on prompt-answer rows ({{'tokens', "
+                       "'prompt_lengths'}})")
+    denoiser = _denoiser(model, LogLinear(eps=self.eps), None, rngs)
+    return losses.sft_loss(denoiser, tokens, prompt, key, mask_id=mask_id, eps=self.eps,
+                           weighting=self.weighting, time_steps=self.time_steps)
 
 
 def model_loss(model: DiT | NoisyClassifier, objective: Objective, mask_id: int) -> Callable:

@@ -18,6 +18,7 @@ from remdm_jax.denoiser import Denoiser
 from remdm_jax.models import dit, llada
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.parallel.sharding import DIT_RULES, param_spec
+from remdm_jax.text import char_tokenizer
 from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.text.tokenizers import folder_tokenizer, get_tokenizer
 from remdm_jax.weights import llada_io
@@ -33,6 +34,7 @@ class DiTFamily(families.Family):
   """The MDLM diffusion transformer and its noisy classifier, in the library's orbax folders."""
 
   name = "dit"
+  config_type = dit.DiTConfig
   model_types = (dit.DiT, NoisyClassifier)
 
   def recognises(self, folder: pathlib.Path) -> bool:
@@ -59,6 +61,12 @@ class DiTFamily(families.Family):
   def max_length(self, model) -> int:
     return model.cfg.max_length
 
+  def save(self, model, folder, *, tokenizer=None, step=None) -> None:
+    _checkpoint().save_model(model, folder, tokenizer, step=step)
+
+  def exported_step(self, folder) -> int | None:
+    return _checkpoint().exported_step(folder)
+
   def param_spec(self, cfg, name, shape, axis_size) -> PartitionSpec:
     del cfg
     return param_spec(name, shape, axis_size, DIT_RULES)
@@ -77,6 +85,7 @@ class LLaDAFamily(families.Family):
   """Released LLaDA folders (LLaDA-8B-Base / -Instruct), read one tensor at a time."""
 
   name = "llada"
+  config_type = llada.LLaDAConfig
   model_types = (llada.LLaDA,)
 
   def recognises(self, folder: pathlib.Path) -> bool:
@@ -97,7 +106,17 @@ class LLaDAFamily(families.Family):
     return str(pathlib.Path(folder).absolute())
 
   def tokenizer(self, folder):
+    """The folder's character tokenizer (`char_tokenizer.json`, the task models), else its
+    Hugging Face tokenizer (`tokenizer.json`, the released models)."""
+    if (pathlib.Path(folder) / char_tokenizer.FILE).is_file():
+      return char_tokenizer.CharTokenizer.from_folder(folder)
     return HFTokenizer(folder)
+
+  def save(self, model, folder, *, tokenizer=None, step=None) -> None:
+    llada_io.save_llada(model, folder, tokenizer=tokenizer, step=step)
+
+  def exported_step(self, folder) -> int | None:
+    return llada_io.saved_step(folder)
 
   def max_length(self, model) -> int:
     return model.cfg.max_sequence_length

@@ -17,6 +17,7 @@ memory. Tokenizer files are not read here.
 
 from __future__ import annotations
 
+import json
 import pathlib
 import re
 
@@ -25,9 +26,10 @@ import numpy as np
 from flax import nnx
 from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
 
+from remdm_jax import files
 from remdm_jax.files import read_json_object
 from remdm_jax.models.llada import DTYPES, LLaDA, LLaDAConfig
-from remdm_jax.weights.safetensors_io import SafetensorsFile
+from remdm_jax.weights.safetensors_io import SafetensorsFile, write_safetensors
 from remdm_jax.parallel.sharding import param_spec
 from remdm_jax.validation import check_choice
 
@@ -246,3 +248,42 @@ def load_llada(directory, *, dtype: str | None = None, mesh: Mesh | None = None)
                                                  sharding))))
   return nnx.merge(graphdef, nnx.from_flat_state(placed))
 
+
+
+STEP_FIELD = "remdm_jax_step"     # config.json: the training step of an export
+
+
+def save_llada(model: LLaDA, directory, *, tokenizer=None, step: int | None = None
+               ) -> pathlib.Path:
+  """Writes `model` in the released layout (`config.json`, one `model.safetensors`), which
+  `load_llada` reads back exactly; `tokenizer.save(directory)` is called when it has a
+  `save` method (the character tokenizer of the task models); `step` is recorded in
+  `config.json` (`STEP_FIELD`) so that a stale export is recognised.
+
+  Raises:
+    ValueError: `directory` already holds a `config.json`.
+  """
+  folder = pathlib.Path(directory).absolute()
+  if (folder / "config.json").exists():
+    raise ValueError(f"{folder} already holds a model (config.json); refusing to overwrite")
+  folder.mkdir(parents=True, exist_ok=True)
+  tensors = {}
+  for path, variable in nnx.to_flat_state(nnx.state(model, nnx.Param)):
+    key, transposed = released_key(path)
+    array = np.asarray(jax.device_get(variable.get_value()))
+    tensors[key] = array.T if transposed else array
+  write_safetensors(folder / SINGLE, tensors)
+  if tokenizer is not None and hasattr(tokenizer, "save"):
+    tokenizer.save(folder)
+  config = model.cfg.to_hf() | ({} if step is None else {STEP_FIELD: int(step)})
+  files.write_atomic(folder / "config.json", json.dumps(config, indent=2) + "\n")
+  return folder
+
+
+def saved_step(directory) -> int | None:
+  """The training step `save_llada` recorded in a folder, or None."""
+  path = pathlib.Path(directory) / "config.json"
+  if not path.is_file():
+    return None
+  step = read_json_object(path, "LLaDA config.json").get(STEP_FIELD)
+  return step if isinstance(step, int) else None

@@ -16,14 +16,15 @@ def noise(key, batch_size, length):
 
 
 def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
-                    num_steps=None, valid=None, mistake=False):
+                    num_steps=None, valid=None, mistake=False, prompt=None):
   """Nats per token of `x [B, L]` under `logits_fn(z [B, L], t [B]) -> [B, L, V]` (float64):
   `rule` None is MDLM in continuous time (weight -alpha' / (1 - alpha)); "mdlm" its
   `num_steps`-step bound; "cap" / "rescale" ReMDM's eq. 9 with that sigma. Log-linear
   schedule `alpha(t) = 1 - (1 - eps) t`; antithetic times; SUBS (the mask is never
   predicted); only masked positions count, averaged over the `valid [B, L]` tokens (all by
   default). `mistake` swaps in a plausible wrong weight (`1 / alpha` for `1 / (1 - alpha)`,
-  the T-step weight without T, or sigma dropped), for tests that show the check can fail."""
+  the T-step weight without T, or sigma dropped), for tests that show the check can fail.
+  `prompt [B, L] bool` positions are never masked and never counted."""
   b, l = x.shape
   u0, mask_draws = noise(key, b, l)
   u = np.mod(u0 + np.arange(b) / b, 1.0)                        # antithetic, [B]
@@ -42,6 +43,9 @@ def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
       weight = (weight / num_steps if rule == "mdlm"
                 else num_steps * (alpha_s - alpha_t) / (1.0 - alpha_t))
   masked = mask_draws >= alpha(t)[:, None]                      # [B, L] bool
+  if prompt is not None:
+    masked &= ~prompt
+    valid = ~prompt if valid is None else valid & ~prompt
   z = np.where(masked, mask_id, x)
   logits = np.array(logits_fn(z, t), np.float64)                # [B, L, V] f64
   logits[..., mask_id] = -np.inf
@@ -50,3 +54,26 @@ def reference_nelbo(x, key, logits_fn, mask_id, *, rule=None, eta=0.0, eps=1e-3,
   nll = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
   valid = np.ones(x.shape, bool) if valid is None else valid
   return float(np.sum(weight[:, None] * np.where(masked, nll, 0.0) * valid) / np.sum(valid))
+
+
+def reference_sft(x, prompt, key, logits_fn, mask_id, *, eps=1e-3, weighting="inverse",
+                  time_steps=20):
+  """LLaDA's SFT loss (or Ye et al.'s linear weighting) in float64 NumPy, from the same
+  draws: per row, the full-softmax cross-entropy at masked answer positions times the
+  weight, summed, divided by the row's answer length; the mean over rows."""
+  b, l = x.shape
+  key_time, key_mask, _ = jax.random.split(key, 3)
+  if weighting == "inverse":
+    ratio = (1 - eps) * np.asarray(jax.random.uniform(key_time, (b,)), np.float64) + eps
+    weight = 1.0 / ratio
+  else:
+    k = np.asarray(jax.random.randint(key_time, (b,), 0, time_steps))
+    ratio, weight = (k + 1) / time_steps, (time_steps - k).astype(np.float64)
+  draws = np.asarray(jax.random.uniform(key_mask, (b, l)), np.float64)
+  masked = (draws < ratio[:, None]) & ~prompt
+  logits = np.array(logits_fn(np.where(masked, mask_id, x), ratio), np.float64)
+  top = logits.max(-1, keepdims=True)
+  log_probs = logits - top - np.log(np.sum(np.exp(logits - top), axis=-1, keepdims=True))
+  nll = -np.take_along_axis(log_probs, x[..., None], -1)[..., 0]
+  per_row = np.sum(np.where(masked, nll, 0.0), 1) * weight
+  return float(np.mean(per_row / np.sum(~prompt, 1)))
