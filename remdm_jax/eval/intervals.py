@@ -137,3 +137,47 @@ def pass_at_1(correct) -> PassAt1:
                                       float(per_seed.std(ddof=1)) / math.sqrt(seeds))
   return PassAt1(float(per_seed.mean()), half, seeds, problems,
                  tuple(float(x) for x in per_seed))
+
+
+def wilson(correct: int, total: int, z: float = 1.959964) -> tuple[float, float]:
+  """The Wilson score interval of a proportion `correct / total` (95% by default).
+
+  Raises:
+    ValueError: `total < 1` or `correct` outside `[0, total]`.
+
+  Examples:
+    >>> [round(v, 4) for v in wilson(8, 10)]
+    [0.4902, 0.9433]
+  """
+  total = check_int("total", total, 1)
+  correct = check_int("correct", correct, 0, total)
+  p = correct / total
+  centre = (p + z * z / (2 * total)) / (1 + z * z / total)
+  half = z * math.sqrt(p * (1 - p) / total + z * z / (4 * total * total)) / (1 + z * z / total)
+  return max(0.0, centre - half), min(1.0, centre + half)
+
+
+def mcnemar(first, second) -> tuple[int, int, float]:
+  """McNemar's exact test of two methods scored on the same items.
+
+  Args:
+    first, second: `[N]` bool, each method's correctness per item.
+
+  Returns:
+    `(b, c, p)`: items only the first got right, items only the second got right, and the
+    exact two-sided p-value, `min(1, 2 P[Binomial(b + c, 1/2) <= min(b, c)])` (1 when
+    `b + c = 0`).
+
+  Raises:
+    ValueError: the two are not 1-D of the same length.
+  """
+  first, second = np.asarray(first, bool), np.asarray(second, bool)
+  if first.ndim != 1 or first.shape != second.shape:
+    raise ValueError(f"first and second must be [N] of one length, got {list(first.shape)} "
+                     f"and {list(second.shape)}")
+  b, c = int(np.sum(first & ~second)), int(np.sum(~first & second))
+  n = b + c
+  if n == 0:
+    return b, c, 1.0
+  tail = sum(math.comb(n, k) for k in range(min(b, c) + 1)) / 2 ** n
+  return b, c, min(1.0, 2 * tail)

@@ -36,7 +36,7 @@ from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, s
 from remdm_jax.text.tokenizers import Tokenizer, encode_rows
 from remdm_jax.validation import check_fields, check_range, option
 
-def _shipped_models() -> pathlib.Path:
+def shipped_models() -> pathlib.Path:
   """The shipped models: package data `remdm_jax.shipped` once installed, else the source
   tree's `checkpoints/` (the package run from a checkout)."""
   try:
@@ -45,7 +45,7 @@ def _shipped_models() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[1] / "checkpoints"
 
 
-SHIPPED_MODEL = _shipped_models() / "shakespeare-mdlm"
+SHIPPED_MODEL = shipped_models() / "shakespeare-mdlm"
 
 
 class Throughput:
