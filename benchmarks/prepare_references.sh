@@ -23,5 +23,5 @@ mkdir -p "$dir"
 done
 "$python" -m venv "$dir/venv"
 "$dir/venv/bin/pip" install --quiet torch==2.14.1 --index-url https://download.pytorch.org/whl/cpu
-"$dir/venv/bin/pip" install --quiet transformers==5.24.0 tokenizers jinja2 numpy
+"$dir/venv/bin/pip" install --quiet transformers==5.24.0 tokenizers jinja2 numpy einops
 echo "prepared $dir; export REMDM_REFERENCES=$dir"
