@@ -8,10 +8,10 @@ sampler is set by the `--sampler.*` flags of `remdm-sample` (`remdm-sample --hel
 default ReMDM-loop, 256 steps, top-p 0.9).
 
   # the shipped character-level model (128 bytes, Shakespeare): shows the plumbing, ~0%
-  python sample/reasoning_eval.py --out runs/reval --problems 4 --seeds 2
+  python sample/llm_countdown_eval.py --out runs/reval --problems 4 --seeds 2
   # a released LLaDA Instruct folder with its chat template, LLaDA's block decoding (strategy
   # "llada": num_steps per block), about 300 answer positions, ReMDM-LLaDA remasking
-  python sample/reasoning_eval.py --model LLaDA-8B-Instruct/ --chat --seq-len 384 \\
+  python sample/llm_countdown_eval.py --model LLaDA-8B-Instruct/ --chat --seq-len 384 \\
       --out runs/countdown --problems 256 --seeds 5 --sampler.strategy=llada \\
       --sampler.block_length=32 --sampler.num_steps=32 --sampler.remdm_number=1 \\
       --sampler.temperature=0.5

@@ -7,9 +7,11 @@
 Every decoder of `remdm_jax.jobs.ranking.METHODS` (or those named by `--methods`) decodes every
 example with every model at each NFE (`--nfe` as fractions of the model's answer length) and
 is verified exactly. Each (model, decoder, NFE) score is kept in OUT/scores/ (a rerun skips
-what is done). Writes OUT/table.md (accuracy, 95% interval over the models, i.e. training
-seeds, the pooled Wilson interval and McNemar's test on the same items against
-low_confidence) and OUT/accuracy_vs_nfe.png.
+what is done; a file per model folder, so models can be scored one run at a time and the
+table made by a last run over all of them). Writes OUT/table.md (accuracy, 95% interval over
+the models, i.e. training seeds, the pooled Wilson interval, McNemar's test on the same items
+against low_confidence, and how often Fast-dLLM's approximations give the answer of the decoder
+they approximate) and OUT/accuracy_vs_nfe.png.
 """
 
 import argparse
@@ -26,10 +28,13 @@ from remdm_jax.jobs import ranking, task_models
 from remdm_jax.tasks import make_task, read_examples
 
 
-def _scores(args, model: pathlib.Path, index: int, method: str, nfe: int, examples, task):
-  path = pathlib.Path(args.out) / "scores" / f"m{index}_{method}_{nfe}.json"
+def _scores(args, model: pathlib.Path, method: str, nfe: int, examples, task):
+  """`(correct [N] bool, predictions)` of one model and decoder, read back when kept."""
+  label = "-".join(model.absolute().parts[-2:])        # "run-model": one file per folder
+  path = pathlib.Path(args.out) / "scores" / f"{label}_{method}_{nfe}.json"
   if path.is_file():
-    return np.array(json.loads(path.read_text())["correct"], bool)
+    saved = json.loads(path.read_text())
+    return np.array(saved["correct"], bool), saved["predictions"]
   rows = task_models.read_format(model)
   config = ranking.METHODS[method](nfe, rows.answer_length)
   scored = task_models.score(task, model, examples, config, seed=args.seed,
@@ -39,8 +44,8 @@ def _scores(args, model: pathlib.Path, index: int, method: str, nfe: int, exampl
                                        "config": config.options(),
                                        "correct": scored.correct.tolist(),
                                        "predictions": scored.predictions}) + "\n")
-  print(f"model {index} {method:>22} NFE {nfe:>4}: {scored.accuracy:.3f}", flush=True)
-  return scored.correct
+  print(f"{label} {method:>22} NFE {nfe:>4}: {scored.accuracy:.3f}", flush=True)
+  return scored.correct, scored.predictions
 
 
 def _plot(rows, path: pathlib.Path) -> None:
@@ -88,16 +93,19 @@ def _main(argv: list[str]) -> int:
   models = [pathlib.Path(m) for m in args.models]
   length = task_models.read_format(models[0]).answer_length
   budgets = sorted({max(1, round(f * length)) for f in args.nfe})
-  correct = {(method, nfe): np.stack([_scores(args, model, i, method, nfe, examples, task)
-                                      for i, model in enumerate(models)])
-             for nfe in budgets for method in args.methods}
-  rows = ranking.table(correct)
+  scores = {(method, nfe): [_scores(args, model, method, nfe, examples, task)
+                            for model in models]
+            for nfe in budgets for method in args.methods}
+  rows = ranking.table({key: np.stack([c for c, _ in runs]) for key, runs in scores.items()})
+  agreements = ranking.agreements({key: [p for _, run in zip(models, runs) for p in run[1]]
+                                   for key, runs in scores.items()})
   out = pathlib.Path(args.out)
   header = (f"{args.task}: {len(examples)} examples of {args.data}, {len(models)} models "
             f"(training seeds), answer length {length}, decoding seed {args.seed}\n\n")
-  files.write_atomic(out / "table.md", header + ranking.markdown(rows))
+  text = header + ranking.markdown(rows) + ranking.agreement_markdown(agreements)
+  files.write_atomic(out / "table.md", text)
   _plot(rows, out / "accuracy_vs_nfe.png")
-  print(header + ranking.markdown(rows))
+  print(text)
   return 0
 
 

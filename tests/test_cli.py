@@ -401,13 +401,13 @@ def test_retired_module_entry_points_name_the_command(args, command):
 @pytest.mark.parametrize("flag, value", [("--problems", "0"), ("--seeds", "0"),
                                          ("--problem-seed", "-1"), ("--batch-size", "0"),
                                          ("--seq-len", "-2")])
-def test_reasoning_eval_names_its_own_flags(flag, value, tmp_path, capsys):
-  """sample/reasoning_eval.py refuses a bad count naming its flag (not the library's `n`),
+def test_llm_countdown_eval_names_its_own_flags(flag, value, tmp_path, capsys):
+  """sample/llm_countdown_eval.py refuses a bad count naming its flag (not the library's `n`),
   before it writes anything."""
   import importlib.util
   from pathlib import Path
-  path = Path(__file__).resolve().parents[1] / "sample" / "reasoning_eval.py"
-  spec = importlib.util.spec_from_file_location("reasoning_eval", path)
+  path = Path(__file__).resolve().parents[1] / "sample" / "llm_countdown_eval.py"
+  spec = importlib.util.spec_from_file_location("llm_countdown_eval", path)
   script = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(script)
   out = tmp_path / "out"

@@ -104,3 +104,12 @@ def test_every_method_builds_a_config_at_every_budget():
   for name, build in ranking.METHODS.items():
     for nfe in (4, 10, 21, 42, 84):
       assert callable(getattr(build(nfe, 42), "build_plan", None)), name
+
+
+def test_agreement_of_an_approximation_with_its_exact_decoder():
+  found = ranking.agreements({("blocks4", 8): ["12", "34", "56", "78"],
+                              ("blocks4_dual_cache", 8): ["12", "34", "56", "70"],
+                              ("threshold_0.9", 8): ["1"] * 4})     # no low_confidence run
+  assert found == [("blocks4_dual_cache", "blocks4", 8, 0.75)]
+  assert "| blocks4_dual_cache | blocks4 | 8 | 75.0 |" in ranking.agreement_markdown(found)
+  assert ranking.agreement_markdown([]) == ""

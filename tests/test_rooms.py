@@ -17,7 +17,8 @@ import sys
 import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "remdm_jax"
-ROOMS = ("sampling", "models", "weights", "text", "data", "training", "parallel", "jobs", "eval")
+ROOMS = ("sampling", "models", "weights", "text", "data", "training", "parallel", "jobs", "eval",
+         "tasks")
 HEAVY = {   # top-level package -> the modules allowed to import it at module level
     "tensorflow_datasets": {"remdm_jax.data.datasets"},
     "orbax": {"remdm_jax.weights.checkpoint"},
@@ -32,6 +33,9 @@ FORBIDDEN = {   # room -> rooms (or modules) it must never import, at any depth 
                          "remdm_jax.weights", "remdm_jax.sampling", "remdm_jax.cli"),
     "remdm_jax.text": ("remdm_jax.jobs", "remdm_jax.training", "remdm_jax.sampling",
                        "remdm_jax.weights", "remdm_jax.cli"),
+    "remdm_jax.tasks": ("remdm_jax.jobs", "remdm_jax.training", "remdm_jax.sampling",
+                        "remdm_jax.weights", "remdm_jax.models", "remdm_jax.data",
+                        "remdm_jax.cli"),
 }
 
 

@@ -279,7 +279,8 @@ def test_objectives_are_frozen_data_with_a_flat_form():
                              "discrete_steps": 4096, "sigma_rule": "rescale", "eta": 0.5}
   with pytest.raises(dataclasses.FrozenInstanceError):
     remdm.eta = 0.1
-  assert sorted(objectives.OBJECTIVES) == ["ar", "classifier", "mdlm", "mdlm_discrete", "remdm"]
+  assert sorted(objectives.OBJECTIVES) == ["ar", "classifier", "llada_sft", "mdlm", "mdlm_discrete",
+                                           "remdm"]
   cfg = TRAIN.with_options(objective="remdm", discrete_steps=16, eta=0.5, steps=3)
   assert cfg.objective == RemdmObjective(discrete_steps=16, eta=0.5) and cfg.steps == 3
   assert cfg.with_options(eta=0.25).objective.discrete_steps == 16       # same objective kept
@@ -371,7 +372,7 @@ PINNED_LOSSES = [
 def test_every_objective_gives_its_pinned_loss(objective, model_options, pinned):
   model_cfg = dataclasses.replace(MODEL, hidden=16, heads=2, blocks=1, cond_dim=8,
                                   max_length=16, **model_options)
-  model = _perturbed(objective.model_class, model_cfg)
+  model = _perturbed(lambda cfg, rngs: objective.build_model(cfg, rngs), model_cfg)
   rows = _rows(0, 8, 16)
   batch = ({"tokens": rows, "labels": (rows[:, 0] % 2).astype(np.int32)}
            if model_cfg.num_classes else rows)

@@ -2,7 +2,7 @@
 
 Holds the task side of a reasoning evaluation (problems, answer extraction, exact scoring and
 the interval over seeds); sampling lives in `remdm_jax.jobs.sample_job`, and
-`sample/reasoning_eval.py` joins the two. Nothing here needs JAX or a model.
+`sample/llm_countdown_eval.py` joins the two. Nothing here needs JAX or a model.
 
 Countdown with 3 numbers (the "countdown3" task of the ReMDM-LLaDA experiments): given
 numbers and a target, write an arithmetic expression over + - * / that equals the target. The

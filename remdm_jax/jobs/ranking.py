@@ -118,3 +118,29 @@ def markdown(rows: list[Row]) -> str:
     lines.append(f"| {r.method} | {r.nfe} | {100 * r.accuracy:.1f} | {spread} | "
                  f"[{100 * r.wilson[0]:.1f}, {100 * r.wilson[1]:.1f}] | {paired} | {p} |")
   return "\n".join(lines) + "\n"
+
+
+# approximation -> what it approximates: Fast-dLLM's caches and threshold decoding
+APPROXIMATES = {"blocks4_prefix_cache": "blocks4", "blocks4_dual_cache": "blocks4",
+                "threshold_0.9": "low_confidence"}
+
+
+def agreements(predictions: dict[tuple[str, int], list[str]]) -> list[tuple[str, str, int, float]]:
+  """`(method, exact, nfe, fraction of identical answers)` for each approximation of
+  `APPROXIMATES` run beside the decoder it approximates, over the same (model, item) pairs."""
+  found = []
+  for (method, nfe), answers in sorted(predictions.items()):
+    exact = APPROXIMATES.get(method)
+    if exact is not None and (exact, nfe) in predictions:
+      same = [a == b for a, b in zip(answers, predictions[(exact, nfe)])]
+      found.append((method, exact, nfe, float(np.mean(same))))
+  return found
+
+
+def agreement_markdown(found) -> str:
+  """The agreements as a Markdown table ("" when there are none)."""
+  if not found:
+    return ""
+  lines = ["", "| approximation | exact decoder | NFE | identical answers % |", "|---|---|---|---|"]
+  lines += [f"| {m} | {e} | {n} | {100 * a:.1f} |" for m, e, n, a in found]
+  return "\n".join(lines) + "\n"

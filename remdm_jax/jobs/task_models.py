@@ -183,10 +183,19 @@ SHIPPED = {"countdown": "countdown-llada", "sudoku": "sudoku-llada"}   # task ->
 
 
 def shipped_model(task: str) -> pathlib.Path:
-  """The folder of the shipped model of `task` ("countdown" or "sudoku")."""
+  """The folder of the shipped model of `task` ("countdown" or "sudoku").
+
+  Raises:
+    ValueError: an unknown task, or no model of it is shipped (naming how to train one).
+  """
   from remdm_jax.jobs.sample_job import shipped_models
   check_choice("task", task, tuple(SHIPPED))
-  return shipped_models() / SHIPPED[task]
+  folder = shipped_models() / SHIPPED[task]
+  if not (folder / FORMAT_FILE).is_file():
+    raise ValueError(f"no {task} model is shipped yet ({folder.name}); train one with "
+                     f"python train/task_models.py --recipe={task} --workdir=DIR and pass "
+                     "its DIR/model as the model")
+  return folder
 
 
 def default_decoder(rows: RowFormat):
