@@ -40,7 +40,7 @@ def _scores(args, model: pathlib.Path, method: str, nfe: int, examples, task):
   scored = task_models.score(task, model, examples, config, seed=args.seed,
                              batch_size=args.batch_size)
   path.parent.mkdir(parents=True, exist_ok=True)
-  files.write_atomic(path, json.dumps({"model": str(model), "method": method, "nfe": nfe,
+  files.write_atomic(path, json.dumps({"model": label, "method": method, "nfe": nfe,
                                        "config": config.options(),
                                        "correct": scored.correct.tolist(),
                                        "predictions": scored.predictions}) + "\n")
@@ -55,13 +55,15 @@ def _plot(rows, path: pathlib.Path) -> None:
   figure, axes = plt.subplots(figsize=(7, 4.5))
   for method in dict.fromkeys(r.method for r in rows):
     mine = [r for r in rows if r.method == method]
-    axes.errorbar([r.nfe for r in mine], [100 * r.accuracy for r in mine],
-                  yerr=[0 if np.isnan(r.half_width) else 100 * r.half_width for r in mine],
+    accuracy = np.array([100 * r.accuracy for r in mine])
+    low, high = (np.array([100 * r.wilson[k] for r in mine]) for k in (0, 1))
+    axes.errorbar([r.nfe for r in mine], accuracy, yerr=[accuracy - low, high - accuracy],
                   marker="o", capsize=3, label=method,
                   linewidth=2.5 if method == ranking.BASELINE else 1)
   axes.set_xscale("log", base=2)
+  axes.set_xticks(sorted({r.nfe for r in rows}), [str(n) for n in sorted({r.nfe for r in rows})])
   axes.set_xlabel("model calls (NFE)")
-  axes.set_ylabel("exact accuracy (%)")
+  axes.set_ylabel("exact accuracy (%), pooled Wilson 95%")
   axes.legend(fontsize=7, ncol=2)
   axes.grid(alpha=0.3)
   figure.tight_layout()
@@ -100,7 +102,8 @@ def _main(argv: list[str]) -> int:
   agreements = ranking.agreements({key: [p for _, run in zip(models, runs) for p in run[1]]
                                    for key, runs in scores.items()})
   out = pathlib.Path(args.out)
-  header = (f"{args.task}: {len(examples)} examples of {args.data}, {len(models)} models "
+  header = (f"{args.task}: {len(examples)} examples of {pathlib.Path(args.data).name}, "
+            f"{len(models)} models "
             f"(training seeds), answer length {length}, decoding seed {args.seed}\n\n")
   text = header + ranking.markdown(rows) + ranking.agreement_markdown(agreements)
   files.write_atomic(out / "table.md", text)

@@ -45,9 +45,10 @@ def _cap(nfe, length):
 
 
 def _four_blocks(**options) -> Callable:
-  """Four blocks of a quarter of the answer each, `nfe / 4` steps per block."""
-  return lambda nfe, length: BlockConfig(block_length=length // 4, num_steps=max(1, nfe // 4),
-                                         **options)
+  """Four blocks of `ceil(length / 4)` positions (the last may be shorter), `nfe // 4` steps
+  each: `4 (nfe // 4)` model calls, up to 3 fewer than `nfe`."""
+  return lambda nfe, length: BlockConfig(block_length=-(-length // 4),
+                                         num_steps=max(1, nfe // 4), **options)
 
 
 def _steps(strategy: str, **options) -> Callable:
