@@ -526,12 +526,8 @@ def _same_plan(saved: dict | None, plan: dict) -> bool:
 def _checked_references(args):
   """`args` with every reference path filled in (under `--references` when not given), each
   git directory at its pinned commit and the modeling code at its pinned sha256."""
-  args.reference_python = str(references.under(args.reference_python, args.references,
-                                               references.PYTHON))
-  args.reference_code = references.under(args.reference_code, args.references,
-                                         references.MODELING_CODE)
-  references.check_python("--reference-python", args.reference_python)
-  references.check_modeling("--reference-code", args.reference_code)
+  references.checked_reference_side(args)
+  args.reference_python = str(args.reference_python)
   for name, (folder, _, _) in references.REPOSITORIES.items():
     flag = f"{name}_repo"
     setattr(args, flag, str(references.under(getattr(args, flag), args.references, folder)))
@@ -541,15 +537,7 @@ def _checked_references(args):
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--references", help="the folder that benchmarks/prepare_references.sh "
-                      f"prepared (default: ${references.ENVIRONMENT}); the flags below "
-                      "default to paths under it")
-  parser.add_argument("--reference-python", help="a Python with torch and transformers "
-                      f"(default: REFERENCES/{references.PYTHON})")
-  parser.add_argument("--reference-code", type=pathlib.Path,
-                      help="the folder `model` with configuration_llada.py and "
-                      "modeling_llada.py, checked by sha256 (default: "
-                      f"REFERENCES/{references.MODELING_CODE})")
+  references.add_flags(parser)
   for name, (folder, url, commit) in references.REPOSITORIES.items():
     parser.add_argument(f"--{name.replace('_', '-')}-repo", help=f"git directory of {url} "
                         f"at {commit[:7]}, checked (default: REFERENCES/{folder})")

@@ -242,13 +242,7 @@ def check_refusals(workdir: pathlib.Path) -> bool:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--references", help="the folder that benchmarks/prepare_references.sh "
-                      f"prepared (default: ${references.ENVIRONMENT})")
-  parser.add_argument("--reference-python", help="a Python with torch and transformers "
-                      f"(default: REFERENCES/{references.PYTHON})")
-  parser.add_argument("--reference-code", type=pathlib.Path,
-                      help="the folder with configuration_llada.py and modeling_llada.py, "
-                      f"checked by sha256 (default: REFERENCES/{references.MODELING_CODE})")
+  references.add_flags(parser)
   parser.add_argument("--workdir", type=pathlib.Path, help="kept when given (default: a "
                       "temporary folder, removed at the end)")
   parser.add_argument("--tolerance", type=float, default=1e-4)
@@ -258,12 +252,7 @@ def main(argv=None) -> int:
   if args.write_reference:
     write_reference(args.reference_code.resolve(), args.workdir)
     return 0
-  args.reference_python = references.under(args.reference_python, args.references,
-                                           references.PYTHON)
-  args.reference_code = references.under(args.reference_code, args.references,
-                                         references.MODELING_CODE)
-  references.check_python("--reference-python", args.reference_python)
-  references.check_modeling("--reference-code", args.reference_code)
+  references.checked_reference_side(args)
   with tempfile.TemporaryDirectory() as scratch:
     workdir = args.workdir or pathlib.Path(scratch)
     workdir.mkdir(parents=True, exist_ok=True)

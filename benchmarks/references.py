@@ -61,6 +61,27 @@ def under(value, references: str | None, relative: str) -> pathlib.Path:
   return pathlib.Path(value) if value else folder(references) / relative
 
 
+def add_flags(parser) -> None:
+  """The flags of every benchmark that runs the reference LLaDA code: `--references`,
+  `--reference-python` and `--reference-code` (`checked_reference_side` fills them in)."""
+  parser.add_argument("--references", help=f"the folder that {PREPARE} prepared (default: "
+                      f"${ENVIRONMENT}); the reference flags default to paths under it")
+  parser.add_argument("--reference-python", help="a Python with torch and transformers "
+                      f"(default: REFERENCES/{PYTHON})")
+  parser.add_argument("--reference-code", type=pathlib.Path,
+                      help="the folder `model` with configuration_llada.py and "
+                      f"modeling_llada.py, checked by sha256 (default: REFERENCES/{MODELING_CODE})")
+
+
+def checked_reference_side(args) -> None:
+  """Sets `args.reference_python` and `args.reference_code` (under `--references` when not
+  given) and refuses an interpreter that is missing or modeling code off its pinned sha256."""
+  args.reference_python = under(args.reference_python, args.references, PYTHON)
+  args.reference_code = under(args.reference_code, args.references, MODELING_CODE)
+  check_python("--reference-python", args.reference_python)
+  check_modeling("--reference-code", args.reference_code)
+
+
 def check_python(flag: str, python) -> None:
   """Refuses unless `python` is an executable file."""
   if not (pathlib.Path(python).is_file() and os.access(python, os.X_OK)):

@@ -115,13 +115,7 @@ def worker(folder: pathlib.Path, code: pathlib.Path, threads: int) -> None:
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  parser.add_argument("--references", help="the folder that benchmarks/prepare_references.sh "
-                      f"prepared (default: ${references.ENVIRONMENT})")
-  parser.add_argument("--reference-python", help="a Python with torch and transformers "
-                      f"(default: REFERENCES/{references.PYTHON})")
-  parser.add_argument("--reference-code", type=pathlib.Path,
-                      help="the folder with configuration_llada.py and modeling_llada.py, "
-                      f"checked by sha256 (default: REFERENCES/{references.MODELING_CODE})")
+  references.add_flags(parser)
   parser.add_argument("--recipe", default="sudoku", help="a task recipe: sudoku, countdown")
   parser.add_argument("--batch-size", type=int, default=64)
   parser.add_argument("--steps", type=int, default=10, help="timed rounds after the warm-up")
@@ -131,10 +125,8 @@ def main(argv=None) -> int:
   if args.worker:
     worker(args.worker, args.reference_code.resolve(), args.threads)
     return 0
-  python = references.under(args.reference_python, args.references, references.PYTHON)
-  code = references.under(args.reference_code, args.references, references.MODELING_CODE)
-  references.check_python("--reference-python", python)
-  references.check_modeling("--reference-code", code)
+  references.checked_reference_side(args)
+  python, code = args.reference_python, args.reference_code
 
   import jax
   import jax.numpy as jnp
