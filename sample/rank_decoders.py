@@ -15,6 +15,7 @@ they approximate) and OUT/accuracy_vs_nfe.png.
 """
 
 import argparse
+import functools
 import json
 import pathlib
 import sys
@@ -28,6 +29,12 @@ from remdm_jax.jobs import ranking, task_models
 from remdm_jax.tasks import make_task, read_examples
 
 
+@functools.cache
+def _load(model: pathlib.Path) -> task_models.TaskModel:
+  """Each model folder is read once, however many decoders score it."""
+  return task_models.load_task_model(model)
+
+
 def _scores(args, model: pathlib.Path, method: str, nfe: int, examples, task):
   """`(correct [N] bool, predictions)` of one model and decoder, read back when kept."""
   label = "-".join(model.absolute().parts[-2:])        # "run-model": one file per folder
@@ -35,9 +42,9 @@ def _scores(args, model: pathlib.Path, method: str, nfe: int, examples, task):
   if path.is_file():
     saved = json.loads(path.read_text())
     return np.array(saved["correct"], bool), saved["predictions"]
-  rows = task_models.read_format(model)
-  config = ranking.METHODS[method](nfe, rows.answer_length)
-  scored = task_models.score(task, model, examples, config, seed=args.seed,
+  task_model = _load(model)
+  config = ranking.METHODS[method](nfe, task_model.rows.answer_length)
+  scored = task_models.score(task, task_model, examples, config, seed=args.seed,
                              batch_size=args.batch_size)
   path.parent.mkdir(parents=True, exist_ok=True)
   files.write_atomic(path, json.dumps({"model": label, "method": method, "nfe": nfe,

@@ -39,13 +39,14 @@ def _main(argv: list[str]) -> int:
   args, rest = parser.parse_known_args(argv)
   check_lows(args, {"--seed": 0, "--batch-size": 1, "--limit": 0})
   model = pathlib.Path(args.model) if args.model else task_models.shipped_model(args.task)
-  rows = task_models.read_format(model)
-  configs, unknown = parse_sections(rest, {"sampler": task_models.default_decoder(rows)})
+  task_model = task_models.load_task_model(model)
+  configs, unknown = parse_sections(rest,
+                                    {"sampler": task_models.default_decoder(task_model.rows)})
   if unknown:
     raise UsageError(f"unexpected arguments {unknown}; see --help")
   examples = read_examples(args.data)[:args.limit or None]
   task = make_task(args.task)
-  scored = task_models.score(task, model, examples, configs["sampler"], seed=args.seed,
+  scored = task_models.score(task, task_model, examples, configs["sampler"], seed=args.seed,
                              batch_size=args.batch_size)
   out = files.check_writable_folder(args.out, "--out")
   files.write_atomic(out / "predictions.jsonl", "".join(

@@ -225,14 +225,34 @@ class Scored:
     return float(np.mean(self.correct))
 
 
-def score(task: task_base.Task, folder, examples, config=None, *, seed: int = 0,
-          batch_size: int = 64) -> Scored:
-  """Decodes an answer to every example's input with the task model in `folder` and the
-  sampler `config` (None: `default_decoder`), and verifies it with `task`."""
+@dataclasses.dataclass(frozen=True)
+class TaskModel:
+  """A task model read once from its folder (`load_task_model`): its denoiser, tokenizer and
+  row format, for any number of `score` calls."""
+
+  denoiser: object
+  tokenizer: object
+  rows: RowFormat
+
+
+def load_task_model(folder) -> TaskModel:
+  """The task model in `folder` (a LLaDA folder with `task_format.json`).
+
+  Raises:
+    ValueError: not a model folder of a registered family, or no valid `task_format.json`.
+  """
   from remdm_jax import families
   folder = pathlib.Path(folder)
   family = families.for_folder(folder)
-  model, tokenizer, rows = family.load(folder), family.tokenizer(folder), read_format(folder)
+  return TaskModel(family.as_denoiser(family.load(folder)), family.tokenizer(folder),
+                   read_format(folder))
+
+
+def score(task: task_base.Task, model: TaskModel, examples, config=None, *, seed: int = 0,
+          batch_size: int = 64) -> Scored:
+  """Decodes an answer to every example's input with the task `model` and the sampler
+  `config` (None: `default_decoder`), and verifies it with `task`."""
+  tokenizer, rows = model.tokenizer, model.rows
   fits = []
   for example in examples:
     try:
@@ -241,8 +261,8 @@ def score(task: task_base.Task, folder, examples, config=None, *, seed: int = 0,
     except ValueError:
       fits.append(False)
   inputs = [e["input"] for e, fit in zip(examples, fits) if fit]
-  answers = iter(solve(family.as_denoiser(model), config or default_decoder(rows), rows,
-                       tokenizer, inputs, seed=seed, batch_size=batch_size) if inputs else [])
+  answers = iter(solve(model.denoiser, config or default_decoder(rows), rows, tokenizer,
+                       inputs, seed=seed, batch_size=batch_size) if inputs else [])
   predictions = [next(answers) if fit else "" for fit in fits]
   correct = np.array([fit and task.verify(e["input"], p)
                       for e, p, fit in zip(examples, predictions, fits)], bool)
