@@ -9,6 +9,7 @@ import pytest
 
 from remdm_jax.tasks import (Countdown, Sudoku, make_task, read_examples, split_of,
                              write_examples)
+from remdm_jax.tasks import countdown
 from remdm_jax.tasks.rows import RowFormat
 from remdm_jax.text.char_tokenizer import CharTokenizer
 
@@ -151,6 +152,50 @@ def test_countdown_number_used_twice_or_not_at_all_is_wrong():
   assert not task.verify("7,2,3,10", "7/2=3,3+7=10")        # division must be exact
   for bad_input in ("", "15 44", "15,", "a,b,c"):
     assert not task.verify(bad_input, "44-15=29,79-29=50")
+
+
+def _chains_by_brute_force(numbers, target):
+  """Every two-equation string over the operands in either order, each result computed by
+  Python's own arithmetic, that the verifier accepts and writes the larger operand first."""
+  found = set()
+  ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
+         "/": lambda a, b: a / b if b else None}
+  for a, b, c in itertools.permutations(numbers):
+    for op1, op2 in itertools.product(ops, repeat=2):
+      first = ops[op1](a, b)
+      if first is None or first != int(first) or first <= 0:
+        continue
+      for x, y in ((int(first), c), (c, int(first))):
+        second = ops[op2](x, y)
+        if second is None or second != int(second) or a < b or x < y:
+          continue
+        chain = f"{a}{op1}{b}={int(first)},{x}{op2}{y}={int(second)}"
+        if Countdown().verify(",".join(map(str, numbers + [target])), chain):
+          found.add(chain)
+  return found
+
+
+@pytest.mark.parametrize("numbers, target", [
+    ([15, 44, 79], 50), ([5, 5, 7], 17), ([8, 2, 3], 12), ([3, 3, 3], 3), ([2, 4, 8], 1),
+    ([97, 98, 13], 15)])
+def test_countdown_solutions_are_every_chain_simplest_first(numbers, target):
+  chains = countdown.solutions(numbers, target)
+  assert len(chains) == len(set(chains))
+  assert set(chains) == _chains_by_brute_force(numbers, target)
+  hard = [sum(ch in "*/" for ch in chain) for chain in chains]
+  assert hard == sorted(hard)
+
+
+def test_countdown_simplest_answers_keep_the_inputs():
+  drawn = Countdown().generate(3, 200, "train")
+  simplest = Countdown(simplest=True).generate(3, 200, "train")
+  assert [e["input"] for e in drawn] == [e["input"] for e in simplest]
+  for example in simplest:
+    numbers = [int(v) for v in example["input"].split(",")]
+    assert example["output"] == countdown.solutions(numbers[:-1], numbers[-1])[0]
+  assert sum(e["output"] != d["output"] for e, d in zip(simplest, drawn)) > 50
+  with pytest.raises(ValueError, match="simplest"):
+    Countdown(simplest=1)
 
 
 def test_countdown_splits_by_numbers_and_target():
