@@ -68,9 +68,10 @@ def check_chain(numbers: list[int], target: int, prediction: str) -> bool:
 
 
 def solutions(numbers: list[int], target: int) -> list[str]:
-  """Every distinct chain `check_chain` accepts for `numbers` and `target` with each equation written
-  larger operand first and every result positive, in a fixed order: fewest multiplications
-  and divisions first, then by operators (+ before - before * before /), then as text.
+  """Every distinct chain `check_chain` accepts for `numbers` and `target` with each equation
+  written larger operand first and every result positive, in a fixed order: fewest
+  multiplications and divisions first, then by operators (+ before - before * before /),
+  then as text.
 
   Exhaustive (CD3: at most 3 * 4 * 4 = 48 chains tried, CD4: 1,152)."""
   found = []
