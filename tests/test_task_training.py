@@ -164,3 +164,31 @@ def test_a_run_can_start_from_a_model_folder(tmp_path):
   with pytest.raises(ValueError, match="init_from: .* another config"):
     train(other, cfg, BatchStream(rows, 8, 0), None, MASK, tmp_path / "run2", progress=False,
           init_from=tmp_path / "start")
+
+
+def _ablation_script():
+  import importlib.util
+  import pathlib
+  path = pathlib.Path(__file__).resolve().parents[1] / "train" / "task_ablation.py"
+  spec = importlib.util.spec_from_file_location("task_ablation", path)
+  script = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(script)
+  return script
+
+
+def test_the_ablation_table_pairs_each_objective_with_mdlm_on_the_same_items():
+  script = _ablation_script()
+  mdlm = [[True, True, False, False, True], [True, False, False, True, True]]
+  remdm = [[True, False, False, False, False], [False, False, False, False, False]]
+  runs = [{"objective": name, "seed": s, "correct": [rows[s]], "nelbo": [nelbo + s],
+           "own_bound": [10.0 * nelbo]}
+          for name, rows, nelbo in (("mdlm", mdlm, 1.0), ("remdm_cap1", remdm, 2.0))
+          for s in range(2)]
+  text = script.table(runs, ["toy"])
+  mdlm_line, remdm_line = text.splitlines()[2:4]
+  assert mdlm_line.startswith("| mdlm | toy | 60.0 |") and "baseline" in mdlm_line
+  # mdlm solves 6 of the 10 (seed, item) pairs, remdm 1 of them and nothing else: +0 / -5,
+  # McNemar's exact p = 2 * 0.5 ** 5
+  assert remdm_line.startswith("| remdm_cap1 | toy | 10.0 |")
+  assert "+0 / -5 | 0.0625 |" in remdm_line
+  assert "2.5000 +- 0.7071 | 20.0000 |" in remdm_line
