@@ -26,15 +26,15 @@ def _block(**options) -> Callable:
   return lambda nfe, length: BlockConfig(block_length=length, num_steps=nfe, **options)
 
 
-def _remdm_llada(number: int, select: str = "confidence") -> Callable:
+def _remdm_llada(number: int, select: str = "confidence", **options) -> Callable:
   """ReMDM-LLaDA within the budget: 3/4 of the calls are regular steps, the rest remasking
   steps (remasking `number` tokens each), started after 7/8 of the regular steps as in
-  `llada_remdm_sample`."""
+  `llada_remdm_sample`; `options` as `BlockConfig`'s (temperature)."""
   def build(nfe, length):
     regular = max(1, (3 * nfe) // 4)
     return BlockConfig(block_length=length, num_steps=regular, remdm_number=number,
                        remdm_start=(7 * regular) // 8, remdm_steps=nfe - regular,
-                       remdm_select=select)
+                       remdm_select=select, **options)
   return build
 
 
@@ -62,6 +62,9 @@ METHODS: dict[str, Callable] = {
     "remdm_llada_1": _remdm_llada(1),
     "remdm_llada_2": _remdm_llada(2),
     "remdm_llada_random": _remdm_llada(1, "random"),
+    "low_confidence_t0.7": _block(temperature=0.7),
+    "remdm_llada_1_t0.7": _remdm_llada(1, temperature=0.7),
+    "remdm_llada_random_t0.7": _remdm_llada(1, "random", temperature=0.7),
     "remask_cap": _cap,
     "remask_conf": _block(remask_sigma="conf"),
     "threshold_0.9": _block(threshold=0.9),
