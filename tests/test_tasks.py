@@ -1,6 +1,7 @@
 """The reasoning tasks: generators against independent enumerations, exact verifiers, splits
 by solution, the files, the character tokenizer and the task rows."""
 
+import fractions
 import itertools
 import json
 
@@ -155,35 +156,48 @@ def test_countdown_number_used_twice_or_not_at_all_is_wrong():
 
 
 def _chains_by_brute_force(numbers, target):
-  """Every two-equation string over the operands in either order, each result computed by
-  Python's own arithmetic, that the verifier accepts and writes the larger operand first."""
-  found = set()
+  """Every chain over ordered operand pairs, each result computed with exact fractions, that
+  the verifier accepts and that writes the larger operand first (any number of numbers)."""
   ops = {"+": lambda a, b: a + b, "-": lambda a, b: a - b, "*": lambda a, b: a * b,
-         "/": lambda a, b: a / b if b else None}
-  for a, b, c in itertools.permutations(numbers):
-    for op1, op2 in itertools.product(ops, repeat=2):
-      first = ops[op1](a, b)
-      if first is None or first != int(first) or first <= 0:
-        continue
-      for x, y in ((int(first), c), (c, int(first))):
-        second = ops[op2](x, y)
-        if second is None or second != int(second) or a < b or x < y:
-          continue
-        chain = f"{a}{op1}{b}={int(first)},{x}{op2}{y}={int(second)}"
-        if Countdown().verify(",".join(map(str, numbers + [target])), chain):
-          found.add(chain)
+         "/": lambda a, b: fractions.Fraction(a, b) if b else None}
+  found = set()
+
+  def extend(pool, chain):
+    if len(pool) == 1:
+      text = ",".join(chain)
+      if Countdown().verify(",".join(map(str, numbers + [target])), text):
+        found.add(text)
+      return
+    for i, j in itertools.permutations(range(len(pool)), 2):
+      a, b = pool[i], pool[j]
+      for op, apply in ops.items():
+        value = apply(a, b)
+        if a >= b and value is not None and value.denominator == 1 and value > 0:
+          rest = [x for k, x in enumerate(pool) if k not in (i, j)]
+          extend(rest + [int(value)], chain + [f"{a}{op}{b}={int(value)}"])
+
+  extend([fractions.Fraction(n) for n in numbers], [])
   return found
 
 
 @pytest.mark.parametrize("numbers, target", [
     ([15, 44, 79], 50), ([5, 5, 7], 17), ([8, 2, 3], 12), ([3, 3, 3], 3), ([2, 4, 8], 1),
-    ([97, 98, 13], 15)])
+    ([97, 98, 13], 15), ([4, 7, 9, 3], 24), ([2, 2, 6, 6], 12)])
 def test_countdown_solutions_are_every_chain_simplest_first(numbers, target):
   chains = countdown.solutions(numbers, target)
-  assert len(chains) == len(set(chains))
+  assert len(chains) == len(set(chains)) and chains
   assert set(chains) == _chains_by_brute_force(numbers, target)
   hard = [sum(ch in "*/" for ch in chain) for chain in chains]
   assert hard == sorted(hard)
+
+
+def test_countdown_solutions_order_and_bad_arguments():
+  assert countdown.solutions([5, 5, 7], 7)[:2] == ["7+5=12,12-5=7", "7-5=2,5+2=7"]
+  assert countdown.solutions([2, 3], 7) == []
+  for numbers, target, message in [([5], 5, "at least 2"), ([-3, 5], 2, "numbers\\[0\\]"),
+                                   ([3, 4], 0, "target"), ([2.5, 3], 1, "integer")]:
+    with pytest.raises(ValueError, match=message):
+      countdown.solutions(numbers, target)
 
 
 def test_countdown_simplest_answers_keep_the_inputs():
