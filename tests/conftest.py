@@ -65,3 +65,19 @@ def tiny_model(tmp_path_factory):
   training.train(model, cfg, data.BatchStream(rows, 8, 0), None, 258, workdir,
                  progress=False, tokenizer="bytes")
   return workdir / "model"
+
+
+@pytest.fixture
+def load_script():
+  """`load_script("train/task_ablation.py")`: a script of the repository as a module (its
+  `_main` and helpers), without running it."""
+  import importlib.util
+  import pathlib
+
+  def load(relative: str):
+    path = pathlib.Path(__file__).resolve().parents[1] / relative
+    spec = importlib.util.spec_from_file_location(path.stem, path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    return script
+  return load

@@ -401,15 +401,10 @@ def test_retired_module_entry_points_name_the_command(args, command):
 @pytest.mark.parametrize("flag, value", [("--problems", "0"), ("--seeds", "0"),
                                          ("--problem-seed", "-1"), ("--batch-size", "0"),
                                          ("--seq-len", "-2")])
-def test_llm_countdown_eval_names_its_own_flags(flag, value, tmp_path, capsys):
+def test_llm_countdown_eval_names_its_own_flags(flag, value, tmp_path, capsys, load_script):
   """sample/llm_countdown_eval.py refuses a bad count naming its flag (not the library's `n`),
   before it writes anything."""
-  import importlib.util
-  from pathlib import Path
-  path = Path(__file__).resolve().parents[1] / "sample" / "llm_countdown_eval.py"
-  spec = importlib.util.spec_from_file_location("llm_countdown_eval", path)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
+  script = load_script("sample/llm_countdown_eval.py")
   out = tmp_path / "out"
   assert script.run_cli(script._main, ["--out", str(out), flag, value]) == 2
   assert f"{flag} must be in [" in _one_line(capsys) and not out.exists()

@@ -39,17 +39,9 @@ def test_the_shipped_models_solve_held_out_examples(tmp_path, task, examples, fl
   assert abs(solved / len(examples) - float(last.split()[1])) < 1e-9
 
 
-def _script():
-  import importlib.util
-  spec = importlib.util.spec_from_file_location("reasoning_eval", SCRIPT)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
-
-
-def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys):
+def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys, load_script):
   """Refused before anything is written, with one line naming the argument."""
-  script = _script()
+  script = load_script("sample/reasoning_eval.py")
   (tmp_path / "bad.jsonl").write_text("not json\n")
   for args, message in [
       (["--task", "sudoku", "--data", tmp_path / "missing.jsonl", "--out", tmp_path / "o"],
@@ -58,10 +50,17 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys):
        "bad.jsonl:1: not valid JSON"),
       (["--task", "sudoku", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o",
         "--batch-size", "0"], "--batch-size must be in ["),
-      (["--task", "countdown", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o"],
-       "no countdown model is shipped yet"),
+      (["--task", "countdown", "--data", tmp_path / "bad.jsonl", "--out", tmp_path / "o",
+        "--model", tmp_path], "is not a remdm_jax model folder"),
   ]:
     assert script.run_cli(script._main, [str(a) for a in args]) == 2
     err = capsys.readouterr().err
     assert message in err and err.strip().count("\n") == 0, err
   assert not (tmp_path / "o").exists()
+
+
+def test_a_missing_shipped_model_is_named_with_how_to_train_it(tmp_path, monkeypatch):
+  from remdm_jax.jobs import sample_job
+  monkeypatch.setattr(sample_job, "shipped_models", lambda: tmp_path)
+  with pytest.raises(ValueError, match="no countdown model is shipped yet.*--recipe=countdown"):
+    task_models.shipped_model("countdown")

@@ -10,6 +10,7 @@ import pytest
 from flax import nnx
 
 from remdm_jax import families
+from remdm_jax.jobs import task_models
 from remdm_jax.models.llada import LLaDA, LLaDAConfig
 from remdm_jax.training import losses, objectives
 from remdm_jax.weights import llada_io
@@ -166,18 +167,8 @@ def test_a_run_can_start_from_a_model_folder(tmp_path):
           init_from=tmp_path / "start")
 
 
-def _ablation_script():
-  import importlib.util
-  import pathlib
-  path = pathlib.Path(__file__).resolve().parents[1] / "train" / "task_ablation.py"
-  spec = importlib.util.spec_from_file_location("task_ablation", path)
-  script = importlib.util.module_from_spec(spec)
-  spec.loader.exec_module(script)
-  return script
-
-
-def test_the_ablation_table_pairs_each_objective_with_mdlm_on_the_same_items():
-  script = _ablation_script()
+def test_the_ablation_table_pairs_each_objective_with_mdlm_on_the_same_items(load_script):
+  script = load_script("train/task_ablation.py")
   mdlm = [[True, True, False, False, True], [True, False, False, True, True]]
   remdm = [[True, False, False, False, False], [False, False, False, False, False]]
   runs = [{"objective": name, "seed": s, "correct": [rows[s]], "nelbo": [nelbo + s],
@@ -192,3 +183,25 @@ def test_the_ablation_table_pairs_each_objective_with_mdlm_on_the_same_items():
   assert remdm_line.startswith("| remdm_cap1 | toy | 10.0 |")
   assert "+0 / -5 | 0.0625 |" in remdm_line
   assert "2.5000 +- 0.7071 | 20.0000 |" in remdm_line
+
+
+def test_an_ablation_workdir_refuses_other_settings(load_script, tmp_path):
+  import argparse
+  script = load_script("train/task_ablation.py")
+  args = argparse.Namespace(workdir=str(tmp_path), recipe="sudoku", steps=200, batch_size=64,
+                            test=100)
+  script._check_settings(args)
+  script._check_settings(args)                      # a rerun with the same settings resumes
+  with pytest.raises(ValueError, match="--steps=300 differs from the 200"):
+    script._check_settings(argparse.Namespace(**{**vars(args), "steps": 300}))
+
+
+@pytest.mark.parametrize("name", sorted(task_models.RECIPES))
+def test_recipes_fit_their_examples_in_their_rows(name):
+  """The model's length is the row's, and drawn examples all fit (none is dropped)."""
+  recipe = task_models.RECIPES[name]
+  assert recipe.model.max_sequence_length == recipe.rows.seq_len
+  for k, task in enumerate(recipe.tasks):
+    for example in task.generate(k, 60, "train"):
+      assert len(example["input"]) < recipe.rows.prompt_length, example
+      assert len(example["output"]) < recipe.rows.answer_length, example

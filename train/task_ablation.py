@@ -22,10 +22,9 @@ import sys
 import numpy as np
 
 from remdm_jax import families, files
-from remdm_jax.cli import ScriptParser
+from remdm_jax.cli import ScriptParser, UsageError
 from remdm_jax.errors import run_cli
-from remdm_jax.eval.intervals import mcnemar, pass_at_1, wilson
-from remdm_jax.jobs import task_models
+from remdm_jax.jobs import ranking, task_models
 from remdm_jax.tasks import base as task_base
 from remdm_jax.training import objectives
 from remdm_jax.training.loop import TrainConfig
@@ -39,6 +38,28 @@ TEST_SEED = 10_000      # test examples of task k: task.generate(TEST_SEED + k, 
 NOISE_SEED = 20_000     # the bounds' noise, the same for every model
 
 
+def _check_settings(args) -> None:
+  """Records the recipe, steps, batch and test size in WORKDIR/ablation.json on the first run;
+  refuses a rerun with other ones (its runs and scores would not match).
+
+  Raises:
+    UsageError: a setting differs from the recorded one (naming it).
+  """
+  path = pathlib.Path(args.workdir) / "ablation.json"
+  settings = {"recipe": args.recipe, "steps": args.steps, "batch_size": args.batch_size,
+              "test": args.test}
+  if path.is_file():
+    recorded = files.read_json_object(path, "ablation settings")
+    for name, value in settings.items():
+      if recorded.get(name) != value:
+        raise UsageError(f"--{name.replace('_', '-')}={value} differs from the "
+                         f"{recorded.get(name)!r} this workdir was run with ({path}); use "
+                         "another --workdir")
+  else:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    files.write_atomic(path, json.dumps(settings) + "\n")
+
+
 def _shared_data(recipe, workdir: pathlib.Path) -> pathlib.Path:
   """WORKDIR/data/{train,valid}.jsonl, generated once (data seed 0) for every run."""
   folder = workdir / "data"
@@ -49,13 +70,11 @@ def _shared_data(recipe, workdir: pathlib.Path) -> pathlib.Path:
   return folder
 
 
-def _bounds(folder: pathlib.Path, objective, rows) -> tuple[float, float]:
-  """(continuous MDLM NELBO, the model's own bound) of the answers in `rows`, nats per
-  answer token, 4 noise draws per batch."""
-  family = families.for_folder(folder)
-  model = family.load(folder)
-  mask_id = family.tokenizer(folder).mask_id
-  size = min(64, len(rows["tokens"]))
+def _bounds(model, mask_id: int, objective, rows) -> tuple[float, float]:
+  """(continuous MDLM NELBO, the model's own bound) of every answer in `rows`, nats per
+  answer token, 4 noise draws per batch (batches of the largest size <= 64 dividing N)."""
+  count = len(rows["tokens"])
+  size = next(d for d in range(min(64, count), 0, -1) if count % d == 0)
   return tuple(objectives.held_out_loss(objectives.model_loss(model, o, mask_id), rows, size,
                                         seed=NOISE_SEED, draws=4)
                for o in (objectives.MdlmObjective(), objective))
@@ -76,12 +95,14 @@ def _run(args, recipe, name: str, seed: int, tests) -> dict | None:
   if not (model / task_models.FORMAT_FILE).is_file():
     return None
   task_model = task_models.load_task_model(model)
+  family = families.for_folder(model)
+  network = family.load(model)
   scores = {"objective": name, "seed": seed, "options": OBJECTIVES[name].options(),
             "correct": [], "nelbo": [], "own_bound": []}
   for task, examples in zip(recipe.tasks, tests):
     scored = task_models.score(task, task_model, examples)
     rows = recipe.rows.training_rows(task_model.tokenizer, examples)
-    nelbo, own = _bounds(model, OBJECTIVES[name], rows)
+    nelbo, own = _bounds(network, task_model.tokenizer.mask_id, OBJECTIVES[name], rows)
     scores["correct"].append(scored.correct.tolist())
     scores["nelbo"].append(nelbo)
     scores["own_bound"].append(own)
@@ -92,47 +113,43 @@ def _run(args, recipe, name: str, seed: int, tests) -> dict | None:
 
 
 def table(runs: list[dict], task_names: list[str]) -> str:
-  """The Markdown table: per objective and test set, accuracy over seeds (95% Student-t and
-  pooled Wilson), McNemar against MDLM on the same (seed, item) pairs, and the bounds."""
-  lines = ["| objective | test set | accuracy % | 95% over seeds | Wilson 95% (pooled) | "
-           "vs mdlm: +/- | McNemar p | MDLM NELBO (mean +- sd) | own bound |",
-           "|---|---|---|---|---|---|---|---|---|"]
+  """The Markdown table: per test set and objective, accuracy over seeds (95% Student-t and
+  pooled Wilson), McNemar against MDLM on the same (seed, item) pairs, and the bounds (mean
+  +- sd over seeds)."""
   by_name = {name: [r for r in runs if r["objective"] == name] for name in OBJECTIVES}
-  for k, task_name in enumerate(task_names):
-    base = np.array([r["correct"][k] for r in by_name[BASELINE]], bool)     # [S, N]
-    for name, found in by_name.items():
-      correct = np.array([r["correct"][k] for r in found], bool)
-      summary = pass_at_1(correct)
-      low, high = wilson(int(correct.sum()), correct.size)
-      nelbo = np.array([r["nelbo"][k] for r in found])
-      own = np.mean([r["own_bound"][k] for r in found])
-      if name == BASELINE:
-        paired = "baseline | "
-      else:
-        wins, losses, p = mcnemar(correct.ravel(), base.ravel())
-        paired = f"+{wins} / -{losses} | " + (f"**{p:.3g}**" if p < 0.05 else f"{p:.3g}")
-      spread = "n/a" if summary.seeds < 2 else f"+- {100 * summary.half_width:.1f}"
-      lines.append(f"| {name} | {task_name} | {100 * summary.mean:.1f} | {spread} | "
-                   f"[{100 * low:.1f}, {100 * high:.1f}] | {paired} | "
-                   f"{nelbo.mean():.4f} +- {nelbo.std(ddof=1) if len(nelbo) > 1 else 0:.4f} | "
-                   f"{own:.4f} |")
+  correct = {(name, k): np.array([r["correct"][k] for r in found], bool)
+             for name, found in by_name.items() for k in range(len(task_names))}
+  lines = ["| objective | test set | accuracy % | 95% over seeds | Wilson 95% (pooled) | "
+           "vs mdlm: +/- | McNemar p | MDLM NELBO | own bound |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  for row in ranking.table(correct, baseline=BASELINE):
+    nelbo, own = (np.array([r[key][row.nfe] for r in by_name[row.method]])
+                  for key in ("nelbo", "own_bound"))
+    spread = nelbo.std(ddof=1) if len(nelbo) > 1 else float("nan")
+    lines.append(f"| {row.method} | {task_names[row.nfe]} | {row.cells(BASELINE)} | "
+                 f"{nelbo.mean():.4f} +- {spread:.4f} | {own.mean():.4f} |")
   return "\n".join(lines) + "\n"
 
 
 def _main(argv: list[str]) -> int:
   parser = ScriptParser(description=__doc__, allow_abbrev=False,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
-  parser.add_argument("--recipe", default="sudoku", choices=sorted(task_models.RECIPES))
-  parser.add_argument("--workdir", required=True)
-  parser.add_argument("--out", required=True)
-  parser.add_argument("--steps", type=int, default=200)
-  parser.add_argument("--batch-size", type=int, default=64)
-  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+  parser.add_argument("--recipe", default="sudoku", choices=sorted(task_models.RECIPES),
+                      help="the task recipe (data, row format, model size)")
+  parser.add_argument("--workdir", required=True, help="runs and their data (resumed)")
+  parser.add_argument("--out", required=True, help="folder for table.md and scores.json")
+  parser.add_argument("--steps", type=int, default=200, help="training steps per model")
+  parser.add_argument("--batch-size", type=int, default=64, help="training batch")
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2],
+                      help="training seeds (distinct), each run with every objective")
   parser.add_argument("--test", type=int, default=200, help="test examples per task")
   args = parser.parse_args(argv)
   for name in ("steps", "batch_size", "test"):
     if getattr(args, name) < 1:
       parser.error(f"--{name.replace('_', '-')} must be >= 1, got {getattr(args, name)}")
+  if len(set(args.seeds)) != len(args.seeds):
+    parser.error(f"--seeds must be distinct, got {args.seeds}")
+  _check_settings(args)
   recipe = task_models.recipe(args.recipe)
   tests = [task.generate(TEST_SEED + k, args.test, "test") for k, task in enumerate(recipe.tasks)]
   runs = []

@@ -94,15 +94,25 @@ class Row:
   losses: int              # pairs only the baseline solved
   p_value: float           # McNemar exact, two-sided
 
+  def cells(self, baseline: str = BASELINE) -> str:
+    """Markdown cells `accuracy % | 95% over seeds | Wilson 95% (pooled) | +wins / -losses |
+    McNemar p` (p in bold below 0.05; "baseline" on the baseline's row)."""
+    spread = "n/a" if np.isnan(self.half_width) else f"+- {100 * self.half_width:.1f}"
+    paired = "baseline | " if self.method == baseline else (
+        f"+{self.wins} / -{self.losses} | " +
+        (f"**{self.p_value:.3g}**" if self.p_value < 0.05 else f"{self.p_value:.3g}"))
+    return (f"{100 * self.accuracy:.1f} | {spread} | [{100 * self.wilson[0]:.1f}, "
+            f"{100 * self.wilson[1]:.1f}] | {paired}")
 
-def table(correct: dict[tuple[str, int], np.ndarray]) -> list[Row]:
-  """Rows for `correct[(method, nfe)] = [S, N] bool` (seeds by items); the baseline is
-  `low_confidence` at the same NFE (p = 1 when it was not run)."""
+
+def table(correct: dict[tuple[str, int], np.ndarray], baseline: str = BASELINE) -> list[Row]:
+  """Rows for `correct[(method, nfe)] = [S, N] bool` (seeds by items), sorted by NFE then
+  method; each is paired with `baseline` at the same NFE (p = 1 when it was not run)."""
   rows = []
   for (method, nfe), scores in sorted(correct.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     scores = np.asarray(scores, bool)
     summary = pass_at_1(scores)
-    base = correct.get((BASELINE, nfe))
+    base = correct.get((baseline, nfe))
     wins, losses, p = (mcnemar(scores.ravel(), np.asarray(base, bool).ravel())
                        if base is not None else (0, 0, 1.0))
     rows.append(Row(method, nfe, summary.mean, summary.half_width,
@@ -114,13 +124,7 @@ def markdown(rows: list[Row]) -> str:
   """The rows as a Markdown table (accuracy in percent)."""
   lines = ["| decoder | NFE | accuracy % | 95% over seeds | Wilson 95% (pooled) | "
            "vs low_confidence: +/- | McNemar p |", "|---|---|---|---|---|---|---|"]
-  for r in rows:
-    spread = "n/a" if np.isnan(r.half_width) else f"+- {100 * r.half_width:.1f}"
-    paired = "baseline" if r.method == BASELINE else f"+{r.wins} / -{r.losses}"
-    p = "" if r.method == BASELINE else (f"**{r.p_value:.3g}**" if r.p_value < 0.05
-                                         else f"{r.p_value:.3g}")
-    lines.append(f"| {r.method} | {r.nfe} | {100 * r.accuracy:.1f} | {spread} | "
-                 f"[{100 * r.wilson[0]:.1f}, {100 * r.wilson[1]:.1f}] | {paired} | {p} |")
+  lines += [f"| {r.method} | {r.nfe} | {r.cells()} |" for r in rows]
   return "\n".join(lines) + "\n"
 
 
