@@ -205,3 +205,12 @@ def test_recipes_fit_their_examples_in_their_rows(name):
     for example in task.generate(k, 60, "train"):
       assert len(example["input"]) < recipe.rows.prompt_length, example
       assert len(example["output"]) < recipe.rows.answer_length, example
+
+
+def test_a_task_workdir_refuses_the_data_of_another_recipe(tmp_path):
+  sudoku, countdown = task_models.RECIPES["sudoku"], task_models.RECIPES["countdown"]
+  task_models._check_data_stamp(tmp_path, sudoku, 0)
+  task_models._check_data_stamp(tmp_path, sudoku, 0)          # the same recipe resumes
+  for recipe, seed in ((countdown, 0), (sudoku, 1)):
+    with pytest.raises(ValueError, match="holds data of another recipe or data seed"):
+      task_models._check_data_stamp(tmp_path, recipe, seed)

@@ -79,8 +79,9 @@ RECIPES = {
         "sudoku", (Sudoku(4, 4, 12), Sudoku(6, 10, 18)), RowFormat(42, 42),
         _small_llada(160, 6, 8, 480, 84, _TOKENIZER.vocab_size), train_examples=(24_000, 24_000)),
     "countdown": TaskRecipe(
-        "countdown", (Countdown(3, 1, 99, 10, 100), Countdown(3, 1, 20, 1, 50)),
-        RowFormat(16, 32), _small_llada(192, 6, 8, 576, 48, _TOKENIZER.vocab_size),
+        "countdown", (Countdown(3, 1, 99, 10, 100, simplest=True),
+                      Countdown(3, 1, 20, 1, 50, simplest=True)),
+        RowFormat(14, 24), _small_llada(192, 6, 8, 576, 38, _TOKENIZER.vocab_size),
         train_examples=(160_000, 40_000)),
 }
 
@@ -116,6 +117,27 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "generation_config.json", "chat_template.jinja")
 
 
+def _check_data_stamp(data: pathlib.Path, task_recipe: TaskRecipe, data_seed: int) -> None:
+  """Records what `data/` was generated from (`data/recipe.json`) and refuses a rerun of
+  another recipe or data seed in the same workdir.
+
+  Raises:
+    ValueError: `data/recipe.json` records other tasks, row format, counts or data seed.
+  """
+  stamp = {"tasks": [t.options() for t in task_recipe.tasks],
+           "rows": dataclasses.asdict(task_recipe.rows),
+           "train_examples": list(task_recipe.train_examples),
+           "valid_examples": task_recipe.valid_examples, "data_seed": data_seed}
+  path = data / "recipe.json"
+  if path.is_file():
+    recorded = files.read_json_object(path, "task data record")
+    if recorded != stamp:
+      raise ValueError(f"{data} holds data of another recipe or data seed ({path}: {recorded}); "
+                       f"use another workdir for recipe {task_recipe.name!r}")
+  else:
+    files.write_atomic(path, json.dumps(stamp) + "\n")
+
+
 def train_task_model(task_recipe: TaskRecipe, train_cfg, workdir, *, data_seed: int = 0,
                      progress: bool = True, stop_at: int | None = None,
                      init_from=None) -> pathlib.Path:
@@ -139,6 +161,7 @@ def train_task_model(task_recipe: TaskRecipe, train_cfg, workdir, *, data_seed: 
         pathlib.Path(init_from) / "config.json", "LLaDA config.json"))
   data = workdir / "data"
   data.mkdir(parents=True, exist_ok=True)
+  _check_data_stamp(data, task_recipe, data_seed)
   splits = {}
   for split in ("train", "valid"):
     path = data / f"{split}.jsonl"
