@@ -121,3 +121,22 @@ def changed_keys(previous: dict, current: dict) -> list[str]:
   """The top-level keys whose values differ between two records (sorted): what makes a rerun
   in an existing job or work folder a different run."""
   return sorted(k for k in set(previous) | set(current) if previous.get(k) != current.get(k))
+
+
+def record_or_compare(path, record: dict, what: str) -> dict[str, tuple]:
+  """Writes `record` (JSON) to `path` on a first run; on a rerun, compares it with the record
+  found there.
+
+  Returns:
+    `{key: (recorded value, value in record)}` for each key of `changed_keys` (sorted); empty
+    on a first run or when the rerun matches.
+
+  Raises:
+    ValueError: the file at `path` is not a JSON object (naming `what`).
+  """
+  path = pathlib.Path(path)
+  if not path.exists():
+    write_atomic(path, json.dumps(record, indent=2) + "\n")
+    return {}
+  previous = read_json_object(path, what)
+  return {k: (previous.get(k), record.get(k)) for k in changed_keys(previous, record)}

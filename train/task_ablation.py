@@ -46,18 +46,13 @@ def _check_settings(args) -> None:
     UsageError: a setting differs from the recorded one (naming it).
   """
   path = pathlib.Path(args.workdir) / "ablation.json"
+  path.parent.mkdir(parents=True, exist_ok=True)
   settings = {"recipe": args.recipe, "steps": args.steps, "batch_size": args.batch_size,
               "test": args.test}
-  if path.is_file():
-    recorded = files.read_json_object(path, "ablation settings")
-    for name, value in settings.items():
-      if recorded.get(name) != value:
-        raise UsageError(f"--{name.replace('_', '-')}={value} differs from the "
-                         f"{recorded.get(name)!r} this workdir was run with ({path}); use "
-                         "another --workdir")
-  else:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    files.write_atomic(path, json.dumps(settings) + "\n")
+  for name, (recorded, value) in files.record_or_compare(path, settings,
+                                                         "ablation settings").items():
+    raise UsageError(f"--{name.replace('_', '-')}={value} differs from the {recorded!r} this "
+                     f"workdir was run with ({path}); use another --workdir")
 
 
 def _shared_data(recipe, workdir: pathlib.Path) -> pathlib.Path:

@@ -55,15 +55,10 @@ def open_job(directory, manifest: dict) -> pathlib.Path:
     ValueError: the directory holds a job with different settings (names the keys).
   """
   directory = files.check_writable_folder(directory, "job")
-  path = directory / MANIFEST
-  if path.exists():
-    previous = files.read_json_object(path, "job manifest")
-    changed = files.changed_keys(previous, manifest)
-    if changed:
-      raise ValueError(f"{directory} holds a sampling job with other settings (differs in "
-                       f"{changed}); use another out directory")
-  else:
-    files.write_atomic(path, json.dumps(manifest, indent=2) + "\n")
+  changed = files.record_or_compare(directory / MANIFEST, manifest, "job manifest")
+  if changed:
+    raise ValueError(f"{directory} holds a sampling job with other settings (differs in "
+                     f"{list(changed)}); use another out directory")
   remove_stale_temporaries(directory)
   return directory
 

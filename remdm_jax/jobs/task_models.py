@@ -128,14 +128,10 @@ def _check_data_stamp(data: pathlib.Path, task_recipe: TaskRecipe, data_seed: in
            "rows": dataclasses.asdict(task_recipe.rows),
            "train_examples": list(task_recipe.train_examples),
            "valid_examples": task_recipe.valid_examples, "data_seed": data_seed}
-  path = data / "recipe.json"
-  if path.is_file():
-    recorded = files.read_json_object(path, "task data record")
-    if recorded != stamp:
-      raise ValueError(f"{data} holds data of another recipe or data seed ({path}: {recorded}); "
-                       f"use another workdir for recipe {task_recipe.name!r}")
-  else:
-    files.write_atomic(path, json.dumps(stamp) + "\n")
+  changed = files.record_or_compare(data / "recipe.json", stamp, "task data record")
+  if changed:
+    raise ValueError(f"{data} holds data of another recipe or data seed (differs in "
+                     f"{list(changed)}); use another workdir for recipe {task_recipe.name!r}")
 
 
 def train_task_model(task_recipe: TaskRecipe, train_cfg, workdir, *, data_seed: int = 0,
