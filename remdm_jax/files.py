@@ -128,8 +128,8 @@ def record_or_compare(path, record: dict, what: str) -> dict[str, tuple]:
   found there.
 
   Returns:
-    `{key: (recorded value, value in record)}` for each key of `changed_keys` (sorted); empty
-    on a first run or when the rerun matches.
+    A dict mapping each key of `changed_keys` (sorted) to the pair (recorded value, value in
+    `record`); empty on a first run or when the rerun matches.
 
   Raises:
     ValueError: the file at `path` is not a JSON object (naming `what`).
