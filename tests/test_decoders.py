@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 import remdm_jax
-from remdm_jax.sampling.decoder import Decoder, RunShape
+from remdm_jax.sampling.decoder import Decoder, Finish, Needs, RunShape, Scan, StepOut
 
 V, MASK = 5, 4
 
@@ -28,14 +28,21 @@ def denoiser(z, t):
 class OneShot(Decoder):
   """Every masked position takes its argmax in one call."""
 
-  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
+  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
     z = (jnp.full((shape.batch_size, shape.seq_len), shape.mask_id, jnp.int32)
          if prompt is None else prompt)
-    logits = denoiser(z, jnp.ones((shape.batch_size,), jnp.float32))
-    best = jnp.argmax(logits.at[..., shape.mask_id].set(-jnp.inf), axis=-1).astype(jnp.int32)
-    tokens = jnp.where(z == shape.mask_id, best, z)
-    records = (tokens[None], (z == shape.mask_id)[None], jnp.zeros_like(z, bool)[None])
-    return tokens, jnp.zeros((shape.batch_size,), bool), records if shape.record else None
+
+    def step(z, index):
+      logits = denoiser(z, jnp.ones((shape.batch_size,), jnp.float32))
+      masked = z == shape.mask_id
+      best = jnp.argmax(logits.at[..., shape.mask_id].set(-jnp.inf), axis=-1).astype(jnp.int32)
+      tokens = jnp.where(masked, best, z)
+      return tokens, StepOut(tokens, masked, jnp.zeros_like(masked), jnp.bool_(True),
+                             jnp.bool_(True), None, None)
+
+    finish = lambda z: Finish(z, jnp.zeros((shape.batch_size,), bool),
+                              jnp.zeros(z.shape, bool), jnp.bool_(False), None)
+    return Scan(z, jnp.arange(1), step, finish)
 
   def check_plan(self, plan):
     return plan

@@ -49,10 +49,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from remdm_jax.sampling import posterior
-from remdm_jax.sampling.decoder import Decoder, RunShape
+from remdm_jax.sampling.decoder import Decoder, Finish, Needs, RunShape, Scan, StepOut
 from remdm_jax.sampling.windows import Geometry, make_window, rows
-from remdm_jax.sampling.step_rules import (conf_weights, draw_at, example_keys, greedy,
-                                           position_keys, step_keys, tempered_probs, top_count)
+from remdm_jax.sampling.step_rules import (conf_weights, draw_at, greedy, position_keys,
+                                           step_keys, tempered_probs, token_logp, top_count)
 from remdm_jax.validation import check_scalar
 
 
@@ -82,8 +82,8 @@ class BlockRule(Decoder):
   remask_sigma: str = "none"
   eos_id: int = -1
 
-  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
-    return run_blocks(key, denoiser, plan, prompt, first_index, shape)
+  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+    return _start_blocks(keys, denoiser, plan, prompt, shape, needs)
 
   def check_plan(self, plan):
     return check_block_plan(plan)
@@ -338,9 +338,10 @@ class _Carry(NamedTuple):
 
 
 def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
-               seq_len: int, mask_id: int, steps_per_block: int, record: bool, on_step):
-  """The scan body over the flat table (every block's steps); the window (`model`), the
-  score and the remasking rule are picked here, once."""
+               seq_len: int, mask_id: int, steps_per_block: int, needs: Needs, on_step):
+  """The scan body over the flat table (every block's steps): `step(carry, (index, block,
+  row)) -> (carry, StepOut)`; the window (`model`), the score and the remasking rule are
+  picked here, once."""
   score, remask_fn = SCORES[rule.score], remask_rule(rule)
 
   def step(carry: _Carry, xs):
@@ -367,42 +368,46 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
       k = _transfer_count(row, count, masked, jnp.sum(remask, axis=-1), scores, plan, rule,
                           last_step)
       unmask = masked & top_count(_ranked(scores, masked), k)
+      logp = (jnp.where(unmask, token_logp(logits, x0, mask_id), 0.0) if needs.logp
+              else jnp.zeros((), jnp.float32))
       return (jnp.where(unmask, x0, z_w), jnp.where(unmask, scores, track_w), unmask,
-              jnp.any(bad & masked, axis=-1), cache)
+              jnp.any(bad & masked, axis=-1), cache, x0, logp)
 
     def skip():
-      return z_w, track_w, jnp.zeros_like(masked), jnp.zeros_like(carry.nonfinite), carry.cache
+      return (z_w, track_w, jnp.zeros_like(masked), jnp.zeros_like(carry.nonfinite),
+              carry.cache, z_w, jnp.zeros(masked.shape if needs.logp else (), jnp.float32))
 
-    z_w, track_w, unmask, bad, cache = jax.lax.cond(jnp.any(masked), decode, skip)
+    called = jnp.any(masked)
+    z_w, track_w, unmask, bad, cache, x0, logp = jax.lax.cond(called, decode, skip)
     z = _scatter(z, geometry.positions, geometry.valid, z_w)
     track = _scatter(carry.track, geometry.positions, geometry.valid, track_w)
     if rule.eos_id >= 0:
       z = jnp.where(last_step, _stop_at_eos(z, start, rule.eos_id), z)
-    out = None
-    if record:
-      out = (z, _scatter(jnp.zeros_like(z, bool), geometry.positions, geometry.valid, unmask),
-             _scatter(jnp.zeros_like(z, bool), geometry.positions, geometry.valid, remask))
+    in_block = lambda values, base: _scatter(base, geometry.positions, geometry.valid, values)
+    out = StepOut(z, in_block(unmask, jnp.zeros_like(z, bool)),
+                  in_block(remask, jnp.zeros_like(z, bool)), called, last_step,
+                  in_block(logp, jnp.zeros(z.shape, jnp.float32)) if needs.logp else None,
+                  in_block(jnp.where(z_w == mask_id, x0, z_w), z) if needs.predicted else None)
     return _Carry(z, track, count, carry.nonfinite | bad, cache), out
 
   return step
 
 
-def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, shape: RunShape):
-  """`BlockRule.run`: the whole block-decoding run, traceable, over `shape.extent` blocks of
-  steps."""
+def _start_blocks(keys, denoiser, plan: BlockPlan, prompt, shape: RunShape,
+                  needs: Needs) -> Scan:
+  """`BlockRule.start`: the block-decoding scan over `shape.extent` blocks of steps."""
   batch_size, seq_len, mask_id = shape.batch_size, shape.seq_len, shape.mask_id
-  blocks, record, on_step = shape.extent, shape.record, shape.on_step
+  blocks = shape.extent
   rule = plan.rule
   z = jnp.full((batch_size, seq_len), mask_id, jnp.int32) if prompt is None else prompt
   if shape.batch_sharding is not None:
     z = jax.lax.with_sharding_constraint(z, shape.batch_sharding)
   start = answer_start(z, mask_id)
-  keys = example_keys(key, first_index, batch_size)
   tail = min(seq_len, blocks * rule.block_length)
   model = make_window(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
   step = _make_step(model, plan, rule, start, keys, seq_len, mask_id,
-                    steps_per_block, record, on_step)
+                    steps_per_block, needs, shape.on_step)
   total = blocks * steps_per_block
   table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)
   xs = (jnp.arange(total, dtype=jnp.int32),
@@ -410,5 +415,6 @@ def run_blocks(key, denoiser, plan: BlockPlan, prompt, first_index, shape: RunSh
   carry = _Carry(z, jnp.full(z.shape, jnp.inf, jnp.float32),
                  jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), bool),
                  model.init_cache(z))
-  carry, records = jax.lax.scan(step, carry, xs)
-  return carry.z, carry.nonfinite, records
+  return Scan(carry, xs, step, lambda carry: Finish(
+      carry.z, carry.nonfinite, jnp.zeros(carry.z.shape, bool), jnp.bool_(False),
+      jnp.zeros(carry.z.shape, jnp.float32) if needs.logp else None))

@@ -10,21 +10,24 @@ never asks which kind of decoder it holds. Two decoders implement the protocol:
 - `remdm_jax.sampling.blocks.BlockRule`: semi-autoregressive block decoding (LLaDA,
   ReMDM-LLaDA, Fast-dLLM).
 
-Adding a decoder is adding a class: subclass `Decoder`, implement `run` (and whatever checks
-and sizes differ from the defaults), and give its config a `build_plan()` returning the plan
-and this rule.
+Adding a decoder is adding a class: subclass `Decoder`, implement `start` (the scan's first
+carry, its inputs, its step and what follows the scan; and whatever checks and sizes differ from
+the defaults), and give its config a `build_plan()` returning the plan and this rule. `run`
+(the plain decode) and the particle layer (`remdm_jax.particles`, which carries several
+particles per example through the same step and resamples them) are written once, over
+`start`.
 
-The random stream is shared: example `i` of a call draws only from `fold_in(key,
-first_index + i)` (`example_keys`), step `j` from `fold_in(that, j)` split into three keys
-(`step_keys`), position `p` from `fold_in(.., p)`; so tokens do not depend on the batch split
-or the device count.
+The random stream is shared: the sampler gives a decoder one key per row (`keys [B]`; example
+`i` of a call has `fold_in(key, first_index + i)`, `example_keys`), step `j` draws from
+`fold_in(that, j)` split into three keys (`step_keys`), position `p` from `fold_in(.., p)`;
+so tokens do not depend on the batch split or the device count.
 """
 
 from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable
+from typing import Any, Callable, NamedTuple
 
 import jax
 
@@ -51,19 +54,77 @@ class RunShape:
   extent: int = 0
 
 
+class Needs(NamedTuple):
+  """What a caller of `Decoder.start` reads from every step beyond the tokens (static; a plain
+  decode needs neither, so it computes neither)."""
+
+  logp: bool = False        # StepOut.logp: the log-probability of each committed token
+  predicted: bool = False   # StepOut.predicted: the step's prediction of the clean sequence
+
+
+class StepOut(NamedTuple):
+  """What one step did, for the trajectory and the particle layer (`B` rows, `L` positions)."""
+
+  z: jax.Array                   # [B, L] int32, the tokens after the step
+  unmask: jax.Array              # [B, L] bool, positions that received a token
+  remask: jax.Array              # [B, L] bool, decoded positions turned back into masks
+  called: jax.Array              # [] bool, the model ran at this step
+  boundary: jax.Array            # [] bool, the step ends a unit of the decode (a block)
+  logp: jax.Array | None         # [B, L] float32, log p(token) where unmasked (0 elsewhere)
+  predicted: jax.Array | None    # [B, L] int32, the step's clean-sequence estimate
+
+
+class Finish(NamedTuple):
+  """What follows the scan (the diffusion steps' final noise removal; nothing for a block
+  decoder), in the terms of `StepOut`."""
+
+  tokens: jax.Array              # [B, L] int32, the decoded rows
+  nonfinite: jax.Array           # [B] bool, the rows' non-finite flags of the whole run
+  unmask: jax.Array              # [B, L] bool, positions the finish decoded
+  called: jax.Array              # [] bool, the finish called the model
+  logp: jax.Array | None         # [B, L] float32, as StepOut.logp (when Needs.logp)
+
+
+class Scan(NamedTuple):
+  """A decode as one `lax.scan` (`Decoder.start`).
+
+  `carry` is a pytree whose array leaves lead with the rows (`B`, or `c * B` for `c` stacked
+  copies of the batch, as classifier-free guidance stacks its rows), except scalars, which
+  hold for the whole batch and stay true when rows are copied over others (`jnp.any` flags):
+  the particle layer resamples a carry by gathering its rows."""
+
+  carry: Any
+  xs: Any
+  step: Callable[[Any, Any], tuple[Any, StepOut]]   # (carry, x) -> (carry, StepOut)
+  finish: Callable[[Any], Finish]
+
+
 class Decoder(abc.ABC):
   """The protocol a plan's static rule implements (see the module docstring).
 
-  `run` is the scan; the other methods have defaults for a decoder without prompts rules,
-  extents or vocabulary checks.
+  `start` sets up the scan; `run` runs it. The other methods have defaults for a decoder
+  without prompt rules, extents or vocabulary checks.
   """
 
   @abc.abstractmethod
-  def run(self, key: jax.Array, denoiser, plan, prompt, first_index,
+  def start(self, keys: jax.Array, denoiser, plan, prompt, shape: RunShape,
+            needs: Needs) -> Scan:
+    """The decode as a scan, traceable: `keys [B]` (typed, one per row), `prompt` None or a
+    checked `[B, L] int32` template, `needs` what each `StepOut` must carry."""
+
+  def run(self, keys: jax.Array, denoiser, plan, prompt,
           shape: RunShape) -> tuple[jax.Array, jax.Array, tuple | None]:
-    """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
-    `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, when `shape.record`, else
-    None. `prompt` is None or a checked `[B, L] int32` template; `key` is typed."""
+    """The whole decode: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where `records`
+    is `(steps, unmasked, remasked)`, each `[n, B, L]`, when `shape.record`, else None."""
+    scan = self.start(keys, denoiser, plan, prompt, shape, Needs())
+
+    def body(carry, x):
+      carry, out = scan.step(carry, x)
+      return carry, ((out.z, out.unmask, out.remask) if shape.record else None)
+
+    carry, records = jax.lax.scan(body, scan.carry, scan.xs)
+    finish = scan.finish(carry)
+    return finish.tokens, finish.nonfinite, records
 
   @abc.abstractmethod
   def check_plan(self, plan):

@@ -19,8 +19,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from remdm_jax.sampling.decoder import Decoder, RunShape
-from remdm_jax.sampling.step_rules import example_keys, step_keys
+from remdm_jax.sampling.decoder import Decoder, Finish, Needs, RunShape, Scan, StepOut
+from remdm_jax.sampling.step_rules import step_keys
 from remdm_jax.validation import check_fields, check_range, option
 
 
@@ -30,16 +30,17 @@ class RepredictRule(Decoder):
 
   num_steps: int
 
-  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
+  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
     batch, length, mask_id = shape.batch_size, shape.seq_len, shape.mask_id
     z = jnp.full((batch, length), mask_id, jnp.int32) if prompt is None else prompt
     maskable = z == mask_id                                           # [B, L] bool
     count = jnp.sum(maskable, axis=1)                                 # [B]
-    keys = example_keys(key, first_index, batch)
     steps = self.num_steps
 
     def step(carry, j):
       z, nonfinite = carry
+      if shape.on_step is not None:
+        jax.debug.callback(shape.on_step, j)
       t = steps - 1 - j
       logits = denoiser(z, jnp.full((batch,), (t + 1) / steps, jnp.float32))
       nonfinite = nonfinite | ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
@@ -51,11 +52,15 @@ class RepredictRule(Decoder):
       rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)          # 0: least confident
       remask = rank < (count * t // steps)[:, None]
       new = jnp.where(remask, mask_id, x0)
-      return (new, nonfinite), ((new, maskable & ~remask, remask) if shape.record else None)
+      kept = maskable & ~remask
+      logp = jnp.where(kept, jnp.max(log_probs, -1), 0.0) if needs.logp else None
+      return (new, nonfinite), StepOut(new, kept, remask, jnp.bool_(True), jnp.bool_(True),
+                                       logp, x0 if needs.predicted else None)
 
-    (tokens, nonfinite), records = jax.lax.scan(
-        step, (z, jnp.zeros((batch,), bool)), jnp.arange(steps))
-    return tokens, nonfinite, records
+    finish = lambda carry: Finish(carry[0], carry[1], jnp.zeros((batch, length), bool),
+                                  jnp.bool_(False), jnp.zeros((batch, length), jnp.float32)
+                                  if needs.logp else None)
+    return Scan((z, jnp.zeros((batch,), bool)), jnp.arange(steps), step, finish)
 
   def check_plan(self, plan):
     if not isinstance(plan.gumbel_temperature, jax.core.Tracer):

@@ -36,6 +36,7 @@ from remdm_jax.sampling.checks import (NonFiniteLogitsError, as_typed_key, check
 from remdm_jax.sampling.config import SamplerConfig
 from remdm_jax.sampling.decoder import RunShape
 from remdm_jax.sampling.plan import Plan, StepRule, build_plan, check_plan, rule_differences
+from remdm_jax.sampling.step_rules import example_keys
 from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.validation import ArgumentTypeError, coerce
 
@@ -48,7 +49,8 @@ def _run(key, denoiser: Denoiser, plan, prompt, first_index, *, shape: RunShape)
   a checked `[B, L] int32` template. The plan's own decoder (`plan.rule`) runs it."""
   vocab_size = check_output(denoiser, shape.batch_size, shape.seq_len, shape.mask_id)
   plan.rule.check_vocab(vocab_size)
-  tokens, nonfinite, records = plan.rule.run(key, denoiser, plan, prompt, first_index, shape)
+  keys = example_keys(key, first_index, shape.batch_size)
+  tokens, nonfinite, records = plan.rule.run(keys, denoiser, plan, prompt, shape)
   sharding = shape.batch_sharding
   if isinstance(sharding, jax.sharding.NamedSharding):   # every process reads all flags
     nonfinite = jax.lax.with_sharding_constraint(

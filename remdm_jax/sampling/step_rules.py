@@ -112,23 +112,35 @@ def draw_at(token_keys: jax.Array, probs: jax.Array,
                                                         probs)
 
 
-def _draw_positions(token_keys, logits, positions, plan, rule, mask_id):
+def token_logp(logits: jax.Array, ids: jax.Array, mask_id: int) -> jax.Array:
+  """The model's own log-probability of `ids`: SUBS at temperature 1, no top-p;
+  `[..., V], [...] int32 -> [...] float32`."""
+  log_probs = subs_log_probs(logits, mask_id)
+  return jnp.take_along_axis(log_probs, ids[..., None], axis=-1)[..., 0]
+
+
+def _draw_positions(token_keys, logits, positions, plan, rule, mask_id, with_logp=False):
   """x_theta and one draw for each row of `logits [B, C, V]` (`draw_at`).
 
-  Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`."""
+  Returns `(ids [B, C] int32, prob [B, C] f32, nonfinite [B, C] bool)`, and with
+  `with_logp` the ids' `token_logp [B, C] f32` after them."""
   probs, nonfinite = _x_theta(logits, plan, rule, mask_id)                     # [B, C, V]
-  return (*draw_at(token_keys, probs, positions), nonfinite)
+  ids, prob = draw_at(token_keys, probs, positions)
+  if with_logp:
+    return ids, prob, nonfinite, token_logp(logits, ids, mask_id)
+  return ids, prob, nonfinite
 
 
-def draw_all(token_keys, logits, plan, rule, mask_id):
+def draw_all(token_keys, logits, plan, rule, mask_id, with_logp=False):
   """Draws for every position (the rank rule needs them all); with `rule.position_chunk = C`
-  for C positions at a time, so only `[B, C, V]` temporaries are live."""
+  for C positions at a time, so only `[B, C, V]` temporaries are live. Returns as
+  `_draw_positions` over `[B, L]`."""
   batch, length = logits.shape[:2]
   chunk = rule.position_chunk or length
 
   def part(start, logits_part):
     positions = jnp.broadcast_to(start + jnp.arange(chunk, dtype=jnp.int32), (batch, chunk))
-    return _draw_positions(token_keys, logits_part, positions, plan, rule, mask_id)
+    return _draw_positions(token_keys, logits_part, positions, plan, rule, mask_id, with_logp)
 
   if chunk == length:
     return part(0, logits)
@@ -140,7 +152,8 @@ def draw_all(token_keys, logits, plan, rule, mask_id):
                  for whole, piece in zip(out, new))
 
   init = (jnp.zeros((batch, length), jnp.int32), jnp.zeros((batch, length), jnp.float32),
-          jnp.zeros((batch, length), bool))
+          jnp.zeros((batch, length), bool)) + ((jnp.zeros((batch, length), jnp.float32),)
+                                               if with_logp else ())
   return jax.lax.fori_loop(0, length // chunk, body, init)
 
 
@@ -155,14 +168,15 @@ def draw_capacity(rule, seq_len: int) -> int:
   return min(seq_len, int(np.ceil(mean + 4.0 * np.sqrt(mean) + 8.0)))
 
 
-def draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id):
+def draw_selected(token_keys, rows_at, selected, capacity, plan, rule, mask_id,
+                  with_logp=False):
   """Draws only at `selected [B, L]` positions, `rows_at(positions [B, K]) -> logits
   [B, K, V]` giving their rows, with the same per-position keys as `draw_all`.
 
-  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)`, meaningful where
-  `selected` (0, 0 and False elsewhere)."""
+  Returns `(ids [B, L] int32, prob [B, L] f32, nonfinite [B, L] bool)` (and `token_logp`
+  with `with_logp`), meaningful where `selected` (0, 0 and False elsewhere)."""
   compute = lambda positions: _draw_positions(token_keys, rows_at(positions), positions, plan,
-                                              rule, mask_id)
+                                              rule, mask_id, with_logp)
   return in_rounds(selected, capacity, compute)
 
 

@@ -28,10 +28,10 @@ import numpy as np
 
 from remdm_jax import schedules
 from remdm_jax.diffusion import sigma_max
-from remdm_jax.sampling.decoder import Decoder, RunShape
+from remdm_jax.sampling.decoder import Decoder, Finish, Needs, RunShape, Scan, StepOut
 from remdm_jax.sampling.rounds import in_rounds
-from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, example_keys,
-                                           greedy, select_bernoulli, select_rank, step_keys)
+from remdm_jax.sampling.step_rules import (draw_all, draw_capacity, draw_selected, greedy,
+                                           select_bernoulli, select_rank, step_keys, token_logp)
 from remdm_jax.sampling.strategies import safe_div
 from remdm_jax.validation import check_scalar
 
@@ -64,8 +64,8 @@ class StepRule(Decoder):
   unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
   draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
 
-  def run(self, key, denoiser, plan, prompt, first_index, shape: RunShape):
-    return _run_steps(key, denoiser, plan, prompt, first_index, shape)
+  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+    return _start_steps(keys, denoiser, plan, prompt, shape, needs)
 
   def check_plan(self, plan):
     """Concrete `top_p` in (0, 1], `temperature` in (0, inf), `t_final` in [0, 1)."""
@@ -143,39 +143,60 @@ class _Context(NamedTuple):
   mask_id: int
   capacity: int         # positions drawn per example per round (Bernoulli rules)
   split: bool           # the step computed features of a split denoiser
+  needs: Needs          # what each StepOut carries beyond the tokens
 
 
-def _rank_transition(ctx: _Context, keys, row, z, psi, computed, t):
-  """Confidence ranking: every masked position is drawn, then the most confident unmask.
-  Returns `(unmask, remask, tokens, token_prob, bad)`, each `[B, L]`."""
+class _Transition(NamedTuple):
+  """What a step's rule decided, each `[B, L]`."""
+
+  unmask: jax.Array     # bool
+  remask: jax.Array     # bool
+  tokens: jax.Array     # int32, meaningful where unmask
+  token_prob: jax.Array  # float32, x_theta's probability of the token
+  bad: jax.Array        # bool, a drawn row had no distribution
+  logp: jax.Array | None  # float32, token_logp (when ctx.needs.logp)
+
+
+def _rank_transition(ctx: _Context, keys, row, z, psi, computed, t) -> _Transition:
+  """Confidence ranking: every masked position is drawn, then the most confident unmask."""
   rule = ctx.plan.rule
-  tokens, token_prob, bad = draw_all(keys[:, 2], computed, ctx.plan, rule, ctx.mask_id)
+  tokens, token_prob, bad, *logp = draw_all(keys[:, 2], computed, ctx.plan, rule, ctx.mask_id,
+                                            ctx.needs.logp)
   unmask, remask = select_rank(keys, row, z, ctx.fixed, ctx.mask_id, psi, token_prob)
-  return unmask, remask, tokens, token_prob, bad & (z == ctx.mask_id)
+  return _Transition(unmask, remask, tokens, token_prob, bad & (z == ctx.mask_id),
+                     *(logp or [None]))
 
 
-def _bernoulli_transition(ctx: _Context, keys, row, z, psi, computed, t):
+def _bernoulli_transition(ctx: _Context, keys, row, z, psi, computed, t) -> _Transition:
   """Eq. 6 coin flips first, then draws only where a token is unmasked (a split denoiser's
-  head runs on those rows only). Returns as `_rank_transition`."""
+  head runs on those rows only)."""
   rule = ctx.plan.rule
   unmask, remask = select_bernoulli(keys, row, rule, z, ctx.fixed, ctx.mask_id, psi)
   rows_at = _row_reader(ctx.denoiser, computed, t, ctx.split, rule)
-  tokens, token_prob, bad = draw_selected(keys[:, 2], rows_at, unmask, ctx.capacity,
-                                          ctx.plan, rule, ctx.mask_id)
-  return unmask, remask, tokens, token_prob, bad & unmask
+  tokens, token_prob, bad, *logp = draw_selected(keys[:, 2], rows_at, unmask, ctx.capacity,
+                                                 ctx.plan, rule, ctx.mask_id, ctx.needs.logp)
+  return _Transition(unmask, remask, tokens, token_prob, bad & unmask, *(logp or [None]))
 
 
 _TRANSITIONS: dict[str, Callable] = {"rank": _rank_transition,
                                      "bernoulli": _bernoulli_transition}
 
 
-def make_step(denoiser, plan: Plan, example_keys_, fixed, mask_id: int, record: bool,
-              on_step):
+def _all_logits(ctx: _Context, computed, t) -> jax.Array:
+  """The logits `[B, L, V]` of every position from what a step computed (a split denoiser's
+  head then runs on every row)."""
+  if not ctx.split:
+    return computed
+  batch, length = computed.shape[0], ctx.fixed.shape[1]
+  positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
+  return _row_reader(ctx.denoiser, computed, t, True, ctx.plan.rule)(positions)
+
+
+def make_step(ctx: _Context, example_keys_, on_step):
   """The scan body, shared by every strategy: `step((z, psi, nonfinite, cache), (index,
-  row)) -> (carry, record)`; the transition rule is picked here, once."""
-  rule = plan.rule
-  output, split = _step_output(denoiser, rule)
-  ctx = _Context(denoiser, plan, fixed, mask_id, draw_capacity(rule, fixed.shape[1]), split)
+  row)) -> (carry, StepOut)`; the transition rule is picked here, once."""
+  rule, mask_id = ctx.plan.rule, ctx.mask_id
+  output, _ = _step_output(ctx.denoiser, rule)
   transition = _TRANSITIONS[rule.select]
 
   def step(carry, xs):
@@ -185,54 +206,69 @@ def make_step(denoiser, plan: Plan, example_keys_, fixed, mask_id: int, record: 
       jax.debug.callback(on_step, index)
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
     call = lambda: output(z, t)   # split: the trunk everywhere, the head only where drawn
+    called = jnp.bool_(True)
     if rule.cache:
-      cached, changed = cache
-      computed = jax.lax.cond(changed, call, lambda: cached)
+      cached, called = cache
+      computed = jax.lax.cond(called, call, lambda: cached)
     else:
       computed = call()
-    keys = step_keys(example_keys_, index)
-    unmask, remask, tokens, token_prob, bad = transition(ctx, keys, row, z, psi, computed, t)
-    z_next = jnp.where(unmask, tokens, jnp.where(remask, mask_id, z))
-    psi_next = jnp.where(unmask, token_prob, jnp.where(remask, 0.0, psi))
-    nonfinite = nonfinite | jnp.any(bad, axis=-1)
+    move = transition(ctx, step_keys(example_keys_, index), row, z, psi, computed, t)
+    z_next = jnp.where(move.unmask, move.tokens, jnp.where(move.remask, mask_id, z))
+    psi_next = jnp.where(move.unmask, move.token_prob, jnp.where(move.remask, 0.0, psi))
+    nonfinite = nonfinite | jnp.any(move.bad, axis=-1)
     if rule.cache:
       cache = (computed, jnp.any(z_next != z))
-    return (z_next, psi_next, nonfinite, cache), ((z_next, unmask, remask) if record else None)
+    logp = jnp.where(move.unmask, move.logp, 0.0) if ctx.needs.logp else None
+    predicted = None
+    if ctx.needs.predicted:
+      predicted = jnp.where(z_next == mask_id, greedy(_all_logits(ctx, computed, t),
+                                                      mask_id)[0], z_next)
+    out = StepOut(z_next, move.unmask, move.remask, called, jnp.bool_(True), logp, predicted)
+    return (z_next, psi_next, nonfinite, cache), out
 
   return step
 
 
-def _final_denoise(denoiser, rule, z, t_final, mask_id):
+def _final_denoise(ctx: _Context, z, t_final, nonfinite) -> Finish:
   """MDLM noise removal: still-masked positions take `argmax x_theta` (no top-p). The
   denoiser is not called at all when no position is still masked; a split denoiser's head
   runs only on the still-masked rows (in rounds of K), a plain one's logits are read whole.
+  A still-masked position with no finite largest logit (NaN, +inf or all -inf) flags its
+  row."""
+  masked = z == ctx.mask_id                                            # [B, L]
+  rule, mask_id = ctx.plan.rule, ctx.mask_id
+  output, split = _step_output(ctx.denoiser, rule)
 
-  Returns the tokens `[B, L] int32` and `[B] bool`: a still-masked position had no finite
-  largest logit (NaN, +inf or all -inf)."""
-  masked = z == mask_id                                                # [B, L]
-  output, split = _step_output(denoiser, rule)
+  def decode(logits):
+    best, bad = greedy(logits, mask_id)
+    return (best, bad) + ((token_logp(logits, best, mask_id),) if ctx.needs.logp else ())
 
   def remove():
     t = jnp.full(z.shape[:1], t_final, jnp.float32)
     computed = output(z, t)
     if split:
-      rows_at = _row_reader(denoiser, computed, t, split, rule)
-      best, bad = in_rounds(masked, draw_capacity(rule, z.shape[1]),
-                            lambda positions: greedy(rows_at(positions), mask_id))
+      rows_at = _row_reader(ctx.denoiser, computed, t, split, rule)
+      best, bad, *logp = in_rounds(masked, draw_capacity(rule, z.shape[1]),
+                                   lambda positions: decode(rows_at(positions)))
     else:
-      best, bad = greedy(computed, mask_id)
-    return jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1)
+      best, bad, *logp = decode(computed)
+    return (jnp.where(masked, best, z), jnp.any(masked & bad, axis=-1),
+            *[jnp.where(masked, v, 0.0) for v in logp])
 
-  return jax.lax.cond(jnp.any(masked), remove,
-                      lambda: (z, jnp.zeros(z.shape[:1], bool)))
+  def keep():
+    return (z, jnp.zeros(z.shape[:1], bool)) + ((jnp.zeros(z.shape, jnp.float32),)
+                                                if ctx.needs.logp else ())
+
+  called = jnp.any(masked)
+  tokens, bad, *logp = jax.lax.cond(called, remove, keep)
+  return Finish(tokens, nonfinite | bad, masked, called, *(logp or [None]))
 
 
-def _run_steps(key, denoiser, plan: Plan, prompt, first_index, shape: RunShape):
-  """`StepRule.run`: the scan over the table, then the final noise removal."""
+def _start_steps(keys, denoiser, plan: Plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+  """`StepRule.start`: the scan over the table, then the final noise removal."""
   rule, batch_size, mask_id = plan.rule, shape.batch_size, shape.mask_id
   z = (jnp.full((batch_size, shape.seq_len), mask_id, jnp.int32) if prompt is None
        else prompt)
-  keys = example_keys(key, first_index, batch_size)
   psi = jnp.zeros(z.shape, jnp.float32)
   if shape.batch_sharding is not None:
     z, psi = jax.lax.with_sharding_constraint((z, psi), shape.batch_sharding)
@@ -242,13 +278,13 @@ def _run_steps(key, denoiser, plan: Plan, prompt, first_index, shape: RunShape):
     out = jax.eval_shape(_step_output(denoiser, rule)[0], z,
                          jnp.zeros((batch_size,), jnp.float32))
     cache = (jnp.zeros(out.shape, out.dtype), jnp.bool_(True))
-  step = make_step(denoiser, plan, keys, fixed, mask_id, shape.record, shape.on_step)
+  ctx = _Context(denoiser, plan, fixed, mask_id, draw_capacity(rule, fixed.shape[1]),
+                 _step_output(denoiser, rule)[1], needs)
   num_steps = plan.table.t.shape[0]
-  nonfinite = jnp.zeros((batch_size,), bool)
-  (z, _, nonfinite, _), records = jax.lax.scan(
-      step, (z, psi, nonfinite, cache), (jnp.arange(num_steps, dtype=jnp.int32), plan.table))
-  tokens, final_nonfinite = _final_denoise(denoiser, rule, z, plan.t_final, mask_id)
-  return tokens, nonfinite | final_nonfinite, records
+  carry = (z, psi, jnp.zeros((batch_size,), bool), cache)
+  return Scan(carry, (jnp.arange(num_steps, dtype=jnp.int32), plan.table),
+              make_step(ctx, keys, shape.on_step),
+              lambda carry: _final_denoise(ctx, carry[0], plan.t_final, carry[2]))
 
 
 def _host_table(cfg) -> tuple[dict, float]:
