@@ -13,7 +13,7 @@ no orbax, tensorflow-datasets, `tokenizers` or RDKit: `load_model` and `save_mod
 checkpoint code (orbax) when first used.
 """
 
-from remdm_jax import eval, families
+from remdm_jax import eval, families, particles
 from remdm_jax.denoiser import Classifier, Denoiser
 from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_guidance,
                                 classifier_guidance)
@@ -49,6 +49,6 @@ __all__ = [
     "NonFiniteLogitsError", "Plan", "Rescale", "STRATEGIES", "Sampler", "SamplerConfig",
     "StepRule", "StepTable", "Strategy", "Topk", "Trajectory", "build_plan", "build_table",
     "classifier_free_guidance", "classifier_guidance", "eval", "families", "get_schedule",
-    "load_model", "losses", "make_sampler", "sample", "sample_with_plan", "sampler_config",
+    "load_model", "losses", "make_sampler", "particles", "sample", "sample_with_plan", "sampler_config",
     "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

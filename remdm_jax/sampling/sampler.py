@@ -31,6 +31,7 @@ import jax
 import numpy as np
 
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
+from remdm_jax.sampling.particles import Particles, check_particles, run_particles
 from remdm_jax.sampling.checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
                                        check_prompt, check_sizes, raise_nonfinite)
 from remdm_jax.sampling.config import SamplerConfig
@@ -43,35 +44,53 @@ from remdm_jax.validation import ArgumentTypeError, coerce
 __all__ = ["NonFiniteLogitsError", "Sampler", "make_sampler", "sample", "sample_with_plan"]
 
 
-def _run(key, denoiser: Denoiser, plan, prompt, first_index, *, shape: RunShape):
-  """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where
-  `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None. `prompt` is None or
-  a checked `[B, L] int32` template. The plan's own decoder (`plan.rule`) runs it."""
+def _run(key, denoiser: Denoiser, plan, prompt, first_index, *, shape: RunShape,
+         particles: Particles | None = None):
+  """The whole run, traceable: `(tokens [B, L] int32, nonfinite [B] bool, records, every)`,
+  where `records` is `(steps, unmasked, remasked)`, each `[n, B, L]`, or None, and `every`
+  the `ParticleResult` of a particle run (else None). `prompt` is None or a checked
+  `[B, L] int32` template. The plan's own decoder (`plan.rule`) runs it, under `particles`
+  when given."""
   vocab_size = check_output(denoiser, shape.batch_size, shape.seq_len, shape.mask_id)
   plan.rule.check_vocab(vocab_size)
   keys = example_keys(key, first_index, shape.batch_size)
-  tokens, nonfinite, records = plan.rule.run(keys, denoiser, plan, prompt, shape)
+  every = None
+  if particles is None:
+    tokens, nonfinite, records = plan.rule.run(keys, denoiser, plan, prompt, shape)
+  else:
+    every = run_particles(particles, plan.rule, keys, denoiser, plan, prompt, shape)
+    tokens, nonfinite, records = every.tokens, every.nonfinite, None
   sharding = shape.batch_sharding
   if isinstance(sharding, jax.sharding.NamedSharding):   # every process reads all flags
     nonfinite = jax.lax.with_sharding_constraint(
         nonfinite, jax.sharding.NamedSharding(sharding.mesh, jax.sharding.PartitionSpec()))
-  return tokens, nonfinite, records
+  return tokens, nonfinite, records, every
 
 
-_jitted_run = jax.jit(_run, static_argnames=("shape",))
+_jitted_run = jax.jit(_run, static_argnames=("shape", "particles"))
 
 
-def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step) -> None:
-  """The run's options: a sharding or None, two booleans, a callable or None."""
+def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step,
+                   particles=None, return_particles=False) -> None:
+  """The run's options: a sharding or None, booleans, a callable or None, a particle method
+  or None (`return_particles` needs one; trajectories are of a plain decode)."""
   if batch_sharding is not None and not isinstance(batch_sharding, jax.sharding.Sharding):
     raise ArgumentTypeError(f"batch_sharding must be a jax.sharding.Sharding (e.g. "
                             f"NamedSharding(mesh, P('data'))) or None, got "
                             f"{type(batch_sharding).__name__}")
   coerce("return_trajectory", return_trajectory, bool)
   coerce("return_nonfinite", return_nonfinite, bool)
+  coerce("return_particles", return_particles, bool)
   if on_step is not None and not callable(on_step):
     raise ArgumentTypeError(f"on_step must be a function of the step or None, got "
                             f"{on_step!r:.60}")
+  if check_particles(particles) is None and return_particles:
+    raise ValueError("return_particles=True needs particles (e.g. "
+                     "particles=remdm_jax.particles.Smc(4))")
+  if particles is not None and return_trajectory:
+    raise ValueError("return_trajectory is not available with particles (a particle's "
+                     "history is spread over the rows it was resampled from); pass "
+                     "return_particles=True for every particle's tokens and weights")
 
 
 def _check_call(denoiser: Denoiser, shape: RunShape, rule) -> None:
@@ -80,14 +99,16 @@ def _check_call(denoiser: Denoiser, shape: RunShape, rule) -> None:
   rule.check_call(denoiser, shape)
 
 
-def _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
-            return_nonfinite):
+def _result(tokens, nonfinite, records, every, plan, first_index, return_trajectory,
+            return_nonfinite, return_particles=False):
   """The documented return value; raises `NonFiniteLogitsError` unless `return_nonfinite`."""
   if not return_nonfinite:
     if isinstance(nonfinite, jax.core.Tracer):
       jax.debug.callback(raise_nonfinite, nonfinite, first_index)
     else:
       raise_nonfinite(nonfinite, first_index)
+  if return_particles:
+    return every
   if return_trajectory:
     return Trajectory(tokens, *records, plan.rule.times(plan, records[0].shape[0]), nonfinite)
   return (tokens, nonfinite) if return_nonfinite else tokens
@@ -98,7 +119,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
                      prompt: jax.Array | None = None, first_index=0,
                      batch_sharding: jax.sharding.Sharding | None = None,
                      return_trajectory: bool = False, return_nonfinite: bool = False,
-                     on_step: Callable[[jax.Array], None] | None = None):
+                     on_step: Callable[[jax.Array], None] | None = None,
+                     particles: Particles | None = None, return_particles: bool = False):
   """`sample` with a prebuilt plan, for use inside a user's own `jax.jit`: pass `plan` as a
   jit argument to sweep eta, top_p or temperature without recompiling. Arguments and results
   as in `sample`; this function does not compile by itself (`make_sampler` does).
@@ -112,7 +134,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   tokens.
   """
   plan = check_plan(plan)
-  _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
+  _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step, particles,
+                 return_particles)
   if rule is not None and rule != plan.rule:
     differences = rule_differences(dataclasses.replace(plan, rule=rule), plan)
     raise ValueError(f"rule is not the plan's own ({'; '.join(differences)}, rule -> "
@@ -127,10 +150,10 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
     prompt = check_prompt(prompt, batch_size, seq_len,
                           lambda: check_output(denoiser, batch_size, seq_len, mask_id))
   shape = dataclasses.replace(shape, extent=rule.extent(prompt, shape))
-  tokens, nonfinite, records = _run(as_typed_key(key), denoiser, plan, prompt, first_index,
-                                    shape=shape)
-  return _result(tokens, nonfinite, records, plan, first_index, return_trajectory,
-                 return_nonfinite)
+  outputs = _run(as_typed_key(key), denoiser, plan, prompt, first_index, shape=shape,
+                 particles=particles)
+  return _result(*outputs, plan, first_index, return_trajectory, return_nonfinite,
+                 return_particles)
 
 
 class Sampler:
@@ -144,9 +167,12 @@ class Sampler:
 
   def __init__(self, denoiser, config: SamplerConfig, *, batch_size: int, seq_len: int,
                mask_id: int, batch_sharding=None, return_trajectory: bool = False,
-               return_nonfinite: bool = False, on_step=None):
+               return_nonfinite: bool = False, on_step=None, particles=None,
+               return_particles: bool = False):
     self.denoiser = ensure_denoiser(denoiser)
-    _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step)
+    _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step, particles,
+                   return_particles)
+    self.particles, self.return_particles = particles, return_particles
     self.plan, self.rule = build_plan(config)
     self.shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
                           on_step)
@@ -219,7 +245,8 @@ class Sampler:
     if abstract_key:
       arguments = (key,) + arguments[1:]
     shape = self._shape_for(arguments[3])
-    self._compiled = _jitted_run.lower(*arguments, shape=shape).compile()
+    self._compiled = _jitted_run.lower(*arguments, shape=shape,
+                                       particles=self.particles).compile()
     self._compiled_extent = shape.extent
     return self
 
@@ -261,16 +288,17 @@ class Sampler:
     shape = self._shape_for(arguments[3])
     if (self._compiled is not None and not traced
         and shape.extent <= self._compiled_extent):   # a smaller extent: its work is skipped
-      tokens, nonfinite, records = self._compiled(*arguments)
+      outputs = self._compiled(*arguments)
     else:
-      tokens, nonfinite, records = _jitted_run(*arguments, shape=shape)
-    return _result(tokens, nonfinite, records, arguments[2], first_index,
-                   self.return_trajectory, self.return_nonfinite)
+      outputs = _jitted_run(*arguments, shape=shape, particles=self.particles)
+    return _result(*outputs, arguments[2], first_index, self.return_trajectory,
+                   self.return_nonfinite, self.return_particles)
 
 
 def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: int,
                  mask_id: int, batch_sharding=None, return_trajectory: bool = False,
-                 return_nonfinite: bool = False, on_step=None) -> Sampler:
+                 return_nonfinite: bool = False, on_step=None, particles=None,
+                 return_particles: bool = False) -> Sampler:
   """The one compiled path: a sampler whose parameters, key, prompt, plan and first index are
   arguments of one jitted run.
 
@@ -283,6 +311,7 @@ def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: i
       `return_trajectory`, `return_nonfinite`).
     on_step: optional host callback `on_step(step)` as each step starts (progress bars). It
       is static: a new callback compiles a new executable.
+    particles, return_particles: as in `sample` (static: another method compiles anew).
 
   Returns:
     A `Sampler`: `sampler(key, params=None, prompt=None, *, plan=None, first_index=0)`. The
@@ -306,13 +335,15 @@ def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: i
   """
   return Sampler(denoiser, config, batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
                  batch_sharding=batch_sharding, return_trajectory=return_trajectory,
-                 return_nonfinite=return_nonfinite, on_step=on_step)
+                 return_nonfinite=return_nonfinite, on_step=on_step, particles=particles,
+                 return_particles=return_particles)
 
 
 def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
            seq_len: int, mask_id: int, prompt: jax.Array | None = None, first_index=0,
            batch_sharding: jax.sharding.Sharding | None = None,
-           return_trajectory: bool = False, return_nonfinite: bool = False):
+           return_trajectory: bool = False, return_nonfinite: bool = False,
+           particles=None, return_particles: bool = False):
   """Samples sequences from a masked diffusion model with MDLM or a ReMDM strategy.
 
   Starting from all masks (or `prompt`), runs the strategy's steps (paper eq. 6) in one
@@ -340,10 +371,16 @@ def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
       unmasked and remasked, the times, the non-finite flags) instead of the tokens.
     return_nonfinite: also return `[B] bool`, True for the examples whose logits were not
       finite where a token was drawn (see Raises), instead of raising.
+    particles: None, or a method of `remdm_jax.particles` (`BestOfN(num)`, `Smc(num, ...)`):
+      `num` particles per example decoded together, weighed, resampled, and one chosen per
+      example (`Smc(1)` and `BestOfN(1)` give the plain decode's tokens).
+    return_particles: return the `remdm_jax.particles.ParticleResult` (every particle, its
+      log-weight and score, the chosen one, the model calls) instead of the tokens.
 
   Returns:
     `[B, L] int32` tokens, no `mask_id` left; with `return_nonfinite`, `(tokens, flags)`;
-    with `return_trajectory`, a `Trajectory`.
+    with `return_trajectory`, a `Trajectory`; with `return_particles`, a
+    `ParticleResult`.
 
   Raises:
     ValueError: bad sizes, key, prompt or denoiser output, or `cache=True` for a denoiser
@@ -367,5 +404,6 @@ def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
   sampler = make_sampler(denoiser, config, batch_size=batch_size, seq_len=seq_len,
                          mask_id=mask_id, batch_sharding=batch_sharding,
                          return_trajectory=return_trajectory,
-                         return_nonfinite=return_nonfinite)
+                         return_nonfinite=return_nonfinite, particles=particles,
+                         return_particles=return_particles)
   return sampler(key, prompt=prompt, first_index=first_index)

@@ -1,0 +1,240 @@
+"""Particles in the compiled sampler (`remdm_jax.particles`): one particle is the plain decode
+(diffusion steps and block decoding with the dual cache), tokens do not depend on the batch
+split or the device count, resampling draws each particle as often as its weight says
+(statistical tests, fixed keys), the self-rewarding weight is the log-probability of the
+decoded tokens (exact, on a product model), and on a product model whose tilted target
+`p(x) exp(r(x))` is enumerated exactly, reward SMC's weighted particles approach it as the
+number of particles grows."""
+
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import scipy.stats
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+import remdm_jax
+from remdm_jax.models.llada import as_denoiser
+from remdm_jax.particles import BestOfN, Smc, effective_size, resample
+from remdm_jax.sampling.particles import gather_rows
+from remdm_jax.weights.llada_io import load_llada
+from references.llada import MASK_ID, released_config, released_tensors, write_folder
+
+V, MASK, L = 4, 3, 3                       # ids 0..2, the mask 3
+LOGITS = np.array([[1.0, 0.2, -0.6, 0.0],  # position-wise logits (the mask column is ignored)
+                   [0.1, 0.8, 0.0, 0.0],
+                   [-0.3, 0.4, 0.5, 0.0]], np.float32)
+Q = np.exp(LOGITS[:, :3]) / np.exp(LOGITS[:, :3]).sum(-1, keepdims=True)   # [L, 3]
+
+
+def product(z, t):
+  """A denoiser whose samples are exactly the product of `Q`'s rows."""
+  return jnp.broadcast_to(jnp.asarray(LOGITS), z.shape + (V,))
+
+
+def all_equal(x):
+  """Reward 3 when every position holds the same id (masks never count)."""
+  return 3.0 * jnp.all((x == x[:, :1]) & (x != MASK), axis=-1).astype(jnp.float32)
+
+
+MDLM = remdm_jax.SamplerConfig(num_steps=8)
+
+
+def run(cfg, denoiser, batch, particles, *, key=0, seq_len=L, mask_id=MASK, **options):
+  return remdm_jax.sample(jax.random.key(key), denoiser, cfg, batch_size=batch,
+                          seq_len=seq_len, mask_id=mask_id, particles=particles, **options)
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+  """A tiny random LLaDA (with the key-value cache contract)."""
+  config = released_config(max_sequence_length=32)
+  folder = tmp_path_factory.mktemp("particles") / "llada"
+  write_folder(folder, config, released_tensors(config, seed=5))
+  return as_denoiser(load_llada(folder, dtype="float32"))
+
+
+def llada_prompt(batch, length=16, seed=0):
+  rng = np.random.default_rng(seed)
+  rows = np.full((batch, length), MASK_ID, np.int32)
+  for b in range(batch):
+    rows[b, :3 + b % 3] = rng.integers(0, 37, 3 + b % 3)
+  return rows
+
+
+@pytest.mark.parametrize("cfg", [
+    remdm_jax.sampler_config(strategy="cap", num_steps=8, eta=0.2, temperature=0.8),
+    remdm_jax.sampler_config(strategy="topk", num_steps=6, temperature=0.8),
+], ids=["cap", "topk"])
+@pytest.mark.parametrize("method", [Smc(1), BestOfN(1), Smc(1, reward=all_equal)],
+                         ids=["smc", "best_of_n", "reward_smc"])
+def test_one_particle_is_the_plain_decode(cfg, method):
+  plain = run(cfg, product, 5, None, key=3)
+  np.testing.assert_array_equal(run(cfg, product, 5, method, key=3), plain)
+
+
+@pytest.mark.parametrize("method", [Smc(1, every=1), BestOfN(1)], ids=["smc", "best_of_n"])
+def test_one_particle_is_the_plain_block_decode_with_the_dual_cache(tiny, method):
+  cfg = remdm_jax.sampler_config("llada", block_length=4, num_steps=2, temperature=1.0,
+                                 kv_cache="dual")
+  prompt = llada_prompt(3)
+  plain = run(cfg, tiny, 3, None, seq_len=16, mask_id=MASK_ID, prompt=prompt)
+  np.testing.assert_array_equal(
+      run(cfg, tiny, 3, method, seq_len=16, mask_id=MASK_ID, prompt=prompt), plain)
+
+
+def test_block_particles_do_not_depend_on_the_batch_and_resample_the_cache(tiny):
+  """Four particles resampled at every step (the dual cache gathered with them): a row decoded
+  alone equals its row of the batch, and the particles differ."""
+  cfg = remdm_jax.sampler_config("llada", block_length=4, num_steps=2, temperature=1.0,
+                                 kv_cache="dual")
+  method = Smc(4, every=1, ess_threshold=1.0)
+  prompt = llada_prompt(3, seed=2)
+  batch = run(cfg, tiny, 3, method, seq_len=16, mask_id=MASK_ID, prompt=prompt,
+              return_particles=True)
+  alone = run(cfg, tiny, 1, method, seq_len=16, mask_id=MASK_ID, prompt=prompt[2:3],
+              first_index=2, return_particles=True)
+  np.testing.assert_array_equal(batch.particles[2], alone.particles[0])
+  assert len({tuple(p) for p in np.asarray(batch.particles[0])}) > 1
+  assert not (np.asarray(batch.tokens) == MASK_ID).any()
+
+
+def test_tokens_do_not_depend_on_the_split_or_the_devices():
+  cfg = remdm_jax.sampler_config(strategy="cap", num_steps=8, eta=0.2)
+  method = Smc(3, reward=all_equal, resampler="systematic", every=2)
+
+  def call(batch, first, sharding=None):
+    return run(cfg, product, batch, method, key=4, first_index=first,
+               batch_sharding=sharding)
+
+  whole = call(16, 0)
+  np.testing.assert_array_equal(whole, np.concatenate([call(8, 0), call(8, 8)]))
+  sharding = NamedSharding(Mesh(np.array(jax.devices()), ("data",)), P("data"))
+  sharded = jax.jit(lambda: call(16, 0, sharding), out_shardings=sharding)()
+  assert len({s.device for s in sharded.addressable_shards}) == len(jax.devices()) == 8
+  np.testing.assert_array_equal(whole, sharded)
+
+
+@pytest.mark.parametrize("resampler", ["multinomial", "systematic"])
+def test_resampling_draws_each_particle_in_proportion_to_its_weight(resampler):
+  """20,000 resamplings of 4 particles with weights .1 .2 .3 .4: the counts pass a chi-square
+  test against 4 w (p > 0.001, fixed keys); systematic counts are floor or ceil of 4 w."""
+  weights = np.array([0.1, 0.2, 0.3, 0.4])
+  keys = jax.random.split(jax.random.key(11), 20000)
+  ancestors = np.asarray(jax.vmap(lambda k: resample(k, jnp.log(weights), resampler))(keys))
+  counts = np.stack([(ancestors == i).sum(1) for i in range(4)], axis=1)   # [draws, 4]
+  assert (counts.sum(1) == 4).all()
+  total = counts.sum(0)
+  assert scipy.stats.chisquare(total, total.sum() * weights).pvalue > 1e-3
+  if resampler == "systematic":
+    assert ((counts == np.floor(4 * weights)) | (counts == np.ceil(4 * weights))).all()
+
+
+def test_effective_size():
+  np.testing.assert_allclose(effective_size(jnp.zeros(5)), 5.0, rtol=1e-6)
+  np.testing.assert_allclose(effective_size(jnp.log(jnp.array([1.0, 0.0, 0.0]) + 1e-30)), 1.0,
+                             rtol=1e-6)
+  np.testing.assert_allclose(effective_size(jnp.log(jnp.array([0.5, 0.25, 0.25]))),
+                             1.0 / (0.25 + 2 * 0.0625), rtol=1e-6)
+
+
+def test_gather_rows_takes_stacked_copies_and_keeps_scalars():
+  rows = jnp.array([2, 2, 0], jnp.int32)
+  single = jnp.arange(6).reshape(3, 2)
+  stacked = jnp.arange(12).reshape(6, 2)          # two copies of three rows (guidance)
+  moved = gather_rows({"a": single, "b": stacked, "flag": jnp.bool_(True)}, rows)
+  np.testing.assert_array_equal(moved["a"], np.asarray(single)[[2, 2, 0]])
+  np.testing.assert_array_equal(moved["b"], np.asarray(stacked)[[2, 2, 0, 5, 5, 3]])
+  assert moved["flag"]
+  with pytest.raises(ValueError, match="must lead with the batch"):
+    gather_rows(jnp.zeros((4, 2)), rows)
+
+
+def log_q(tokens):
+  """`sum_l log Q[l, x_l]` of each row, `[N, L] -> [N]`, in float64."""
+  return np.log(Q[np.arange(L), np.asarray(tokens)]).sum(-1)
+
+
+@pytest.mark.parametrize("cfg", [
+    MDLM, remdm_jax.sampler_config("llada", block_length=3, num_steps=3, temperature=1.0)],
+    ids=["mdlm", "blocks"])
+def test_self_rewarding_weight_is_the_log_probability_of_the_tokens(cfg):
+  """Without resampling, a particle's final log-weight is the sum of the model's
+  log-probabilities of the tokens it committed: `sum_l log Q[l, x_l]` on a product model."""
+  result = run(cfg, product, 6, Smc(3, ess_threshold=0.0), return_particles=True)
+  particles = np.asarray(result.particles).reshape(-1, L)
+  np.testing.assert_allclose(np.asarray(result.log_weights).reshape(-1), log_q(particles),
+                             rtol=1e-5)
+  np.testing.assert_allclose(result.scores, result.log_weights, rtol=1e-6)
+  best = np.asarray(result.particles)[np.arange(6), np.argmax(result.scores, -1)]
+  np.testing.assert_array_equal(result.tokens, best)
+  assert int(result.nfe) == 3 * cfg.build_plan()[0].rule.trajectory_length(
+      cfg.build_plan()[0], 1)
+
+
+def tilted_target() -> dict:
+  """`p(x) exp(r(x)) / Z` over the 27 sequences, exactly."""
+  target = {}
+  for x in itertools.product(range(3), repeat=L):
+    target[x] = np.prod(Q[np.arange(L), x]) * np.exp(3.0 * (len(set(x)) == 1))
+  total = sum(target.values())
+  return {x: p / total for x, p in target.items()}
+
+
+def weighted_estimate(result) -> dict:
+  """The particles' weighted empirical measure, averaged over the examples."""
+  w = np.asarray(jax.nn.softmax(result.log_weights, axis=-1))
+  estimate = {}
+  for b, p in itertools.product(range(w.shape[0]), range(w.shape[1])):
+    x = tuple(int(i) for i in np.asarray(result.particles[b, p]))
+    estimate[x] = estimate.get(x, 0.0) + w[b, p] / w.shape[0]
+  return estimate
+
+
+@pytest.mark.slow
+def test_reward_smc_approaches_the_tilted_target_as_particles_grow():
+  """Total variation between the weighted particles (2,000 examples) and the exact tilted
+  target: about the untilted model's distance with one particle, falling as particles grow
+  (self-normalised weights are biased by O(1/P)), and below 0.04 with 128 (the Monte Carlo
+  error of 2,000 examples is about 0.02)."""
+  target = tilted_target()
+  distance = {}
+  for num in (1, 8, 128):
+    result = run(MDLM, product, 2000, Smc(num, reward=all_equal, resampler="systematic",
+                                          every=1), key=9, return_particles=True)
+    estimate = weighted_estimate(result)
+    distance[num] = 0.5 * sum(abs(target[x] - estimate.get(x, 0.0)) for x in target)
+  model = {x: np.prod(Q[np.arange(L), x]) for x in target}
+  untilted = 0.5 * sum(abs(target[x] - model[x]) for x in target)
+  assert abs(distance[1] - untilted) < 0.05, (distance, untilted)
+  assert distance[1] > distance[8] > distance[128], distance
+  assert distance[128] < 0.04, distance
+
+
+def test_best_of_n_with_a_reward_picks_the_best_particle():
+  result = run(MDLM, product, 50, BestOfN(8, reward=all_equal), key=2, return_particles=True)
+  rewards = np.asarray(all_equal(jnp.asarray(result.particles).reshape(-1, L))).reshape(50, 8)
+  np.testing.assert_array_equal(np.asarray(result.scores), rewards)
+  np.testing.assert_array_equal(np.asarray(all_equal(result.tokens)), rewards.max(-1))
+  assert (rewards.max(-1) > 0).mean() > (rewards[:, 0] > 0).mean()
+
+
+@pytest.mark.parametrize("call,message", [
+    (lambda: Smc(0), "num"),
+    (lambda: Smc(2, beta=0.0), "beta"),
+    (lambda: Smc(2, resampler="stratified"), "resampler must be one of"),
+    (lambda: Smc(2, ess_threshold=1.5), "ess_threshold"),
+    (lambda: Smc(2, choose="reward"), "needs a reward"),
+    (lambda: BestOfN(2, reward="exact"), "reward must be a function"),
+    (lambda: run(MDLM, product, 2, "smc"), "particles must be None or a method"),
+    (lambda: run(MDLM, product, 2, None, return_particles=True), "needs particles"),
+    (lambda: run(MDLM, product, 2, Smc(2), return_trajectory=True), "not available"),
+    (lambda: run(MDLM, product, 2, Smc(2, reward=lambda x: jnp.zeros((3,)))),
+     "one value per row"),
+])
+def test_bad_particle_arguments_are_refused_in_one_line(call, message):
+  with pytest.raises((ValueError, TypeError), match=message) as error:
+    call()
+  assert "\n" not in str(error.value)
