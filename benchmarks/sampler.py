@@ -23,8 +23,8 @@ import jax
 import jax.numpy as jnp
 
 import remdm_jax
-from remdm_jax.sampling import steps
 from remdm_jax.sampling import topp
+from remdm_jax.sampling.decoder import Needs, RunShape
 
 PRESETS = {
     "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4),
@@ -125,18 +125,17 @@ def bench_python_loop(args, apply, params, mask_id):
   cfg = remdm_jax.sampler_config(strategy="loop", num_steps=args.steps, eta=0.02,
                                 top_p=args.top_p, top_p_impl=args.top_p_impl)
   plan, rule = remdm_jax.build_plan(cfg)
-  z = jnp.full((args.batch, args.seq_len), mask_id, jnp.int32)
-  fixed = jnp.zeros_like(z, bool)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(args.batch))
+  shape = RunShape(args.batch, args.seq_len, mask_id)
+  start = lambda params: rule.start(keys, as_denoiser(apply, params, False), plan, None, shape,
+                                    Needs())
 
   @jax.jit
   def one_step(params, carry, index, row):
-    step = steps.make_step(as_denoiser(apply, params, False), plan, keys, fixed, mask_id,
-                           record=False, on_step=None)
-    return step(carry, (index, row))[0]
+    return start(params).step(carry, (index, row))[0]
 
   def python_loop(params):
-    carry = (z, jnp.zeros(z.shape, jnp.float32), jnp.zeros(z.shape[:1], bool), None)
+    carry = start(params).carry
     for i in range(args.steps):
       row = jax.tree.map(lambda a: a[i], plan.table)
       carry = one_step(params, carry, jnp.int32(i), row)

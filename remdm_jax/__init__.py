@@ -1,7 +1,8 @@
 """remdm_jax: masked discrete diffusion (MDLM) and ReMDM remasking samplers in JAX.
 
 The package is laid out in rooms (subpackages), each importing only what it needs:
-`sampling` (the sampler, its configs, strategies and block decoding), `models` (Flax NNX
+`sampling` (the sampler, its configs, strategies, block decoding and particles;
+`remdm_jax.particles` names the particle methods), `models` (Flax NNX
 backbones), `weights` (model folders, released checkpoints, safetensors), `text`
 (tokenizers), `data` (tensorflow-datasets pipelines), `training` (objectives and the loop),
 `parallel` (multi-process runs, sharding, folder locks), `jobs` (sampling jobs and their
@@ -49,6 +50,6 @@ __all__ = [
     "NonFiniteLogitsError", "Plan", "Rescale", "STRATEGIES", "Sampler", "SamplerConfig",
     "StepRule", "StepTable", "Strategy", "Topk", "Trajectory", "build_plan", "build_table",
     "classifier_free_guidance", "classifier_guidance", "eval", "families", "get_schedule",
-    "load_model", "losses", "make_sampler", "particles", "sample", "sample_with_plan", "sampler_config",
-    "save_model", "top_p_filter", "trajectory", "uniform_grid",
+    "load_model", "losses", "make_sampler", "particles", "sample", "sample_with_plan",
+    "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

@@ -32,6 +32,7 @@ from remdm_jax.jobs import sample_job as jobs
 from remdm_jax.parallel import locks
 from remdm_jax.jobs import shards
 from remdm_jax.sampling.config import SamplerConfig
+from remdm_jax.sampling.particles import ParticlesConfig
 from remdm_jax.registry import choice_spec
 from remdm_jax.errors import HelpRequested, not_a_command, run_cli
 from remdm_jax.models.dit import DiTConfig
@@ -335,6 +336,7 @@ SAMPLE_SECTIONS = {
     "sampler": SamplerConfig.paper_loop(),
     "job": jobs.SampleJob(),
     "guidance": guidance.NoGuidance(),
+    "particles": ParticlesConfig(),
     "dist": distributed.DistributedConfig(),
 }
 
@@ -343,13 +345,15 @@ def _sample(argv: list[str]) -> int:
   configs, rest = parse_sections(argv, SAMPLE_SECTIONS)
   if rest:
     raise UsageError(f"unexpected arguments {rest}; flags are --sampler.FIELD=, "
-                     "--job.FIELD=, --guidance.FIELD= and --dist.FIELD= (--help lists them)")
+                     "--job.FIELD=, --guidance.FIELD=, --particles.FIELD= and --dist.FIELD= "
+                     "(--help lists them)")
   job = configs["job"]
   if job.trajectory and not job.out:
     raise UsageError("--job.trajectory=true keeps each step in the records of the job folder; "
                      "set --job.out=DIR (the command line prints only the text)")
   distributed.initialize(configs["dist"])
-  result = jobs.run_sampling_job(configs["sampler"], job, configs["guidance"])
+  result = jobs.run_sampling_job(configs["sampler"], job, configs["guidance"],
+                                 particles=configs["particles"])
   if distributed.is_primary():
     for record in [] if job.quiet else result.records:
       print(f"--- sample {record['index']} ---\n{record['text']}")
@@ -359,7 +363,7 @@ def _sample(argv: list[str]) -> int:
 
 def sample_main(argv: list[str] | None = None) -> int:
   """`remdm-sample [--sampler.FIELD=...] [--job.FIELD=...] [--guidance.FIELD=...]
-  [--dist.FIELD=...]`."""
+  [--particles.FIELD=...] [--dist.FIELD=...]`."""
   return _command(_sample, argv)
 
 

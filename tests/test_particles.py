@@ -238,3 +238,17 @@ def test_bad_particle_arguments_are_refused_in_one_line(call, message):
   with pytest.raises((ValueError, TypeError), match=message) as error:
     call()
   assert "\n" not in str(error.value)
+
+
+def test_sampling_job_records_its_particles_and_refuses_other_ones(tmp_path):
+  """`remdm-sample --particles.kind=smc --particles.num=2` samples, records the method in
+  the manifest, reruns as done, and refuses another method in the same folder."""
+  from remdm_jax.cli import sample_main
+  out = tmp_path / "job"
+  flags = ["--job.num_samples=2", "--job.batch_size=2", "--sampler.num_steps=4",
+           "--job.seq_len=16", f"--job.out={out}", "--job.quiet=true"]
+  assert sample_main(flags + ["--particles.kind=smc", "--particles.num=2"]) == 0
+  manifest = remdm_jax.files.read_json(out / "manifest.json", "manifest")
+  assert manifest["particles"]["kind"] == "smc" and manifest["particles"]["num"] == 2
+  assert sample_main(flags + ["--particles.kind=smc", "--particles.num=2"]) == 0
+  assert sample_main(flags + ["--particles.kind=best_of_n", "--particles.num=2"]) != 0

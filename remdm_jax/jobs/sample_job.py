@@ -30,6 +30,7 @@ from remdm_jax.guidance import Guidance, NoGuidance, check_guidance_inputs
 from remdm_jax.models import DiT, LLaDA, NoisyClassifier, as_classifier, as_denoiser
 from remdm_jax.registry import flat_options
 from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
+from remdm_jax.sampling.particles import ParticlesConfig
 from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, shard_path,
                               shard_text)
@@ -330,10 +331,11 @@ Config = SamplerConfig | BlockConfig   # a sampling job's sampler: diffusion ste
 
 
 def run_sampling_job(cfg: Config, job: SampleJob, guidance: Guidance = NoGuidance(), *,
+                     particles: ParticlesConfig = ParticlesConfig(),
                      progress: bool = True) -> JobResult:
-  """Samples `job.num_samples` sequences from `job.model` with `cfg` (and `guidance`), sharded
-  over every device (and process), writing shards to `job.out` when set and skipping
-  finished ones.
+  """Samples `job.num_samples` sequences from `job.model` with `cfg` (and `guidance`, and
+  `particles`: one chosen sequence per sample), sharded over every device (and process),
+  writing shards to `job.out` when set and skipping finished ones.
 
   Everything is checked and the sampler compiled before the job folder is opened; a batch
   with non-finite logits stops the job before that batch is written.
@@ -348,7 +350,7 @@ def run_sampling_job(cfg: Config, job: SampleJob, guidance: Guidance = NoGuidanc
     files.check_writable_folder(job.out, "job")
   with (locks.hold(job.out, "job", primary=distributed.is_primary()) if job.out
         else contextlib.nullcontext()):
-    return _run_job(cfg, job, guidance, progress)
+    return _run_job(cfg, job, guidance, particles, progress)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -384,7 +386,8 @@ def _prompt_block(job: SampleJob, rows, seq_len: int, batch_sharding):
   return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
 
 
-def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, progress: bool) -> _Run:
+def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, particles: ParticlesConfig,
+             progress: bool) -> _Run:
   """Loads and checks the model, classifier and prompts, and compiles the sampler."""
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
@@ -401,15 +404,17 @@ def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, progress: bool) ->
   bar = StepProgress(0, progress and distributed.is_primary())
   sampler = make_sampler(denoiser, cfg, batch_size=job.batch_size, seq_len=seq_len,
                          mask_id=mask_id, batch_sharding=batch_sharding,
-                         return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar)
+                         return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar,
+                         particles=particles.method())
   key = jax.random.key(job.seed)
   widest = _widest_first(prompts, job.batch_size, mask_id)
   sampler.compile(key, params, _prompt_block(job, widest, seq_len, batch_sharding))
   return _Run(job, loaded, seq_len, texts, prompts, batch_sharding, sampler, params, key, bar)
 
 
-def _manifest(run: _Run, cfg: Config, guidance: Guidance) -> dict:
-  """What the job folder records: the model, sampler, prompts, devices and guidance."""
+def _manifest(run: _Run, cfg: Config, guidance: Guidance, particles: ParticlesConfig) -> dict:
+  """What the job folder records: the model, sampler, prompts, devices and guidance (and the
+  particle method, when there is one)."""
   job = run.job
   return {
       "model": job.model, "model_config": dataclasses.asdict(run.loaded.model.cfg),
@@ -420,7 +425,8 @@ def _manifest(run: _Run, cfg: Config, guidance: Guidance) -> dict:
       "device_count": jax.device_count(), "model_axis": job.model_axis,
       "trajectory": job.trajectory,
       "guidance": {**flat_options(guidance), "class_label": job.class_label,
-                   "classifier": job.classifier}}
+                   "classifier": job.classifier},
+      **({"particles": dataclasses.asdict(particles)} if particles.kind != "none" else {})}
 
 
 def _sample_batch(run: _Run, first: int, throughput: Throughput):
@@ -468,14 +474,14 @@ def _sample_batches(run: _Run, settings: dict, directory, digest: str | None
   return records, throughput
 
 
-def _run_job(cfg: Config, job: SampleJob, guidance: Guidance, progress: bool
-             ) -> JobResult:
+def _run_job(cfg: Config, job: SampleJob, guidance: Guidance, particles: ParticlesConfig,
+             progress: bool) -> JobResult:
   """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
   _check_job(job, guidance)
-  run = _prepare(cfg, job, guidance, progress)
+  run = _prepare(cfg, job, guidance, particles, progress)
   num_batches = len(range(0, job.num_samples, job.batch_size))
   run.bar.set_total(num_batches * run.sampler.num_steps())
-  manifest = _manifest(run, cfg, guidance)
+  manifest = _manifest(run, cfg, guidance, particles)
   directory = open_job(job.out, manifest) if job.out else None
   digest = manifest_digest(manifest) if job.out else None
   try:

@@ -176,6 +176,25 @@ def train_task_model(task_recipe: TaskRecipe, train_cfg, workdir, *, data_seed: 
   return model
 
 
+def _decoded(sampler, prompts: np.ndarray, size: int, seed: int):
+  """Each batch's sampler output for `prompts [N, L]` in batches of `size` (the last padded
+  with copies of its last row), and the number of real rows in it."""
+  for start in range(0, len(prompts), size):
+    chunk = prompts[start:start + size]
+    padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
+    yield sampler(jax.random.key(seed), prompt=padded, first_index=start), len(chunk)
+
+
+def _sampler_for(denoiser, config, rows: RowFormat, tokenizer, inputs, batch_size, **options):
+  """`(sampler, prompts [N, L] int32, batch size)` for decoding `inputs`."""
+  from remdm_jax.sampling.sampler import make_sampler
+  check_int("batch_size", batch_size, 1)
+  prompts = rows.prompts(tokenizer, inputs, tokenizer.mask_id)
+  size = min(batch_size, len(prompts))
+  return make_sampler(denoiser, config, batch_size=size, seq_len=rows.seq_len,
+                      mask_id=tokenizer.mask_id, **options), prompts, size
+
+
 def solve(denoiser, config, rows: RowFormat, tokenizer: CharTokenizer, inputs: list[str], *,
           seed: int = 0, batch_size: int = 64) -> list[str]:
   """The decoded answers to `inputs` (one per input, up to the first EOS).
@@ -183,19 +202,25 @@ def solve(denoiser, config, rows: RowFormat, tokenizer: CharTokenizer, inputs: l
   Input `i` is decoded with key `fold_in(key(seed), i)` (the sampler's per-example
   randomness through `first_index`), so an answer does not depend on the batch it was in.
   """
-  from remdm_jax.sampling.sampler import make_sampler
-  check_int("batch_size", batch_size, 1)
-  prompts = rows.prompts(tokenizer, inputs, tokenizer.mask_id)
-  size = min(batch_size, len(prompts))
-  sampler = make_sampler(denoiser, config, batch_size=size, seq_len=rows.seq_len,
-                         mask_id=tokenizer.mask_id)
-  answers = []
-  for start in range(0, len(prompts), size):
-    chunk = prompts[start:start + size]
-    padded = np.concatenate([chunk, np.repeat(chunk[-1:], size - len(chunk), 0)])
-    tokens = np.asarray(sampler(jax.random.key(seed), prompt=padded, first_index=start))
-    answers += [rows.answer(tokenizer, row) for row in tokens[:len(chunk)]]
-  return answers
+  sampler, prompts, size = _sampler_for(denoiser, config, rows, tokenizer, inputs, batch_size)
+  return [rows.answer(tokenizer, row) for tokens, real in _decoded(sampler, prompts, size, seed)
+          for row in np.asarray(tokens)[:real]]
+
+
+def solve_with_particles(denoiser, config, particles, rows: RowFormat,
+                         tokenizer: CharTokenizer, inputs: list[str], *, seed: int = 0,
+                         batch_size: int = 64) -> tuple[list[str], list[list[str]], int]:
+  """`solve` under a particle method (`remdm_jax.particles`): the chosen answers, every
+  particle's answers (`[N][P]`) and the model calls per input (NFE)."""
+  sampler, prompts, size = _sampler_for(denoiser, config, rows, tokenizer, inputs, batch_size,
+                                        particles=particles, return_particles=True)
+  chosen, every, nfe = [], [], 0
+  for result, real in _decoded(sampler, prompts, size, seed):
+    chosen += [rows.answer(tokenizer, row) for row in np.asarray(result.tokens)[:real]]
+    every += [[rows.answer(tokenizer, row) for row in example]
+              for example in np.asarray(result.particles)[:real]]
+    nfe = max(nfe, int(result.nfe))
+  return chosen, every, nfe
 
 
 SHIPPED = {"countdown": "countdown-llada", "sudoku": "sudoku-llada"}   # task -> shipped folder

@@ -46,15 +46,16 @@ from __future__ import annotations
 
 import abc
 import dataclasses
-from typing import Callable, NamedTuple
+from typing import Callable, ClassVar, NamedTuple
 
 import jax
 import jax.numpy as jnp
 
 from remdm_jax.sampling.decoder import Decoder, Needs, RunShape, StepOut
-from remdm_jax.validation import ArgumentTypeError, check_range
+from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range, option
 
-__all__ = ["BestOfN", "ParticleResult", "Particles", "Smc", "effective_size", "resample"]
+__all__ = ["BestOfN", "ParticleResult", "ParticleState", "Particles", "ParticlesConfig", "Smc",
+           "effective_size", "resample"]
 
 PARTICLE_STREAM = 0xFFFFFFFF   # fold_in data of the particles' keys (no scan reaches it)
 RESAMPLE_STREAM = 0xFFFFFFFE   # fold_in data of the resampling keys
@@ -73,7 +74,7 @@ class ParticleResult(NamedTuple):
   nonfinite: jax.Array     # [B] bool, some particle's logits were not finite where drawn
 
 
-class _State(NamedTuple):
+class ParticleState(NamedTuple):
   """The particle layer's carry (rows `B * P`)."""
 
   log_w: jax.Array         # [N] float32, log-weights since the last resampling
@@ -113,7 +114,7 @@ class Particles(abc.ABC):
   def needs(self) -> Needs:
     """What the decoder's steps must report."""
 
-  def increment(self, out: StepOut, state: _State) -> tuple[jax.Array, jax.Array]:
+  def increment(self, out: StepOut, state: ParticleState) -> tuple[jax.Array, jax.Array]:
     """A step's `(incremental log-weight [N], new twist [N])`; none by default."""
     return jnp.zeros_like(state.log_w), state.twist
 
@@ -123,7 +124,7 @@ class Particles(abc.ABC):
     return None
 
   def finish_increment(self, tokens: jax.Array, logp: jax.Array,
-                       state: _State) -> jax.Array:
+                       state: ParticleState) -> jax.Array:
     """The incremental log-weight of the decoder's finish `[N]`; none by default."""
     return jnp.zeros_like(state.log_w)
 
@@ -199,7 +200,7 @@ class Smc(Particles):
     return Needs(logp=self.reward is None or self.select == "confidence",
                  predicted=self.reward is not None)
 
-  def increment(self, out: StepOut, state: _State) -> tuple[jax.Array, jax.Array]:
+  def increment(self, out: StepOut, state: ParticleState) -> tuple[jax.Array, jax.Array]:
     if self.reward is None:
       return jnp.sum(out.logp, axis=-1), state.twist
     twist = _reward(self.reward, out.predicted) / self.beta
@@ -208,10 +209,40 @@ class Smc(Particles):
   def resamples_at(self, out: StepOut, index: jax.Array) -> jax.Array:
     return out.boundary if self.every == 0 else (index + 1) % self.every == 0
 
-  def finish_increment(self, tokens, logp, state: _State) -> jax.Array:
+  def finish_increment(self, tokens, logp, state: ParticleState) -> jax.Array:
     if self.reward is None:
       return jnp.sum(logp, axis=-1)
     return _reward(self.reward, tokens) / self.beta - state.twist
+
+
+@dataclasses.dataclass(frozen=True)
+class ParticlesConfig:
+  """A particle method as flat options (`remdm-sample --particles.kind=smc
+  --particles.num=4`, a job's manifest): self-scored methods only (a reward is a function,
+  given in Python)."""
+
+  kind: str = option("none", "none | best_of_n | smc (self-rewarding)")
+  num: int = option(1, "particles per example")
+  resampler: str = option("multinomial", "smc: multinomial | systematic")
+  ess_threshold: float = option(0.5, "smc: resample when the effective size < this x num")
+  every: int = option(0, "smc: resample after every k-th step (0: at block ends, or every "
+                         "diffusion step)")
+
+  KINDS: ClassVar[tuple] = ("none", "best_of_n", "smc")
+
+  def __post_init__(self):
+    check_fields(self)
+    check_choice("particles kind", self.kind, self.KINDS)
+    self.method()   # the method's own checks
+
+  def method(self) -> Particles | None:
+    """The `Particles` method, or None for kind "none"."""
+    if self.kind == "none":
+      return None
+    if self.kind == "best_of_n":
+      return BestOfN(self.num)
+    return Smc(self.num, resampler=self.resampler, ess_threshold=self.ess_threshold,
+               every=self.every)
 
 
 def _reward(fn: Callable, tokens: jax.Array) -> jax.Array:
@@ -280,7 +311,7 @@ def gather_rows(tree, rows: jax.Array):
   return jax.tree.map(take, tree)
 
 
-def _maybe_resample(method: Particles, example_keys, index, allowed, carry, state: _State):
+def _maybe_resample(method: Particles, example_keys, index, allowed, carry, state: ParticleState):
   """Resamples the examples whose effective size is low (when `allowed`), gathering the
   decoder's carry and the layer's state; weights of resampled examples restart at 0."""
   num = method.num
@@ -300,7 +331,7 @@ def _maybe_resample(method: Particles, example_keys, index, allowed, carry, stat
   return jax.lax.cond(jnp.any(due), gather, lambda: (carry, state))
 
 
-def _choose(method: Particles, example_keys, index, tokens, state: _State):
+def _choose(method: Particles, example_keys, index, tokens, state: ParticleState):
   """`(scores [B, P], chosen [B] int32)` by `method.select`."""
   num = method.num
   if method.select == "reward":
@@ -336,14 +367,14 @@ def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, pro
   scan = decoder.start(particle_keys(keys, num), denoiser, plan, prompt, rows_shape,
                        method.needs())
   n_rows, length = batch * num, shape.seq_len
-  state = _State(jnp.zeros((n_rows,), jnp.float32), jnp.zeros((n_rows,), jnp.float32),
+  state = ParticleState(jnp.zeros((n_rows,), jnp.float32), jnp.zeros((n_rows,), jnp.float32),
                  jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0))
 
   def body(both, indexed):
     (carry, state), (index, x) = both, indexed
     carry, out = scan.step(carry, x)
     increment, twist = method.increment(out, state)
-    state = _State(state.log_w + increment, twist, _committed(state.logp, out),
+    state = ParticleState(state.log_w + increment, twist, _committed(state.logp, out),
                    state.calls + out.called.astype(jnp.int32))
     allowed = method.resamples_at(out, index)
     if allowed is not None:

@@ -192,7 +192,7 @@ def _all_logits(ctx: _Context, computed, t) -> jax.Array:
   return _row_reader(ctx.denoiser, computed, t, True, ctx.plan.rule)(positions)
 
 
-def make_step(ctx: _Context, example_keys_, on_step):
+def _make_step(ctx: _Context, example_keys_, on_step):
   """The scan body, shared by every strategy: `step((z, psi, nonfinite, cache), (index,
   row)) -> (carry, StepOut)`; the transition rule is picked here, once."""
   rule, mask_id = ctx.plan.rule, ctx.mask_id
@@ -283,7 +283,7 @@ def _start_steps(keys, denoiser, plan: Plan, prompt, shape: RunShape, needs: Nee
   num_steps = plan.table.t.shape[0]
   carry = (z, psi, jnp.zeros((batch_size,), bool), cache)
   return Scan(carry, (jnp.arange(num_steps, dtype=jnp.int32), plan.table),
-              make_step(ctx, keys, shape.on_step),
+              _make_step(ctx, keys, shape.on_step),
               lambda carry: _final_denoise(ctx, carry[0], plan.t_final, carry[2]))
 
 
