@@ -4,7 +4,9 @@
       --particles 2 4 8 --out results/countdown3_particles
 
 The base decoder is the task model's low-confidence block decoder at temperature 0.7 with one
-token per step (NFE = L, the answer length). Each particle count P adds, at NFE = P L:
+token per step (NFE = L, the answer length); at the same NFE, temporal self-consistency
+voting (`TemporalVote()` over the answers of each step's clean-sequence estimate). Each
+particle count P adds, at NFE = P L:
 best-of-P by the model's confidence, self-rewarding SMC (resampling every `--every` steps
 when the effective size is below P / 2), a majority vote over the P particles' answers, and,
 for comparison at the same NFE, ReMDM-LLaDA remasking with P L steps (one particle). The
@@ -15,7 +17,6 @@ base (one particle), and OUT/accuracy_vs_nfe.png the picture.
 """
 
 import argparse
-import collections
 import json
 import pathlib
 import sys
@@ -26,17 +27,13 @@ from remdm_jax import files
 from remdm_jax.cli import ScriptParser, check_lows
 from remdm_jax.errors import run_cli
 from remdm_jax.eval.intervals import mcnemar, wilson
+from remdm_jax.eval.voting import TemporalVote, majority
 from remdm_jax.jobs import ranking, task_models
 from remdm_jax.particles import BestOfN, Smc
 from remdm_jax.tasks import make_task, read_examples
 
 BASE = "low_confidence_t0.7"
 MORE_STEPS = "remdm_llada_1_t0.7"
-
-
-def _vote(answers: list[str]) -> str:
-  """The most frequent answer (the first seen among ties)."""
-  return collections.Counter(answers).most_common(1)[0][0]
 
 
 def _scores(args, name: str, compute) -> dict:
@@ -68,13 +65,21 @@ def _runs(args, task, model, examples) -> list[tuple[str, int, np.ndarray]]:
     name = type(method).__name__.lower()
     correct = {name: verify(chosen)}
     if isinstance(method, BestOfN):
-      correct["majority_vote"] = verify([_vote(a) for a in every])
+      correct["majority_vote"] = verify([majority(a) for a in every])
       verdicts = [[task.verify(e["input"], a) for a in answers]
                   for e, answers in zip(examples, every)]
       correct["oracle_pass_at_p"] = [any(v) for v in verdicts]
     return {"correct": correct, "nfe": nfe}
 
-  runs = [_scores(args, f"{BASE}_{length}", lambda: plain(BASE, length))]
+  def votes():
+    config = ranking.METHODS[BASE](length, length)
+    _, voted = task_models.solve_with_votes(
+        model.denoiser, config, model.rows, model.tokenizer, inputs, TemporalVote(),
+        seed=args.seed, batch_size=args.batch_size)
+    return {"correct": {"temporal_vote": verify(voted)}, "nfe": length}
+
+  runs = [_scores(args, f"{BASE}_{length}", lambda: plain(BASE, length)),
+          _scores(args, f"temporal_vote_{length}", votes)]
   for num in args.particles:
     runs.append(_scores(args, f"{MORE_STEPS}_{num * length}",
                         lambda: plain(MORE_STEPS, num * length)))

@@ -223,6 +223,22 @@ def solve_with_particles(denoiser, config, particles, rows: RowFormat,
   return chosen, every, nfe
 
 
+def solve_with_votes(denoiser, config, rows: RowFormat, tokenizer: CharTokenizer,
+                     inputs: list[str], vote, *, seed: int = 0,
+                     batch_size: int = 64) -> tuple[list[str], list[str]]:
+  """`solve`, and the answer `vote` (a `remdm_jax.eval.voting.TemporalVote`) picks from the
+  answers of each step's clean-sequence estimate: `(final answers, voted answers)`."""
+  sampler, prompts, size = _sampler_for(denoiser, config, rows, tokenizer, inputs, batch_size,
+                                        return_trajectory=True, record_predictions=True)
+  final, voted = [], []
+  for trajectory, real in _decoded(sampler, prompts, size, seed):
+    final += [rows.answer(tokenizer, row) for row in np.asarray(trajectory.tokens)[:real]]
+    predicted = np.asarray(trajectory.predicted)[:, :real]             # [n, real, L]
+    voted += [vote([rows.answer(tokenizer, row) for row in predicted[:, b]])
+              for b in range(real)]
+  return final, voted
+
+
 SHIPPED = {"countdown": "countdown-llada", "sudoku": "sudoku-llada"}   # task -> shipped folder
 
 

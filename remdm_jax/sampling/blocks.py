@@ -370,15 +370,16 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
       unmask = masked & top_count(_ranked(scores, masked), k)
       logp = (jnp.where(unmask, token_logp(logits, x0, mask_id), 0.0) if needs.logp
               else jnp.zeros((), jnp.float32))
+      estimate = greedy(logits, mask_id)[0] if needs.predicted else x0
       return (jnp.where(unmask, x0, z_w), jnp.where(unmask, scores, track_w), unmask,
-              jnp.any(bad & masked, axis=-1), cache, x0, logp)
+              jnp.any(bad & masked, axis=-1), cache, estimate, logp)
 
     def skip():
       return (z_w, track_w, jnp.zeros_like(masked), jnp.zeros_like(carry.nonfinite),
               carry.cache, z_w, jnp.zeros(masked.shape if needs.logp else (), jnp.float32))
 
     called = jnp.any(masked)
-    z_w, track_w, unmask, bad, cache, x0, logp = jax.lax.cond(called, decode, skip)
+    z_w, track_w, unmask, bad, cache, estimate, logp = jax.lax.cond(called, decode, skip)
     z = _scatter(z, geometry.positions, geometry.valid, z_w)
     track = _scatter(carry.track, geometry.positions, geometry.valid, track_w)
     if rule.eos_id >= 0:
@@ -387,7 +388,8 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
     out = StepOut(z, in_block(unmask, jnp.zeros_like(z, bool)),
                   in_block(remask, jnp.zeros_like(z, bool)), called, last_step,
                   in_block(logp, jnp.zeros(z.shape, jnp.float32)) if needs.logp else None,
-                  in_block(jnp.where(z_w == mask_id, x0, z_w), z) if needs.predicted else None)
+                  in_block(jnp.where(z_w == mask_id, estimate, z_w), z) if needs.predicted
+                  else None)
     return _Carry(z, track, count, carry.nonfinite | bad, cache), out
 
   return step

@@ -41,6 +41,8 @@ class RunShape:
     batch_sharding: sharding of `[B, L]` arrays, or None.
     record: whether the run returns the per-step records of a `Trajectory`.
     on_step: host callback `on_step(step)` as each step starts, or None.
+    predictions: the records also hold each step's clean-sequence estimate
+      (`StepOut.predicted`, `Trajectory.predicted`).
     extent: the decoder's static size beyond the shape (block decoding: the number of
       blocks the scan runs; 0 where a decoder has none, `Decoder.extent`).
   """
@@ -52,6 +54,7 @@ class RunShape:
   record: bool = False
   on_step: Callable[[jax.Array], None] | None = None
   extent: int = 0
+  predictions: bool = False
 
 
 class Needs(NamedTuple):
@@ -115,12 +118,16 @@ class Decoder(abc.ABC):
   def run(self, keys: jax.Array, denoiser, plan, prompt,
           shape: RunShape) -> tuple[jax.Array, jax.Array, tuple | None]:
     """The whole decode: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where `records`
-    is `(steps, unmasked, remasked)`, each `[n, B, L]`, when `shape.record`, else None."""
-    scan = self.start(keys, denoiser, plan, prompt, shape, Needs())
+    is `(steps, unmasked, remasked)`, each `[n, B, L]` (and `predicted` with
+    `shape.predictions`), when `shape.record`, else None."""
+    scan = self.start(keys, denoiser, plan, prompt, shape, Needs(predicted=shape.predictions))
 
     def body(carry, x):
       carry, out = scan.step(carry, x)
-      return carry, ((out.z, out.unmask, out.remask) if shape.record else None)
+      if not shape.record:
+        return carry, None
+      return carry, (out.z, out.unmask, out.remask) + ((out.predicted,) if shape.predictions
+                                                       else ())
 
     carry, records = jax.lax.scan(body, scan.carry, scan.xs)
     finish = scan.finish(carry)

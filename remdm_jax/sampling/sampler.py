@@ -71,7 +71,7 @@ _jitted_run = jax.jit(_run, static_argnames=("shape", "particles"))
 
 
 def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step,
-                   particles=None, return_particles=False) -> None:
+                   particles=None, return_particles=False, record_predictions=False) -> None:
   """The run's options: a sharding or None, booleans, a callable or None, a particle method
   or None (`return_particles` needs one; trajectories are of a plain decode)."""
   if batch_sharding is not None and not isinstance(batch_sharding, jax.sharding.Sharding):
@@ -81,6 +81,10 @@ def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step,
   coerce("return_trajectory", return_trajectory, bool)
   coerce("return_nonfinite", return_nonfinite, bool)
   coerce("return_particles", return_particles, bool)
+  coerce("record_predictions", record_predictions, bool)
+  if record_predictions and not return_trajectory:
+    raise ValueError("record_predictions=True records each step's clean-sequence estimate in "
+                     "the trajectory; pass return_trajectory=True too")
   if on_step is not None and not callable(on_step):
     raise ArgumentTypeError(f"on_step must be a function of the step or None, got "
                             f"{on_step!r:.60}")
@@ -110,7 +114,8 @@ def _result(tokens, nonfinite, records, every, plan, first_index, return_traject
   if return_particles:
     return every
   if return_trajectory:
-    return Trajectory(tokens, *records, plan.rule.times(plan, records[0].shape[0]), nonfinite)
+    return Trajectory(tokens, *records[:3], plan.rule.times(plan, records[0].shape[0]),
+                      nonfinite, *records[3:])
   return (tokens, nonfinite) if return_nonfinite else tokens
 
 
@@ -120,7 +125,8 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
                      batch_sharding: jax.sharding.Sharding | None = None,
                      return_trajectory: bool = False, return_nonfinite: bool = False,
                      on_step: Callable[[jax.Array], None] | None = None,
-                     particles: Particles | None = None, return_particles: bool = False):
+                     particles: Particles | None = None, return_particles: bool = False,
+                     record_predictions: bool = False):
   """`sample` with a prebuilt plan, for use inside a user's own `jax.jit`: pass `plan` as a
   jit argument to sweep eta, top_p or temperature without recompiling. Arguments and results
   as in `sample`; this function does not compile by itself (`make_sampler` does).
@@ -135,14 +141,15 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   """
   plan = check_plan(plan)
   _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step, particles,
-                 return_particles)
+                 return_particles, record_predictions)
   if rule is not None and rule != plan.rule:
     differences = rule_differences(dataclasses.replace(plan, rule=rule), plan)
     raise ValueError(f"rule is not the plan's own ({'; '.join(differences)}, rule -> "
                      "plan's); pass the pair that build_plan(config) returns, or no rule")
   rule = plan.rule
   denoiser = ensure_denoiser(denoiser)
-  shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory, on_step)
+  shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory, on_step,
+                   predictions=record_predictions)
   _check_call(denoiser, shape, rule)
   first_index = check_first_index(first_index, batch_size)
   rule.check_prompt(prompt)
@@ -168,14 +175,14 @@ class Sampler:
   def __init__(self, denoiser, config: SamplerConfig, *, batch_size: int, seq_len: int,
                mask_id: int, batch_sharding=None, return_trajectory: bool = False,
                return_nonfinite: bool = False, on_step=None, particles=None,
-               return_particles: bool = False):
+               return_particles: bool = False, record_predictions: bool = False):
     self.denoiser = ensure_denoiser(denoiser)
     _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step, particles,
-                   return_particles)
+                   return_particles, record_predictions)
     self.particles, self.return_particles = particles, return_particles
     self.plan, self.rule = build_plan(config)
     self.shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
-                          on_step)
+                          on_step, predictions=record_predictions)
     _check_call(self.denoiser, self.shape, self.rule)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
     self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
@@ -298,7 +305,7 @@ class Sampler:
 def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: int,
                  mask_id: int, batch_sharding=None, return_trajectory: bool = False,
                  return_nonfinite: bool = False, on_step=None, particles=None,
-                 return_particles: bool = False) -> Sampler:
+                 return_particles: bool = False, record_predictions: bool = False) -> Sampler:
   """The one compiled path: a sampler whose parameters, key, prompt, plan and first index are
   arguments of one jitted run.
 
@@ -311,7 +318,8 @@ def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: i
       `return_trajectory`, `return_nonfinite`).
     on_step: optional host callback `on_step(step)` as each step starts (progress bars). It
       is static: a new callback compiles a new executable.
-    particles, return_particles: as in `sample` (static: another method compiles anew).
+    particles, return_particles, record_predictions: as in `sample` (static: another value
+      compiles anew).
 
   Returns:
     A `Sampler`: `sampler(key, params=None, prompt=None, *, plan=None, first_index=0)`. The
@@ -336,14 +344,14 @@ def make_sampler(denoiser, config: SamplerConfig, *, batch_size: int, seq_len: i
   return Sampler(denoiser, config, batch_size=batch_size, seq_len=seq_len, mask_id=mask_id,
                  batch_sharding=batch_sharding, return_trajectory=return_trajectory,
                  return_nonfinite=return_nonfinite, on_step=on_step, particles=particles,
-                 return_particles=return_particles)
+                 return_particles=return_particles, record_predictions=record_predictions)
 
 
 def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
            seq_len: int, mask_id: int, prompt: jax.Array | None = None, first_index=0,
            batch_sharding: jax.sharding.Sharding | None = None,
            return_trajectory: bool = False, return_nonfinite: bool = False,
-           particles=None, return_particles: bool = False):
+           particles=None, return_particles: bool = False, record_predictions: bool = False):
   """Samples sequences from a masked diffusion model with MDLM or a ReMDM strategy.
 
   Starting from all masks (or `prompt`), runs the strategy's steps (paper eq. 6) in one
@@ -376,6 +384,10 @@ def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
       example (`Smc(1)` and `BestOfN(1)` give the plain decode's tokens).
     return_particles: return the `remdm_jax.particles.ParticleResult` (every particle, its
       log-weight and score, the chosen one, the model calls) instead of the tokens.
+    record_predictions: with `return_trajectory`, the trajectory's `predicted` holds each
+      step's clean-sequence estimate (its tokens, and the argmax of its logits where still
+      masked; block decoding: the current block's), for temporal voting
+      (`remdm_jax.eval.voting`). Costs the output head on every row at every step.
 
   Returns:
     `[B, L] int32` tokens, no `mask_id` left; with `return_nonfinite`, `(tokens, flags)`;
@@ -405,5 +417,6 @@ def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
                          mask_id=mask_id, batch_sharding=batch_sharding,
                          return_trajectory=return_trajectory,
                          return_nonfinite=return_nonfinite, particles=particles,
-                         return_particles=return_particles)
+                         return_particles=return_particles,
+                         record_predictions=record_predictions)
   return sampler(key, prompt=prompt, first_index=first_index)

@@ -26,6 +26,9 @@ class Trajectory(NamedTuple):
   remasked: jax.Array    # [n, B, L] bool, decoded positions turned back into masks
   t: jax.Array           # [n] float32, the time the denoiser saw at each step
   nonfinite: jax.Array   # [B] bool, examples whose logits were not finite where drawn
+  predicted: jax.Array | None = None   # [n, B, L] int32, each step's clean-sequence estimate
+                                       # (its tokens, the argmax where still masked), when
+                                       # sampled with record_predictions=True
 
 
 def render(trajectory: Trajectory, tokenizer, *, example: int = 0, every: int = 1,
