@@ -25,6 +25,7 @@ import jax.numpy as jnp
 import remdm_jax
 from remdm_jax.sampling import topp
 from remdm_jax.sampling.decoder import Needs, RunShape
+from remdm_jax.sampling.step_rules import row_step_keys
 
 PRESETS = {
     "cpu": dict(vocab=1024, seq_len=256, batch=8, steps=32, layers=4, hidden=256, heads=4),
@@ -127,12 +128,12 @@ def bench_python_loop(args, apply, params, mask_id):
   plan, rule = remdm_jax.build_plan(cfg)
   keys = jax.vmap(lambda i: jax.random.fold_in(jax.random.key(0), i))(jnp.arange(args.batch))
   shape = RunShape(args.batch, args.seq_len, mask_id)
-  start = lambda params: rule.start(keys, as_denoiser(apply, params, False), plan, None, shape,
+  start = lambda params: rule.start(as_denoiser(apply, params, False), plan, None, shape,
                                     Needs())
 
   @jax.jit
   def one_step(params, carry, index, row):
-    return start(params).step(carry, (index, row))[0]
+    return start(params).step(carry, (index, row), row_step_keys(keys, index))[0]
 
   def python_loop(params):
     carry = start(params).carry

@@ -28,11 +28,11 @@ def denoiser(z, t):
 class OneShot(Decoder):
   """Every masked position takes its argmax in one call."""
 
-  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+  def start(self, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
     z = (jnp.full((shape.batch_size, shape.seq_len), shape.mask_id, jnp.int32)
          if prompt is None else prompt)
 
-    def step(z, index):
+    def step(z, index, keys):
       logits = denoiser(z, jnp.ones((shape.batch_size,), jnp.float32))
       masked = z == shape.mask_id
       best = jnp.argmax(logits.at[..., shape.mask_id].set(-jnp.inf), axis=-1).astype(jnp.int32)

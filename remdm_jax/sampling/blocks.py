@@ -82,8 +82,8 @@ class BlockRule(Decoder):
   remask_sigma: str = "none"
   eos_id: int = -1
 
-  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
-    return _start_blocks(keys, denoiser, plan, prompt, shape, needs)
+  def start(self, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+    return _start_blocks(denoiser, plan, prompt, shape, needs)
 
   def check_plan(self, plan):
     return check_block_plan(plan)
@@ -337,20 +337,20 @@ class _Carry(NamedTuple):
   cache: object          # the model's key-value cache, or None
 
 
-def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
-               seq_len: int, mask_id: int, steps_per_block: int, needs: Needs, on_step):
+def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mask_id: int,
+               steps_per_block: int, needs: Needs, on_step):
   """The scan body over the flat table (every block's steps): `step(carry, (index, block,
-  row)) -> (carry, StepOut)`; the window (`model`), the score and the remasking rule are
+  row), keys) -> (carry, StepOut)`; the window (`model`), the score and the remasking rule are
   picked here, once."""
   score, remask_fn = SCORES[rule.score], remask_rule(rule)
 
-  def step(carry: _Carry, xs):
+  def step(carry: _Carry, xs, step_row_keys):
     index, block, row = xs
     if on_step is not None:
       jax.debug.callback(on_step, index)
     within = index % steps_per_block
     first_step, last_step = within == 0, within == steps_per_block - 1
-    keys = step_keys(example_keys, index)
+    keys = step_keys(step_row_keys)
     geometry = _geometry(start, block, rule.block_length, seq_len)
     z_w, track_w = rows(carry.z, geometry.positions), rows(carry.track, geometry.positions)
     count = jnp.where(first_step, jnp.sum(geometry.valid & (z_w == mask_id), axis=-1),
@@ -395,8 +395,7 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, example_keys,
   return step
 
 
-def _start_blocks(keys, denoiser, plan: BlockPlan, prompt, shape: RunShape,
-                  needs: Needs) -> Scan:
+def _start_blocks(denoiser, plan: BlockPlan, prompt, shape: RunShape, needs: Needs) -> Scan:
   """`BlockRule.start`: the block-decoding scan over `shape.extent` blocks of steps."""
   batch_size, seq_len, mask_id = shape.batch_size, shape.seq_len, shape.mask_id
   blocks = shape.extent
@@ -408,8 +407,8 @@ def _start_blocks(keys, denoiser, plan: BlockPlan, prompt, shape: RunShape,
   tail = min(seq_len, blocks * rule.block_length)
   model = make_window(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
-  step = _make_step(model, plan, rule, start, keys, seq_len, mask_id,
-                    steps_per_block, needs, shape.on_step)
+  step = _make_step(model, plan, rule, start, seq_len, mask_id, steps_per_block, needs,
+                    shape.on_step)
   total = blocks * steps_per_block
   table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)
   xs = (jnp.arange(total, dtype=jnp.int32),

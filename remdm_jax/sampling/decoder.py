@@ -19,7 +19,8 @@ particles per example through the same step and resamples them) are written once
 
 The random stream is shared: the sampler gives a decoder one key per row (`keys [B]`; example
 `i` of a call has `fold_in(key, first_index + i)`, `example_keys`), step `j` draws from
-`fold_in(that, j)` split into three keys (`step_keys`), position `p` from `fold_in(.., p)`;
+`fold_in(that, j)` (`row_step_keys`, what `Scan.step` receives) split into three keys
+(`step_keys`), position `p` from `fold_in(.., p)`;
 so tokens do not depend on the batch split or the device count.
 """
 
@@ -30,6 +31,9 @@ import dataclasses
 from typing import Any, Callable, NamedTuple
 
 import jax
+import jax.numpy as jnp
+
+from remdm_jax.sampling.step_rules import row_step_keys
 
 
 @dataclasses.dataclass(frozen=True)
@@ -89,7 +93,9 @@ class Finish(NamedTuple):
 
 
 class Scan(NamedTuple):
-  """A decode as one `lax.scan` (`Decoder.start`).
+  """A decode as one `lax.scan` (`Decoder.start`): `step(carry, x, keys)` is one step, `x` its
+  slice of `xs`, `keys [B]` each row's key of the step (`fold_in(row key, step index)` in a
+  plain decode, `step_rules.row_step_keys`; the particle layer may give a row another's).
 
   `carry` is a pytree whose array leaves lead with the rows (`B`, or `c * B` for `c` stacked
   copies of the batch, as classifier-free guidance stacks its rows), except scalars, which
@@ -98,8 +104,13 @@ class Scan(NamedTuple):
 
   carry: Any
   xs: Any
-  step: Callable[[Any, Any], tuple[Any, StepOut]]   # (carry, x) -> (carry, StepOut)
+  step: Callable[[Any, Any, jax.Array], tuple[Any, StepOut]]   # (carry, x, keys [B])
   finish: Callable[[Any], Finish]
+
+
+def scan_indices(scan: Scan) -> jax.Array:
+  """`[n] int32`: the index of each step of `scan` (the length of its `xs`)."""
+  return jnp.arange(jax.tree.leaves(scan.xs)[0].shape[0], dtype=jnp.int32)
 
 
 class Decoder(abc.ABC):
@@ -110,26 +121,27 @@ class Decoder(abc.ABC):
   """
 
   @abc.abstractmethod
-  def start(self, keys: jax.Array, denoiser, plan, prompt, shape: RunShape,
-            needs: Needs) -> Scan:
-    """The decode as a scan, traceable: `keys [B]` (typed, one per row), `prompt` None or a
-    checked `[B, L] int32` template, `needs` what each `StepOut` must carry."""
+  def start(self, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+    """The decode as a scan, traceable: `prompt` None or a checked `[B, L] int32` template,
+    `needs` what each `StepOut` must carry. Its randomness comes only from the keys each
+    step receives."""
 
   def run(self, keys: jax.Array, denoiser, plan, prompt,
           shape: RunShape) -> tuple[jax.Array, jax.Array, tuple | None]:
-    """The whole decode: `(tokens [B, L] int32, nonfinite [B] bool, records)`, where `records`
-    is `(steps, unmasked, remasked)`, each `[n, B, L]` (and `predicted` with
-    `shape.predictions`), when `shape.record`, else None."""
-    scan = self.start(keys, denoiser, plan, prompt, shape, Needs(predicted=shape.predictions))
+    """The whole decode of the rows whose keys are `keys [B]` (typed): `(tokens [B, L] int32,
+    nonfinite [B] bool, records)`, where `records` is `(steps, unmasked, remasked)`, each
+    `[n, B, L]` (and `predicted` with `shape.predictions`), when `shape.record`, else None."""
+    scan = self.start(denoiser, plan, prompt, shape, Needs(predicted=shape.predictions))
 
-    def body(carry, x):
-      carry, out = scan.step(carry, x)
+    def body(carry, indexed):
+      index, x = indexed
+      carry, out = scan.step(carry, x, row_step_keys(keys, index))
       if not shape.record:
         return carry, None
       return carry, (out.z, out.unmask, out.remask) + ((out.predicted,) if shape.predictions
                                                        else ())
 
-    carry, records = jax.lax.scan(body, scan.carry, scan.xs)
+    carry, records = jax.lax.scan(body, scan.carry, (scan_indices(scan), scan.xs))
     finish = scan.finish(carry)
     return finish.tokens, finish.nonfinite, records
 

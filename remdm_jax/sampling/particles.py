@@ -51,14 +51,17 @@ from typing import Callable, ClassVar, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from remdm_jax.sampling.decoder import Decoder, Needs, RunShape, StepOut
+from remdm_jax.sampling.decoder import (Decoder, Finish, Needs, RunShape, Scan, StepOut,
+                                       scan_indices)
+from remdm_jax.sampling.step_rules import row_step_keys
 from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range, option
 
-__all__ = ["BestOfN", "ParticleResult", "ParticleState", "Particles", "ParticlesConfig", "Smc",
-           "effective_size", "resample"]
+__all__ = ["BestOfN", "ParticleGibbs", "ParticleResult", "ParticleState", "Particles",
+           "ParticlesConfig", "Smc", "effective_size", "resample"]
 
 PARTICLE_STREAM = 0xFFFFFFFF   # fold_in data of the particles' keys (no scan reaches it)
 RESAMPLE_STREAM = 0xFFFFFFFE   # fold_in data of the resampling keys
+PASS_STREAM = 0xFFFFFFFD       # fold_in data of particle Gibbs' later passes' particle keys
 RESAMPLERS = ("multinomial", "systematic")
 
 
@@ -109,6 +112,11 @@ class Particles(abc.ABC):
   @property
   def reward_fn(self) -> Callable | None:
     return getattr(self, "reward", None)
+
+  @property
+  def passes(self) -> int:
+    """Decodes of the `num` particles one call runs (particle Gibbs: its iterations)."""
+    return 1
 
   @abc.abstractmethod
   def needs(self) -> Needs:
@@ -245,6 +253,30 @@ class ParticlesConfig:
                every=self.every)
 
 
+@dataclasses.dataclass(frozen=True)
+class ParticleGibbs(Smc):
+  """Particle Gibbs (Dang et al. 2025): `iterations` passes of SMC over the decode, each after
+  the first conditional on a reference, the line of ancestors drawn (by the final weights)
+  from the pass before: particle 0 of each example replays the reference's steps exactly (the
+  same step keys) and is never replaced when the others resample. The returned particle is
+  chosen from the last pass as `Smc` chooses. Costs `iterations x num` decodes.
+
+  Attributes:
+    iterations: passes, >= 1 (1: `Smc` itself, the same tokens).
+    (the others as `Smc`'s)
+  """
+
+  iterations: int = 2
+
+  def __post_init__(self):
+    super().__post_init__()
+    check_range("iterations", self.iterations, 1)
+
+  @property
+  def passes(self) -> int:
+    return self.iterations
+
+
 def _reward(fn: Callable, tokens: jax.Array) -> jax.Array:
   """`fn(tokens)` as `[N] float32`, its shape checked."""
   value = jnp.asarray(fn(tokens))
@@ -311,15 +343,28 @@ def gather_rows(tree, rows: jax.Array):
   return jax.tree.map(take, tree)
 
 
-def _maybe_resample(method: Particles, example_keys, index, allowed, carry, state: ParticleState):
+def _stream_keys(example_keys, index, pass_index):
+  """The resampling keys `[B]` of step `index` in pass `pass_index`: `fold_in(fold_in(example
+  key, RESAMPLE_STREAM), index)`, and for a later pass of particle Gibbs that folded with
+  the pass (the first pass draws as `Smc`)."""
+  keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, RESAMPLE_STREAM),
+                                               index))(example_keys)
+  return jax.vmap(lambda k: jnp.where(pass_index > 0, jax.random.key_data(
+      jax.random.fold_in(k, pass_index)), jax.random.key_data(k)))(keys)
+
+
+def _maybe_resample(method: Particles, draw_keys, allowed, conditional, carry,
+                    state: ParticleState):
   """Resamples the examples whose effective size is low (when `allowed`), gathering the
-  decoder's carry and the layer's state; weights of resampled examples restart at 0."""
+  decoder's carry and the layer's state; weights of resampled examples restart at 0. Under
+  `conditional` (`[] bool`, particle Gibbs) particle 0 of each example, the reference, keeps
+  its own row. Returns `(carry, state, ancestors [B, P] int32)`."""
   num = method.num
   log_w = state.log_w.reshape(-1, num)                                       # [B, P]
   due = allowed & (effective_size(log_w) < method.ess_threshold * num)        # [B]
-  draw_keys = jax.vmap(lambda k: jax.random.fold_in(
-      jax.random.fold_in(k, RESAMPLE_STREAM), index))(example_keys)
-  ancestors = jax.vmap(lambda k, w: resample(k, w, method.resampler))(draw_keys, log_w)
+  ancestors = jax.vmap(lambda k, w: resample(jax.random.wrap_key_data(k), w,
+                                             method.resampler))(draw_keys, log_w)
+  ancestors = ancestors.at[:, 0].set(jnp.where(conditional, 0, ancestors[:, 0]))
   ancestors = jnp.where(due[:, None], ancestors, jnp.arange(num, dtype=jnp.int32))
   rows = (jnp.arange(log_w.shape[0], dtype=jnp.int32)[:, None] * num + ancestors).reshape(-1)
 
@@ -328,23 +373,25 @@ def _maybe_resample(method: Particles, example_keys, index, allowed, carry, stat
     restart = jnp.repeat(due, num)
     return moved_carry, moved._replace(log_w=jnp.where(restart, 0.0, moved.log_w))
 
-  return jax.lax.cond(jnp.any(due), gather, lambda: (carry, state))
+  carry, state = jax.lax.cond(jnp.any(due), gather, lambda: (carry, state))
+  return carry, state, ancestors
 
 
-def _choose(method: Particles, example_keys, index, tokens, state: ParticleState):
-  """`(scores [B, P], chosen [B] int32)` by `method.select`."""
-  num = method.num
+def _scores(method: Particles, tokens, state: ParticleState) -> jax.Array:
+  """What `method.select` ranks, `[B, P]`."""
   if method.select == "reward":
-    scores = _reward(method.reward_fn, tokens).reshape(-1, num)
-  elif method.select == "confidence":
-    scores = jnp.sum(state.logp, axis=-1).reshape(-1, num)
-  else:
-    scores = state.log_w.reshape(-1, num)
+    return _reward(method.reward_fn, tokens).reshape(-1, method.num)
+  if method.select == "confidence":
+    return jnp.sum(state.logp, axis=-1).reshape(-1, method.num)
+  return state.log_w.reshape(-1, method.num)
+
+
+def _choose(method: Particles, draw_keys, scores) -> jax.Array:
+  """The chosen particle `[B] int32`: the highest score, or a draw by the weights."""
   if method.select != "weight":
-    return scores, jnp.argmax(scores, axis=-1).astype(jnp.int32)
-  keys = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, RESAMPLE_STREAM),
-                                               index))(example_keys)
-  return scores, jax.vmap(jax.random.categorical)(keys, scores).astype(jnp.int32)
+    return jnp.argmax(scores, axis=-1).astype(jnp.int32)
+  return jax.vmap(lambda k, w: jax.random.categorical(jax.random.wrap_key_data(k), w))(
+      draw_keys, scores).astype(jnp.int32)
 
 
 def _committed(logp: jax.Array, out) -> jax.Array:
@@ -356,43 +403,118 @@ def _committed(logp: jax.Array, out) -> jax.Array:
   return jnp.where(out.unmask, out.logp, jnp.where(remask, 0.0, logp))
 
 
-def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, prompt,
-                  shape: RunShape) -> ParticleResult:
-  """The decode of `B` examples as `B * P` particle rows in the decoder's scan (traceable).
-  `keys [B]` are the examples' keys, `prompt` None or a checked `[B, L]` template."""
-  num, batch = method.num, shape.batch_size
-  rows_shape = dataclasses.replace(shape, batch_size=batch * num, record=False)
-  if prompt is not None:
-    prompt = jnp.repeat(prompt, num, axis=0)
-  scan = decoder.start(particle_keys(keys, num), denoiser, plan, prompt, rows_shape,
-                       method.needs())
-  n_rows, length = batch * num, shape.seq_len
+class _Pass(NamedTuple):
+  """One (conditional) SMC pass over the decoder's scan."""
+
+  finish: Finish              # the decoded rows
+  state: ParticleState        # the weights and scores after the finish
+  ancestors: jax.Array        # [n, B, P] int32, each step's resampling (identity: none)
+
+
+def _smc_pass(method: Particles, scan: Scan, example_keys, row_keys, reference, pass_index,
+              length: int) -> _Pass:
+  """SMC over the decoder's steps. `row_keys [B P]` are the particles' keys; `reference` is
+  None, or `(key data [n, B, 2], use [] bool)`: when `use`, particle 0 of each example takes
+  the reference's step keys and is never replaced (conditional SMC, particle Gibbs)."""
+  num, n_rows = method.num, row_keys.shape[0]
   state = ParticleState(jnp.zeros((n_rows,), jnp.float32), jnp.zeros((n_rows,), jnp.float32),
-                 jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0))
+                        jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0))
+  identity = jnp.broadcast_to(jnp.arange(num, dtype=jnp.int32), (n_rows // num, num))
 
   def body(both, indexed):
     (carry, state), (index, x) = both, indexed
-    carry, out = scan.step(carry, x)
+    keys = row_step_keys(row_keys, index)
+    conditional = jnp.bool_(False)
+    if reference is not None:
+      conditional = reference[1]
+      own = jax.random.key_data(keys).reshape(n_rows // num, num, -1)
+      first = jnp.where(conditional, reference[0][index], own[:, 0])
+      keys = jax.random.wrap_key_data(own.at[:, 0].set(first).reshape(n_rows, -1))
+    carry, out = scan.step(carry, x, keys)
     increment, twist = method.increment(out, state)
     state = ParticleState(state.log_w + increment, twist, _committed(state.logp, out),
-                   state.calls + out.called.astype(jnp.int32))
+                          state.calls + out.called.astype(jnp.int32))
     allowed = method.resamples_at(out, index)
+    ancestors = identity
     if allowed is not None:
-      carry, state = _maybe_resample(method, keys, index, allowed, carry, state)
-    return (carry, state), None
+      carry, state, ancestors = _maybe_resample(
+          method, _stream_keys(example_keys, index, pass_index), allowed, conditional, carry,
+          state)
+    return (carry, state), ancestors
 
-  steps = jax.tree.leaves(scan.xs)[0].shape[0]
-  (carry, state), _ = jax.lax.scan(body, (scan.carry, state),
-                                   (jnp.arange(steps, dtype=jnp.int32), scan.xs))
+  (carry, state), ancestors = jax.lax.scan(body, (scan.carry, state),
+                                           (scan_indices(scan), scan.xs))
   finish = scan.finish(carry)
   state = state._replace(log_w=state.log_w + method.finish_increment(finish.tokens,
                                                                      finish.logp, state),
                          logp=_committed(state.logp, finish),
                          calls=state.calls + finish.called.astype(jnp.int32))
-  scores, chosen = _choose(method, keys, steps, finish.tokens, state)
-  every = finish.tokens.reshape(batch, num, length)
+  return _Pass(finish, state, ancestors)
+
+
+def _lineage_keys(ancestors, chosen, row_keys, reference, num: int) -> jax.Array:
+  """The step keys `[n, B, 2]` (key data) the chosen particle's line of ancestors ran with:
+  backwards from `chosen [B]`, the row that ran step `j` is `ancestors[j]` of the row that
+  held the line after it (its key the reference's where that row was particle 0 of a
+  conditional pass)."""
+  def back(holder, a):                       # holder [B]: the line's row after step j
+    ran = jnp.take_along_axis(a, holder[:, None], axis=1)[:, 0]
+    return ran, ran
+
+  _, ran = jax.lax.scan(back, chosen, ancestors, reverse=True)            # [n, B]
+  batch = chosen.shape[0]
+
+  def at_step(index, rows):
+    own = jax.random.key_data(row_step_keys(row_keys, index)).reshape(batch, num, -1)
+    mine = jnp.take_along_axis(own, rows[:, None, None], axis=1)[:, 0]
+    return jnp.where((rows == 0)[:, None] & reference[1], reference[0][index], mine)
+
+  return jax.vmap(at_step)(jnp.arange(ran.shape[0], dtype=jnp.int32), ran)
+
+
+def _pass_keys(keys, num: int, pass_index):
+  """Particle keys of pass `pass_index` (`particle_keys` for the first pass)."""
+  first = particle_keys(keys, num)
+  later = jax.vmap(lambda k: jax.random.fold_in(jax.random.fold_in(k, PASS_STREAM),
+                                                pass_index))(first)
+  return jax.random.wrap_key_data(jnp.where(pass_index > 0, jax.random.key_data(later),
+                                            jax.random.key_data(first)))
+
+
+def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, prompt,
+                  shape: RunShape) -> ParticleResult:
+  """The decode of `B` examples as `B * P` particle rows in the decoder's scan (traceable;
+  `method.passes` of them for particle Gibbs). `keys [B]` are the examples' keys, `prompt`
+  None or a checked `[B, L]` template."""
+  num, batch, length = method.num, shape.batch_size, shape.seq_len
+  rows_shape = dataclasses.replace(shape, batch_size=batch * num, record=False)
+  if prompt is not None:
+    prompt = jnp.repeat(prompt, num, axis=0)
+  scan = decoder.start(denoiser, plan, prompt, rows_shape, method.needs())
+  steps = scan_indices(scan).shape[0]
+  if method.passes == 1:
+    last = _smc_pass(method, scan, keys, particle_keys(keys, num), None, 0, length)
+    calls = last.state.calls
+  else:
+    def one_pass(carry, pass_index):
+      reference, calls = carry
+      row_keys = _pass_keys(keys, num, pass_index)
+      done = _smc_pass(method, scan, keys, row_keys, reference, pass_index, length)
+      weights = done.state.log_w.reshape(batch, num)
+      chosen = _choose(dataclasses.replace(method, choose="weight"),
+                       _stream_keys(keys, steps, pass_index), weights)
+      line = _lineage_keys(done.ancestors, chosen, row_keys, reference, num)
+      return ((line, jnp.bool_(True)), calls + done.state.calls), done
+
+    empty = jnp.zeros((steps, batch) + jax.random.key_data(keys).shape[1:], jnp.uint32)
+    (_, calls), passes = jax.lax.scan(one_pass, ((empty, jnp.bool_(False)), jnp.int32(0)),
+                                      jnp.arange(method.passes, dtype=jnp.int32))
+    last = jax.tree.map(lambda leaf: leaf[-1], passes)
+  scores = _scores(method, last.finish.tokens, last.state)
+  chosen = _choose(method, _stream_keys(keys, steps + 1, method.passes - 1), scores)
+  every = last.finish.tokens.reshape(batch, num, length)
   return ParticleResult(
       tokens=jnp.take_along_axis(every, chosen[:, None, None], axis=1)[:, 0],
-      particles=every, log_weights=state.log_w.reshape(batch, num), scores=scores,
-      chosen=chosen, nfe=state.calls * num,
-      nonfinite=jnp.any(finish.nonfinite.reshape(batch, num), axis=1))
+      particles=every, log_weights=last.state.log_w.reshape(batch, num), scores=scores,
+      chosen=chosen, nfe=calls * num,
+      nonfinite=jnp.any(last.finish.nonfinite.reshape(batch, num), axis=1))

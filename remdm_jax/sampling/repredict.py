@@ -30,14 +30,14 @@ class RepredictRule(Decoder):
 
   num_steps: int
 
-  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+  def start(self, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
     batch, length, mask_id = shape.batch_size, shape.seq_len, shape.mask_id
     z = jnp.full((batch, length), mask_id, jnp.int32) if prompt is None else prompt
     maskable = z == mask_id                                           # [B, L] bool
     count = jnp.sum(maskable, axis=1)                                 # [B]
     steps = self.num_steps
 
-    def step(carry, j):
+    def step(carry, j, keys):
       z, nonfinite = carry
       if shape.on_step is not None:
         jax.debug.callback(shape.on_step, j)
@@ -46,7 +46,7 @@ class RepredictRule(Decoder):
       nonfinite = nonfinite | ~jnp.all(jnp.isfinite(logits), axis=(1, 2))
       log_probs = jax.nn.log_softmax(logits.astype(jnp.float32).at[..., mask_id].set(-jnp.inf))
       x0 = jnp.where(maskable, jnp.argmax(log_probs, -1).astype(jnp.int32), z)
-      noise = jax.vmap(lambda k: jax.random.gumbel(k, (length,)))(step_keys(keys, j)[:, 1])
+      noise = jax.vmap(lambda k: jax.random.gumbel(k, (length,)))(step_keys(keys)[:, 1])
       temperature = plan.gumbel_temperature * t / steps
       score = jnp.where(maskable, jnp.max(log_probs, -1) + temperature * noise, jnp.inf)
       rank = jnp.argsort(jnp.argsort(score, axis=1), axis=1)          # 0: least confident

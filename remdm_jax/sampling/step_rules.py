@@ -36,9 +36,16 @@ def example_keys(key: jax.Array, first_index, batch_size: int) -> jax.Array:
       first_index + jnp.arange(batch_size, dtype=jnp.int32))
 
 
-def step_keys(example_keys: jax.Array, step: jax.Array) -> jax.Array:
-  """Keys `[B, 3]` (remask, unmask / score, token) of one step, derived per example."""
-  return jax.vmap(lambda k: jax.random.split(jax.random.fold_in(k, step), 3))(example_keys)
+def row_step_keys(row_keys: jax.Array, step: jax.Array) -> jax.Array:
+  """Each row's key of one step, `fold_in(row_keys[b], step)`: `[B]` keys -> `[B]` keys (what
+  a decoder's `Scan.step` receives)."""
+  return jax.vmap(lambda k: jax.random.fold_in(k, step))(row_keys)
+
+
+def step_keys(keys: jax.Array) -> jax.Array:
+  """A step's row keys `[B]` (`row_step_keys`) split by purpose: `[B, 3]` (remask, unmask /
+  score, token)."""
+  return jax.vmap(lambda k: jax.random.split(k, 3))(keys)
 
 
 def select_bernoulli(keys, row, rule, z, fixed, mask_id, psi):

@@ -64,8 +64,8 @@ class StepRule(Decoder):
   unmask_fraction: float = 1.0   # max over steps of alpha_s - alpha_t (sizes the draw rounds)
   draw_capacity: int = 0         # >0: positions drawn per example per round (else from above)
 
-  def start(self, keys, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
-    return _start_steps(keys, denoiser, plan, prompt, shape, needs)
+  def start(self, denoiser, plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+    return _start_steps(denoiser, plan, prompt, shape, needs)
 
   def check_plan(self, plan):
     """Concrete `top_p` in (0, 1], `temperature` in (0, inf), `t_final` in [0, 1)."""
@@ -192,14 +192,14 @@ def _all_logits(ctx: _Context, computed, t) -> jax.Array:
   return _row_reader(ctx.denoiser, computed, t, True, ctx.plan.rule)(positions)
 
 
-def _make_step(ctx: _Context, example_keys_, on_step):
+def _make_step(ctx: _Context, on_step):
   """The scan body, shared by every strategy: `step((z, psi, nonfinite, cache), (index,
-  row)) -> (carry, StepOut)`; the transition rule is picked here, once."""
+  row), keys) -> (carry, StepOut)`; the transition rule is picked here, once."""
   rule, mask_id = ctx.plan.rule, ctx.mask_id
   output, _ = _step_output(ctx.denoiser, rule)
   transition = _TRANSITIONS[rule.select]
 
-  def step(carry, xs):
+  def step(carry, xs, keys):
     z, psi, nonfinite, cache = carry
     index, row = xs
     if on_step is not None:
@@ -212,7 +212,7 @@ def _make_step(ctx: _Context, example_keys_, on_step):
       computed = jax.lax.cond(called, call, lambda: cached)
     else:
       computed = call()
-    move = transition(ctx, step_keys(example_keys_, index), row, z, psi, computed, t)
+    move = transition(ctx, step_keys(keys), row, z, psi, computed, t)
     z_next = jnp.where(move.unmask, move.tokens, jnp.where(move.remask, mask_id, z))
     psi_next = jnp.where(move.unmask, move.token_prob, jnp.where(move.remask, 0.0, psi))
     nonfinite = nonfinite | jnp.any(move.bad, axis=-1)
@@ -264,7 +264,7 @@ def _final_denoise(ctx: _Context, z, t_final, nonfinite) -> Finish:
   return Finish(tokens, nonfinite | bad, masked, called, *(logp or [None]))
 
 
-def _start_steps(keys, denoiser, plan: Plan, prompt, shape: RunShape, needs: Needs) -> Scan:
+def _start_steps(denoiser, plan: Plan, prompt, shape: RunShape, needs: Needs) -> Scan:
   """`StepRule.start`: the scan over the table, then the final noise removal."""
   rule, batch_size, mask_id = plan.rule, shape.batch_size, shape.mask_id
   z = (jnp.full((batch_size, shape.seq_len), mask_id, jnp.int32) if prompt is None
@@ -283,7 +283,7 @@ def _start_steps(keys, denoiser, plan: Plan, prompt, shape: RunShape, needs: Nee
   num_steps = plan.table.t.shape[0]
   carry = (z, psi, jnp.zeros((batch_size,), bool), cache)
   return Scan(carry, (jnp.arange(num_steps, dtype=jnp.int32), plan.table),
-              _make_step(ctx, keys, shape.on_step),
+              _make_step(ctx, shape.on_step),
               lambda carry: _final_denoise(ctx, carry[0], plan.t_final, carry[2]))
 
 
