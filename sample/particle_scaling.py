@@ -8,8 +8,9 @@ token per step (NFE = L, the answer length); at the same NFE, temporal self-cons
 voting (`TemporalVote()` over the answers of each step's clean-sequence estimate). Each
 particle count P adds, at NFE = P L:
 best-of-P by the model's confidence, self-rewarding SMC (resampling every `--every` steps
-when the effective size is below P / 2), a majority vote over the P particles' answers, and,
-for comparison at the same NFE, ReMDM-LLaDA remasking with P L steps (one particle). The
+when the effective size is below P / 2), a majority vote over the P particles' answers,
+particle Gibbs with 2 particles and P / 2 iterations (P >= 4), and, for comparison at the
+same NFE, ReMDM-LLaDA remasking with P L steps (one particle). The
 oracle pass@P (some particle is right, by the exact verifier) is reported apart as an upper
 bound, never as a method. Scores are kept in OUT/scores/ (a rerun skips what is done);
 OUT/table.md has accuracy, the Wilson 95% interval and McNemar's test against best-of-P's
@@ -29,7 +30,7 @@ from remdm_jax.errors import run_cli
 from remdm_jax.eval.intervals import mcnemar, wilson
 from remdm_jax.eval.voting import TemporalVote, majority
 from remdm_jax.jobs import ranking, task_models
-from remdm_jax.particles import BestOfN, Smc
+from remdm_jax.particles import BestOfN, ParticleGibbs, Smc
 from remdm_jax.tasks import make_task, read_examples
 
 BASE = "low_confidence_t0.7"
@@ -57,12 +58,12 @@ def _runs(args, task, model, examples) -> list[tuple[str, int, np.ndarray]]:
                                 seed=args.seed, batch_size=args.batch_size)
     return {"correct": {method: verify(answers)}, "nfe": nfe}
 
-  def particles(method, num):
+  def particles(method):
     config = ranking.METHODS[BASE](length, length)
     chosen, every, nfe = task_models.solve_with_particles(
         model.denoiser, config, method, model.rows, model.tokenizer, inputs, seed=args.seed,
-        batch_size=max(1, args.batch_size // num))
-    name = type(method).__name__.lower()
+        batch_size=max(1, args.batch_size // method.num))
+    name = {"BestOfN": "best_of_p", "Smc": "smc", "ParticleGibbs": "gibbs"}[type(method).__name__]
     correct = {name: verify(chosen)}
     if isinstance(method, BestOfN):
       correct["majority_vote"] = verify([majority(a) for a in every])
@@ -83,9 +84,12 @@ def _runs(args, task, model, examples) -> list[tuple[str, int, np.ndarray]]:
   for num in args.particles:
     runs.append(_scores(args, f"{MORE_STEPS}_{num * length}",
                         lambda: plain(MORE_STEPS, num * length)))
-    runs.append(_scores(args, f"best_of_{num}", lambda: particles(BestOfN(num), num)))
+    runs.append(_scores(args, f"best_of_{num}", lambda: particles(BestOfN(num))))
     runs.append(_scores(args, f"smc_{num}_every{args.every}",
-                        lambda: particles(Smc(num, every=args.every), num)))
+                        lambda: particles(Smc(num, every=args.every))))
+    if num >= 4:
+      runs.append(_scores(args, f"gibbs_2x{num // 2}_every{args.every}", lambda: particles(
+          ParticleGibbs(2, every=args.every, iterations=num // 2))))
   return [(method, run["nfe"], np.array(c, bool)) for run in runs
           for method, c in run["correct"].items()]
 

@@ -230,7 +230,8 @@ def test_best_of_n_with_a_reward_picks_the_best_particle():
     (lambda: BestOfN(2, reward="exact"), "reward must be a function"),
     (lambda: run(MDLM, product, 2, "smc"), "particles must be None or a method"),
     (lambda: run(MDLM, product, 2, None, return_particles=True), "needs particles"),
-    (lambda: run(MDLM, product, 2, Smc(2), return_trajectory=True), "not available"),
+    (lambda: run(MDLM, product, 2, Smc(2), return_trajectory=True, return_particles=True),
+     "exclusive"),
     (lambda: run(MDLM, product, 2, Smc(2, reward=lambda x: jnp.zeros((3,)))),
      "one value per row"),
 ])
@@ -311,3 +312,23 @@ def test_particle_gibbs_approaches_the_tilted_target_as_iterations_grow():
     distance[iterations] = 0.5 * sum(abs(target[x] - estimate.get(x, 0.0)) for x in target)
   assert distance[1] > distance[4] > distance[16], distance
   assert distance[16] < 0.1, distance
+
+
+@pytest.mark.parametrize("method", [Smc(1), Smc(4, every=1, ess_threshold=1.0),
+                                    BestOfN(3)], ids=["one", "resampled", "best_of_n"])
+def test_trajectory_follows_the_chosen_particles_line_of_ancestors(method):
+  """Each recorded step changes the one before it only where it unmasked or remasked, and
+  the last step's tokens are the chosen particle's (one particle: the plain trajectory)."""
+  cfg = remdm_jax.sampler_config(strategy="cap", num_steps=8, eta=0.3, temperature=0.8)
+  traced = run(cfg, product, 6, method, key=2, return_trajectory=True)
+  steps = np.asarray(traced.steps)
+  before = np.concatenate([np.full((1,) + steps.shape[1:], MASK), steps[:-1]])
+  kept = ~np.asarray(traced.unmasked) & ~np.asarray(traced.remasked)
+  np.testing.assert_array_equal(np.where(kept, steps, 0), np.where(kept, before, 0))
+  assert (steps[np.asarray(traced.remasked)] == MASK).all()
+  final = np.where(steps[-1] == MASK, traced.tokens, steps[-1])
+  np.testing.assert_array_equal(final, traced.tokens)
+  if method.num == 1:
+    plain = run(cfg, product, 6, None, key=2, return_trajectory=True)
+    for field in ("tokens", "steps", "unmasked", "remasked"):
+      np.testing.assert_array_equal(getattr(traced, field), getattr(plain, field))

@@ -229,14 +229,15 @@ class ParticlesConfig:
   --particles.num=4`, a job's manifest): self-scored methods only (a reward is a function,
   given in Python)."""
 
-  kind: str = option("none", "none | best_of_n | smc (self-rewarding)")
+  kind: str = option("none", "none | best_of_n | smc (self-rewarding) | gibbs (particle Gibbs)")
   num: int = option(1, "particles per example")
   resampler: str = option("multinomial", "smc: multinomial | systematic")
   ess_threshold: float = option(0.5, "smc: resample when the effective size < this x num")
   every: int = option(0, "smc: resample after every k-th step (0: at block ends, or every "
                          "diffusion step)")
+  iterations: int = option(2, "gibbs: conditional SMC passes")
 
-  KINDS: ClassVar[tuple] = ("none", "best_of_n", "smc")
+  KINDS: ClassVar[tuple] = ("none", "best_of_n", "smc", "gibbs")
 
   def __post_init__(self):
     check_fields(self)
@@ -249,8 +250,10 @@ class ParticlesConfig:
       return None
     if self.kind == "best_of_n":
       return BestOfN(self.num)
-    return Smc(self.num, resampler=self.resampler, ess_threshold=self.ess_threshold,
-               every=self.every)
+    smc = dict(resampler=self.resampler, ess_threshold=self.ess_threshold, every=self.every)
+    if self.kind == "gibbs":
+      return ParticleGibbs(self.num, iterations=self.iterations, **smc)
+    return Smc(self.num, **smc)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -409,14 +412,15 @@ class _Pass(NamedTuple):
   finish: Finish              # the decoded rows
   state: ParticleState        # the weights and scores after the finish
   ancestors: jax.Array        # [n, B, P] int32, each step's resampling (identity: none)
+  records: tuple | None       # each step's (z, unmask, remask[, predicted]), [n, B P, L]
 
 
 def _smc_pass(method: Particles, scan: Scan, example_keys, row_keys, reference, pass_index,
-              length: int) -> _Pass:
+              shape: RunShape) -> _Pass:
   """SMC over the decoder's steps. `row_keys [B P]` are the particles' keys; `reference` is
   None, or `(key data [n, B, 2], use [] bool)`: when `use`, particle 0 of each example takes
   the reference's step keys and is never replaced (conditional SMC, particle Gibbs)."""
-  num, n_rows = method.num, row_keys.shape[0]
+  num, n_rows, length = method.num, row_keys.shape[0], shape.seq_len
   state = ParticleState(jnp.zeros((n_rows,), jnp.float32), jnp.zeros((n_rows,), jnp.float32),
                         jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0))
   identity = jnp.broadcast_to(jnp.arange(num, dtype=jnp.int32), (n_rows // num, num))
@@ -440,28 +444,36 @@ def _smc_pass(method: Particles, scan: Scan, example_keys, row_keys, reference, 
       carry, state, ancestors = _maybe_resample(
           method, _stream_keys(example_keys, index, pass_index), allowed, conditional, carry,
           state)
-    return (carry, state), ancestors
+    record = None
+    if shape.record:
+      record = (out.z, out.unmask, out.remask) + ((out.predicted,) if shape.predictions else ())
+    return (carry, state), (ancestors, record)
 
-  (carry, state), ancestors = jax.lax.scan(body, (scan.carry, state),
-                                           (scan_indices(scan), scan.xs))
+  (carry, state), (ancestors, records) = jax.lax.scan(body, (scan.carry, state),
+                                                      (scan_indices(scan), scan.xs))
   finish = scan.finish(carry)
   state = state._replace(log_w=state.log_w + method.finish_increment(finish.tokens,
                                                                      finish.logp, state),
                          logp=_committed(state.logp, finish),
                          calls=state.calls + finish.called.astype(jnp.int32))
-  return _Pass(finish, state, ancestors)
+  return _Pass(finish, state, ancestors, records)
 
 
-def _lineage_keys(ancestors, chosen, row_keys, reference, num: int) -> jax.Array:
-  """The step keys `[n, B, 2]` (key data) the chosen particle's line of ancestors ran with:
-  backwards from `chosen [B]`, the row that ran step `j` is `ancestors[j]` of the row that
-  held the line after it (its key the reference's where that row was particle 0 of a
-  conditional pass)."""
+def _lineage(ancestors: jax.Array, chosen: jax.Array) -> jax.Array:
+  """The particle of each example that ran each step of the chosen one's line of ancestors,
+  `[n, B] int32`: backwards from `chosen [B]`, the row that ran step `j` is `ancestors[j]`
+  of the row that held the line after it."""
   def back(holder, a):                       # holder [B]: the line's row after step j
     ran = jnp.take_along_axis(a, holder[:, None], axis=1)[:, 0]
     return ran, ran
 
-  _, ran = jax.lax.scan(back, chosen, ancestors, reverse=True)            # [n, B]
+  return jax.lax.scan(back, chosen, ancestors, reverse=True)[1]
+
+
+def _lineage_keys(ancestors, chosen, row_keys, reference, num: int) -> jax.Array:
+  """The step keys `[n, B, 2]` (key data) the chosen particle's line of ancestors ran with
+  (the reference's where the line's row was particle 0 of a conditional pass)."""
+  ran = _lineage(ancestors, chosen)
   batch = chosen.shape[0]
 
   def at_step(index, rows):
@@ -482,24 +494,28 @@ def _pass_keys(keys, num: int, pass_index):
 
 
 def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, prompt,
-                  shape: RunShape) -> ParticleResult:
+                  shape: RunShape) -> tuple[ParticleResult, tuple | None]:
   """The decode of `B` examples as `B * P` particle rows in the decoder's scan (traceable;
   `method.passes` of them for particle Gibbs). `keys [B]` are the examples' keys, `prompt`
-  None or a checked `[B, L]` template."""
+  None or a checked `[B, L]` template. Returns the result and, when `shape.record`, the
+  records of the chosen particle's line of ancestors (`Decoder.run`'s, `[n, B, L]` each; of
+  the last pass)."""
   num, batch, length = method.num, shape.batch_size, shape.seq_len
-  rows_shape = dataclasses.replace(shape, batch_size=batch * num, record=False)
+  rows_shape = dataclasses.replace(shape, batch_size=batch * num)
   if prompt is not None:
     prompt = jnp.repeat(prompt, num, axis=0)
-  scan = decoder.start(denoiser, plan, prompt, rows_shape, method.needs())
+  needs = method.needs()
+  scan = decoder.start(denoiser, plan, prompt, rows_shape,
+                       needs._replace(predicted=needs.predicted or shape.predictions))
   steps = scan_indices(scan).shape[0]
   if method.passes == 1:
-    last = _smc_pass(method, scan, keys, particle_keys(keys, num), None, 0, length)
+    last = _smc_pass(method, scan, keys, particle_keys(keys, num), None, 0, rows_shape)
     calls = last.state.calls
   else:
     def one_pass(carry, pass_index):
       reference, calls = carry
       row_keys = _pass_keys(keys, num, pass_index)
-      done = _smc_pass(method, scan, keys, row_keys, reference, pass_index, length)
+      done = _smc_pass(method, scan, keys, row_keys, reference, pass_index, rows_shape)
       weights = done.state.log_w.reshape(batch, num)
       chosen = _choose(dataclasses.replace(method, choose="weight"),
                        _stream_keys(keys, steps, pass_index), weights)
@@ -513,8 +529,13 @@ def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, pro
   scores = _scores(method, last.finish.tokens, last.state)
   chosen = _choose(method, _stream_keys(keys, steps + 1, method.passes - 1), scores)
   every = last.finish.tokens.reshape(batch, num, length)
-  return ParticleResult(
+  result = ParticleResult(
       tokens=jnp.take_along_axis(every, chosen[:, None, None], axis=1)[:, 0],
       particles=every, log_weights=last.state.log_w.reshape(batch, num), scores=scores,
       chosen=chosen, nfe=calls * num,
       nonfinite=jnp.any(last.finish.nonfinite.reshape(batch, num), axis=1))
+  records = None
+  if shape.record:
+    rows = jnp.arange(batch, dtype=jnp.int32)[None] * num + _lineage(last.ancestors, chosen)
+    records = tuple(jnp.take_along_axis(r, rows[:, :, None], axis=1) for r in last.records)
+  return result, records

@@ -58,8 +58,8 @@ def _run(key, denoiser: Denoiser, plan, prompt, first_index, *, shape: RunShape,
   if particles is None:
     tokens, nonfinite, records = plan.rule.run(keys, denoiser, plan, prompt, shape)
   else:
-    every = run_particles(particles, plan.rule, keys, denoiser, plan, prompt, shape)
-    tokens, nonfinite, records = every.tokens, every.nonfinite, None
+    every, records = run_particles(particles, plan.rule, keys, denoiser, plan, prompt, shape)
+    tokens, nonfinite = every.tokens, every.nonfinite
   sharding = shape.batch_sharding
   if isinstance(sharding, jax.sharding.NamedSharding):   # every process reads all flags
     nonfinite = jax.lax.with_sharding_constraint(
@@ -73,7 +73,7 @@ _jitted_run = jax.jit(_run, static_argnames=("shape", "particles"))
 def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step,
                    particles=None, return_particles=False, record_predictions=False) -> None:
   """The run's options: a sharding or None, booleans, a callable or None, a particle method
-  or None (`return_particles` needs one; trajectories are of a plain decode)."""
+  or None (`return_particles` needs one, and excludes a trajectory)."""
   if batch_sharding is not None and not isinstance(batch_sharding, jax.sharding.Sharding):
     raise ArgumentTypeError(f"batch_sharding must be a jax.sharding.Sharding (e.g. "
                             f"NamedSharding(mesh, P('data'))) or None, got "
@@ -91,10 +91,9 @@ def _check_options(batch_sharding, return_trajectory, return_nonfinite, on_step,
   if check_particles(particles) is None and return_particles:
     raise ValueError("return_particles=True needs particles (e.g. "
                      "particles=remdm_jax.particles.Smc(4))")
-  if particles is not None and return_trajectory:
-    raise ValueError("return_trajectory is not available with particles (a particle's "
-                     "history is spread over the rows it was resampled from); pass "
-                     "return_particles=True for every particle's tokens and weights")
+  if return_particles and return_trajectory:
+    raise ValueError("return_particles and return_trajectory are exclusive: the trajectory "
+                     "follows the chosen particle's line of ancestors; pass one of them")
 
 
 def _check_call(denoiser: Denoiser, shape: RunShape, rule) -> None:
@@ -376,7 +375,8 @@ def sample(key: jax.Array, denoiser, config: SamplerConfig, *, batch_size: int,
     batch_sharding: optional sharding of `[B, L]` arrays (e.g. `NamedSharding(mesh,
       P("data"))`) to split the batch over devices inside a jitted call.
     return_trajectory: return a `Trajectory` (tokens after every step, what each step
-      unmasked and remasked, the times, the non-finite flags) instead of the tokens.
+      unmasked and remasked, the times, the non-finite flags) instead of the tokens; with
+      particles, the steps of the chosen particle's line of ancestors.
     return_nonfinite: also return `[B] bool`, True for the examples whose logits were not
       finite where a token was drawn (see Raises), instead of raising.
     particles: None, or a method of `remdm_jax.particles` (`BestOfN(num)`, `Smc(num, ...)`):
