@@ -32,14 +32,19 @@ Methods (frozen dataclasses: static, one compiled program per method):
   weighted particles target `p(x) exp(r(x) / beta)`. An example resamples when its effective
   sample size falls below `ess_threshold * num`, at the steps `every` names; its weights
   then restart at zero.
+- `ParticleGibbs(num, iterations=k, ...)`: `k` passes of `Smc`, each after the first
+  conditional on a line of ancestors drawn from the pass before (particle 0 replays it with
+  its exact step keys and is never replaced).
 
 Every result says what it cost (`ParticleResult.nfe`, model calls per example).
 
 References:
   Luo et al., "Self-Rewarding Sequential Monte Carlo for Masked Diffusion Language Models",
   arXiv 2602.01849 (Algolzw/self-rewarding-smc, `llada/generate_smc.py`).
-  Ou et al., "Inference-time scaling of diffusion language models with particle Gibbs sampling
-  / SMC", arXiv 2505.22524 (J-zin/smc_ddm_iclr).
+  Ou et al., sequential Monte Carlo for discrete diffusion with rewards, arXiv 2505.22524
+  (J-zin/smc_ddm_iclr).
+  Dang et al., "Inference-time scaling of diffusion language models with particle Gibbs
+  sampling", arXiv 2507.08390 (MhDang/pg-ddm).
 """
 
 from __future__ import annotations
