@@ -71,15 +71,16 @@ def _seed_runs(args, task, model, examples, seed: int) -> list[dict]:
     return {"correct": {"temporal_vote": verify(voted)}, "nfe": length}
 
   def particles(method):
-    chosen, every, nfe = task_models.solve_with_particles(
+    found = task_models.solve_with_particles(
         model.denoiser, config, method, model.rows, model.tokenizer, inputs, seed=seed,
         batch_size=max(1, args.batch_size // method.num))
-    correct = {NAMES[type(method).__name__]: verify(chosen)}
+    correct = {NAMES[type(method).__name__]: verify(found.chosen)}
     if isinstance(method, BestOfN):
-      correct["majority_vote"] = verify([majority(a) for a in every])
+      correct["majority_vote"] = verify([majority(a) for a in found.every])
       correct[ORACLE] = [any(task.verify(e["input"], a) for a in answers)
-                         for e, answers in zip(examples, every)]
-    return {"correct": correct, "nfe": nfe}
+                         for e, answers in zip(examples, found.every)]
+    return {"correct": correct, "nfe": found.nfe,
+            "resampled": float(np.mean(np.asarray(found.resamplings) > 0))}
 
   runs = [(f"{BASE}_{length}", lambda: plain(BASE, length)),
           (f"{MORE_STEPS}_{length}", lambda: plain(MORE_STEPS, length)),
@@ -94,14 +95,18 @@ def _seed_runs(args, task, model, examples, seed: int) -> list[dict]:
   return [_kept(out, f"{name}_s{seed}", compute) for name, compute in runs]
 
 
-def _collect(per_seed: list[list[dict]]) -> dict[tuple[str, int], np.ndarray]:
-  """`{(method, nfe): [S, N] bool}` over the seeds."""
-  correct = {}
+def _collect(per_seed: list[list[dict]]) -> tuple[dict, dict]:
+  """`{(method, nfe): [S, N] bool}` over the seeds, and `{(method, nfe): share of examples
+  that resampled}` (mean over seeds) of the SMC runs."""
+  correct, resampled = {}, {}
   for runs in per_seed:
     for run in runs:
       for method, c in run["correct"].items():
         correct.setdefault((method, run["nfe"]), []).append(c)
-  return {key: np.array(c, bool) for key, c in correct.items()}
+        if "resampled" in run and method != ORACLE:
+          resampled.setdefault((method, run["nfe"]), []).append(run["resampled"])
+  return ({key: np.array(c, bool) for key, c in correct.items()},
+          {key: float(np.mean(v)) for key, v in resampled.items()})
 
 
 def _paired(scores: np.ndarray, other: np.ndarray | None) -> str:
@@ -111,10 +116,10 @@ def _paired(scores: np.ndarray, other: np.ndarray | None) -> str:
   return f"+{wins} / -{losses}, " + (f"**{p:.3g}**" if p < 0.05 else f"{p:.3g}")
 
 
-def _table(correct, length: int) -> str:
+def _table(correct, resampled, length: int) -> str:
   lines = ["| method | NFE | accuracy % | 95% over seeds | Wilson 95% (pooled) | "
-           f"vs {MORE_STEPS} at the NFE: +/-, McNemar p | vs {BASE} at L: +/-, p |",
-           "|---|---:|---:|---|---|---|---|"]
+           f"vs {MORE_STEPS} at the NFE: +/-, McNemar p | vs {BASE} at L: +/-, p | "
+           "examples resampled % |", "|---|---:|---:|---|---|---|---|---:|"]
   for (method, nfe), scores in sorted(correct.items(), key=lambda kv: (kv[0][1], kv[0][0])):
     summary = pass_at_1(scores)
     low, high = wilson(int(scores.sum()), scores.size)
@@ -124,7 +129,9 @@ def _table(correct, length: int) -> str:
     base = None if (method, nfe) == (BASE, length) else correct[(BASE, length)]
     lines.append(f"| {name} | {nfe} | {100 * summary.mean:.1f} | {spread} | "
                  f"[{100 * low:.1f}, {100 * high:.1f}] | {_paired(scores, more)} | "
-                 f"{_paired(scores, base)} |")
+                 f"{_paired(scores, base)} | "
+                 + (f"{100 * resampled[(method, nfe)]:.1f} |" if (method, nfe) in resampled
+                    else " |"))
   return "\n".join(lines) + "\n"
 
 
@@ -164,12 +171,13 @@ def _main(argv: list[str]) -> int:
   task = make_task(args.task)
   examples = read_examples(args.data)[:args.limit or None]
   model = task_models.load_task_model(args.model or task_models.shipped_model(args.task))
-  correct = _collect([_seed_runs(args, task, model, examples, seed) for seed in args.seeds])
+  correct, resampled = _collect([_seed_runs(args, task, model, examples, seed)
+                                 for seed in args.seeds])
   out, length = pathlib.Path(args.out), model.rows.answer_length
   out.mkdir(parents=True, exist_ok=True)
   text = (f"{args.task}: {len(examples)} examples of {pathlib.Path(args.data).name}, one "
           f"model, decoding seeds {args.seeds}; base: {BASE} at NFE = L = {length}\n\n"
-          + _table(correct, length))
+          + _table(correct, resampled, length))
   files.write_atomic(out / "table.md", text)
   _plot(correct, out / "accuracy_vs_nfe.png")
   print(text)

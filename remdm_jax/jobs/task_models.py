@@ -15,6 +15,7 @@ import dataclasses
 import json
 import pathlib
 import shutil
+from typing import NamedTuple
 
 import jax
 import numpy as np
@@ -207,20 +208,29 @@ def solve(denoiser, config, rows: RowFormat, tokenizer: CharTokenizer, inputs: l
           for row in np.asarray(tokens)[:real]]
 
 
+class ParticleAnswers(NamedTuple):
+  """`solve_with_particles`'s answers."""
+
+  chosen: list[str]          # one per input
+  every: list[list[str]]     # [N][P], every particle's
+  nfe: int                   # model calls per input
+  resamplings: list[int]     # how often each input's particles resampled
+
+
 def solve_with_particles(denoiser, config, particles, rows: RowFormat,
                          tokenizer: CharTokenizer, inputs: list[str], *, seed: int = 0,
-                         batch_size: int = 64) -> tuple[list[str], list[list[str]], int]:
-  """`solve` under a particle method (`remdm_jax.particles`): the chosen answers, every
-  particle's answers (`[N][P]`) and the model calls per input (NFE)."""
+                         batch_size: int = 64) -> ParticleAnswers:
+  """`solve` under a particle method (`remdm_jax.particles`)."""
   sampler, prompts, size = _sampler_for(denoiser, config, rows, tokenizer, inputs, batch_size,
                                         particles=particles, return_particles=True)
-  chosen, every, nfe = [], [], 0
+  found = ParticleAnswers([], [], 0, [])
   for result, real in _decoded(sampler, prompts, size, seed):
-    chosen += [rows.answer(tokenizer, row) for row in np.asarray(result.tokens)[:real]]
-    every += [[rows.answer(tokenizer, row) for row in example]
-              for example in np.asarray(result.particles)[:real]]
-    nfe = max(nfe, int(result.nfe))
-  return chosen, every, nfe
+    found.chosen.extend(rows.answer(tokenizer, row) for row in np.asarray(result.tokens)[:real])
+    found.every.extend([rows.answer(tokenizer, row) for row in example]
+                       for example in np.asarray(result.particles)[:real])
+    found.resamplings.extend(np.asarray(result.resamplings)[:real].tolist())
+    found = found._replace(nfe=max(found.nfe, int(result.nfe)))
+  return found
 
 
 def solve_with_votes(denoiser, config, rows: RowFormat, tokenizer: CharTokenizer,

@@ -79,6 +79,7 @@ class ParticleResult(NamedTuple):
   scores: jax.Array        # [B, P] float32, what `select` ranked (reward, confidence, weight)
   chosen: jax.Array        # [B] int32, the chosen particle
   nfe: jax.Array           # [] int32, model calls per example (particles x calls)
+  resamplings: jax.Array   # [B] int32, how often the example resampled (the last pass)
   nonfinite: jax.Array     # [B] bool, some particle's logits were not finite where drawn
 
 
@@ -89,6 +90,7 @@ class ParticleState(NamedTuple):
   twist: jax.Array         # [N] float32, the last potential r(x_hat) / beta (reward SMC)
   logp: jax.Array          # [N, L] float32, log p of each position's token when committed
   calls: jax.Array         # [] int32, model calls so far
+  resampled: jax.Array     # [N] int32, how often the row's example resampled
 
 
 def _check_reward(reward) -> None:
@@ -379,7 +381,8 @@ def _maybe_resample(method: Particles, draw_keys, allowed, conditional, carry,
   def gather():
     moved_carry, moved = gather_rows((carry, state), rows)
     restart = jnp.repeat(due, num)
-    return moved_carry, moved._replace(log_w=jnp.where(restart, 0.0, moved.log_w))
+    return moved_carry, moved._replace(log_w=jnp.where(restart, 0.0, moved.log_w),
+                                       resampled=moved.resampled + restart)
 
   carry, state = jax.lax.cond(jnp.any(due), gather, lambda: (carry, state))
   return carry, state, ancestors
@@ -427,7 +430,8 @@ def _smc_pass(method: Particles, scan: Scan, example_keys, row_keys, reference, 
   the reference's step keys and is never replaced (conditional SMC, particle Gibbs)."""
   num, n_rows, length = method.num, row_keys.shape[0], shape.seq_len
   state = ParticleState(jnp.zeros((n_rows,), jnp.float32), jnp.zeros((n_rows,), jnp.float32),
-                        jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0))
+                        jnp.zeros((n_rows, length), jnp.float32), jnp.int32(0),
+                        jnp.zeros((n_rows,), jnp.int32))
   identity = jnp.broadcast_to(jnp.arange(num, dtype=jnp.int32), (n_rows // num, num))
 
   def body(both, indexed):
@@ -442,7 +446,7 @@ def _smc_pass(method: Particles, scan: Scan, example_keys, row_keys, reference, 
     carry, out = scan.step(carry, x, keys)
     increment, twist = method.increment(out, state)
     state = ParticleState(state.log_w + increment, twist, _committed(state.logp, out),
-                          state.calls + out.called.astype(jnp.int32))
+                          state.calls + out.called.astype(jnp.int32), state.resampled)
     allowed = method.resamples_at(out, index)
     ancestors = identity
     if allowed is not None:
@@ -538,6 +542,7 @@ def run_particles(method: Particles, decoder: Decoder, keys, denoiser, plan, pro
       tokens=jnp.take_along_axis(every, chosen[:, None, None], axis=1)[:, 0],
       particles=every, log_weights=last.state.log_w.reshape(batch, num), scores=scores,
       chosen=chosen, nfe=calls * num,
+      resamplings=last.state.resampled.reshape(batch, num)[:, 0],
       nonfinite=jnp.any(last.finish.nonfinite.reshape(batch, num), axis=1))
   records = None
   if shape.record:
