@@ -291,7 +291,7 @@ def test_help_of_one_section_prints_only_that_section(capsys):
 def test_help_of_an_unknown_section_is_one_error_listing_the_sections(capsys):
   assert cli.sample_main(["--help=nope"]) == 2
   assert _one_line(capsys) == ("error: --help=nope: unknown section; choose from ['sampler', "
-                               "'job', 'guidance', 'dist']")
+                               "'job', 'guidance', 'particles', 'dist']")
 
 
 def test_merge_names_the_shards_that_hold_a_sample_twice(tiny_model, tmp_path, capsys):

@@ -17,8 +17,8 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 import remdm_jax
 from remdm_jax.models.llada import as_denoiser
-from remdm_jax.particles import BestOfN, Smc, effective_size, resample
-from remdm_jax.sampling.particles import gather_rows
+from remdm_jax.particles import BestOfN, ParticleGibbs, Smc, effective_size, resample
+from remdm_jax.sampling.particle_scan import gather_rows
 from remdm_jax.weights.llada_io import load_llada
 from references.llada import MASK_ID, released_config, released_tensors, write_folder
 
@@ -140,16 +140,17 @@ def test_effective_size():
                              1.0 / (0.25 + 2 * 0.0625), rtol=1e-6)
 
 
-def test_gather_rows_takes_stacked_copies_and_keeps_scalars():
-  rows = jnp.array([2, 2, 0], jnp.int32)
-  single = jnp.arange(6).reshape(3, 2)
-  stacked = jnp.arange(12).reshape(6, 2)          # two copies of three rows (guidance)
-  moved = gather_rows({"a": single, "b": stacked, "flag": jnp.bool_(True)}, rows)
-  np.testing.assert_array_equal(moved["a"], np.asarray(single)[[2, 2, 0]])
-  np.testing.assert_array_equal(moved["b"], np.asarray(stacked)[[2, 2, 0, 5, 5, 3]])
+def test_gather_rows_takes_stacked_copies_per_example_and_keeps_scalars():
+  ancestors = jnp.array([[1, 1, 0], [2, 0, 0]], jnp.int32)   # 2 examples x 3 particles
+  single = jnp.arange(12).reshape(6, 2)
+  stacked = jnp.arange(24).reshape(12, 2)         # two copies of the six rows (guidance)
+  moved = gather_rows({"a": single, "b": stacked, "flag": jnp.bool_(True)}, ancestors)
+  rows = [1, 1, 0, 5, 3, 3]
+  np.testing.assert_array_equal(moved["a"], np.asarray(single)[rows])
+  np.testing.assert_array_equal(moved["b"], np.asarray(stacked)[rows + [r + 6 for r in rows]])
   assert moved["flag"]
   with pytest.raises(ValueError, match="must lead with the batch"):
-    gather_rows(jnp.zeros((4, 2)), rows)
+    gather_rows(jnp.zeros((4, 2)), ancestors)
 
 
 def log_q(tokens):
@@ -167,7 +168,7 @@ def test_self_rewarding_weight_is_the_log_probability_of_the_tokens(cfg):
   particles = np.asarray(result.particles).reshape(-1, L)
   np.testing.assert_allclose(np.asarray(result.log_weights).reshape(-1), log_q(particles),
                              rtol=1e-5)
-  np.testing.assert_allclose(result.scores, result.log_weights, rtol=1e-6)
+  np.testing.assert_allclose(result.scores, np.asarray(result.log_weights) / L, rtol=1e-6)
   best = np.asarray(result.particles)[np.arange(6), np.argmax(result.scores, -1)]
   np.testing.assert_array_equal(result.tokens, best)
   assert int(result.nfe) == 3 * cfg.build_plan()[0].rule.trajectory_length(
@@ -224,7 +225,13 @@ def test_best_of_n_with_a_reward_picks_the_best_particle():
 @pytest.mark.parametrize("call,message", [
     (lambda: Smc(0), "num"),
     (lambda: Smc(2, beta=0.0), "beta"),
-    (lambda: Smc(2, resampler="stratified"), "resampler must be one of"),
+    (lambda: Smc(2, resampler="stratified"), "unknown resampler"),
+    (lambda: Smc(2.5), "num must be an integer"),
+    (lambda: ParticleGibbs(2, resampler="systematic"), "resamples multinomially"),
+    (lambda: remdm_jax.particles.ParticlesConfig(kind="best_of_n", num=2, every=3),
+     "does not use every"),
+    (lambda: run(MDLM, product, 2, Smc(2, reward=lambda x: np.asarray(x).sum(-1))),
+     "reward must be jittable"),
     (lambda: Smc(2, ess_threshold=1.5), "ess_threshold"),
     (lambda: Smc(2, choose="reward"), "needs a reward"),
     (lambda: BestOfN(2, reward="exact"), "reward must be a function"),
@@ -233,7 +240,7 @@ def test_best_of_n_with_a_reward_picks_the_best_particle():
     (lambda: run(MDLM, product, 2, Smc(2), return_trajectory=True, return_particles=True),
      "exclusive"),
     (lambda: run(MDLM, product, 2, Smc(2, reward=lambda x: jnp.zeros((3,)))),
-     "one value per row"),
+     "one value per particle row"),
 ])
 def test_bad_particle_arguments_are_refused_in_one_line(call, message):
   with pytest.raises((ValueError, TypeError), match=message) as error:
@@ -255,15 +262,14 @@ def test_sampling_job_records_its_particles_and_refuses_other_ones(tmp_path):
   assert sample_main(flags + ["--particles.kind=best_of_n", "--particles.num=2"]) != 0
 
 
-def _reference_of_first_pass(smc_result, cfg, batch, key, steps):
+def _reference_of_first_pass(smc_result, batch, key):
   """The particle the first pass of particle Gibbs hands on: a draw by its final weights with
-  the first pass's resampling key of index `steps`."""
-  from remdm_jax.sampling.particles import _stream_keys
-  from remdm_jax.sampling.step_rules import example_keys
-  draw = _stream_keys(example_keys(jax.random.key(key), 0, batch), steps, 0)
-  chosen = jax.vmap(lambda k, w: jax.random.categorical(jax.random.wrap_key_data(k), w))(
-      draw, smc_result.log_weights)
-  return np.asarray(smc_result.particles)[np.arange(batch), np.asarray(chosen)]
+  the key `fold_in(fold_in(example key, CHOOSE_STREAM), 0)`."""
+  from remdm_jax.sampling.particle_scan import CHOOSE_STREAM
+  keys = [jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(jax.random.key(key), b),
+                                                CHOOSE_STREAM), 0) for b in range(batch)]
+  chosen = [int(jax.random.categorical(k, w)) for k, w in zip(keys, smc_result.log_weights)]
+  return np.asarray(smc_result.particles)[np.arange(batch), chosen]
 
 
 @pytest.mark.parametrize("case", ["cap", "dual_cache"])
@@ -271,7 +277,6 @@ def test_particle_gibbs_replays_its_reference_exactly(tiny, case):
   """One iteration is Smc itself; in the second, particle 0 of every example replays the
   line of ancestors drawn from the first (resampling at every step, so the line crosses
   rows), ending on exactly its tokens."""
-  from remdm_jax.particles import ParticleGibbs
   if case == "cap":
     cfg, denoiser, batch, options = (remdm_jax.sampler_config(strategy="cap", num_steps=6,
                                                               eta=0.2), product, 6, {})
@@ -287,48 +292,44 @@ def test_particle_gibbs_replays_its_reference_exactly(tiny, case):
   np.testing.assert_array_equal(once.particles, smc.particles)
   twice = run(cfg, denoiser, batch, ParticleGibbs(**method, iterations=2), key=5,
               return_particles=True, **options)
-  shape = {"seq_len": L, "mask_id": MASK} | {k: v for k, v in options.items() if k != "prompt"}
-  steps = remdm_jax.make_sampler(denoiser, cfg, batch_size=batch, **shape).num_steps(
-      options.get("prompt"))
   np.testing.assert_array_equal(np.asarray(twice.particles)[:, 0],
-                                _reference_of_first_pass(smc, cfg, batch, 5, steps))
+                                _reference_of_first_pass(smc, batch, 5))
   assert int(twice.nfe) == 2 * int(smc.nfe)
 
 
 @pytest.mark.slow
 def test_particle_gibbs_approaches_the_tilted_target_as_iterations_grow():
-  """With 4 particles, the returned sequence (a draw by the last pass's weights; 4,000
+  """With 4 particles, the returned sequence (a draw by the last pass's weights; 8,000
   examples) moves toward the exact tilted target as iterations grow: total variation 0.36
-  after one, below 0.1 after sixteen (Monte Carlo error about 0.03)."""
-  from remdm_jax.particles import ParticleGibbs
+  after one pass, below 0.04 after sixteen (Monte Carlo error about 0.02)."""
   target = tilted_target()
   distance = {}
   for iterations in (1, 4, 16):
-    tokens = np.asarray(run(MDLM, product, 4000, ParticleGibbs(
-        4, reward=all_equal, resampler="systematic", every=1, iterations=iterations,
-        choose="weight"), key=9))
+    tokens = np.asarray(run(MDLM, product, 8000, ParticleGibbs(
+        4, reward=all_equal, every=1, iterations=iterations, choose="weight"), key=9))
     rows, counts = np.unique(tokens, axis=0, return_counts=True)
     estimate = {tuple(int(i) for i in r): c / len(tokens) for r, c in zip(rows, counts)}
     distance[iterations] = 0.5 * sum(abs(target[x] - estimate.get(x, 0.0)) for x in target)
   assert distance[1] > distance[4] > distance[16], distance
-  assert distance[16] < 0.1, distance
+  assert distance[16] < 0.04, distance
 
 
-@pytest.mark.parametrize("method", [Smc(1), Smc(4, every=1, ess_threshold=1.0),
-                                    BestOfN(3)], ids=["one", "resampled", "best_of_n"])
-def test_trajectory_follows_the_chosen_particles_line_of_ancestors(method):
-  """Each recorded step changes the one before it only where it unmasked or remasked, and
-  the last step's tokens are the chosen particle's (one particle: the plain trajectory)."""
-  cfg = remdm_jax.sampler_config(strategy="cap", num_steps=8, eta=0.3, temperature=0.8)
-  traced = run(cfg, product, 6, method, key=2, return_trajectory=True)
-  steps = np.asarray(traced.steps)
-  before = np.concatenate([np.full((1,) + steps.shape[1:], MASK), steps[:-1]])
-  kept = ~np.asarray(traced.unmasked) & ~np.asarray(traced.remasked)
-  np.testing.assert_array_equal(np.where(kept, steps, 0), np.where(kept, before, 0))
-  assert (steps[np.asarray(traced.remasked)] == MASK).all()
-  final = np.where(steps[-1] == MASK, traced.tokens, steps[-1])
-  np.testing.assert_array_equal(final, traced.tokens)
-  if method.num == 1:
-    plain = run(cfg, product, 6, None, key=2, return_trajectory=True)
-    for field in ("tokens", "steps", "unmasked", "remasked"):
-      np.testing.assert_array_equal(getattr(traced, field), getattr(plain, field))
+def test_a_minus_infinite_reward_is_a_constraint_without_nan_weights():
+  """Reward -inf unless position 2 holds id 2: no weight is NaN, and every example whose
+  particles include a valid sequence returns one."""
+  def constraint(x):
+    return jnp.where(x[:, 2] == 2, 0.0, -jnp.inf)
+  result = run(MDLM, product, 64, Smc(8, reward=constraint, every=1, choose="weight"), key=3,
+               return_particles=True)
+  assert not np.isnan(np.asarray(result.log_weights)).any()
+  valid = (np.asarray(result.particles)[:, :, 2] == 2).any(axis=1)
+  assert valid.mean() > 0.5
+  np.testing.assert_array_equal(np.asarray(result.tokens)[valid, 2], 2)
+
+
+def test_keys_of_another_implementation_work():
+  key = jax.random.key(4, impl="rbg")
+  method = ParticleGibbs(3, every=1, ess_threshold=1.0, iterations=2)
+  tokens = remdm_jax.sample(key, product, MDLM, batch_size=2, seq_len=L, mask_id=MASK,
+                            particles=method)
+  assert tokens.shape == (2, L)

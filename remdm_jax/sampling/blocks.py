@@ -338,7 +338,7 @@ class _Carry(NamedTuple):
 
 
 def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mask_id: int,
-               steps_per_block: int, needs: Needs, on_step):
+               steps_per_block: int, needs: Needs):
   """The scan body over the flat table (every block's steps): `step(carry, (index, block,
   row), keys) -> (carry, StepOut)`; the window (`model`), the score and the remasking rule are
   picked here, once."""
@@ -346,8 +346,6 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mas
 
   def step(carry: _Carry, xs, step_row_keys):
     index, block, row = xs
-    if on_step is not None:
-      jax.debug.callback(on_step, index)
     within = index % steps_per_block
     first_step, last_step = within == 0, within == steps_per_block - 1
     keys = step_keys(step_row_keys)
@@ -407,8 +405,7 @@ def _start_blocks(denoiser, plan: BlockPlan, prompt, shape: RunShape, needs: Nee
   tail = min(seq_len, blocks * rule.block_length)
   model = make_window(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
-  step = _make_step(model, plan, rule, start, seq_len, mask_id, steps_per_block, needs,
-                    shape.on_step)
+  step = _make_step(model, plan, rule, start, seq_len, mask_id, steps_per_block, needs)
   total = blocks * steps_per_block
   table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)
   xs = (jnp.arange(total, dtype=jnp.int32),

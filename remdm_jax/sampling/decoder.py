@@ -3,12 +3,14 @@
 A decoder is the static part of a plan (`plan.rule`, a frozen, hashable dataclass, so a plan
 always runs under its own decoder and a jitted run retraces for another). The sampler
 (`remdm_jax.sampling.sampler`) checks its arguments, then hands the run to `plan.rule`; it
-never asks which kind of decoder it holds. Two decoders implement the protocol:
+never asks which kind of decoder it holds. Three decoders implement the protocol:
 
 - `remdm_jax.sampling.steps.StepRule`: the diffusion-time steps of MDLM and every ReMDM
   strategy (one scan over the strategy's step table, then the final noise removal);
 - `remdm_jax.sampling.blocks.BlockRule`: semi-autoregressive block decoding (LLaDA,
-  ReMDM-LLaDA, Fast-dLLM).
+  ReMDM-LLaDA, Fast-dLLM);
+- `remdm_jax.sampling.repredict.RepredictRule`: Ye et al.'s top-k decoding, every answer
+  position re-predicted at every step.
 
 Adding a decoder is adding a class: subclass `Decoder`, implement `start` (the scan's first
 carry, its inputs, its step and what follows the scan; and whatever checks and sizes differ from
@@ -44,7 +46,8 @@ class RunShape:
     batch_size: B. seq_len: L. mask_id: the mask id, in [0, V).
     batch_sharding: sharding of `[B, L]` arrays, or None.
     record: whether the run returns the per-step records of a `Trajectory`.
-    on_step: host callback `on_step(step)` as each step starts, or None.
+    on_step: host callback `on_step(step)` as each step starts, or None (called by the
+      driver of the scan, `Decoder.run` or the particle layer, never by a decoder).
     predictions: the records also hold each step's clean-sequence estimate
       (`StepOut.predicted`, `Trajectory.predicted`).
     extent: the decoder's static size beyond the shape (block decoding: the number of
@@ -108,6 +111,36 @@ class Scan(NamedTuple):
   finish: Callable[[Any], Finish]
 
 
+def announce(shape: RunShape, step) -> None:
+  """Calls `shape.on_step(step)` on the host as a step starts (when there is one)."""
+  if shape.on_step is not None:
+    jax.debug.callback(shape.on_step, step)
+
+
+def record_of(out: StepOut, shape: RunShape) -> tuple | None:
+  """What a trajectory keeps of a step: `(z, unmask, remask[, predicted])`, or None."""
+  if not shape.record:
+    return None
+  return (out.z, out.unmask, out.remask) + ((out.predicted,) if shape.predictions else ())
+
+
+def check_reports(decoder, scan: Scan, needs: Needs, keys: jax.Array, who: str) -> None:
+  """Raises a one-line `ValueError` when the decoder's steps (or finish) do not report what
+  `needs` asks for (`StepOut.logp`, `StepOut.predicted`), naming `who` asked; traces one step
+  abstractly, computes nothing."""
+  if not (needs.logp or needs.predicted):
+    return
+  first = jax.tree.map(lambda a: a[0], scan.xs)
+  out = jax.eval_shape(lambda: scan.step(scan.carry, first, row_step_keys(keys, 0))[1])
+  finish = jax.eval_shape(lambda: scan.finish(scan.carry))
+  missing = [name for name in ("logp", "predicted") if getattr(needs, name)
+             and (getattr(out, name) is None or (name == "logp" and finish.logp is None))]
+  if missing:
+    raise ValueError(f"{who} needs the decoder's steps to report {' and '.join(missing)} "
+                     f"(StepOut, Finish; Decoder.start's needs), and "
+                     f"{type(decoder).__name__} does not")
+
+
 def scan_indices(scan: Scan) -> jax.Array:
   """`[n] int32`: the index of each step of `scan` (the length of its `xs`)."""
   return jnp.arange(jax.tree.leaves(scan.xs)[0].shape[0], dtype=jnp.int32)
@@ -131,15 +164,15 @@ class Decoder(abc.ABC):
     """The whole decode of the rows whose keys are `keys [B]` (typed): `(tokens [B, L] int32,
     nonfinite [B] bool, records)`, where `records` is `(steps, unmasked, remasked)`, each
     `[n, B, L]` (and `predicted` with `shape.predictions`), when `shape.record`, else None."""
-    scan = self.start(denoiser, plan, prompt, shape, Needs(predicted=shape.predictions))
+    needs = Needs(predicted=shape.predictions)
+    scan = self.start(denoiser, plan, prompt, shape, needs)
+    check_reports(self, scan, needs, keys, "record_predictions")
 
     def body(carry, indexed):
       index, x = indexed
+      announce(shape, index)
       carry, out = scan.step(carry, x, row_step_keys(keys, index))
-      if not shape.record:
-        return carry, None
-      return carry, (out.z, out.unmask, out.remask) + ((out.predicted,) if shape.predictions
-                                                       else ())
+      return carry, record_of(out, shape)
 
     carry, records = jax.lax.scan(body, scan.carry, (scan_indices(scan), scan.xs))
     finish = scan.finish(carry)

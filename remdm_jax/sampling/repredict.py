@@ -39,8 +39,6 @@ class RepredictRule(Decoder):
 
     def step(carry, j, keys):
       z, nonfinite = carry
-      if shape.on_step is not None:
-        jax.debug.callback(shape.on_step, j)
       t = steps - 1 - j
       logits = denoiser(z, jnp.full((batch,), (t + 1) / steps, jnp.float32))
       nonfinite = nonfinite | ~jnp.all(jnp.isfinite(logits), axis=(1, 2))

@@ -31,7 +31,8 @@ import jax
 import numpy as np
 
 from remdm_jax.denoiser import Denoiser, check_output, ensure_denoiser
-from remdm_jax.sampling.particles import Particles, check_particles, run_particles
+from remdm_jax.sampling.particle_scan import run_particles
+from remdm_jax.sampling.particles import Particles, check_particle_call, check_particles
 from remdm_jax.sampling.checks import (NonFiniteLogitsError, as_typed_key, check_first_index,
                                        check_prompt, check_sizes, raise_nonfinite)
 from remdm_jax.sampling.config import SamplerConfig
@@ -150,6 +151,7 @@ def sample_with_plan(key: jax.Array, denoiser, plan: Plan, rule: StepRule | None
   shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory, on_step,
                    predictions=record_predictions)
   _check_call(denoiser, shape, rule)
+  check_particle_call(particles, batch_size, seq_len)
   first_index = check_first_index(first_index, batch_size)
   rule.check_prompt(prompt)
   if prompt is not None:
@@ -183,6 +185,7 @@ class Sampler:
     self.shape = RunShape(batch_size, seq_len, mask_id, batch_sharding, return_trajectory,
                           on_step, predictions=record_predictions)
     _check_call(self.denoiser, self.shape, self.rule)
+    check_particle_call(particles, batch_size, seq_len)
     self.batch_size, self.seq_len, self.mask_id = batch_size, seq_len, mask_id
     self.return_trajectory, self.return_nonfinite = return_trajectory, return_nonfinite
     self._vocab_size = None

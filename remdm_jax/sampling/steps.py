@@ -192,7 +192,7 @@ def _all_logits(ctx: _Context, computed, t) -> jax.Array:
   return _row_reader(ctx.denoiser, computed, t, True, ctx.plan.rule)(positions)
 
 
-def _make_step(ctx: _Context, on_step):
+def _make_step(ctx: _Context):
   """The scan body, shared by every strategy: `step((z, psi, nonfinite, cache), (index,
   row), keys) -> (carry, StepOut)`; the transition rule is picked here, once."""
   rule, mask_id = ctx.plan.rule, ctx.mask_id
@@ -202,8 +202,6 @@ def _make_step(ctx: _Context, on_step):
   def step(carry, xs, keys):
     z, psi, nonfinite, cache = carry
     index, row = xs
-    if on_step is not None:
-      jax.debug.callback(on_step, index)
     t = jnp.full(z.shape[:1], row.t, jnp.float32)
     call = lambda: output(z, t)   # split: the trunk everywhere, the head only where drawn
     called = jnp.bool_(True)
@@ -283,7 +281,7 @@ def _start_steps(denoiser, plan: Plan, prompt, shape: RunShape, needs: Needs) ->
   num_steps = plan.table.t.shape[0]
   carry = (z, psi, jnp.zeros((batch_size,), bool), cache)
   return Scan(carry, (jnp.arange(num_steps, dtype=jnp.int32), plan.table),
-              _make_step(ctx, shape.on_step),
+              _make_step(ctx),
               lambda carry: _final_denoise(ctx, carry[0], plan.t_final, carry[2]))
 
 
