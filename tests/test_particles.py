@@ -333,3 +333,14 @@ def test_keys_of_another_implementation_work():
   tokens = remdm_jax.sample(key, product, MDLM, batch_size=2, seq_len=L, mask_id=MASK,
                             particles=method)
   assert tokens.shape == (2, L)
+
+
+def test_progress_counts_the_steps_of_every_pass():
+  seen = []
+  sampler = remdm_jax.make_sampler(product, MDLM, batch_size=2, seq_len=L, mask_id=MASK,
+                                   particles=ParticleGibbs(2, iterations=3),
+                                   on_step=lambda step: seen.append(int(step)))
+  sampler(jax.random.key(0)).block_until_ready()
+  jax.effects_barrier()
+  assert sampler.num_steps() == 3 * 8
+  assert sorted(seen) == list(range(24))

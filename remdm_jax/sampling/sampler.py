@@ -264,8 +264,9 @@ class Sampler:
     return dataclasses.replace(self.shape, extent=self.rule.extent(prompt, self.shape))
 
   def num_steps(self, prompt=None) -> int:
-    """Steps of the scan a call with `prompt` runs (its trajectory's length, what `on_step`
-    counts): the table's for the diffusion strategies; for block decoding, blocks x steps per
+    """Steps of the scan a call with `prompt` runs (what `on_step` counts; the trajectory's
+    length but under particle Gibbs, whose passes each run them, the trajectory being of the
+    last): the table's for the diffusion strategies; for block decoding, blocks x steps per
     block, the blocks those of the compiled run when it covers the prompt's longest tail (or
     when no prompt is given), else enough for that tail (all of `seq_len` for None)."""
     if prompt is not None:
@@ -273,7 +274,8 @@ class Sampler:
     extent = self.rule.extent(prompt, self.shape)
     if self._compiled is not None and (prompt is None or extent <= self._compiled_extent):
       extent = self._compiled_extent
-    return self.rule.trajectory_length(self.plan, extent)
+    passes = self.particles.passes if self.particles is not None else 1
+    return passes * self.rule.trajectory_length(self.plan, extent)
 
   def compiled(self) -> jax.stages.Compiled:
     """The executable of the last `compile` (for `memory_analysis()`, `as_text()`).
