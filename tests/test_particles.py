@@ -272,7 +272,7 @@ def _reference_of_first_pass(smc_result, batch, key):
   return np.asarray(smc_result.particles)[np.arange(batch), chosen]
 
 
-@pytest.mark.parametrize("case", ["cap", "dual_cache"])
+@pytest.mark.parametrize("case", ["cap", pytest.param("dual_cache", marks=pytest.mark.slow)])
 def test_particle_gibbs_replays_its_reference_exactly(tiny, case):
   """One iteration is Smc itself; in the second, particle 0 of every example replays the
   line of ancestors drawn from the first (resampling at every step, so the line crosses

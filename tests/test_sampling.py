@@ -146,6 +146,7 @@ class TestEveryStrategy:
         return_trajectory=True))(jax.random.key(4)).steps)
     _assert_remasking_follows_sigma(cfg, history, np.asarray(plan.table.remask_count))
 
+  @pytest.mark.slow
   def test_traced_once_across_keys(self, cfg, mixture):
     chex.clear_trace_counter()
 

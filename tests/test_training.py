@@ -227,7 +227,8 @@ def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
 
 @pytest.mark.parametrize("objective", [pytest.param(RemdmObjective(discrete_steps=16, eta=0.5),
                                                     marks=pytest.mark.slow),
-                                       MdlmDiscreteObjective(discrete_steps=16),
+                                       pytest.param(MdlmDiscreteObjective(discrete_steps=16),
+                                                    marks=pytest.mark.slow),
                                        ArObjective()], ids=lambda o: o.name)
 def test_every_objective_trains(objective, tmp_path):
   cfg = dataclasses.replace(TRAIN, objective=objective, steps=3, eval_every=0)
@@ -423,7 +424,8 @@ class _SignallingStream(data.BatchStream):
     return super().batch(k)
 
 
-@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+@pytest.mark.parametrize("signum", [signal.SIGINT,
+                                    pytest.param(signal.SIGTERM, marks=pytest.mark.slow)])
 def test_signal_saves_the_step_and_stops_with_its_exit_code(signum, tmp_path):
   """SIGINT (Ctrl-C) is handled like SIGTERM: the step in flight finishes, it is saved, and
   the run stops with 128 + signal number and a message, without exporting a model."""
@@ -632,6 +634,7 @@ def _hooks(loggers) -> dict:
              for name in loggers}}
 
 
+@pytest.mark.slow
 def test_saving_loading_and_training_leave_the_callers_hooks(tmp_path, monkeypatch):
   """A library user's `threading.excepthook`, `sys.unraisablehook`, logger filters (absl,
   orbax, asyncio, root) and SIGTERM / SIGINT handlers are theirs again after `save_model`, a
