@@ -306,7 +306,7 @@ class ParticlesConfig:
 
   kind: str = option("none", "none | best_of_n | smc (self-rewarding) | gibbs (particle Gibbs)")
   num: int = option(1, "particles per example")
-  resampler: str = option("multinomial", "smc: multinomial | systematic")
+  resampler: str = option("multinomial", "smc: multinomial | systematic; gibbs: multinomial")
   ess_threshold: float = option(0.5, "smc, gibbs: resample when the effective size < this x "
                                      "num")
   every: int = option(0, "smc, gibbs: resample after every k-th step (0: at block ends, or "
@@ -326,7 +326,8 @@ class ParticlesConfig:
               and f.name not in self.USES[self.kind] and getattr(self, f.name) != f.default]
     if unused:
       raise ValueError(f"particles kind {self.kind!r} does not use {', '.join(unused)}; "
-                       "leave them out or pick a kind that does")
+                       f"leave {'them' if len(unused) > 1 else 'it'} out or pick a kind that "
+                       "does")
     self.method()   # the method's own checks
 
   def method(self) -> Particles | None:
