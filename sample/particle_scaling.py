@@ -9,7 +9,7 @@ voting (`TemporalVote()` over the answers of each step's clean-sequence estimate
 particle count P adds, at NFE = P L: best-of-P by the model's confidence, self-rewarding SMC
 (resampling every `--every` steps when the effective size is below P / 2), a majority vote
 over the P particles' answers, particle Gibbs with 2 particles and P / 2 iterations (P >= 4),
-and, at the same NFE, ReMDM-LLaDA remasking with P L steps (one particle: more steps instead
+for P = 4 SMC resampling whenever the weights differ (`ess_threshold=1`), and, at the same NFE, ReMDM-LLaDA remasking with P L steps (one particle: more steps instead
 of more samples). The oracle pass@P (some particle is right, by the exact verifier) is
 reported apart as an upper bound, never as a method. Every run is repeated over the decoding
 seeds `--seeds`.
@@ -70,11 +70,11 @@ def _seed_runs(args, task, model, examples, seed: int) -> list[dict]:
                                             batch_size=args.batch_size)
     return {"correct": {"temporal_vote": verify(voted)}, "nfe": length}
 
-  def particles(method):
+  def particles(method, name=None):
     found = task_models.solve_with_particles(
         model.denoiser, config, method, model.rows, model.tokenizer, inputs, seed=seed,
         batch_size=max(1, args.batch_size // method.num))
-    correct = {NAMES[type(method).__name__]: verify(found.chosen)}
+    correct = {name or NAMES[type(method).__name__]: verify(found.chosen)}
     if isinstance(method, BestOfN):
       correct["majority_vote"] = verify([majority(a) for a in found.every])
       correct[ORACLE] = [any(task.verify(e["input"], a) for a in answers)
@@ -92,6 +92,9 @@ def _seed_runs(args, task, model, examples, seed: int) -> list[dict]:
     if num >= 4:
       runs.append((f"gibbs_2x{num // 2}_every{args.every}", lambda n=num: particles(
           ParticleGibbs(2, every=args.every, iterations=n // 2))))
+    if num == 4:
+      runs.append((f"smc_{num}_every{args.every}_always", lambda n=num: particles(
+          Smc(n, every=args.every, ess_threshold=1.0), name="smc_always")))
   return [_kept(out, f"{name}_s{seed}", compute) for name, compute in runs]
 
 
