@@ -111,6 +111,25 @@ def test_the_remasking_check_fails_for_a_cap_that_never_remasks(mixture, monkeyp
     _assert_remasking_follows_sigma(cfg, history, np.asarray(plan.table.remask_count))
 
 
+def _assert_prompt_positions_never_change(cfg, mixture):
+  prompt = _prompt()
+  plan, rule = remdm_jax.build_plan(cfg)
+  trajectory = jax.jit(lambda k: remdm_jax.sample_with_plan(
+      k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID, prompt=prompt,
+      return_trajectory=True))(jax.random.key(3))
+  fixed = np.asarray(prompt) != MASK_ID
+  np.testing.assert_array_equal(np.asarray(trajectory.tokens)[fixed], np.asarray(prompt)[fixed])
+  for step in np.asarray(trajectory.steps):
+    np.testing.assert_array_equal(step[fixed], np.asarray(prompt)[fixed])
+
+
+@pytest.mark.parametrize("cfg", [SUITE[1], SUITE[7], SUITE[11]], ids=_ids)
+def test_prompt_positions_never_change(cfg, mixture):
+  """Eq. 6 remasking, conf-weighted loop with top-p, and confidence ranking with remasking
+  (every strategy: the slow set)."""
+  _assert_prompt_positions_never_change(cfg, mixture)
+
+
 @pytest.mark.parametrize("cfg", SUITE, ids=_ids)
 class TestEveryStrategy:
 
@@ -125,17 +144,9 @@ class TestEveryStrategy:
     np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
     assert np.any(np.asarray(out) != np.asarray(other))
 
+  @pytest.mark.slow
   def test_prompt_positions_never_change(self, cfg, mixture):
-    prompt = _prompt()
-    plan, rule = remdm_jax.build_plan(cfg)
-    trajectory = jax.jit(lambda k: remdm_jax.sample_with_plan(
-        k, mixture, plan, rule, batch_size=B, seq_len=L, mask_id=MASK_ID, prompt=prompt,
-        return_trajectory=True))(jax.random.key(3))
-    fixed = np.asarray(prompt) != MASK_ID
-    np.testing.assert_array_equal(np.asarray(trajectory.tokens)[fixed],
-                                  np.asarray(prompt)[fixed])
-    for step in np.asarray(trajectory.steps):
-      np.testing.assert_array_equal(step[fixed], np.asarray(prompt)[fixed])
+    _assert_prompt_positions_never_change(cfg, mixture)
 
   def test_decoded_tokens_change_only_by_remasking(self, cfg, mixture):
     """A decoded token either stays or becomes the mask, as often as the paper's sigma says
