@@ -248,6 +248,15 @@ def test_bad_particle_arguments_are_refused_in_one_line(call, message):
   assert "\n" not in str(error.value)
 
 
+def test_particle_gibbs_resamples_at_every_step_by_default_and_the_config_follows():
+  """Conditional SMC resamples at every allowed step; SMC keeps the references' 0.5."""
+  config = remdm_jax.particles.ParticlesConfig
+  assert ParticleGibbs(2).ess_threshold == 1.0 and Smc(2).ess_threshold == 0.5
+  assert config(kind="gibbs", num=2).method() == ParticleGibbs(2)
+  assert config(kind="smc", num=2).method() == Smc(2)
+  assert config(kind="gibbs", num=2, ess_threshold=0.25).method().ess_threshold == 0.25
+
+
 def test_sampling_job_records_its_particles_and_refuses_other_ones(tmp_path):
   """`remdm-sample --particles.kind=smc --particles.num=2` samples, records the method in
   the manifest, reruns as done, and refuses another method in the same folder."""

@@ -279,11 +279,15 @@ class ParticleGibbs(Smc):
   chosen from the last pass as `Smc` chooses. Costs `iterations x num` decodes.
 
   Attributes:
+    ess_threshold: as `Smc`'s, but 1 by default: conditional SMC resamples at every allowed
+      step (Andrieu, Doucet and Holenstein 2010), and with 2 particles a threshold below 1
+      never would.
     iterations: passes, >= 1 (1: `Smc` itself, the same tokens).
     (the others as `Smc`'s; multinomial resampling only: keeping particle 0 out of a
     systematic draw is not a valid conditional resampling)
   """
 
+  ess_threshold: float = 1.0
   iterations: int = 2
 
   def __post_init__(self):
@@ -307,8 +311,8 @@ class ParticlesConfig:
   kind: str = option("none", "none | best_of_n | smc (self-rewarding) | gibbs (particle Gibbs)")
   num: int = option(1, "particles per example")
   resampler: str = option("multinomial", "smc: multinomial | systematic; gibbs: multinomial")
-  ess_threshold: float = option(0.5, "smc, gibbs: resample when the effective size < this x "
-                                     "num")
+  ess_threshold: float | None = option(None, "smc, gibbs: resample when the effective size < "
+                                            "this x num (None: 0.5 for smc, 1 for gibbs)")
   every: int = option(0, "smc, gibbs: resample after every k-th step (0: at block ends, or "
                          "every diffusion step)")
   iterations: int = option(2, "gibbs: conditional SMC passes")
@@ -336,7 +340,9 @@ class ParticlesConfig:
       return None
     if self.kind == "best_of_n":
       return BestOfN(self.num)
-    smc = dict(resampler=self.resampler, ess_threshold=self.ess_threshold, every=self.every)
+    smc = dict(resampler=self.resampler, every=self.every)
+    if self.ess_threshold is not None:
+      smc["ess_threshold"] = self.ess_threshold
     if self.kind == "gibbs":
       return ParticleGibbs(self.num, iterations=self.iterations, **smc)
     return Smc(self.num, **smc)
