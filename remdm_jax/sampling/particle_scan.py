@@ -61,6 +61,7 @@ def gather_rows(tree, ancestors: jax.Array):
   """
   batch, num = ancestors.shape
   rows = batch * num
+  sources = (jnp.arange(batch, dtype=jnp.int32)[:, None] * num + ancestors).reshape(-1)
 
   def take(leaf):
     if leaf.ndim == 0:
@@ -69,9 +70,9 @@ def gather_rows(tree, ancestors: jax.Array):
       raise ValueError(f"particles resample the decoder's carry by its leading axis, the "
                        f"{rows} particle rows; a carried array (a key-value cache?) has shape "
                        f"{list(leaf.shape)}: a denoiser's cache must lead with the batch")
-    copies = leaf.reshape((leaf.shape[0] // rows, batch, num) + leaf.shape[1:])
-    index = ancestors.reshape((1, batch, num) + (1,) * (leaf.ndim - 1))
-    return jnp.take_along_axis(copies, index, axis=2).reshape(leaf.shape)
+    copies = jnp.arange(leaf.shape[0] // rows, dtype=jnp.int32)[:, None] * rows
+    index = (copies + sources[None]).reshape(-1)
+    return jnp.take(leaf, index, axis=0, mode="clip")   # in range; clip skips fill's masking
 
   return jax.tree.map(take, tree)
 
