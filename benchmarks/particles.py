@@ -12,14 +12,19 @@ prompt 32, answer `--answer` (blocks of 32, one token per step), `--batch` examp
 - `Smc(P) every step`: resampling forced after every step (`every=1`, `ess_threshold=1`:
   every example resamples, the whole carry, key-value caches included, is gathered); its
   extra time over BestOfN per step, as a share of a step, is resampling's cost (goal: at
-  most 5%).
+  most 5%);
+- the gather alone: one jitted `gather_rows` of a carry of the decoder's shapes (its bytes
+  read and written once), the floor of a resampling; the table gives resampling's cost per
+  step over it.
 
   python benchmarks/particles.py [--particles 4] [--batch 4] [--answer 64] [--repeats 3]
+      [--gather-repeats 50]
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import platform
 import statistics
 import time
@@ -31,6 +36,8 @@ from flax import nnx
 import remdm_jax
 from remdm_jax.models.llada import LLaDA, LLaDAConfig, as_denoiser
 from remdm_jax.particles import BestOfN, Smc
+from remdm_jax.sampling.decoder import Needs, RunShape
+from remdm_jax.sampling.particle_scan import gather_rows
 
 PROMPT, BLOCK, VOCAB = 32, 32, 1024
 
@@ -41,6 +48,11 @@ def _model(layers: int, width: int):
                     max_sequence_length=1024, mask_id=VOCAB - 1, param_dtype="float32",
                     dtype="float32")
   return as_denoiser(LLaDA(cfg, rngs=nnx.Rngs(0)))
+
+
+def _config(kv_cache: str):
+  return remdm_jax.sampler_config("llada", block_length=BLOCK, temperature=0.7,
+                                  kv_cache=kv_cache)
 
 
 def _timed(call, repeats: int) -> float:
@@ -60,12 +72,28 @@ def _prompt(rows: int, length: int) -> np.ndarray:
   return prompt
 
 
+def gather_floor(denoiser, cfg, rows: int, num: int, length: int,
+                 repeats: int) -> tuple[float, int]:
+  """`(median seconds, bytes)` of one jitted `gather_rows` over a zero carry of the shapes
+  the plan's decoder starts with on `rows` rows (the particles' resampling gather, alone)."""
+  plan = remdm_jax.build_plan(cfg)[0]
+  prompt = jax.numpy.asarray(_prompt(rows, length))
+  shape = RunShape(rows, length, VOCAB - 1)
+  shape = dataclasses.replace(shape, extent=plan.rule.extent(prompt, shape))
+  carry = jax.eval_shape(lambda: plan.rule.start(denoiser, plan, prompt, shape,
+                                                 Needs(logp=True)).carry)
+  carry = jax.tree.map(lambda s: jax.numpy.zeros(s.shape, s.dtype), carry)
+  ancestors = jax.random.randint(jax.random.key(0), (rows // num, num), 0, num)
+  gather = jax.jit(gather_rows)
+  size = sum(leaf.nbytes for leaf in jax.tree.leaves(carry))
+  return _timed(lambda _: gather(carry, ancestors), repeats), size
+
+
 def bench(args, kv_cache: str) -> list[tuple[str, float]]:
   """`(row name, seconds)` for one cache kind."""
   denoiser, num, batch = _model(args.layers, args.width), args.particles, args.batch
   length = PROMPT + args.answer
-  cfg = remdm_jax.sampler_config("llada", block_length=BLOCK, temperature=0.7,
-                                 kv_cache=kv_cache)
+  cfg = _config(kv_cache)
 
   def sampler(rows, particles=None):
     run = remdm_jax.make_sampler(denoiser, cfg, batch_size=rows, seq_len=length,
@@ -94,6 +122,7 @@ def main() -> None:
   parser.add_argument("--layers", type=int, default=4)
   parser.add_argument("--width", type=int, default=256)
   parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--gather-repeats", type=int, default=50)
   args = parser.parse_args()
   steps = args.answer   # one token per step
   print(f"device: {jax.devices()[0].device_kind} ({platform.processor() or 'cpu'}), "
@@ -108,9 +137,15 @@ def main() -> None:
     for name in names:
       print(f"| {kv_cache} | {name} | {rows[name]:.3f} | {rows[name] / separate:.2f} | "
             f"{rows[name] / limit:.2f} |")
-    resampling = (rows[names[4]] - rows[names[3]]) / steps
+    resampling, step = (rows[names[4]] - rows[names[3]]) / steps, rows[names[3]] / steps
+    floor, size = gather_floor(_model(args.layers, args.width), _config(kv_cache),
+                               args.batch * args.particles, args.particles,
+                               PROMPT + args.answer, args.gather_repeats)
     print(f"| {kv_cache} | resampling per step, share of a BestOfN step | "
-          f"{resampling * 1e3:.2f} ms | {resampling / (rows[names[3]] / steps):.1%} | |")
+          f"{resampling * 1e3:.2f} ms | {resampling / step:.1%} | |")
+    print(f"| {kv_cache} | the gather alone ({size / 1e6:.1f} MB), share of a step; "
+          f"resampling / it | {floor * 1e3:.2f} ms | {floor / step:.1%} | "
+          f"{resampling / floor:.2f} |")
 
 
 if __name__ == "__main__":
