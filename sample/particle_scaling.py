@@ -8,8 +8,8 @@ token per step (NFE = L, the answer length); at the same NFE, temporal self-cons
 voting (`TemporalVote()` over the answers of each step's clean-sequence estimate). Each
 particle count P adds, at NFE = P L: best-of-P by the model's confidence, self-rewarding SMC
 (resampling every `--every` steps when the effective size is below P / 2), a majority vote
-over the P particles' answers, particle Gibbs with 2 particles and P / 2 iterations (P >= 4),
-for P = 4 SMC resampling whenever the weights differ (`ess_threshold=1`), and, at the same
+over the P particles' answers, particle Gibbs with 2 particles and P / 2 iterations (P >= 4;
+resampling at every allowed step, its default), for P = 4 SMC resampling whenever the weights differ (`ess_threshold=1`), and, at the same
 NFE, ReMDM-LLaDA remasking with P L steps (one particle: more steps instead of more
 samples). The oracle pass@P (some particle is right, by the exact verifier) is
 reported apart as an upper bound, never as a method. Every run is repeated over the decoding
@@ -91,7 +91,7 @@ def _seed_runs(args, task, model, examples, seed: int) -> list[dict]:
              (f"best_of_{num}", lambda n=num: particles(BestOfN(n))),
              (f"smc_{num}_every{args.every}", lambda n=num: particles(Smc(n, every=args.every)))]
     if num >= 4:
-      runs.append((f"gibbs_2x{num // 2}_every{args.every}", lambda n=num: particles(
+      runs.append((f"gibbs_2x{num // 2}_every{args.every}_ess1", lambda n=num: particles(
           ParticleGibbs(2, every=args.every, iterations=n // 2))))
     if num == 4:
       runs.append((f"smc_{num}_every{args.every}_always", lambda n=num: particles(
