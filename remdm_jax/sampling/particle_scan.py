@@ -61,7 +61,10 @@ def gather_rows(tree, ancestors: jax.Array):
   """
   batch, num = ancestors.shape
   rows = batch * num
-  sources = (jnp.arange(batch, dtype=jnp.int32)[:, None] * num + ancestors).reshape(-1)
+  # per example (the batch stays a batching axis of the gather, so a sharded batch moves
+  # nothing across devices), per stacked copy
+  per_example = jax.vmap(lambda x, a: jnp.take(x, a, axis=0, mode="clip"))
+  per_copy = jax.vmap(per_example, (0, None))
 
   def take(leaf):
     if leaf.ndim == 0:
@@ -70,9 +73,8 @@ def gather_rows(tree, ancestors: jax.Array):
       raise ValueError(f"particles resample the decoder's carry by its leading axis, the "
                        f"{rows} particle rows; a carried array (a key-value cache?) has shape "
                        f"{list(leaf.shape)}: a denoiser's cache must lead with the batch")
-    copies = jnp.arange(leaf.shape[0] // rows, dtype=jnp.int32)[:, None] * rows
-    index = (copies + sources[None]).reshape(-1)
-    return jnp.take(leaf, index, axis=0, mode="clip")   # in range; clip skips fill's masking
+    copies = leaf.reshape((leaf.shape[0] // rows, batch, num) + leaf.shape[1:])
+    return per_copy(copies, ancestors).reshape(leaf.shape)   # in range: clip, not fill
 
   return jax.tree.map(take, tree)
 
