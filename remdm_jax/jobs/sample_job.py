@@ -426,7 +426,7 @@ def _manifest(run: _Run, cfg: Config, guidance: Guidance, particles: ParticlesCo
       "trajectory": job.trajectory,
       "guidance": {**flat_options(guidance), "class_label": job.class_label,
                    "classifier": job.classifier},
-      **({"particles": dataclasses.asdict(particles)} if particles.kind != "none" else {})}
+      **({"particles": particles.record()} if particles.kind != "none" else {})}
 
 
 def _sample_batch(run: _Run, first: int, throughput: Throughput):

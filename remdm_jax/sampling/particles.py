@@ -282,7 +282,7 @@ class ParticleGibbs(Smc):
     ess_threshold: as `Smc`'s, but 1 by default: conditional SMC resamples at every allowed
       step (Andrieu, Doucet and Holenstein 2010), and with 2 particles a threshold below 1
       never would.
-    iterations: passes, >= 1 (1: `Smc` itself, the same tokens).
+    iterations: passes, >= 1 (1: `Smc` with the same options, the same tokens).
     (the others as `Smc`'s; multinomial resampling only: keeping particle 0 out of a
     systematic draw is not a valid conditional resampling)
   """
@@ -333,6 +333,14 @@ class ParticlesConfig:
                        f"leave {'them' if len(unused) > 1 else 'it'} out or pick a kind that "
                        "does")
     self.method()   # the method's own checks
+
+  def record(self) -> dict:
+    """The options as a job's manifest records them: the threshold the method uses, not
+    None, so a folder's record does not change meaning when a default does."""
+    options = dataclasses.asdict(self)
+    if "ess_threshold" in self.USES[self.kind]:
+      options["ess_threshold"] = self.method().ess_threshold
+    return options
 
   def method(self) -> Particles | None:
     """The `Particles` method, or None for kind "none"."""
