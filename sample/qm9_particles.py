@@ -6,21 +6,26 @@ guided methods aim at the same target, `p(x) p(y = 1 | x)^gamma`:
 
 - D-CBG with strength gamma: T steps, each one model call and one classifier call with its
   gradient (the first-order form, as `qm9_guidance.py` samples it);
-- reward SMC (`Smc(P, reward, beta = 1 / gamma)`, systematic resampling when the effective
-  size falls below P / 2): P particles of T / P steps, the reward
-  `r(x) = log p(y = 1 | x, t = 0)` of each step's clean-sequence estimate, so every step is P
-  model calls and P classifier calls (no gradient);
+- reward SMC (`Smc(P, reward, beta = 1 / gamma)`, systematic resampling whenever the
+  effective size falls below `--ess-threshold` x P, by default whenever the weights differ:
+  two particles at the references' 0.5 would never resample): P particles of T / P steps,
+  the reward `r(x) = log p(y = 1 | x, t = 0)` of each step's clean-sequence estimate, so
+  every step is P model calls and P classifier calls (no gradient). Two molecules come out
+  of each run: one particle drawn by the final weights (the SMC estimate of the target, like
+  for like with D-CBG) and the particle of highest reward (a selection on top of it, one
+  classifier call more per particle);
 - best-of-P by the same reward, P decodes of T / P steps;
 - the unguided model at T steps.
 
-Every method spends `--nfe` model calls per molecule (plus, for SMC, the final reward of the
-decoded molecules); the cells say their classifier calls and wall-clock seconds too. The
-sampler is MDLM's ancestral one. Every cell has `--samples` molecules, scored as in
-`qm9_guidance.py` (validity, uniqueness, novelty, the novel-valid-unique count and its mean
-property, with its standard error), repeated over `--seeds`.
+Every method spends `--nfe` model calls per molecule; the cells say their classifier calls
+and the wall-clock seconds of the compiled call too. The sampler is MDLM's ancestral one.
+Every cell has `--samples` molecules, scored as in `qm9_guidance.py` (validity, uniqueness,
+novelty, the novel-valid-unique count and its mean property, with its standard error),
+repeated over `--seeds`.
 
   python sample/qm9_particles.py --work runs/qm9 --out results/qm9_particles \\
       [--prop qed] [--nfe 32] [--particles 2 4] [--gammas 4 16] [--seeds 0 1]
+      [--ess-threshold 1]
 
 Cells are kept in OUT/cells.json (a rerun skips what is done); OUT/table.md has the table.
 Needs the `chem` extra (RDKit).
@@ -72,41 +77,58 @@ def property_sem(smiles: list[str], training: chem.CanonicalSet, prop: str) -> f
   return float(values.std(ddof=1) / np.sqrt(len(values))) if len(values) > 1 else float("nan")
 
 
-def methods(args) -> dict:
-  """`name -> (kind, steps, particles, gamma)` of every cell of one seed."""
-  cells = {f"unguided T={args.nfe}": ("plain", args.nfe, 1, 0.0)}
+def runs(args) -> dict:
+  """`name -> (kind, steps, particles, gamma)` of every run of one seed."""
+  found = {f"unguided T={args.nfe}": ("plain", args.nfe, 1, 0.0)}
   for gamma in args.gammas:
-    cells[f"D-CBG gamma={gamma:g} T={args.nfe}"] = ("cbg", args.nfe, 1, gamma)
+    found[f"D-CBG gamma={gamma:g} T={args.nfe}"] = ("cbg", args.nfe, 1, gamma)
     for num in args.particles:
       steps = args.nfe // num
-      cells[f"reward SMC beta=1/{gamma:g} P={num} T={steps}"] = ("smc", steps, num, gamma)
+      found[f"reward SMC beta=1/{gamma:g} P={num} T={steps}"] = ("smc", steps, num, gamma)
   for num in args.particles:
-    cells[f"best-of-{num} by reward T={args.nfe // num}"] = ("best", args.nfe // num, num, 0.0)
-  return cells
+    found[f"best-of-{num} by reward T={args.nfe // num}"] = ("best", args.nfe // num, num, 0.0)
+  return found
 
 
-def prepare_cell(kind: str, steps: int, num: int, gamma: float, model, classifier, args):
-  """`(call, classifier calls per molecule)` of one cell, compiled: `call(key) -> (ids
-  [samples, L], model calls per molecule)`."""
-  config = sampler_config(num_steps=steps, strategy="mdlm")
+def cell_names(name: str, kind: str) -> list[str]:
+  """The cells (table rows) a run fills: two for reward SMC, one otherwise."""
+  return [f"{name}, drawn by weight", f"{name}, best by reward"] if kind == "smc" else [name]
+
+
+def prepare_run(kind: str, steps: int, num: int, gamma: float, model, classifier, args):
+  """`call(key) -> (ids per cell [samples, L] each, classifier calls per molecule per cell,
+  model calls per molecule)` of one run (in `cell_names` order), compiled beforehand."""
   if kind == "cbg":
     run = guidance.guided_sampler(model, classifier, "cbg", "MDLM", steps, args.samples)
-    return (lambda key: (run(key, gamma), steps)), steps
+    return lambda key: ([run(key, gamma)], [steps], steps)
   reward = reward_of(classifier)
   method = None
   if kind == "best":
     method = BestOfN(num, reward=reward)
   elif kind == "smc":
-    method = Smc(num, reward=reward, beta=1.0 / gamma, resampler="systematic")
-  sampler = make_sampler(as_denoiser(model), config, batch_size=args.samples,
-                         seq_len=guidance.LENGTH, mask_id=guidance.TOK.mask_id,
-                         particles=method, return_particles=method is not None)
+    method = Smc(num, reward=reward, beta=1.0 / gamma, resampler="systematic",
+                 ess_threshold=args.ess_threshold, choose="weight")
+  sampler = make_sampler(as_denoiser(model), sampler_config(num_steps=steps, strategy="mdlm"),
+                         batch_size=args.samples, seq_len=guidance.LENGTH,
+                         mask_id=guidance.TOK.mask_id, particles=method,
+                         return_particles=method is not None)
   sampler.compile(jax.random.key(0))
   if method is None:
-    return (lambda key: (np.asarray(sampler(key)), steps)), 0
-  call = lambda key: (lambda result: (np.asarray(result.tokens), int(result.nfe)))(
-      sampler(key))
-  return call, num * (steps + 1) if kind == "smc" else num
+    return lambda key: ([np.asarray(sampler(key))], [0], steps)
+  if kind == "best":
+    return lambda key: (lambda r: ([np.asarray(r.tokens)], [num], int(r.nfe)))(sampler(key))
+  rewards = jax.jit(reward)
+  rewards(jnp.zeros((args.samples * num, guidance.LENGTH), jnp.int32))   # compiled here
+
+  def call(key):
+    result = sampler(key)
+    particles = np.asarray(result.particles)                              # [B, P, L]
+    scores = np.asarray(rewards(particles.reshape(-1, particles.shape[-1])))
+    best = particles[np.arange(len(particles)), scores.reshape(-1, num).argmax(-1)]
+    return ([np.asarray(result.tokens), best], [num * (steps + 1), num * (steps + 2)],
+            int(result.nfe))
+
+  return call
 
 
 def write_table(cells: dict, out: pathlib.Path, args) -> None:
@@ -119,8 +141,10 @@ def write_table(cells: dict, out: pathlib.Path, args) -> None:
            "errors over the square root of the seeds); seconds: one compiled call.\n",
            "| method | model calls | classifier calls | NVU | mean property | s.e. | valid | "
            "seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  for name in methods(args):
-    done = [cells[f"{name}|{seed}"] for seed in args.seeds if f"{name}|{seed}" in cells]
+  names = [cell for name, (kind, *_) in runs(args).items() for cell in cell_names(name, kind)]
+  for name in names:
+    done = [cells[f"{args.prop}|{name}|{seed}"] for seed in args.seeds
+            if f"{args.prop}|{name}|{seed}" in cells]
     if not done:
       continue
     nvu = np.array([c["novel_valid_unique"] for c in done], float)
@@ -146,8 +170,12 @@ def main():
   parser.add_argument("--particles", type=int, nargs="+", default=[2, 4])
   parser.add_argument("--gammas", type=float, nargs="+", default=[4.0, 16.0])
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+  parser.add_argument("--ess-threshold", type=float, default=1.0,
+                      help="reward SMC resamples when the effective size < this x P")
   args = parser.parse_args()
   check_lows(args, {"--samples": 1, "--nfe": 1, "--particles": 1, "--seeds": 0})
+  if not 0.0 <= args.ess_threshold <= 1.0:
+    raise UsageError(f"--ess-threshold must be in [0, 1], got {args.ess_threshold}")
   if any(g <= 0 for g in args.gammas):
     raise UsageError(f"--gammas must be above 0, got {args.gammas}")
   if any(args.nfe % p for p in args.particles):
@@ -167,22 +195,23 @@ def main():
   cells_path = out / "cells.json"
   cells = json.loads(cells_path.read_text()) if cells_path.is_file() else {}
   for seed in args.seeds:
-    for name, (kind, steps, num, gamma) in methods(args).items():
-      key = f"{name}|{seed}"
-      if cells.get(key, {}).get("models") == models and \
-          cells[key].get("samples") == args.samples:
+    for name, (kind, steps, num, gamma) in runs(args).items():
+      keys = [f"{args.prop}|{cell}|{seed}" for cell in cell_names(name, kind)]
+      if all(cells.get(key, {}).get("models") == models and
+             cells[key].get("samples") == args.samples for key in keys):
         continue
-      call, classifier_calls = prepare_cell(kind, steps, num, gamma, model, classifier, args)
+      call = prepare_run(kind, steps, num, gamma, model, classifier, args)
       tic = time.time()
-      ids, nfe = call(jax.random.key(seed))
+      outputs, classifier_calls, nfe = call(jax.random.key(seed))
       seconds = time.time() - tic
-      smiles = guidance.decode_smiles(ids)
-      cells[key] = {**chem.generation_metrics(smiles, training, args.prop),
-                    "property_sem": property_sem(smiles, training, args.prop),
-                    "model_calls": nfe, "classifier_calls": classifier_calls,
-                    "models": models, "seconds": seconds, "examples": smiles[:8]}
-      print(f"{key}: {cells[key]['novel_valid_unique']} NVU, mean {args.prop} "
-            f"{cells[key]['mean_property']:.3f} ({cells[key]['seconds']:.0f} s)", flush=True)
+      for key, ids, calls in zip(keys, outputs, classifier_calls):
+        smiles = guidance.decode_smiles(ids)
+        cells[key] = {**chem.generation_metrics(smiles, training, args.prop),
+                      "property_sem": property_sem(smiles, training, args.prop),
+                      "model_calls": nfe, "classifier_calls": calls, "models": models,
+                      "seconds": seconds, "examples": smiles[:8]}
+        print(f"{key}: {cells[key]['novel_valid_unique']} NVU, mean {args.prop} "
+              f"{cells[key]['mean_property']:.3f} ({seconds:.0f} s)", flush=True)
       files.write_atomic(cells_path, json.dumps(cells, indent=1) + "\n")
   write_table(cells, out, args)
   print((out / "table.md").read_text())
