@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import pathlib
 import sys
 import time
@@ -47,6 +48,7 @@ from remdm_jax import files, make_sampler, sampler_config
 from remdm_jax.cli import ScriptParser, UsageError, check_lows
 from remdm_jax.errors import run_cli
 from remdm_jax.eval import chem
+from remdm_jax.guidance import guidance_class
 from remdm_jax.models import as_classifier, as_denoiser
 from remdm_jax.particles import BestOfN, Smc
 from remdm_jax.weights.checkpoint import exported_step, load_model
@@ -97,26 +99,31 @@ def cell_names(name: str, kind: str) -> list[str]:
 
 def prepare_run(kind: str, steps: int, num: int, gamma: float, model, classifier, args):
   """`call(key) -> (ids per cell [samples, L] each, classifier calls per molecule per cell,
-  model calls per molecule)` of one run (in `cell_names` order), compiled beforehand."""
+  model calls per molecule)` of one run (in `cell_names` order), compiled beforehand. The
+  unguided and D-CBG runs are `BestOfN(1)` (exactly the plain decode) so that they count
+  their model calls too."""
+  reward, denoiser, params = reward_of(classifier), as_denoiser(model), None
   if kind == "cbg":
-    run = guidance.guided_sampler(model, classifier, "cbg", "MDLM", steps, args.samples)
-    return lambda key: ([run(key, gamma)], [steps], steps)
-  reward = reward_of(classifier)
-  method = None
+    denoiser = guidance_class("cbg")(gamma=gamma).denoiser(
+        lambda label: as_denoiser(model, label=label), target=TARGET,
+        classifier=as_classifier(classifier), mask_id=guidance.TOK.mask_id)
+    params = denoiser.params
+  method = BestOfN(1)
   if kind == "best":
     method = BestOfN(num, reward=reward)
   elif kind == "smc":
     method = Smc(num, reward=reward, beta=1.0 / gamma, resampler="systematic",
                  ess_threshold=args.ess_threshold, choose="weight")
-  sampler = make_sampler(as_denoiser(model), sampler_config(num_steps=steps, strategy="mdlm"),
+  sampler = make_sampler(denoiser, sampler_config(num_steps=steps, strategy="mdlm"),
                          batch_size=args.samples, seq_len=guidance.LENGTH,
                          mask_id=guidance.TOK.mask_id, particles=method,
-                         return_particles=method is not None)
-  sampler.compile(jax.random.key(0))
-  if method is None:
-    return lambda key: ([np.asarray(sampler(key))], [0], steps)
-  if kind == "best":
-    return lambda key: (lambda r: ([np.asarray(r.tokens)], [num], int(r.nfe)))(sampler(key))
+                         return_particles=True)
+  sampler.compile(jax.random.key(0), params)
+  if kind != "smc":
+    def classifier_calls(nfe):
+      return {"plain": 0, "cbg": nfe, "best": num}[kind]
+    return lambda key: (lambda r: ([np.asarray(r.tokens)], [classifier_calls(int(r.nfe))],
+                                   int(r.nfe)))(sampler(key, params))
   rewards = jax.jit(reward)
   rewards(jnp.zeros((args.samples * num, guidance.LENGTH), jnp.int32))   # compiled here
 
@@ -131,31 +138,61 @@ def prepare_run(kind: str, steps: int, num: int, gamma: float, model, classifier
   return call
 
 
+def summary(cells: dict, prop: str, name: str, seeds) -> dict | None:
+  """One table row's numbers over the seeds that ran: the count and the property (mean and
+  half the range), the property's pooled standard error, validity, seconds."""
+  done = [cells[f"{prop}|{name}|{seed}"] for seed in seeds if f"{prop}|{name}|{seed}" in cells]
+  if not done:
+    return None
+  nvu = np.array([c["novel_valid_unique"] for c in done], float)
+  value = np.array([c["mean_property"] for c in done], float)
+  squares = [c["property_sem"] ** 2 for c in done if np.isfinite(c["property_sem"])]
+  return {"nvu": nvu.mean(), "nvu_spread": np.ptp(nvu) / 2, "value": value.mean(),
+          "spread": np.ptp(value) / 2,
+          "sem": np.sqrt(np.mean(squares) / len(squares)) if squares else float("nan"),
+          "valid": np.mean([c["valid"] for c in done]),
+          "seconds": np.mean([c["seconds"] for c in done]),
+          "model_calls": done[0]["model_calls"], "classifier_calls": done[0]["classifier_calls"]}
+
+
+def difference(row: dict, reference: dict | None) -> str:
+  """`row`'s property minus `reference`'s, and the two-sided p of a normal test on their
+  standard errors (independent molecules)."""
+  if reference is None:
+    return "n/a"
+  gap = row["value"] - reference["value"]
+  z = gap / np.hypot(row["sem"], reference["sem"])
+  p = math.erfc(abs(z) / math.sqrt(2.0))
+  return f"{gap:+.3f}, p = " + (f"**{p:.2g}**" if p < 0.05 else f"{p:.2g}")
+
+
 def write_table(cells: dict, out: pathlib.Path, args) -> None:
-  """OUT/table.md: per method, the mean over seeds (+- half the range) of the count and the
-  property, the property's pooled standard error, validity and seconds."""
+  """OUT/table.md: per method, `summary`, and its property against D-CBG at the same gamma
+  (SMC) or against the unguided model (the others)."""
   lines = [f"{args.prop}, {args.samples} molecules per cell, MDLM ancestral sampling, "
            f"{args.nfe} model calls per molecule; seeds {' '.join(map(str, args.seeds))}. "
            "NVU: novel-valid-unique count; property: its mean over the NVU molecules "
            "(+- half the range over seeds; s.e.: the root mean square of the cells' standard "
-           "errors over the square root of the seeds); seconds: one compiled call.\n",
-           "| method | model calls | classifier calls | NVU | mean property | s.e. | valid | "
-           "seconds |", "|---|---:|---:|---:|---:|---:|---:|---:|"]
-  names = [cell for name, (kind, *_) in runs(args).items() for cell in cell_names(name, kind)]
-  for name in names:
-    done = [cells[f"{args.prop}|{name}|{seed}"] for seed in args.seeds
-            if f"{args.prop}|{name}|{seed}" in cells]
-    if not done:
-      continue
-    nvu = np.array([c["novel_valid_unique"] for c in done], float)
-    value = np.array([c["mean_property"] for c in done], float)
-    squares = [c["property_sem"] ** 2 for c in done if np.isfinite(c["property_sem"])]
-    sem = np.sqrt(np.mean(squares) / len(squares)) if squares else float("nan")
-    lines.append(f"| {name} | {done[0]['model_calls']} | {done[0]['classifier_calls']} | "
-                 f"{nvu.mean():.0f} +- {np.ptp(nvu) / 2:.0f} | {value.mean():.3f} +- "
-                 f"{np.ptp(value) / 2:.3f} | {sem:.3f} | "
-                 f"{np.mean([c['valid'] for c in done]):.3f} | "
-                 f"{np.mean([c['seconds'] for c in done]):.1f} |")
+           "errors over the square root of the seeds); vs: the difference of the property "
+           "from D-CBG at the same gamma (reward SMC) or from the unguided model (the "
+           "others), p of a two-sided normal test on the standard errors; seconds: one "
+           "compiled call.\n",
+           "| method | model calls | classifier calls | NVU | mean property | s.e. | vs | "
+           "valid | seconds |", "|---|---:|---:|---:|---:|---:|---|---:|---:|"]
+  found = runs(args)
+  unguided = summary(cells, args.prop, next(iter(found)), args.seeds)
+  for name, (kind, _, _, gamma) in found.items():
+    reference = None if kind == "plain" else unguided
+    if kind == "smc":
+      reference = summary(cells, args.prop, f"D-CBG gamma={gamma:g} T={args.nfe}", args.seeds)
+    for cell in cell_names(name, kind):
+      row = summary(cells, args.prop, cell, args.seeds)
+      if row is None:
+        continue
+      lines.append(f"| {cell} | {row['model_calls']} | {row['classifier_calls']} | "
+                   f"{row['nvu']:.0f} +- {row['nvu_spread']:.0f} | {row['value']:.3f} +- "
+                   f"{row['spread']:.3f} | {row['sem']:.3f} | {difference(row, reference)} | "
+                   f"{row['valid']:.3f} | {row['seconds']:.1f} |")
   files.write_atomic(out / "table.md", "\n".join(lines) + "\n")
 
 
