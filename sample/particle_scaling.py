@@ -9,11 +9,11 @@ voting (`TemporalVote()` over the answers of each step's clean-sequence estimate
 particle count P adds, at NFE = P L: best-of-P by the model's confidence, self-rewarding SMC
 (resampling every `--every` steps when the effective size is below P / 2), a majority vote
 over the P particles' answers, particle Gibbs with 2 particles and P / 2 iterations (P >= 4;
-resampling at every allowed step, its default), for P = 4 SMC resampling whenever the weights differ (`ess_threshold=1`), and, at the same
-NFE, ReMDM-LLaDA remasking with P L steps (one particle: more steps instead of more
-samples). The oracle pass@P (some particle is right, by the exact verifier) is
-reported apart as an upper bound, never as a method. Every run is repeated over the decoding
-seeds `--seeds`.
+resampling at every allowed step, its default), for P = 4 SMC resampling whenever the
+weights differ (`ess_threshold=1`), and, at the same NFE, ReMDM-LLaDA remasking with P L
+steps (one particle: more steps instead of more samples). The oracle pass@P (some particle
+is right, by the exact verifier) is reported apart as an upper bound, never as a method.
+Every run is repeated over the decoding seeds `--seeds`.
 
 Scores are kept in OUT/scores/ (a rerun skips what is done). OUT/table.md has each method's
 accuracy, its 95% Student-t interval over the seeds, the Wilson interval of all (seed, item)
