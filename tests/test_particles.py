@@ -279,9 +279,8 @@ def test_sampling_job_records_its_particles_and_refuses_other_ones(tmp_path):
   manifest = remdm_jax.files.read_json(out / "manifest.json", "manifest")
   assert manifest["particles"]["kind"] == "smc" and manifest["particles"]["num"] == 2
   assert manifest["particles"]["ess_threshold"] == 0.5      # the method's, not None
-  assert sample_main(flags + ["--particles.kind=smc", "--particles.num=2"]) == 0
   assert sample_main(flags + ["--particles.kind=smc", "--particles.num=2",
-                              "--particles.ess_threshold=0.5"]) == 0   # the same method
+                              "--particles.ess_threshold=0.5"]) == 0   # the same method, done
   assert sample_main(flags + ["--particles.kind=best_of_n", "--particles.num=2"]) != 0
 
 

@@ -652,31 +652,36 @@ def pinned_denoiser():
 PINNED_FILE = pathlib.Path(__file__).parent / "pinned_tokens.json"
 
 
+def pinned_tokens_of(name: str) -> list:
+  """The tokens of the pinned config `name`, `[B][L]` ids."""
+  b, l, v = PINNED_SHAPE
+  prompt = None
+  if name.endswith("prompt"):
+    prompt = np.full((b, l), v - 1, np.int32)
+    prompt[:, 0], prompt[1, 5] = 2, 4
+  tokens = jax.jit(lambda k: remdm_jax.sample(
+      k, pinned_denoiser(), sampler_config(**PINNED_CONFIGS[name]), batch_size=b, seq_len=l,
+      mask_id=v - 1, prompt=prompt))(jax.random.key(PINNED_KEY))
+  return np.asarray(tokens).tolist()
+
+
 def pinned_tokens() -> dict:
   """The tokens of every pinned config, `{name: [B][L] ids}`."""
-  b, l, v = PINNED_SHAPE
-  out = {}
-  for name, kwargs in PINNED_CONFIGS.items():
-    prompt = None
-    if name.endswith("prompt"):
-      prompt = np.full((b, l), v - 1, np.int32)
-      prompt[:, 0], prompt[1, 5] = 2, 4
-    tokens = jax.jit(lambda k: remdm_jax.sample(
-        k, pinned_denoiser(), sampler_config(**kwargs), batch_size=b, seq_len=l, mask_id=v - 1,
-        prompt=prompt))(jax.random.key(PINNED_KEY))
-    out[name] = np.asarray(tokens).tolist()
-  return out
+  return {name: pinned_tokens_of(name) for name in PINNED_CONFIGS}
 
 
-def test_fixed_key_tokens_are_pinned():
+def test_the_pinned_file_holds_every_pinned_config():
+  assert sorted(json.loads(PINNED_FILE.read_text())) == sorted(PINNED_CONFIGS)
+
+
+@pytest.mark.parametrize("name", sorted(PINNED_CONFIGS))
+def test_fixed_key_tokens_are_pinned(name):
   """Regression pin: the tokens of 16 fixed-key configs. A change here is a change of random
   stream (or of the sampler's math) and must be announced in the README; then re-record with
   `python tests/test_sampling.py`. Recorded with per-position token keys and one Gumbel draw
   for both levels of the categorical draw."""
   expected = json.loads(PINNED_FILE.read_text())
-  assert sorted(expected) == sorted(PINNED_CONFIGS)
-  for name, tokens in pinned_tokens().items():
-    np.testing.assert_array_equal(tokens, expected[name], err_msg=name)
+  np.testing.assert_array_equal(pinned_tokens_of(name), expected[name], err_msg=name)
 
 
 @pytest.mark.slow
