@@ -181,6 +181,7 @@ def test_split_head_gives_the_plain_denoisers_tokens(time_conditioning, kwargs):
   np.testing.assert_array_equal(fast(jax.random.key(0), params, prompt), expected)
 
 
+@pytest.mark.slow
 def test_bfloat16_model_logits_stay_bfloat16_and_give_the_float32_tokens():
   """A bfloat16 DiT emits bfloat16 logits (close to its float32 output) and the sampler keeps
   them so ("auto"): the tokens equal those of the same logits upcast to float32 first, on the

@@ -229,7 +229,8 @@ def test_one_device_eight_devices_and_sharded_parameters_give_the_same_loss():
                                                     marks=pytest.mark.slow),
                                        pytest.param(MdlmDiscreteObjective(discrete_steps=16),
                                                     marks=pytest.mark.slow),
-                                       ArObjective()], ids=lambda o: o.name)
+                                       pytest.param(ArObjective(), marks=pytest.mark.slow)],
+                         ids=lambda o: o.name)
 def test_every_objective_trains(objective, tmp_path):
   cfg = dataclasses.replace(TRAIN, objective=objective, steps=3, eval_every=0)
   model = dataclasses.replace(MODEL, causal=objective.causal)
