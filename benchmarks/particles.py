@@ -89,9 +89,9 @@ def gather_floor(denoiser, cfg, rows: int, num: int, length: int,
   return _timed(lambda _: gather(carry, ancestors), repeats), size
 
 
-def bench(args, kv_cache: str) -> list[tuple[str, float]]:
+def bench(args, denoiser, kv_cache: str) -> list[tuple[str, float]]:
   """`(row name, seconds)` for one cache kind."""
-  denoiser, num, batch = _model(args.layers, args.width), args.particles, args.batch
+  num, batch = args.particles, args.batch
   length = PROMPT + args.answer
   cfg = _config(kv_cache)
 
@@ -130,15 +130,16 @@ def main() -> None:
         f"{args.particles} particles, prompt {PROMPT} + answer {args.answer}, {steps} steps\n")
   print("| cache | row | seconds | / P plain calls | / the limit |")
   print("|---|---|---:|---:|---:|")
+  denoiser = _model(args.layers, args.width)
   for kv_cache in ("none", "dual"):
-    rows = dict(bench(args, kv_cache))
+    rows = dict(bench(args, denoiser, kv_cache))
     names = list(rows)
     separate, limit = rows[names[1]], rows[names[2]]
     for name in names:
       print(f"| {kv_cache} | {name} | {rows[name]:.3f} | {rows[name] / separate:.2f} | "
             f"{rows[name] / limit:.2f} |")
     resampling, step = (rows[names[4]] - rows[names[3]]) / steps, rows[names[3]] / steps
-    floor, size = gather_floor(_model(args.layers, args.width), _config(kv_cache),
+    floor, size = gather_floor(denoiser, _config(kv_cache),
                                args.batch * args.particles, args.particles,
                                PROMPT + args.answer, args.gather_repeats)
     print(f"| {kv_cache} | resampling per step, share of a BestOfN step | "
