@@ -32,6 +32,7 @@ from remdm_jax.registry import flat_options
 from remdm_jax.sampling.checks import NonFiniteLogitsError, nonfinite_message
 from remdm_jax.sampling.particles import ParticlesConfig
 from remdm_jax.sampling.sampler import make_sampler
+from remdm_jax.sampling.slots import SlotDecoder, make_slot_decoder
 from remdm_jax.jobs.shards import (finished_shards, manifest_digest, open_job, shard_path,
                               shard_text)
 from remdm_jax.text.tokenizers import Tokenizer, encode_rows
@@ -50,18 +51,22 @@ SHIPPED_MODEL = shipped_models() / "shakespeare-mdlm"
 
 
 class Throughput:
-  """Samples/s, tokens/s and peak memory of the batches actually computed."""
+  """Samples/s, tokens/s, model calls and peak memory of the samples actually computed."""
 
   def __init__(self, seq_len: int):
     self.seq_len, self.samples, self.seconds = seq_len, 0, 0.0
+    self.model_calls: int | None = None   # counted by the slot decoder only
 
   def add(self, samples: int, seconds: float) -> None:
     self.samples += samples
     self.seconds += seconds
 
   def summary(self) -> dict:
+    """The job's closing numbers; `model_calls` is None where the decoder does not count them
+    (the diffusion strategies, and block decoding with trajectories or particles)."""
     rate = self.samples / self.seconds if self.seconds else 0.0
     return {"samples_per_s": round(rate, 3), "tokens_per_s": round(rate * self.seq_len, 1),
+            "model_calls": self.model_calls,
             "peak_memory_mib": round(peak_memory_bytes() / 2 ** 20, 1)}
 
 
@@ -363,10 +368,10 @@ class _Run:
   texts: list[str]                 # the prompts' text, as the manifest records them
   prompts: np.ndarray | None       # [num_samples, seq_len] int32 templates, or None
   batch_sharding: object           # a NamedSharding of the batch, or None (one device)
-  sampler: object                  # the compiled `Sampler`
+  sampler: object                  # the compiled `Sampler`, or a `SlotDecoder`
   params: object                   # the denoiser's parameters, on the mesh
   key: jax.Array
-  bar: "StepProgress"              # advanced by the sampler, step by step
+  bar: "StepProgress | None"       # advanced by the sampler, step by step (None: slots)
 
 
 def _check_job(job: SampleJob, guidance: Guidance) -> None:
@@ -386,9 +391,17 @@ def _prompt_block(job: SampleJob, rows, seq_len: int, batch_sharding):
   return block if batch_sharding is None else distributed.put_global(block, batch_sharding)
 
 
+def uses_slots(cfg: Config, job: SampleJob, particles: ParticlesConfig) -> bool:
+  """Whether the job decodes its prompts as a queue in `batch_size` slots, each row at its own
+  pace (`remdm_jax.sampling.slots`): block decoding without trajectories or particles (those
+  run the lockstep decoder, batch by batch). Either way example `i` is the same."""
+  return isinstance(cfg, BlockConfig) and not job.trajectory and particles.kind == "none"
+
+
 def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, particles: ParticlesConfig,
              progress: bool) -> _Run:
-  """Loads and checks the model, classifier and prompts, and compiles the sampler."""
+  """Loads and checks the model, classifier and prompts, and compiles the sampler (the slot
+  decoder checks its queue here and compiles on its first call)."""
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
   loaded = load_sampling_model(job.model, mesh)   # placed once: the two inputs of D-CFG
@@ -401,12 +414,18 @@ def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, particles: Particl
   prompts = prompt_rows(texts, job.num_samples, loaded.tokenizer, seq_len, chat=job.chat)
   denoiser = job_denoiser(job, guidance, loaded.model, classifier, mask_id)
   params = _replicate_unplaced(denoiser.params, mesh)
+  key = jax.random.key(job.seed)
+  if uses_slots(cfg, job, particles):
+    decoder = make_slot_decoder(denoiser, cfg, slots=job.batch_size, seq_len=seq_len,
+                                mask_id=mask_id, batch_sharding=batch_sharding)
+    decoder.check(_all_prompts(prompts, job.num_samples, seq_len, mask_id))
+    return _Run(job, loaded, seq_len, texts, prompts, batch_sharding, decoder, params, key,
+                None)
   bar = StepProgress(0, progress and distributed.is_primary())
   sampler = make_sampler(denoiser, cfg, batch_size=job.batch_size, seq_len=seq_len,
                          mask_id=mask_id, batch_sharding=batch_sharding,
                          return_nonfinite=True, return_trajectory=job.trajectory, on_step=bar,
                          particles=particles.method())
-  key = jax.random.key(job.seed)
   widest = _widest_first(prompts, job.batch_size, mask_id)
   sampler.compile(key, params, _prompt_block(job, widest, seq_len, batch_sharding))
   return _Run(job, loaded, seq_len, texts, prompts, batch_sharding, sampler, params, key, bar)
@@ -474,16 +493,101 @@ def _sample_batches(run: _Run, settings: dict, directory, digest: str | None
   return records, throughput
 
 
+def _all_prompts(prompts, num_samples: int, seq_len: int, mask_id: int) -> np.ndarray:
+  """`[num_samples, seq_len] int32`: the job's prompt rows, or all masks without prompts."""
+  if prompts is None:
+    return np.full((num_samples, seq_len), mask_id, np.int32)
+  return np.asarray(prompts, np.int32)
+
+
+def _contiguous_runs(indices) -> list[list[int]]:
+  """Sorted indices cut where they are not consecutive."""
+  runs = []
+  for index in sorted(indices):
+    if runs and runs[-1][-1] == index - 1:
+      runs[-1].append(index)
+    else:
+      runs.append([index])
+  return runs
+
+
+class _ShardWriter:
+  """Records finished out of order, written as shards of consecutive indices once a run of
+  them reaches `batch_size` (and all at the end), atomically, by the primary process."""
+
+  def __init__(self, directory, batch_size: int):
+    self.directory, self.batch_size = directory, batch_size
+    self.pending: dict[int, dict] = {}
+
+  def add(self, records: list[dict], *, flush: bool = False) -> None:
+    self.pending.update((record["index"], record) for record in records)
+    for run in _contiguous_runs(self.pending):
+      if flush or len(run) >= self.batch_size:
+        block = [self.pending.pop(i) for i in run]
+        if self.directory and distributed.is_primary():
+          files.write_atomic(shard_path(self.directory, run[0], run[-1] + 1),
+                             shard_text(block))
+
+
+def _sample_queue(run: _Run, settings: dict, directory, digest: str | None, progress: bool
+                  ) -> tuple[list[dict], Throughput]:
+  """Decodes every prompt not already in the job folder with the slot decoder, writing
+  shards as runs of consecutive prompts finish; returns the records (on the primary process)
+  and their throughput (with the model calls).
+
+  Raises:
+    NonFiniteLogitsError: the model returned non-finite logits for a prompt; the prompts of
+      that synchronisation and the unwritten ones before it are not written.
+  """
+  job, decoder = run.job, run.sampler
+  done = {i for a, b in (finished_shards(directory) if directory else []) for i in range(a, b)}
+  todo = np.array([i for i in range(job.num_samples) if i not in done], np.int64)
+  throughput, records = Throughput(run.seq_len), []
+  if not len(todo):
+    return records, throughput
+  prompts = _all_prompts(run.prompts, job.num_samples, run.seq_len,
+                         run.loaded.tokenizer.mask_id)[todo]
+  writer = _ShardWriter(directory, job.batch_size)
+  bar = tqdm(total=len(todo), desc="sample", unit="prompt",
+             disable=not (progress and distributed.is_primary()))
+  tic = time.perf_counter()
+
+  def on_sync(positions, tokens, nonfinite):
+    if nonfinite.any():
+      raise NonFiniteLogitsError(f"model {job.model}: "
+                                 f"{nonfinite_message(nonfinite, todo[positions])}")
+    new = [_record(int(todo[p]), row, run.loaded.tokenizer, settings, job, digest)
+           for p, row in zip(positions, tokens)]
+    writer.add(new)
+    if distributed.is_primary():
+      records.extend(new)
+    bar.update(len(new))
+    bar.set_postfix(tokens_per_s=round(bar.n * run.seq_len / (time.perf_counter() - tic), 1))
+
+  try:
+    result = decoder(run.key, prompts, todo, params=run.params,
+                     sync_every=decoder.steps_per_block, on_sync=on_sync)
+  finally:
+    bar.close()
+  writer.add([], flush=True)
+  throughput.add(len(todo), time.perf_counter() - tic)
+  throughput.model_calls = result.model_calls
+  return sorted(records, key=lambda record: record["index"]), throughput
+
+
 def _run_job(cfg: Config, job: SampleJob, guidance: Guidance, particles: ParticlesConfig,
              progress: bool) -> JobResult:
   """The body of `run_sampling_job`, run while this run holds the job folder's lock."""
   _check_job(job, guidance)
   run = _prepare(cfg, job, guidance, particles, progress)
-  num_batches = len(range(0, job.num_samples, job.batch_size))
-  run.bar.set_total(num_batches * run.sampler.num_steps())
   manifest = _manifest(run, cfg, guidance, particles)
   directory = open_job(job.out, manifest) if job.out else None
   digest = manifest_digest(manifest) if job.out else None
+  if isinstance(run.sampler, SlotDecoder):
+    records, throughput = _sample_queue(run, cfg.options(), directory, digest, progress)
+    return JobResult(records=records, throughput=throughput.summary(), directory=directory)
+  num_batches = len(range(0, job.num_samples, job.batch_size))
+  run.bar.set_total(num_batches * run.sampler.num_steps())
   try:
     records, throughput = _sample_batches(run, cfg.options(), directory, digest)
   finally:

@@ -226,9 +226,10 @@ def answer_start(z, mask_id: int):
   return xp.max(xp.where(z != mask_id, positions[None], 0), axis=1).astype(np.int32)
 
 
-def _geometry(start: jax.Array, block: jax.Array, block_length: int,
-              seq_len: int) -> Geometry:
-  """Block `block` ([] int32) of each example, whose answer starts at `start [B] int32`."""
+def block_geometry(start: jax.Array, block: jax.Array, block_length: int,
+                   seq_len: int) -> Geometry:
+  """Block `block` (`[]` int32, or `[B]`: each row's own) of each example, whose answer
+  starts at `start [B] int32`."""
   first = start + block * block_length
   positions = first[:, None] + jnp.arange(block_length, dtype=jnp.int32)[None]
   return Geometry(first, jnp.minimum(positions, seq_len - 1), positions < seq_len)
@@ -296,7 +297,7 @@ def _transfer_count(row, count, masked, remasked, score, plan, rule: BlockRule, 
 def _remask_by_sigma(key, row, candidates, track_w, positions, *, conf: bool):
   """`remask_sigma`: each candidate remasked with probability `row.sigma` (times the conf
   weights of the probabilities the tokens were decoded with)."""
-  p = jnp.broadcast_to(row.sigma, candidates.shape)
+  p = jnp.broadcast_to(per_row(row.sigma), candidates.shape)
   if conf:
     p = p * conf_weights(jnp.exp(track_w), candidates, "prob")
   return candidates & jax.vmap(posterior.bernoulli)(key, p)
@@ -320,7 +321,13 @@ def remask_rule(rule: BlockRule):
   return functools.partial(_remask_ranked, by_confidence=rule.remdm_select == "confidence")
 
 
-def _stop_at_eos(z, start, eos_id: int) -> jax.Array:
+def per_row(flag: jax.Array) -> jax.Array:
+  """A step's scalar, or its per-row values `[B]`, as a column that broadcasts over `[B, K]`
+  (or `[B, L]`) arrays."""
+  return jnp.reshape(flag, (-1, 1))
+
+
+def stop_at_eos(z, start, eos_id: int) -> jax.Array:
   """`z [B, L]` with every answer position after a row's first `eos_id` set to `eos_id`, so
   a row whose answer holds it has nothing left to decode."""
   position = jnp.arange(z.shape[1], dtype=jnp.int32)
@@ -329,7 +336,9 @@ def _stop_at_eos(z, start, eos_id: int) -> jax.Array:
   return jnp.where(position[None] > first[:, None], eos_id, z)
 
 
-class _Carry(NamedTuple):
+class BlockCarry(NamedTuple):
+  """The rows' state between block-decoding steps."""
+
   z: jax.Array           # [B, L] int32
   track: jax.Array       # [B, L] float32: score at which each token was decoded (+inf else)
   count: jax.Array       # [B] int32: masks of the current block at its start
@@ -337,19 +346,20 @@ class _Carry(NamedTuple):
   cache: object          # the model's key-value cache, or None
 
 
-def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mask_id: int,
-               steps_per_block: int, needs: Needs):
+def make_block_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int,
+                    mask_id: int, steps_per_block: int, needs: Needs):
   """The scan body over the flat table (every block's steps): `step(carry, (index, block,
   row), keys) -> (carry, StepOut)`; the window (`model`), the score and the remasking rule are
-  picked here, once."""
+  picked here, once. `index` (the step among all blocks' steps), `block` and the table `row`
+  are one for the batch, or one per row (`[B]`, `remdm_jax.sampling.slots`)."""
   score, remask_fn = SCORES[rule.score], remask_rule(rule)
 
-  def step(carry: _Carry, xs, step_row_keys):
+  def step(carry: BlockCarry, xs, step_row_keys):
     index, block, row = xs
     within = index % steps_per_block
     first_step, last_step = within == 0, within == steps_per_block - 1
     keys = step_keys(step_row_keys)
-    geometry = _geometry(start, block, rule.block_length, seq_len)
+    geometry = block_geometry(start, block, rule.block_length, seq_len)
     z_w, track_w = rows(carry.z, geometry.positions), rows(carry.track, geometry.positions)
     count = jnp.where(first_step, jnp.sum(geometry.valid & (z_w == mask_id), axis=-1),
                       carry.count)
@@ -360,8 +370,10 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mas
     masked = geometry.valid & (z_w == mask_id)
     z = _scatter(carry.z, geometry.positions, geometry.valid, z_w)
 
+    working = jnp.any(masked, axis=-1)
+
     def decode():
-      logits, cache = model.logits(z, geometry, first_step, carry.cache)
+      logits, cache = model.logits(z, geometry, first_step, carry.cache, working)
       x0, scores, bad = _choose(keys, logits, geometry.positions, plan, score, mask_id)
       k = _transfer_count(row, count, masked, jnp.sum(remask, axis=-1), scores, plan, rule,
                           last_step)
@@ -376,19 +388,20 @@ def _make_step(model, plan: BlockPlan, rule: BlockRule, start, seq_len: int, mas
       return (z_w, track_w, jnp.zeros_like(masked), jnp.zeros_like(carry.nonfinite),
               carry.cache, z_w, jnp.zeros(masked.shape if needs.logp else (), jnp.float32))
 
-    called = jnp.any(masked)
-    z_w, track_w, unmask, bad, cache, estimate, logp = jax.lax.cond(called, decode, skip)
+    z_w, track_w, unmask, bad, cache, estimate, logp = jax.lax.cond(jnp.any(working), decode,
+                                                                     skip)
     z = _scatter(z, geometry.positions, geometry.valid, z_w)
     track = _scatter(carry.track, geometry.positions, geometry.valid, track_w)
     if rule.eos_id >= 0:
-      z = jnp.where(last_step, _stop_at_eos(z, start, rule.eos_id), z)
+      z = jnp.where(per_row(last_step), stop_at_eos(z, start, rule.eos_id), z)
     in_block = lambda values, base: _scatter(base, geometry.positions, geometry.valid, values)
     out = StepOut(z, in_block(unmask, jnp.zeros_like(z, bool)),
-                  in_block(remask, jnp.zeros_like(z, bool)), called, last_step,
+                  in_block(remask, jnp.zeros_like(z, bool)),
+                  model.calls(first_step, working), last_step,
                   in_block(logp, jnp.zeros(z.shape, jnp.float32)) if needs.logp else None,
                   in_block(jnp.where(z_w == mask_id, estimate, z_w), z) if needs.predicted
                   else None)
-    return _Carry(z, track, count, carry.nonfinite | bad, cache), out
+    return BlockCarry(z, track, count, carry.nonfinite | bad, cache), out
 
   return step
 
@@ -405,12 +418,12 @@ def _start_blocks(denoiser, plan: BlockPlan, prompt, shape: RunShape, needs: Nee
   tail = min(seq_len, blocks * rule.block_length)
   model = make_window(denoiser, rule, plan, z != mask_id, seq_len, mask_id, tail)
   steps_per_block = plan.table.t.shape[0]
-  step = _make_step(model, plan, rule, start, seq_len, mask_id, steps_per_block, needs)
+  step = make_block_step(model, plan, rule, start, seq_len, mask_id, steps_per_block, needs)
   total = blocks * steps_per_block
   table = jax.tree.map(lambda a: jnp.tile(a, blocks), plan.table)
   xs = (jnp.arange(total, dtype=jnp.int32),
         jnp.repeat(jnp.arange(blocks, dtype=jnp.int32), steps_per_block), table)
-  carry = _Carry(z, jnp.full(z.shape, jnp.inf, jnp.float32),
+  carry = BlockCarry(z, jnp.full(z.shape, jnp.inf, jnp.float32),
                  jnp.zeros((batch_size,), jnp.int32), jnp.zeros((batch_size,), bool),
                  model.init_cache(z))
   return Scan(carry, xs, step, lambda carry: Finish(

@@ -16,9 +16,12 @@ class NonFiniteLogitsError(FloatingPointError):
   """The denoiser returned logits that define no distribution where a token was drawn."""
 
 
-def nonfinite_message(flags: np.ndarray, first_index: int) -> str:
-  """What went wrong, naming the global indices of the flagged examples (`flags [B] bool`)."""
-  bad = (np.flatnonzero(flags) + first_index).tolist()
+def nonfinite_message(flags: np.ndarray, first_index) -> str:
+  """What went wrong, naming the global indices of the flagged examples (`flags [B] bool`;
+  `first_index` the global index of the first, or `[B]` the index of each)."""
+  indices = (first_index + np.arange(len(flags)) if np.ndim(first_index) == 0
+             else np.asarray(first_index))
+  bad = indices[np.asarray(flags, bool)].tolist()
   return (f"the denoiser returned non-finite logits (NaN, +inf, or -inf for every id but the "
           f"mask) at masked positions of {len(bad)} of {len(flags)} examples (global "
           f"indices {bad[:8]}{'...' if len(bad) > 8 else ''}); their tokens would be "

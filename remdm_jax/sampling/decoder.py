@@ -78,7 +78,8 @@ class StepOut(NamedTuple):
   z: jax.Array                   # [B, L] int32, the tokens after the step
   unmask: jax.Array              # [B, L] bool, positions that received a token
   remask: jax.Array              # [B, L] bool, decoded positions turned back into masks
-  called: jax.Array              # [] bool, the model ran at this step
+  called: jax.Array              # [] bool, the model ran at this step ([] int32: its calls,
+                                 # when rows take their own steps)
   boundary: jax.Array            # [] bool, the step ends a unit of the decode (a block)
   logp: jax.Array | None         # [B, L] float32, log p(token) where unmasked (0 elsewhere)
   predicted: jax.Array | None    # [B, L] int32, the step's clean-sequence estimate

@@ -7,6 +7,10 @@
 - `DualCache`: the same first step; the later steps run the block alone, every other position
   reading the cache (Fast-dLLM's `generate_with_dual_cache`).
 
+A step's `first_step` is one flag for the batch (all rows take a block's steps together) or
+one per row (`remdm_jax.sampling.slots`: every row at its own step): then the rows starting a
+block are prefilled while the others reuse their caches, in the same step.
+
 The window is picked once per run (`make_window`), outside the scan's step. Classifier-free
 guidance stacks the unconditional rows (the prompt masked) after the conditional ones
 (`Guide`). A denoiser whose row `p - 1` predicts position `p` (`Denoiser.shift`) has the
@@ -83,7 +87,13 @@ class Uncached:
   def init_cache(self, z: jax.Array):
     return None
 
-  def logits(self, z, geometry: Geometry, first_step, cache):
+  def calls(self, first_step, working: jax.Array) -> jax.Array:
+    """The model calls of a step whose rows with work are `working [B] bool`: one when any
+    has work (`[] bool`)."""
+    del first_step
+    return jnp.any(working)
+
+  def logits(self, z, geometry: Geometry, first_step, cache, working=None):
     """`(logits [B, K, V] float32, cache)` of the block."""
     seqs = self.guide.inputs(z)
     t = jnp.maximum(jnp.mean((seqs == self.mask_id).astype(jnp.float32), axis=1), 1e-5)
@@ -109,7 +119,18 @@ class _Cached:
     shape = jax.eval_shape(lambda s: self.denoiser.prefill(s)[1], self.guide.inputs(z))
     return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
 
-  def logits(self, z, geometry: Geometry, first_step, cache):
+  def calls(self, first_step, working: jax.Array) -> jax.Array:
+    """The model calls of a step whose rows with work are `working [B] bool`: one (`[] bool`)
+    under one `first_step` flag; per row, one for the rows starting a block (the prefill)
+    plus one for the others (`[] int32`, 0 to 2)."""
+    if jnp.ndim(first_step) == 0:
+      return jnp.any(working)
+    return (jnp.any(working & first_step).astype(jnp.int32)
+            + jnp.any(working & ~first_step).astype(jnp.int32))
+
+  def logits(self, z, geometry: Geometry, first_step, cache, working=None):
+    """`(logits [B, K, V] float32, cache)` of the block: prefilled at its first step (every
+    row, or the `working` rows whose `first_step [B]` is set), else from the cache."""
     seqs = self.guide.inputs(z)
     positions = self.guide.twice(geometry.positions)
 
@@ -117,9 +138,30 @@ class _Cached:
       h, fresh_cache = self.denoiser.prefill(seqs)
       return _head_at(self.denoiser, h, positions), fresh_cache
 
-    out, cache = jax.lax.cond(first_step, prefill,
-                              lambda: (self.reuse(seqs, geometry, cache), cache))
+    def reuse():
+      return self.reuse(seqs, geometry, cache), cache
+
+    if jnp.ndim(first_step) == 0:
+      out, cache = jax.lax.cond(first_step, prefill, reuse)
+    else:
+      out, cache = self._per_row(prefill, reuse, self.guide.twice(first_step),
+                                 self.guide.twice(working))
     return self.guide.combine(out), cache
+
+  @staticmethod
+  def _per_row(prefill, reuse, first: jax.Array, working: jax.Array):
+    """Rows at their block's first step (`first [B] bool`) take the prefill's logits and
+    cache, the others the cache's logits; each call runs only when a `working` row needs
+    it."""
+    def both():
+      (fresh_out, fresh), (cached_out, kept) = prefill(), reuse()
+      pick = lambda a, b: jnp.where(jnp.reshape(first, (-1,) + (1,) * (a.ndim - 1)), a, b)
+      return pick(fresh_out, cached_out), jax.tree.map(pick, fresh, kept)
+
+    needs_prefill = jnp.any(working & first)
+    needs_cache = jnp.any(working & ~first)
+    branch = jnp.where(needs_prefill, jnp.where(needs_cache, 2, 1), 0)
+    return jax.lax.switch(branch, [reuse, prefill, both])
 
 
 @dataclasses.dataclass(frozen=True)
