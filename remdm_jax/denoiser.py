@@ -78,7 +78,7 @@ def shift_rows(x: jax.Array, shift: int) -> jax.Array:
 @functools.partial(jax.tree_util.register_dataclass, data_fields=["params"],
                    meta_fields=["apply", "features_apply", "head_apply", "reads_t",
                                 "vocab_size", "mask_id", "prefill_apply", "cached_apply",
-                                "shift"])
+                                "shift", "prefill_and_cached_apply"])
 @dataclasses.dataclass(frozen=True, eq=False)
 class Denoiser:
   """A masked diffusion model as the sampler sees it.
@@ -110,6 +110,10 @@ class Denoiser:
       cache) -> h [B, W, D]` runs the rows `z_w` standing at `positions`, attending to the
       cache's keys and values with those of the `fresh` rows replaced by their new ones (the
       stored cache is not changed).
+    prefill_and_cached_apply: optional, with the cache contract: `(params, z_p [R, L],
+      z_w [B, W], positions, fresh, cache) -> ((h_p, cache_p), h_w)`, the two calls in one
+      pass over the model's layers (the weights read once; LLaDA has it). Without it,
+      `prefill_and_cached` makes the two calls.
     shift: 0, or 1 for models whose row `p - 1` predicts position `p` (Dream-class models,
       and the GPT-2 MDMs of Ye et al. 2024): `apply` returns the model's rows as they are,
       `denoiser(z, t)` moves them into place (`shift_rows`; position 0 keeps row 0, as
@@ -128,6 +132,7 @@ class Denoiser:
   prefill_apply: Callable | None = None
   cached_apply: Callable | None = None
   shift: int = 0
+  prefill_and_cached_apply: Callable | None = None
 
   def __post_init__(self):
     if not callable(self.apply):
@@ -142,6 +147,9 @@ class Denoiser:
     if self.prefill_apply is not None and (not self.is_split or self.reads_t):
       raise ValueError("Denoiser's key-value cache contract (prefill_apply, cached_apply) "
                        "needs the split contract and reads_t=False")
+    if self.prefill_and_cached_apply is not None and self.prefill_apply is None:
+      raise ValueError("Denoiser.prefill_and_cached_apply fuses the key-value cache contract's "
+                       "two calls; give prefill_apply and cached_apply too")
     if not isinstance(self.reads_t, bool):
       raise TypeError(f"Denoiser.reads_t must be a bool, got {self.reads_t!r}")
     _check_optional_int(self, "vocab_size", 1)
@@ -213,6 +221,19 @@ class Denoiser:
     """The trunk of the rows `z_w [B, W] int32` at `positions [B, W] int32`, attending to
     `cache` with the `fresh [B, W] bool` rows' own keys and values: `h [B, W, D]`."""
     return self.cached_apply(self.params, z_w, positions, fresh, cache)
+
+  @property
+  def fuses_prefill(self) -> bool:
+    """Whether `prefill_and_cached` is one call (`prefill_and_cached_apply` given)."""
+    return self.prefill_and_cached_apply is not None
+
+  def prefill_and_cached(self, z_p: jax.Array, z_w: jax.Array, positions: jax.Array,
+                         fresh: jax.Array, cache):
+    """`(prefill(z_p), cached(z_w, positions, fresh, cache))`, in one call when the denoiser
+    fuses them (`fuses_prefill`)."""
+    if self.fuses_prefill:
+      return self.prefill_and_cached_apply(self.params, z_p, z_w, positions, fresh, cache)
+    return self.prefill(z_p), self.cached(z_w, positions, fresh, cache)
 
   def with_params(self, params) -> "Denoiser":
     """The same denoiser with other parameters (same structure: no recompilation)."""

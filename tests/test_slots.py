@@ -4,6 +4,7 @@ prompt alone at batch 1 (its independent reference: the lockstep decoder is chec
 ports of the reference decoders in test_blocks.py), for any slot count, on 1 and 8 devices;
 the model calls of a queue; the job's contract."""
 
+import dataclasses
 import json
 
 import jax
@@ -125,24 +126,39 @@ def test_model_calls_follow_the_rows_own_steps():
   assert eos.model_calls == 4 and eos.tokens[0].tolist() == [0, 1, 1, 1, 1, 1]
 
 
-def test_slots_stay_busy_on_mixed_lengths(tiny):
-  """48 prompts of 1 to 20 ids, threshold 0.9: at 8 slots the uncached queue makes at most
-  1.3 x (the calls of one prompt at a time) / 8. With the dual cache a step of rows at
-  different blocks calls the model twice (prefill and cached window); its steps stay within
-  the same bound."""
+@pytest.mark.parametrize("kv_cache,fused", [("none", True), ("dual", True), ("dual", False)])
+def test_slots_stay_busy_on_mixed_lengths(tiny, kv_cache, fused):
+  """48 prompts of 1 to 20 ids, threshold 0.9: at 8 slots the queue makes at most 1.3 x (the
+  calls of one prompt at a time) / 8. With the dual cache, rows starting a block are
+  prefilled in the same call as the others' windows (LLaDA's fused pass); a denoiser without
+  it calls twice in such a step, so only its steps stay within the bound."""
+  denoiser = tiny if fused else dataclasses.replace(tiny, prefill_and_cached_apply=None)
   prompts = prompt_rows(np.random.default_rng(5).integers(1, 21, 48), seed=6)
-  for kv_cache in ("none", "dual"):
-    cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=0.0,
-                                   threshold=0.9, kv_cache=kv_cache)
-    one = make_slot_decoder(tiny, cfg, slots=1, seq_len=LENGTH, mask_id=MASK_ID)(
-        jax.random.key(0), prompts)
-    eight = make_slot_decoder(tiny, cfg, slots=8, seq_len=LENGTH, mask_id=MASK_ID)(
-        jax.random.key(0), prompts)
-    np.testing.assert_array_equal(one.tokens, eight.tokens)
-    bound = 1.3 * one.model_calls / 8
-    assert eight.iterations <= bound, (kv_cache, eight.iterations, one.model_calls)
-    if kv_cache == "none":
-      assert eight.model_calls <= bound, (eight.model_calls, one.model_calls)
+  cfg = remdm_jax.sampler_config("llada", num_steps=4, block_length=4, temperature=0.0,
+                                 threshold=0.9, kv_cache=kv_cache)
+  one = make_slot_decoder(denoiser, cfg, slots=1, seq_len=LENGTH, mask_id=MASK_ID)(
+      jax.random.key(0), prompts)
+  eight = make_slot_decoder(denoiser, cfg, slots=8, seq_len=LENGTH, mask_id=MASK_ID)(
+      jax.random.key(0), prompts)
+  np.testing.assert_array_equal(one.tokens, eight.tokens)
+  bound = 1.3 * one.model_calls / 8
+  assert eight.iterations <= bound, (eight.iterations, one.model_calls)
+  assert (eight.model_calls <= bound) == fused, (eight.model_calls, one.model_calls)
+
+
+def test_the_fused_pass_equals_the_two_calls(tiny):
+  """LLaDA's prefill of some rows and cached window of others in one pass over the layers
+  gives the two calls' hidden states and cache, to float32 rounding (the same rounding a
+  change of batch size gives: the matrix products see other shapes)."""
+  z = prompt_rows([3, 7, 12], seed=2)
+  (h, cache), z_p = tiny.prefill(z), prompt_rows([5, 9], seed=3)
+  positions = jnp.asarray([[4, 5, 6, 7], [8, 9, 10, 11], [12, 13, 14, 15]], jnp.int32)
+  fresh = positions < jnp.asarray([[6], [11], [16]])
+  z_w = jnp.take_along_axis(jnp.asarray(z), positions, axis=1)
+  fused = tiny.prefill_and_cached(z_p, z_w, positions, fresh, cache)
+  apart = tiny.prefill(z_p), tiny.cached(z_w, positions, fresh, cache)
+  for a, b in zip(jax.tree.leaves(fused), jax.tree.leaves(apart)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-5)
 
 
 def test_bad_arguments_are_named(tiny):

@@ -235,11 +235,22 @@ class Block(nnx.Module):
     to the cached `kv` (`k, v [B, L, Hkv, Dh]`) with the `fresh [B, W] bool` rows' entries
     replaced by their new keys and values; `-> [B, W, D]`."""
     q, k, v = self._qkv(x, cos, sin)
-    rows = jnp.arange(x.shape[0])[:, None]
-    at = jnp.where(fresh, positions, kv[0].shape[1])         # out of range: dropped
-    k_all = kv[0].at[rows, at].set(k, mode="drop")
-    v_all = kv[1].at[rows, at].set(v, mode="drop")
-    return self._finish(x, q, k_all, v_all)
+    return self._finish(x, q, *_with_fresh(kv, k, v, positions, fresh))
+
+  def prefill_and_cached(self, x_p, x_w, rotary, positions, fresh, kv):
+    """`with_kv` of the rows `x_p [R, L, D]` and `cached` of the rows `x_w [B, W, D]` (at
+    `positions`, with `fresh` and `kv` as in `cached`) in one pass: the projections and the
+    MLP run once over both groups' tokens, the attention apart. `rotary` is the joined
+    `(cos, sin)`, each `[1, R L + B W, Dh]` (`join_groups`). Returns `(x_p' [R, L, D],
+    (k, v) [R, L, Hkv, Dh], x_w' [B, W, D])`."""
+    shape_p = x_p.shape[:2]
+    q, k, v = self._qkv(join_groups(x_p, x_w), *rotary)
+    (q_p, q_w), (k_p, k_w), (v_p, v_w) = (split_groups(a, shape_p, x_w.shape[:2])
+                                          for a in (q, k, v))
+    att = join_groups(_attention(q_p, k_p, v_p),
+                      _attention(q_w, *_with_fresh(kv, k_w, v_w, positions, fresh)))
+    x_p, x_w = split_groups(self._mlp(join_groups(x_p, x_w), att), shape_p, x_w.shape[:2])
+    return x_p, (k_p, v_p), x_w
 
   def _qkv(self, x, cos, sin):
     b, l, _ = x.shape
@@ -251,12 +262,44 @@ class Block(nnx.Module):
 
   def _finish(self, x, q, k, v):
     """Attention of `q [B, W, H, Dh]` over `k, v [B, L, Hkv, Dh]`, then the MLP."""
+    return self._mlp(x, _attention(q, k, v))
+
+  def _mlp(self, x, att):
+    """The attention's output projection `att [B, W, H, Dh]`, added to `x [B, W, D]`, then
+    the MLP with its residual."""
     b, w, d = x.shape
-    # query head n reads key/value head n // (H / Hkv), as the reference's repeat_interleave
-    att = jax.nn.dot_product_attention(q, k, v)                            # [B, W, H, Dh]
     x = x + self.attn_out(att.reshape(b, w, d))
     h = self.ff_norm(x)
     return x + self.ff_out(jax.nn.silu(self.ff_proj(h)) * self.up_proj(h))
+
+
+def _attention(q, k, v):
+  """`q [B, W, H, Dh]` over `k, v [B, L, Hkv, Dh]`: query head n reads key/value head
+  n // (H / Hkv), as the reference's repeat_interleave."""
+  return jax.nn.dot_product_attention(q, k, v)                             # [B, W, H, Dh]
+
+
+def _with_fresh(kv, k, v, positions, fresh):
+  """The cached `kv` (`k, v [B, L, Hkv, Dh]`) with the `fresh [B, W] bool` rows at
+  `positions [B, W]` replaced by `k, v [B, W, Hkv, Dh]`."""
+  rows = jnp.arange(k.shape[0])[:, None]
+  at = jnp.where(fresh, positions, kv[0].shape[1])         # out of range: dropped
+  return kv[0].at[rows, at].set(k, mode="drop"), kv[1].at[rows, at].set(v, mode="drop")
+
+
+def join_groups(a: jax.Array, b: jax.Array) -> jax.Array:
+  """Two groups of rows, `a [R, L, ...]` and `b [B, W, ...]`, as one row of their `R L + B W`
+  tokens, `[1, R L + B W, ...]`: position-wise layers then run once over both."""
+  flat = lambda x: x.reshape((1, -1) + x.shape[2:])
+  return jnp.concatenate([flat(a), flat(b)], axis=1)
+
+
+def split_groups(joined: jax.Array, shape_a, shape_b) -> tuple[jax.Array, jax.Array]:
+  """The inverse of `join_groups`: `[1, R L + B W, ...] -> ([R, L, ...], [B, W, ...])`."""
+  n = shape_a[0] * shape_a[1]
+  rest = joined.shape[2:]
+  return (joined[0, :n].reshape(tuple(shape_a) + rest),
+          joined[0, n:].reshape(tuple(shape_b) + rest))
 
 
 class LLaDA(nnx.Module):
@@ -312,6 +355,28 @@ class LLaDA(nnx.Module):
     for block, kv in zip(self.blocks, cache):
       x = block.cached(x, cos, sin, positions, fresh, kv)
     return self.ln_f(x)
+
+  def features_prefill_and_cached(self, tokens_p: jax.Array, tokens_w: jax.Array,
+                                  positions: jax.Array, fresh: jax.Array, cache):
+    """`features_with_cache` of the rows `tokens_p [R, L] int32` and `features_cached` of the
+    rows `tokens_w [B, W] int32` (with `positions`, `fresh` and `cache` as there) in one pass
+    over the layers (`Block.prefill_and_cached`): `((h_p [R, L, D], cache_p), h_w [B, W,
+    D])`, the two calls' values to float32 rounding (the matrix products see other shapes,
+    as under another batch size)."""
+    self._check_tokens(tokens_p)
+    self._check_tokens(tokens_w)
+    r, l = tokens_p.shape
+    rotary_p = rotary_at(jnp.broadcast_to(jnp.arange(l, dtype=jnp.int32), (r, l)),
+                         self.cfg.head_dim, self.cfg.rope_theta)           # [R, L, Dh]
+    rotary_w = rotary_at(positions, self.cfg.head_dim, self.cfg.rope_theta)  # [B, W, Dh]
+    rotary = tuple(join_groups(a, b) for a, b in zip(rotary_p, rotary_w))
+    dtype = jnp.dtype(self.cfg.dtype)
+    x_p, x_w = self.wte(tokens_p).astype(dtype), self.wte(tokens_w).astype(dtype)
+    fresh_cache = []
+    for block, kv in zip(self.blocks, cache):
+      x_p, kv_p, x_w = block.prefill_and_cached(x_p, x_w, rotary, positions, fresh, kv)
+      fresh_cache.append(kv_p)
+    return (self.ln_f(x_p), tuple(fresh_cache)), self.ln_f(x_w)
 
   def _check_tokens(self, tokens: jax.Array) -> None:
     if tokens.ndim != 2 or not jnp.issubdtype(tokens.dtype, jnp.integer):
@@ -392,6 +457,18 @@ class _LLaDACached:
     return nnx.merge(self.graphdef, state).features_cached(z_w, positions, fresh, cache)
 
 
+@dataclasses.dataclass(frozen=True)
+class _LLaDAPrefillAndCached:
+  """`(state, z_p, z_w, positions, fresh, cache) -> ((h_p, cache_p), h_w)`
+  (`LLaDA.features_prefill_and_cached`)."""
+
+  graphdef: nnx.GraphDef
+
+  def __call__(self, state, z_p, z_w, positions, fresh, cache):
+    return nnx.merge(self.graphdef, state).features_prefill_and_cached(z_p, z_w, positions,
+                                                                       fresh, cache)
+
+
 def as_denoiser(model: LLaDA) -> Denoiser:
   """Wraps a LLaDA model as a sampler `Denoiser`: `den(z [B, L] int32, t [B] f32) -> logits
   [B, L, V] float32`, with `reads_t=False` (the model has no time input, so the sampler's
@@ -421,4 +498,5 @@ def as_denoiser(model: LLaDA) -> Denoiser:
   return Denoiser(_LLaDALogits(graphdef), state, features_apply=_LLaDAFeatures(graphdef),
                   head_apply=_LLaDAHead(graphdef), reads_t=False, vocab_size=model.cfg.vocab_size,
                   mask_id=model.cfg.mask_id,
-                  prefill_apply=_LLaDAPrefill(graphdef), cached_apply=_LLaDACached(graphdef))
+                  prefill_apply=_LLaDAPrefill(graphdef), cached_apply=_LLaDACached(graphdef),
+                  prefill_and_cached_apply=_LLaDAPrefillAndCached(graphdef))

@@ -86,6 +86,7 @@ class _Static:
   mask_id: int
   tail: int              # the longest answer of the queue, in rows (the prefix cache's)
   batch_sharding: jax.sharding.Sharding | None
+  groups: int            # the slots' shards (a step prefills within each)
 
 
 def _remask_possible(plan) -> tuple[jax.Array, jax.Array]:
@@ -199,7 +200,7 @@ def _decode_step(state: SlotState, queue: Queue, denoiser, plan, static: _Static
   rule, busy = plan.rule, state.prompt >= 0
   prompt_rows = queue.rows[jnp.maximum(state.prompt, 0)]
   model = make_window(denoiser, rule, plan, prompt_rows != static.mask_id, static.seq_len,
-                      static.mask_id, static.tail)
+                      static.mask_id, static.tail, static.groups)
   step = make_block_step(model, plan, rule, state.start, static.seq_len, static.mask_id,
                          steps_per_block, Needs())
   within = state.pointer % steps_per_block
@@ -333,7 +334,9 @@ class SlotDecoder:
     prompts, indices, tail = self.check(prompts, indices)
     queue = Queue(self._replicated(prompts), self._replicated(indices), as_typed_key(key))
     denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
-    static = _Static(self.slots, self.seq_len, self.mask_id, tail, self.batch_sharding)
+    groups = (1 if self.batch_sharding is None else
+              self.slots // self.batch_sharding.shard_shape((self.slots, self.seq_len))[0])
+    static = _Static(self.slots, self.seq_len, self.mask_id, tail, self.batch_sharding, groups)
     state = _jitted_initial(queue, denoiser, self.plan, static=static)
     reported = np.zeros(len(queue.rows), bool)
     limit = np.iinfo(np.int32).max

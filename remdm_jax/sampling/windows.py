@@ -105,79 +105,149 @@ class Uncached:
     return self.guide.combine(out), cache
 
 
+def bucket_sizes(rows_: int) -> tuple[int, ...]:
+  """The static row counts a per-row step prefills: `1, 2, 4, ...` below `rows_`, then
+  `rows_` (a step runs the smallest that holds its rows starting a block)."""
+  sizes, size = [], 1
+  while size < rows_:
+    sizes.append(size)
+    size *= 2
+  return tuple(sizes) + (rows_,)
+
+
+def _grouped(x: jax.Array, groups: int) -> jax.Array:
+  """`[G n, ...] -> [G, n, ...]`."""
+  return x.reshape((groups, -1) + x.shape[1:])
+
+
+def _ungrouped(x: jax.Array) -> jax.Array:
+  """`[G, n, ...] -> [G n, ...]`."""
+  return x.reshape((-1,) + x.shape[2:])
+
+
 @dataclasses.dataclass(frozen=True)
 class _Cached:
-  """A block's first step runs every row and keeps the cache; the later steps `reuse` it."""
+  """A block's first step runs every row and keeps the cache; the later steps `reuse` it.
+
+  With one `first_step` flag per row, a step prefills only the rows starting a block: within
+  each of `groups` equal groups of rows (the batch's shards, so no row leaves its device)
+  they are gathered into the smallest of `bucket_sizes` that holds them, prefilled, and
+  their logits and caches scattered back, while the other rows read their caches."""
 
   denoiser: object
   guide: Guide
   seq_len: int
   block_length: int
   tail: int          # the longest answer, in rows (static)
+  groups: int = 1    # row groups a per-row step compacts within (the batch's shards)
 
   def init_cache(self, z: jax.Array):
     shape = jax.eval_shape(lambda s: self.denoiser.prefill(s)[1], self.guide.inputs(z))
     return jax.tree.map(lambda a: jnp.zeros(a.shape, a.dtype), shape)
 
+  def fuses_prefill(self) -> bool:
+    """Whether a step's prefill and cached rows run in one model call."""
+    return False
+
   def calls(self, first_step, working: jax.Array) -> jax.Array:
     """The model calls of a step whose rows with work are `working [B] bool`: one (`[] bool`)
     under one `first_step` flag; per row, one for the rows starting a block (the prefill)
-    plus one for the others (`[] int32`, 0 to 2)."""
+    plus one for the others (`[] int32`, 0 to 2), or one for both when fused."""
     if jnp.ndim(first_step) == 0:
       return jnp.any(working)
-    return (jnp.any(working & first_step).astype(jnp.int32)
-            + jnp.any(working & ~first_step).astype(jnp.int32))
+    prefill, cached = jnp.any(working & first_step), jnp.any(working & ~first_step)
+    if self.fuses_prefill():
+      return (prefill | cached).astype(jnp.int32)
+    return prefill.astype(jnp.int32) + cached.astype(jnp.int32)
 
   def logits(self, z, geometry: Geometry, first_step, cache, working=None):
     """`(logits [B, K, V] float32, cache)` of the block: prefilled at its first step (every
     row, or the `working` rows whose `first_step [B]` is set), else from the cache."""
     seqs = self.guide.inputs(z)
     positions = self.guide.twice(geometry.positions)
+    if jnp.ndim(first_step) == 0:
+      def prefill():
+        h, fresh_cache = self.denoiser.prefill(seqs)
+        return _head_at(self.denoiser, h, positions), fresh_cache
 
-    def prefill():
-      h, fresh_cache = self.denoiser.prefill(seqs)
-      return _head_at(self.denoiser, h, positions), fresh_cache
+      out, cache = jax.lax.cond(first_step, prefill,
+                                lambda: (self.reuse(seqs, geometry, cache), cache))
+    else:
+      first, working = self.guide.twice(first_step), self.guide.twice(working)
+      out, cache = self._per_row(seqs, geometry, positions, cache, first & working,
+                                 working & ~first)
+    return self.guide.combine(out), cache
+
+  def _per_row(self, seqs, geometry: Geometry, positions, cache, starting, continuing):
+    """Logits and cache of a step whose `starting [B] bool` rows are prefilled and whose
+    `continuing [B] bool` rows read their caches (each call runs only when needed)."""
+    total = seqs.shape[0]
+    groups = self.groups if total % self.groups == 0 else 1
+    sizes = bucket_sizes(total // groups)
+    most = jnp.max(jnp.sum(_grouped(starting, groups), axis=1))
+    branch = jnp.where(most == 0, 0, 1 + jnp.searchsorted(jnp.asarray(sizes), most))
 
     def reuse():
       return self.reuse(seqs, geometry, cache), cache
 
-    if jnp.ndim(first_step) == 0:
-      out, cache = jax.lax.cond(first_step, prefill, reuse)
-    else:
-      out, cache = self._per_row(prefill, reuse, self.guide.twice(first_step),
-                                 self.guide.twice(working))
-    return self.guide.combine(out), cache
+    def prefilled(size: int):
+      def run():
+        local = jax.vmap(lambda row: jnp.nonzero(row, size=size, fill_value=row.shape[0])[0])(
+            _grouped(starting, groups))                                   # [G, size]
+        gather = lambda x: _ungrouped(jax.vmap(lambda a, i: a[jnp.minimum(i, a.shape[0] - 1)])(
+            _grouped(x, groups), local))
+        (h, fresh), window = self._prefill_with_window(gather(seqs), seqs, geometry, cache,
+                                                       jnp.any(continuing))
+        scatter = lambda base, new: _ungrouped(jax.vmap(
+            lambda a, i, b: a.at[i].set(b, mode="drop"))(
+                _grouped(base, groups), local, _grouped(new, groups)))
+        logits = _head_at(self.denoiser, h, gather(positions))
+        return scatter(window, logits), jax.tree.map(scatter, cache, fresh)
+      return run
 
-  @staticmethod
-  def _per_row(prefill, reuse, first: jax.Array, working: jax.Array):
-    """Rows at their block's first step (`first [B] bool`) take the prefill's logits and
-    cache, the others the cache's logits; each call runs only when a `working` row needs
-    it."""
-    def both():
-      (fresh_out, fresh), (cached_out, kept) = prefill(), reuse()
-      pick = lambda a, b: jnp.where(jnp.reshape(first, (-1,) + (1,) * (a.ndim - 1)), a, b)
-      return pick(fresh_out, cached_out), jax.tree.map(pick, fresh, kept)
+    return jax.lax.switch(branch, [reuse] + [prefilled(size) for size in sizes])
 
-    needs_prefill = jnp.any(working & first)
-    needs_cache = jnp.any(working & ~first)
-    branch = jnp.where(needs_prefill, jnp.where(needs_cache, 2, 1), 0)
-    return jax.lax.switch(branch, [reuse, prefill, both])
+  def _prefill_with_window(self, z_p, seqs, geometry: Geometry, cache, window_needed):
+    """`((h_p, cache_p), window logits [B, K, V] float32)`: the prefill of the rows `z_p
+    [R, L]` and, when `window_needed`, `reuse` of every row (zeros otherwise): two calls."""
+    window = lambda: self.reuse(seqs, geometry, cache)
+    shape = jax.eval_shape(window)
+    return self.denoiser.prefill(z_p), jax.lax.cond(
+        window_needed, window, lambda: jnp.zeros(shape.shape, shape.dtype))
 
 
 @dataclasses.dataclass(frozen=True)
 class DualCache(_Cached):
-  """Later steps run the block's rows (and the row before it, for a shifted denoiser)."""
+  """Later steps run the block's rows (and the row before it, for a shifted denoiser). A
+  per-row step whose denoiser fuses the two calls (`Denoiser.fuses_prefill`) prefills its
+  starting rows and runs every row's window in one call."""
 
-  def reuse(self, seqs, geometry: Geometry, cache) -> jax.Array:
+  def fuses_prefill(self) -> bool:
+    return self.denoiser.fuses_prefill
+
+  def _window(self, seqs, geometry: Geometry):
+    """The window rows' `(ids [B, K + shift], positions, fresh)`."""
     shift = self.denoiser.shift
     first = self.guide.twice(geometry.first)
     window = first[:, None] - shift + jnp.arange(self.block_length + shift,
                                                  dtype=jnp.int32)[None]   # [B, K + shift]
     at = jnp.clip(window, 0, self.seq_len - 1)
     fresh = (window >= first[:, None]) & (window < self.seq_len)   # the block's own rows
-    h = self.denoiser.cached(rows(seqs, at), at, fresh, cache)      # [B, K + shift, D]
-    # position first + k is predicted by window row k (row first + k - shift)
+    return rows(seqs, at), at, fresh
+
+  def _window_logits(self, h: jax.Array) -> jax.Array:
+    """`h [B, K + shift, D]` -> the block's logits: position first + k is predicted by
+    window row k (row first + k - shift)."""
     return self.denoiser.head(h[:, :self.block_length], None).astype(jnp.float32)
+
+  def reuse(self, seqs, geometry: Geometry, cache) -> jax.Array:
+    return self._window_logits(self.denoiser.cached(*self._window(seqs, geometry), cache))
+
+  def _prefill_with_window(self, z_p, seqs, geometry: Geometry, cache, window_needed):
+    if not self.fuses_prefill():
+      return super()._prefill_with_window(z_p, seqs, geometry, cache, window_needed)
+    prefilled, h = self.denoiser.prefill_and_cached(z_p, *self._window(seqs, geometry), cache)
+    return prefilled, self._window_logits(h)
 
 
 def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
@@ -216,12 +286,14 @@ class PrefixCache(_Cached):
     return self.denoiser.head(rows(h, needed), None).astype(jnp.float32)
 
 
-def make_window(denoiser, rule, plan, fixed, seq_len: int, mask_id: int, tail: int):
+def make_window(denoiser, rule, plan, fixed, seq_len: int, mask_id: int, tail: int,
+                groups: int = 1):
   """The window of a run, picked once: `rule.kv_cache` when the denoiser has the cache
   contract (else uncached), under `rule.use_cfg`'s guidance; `fixed [B, L] bool` marks the
-  prompt, `tail` is the longest answer (rows, static)."""
+  prompt, `tail` is the longest answer (rows, static), `groups` the batch's shards (a
+  per-row step prefills within each)."""
   guide = Guide(rule.use_cfg, fixed, mask_id, plan.cfg_scale)
   if rule.kv_cache == "none" or not denoiser.has_kv_cache:
     return Uncached(denoiser, guide, mask_id)
   kind = {"prefix": PrefixCache, "dual": DualCache}[rule.kv_cache]
-  return kind(denoiser, guide, seq_len, rule.block_length, tail)
+  return kind(denoiser, guide, seq_len, rule.block_length, tail, groups)
