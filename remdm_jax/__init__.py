@@ -24,6 +24,7 @@ from remdm_jax.sampling.config import BlockConfig, SamplerConfig, sampler_config
 from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                         sample_with_plan)
+from remdm_jax.sampling.slots import QueueResult, SlotDecoder, make_slot_decoder
 from remdm_jax.sampling.strategies import (STRATEGIES, Cap, Conf, Dfm, Fb, Loop, Mdlm, Rescale,
                                            Strategy, Topk)
 from remdm_jax.sampling.topp import top_p_filter
@@ -47,9 +48,10 @@ def __getattr__(name: str):
 __all__ = [
     "BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier",
     "Conf", "Denoiser", "Dfm", "Fb", "Guidance", "Loop", "Mdlm", "NoGuidance",
-    "NonFiniteLogitsError", "Plan", "Rescale", "STRATEGIES", "Sampler", "SamplerConfig",
-    "StepRule", "StepTable", "Strategy", "Topk", "Trajectory", "build_plan", "build_table",
-    "classifier_free_guidance", "classifier_guidance", "eval", "families", "get_schedule",
-    "load_model", "losses", "make_sampler", "particles", "sample", "sample_with_plan",
+    "NonFiniteLogitsError", "Plan", "QueueResult", "Rescale", "STRATEGIES", "Sampler",
+    "SamplerConfig", "SlotDecoder", "StepRule", "StepTable", "Strategy", "Topk", "Trajectory",
+    "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance", "eval",
+    "families", "get_schedule", "load_model", "losses", "make_sampler", "make_slot_decoder",
+    "particles", "sample", "sample_with_plan",
     "sampler_config", "save_model", "top_p_filter", "trajectory", "uniform_grid",
 ]

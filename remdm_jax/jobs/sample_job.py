@@ -548,6 +548,7 @@ def _sample_queue(run: _Run, settings: dict, directory, digest: str | None, prog
   prompts = _all_prompts(run.prompts, job.num_samples, run.seq_len,
                          run.loaded.tokenizer.mask_id)[todo]
   writer = _ShardWriter(directory, job.batch_size)
+  decoder.compile(run.key, prompts, todo, params=run.params)
   bar = tqdm(total=len(todo), desc="sample", unit="prompt",
              disable=not (progress and distributed.is_primary()))
   tic = time.perf_counter()

@@ -25,6 +25,7 @@ do not depend on the slot, the number of slots, the queue's order or the devices
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Callable, NamedTuple
 
 import jax
@@ -116,6 +117,19 @@ def _replicate(x, static: _Static):
   if not isinstance(static.batch_sharding, jax.sharding.NamedSharding):
     return x
   return jax.lax.with_sharding_constraint(x, _everywhere(static.batch_sharding))
+
+
+def _placed(state: SlotState, static: _Static) -> SlotState:
+  """Every leaf of the state placed as the loop keeps it (the slots split like the batch,
+  the outputs and counters on every device), so a loop's output is the next loop's input."""
+  if not isinstance(static.batch_sharding, jax.sharding.NamedSharding):
+    return state
+  slot_leaves = (state.carry, state.start, state.pointer, state.steps, state.prompt)
+  slot_part = jax.tree.map(lambda a: _constrain(a, static), slot_leaves)
+  rest = jax.tree.map(lambda a: _replicate(a, static),
+                      (state.next, state.tokens, state.nonfinite, state.done, state.calls,
+                       state.iterations))
+  return SlotState(*slot_part, *rest)
 
 
 def _finish_rows(state: SlotState, static: _Static) -> tuple[SlotState, jax.Array]:
@@ -213,7 +227,7 @@ def _decode_step(state: SlotState, queue: Queue, denoiser, plan, static: _Static
   carry = carry._replace(z=_constrain(carry.z, static))
   return state._replace(carry=carry, pointer=jnp.where(busy, state.pointer + 1, state.pointer),
                         calls=state.calls + out.called.astype(jnp.int32),
-                        iterations=state.iterations + 1)
+                        iterations=state.iterations + jnp.any(busy).astype(jnp.int32))
 
 
 def _advance(state: SlotState, queue: Queue, denoiser, plan, until, *, static: _Static):
@@ -224,14 +238,11 @@ def _advance(state: SlotState, queue: Queue, denoiser, plan, until, *, static: _
     return (jnp.any(state.prompt >= 0) | (state.next < queue.rows.shape[0])) & (
         state.iterations < until)
 
-  def body(state):
+  def body(state):   # after the last prompt the step finds no row with work: no call
     state = _settle(state, queue, plan, static, steps_per_block)
-    return jax.lax.cond(jnp.any(state.prompt >= 0),
-                        lambda s: _decode_step(s, queue, denoiser, plan, static,
-                                               steps_per_block),
-                        lambda s: s, state)
+    return _decode_step(state, queue, denoiser, plan, static, steps_per_block)
 
-  return jax.lax.while_loop(unfinished, body, state)
+  return _placed(jax.lax.while_loop(unfinished, body, _placed(state, static)), static)
 
 
 def _initial(queue: Queue, denoiser, plan, *, static: _Static) -> SlotState:
@@ -246,8 +257,8 @@ def _initial(queue: Queue, denoiser, plan, *, static: _Static) -> SlotState:
                      jnp.zeros((b,), bool), cache)
   outputs = [_replicate(jnp.zeros(shape, dtype), static)
              for shape, dtype in (((n, static.seq_len), jnp.int32), ((n,), bool), ((n,), bool))]
-  return SlotState(carry, zeros, zeros, zeros, jnp.full((b,), -1, jnp.int32), jnp.int32(0),
-                   *outputs, jnp.int32(0), jnp.int32(0))
+  return _placed(SlotState(carry, zeros, zeros, zeros, jnp.full((b,), -1, jnp.int32),
+                           jnp.int32(0), *outputs, jnp.int32(0), jnp.int32(0)), static)
 
 
 _jitted_initial = jax.jit(_initial, static_argnames=("static",))
@@ -275,6 +286,7 @@ class SlotDecoder:
     self.slots, self.seq_len, self.mask_id = slots, seq_len, mask_id
     self.batch_sharding = batch_sharding
     self._vocab_size = None
+    self._compiled = None
 
   @property
   def steps_per_block(self) -> int:
@@ -312,6 +324,35 @@ class SlotDecoder:
       return jnp.asarray(host)
     return put_global(host, _everywhere(self.batch_sharding))
 
+  def _inputs(self, key, prompts, indices, params) -> tuple[Queue, object, _Static]:
+    """The checked queue, the denoiser with `params` and the loop's static shape."""
+    prompts, indices, tail = self.check(prompts, indices)
+    queue = Queue(self._replicated(prompts), self._replicated(indices), as_typed_key(key))
+    denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
+    groups = (1 if self.batch_sharding is None else
+              self.slots // self.batch_sharding.shard_shape((self.slots, self.seq_len))[0])
+    return queue, denoiser, _Static(self.slots, self.seq_len, self.mask_id, tail,
+                                    self.batch_sharding, groups)
+
+  def _executables(self, static: _Static, queue: Queue):
+    """`(initial, advance)`: the compiled ones of `compile` when they fit this queue's shape,
+    else the jitted functions."""
+    if self._compiled is not None and self._compiled[0] == (static, queue.rows.shape):
+      return self._compiled[1:]
+    return (functools.partial(_jitted_initial, static=static),
+            functools.partial(_jitted_advance, static=static))
+
+  def compile(self, key, prompts, indices=None, *, params=None) -> "SlotDecoder":
+    """Compiles the loop for a queue of this shape now (before a job times or writes
+    anything); later calls with as many prompts and the same longest answer reuse it."""
+    queue, denoiser, static = self._inputs(key, prompts, indices, params)
+    initial = _jitted_initial.lower(queue, denoiser, self.plan, static=static).compile()
+    state = initial(queue, denoiser, self.plan)
+    advance = _jitted_advance.lower(state, queue, denoiser, self.plan, jnp.int32(0),
+                                    static=static).compile()
+    self._compiled = ((static, queue.rows.shape), initial, advance)
+    return self
+
   def __call__(self, key, prompts, indices=None, *, params=None, sync_every: int = 0,
                on_sync: Callable[[np.ndarray, np.ndarray, np.ndarray], None] | None = None
                ) -> QueueResult:
@@ -331,19 +372,14 @@ class SlotDecoder:
       A `QueueResult`.
     """
     check_range("sync_every", sync_every, 0)
-    prompts, indices, tail = self.check(prompts, indices)
-    queue = Queue(self._replicated(prompts), self._replicated(indices), as_typed_key(key))
-    denoiser = self.denoiser if params is None else self.denoiser.with_params(params)
-    groups = (1 if self.batch_sharding is None else
-              self.slots // self.batch_sharding.shard_shape((self.slots, self.seq_len))[0])
-    static = _Static(self.slots, self.seq_len, self.mask_id, tail, self.batch_sharding, groups)
-    state = _jitted_initial(queue, denoiser, self.plan, static=static)
+    queue, denoiser, static = self._inputs(key, prompts, indices, params)
+    initial, advance = self._executables(static, queue)
+    state = initial(queue, denoiser, self.plan)
     reported = np.zeros(len(queue.rows), bool)
     limit = np.iinfo(np.int32).max
     while True:
       until = min(int(_host(state.iterations)) + sync_every, limit) if sync_every else limit
-      state = _jitted_advance(state, queue, denoiser, self.plan, jnp.int32(until),
-                              static=static)
+      state = advance(state, queue, denoiser, self.plan, jnp.int32(until))
       done = _host(state.done)
       if on_sync is not None and (done & ~reported).any():
         new = np.flatnonzero(done & ~reported)
@@ -371,10 +407,9 @@ def make_slot_decoder(denoiser, config: BlockConfig, *, slots: int, seq_len: int
 
   Examples:
     >>> import jax, jax.numpy as jnp, numpy as np, remdm_jax
-    >>> from remdm_jax.sampling.slots import make_slot_decoder
     >>> logits = lambda z, t: jnp.zeros(z.shape + (5,), jnp.float32).at[..., 1].set(1.0)
     >>> cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=2)
-    >>> run = make_slot_decoder(logits, cfg, slots=2, seq_len=6, mask_id=4)
+    >>> run = remdm_jax.make_slot_decoder(logits, cfg, slots=2, seq_len=6, mask_id=4)
     >>> prompts = np.array([[0, 4, 4, 4, 4, 4], [0, 2, 3, 4, 4, 4], [0, 2, 4, 4, 4, 4]])
     >>> out = run(jax.random.key(0), prompts)
     >>> out.tokens[1].tolist(), out.model_calls

@@ -244,10 +244,19 @@ class DualCache(_Cached):
     return self._window_logits(self.denoiser.cached(*self._window(seqs, geometry), cache))
 
   def _prefill_with_window(self, z_p, seqs, geometry: Geometry, cache, window_needed):
+    """Fused when the window is needed; else the prefill alone (the call a lockstep step
+    makes, so a row decoded alone rounds as there)."""
     if not self.fuses_prefill():
       return super()._prefill_with_window(z_p, seqs, geometry, cache, window_needed)
-    prefilled, h = self.denoiser.prefill_and_cached(z_p, *self._window(seqs, geometry), cache)
-    return prefilled, self._window_logits(h)
+
+    def fused():
+      prefilled, h = self.denoiser.prefill_and_cached(z_p, *self._window(seqs, geometry),
+                                                      cache)
+      return prefilled, self._window_logits(h)
+
+    shape = jax.eval_shape(lambda: self.reuse(seqs, geometry, cache))
+    return jax.lax.cond(window_needed, fused, lambda: (
+        self.denoiser.prefill(z_p), jnp.zeros(shape.shape, shape.dtype)))
 
 
 def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
