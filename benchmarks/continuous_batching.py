@@ -22,9 +22,10 @@ differently, which flips a near-tie of two confidences now and then. The table g
 of prompts whose tokens equal those of (a) at batch 1. Tokens/s counts the answer tokens. Model calls of (a) are
 the lockstep steps that unmasked something (counted from an untimed trajectory run); those of
 (b) and (c) are the slot decoder's count. The floor is the model forward alone: each model
-call at the cost of its parts jitted apart (median of 5): a dual-cache window of B rows per
-step, and the prefill of each block of each prompt at its cost per row at batch B (lockstep:
-a prefill of the whole batch per block). floor / seconds near 1 means the decoder adds
+call at its cost inside a `lax.scan` of such calls (`forward_in_scan.py`; jitted alone a call
+also pays its dispatch): a dual-cache window of B rows per step, and the prefill of each block
+of each prompt at its cost per row at batch B (lockstep: a prefill of the whole batch per
+block). floor / seconds near 1 means the decoder adds
 nothing to the model's cost.
 
 The reference rows run Fast-dLLM's `generate_with_dual_cache` (threshold 0.9) and ML-GSAI's
@@ -50,8 +51,8 @@ import time
 import numpy as np
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
+import forward_in_scan  # noqa: E402  (a checkpoint builder, a call's cost in a loop)
 import llada_decoding  # noqa: E402  (checkpoints, the reference flags and worker)
-import references  # noqa: E402
 
 PROMPT_RANGE, ANSWER, BLOCK, STEPS, THRESHOLD = (8, 64), 128, 32, 32, 0.9
 MODELS = {"tiny": llada_decoding.CHECKPOINTS["multi_head"],
@@ -70,22 +71,6 @@ def rows_of(prompts, length: int, mask_id: int) -> np.ndarray:
   for b, prompt in enumerate(prompts):
     rows[b, :len(prompt)] = prompt
   return rows
-
-
-def library_checkpoint(fields: dict, seed: int, folder: pathlib.Path) -> None:
-  """A random checkpoint of the reference's shapes built by the library (output projection
-  `LOGIT_SCALE` x sharper, mask-id row zero), for runs without the reference side."""
-  from flax import nnx
-  from remdm_jax.models.llada import LLaDA, LLaDAConfig
-  from remdm_jax.weights.llada_io import save_llada
-  import llada_reference
-  config = {**llada_reference.BASE, **fields, "mask_token_id": fields["vocab_size"] - 1,
-            "eos_token_id": fields["vocab_size"] - 2, "pad_token_id": fields["vocab_size"] - 2}
-  cfg = LLaDAConfig.from_hf(config, dtype="float32")
-  model = LLaDA(cfg, rngs=nnx.Rngs(seed))
-  kernel = model.ff_out.kernel[...] * llada_decoding.LOGIT_SCALE
-  model.ff_out.kernel[...] = kernel.at[:, cfg.mask_id].set(0.0)
-  save_llada(model, folder)
 
 
 def reference_plan(args, workdir: pathlib.Path, models: dict, prompts: dict) -> dict:
@@ -112,31 +97,13 @@ def reference_plan(args, workdir: pathlib.Path, models: dict, prompts: dict) -> 
           "checkpoints": checkpoints, "jobs": jobs, "verbose": False}
 
 
-def model_costs(model, batch: int, length: int, mask_id: int) -> dict:
-  """Seconds per call (median of 5) of a dual-cache window of `batch` rows and of the prefill
-  of `batch` rows, each with the head on the block's rows."""
-  import jax
-  import jax.numpy as jnp
-  from flax import nnx
-  graphdef, state = nnx.split(model)
-  z = jnp.full((batch, length), mask_id, jnp.int32)
-  at = jnp.broadcast_to(jnp.arange(BLOCK, dtype=jnp.int32) + PROMPT_RANGE[1], (batch, BLOCK))
-
-  @jax.jit
-  def prefill(state, z):
-    m = nnx.merge(graphdef, state)
-    h, cache = m.features_with_cache(z)
-    return m.project(h[:, :BLOCK]), cache
-
-  @jax.jit
-  def window(state, z_w, cache):
-    m = nnx.merge(graphdef, state)
-    return m.project(m.features_cached(z_w, at, jnp.ones(at.shape, bool), cache))
-
-  cache = prefill(state, z)[1]
-  time_of = lambda call: llada_decoding._timed(call, 5)[1]
-  return {"prefill": time_of(lambda: prefill(state, z)),
-          "window": time_of(lambda: window(state, z[:, :BLOCK], cache))}
+def model_costs(model, batch: int, length: int) -> dict:
+  """Seconds per call, inside a `lax.scan` (`forward_in_scan.time_calls`: what a call costs
+  in the decoder's loop, not jitted alone, which adds its dispatch), of a dual-cache window
+  of `batch` rows and of the prefill of `batch` rows, each with the head on a block."""
+  costs = forward_in_scan.time_calls(model, batch, steps=16, repeats=3, length=length)
+  return {"prefill": costs["prefill [B, L]"]["scan"],
+          "window": costs["dual window [B, 32]"]["scan"]}
 
 
 def lockstep(den, cfg, rows: np.ndarray, batch: int, mask_id: int):
@@ -202,7 +169,7 @@ def run_model(name: str, folder: pathlib.Path, prompts, batches, reference) -> N
   print("|---|---|---|---|---|---|---|---|---|---|")
   expected = None
   for batch in batches:
-    cost = model_costs(model, batch, length, mask_id)
+    cost = model_costs(model, batch, length)
     runs = {"(a) lockstep": lockstep(den, cfg, rows, batch, mask_id)}
     runs["(b) per row"] = slots(den, cfg, rows, batch, mask_id, continuous=False)
     runs["(c) continuous"] = slots(den, cfg, rows, batch, mask_id, continuous=True)
@@ -214,7 +181,8 @@ def run_model(name: str, folder: pathlib.Path, prompts, batches, reference) -> N
         steps = calls
       else:
         steps = steps[0]
-        floor = steps * cost["window"] + blocks * cost["prefill"] / batch
+        prefills = blocks / batch   # of whole batches: a step of prefills alone has no window
+        floor = prefills * cost["prefill"] + (steps - prefills) * cost["window"]
       print(f"| {label} | {batch} | {seconds:.2f} | {answer_tokens / seconds:.0f} | {calls} | "
             f"{calls / answer_tokens:.3f} | {steps} | {floor:.2f} | {floor / seconds:.2f} | "
             f"{np.mean((tokens == expected).all(axis=1)):.3f} |")
@@ -234,10 +202,7 @@ def run_model(name: str, folder: pathlib.Path, prompts, batches, reference) -> N
 
 def main(argv=None) -> int:
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-  references.add_flags(parser)
-  for name, (folder, url, commit) in references.REPOSITORIES.items():
-    parser.add_argument(f"--{name.replace('_', '-')}-repo", help=f"git directory of {url} "
-                        f"at {commit[:7]}, checked (default: REFERENCES/{folder})")
+  llada_decoding.add_reference_flags(parser)
   parser.add_argument("--no-references", action="store_true",
                       help="build the checkpoints here and leave out the reference rows")
   parser.add_argument("--prompts", type=int, default=256, help="N, the queue's prompts")
@@ -257,7 +222,7 @@ def main(argv=None) -> int:
     reference = None
     if args.no_references:
       for name, (fields, seed) in models.items():
-        library_checkpoint(fields, seed, workdir / name)
+        forward_in_scan.library_checkpoint(fields, seed, workdir / name)
     else:
       plan_path, out_path = workdir / "plan.json", workdir / "reference.json"
       plan_path.write_text(json.dumps(reference_plan(args, workdir, models, prompts)))

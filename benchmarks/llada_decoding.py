@@ -535,12 +535,18 @@ def _checked_references(args):
   return args
 
 
-def main(argv=None) -> int:
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def add_reference_flags(parser) -> None:
+  """The reference side's flags: `references.add_flags` and one git directory per reference
+  repository (`_checked_references` fills them in)."""
   references.add_flags(parser)
   for name, (folder, url, commit) in references.REPOSITORIES.items():
     parser.add_argument(f"--{name.replace('_', '-')}-repo", help=f"git directory of {url} "
                         f"at {commit[:7]}, checked (default: REFERENCES/{folder})")
+
+
+def main(argv=None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  add_reference_flags(parser)
   parser.add_argument("--quick", action="store_true", help="identity checks only")
   parser.add_argument("--repeats", type=int, default=3, help="timed runs per speed row")
   parser.add_argument("--workdir", type=pathlib.Path, help="kept when given, and its "

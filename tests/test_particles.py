@@ -85,6 +85,7 @@ def test_one_particle_is_the_plain_block_decode_with_the_dual_cache(tiny, method
       run(cfg, tiny, 3, method, seq_len=16, mask_id=MASK_ID, prompt=prompt), plain)
 
 
+@pytest.mark.slow
 def test_block_particles_do_not_depend_on_the_batch_and_resample_the_cache(tiny):
   """Four particles resampled at every step (the dual cache gathered with them): a row decoded
   alone equals its row of the batch, and the particles differ."""
@@ -268,6 +269,7 @@ def test_particle_gibbs_resamples_at_every_step_by_default_and_the_config_follow
   assert config(kind="gibbs", num=2, ess_threshold=0.25).method().ess_threshold == 0.25
 
 
+@pytest.mark.slow
 def test_sampling_job_records_its_particles_and_refuses_other_ones(tmp_path):
   """`remdm-sample --particles.kind=smc --particles.num=2` samples, records the method in
   the manifest, reruns as done, and refuses another method in the same folder."""

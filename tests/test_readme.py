@@ -46,7 +46,13 @@ def test_every_python_block_is_run_or_marked():
         "```python fence")
 
 
-@pytest.mark.parametrize("path", [p for p in DOCUMENTS if snippets(p)[0]], ids=_name)
+# Documents whose snippets train a model (tens of seconds): in the slow set.
+TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / "training.md"}
+
+
+@pytest.mark.parametrize("path", [
+    pytest.param(p, marks=pytest.mark.slow) if p in TRAINING_DOCUMENTS else p
+    for p in DOCUMENTS if snippets(p)[0]], ids=_name)
 def test_python_snippets_run(path, tmp_path):
   (tmp_path / "checkpoints").symlink_to(ROOT / "checkpoints")
   namespace, out = {"__name__": "__snippets__"}, io.StringIO()

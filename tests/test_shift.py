@@ -102,7 +102,7 @@ CONFIGS = [
     pytest.param(dict(strategy="llada", num_steps=2, block_length=4), id="llada uncached",
                  **SLOW),
     pytest.param(dict(strategy="llada", num_steps=2, block_length=4, kv_cache="prefix"),
-                 id="llada prefix"),
+                 id="llada prefix", **SLOW),
     pytest.param(dict(strategy="llada", num_steps=2, block_length=4, kv_cache="dual"),
                  id="llada dual"),
     pytest.param(dict(strategy="llada", num_steps=3, block_length=3, kv_cache="dual",
@@ -161,3 +161,18 @@ def test_guidance_of_a_shifted_denoiser_uses_aligned_logits():
   toy = remdm_jax.classifier_free_guidance(_denoiser(0, 0), _denoiser(0, 0), 1.5)
   assert twin.shift == 0
   np.testing.assert_allclose(twin(z, t)[:, 1:], toy(z, t)[:, 1:], rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("kv_cache", ["dual", "prefix"])
+def test_shifted_twin_decodes_a_queue_alike(kv_cache):
+  """The slot decoder (rows at their own steps, the rows starting a block prefilled beside
+  the others' cached windows) gives the twin the toy's tokens, and the batch decoder's."""
+  cfg = remdm_jax.sampler_config("llada", num_steps=2, block_length=4, kv_cache=kv_cache,
+                                 threshold=0.5)
+  run = lambda den: remdm_jax.make_slot_decoder(den, cfg, slots=2, seq_len=L, mask_id=MASK)(
+      jax.random.key(0), _prompt()).tokens
+  toy = run(_denoiser(lead=0, shift=0))
+  np.testing.assert_array_equal(run(_denoiser(lead=1, shift=1)), toy)
+  np.testing.assert_array_equal(toy, _tokens(_denoiser(lead=0, shift=0),
+                                             dict(strategy="llada", num_steps=2, block_length=4,
+                                                  kv_cache=kv_cache, threshold=0.5)))

@@ -60,7 +60,9 @@ CONFIGS = {
 }
 
 
-@pytest.mark.parametrize("name", CONFIGS)
+@pytest.mark.parametrize("name", [
+    pytest.param(name, marks=pytest.mark.slow) if name in ("eos-prefix", "sigma-cfg") else name
+    for name in CONFIGS])
 def test_every_prompt_equals_its_decode_alone(tiny, name):
   """Threshold decoding and the dual cache, ReMDM-LLaDA with random remasking, EOS with the
   prefix cache, per-step remasking under classifier-free guidance: 1 and 3 slots (the queue

@@ -286,7 +286,7 @@ class SlotDecoder:
     self.slots, self.seq_len, self.mask_id = slots, seq_len, mask_id
     self.batch_sharding = batch_sharding
     self._vocab_size = None
-    self._compiled = None
+    self._compiled = {}   # (static shape, queue shape) -> (initial, advance), compiled
 
   @property
   def steps_per_block(self) -> int:
@@ -294,7 +294,8 @@ class SlotDecoder:
     return int(self.plan.table.t.shape[0])
 
   def check(self, prompts, indices=None) -> tuple[np.ndarray, np.ndarray, int]:
-    """`(prompts [N, L] int32, indices [N] int32, the longest answer in rows)`, checked.
+    """`(prompts [N, L] int32, indices [N] int32, the longest answer in rows: the prefix
+    cache's widest window, else L)`, checked.
 
     Raises:
       ValueError: prompts not `[N, seq_len]` integer templates with ids in `[0, V)` and no
@@ -315,8 +316,9 @@ class SlotDecoder:
         indices >= np.iinfo(np.int32).max).any():
       raise ValueError(f"indices must be [N] = [{len(prompts)}] global example indices in "
                        f"[0, 2**31 - 1), got shape {list(indices.shape)}")
-    return (prompts.astype(np.int32), indices.astype(np.int32),
-            min(self.seq_len, blocks * self.rule.block_length))
+    tail = (min(self.seq_len, blocks * self.rule.block_length)
+            if self.rule.kv_cache == "prefix" else self.seq_len)   # only its windows use it
+    return prompts.astype(np.int32), indices.astype(np.int32), tail
 
   def _replicated(self, host: np.ndarray) -> jax.Array:
     """A host array every process holds, on every device of the batch's mesh."""
@@ -337,8 +339,8 @@ class SlotDecoder:
   def _executables(self, static: _Static, queue: Queue):
     """`(initial, advance)`: the compiled ones of `compile` when they fit this queue's shape,
     else the jitted functions."""
-    if self._compiled is not None and self._compiled[0] == (static, queue.rows.shape):
-      return self._compiled[1:]
+    if (static, queue.rows.shape) in self._compiled:
+      return self._compiled[static, queue.rows.shape]
     return (functools.partial(_jitted_initial, static=static),
             functools.partial(_jitted_advance, static=static))
 
@@ -350,7 +352,7 @@ class SlotDecoder:
     state = initial(queue, denoiser, self.plan)
     advance = _jitted_advance.lower(state, queue, denoiser, self.plan, jnp.int32(0),
                                     static=static).compile()
-    self._compiled = ((static, queue.rows.shape), initial, advance)
+    self._compiled[static, queue.rows.shape] = initial, advance
     return self
 
   def __call__(self, key, prompts, indices=None, *, params=None, sync_every: int = 0,

@@ -259,16 +259,17 @@ class DualCache(_Cached):
         self.denoiser.prefill(z_p), jnp.zeros(shape.shape, shape.dtype)))
 
 
+MAX_PREFIX_WIDTHS = 16   # compiled window widths of the prefix cache, at most
+
+
 def prefix_widths(tail: int, block_length: int) -> tuple[int, ...]:
-  """The static row counts of the prefix cache's later steps: `K, 2K, 4K, ...` below `tail`,
-  then `tail` (the longest answer). A step runs the smallest that reaches back to the batch's
-  earliest block start, so a late block runs few rows (Fast-dLLM's window shrinks block by
-  block; here it shrinks by halves, one compiled model call per width)."""
-  widths, width = [], block_length
-  while width < tail:
-    widths.append(width)
-    width *= 2
-  return tuple(widths) + (tail,)
+  """The static row counts of the prefix cache's later steps: every multiple of `K` below
+  `tail` (the longest answer), then `tail`, as Fast-dLLM's window shrinks block by block; for
+  answers of more than `MAX_PREFIX_WIDTHS` blocks, every multiple of `K * ceil(blocks / 16)`
+  (one compiled model call per width). A step runs the smallest that reaches back to the
+  batch's earliest block start."""
+  step = block_length * max(1, -(-tail // (block_length * MAX_PREFIX_WIDTHS)))
+  return tuple(range(step, tail, step)) + (tail,)
 
 
 @dataclasses.dataclass(frozen=True)
