@@ -46,8 +46,10 @@ def test_every_python_block_is_run_or_marked():
         "```python fence")
 
 
-# Documents whose snippets train a model (tens of seconds): in the slow set.
-TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / "training.md"}
+# Documents whose snippets train a model or start device meshes (tens of seconds): in the
+# slow set.
+TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / "training.md",
+                      ROOT / "docs" / "guides" / "scale-out.md"}
 
 
 @pytest.mark.parametrize("path", [

@@ -96,7 +96,7 @@ def _prompt():
 
 SLOW = dict(marks=pytest.mark.slow)
 CONFIGS = [
-    pytest.param(dict(strategy="mdlm", num_steps=6), id="mdlm split head"),
+    pytest.param(dict(strategy="mdlm", num_steps=6), id="mdlm split head", **SLOW),
     pytest.param(dict(strategy="cap", eta=0.05, num_steps=8), id="cap", **SLOW),
     pytest.param(dict(strategy="topk", num_steps=6), id="topk (full logits)", **SLOW),
     pytest.param(dict(strategy="llada", num_steps=2, block_length=4), id="llada uncached",
