@@ -401,7 +401,7 @@ def uses_slots(cfg: Config, job: SampleJob, particles: ParticlesConfig) -> bool:
 def _prepare(cfg: Config, job: SampleJob, guidance: Guidance, particles: ParticlesConfig,
              progress: bool) -> _Run:
   """Loads and checks the model, classifier and prompts, and compiles the sampler (the slot
-  decoder checks its queue here and compiles on its first call)."""
+  decoder checks its queue here; `_sample_queue` compiles it for the prompts left to do)."""
   mesh = distributed.make_mesh(job.model_axis)
   batch_sharding = _batch_sharding(job, mesh)
   loaded = load_sampling_model(job.model, mesh)   # placed once: the two inputs of D-CFG
