@@ -68,11 +68,15 @@ class _CfgCall:
                        f"unconditional {list(uncond.shape)}")
     log_cond = jax.nn.log_softmax(cond.astype(jnp.float32), axis=-1)          # [B, L, V]
     log_uncond = jax.nn.log_softmax(uncond.astype(jnp.float32), axis=-1)
-    return jax.nn.log_softmax(gamma * log_cond + (1.0 - gamma) * log_uncond, axis=-1)
+    mixed = gamma * log_cond + (1.0 - gamma) * log_uncond
+    impossible = jnp.isneginf(log_cond) | jnp.isneginf(log_uncond)   # else -inf + inf = NaN
+    return jax.nn.log_softmax(jnp.where(impossible, -jnp.inf, mixed), axis=-1)
 
 
 def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
-  """Mixes two denoisers' log-probabilities with weight `gamma` (1: conditional only).
+  """Mixes two denoisers' log-probabilities with weight `gamma` (1: conditional only). An id
+  that either denoiser rules out (a `-inf` logit, e.g. the class tokens of an image model)
+  stays ruled out.
 
   Args:
     conditional: a `Denoiser` (or function `(z [B, L] int32, t [B] float32) -> logits
