@@ -18,7 +18,7 @@ import pytest
 
 PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "remdm_jax"
 ROOMS = ("sampling", "models", "weights", "text", "data", "training", "parallel", "jobs", "eval",
-         "tasks")
+         "tasks", "images")
 HEAVY = {   # top-level package -> the modules allowed to import it at module level
     "tensorflow_datasets": {"remdm_jax.data.datasets"},
     "orbax": {"remdm_jax.weights.checkpoint"},

