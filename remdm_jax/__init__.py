@@ -21,6 +21,7 @@ from remdm_jax.guidance import (Cbg, Cfg, Guidance, NoGuidance, classifier_free_
 from remdm_jax.sampling import trajectory
 from remdm_jax.sampling.blocks import BlockPlan, BlockRule, BlockTable
 from remdm_jax.sampling.config import BlockConfig, SamplerConfig, sampler_config
+from remdm_jax.sampling.maskgit import MaskGitDecoderConfig
 from remdm_jax.sampling.plan import Plan, StepRule, StepTable, build_plan, build_table
 from remdm_jax.sampling.sampler import (NonFiniteLogitsError, Sampler, make_sampler, sample,
                                         sample_with_plan)
@@ -47,7 +48,8 @@ def __getattr__(name: str):
 
 __all__ = [
     "BlockConfig", "BlockPlan", "BlockRule", "BlockTable", "Cap", "Cbg", "Cfg", "Classifier",
-    "Conf", "Denoiser", "Dfm", "Fb", "Guidance", "Loop", "Mdlm", "NoGuidance",
+    "Conf", "Denoiser", "Dfm", "Fb", "Guidance", "Loop", "MaskGitDecoderConfig", "Mdlm",
+    "NoGuidance",
     "NonFiniteLogitsError", "Plan", "QueueResult", "Rescale", "STRATEGIES", "Sampler",
     "SamplerConfig", "SlotDecoder", "StepRule", "StepTable", "Strategy", "Topk", "Trajectory",
     "build_plan", "build_table", "classifier_free_guidance", "classifier_guidance", "eval",

@@ -44,6 +44,17 @@ class Family(abc.ABC):
     """Whether `folder` (an existing directory) holds a model of this family; reads at most
     a small file (config.json), never weights."""
 
+  def recognises_file(self, path: pathlib.Path) -> bool:
+    """Whether the single file `path` (an existing file) is a model of this family that
+    `load_file` reads; no family reads single files by default."""
+    del path
+    return False
+
+  def load_file(self, path: pathlib.Path, *, dtype: str | None = None,
+                mesh: Mesh | None = None):
+    """The model of the single file `path` (see `recognises_file`)."""
+    raise NotImplementedError(f"model family {self.name!r} reads folders, not single files")
+
   @abc.abstractmethod
   def load(self, folder: pathlib.Path, *, dtype: str | None = None, mesh: Mesh | None = None):
     """The model of `folder`, its parameters in `dtype` (None: as stored) and split over
@@ -162,6 +173,20 @@ def find(folder) -> Family | None:
   if not folder.is_dir():
     return None
   return next((f for f in _registered().values() if f.recognises(folder)), None)
+
+
+def for_file(path) -> Family:
+  """The first family that reads the single file `path`.
+
+  Raises:
+    ValueError: no registered family reads such a file (naming the path and the families).
+  """
+  path = pathlib.Path(path)
+  family = next((f for f in _registered().values() if f.recognises_file(path)), None)
+  if family is None:
+    raise ValueError(f"{path.absolute()} is a file that no registered model family reads "
+                     f"(families: {names()}); a model folder was expected")
+  return family
 
 
 def for_folder(folder) -> Family:

@@ -1,7 +1,9 @@
 """The built-in model families, registered in `remdm_jax.families` when `remdm_jax` is imported:
 "dit", the library's own folders (`config.json` and `params/`, written by `save_model` or
-`remdm-convert`: a `DiT` or its `NoisyClassifier`), and "llada", released LLaDA folders
-(`config.json` with `model_type` "llada" beside safetensors weights).
+`remdm-convert`: a `DiT` or its `NoisyClassifier`), "llada", released LLaDA folders
+(`config.json` with `model_type` "llada" beside safetensors weights), and "maskgit", MaskGIT
+image models (a released transformer checkpoint file, or a folder of it and its image
+tokenizer).
 
 Recognising a folder reads no weights and imports no orbax: the DiT's checkpoint code
 (orbax) is imported when a DiT folder is read, not when the registry is consulted.
@@ -15,13 +17,13 @@ from jax.sharding import PartitionSpec
 
 from remdm_jax import families
 from remdm_jax.denoiser import Denoiser
-from remdm_jax.models import dit, llada
+from remdm_jax.models import dit, llada, maskgit
 from remdm_jax.models.classifier import NoisyClassifier
 from remdm_jax.parallel.sharding import DIT_RULES, param_spec
 from remdm_jax.text import char_tokenizer
 from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.text.tokenizers import folder_tokenizer, get_tokenizer
-from remdm_jax.weights import llada_io
+from remdm_jax.weights import llada_io, maskgit_io
 
 
 def _checkpoint():
@@ -130,5 +132,61 @@ class LLaDAFamily(families.Family):
                        f"the model's {model.cfg.mask_id} (config.json)")
 
 
+class MaskGitFamily(families.Family):
+  """MaskGIT's class-conditional image transformer: a released checkpoint file (the sizes from
+  its shapes), or a folder holding it and its image tokenizer (`maskgit_io.read_manifest`)."""
+
+  name = "maskgit"
+  config_type = maskgit.MaskGitConfig
+  model_types = (maskgit.MaskGit,)
+
+  def recognises(self, folder: pathlib.Path) -> bool:
+    return maskgit_io.is_maskgit_folder(folder)
+
+  def recognises_file(self, path: pathlib.Path) -> bool:
+    return path.is_file()
+
+  def load_file(self, path, *, dtype=None, mesh=None):
+    model = maskgit_io.load_transformer(path, dtype=dtype)
+    self.place(model, mesh)
+    return model
+
+  def load(self, folder, *, dtype=None, mesh=None):
+    model = maskgit_io.load_folder(folder, dtype=dtype)
+    self.place(model, mesh)
+    return model
+
+  def as_denoiser(self, model, schedule=None, *, label=None) -> Denoiser:
+    if schedule is not None:
+      raise ValueError("schedule does not apply to a MaskGIT model (it reads no time)")
+    return maskgit.as_denoiser(model, label=label)
+
+  def tokenizer_name(self, folder) -> str:
+    return str(pathlib.Path(folder).absolute())
+
+  def tokenizer(self, folder):
+    """The folder's image tokenizer (`decode_tokens(ids [B, T]) -> pixels [B, H, W, C]`)."""
+    return maskgit_io.load_image_tokenizer(folder)
+
+  def max_length(self, model) -> int:
+    return model.cfg.seq_len
+
+  def check_sampling(self, folder, model, tokenizer) -> None:
+    del model, tokenizer
+    raise ValueError(f"{folder} is an image model; sample it with remdm-images")
+
+  def save(self, model, folder, *, tokenizer=None, step=None) -> None:
+    if tokenizer is None:
+      raise ValueError("a MaskGIT folder needs its image tokenizer (a PatchCodebook)")
+    maskgit_io.save_folder(model, folder, tokenizer, step=step)
+
+  def exported_step(self, folder) -> int | None:
+    folder = pathlib.Path(folder)
+    if not folder.is_dir() or not maskgit_io.is_maskgit_folder(folder):
+      return None
+    return maskgit_io.read_manifest(folder)["step"]
+
+
 families.register(DiTFamily())
 families.register(LLaDAFamily())
+families.register(MaskGitFamily())
