@@ -367,6 +367,38 @@ def sample_main(argv: list[str] | None = None) -> int:
   return _command(_sample, argv)
 
 
+def image_sections() -> dict:
+  """`remdm-images`' flag sections: the job, MaskGIT's decoder and the diffusion sampler
+  (`--job.decoder` picks one of the two)."""
+  from remdm_jax.jobs.image_job import ImageJobConfig
+  from remdm_jax.sampling.maskgit import MaskGitDecoderConfig
+  return {"job": ImageJobConfig(), "maskgit": MaskGitDecoderConfig(),
+          "sampler": SamplerConfig(num_steps=16)}
+
+
+def _images(argv: list[str]) -> int:
+  from remdm_jax.jobs.image_job import sample_images
+  defaults = image_sections()
+  configs, rest = parse_sections(argv, defaults)
+  if rest:
+    raise UsageError(f"unexpected arguments {rest}; flags are --job.FIELD=, --maskgit.FIELD= "
+                     "and --sampler.FIELD= (--help lists them)")
+  job = configs["job"]
+  unused = "sampler" if job.decoder == "maskgit" else "maskgit"
+  if configs[unused] != defaults[unused]:
+    raise UsageError(f"--{unused}.* flags do not apply with --job.decoder={job.decoder}; "
+                     f"set --job.decoder={unused} to use them")
+  result = sample_images(configs[job.decoder], job)
+  print(f"wrote {len(result.labels)} images and grid.png to {result.out}")
+  return 0
+
+
+def images_main(argv: list[str] | None = None) -> int:
+  """`remdm-images [--job.FIELD=...] [--maskgit.FIELD=...] [--sampler.FIELD=...]`: sample
+  images from a MaskGIT folder (by default the shipped MNIST model) to PNG files."""
+  return _command(_images, argv)
+
+
 @dataclasses.dataclass(frozen=True)
 class MergeOptions:
   """How `remdm-merge DIR` scores the merged samples."""
@@ -439,4 +471,5 @@ def convert_main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
   sys.exit(not_a_command("remdm_jax.cli", "one of its console scripts: remdm-train, "
-                         "remdm-sample, remdm-merge or remdm-convert (each takes --help)"))
+                         "remdm-sample, remdm-images, remdm-merge or remdm-convert (each "
+                         "takes --help)"))
