@@ -1,4 +1,5 @@
-"""The pinned reference code of the LLaDA benchmarks, and the one folder that holds it.
+"""The pinned reference code of the LLaDA and MaskGIT benchmarks, and the one folder that holds
+it.
 
 `benchmarks/prepare_references.sh DIR` clones each repository below at its commit into
 `DIR/<folder>` and creates `DIR/venv`, a Python with torch and transformers. The benchmarks
@@ -29,6 +30,8 @@ REPOSITORIES = {
                   "24cc59e75f20a6384bae8c905965bb090b96388e"),
     "remdm_llada": ("ReMDM-LLaDA", "https://github.com/guanghanwang/ReMDM-LLaDA",
                     "169c9b9198dc1979582900cc6bb888d308bf9304"),
+    "maskgit": ("maskgit", "https://github.com/google-research/maskgit",
+                "1db23594e1bd328ee78eadcd148a19281cd0f5b8"),
 }
 
 # The reference LLaDA modeling package: `llada/model/` of Fast-dLLM at its pinned commit
