@@ -29,7 +29,6 @@ from __future__ import annotations
 import argparse
 import sys
 import tempfile
-import time
 import types
 
 import jax
@@ -38,6 +37,7 @@ import numpy as np
 from scipy import stats
 
 import references
+from sampler import timed
 import remdm_jax
 from remdm_jax.models.maskgit import as_denoiser, image_prompt
 from remdm_jax.sampling.maskgit import MaskGitDecoderConfig
@@ -217,15 +217,7 @@ def timing_row(mt, pd, folder, repeats):
   forward = jax.jit(to_logits)
   prompt = image_prompt(model.cfg, labels)
 
-  def best(fn):
-    jax.block_until_ready(fn())
-    times = []
-    for _ in range(repeats):
-      start = time.perf_counter()
-      jax.block_until_ready(fn())
-      times.append(time.perf_counter() - start)
-    return min(times)
-
+  best = lambda fn: timed(fn, repeats=repeats)[1]
   t_official = best(lambda: official(variables, inputs, jax.random.key(0)))
   t_ours = best(lambda: sampler(jax.random.key(0), prompt=prompt))
   t_floor = steps * best(lambda: forward(variables, inputs))

@@ -69,6 +69,18 @@ def reference_rows(splits, codebook, classifier, reference) -> dict:
           "codebook reconstructions": score_images(classifier, rebuilt, labels, reference)}
 
 
+def overview(grids: pathlib.Path, steps: list[int]) -> np.ndarray:
+  """One picture: a row per sampler (table order), for each T (left to right) the first
+  sample of each digit 0-9 of seed 0."""
+  rows = []
+  for name in SAMPLERS:
+    blocks = [image_grid(np.load(grids / f"{name}_T{t}.npy", allow_pickle=False), 10, pad=1)
+              for t in steps]
+    gap = np.full((blocks[0].shape[0], 8, 1), 255, np.uint8)
+    rows.append(np.concatenate(sum(([b, gap] for b in blocks), [])[:-1], axis=1))
+  return np.concatenate(rows, axis=0).repeat(2, 0).repeat(2, 1)
+
+
 def interval(values: list[float]) -> str:
   """`mean ± half-width` of a 95% t-interval over seeds."""
   values = np.asarray(values)
@@ -149,8 +161,11 @@ def _main(argv: list[str]) -> int:
         print(key, cells[key], flush=True)
         if seed == args.seeds[0]:
           shown = to_uint8(pixels.reshape(10, args.per_class, 28, 28, 1)[:, :10].reshape(
-              -1, 28, 28, 1)).repeat(2, 1).repeat(2, 2)
-          write_png(out / "grids" / f"{name}_T{t}.png", image_grid(shown, 10))
+              -1, 28, 28, 1))
+          write_png(out / "grids" / f"{name}_T{t}.png",
+                    image_grid(shown.repeat(2, 1).repeat(2, 2), 10))
+          np.save(out / "grids" / f"{name}_T{t}.npy", shown[::10])   # one of each digit
+  write_png(out / "overview.png", overview(out / "grids", args.steps))
   files.write_atomic(out / "table.md", table(cells, floors, args.steps, args.seeds))
   print((out / "table.md").read_text())
   return 0
