@@ -32,7 +32,7 @@ from remdm_jax.sampling.topp import top_p_filter
 from remdm_jax.sampling.trajectory import Trajectory
 from remdm_jax.schedules import get_schedule, uniform_grid
 from remdm_jax.training import losses
-from remdm_jax.weights import families as _builtins  # noqa: F401  (registers "dit", "llada")
+from remdm_jax.weights import families as _builtins  # noqa: F401  (registers "dit", "llada", "maskgit")
 
 _WEIGHTS = ("load_model", "save_model")   # imported on first use: the checkpoint code needs orbax
 

@@ -9,11 +9,14 @@ decodes its ids and `param_spec(...)` splits its parameters over the "model" mes
 sampling job ask this registry, so adding a family is adding a class and a `register` call.
 
 The registry lives in the core because every room consults it: `models/` and `text/` may not
-import `weights/`, and the built-in families (the library's own DiT folders and released LLaDA
-folders, `remdm_jax.weights.families`) need the weight readers. This module imports no room
-that registers in it (so imports point one way): `import remdm_jax` imports the built-ins,
-which register themselves, and they import no orbax until a DiT folder is read. Families are
-tried in registration order: the built-ins first.
+import `weights/`, and the built-in families (the library's own DiT folders, released LLaDA
+folders and MaskGIT checkpoints, `remdm_jax.weights.families`) need the weight readers. This
+module imports no room that registers in it (so imports point one way): `import remdm_jax`
+imports the built-ins, which register themselves, and they import no orbax until a DiT folder
+is read. Families are tried in registration order: the built-ins first. A family may also
+read single files (`recognises_file`, `load_file`: a released MaskGIT checkpoint);
+`recognises_file` must be a cheap check of the file's first bytes, never a read of the whole
+file.
 """
 
 from __future__ import annotations

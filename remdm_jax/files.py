@@ -67,8 +67,9 @@ def read_json_object(path, what: str = "JSON file") -> dict:
   return payload
 
 
-def write_atomic(path, text: str) -> None:
-  """Writes `text` to a temporary sibling, flushes it to disk, then renames it to `path`.
+def write_atomic(path, text: str | bytes) -> None:
+  """Writes `text` (or bytes) to a temporary sibling, flushes it to disk, then renames it to
+  `path`.
 
   Raises:
     OSError: the write failed (a full disk, ...); its filename is `path`, and the temporary
@@ -77,7 +78,8 @@ def write_atomic(path, text: str) -> None:
   path = pathlib.Path(path)
   temporary = path.with_name(f".{path.name}.tmp-{os.getpid()}")
   try:
-    with temporary.open("w", encoding="utf-8") as handle:
+    with (temporary.open("wb") if isinstance(text, bytes)
+          else temporary.open("w", encoding="utf-8")) as handle:
       handle.write(text)
       handle.flush()
       os.fsync(handle.fileno())

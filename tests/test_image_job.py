@@ -10,7 +10,7 @@ from references.digits import fake_wheel
 
 from remdm_jax import families, sampler_config
 from remdm_jax.cli import images_main
-from remdm_jax.images.patches import PatchCodebook
+from remdm_jax.models.patches import PatchCodebook
 from remdm_jax.jobs import image_models
 from remdm_jax.jobs.image_job import SHIPPED_IMAGE_MODEL, ImageJobConfig, sample_images
 from remdm_jax.models.maskgit import MaskGit, MaskGitConfig

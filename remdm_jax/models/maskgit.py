@@ -25,7 +25,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from remdm_jax.denoiser import Denoiser
-from remdm_jax.validation import ArgumentTypeError, check_choice, check_fields, check_range, option
+from remdm_jax.validation import ArgumentTypeError, check_fields, check_range, option
 
 LAYERNORM_EPSILON = 1e-12
 OFFICIAL_MASK_ID = -1
@@ -42,7 +42,6 @@ class MaskGitConfig:
   num_layers: int = option(24, "transformer layers")
   num_heads: int = option(16, "attention heads (hidden_size must divide evenly)")
   intermediate_size: int = option(3072, "MLP width")
-  dtype: str = option("float32", "computation dtype; parameters stay float32, logits float32")
   null_class: int | None = option(None, "the class trained as 'no class' (classifier-free "
                                         "guidance's unconditional model); None: none")
 
@@ -54,7 +53,6 @@ class MaskGitConfig:
     if self.hidden_size % self.num_heads:
       raise ValueError(f"hidden_size must be a multiple of num_heads, got hidden_size="
                        f"{self.hidden_size}, num_heads={self.num_heads}")
-    check_choice("dtype", self.dtype, ("float32", "bfloat16"))
     if self.null_class is not None:
       check_range("null_class", self.null_class, 0, self.num_classes, high_open=True)
 
@@ -93,7 +91,7 @@ def _zeros(shape: tuple[int, ...]) -> nnx.Param:
 
 class Attention(nnx.Module):
   """Flax's `MultiHeadDotProductAttention` without a mask: query, key, value `[D, H, hd]`
-  (and biases `[H, hd]`), scores scaled by `1 / sqrt(hd)`, softmax in float32, out `[H, hd, D]`."""
+  (and biases `[H, hd]`), scores scaled by `1 / sqrt(hd)`, out `[H, hd, D]`; float32."""
 
   def __init__(self, cfg: MaskGitConfig, rngs: nnx.Rngs):
     d, h, k = cfg.hidden_size, cfg.num_heads, cfg.head_dim
@@ -101,20 +99,18 @@ class Attention(nnx.Module):
       setattr(self, name + "_kernel", _init(rngs, (d, h, k)))
       setattr(self, name + "_bias", _zeros((h, k)))
     self.out_kernel, self.out_bias = _init(rngs, (h, k, d)), _zeros((d,))
-    self.dtype = jnp.dtype(cfg.dtype)
 
   def __call__(self, x: jax.Array) -> jax.Array:
     """`[B, L, D] -> [B, L, D]`."""
     def project(name):
-      kernel = getattr(self, name + "_kernel")[...].astype(self.dtype)
-      return jnp.einsum("bld,dhk->blhk", x, kernel) + getattr(self, name + "_bias")[...][None, None]
+      kernel, bias = getattr(self, name + "_kernel")[...], getattr(self, name + "_bias")[...]
+      return jnp.einsum("bld,dhk->blhk", x, kernel) + bias[None, None]
     query, key, value = project("query"), project("key"), project("value")
     query = query / jnp.sqrt(query.shape[-1]).astype(query.dtype)
     scores = jnp.einsum("bqhk,bshk->bhqs", query, key)
-    weights = jax.nn.softmax(scores.astype(jnp.float32), axis=-1).astype(self.dtype)
+    weights = jax.nn.softmax(scores, axis=-1)
     mixed = jnp.einsum("bhqs,bshk->bqhk", weights, value)
-    return (jnp.einsum("bqhk,hkd->bqd", mixed, self.out_kernel[...].astype(self.dtype))
-            + self.out_bias[...][None, None])
+    return jnp.einsum("bqhk,hkd->bqd", mixed, self.out_kernel[...]) + self.out_bias[...][None, None]
 
 
 class Layer(nnx.Module):
@@ -153,11 +149,11 @@ class MaskGit(nnx.Module):
     self.mlm_bias = _zeros((cfg.vocab_size,))
 
   def features(self, ids: jax.Array) -> jax.Array:
-    """`[B, L]` ids -> the last layer's output `[B, L, D]` (in cfg.dtype)."""
+    """`[B, L]` ids -> the last layer's output `[B, L, D]` float32."""
     self._check_ids(ids)
     ids = jnp.where(ids == OFFICIAL_MASK_ID, self.cfg.mask_id, ids)
     x = self.word_embeddings[...][ids] + self.position_embeddings[...][None, :ids.shape[1]]
-    x = self.embeddings_ln(x).astype(jnp.dtype(self.cfg.dtype))
+    x = self.embeddings_ln(x)
     for layer in self.layers:
       x = layer(x)
     return x
@@ -165,9 +161,7 @@ class MaskGit(nnx.Module):
   def head(self, h: jax.Array) -> jax.Array:
     """The MLM head: `h [..., D] -> logits [..., V] float32`."""
     m = self.mlm_ln(jax.nn.gelu(self.mlm_dense(h)))
-    logits = jnp.einsum("...d,vd->...v", m,
-                        self.word_embeddings[...].astype(jnp.dtype(self.cfg.dtype)),
-                        preferred_element_type=jnp.float32)
+    logits = jnp.einsum("...d,vd->...v", m, self.word_embeddings[...])
     return logits + jnp.broadcast_to(self.mlm_bias[...], logits.shape)
 
   def __call__(self, ids: jax.Array) -> jax.Array:
@@ -179,6 +173,10 @@ class MaskGit(nnx.Module):
     if ids.shape[1] > self.cfg.seq_len:
       raise ValueError(f"sequence length must be <= num_tokens + 1 = {self.cfg.seq_len}, got "
                        f"{ids.shape[1]}")
+    if not isinstance(ids, jax.core.Tracer) and ids.size and (
+        int(ids.min()) < OFFICIAL_MASK_ID or int(ids.max()) >= self.cfg.vocab_size):
+      raise ValueError(f"ids must lie in [-1, {self.cfg.vocab_size}) (-1: the mask), got "
+                       f"{int(ids.min())}..{int(ids.max())}")
 
 
 def _image_logits(logits: jax.Array, codebook_size: int) -> jax.Array:

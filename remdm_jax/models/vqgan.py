@@ -114,6 +114,8 @@ class VQGANDecoder(nnx.Module):
   def decode_tokens(self, ids: jax.Array) -> jax.Array:
     """Codes `[B, T]` (`T = h * h`, row-major) -> pixels `[B, H, W, output_dim]` float32
     clipped to [0, 1] (the image tokenizers' common contract)."""
+    if ids.ndim != 2:
+      raise ValueError(f"ids must be [B, T] codes, got shape {list(ids.shape)}")
     side = math.isqrt(ids.shape[1])
     if side * side != ids.shape[1]:
       raise ValueError(f"ids must hold a square grid of codes, got {ids.shape[1]}")

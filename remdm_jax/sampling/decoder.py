@@ -3,12 +3,14 @@
 A decoder is the static part of a plan (`plan.rule`, a frozen, hashable dataclass, so a plan
 always runs under its own decoder and a jitted run retraces for another). The sampler
 (`remdm_jax.sampling.sampler`) checks its arguments, then hands the run to `plan.rule`; it
-never asks which kind of decoder it holds. Three decoders implement the protocol:
+never asks which kind of decoder it holds. Four decoders implement the protocol:
 
 - `remdm_jax.sampling.steps.StepRule`: the diffusion-time steps of MDLM and every ReMDM
   strategy (one scan over the strategy's step table, then the final noise removal);
 - `remdm_jax.sampling.blocks.BlockRule`: semi-autoregressive block decoding (LLaDA,
   ReMDM-LLaDA, Fast-dLLM);
+- `remdm_jax.sampling.maskgit.MaskGitRule`: MaskGIT's confidence decoding on its mask
+  schedule;
 - `remdm_jax.sampling.repredict.RepredictRule`: Ye et al.'s top-k decoding, every answer
   position re-predicted at every step.
 

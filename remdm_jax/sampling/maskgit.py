@@ -12,7 +12,7 @@ With `T = num_steps` and `N0` masked positions at the start, step `j = 0 .. T-1`
 3. `n = floor(N0 * gamma(r))` positions stay masked, clipped to `[1, masked - 1]`, where
    `gamma` is the mask schedule (cosine: `cos(pi r / 2)`, clipped to [1e-6, 1]): the positions
    whose confidence is below the `n`-th smallest (ties keep their token, as in the reference);
-4. after the last step the row is step 1's draws (the reference's `final_seqs[:, -1]`).
+4. after the last step the row is the last step's draws (the reference's `final_seqs[:, -1]`).
 
 `T` model calls. The draws use the library's random stream (one key per example, `fold_in` by
 step and position), so tokens do not depend on the batch split; the reference draws from one
@@ -37,16 +37,18 @@ SCHEDULES = ("cosine", "uniform", "pow2", "pow3")
 
 
 def mask_ratios(schedule: str, num_steps: int) -> jax.Array:
-  """`gamma((j + 1) / T)` for `j = 0 .. T-1`, `[T] float32`, computed with the reference's
-  float32 operations, so `floor(N0 * gamma)` agrees with it exactly (at T = 3, the float32
-  `cos(pi / 3)` is 0.49999997 and 4 masked positions keep 1 masked, not 2)."""
+  """`gamma((j + 1) / T)` for `j = 0 .. T-1`, `[T] float32`, with the reference's float32
+  operations: at T = 3 the float32 `cos(pi / 3)` is 0.49999997, so 4 masked positions keep 1
+  masked, not 2, as in the reference. (The reference evaluates the cosine inside its jitted
+  loop, which can round `gamma` one ulp apart; `floor(N0 * gamma)` then differs for a rare
+  `(T, j, N0)`, e.g. T = 58, j = 52, N0 = 200.)"""
   ratio = 1.0 * (jnp.arange(num_steps, dtype=jnp.int32) + 1) / num_steps
   if schedule == "cosine":
     gamma = jnp.cos(math.pi / 2.0 * ratio)
   elif schedule == "uniform":
     gamma = 1.0 - ratio
   else:
-    gamma = 1.0 - ratio ** int(schedule[3:])
+    gamma = 1.0 - ratio ** float(schedule[3:])
   return jnp.clip(gamma, 1e-6, 1.0).astype(jnp.float32)
 
 
@@ -71,7 +73,7 @@ class MaskGitRule(Decoder):
     positions = jnp.broadcast_to(jnp.arange(length, dtype=jnp.int32), (batch, length))
 
     def step(carry, j, keys):
-      z, _, nonfinite = carry
+      z, _, _, nonfinite = carry
       t = jnp.full((batch,), 1.0 - j / self.num_steps, jnp.float32)
       logits = denoiser(z, t).astype(jnp.float32).at[..., mask_id].set(-jnp.inf)
       nonfinite = nonfinite | ~jnp.all(jnp.isfinite(jnp.max(logits, -1)), axis=1)
@@ -91,17 +93,22 @@ class MaskGitRule(Decoder):
       count = jnp.maximum(1, jnp.minimum(jnp.sum(unknown, 1) - 1, count))
       new = jnp.where(_cut_off_mask(confidence, count), mask_id, drawn)
       kept = unknown & (new != mask_id)
+      logp = (jnp.take_along_axis(jax.nn.log_softmax(logits, -1), drawn[..., None], -1)[..., 0]
+              if needs.logp else jnp.zeros((batch, length), jnp.float32))
       out = StepOut(new, kept, jnp.zeros_like(kept), jnp.bool_(True), jnp.bool_(True),
-                    jnp.where(kept, chosen, 0.0) if needs.logp else None,
+                    jnp.where(kept, logp, 0.0) if needs.logp else None,
                     drawn if needs.predicted else None)
-      return (new, drawn, nonfinite), out
+      return (new, drawn, logp, nonfinite), out
 
     def finish(carry):
-      new, drawn, nonfinite = carry
-      return Finish(drawn, nonfinite, new == mask_id, jnp.bool_(False),
-                    jnp.zeros((batch, length), jnp.float32) if needs.logp else None)
+      new, drawn, logp, nonfinite = carry
+      last = new == mask_id                        # decoded by the last step's draws
+      return Finish(drawn, nonfinite, last, jnp.bool_(False),
+                    jnp.where(last, logp, 0.0) if needs.logp else None)
 
-    return Scan((z, z, jnp.zeros((batch,), bool)), jnp.arange(self.num_steps), step, finish)
+    zeros = jnp.zeros((batch, length), jnp.float32)
+    return Scan((z, z, zeros, jnp.zeros((batch,), bool)), jnp.arange(self.num_steps), step,
+                finish)
 
   def check_plan(self, plan):
     for name in ("temperatures", "noise_scales"):

@@ -327,14 +327,14 @@ def load_model(directory, *, dtype: str | None = None, mesh: jax.sharding.Mesh |
   tensor read and placed alone, in `dtype`, None: as stored). With `mesh`, the parameters
   are split over its "model" axis by the family's rules as they are read.
 
-  `directory` may also be a single file that a family reads: a released MaskGIT transformer
-  checkpoint (a flax msgpack file; `remdm_jax.weights.maskgit_io.load_transformer`: the sizes
-  from its shapes, 1024 codes and V - 1025 classes) gives a `MaskGit`, `model(ids [B, L]
-  int32) -> logits [B, L, V] float32` on the official ids (class token `label + 1024`
+  `directory` may also be a single file that a family reads (`families.for_file`): a released
+  MaskGIT transformer checkpoint (a flax msgpack file; `maskgit_io.load_transformer`: the
+  sizes from its shapes, 1024 codes and V - 1025 classes) gives a `MaskGit`, `model(ids [B,
+  L] int32) -> logits [B, L, V] float32` on the official ids (class token `label + 1024`
   first, the mask -1 or V - 1).
 
   Raises:
-    ValueError: no family recognises the folder (naming the registered ones), pickled
+    ValueError: no family recognises the folder or file (naming the registered ones), pickled
       PyTorch weights, a bad `config.json`, parameters of other shapes than the config needs,
       or unreadable parameter files; the message names the file. `dtype` for a family that
       keeps its saved dtype.

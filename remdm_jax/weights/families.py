@@ -23,7 +23,8 @@ from remdm_jax.parallel.sharding import DIT_RULES, param_spec
 from remdm_jax.text import char_tokenizer
 from remdm_jax.text.hf_tokenizer import HFTokenizer
 from remdm_jax.text.tokenizers import folder_tokenizer, get_tokenizer
-from remdm_jax.weights import llada_io, maskgit_io
+from remdm_jax.models.patches import PatchCodebook
+from remdm_jax.weights import llada_io, maskgit_io, msgpack_io
 
 
 def _checkpoint():
@@ -144,15 +145,17 @@ class MaskGitFamily(families.Family):
     return maskgit_io.is_maskgit_folder(folder)
 
   def recognises_file(self, path: pathlib.Path) -> bool:
-    return path.is_file()
+    return msgpack_io.starts_like_variables(path)
 
   def load_file(self, path, *, dtype=None, mesh=None):
-    model = maskgit_io.load_transformer(path, dtype=dtype)
+    _float32_only(path, dtype)
+    model = maskgit_io.load_transformer(path)
     self.place(model, mesh)
     return model
 
   def load(self, folder, *, dtype=None, mesh=None):
-    model = maskgit_io.load_folder(folder, dtype=dtype)
+    _float32_only(folder, dtype)
+    model = maskgit_io.load_folder(folder)
     self.place(model, mesh)
     return model
 
@@ -176,8 +179,9 @@ class MaskGitFamily(families.Family):
     raise ValueError(f"{folder} is an image model; sample it with remdm-images")
 
   def save(self, model, folder, *, tokenizer=None, step=None) -> None:
-    if tokenizer is None:
-      raise ValueError("a MaskGIT folder needs its image tokenizer (a PatchCodebook)")
+    if not isinstance(tokenizer, PatchCodebook):
+      raise ValueError(f"a MaskGIT folder written here needs its image tokenizer, a "
+                       f"PatchCodebook, got {type(tokenizer).__name__}")
     maskgit_io.save_folder(model, folder, tokenizer, step=step)
 
   def exported_step(self, folder) -> int | None:
@@ -185,6 +189,12 @@ class MaskGitFamily(families.Family):
     if not folder.is_dir() or not maskgit_io.is_maskgit_folder(folder):
       return None
     return maskgit_io.read_manifest(folder)["step"]
+
+
+def _float32_only(path, dtype) -> None:
+  if dtype not in (None, "float32"):
+    raise ValueError(f"{path}: dtype applies to released LLaDA folders only; a MaskGIT model "
+                     f"runs in float32, as released, got dtype={dtype!r}")
 
 
 families.register(DiTFamily())

@@ -6,8 +6,9 @@ The sizes come from the parameter shapes (no config file is needed): the width, 
 MLP width and positions of the transformer, and the levels, widths and blocks of the decoder.
 The codebook size cannot be told apart from the class count in the transformer's vocabulary
 (`V = K + C + 1`): it defaults to the released 1024, and C to `V - 1025` (1000 for the released
-models). The whole tree is checked against the shapes those sizes need before any weight is
-read, and a broken file is refused in one line naming the parameter. The tokenizer's encoder
+models). The whole tree is checked against the shapes those sizes need (and for NaN or
+infinity) before any weight is used, and a broken file is refused in one line naming the
+parameter. The tokenizer's encoder
 is not read (only `decode_from_indices` is needed to sample).
 
 A MaskGIT folder holds the two files: the released names (`maskgit_imagenet256_checkpoint` and
@@ -26,7 +27,7 @@ import jax.numpy as jnp
 from flax import nnx
 
 from remdm_jax import files
-from remdm_jax.images.patches import PatchCodebook
+from remdm_jax.models.patches import PatchCodebook
 from remdm_jax.models.maskgit import MaskGit, MaskGitConfig
 from remdm_jax.models.vqgan import VQGANDecoder, VQGANDecoderConfig
 from remdm_jax.validation import check_range
@@ -83,10 +84,22 @@ def decoder_names(cfg: VQGANDecoderConfig) -> dict[str, str]:
   return names
 
 
-def _shape(flat: dict, name: str, where) -> tuple[int, ...]:
+def _shape(flat: dict, name: str, where, rank: int) -> tuple[int, ...]:
+  """The shape of parameter `name`, which must exist and have `rank` axes."""
   if name not in flat or not hasattr(flat[name], "shape"):
     raise ValueError(f"{where}: parameter {name} is missing")
+  if len(flat[name].shape) != rank:
+    raise ValueError(f"{where}: parameter {name} must have {rank} axes, got shape "
+                     f"{list(flat[name].shape)}")
   return tuple(flat[name].shape)
+
+
+def _config(cls, where, **sizes):
+  """`cls(**sizes)`, its refusal naming the file."""
+  try:
+    return cls(**sizes)
+  except ValueError as err:
+    raise ValueError(f"{where}: sizes read from the shapes do not make a model ({err})") from None
 
 
 def transformer_config(flat: dict, where, codebook_size: int = DEFAULT_CODEBOOK,
@@ -97,22 +110,23 @@ def transformer_config(flat: dict, where, codebook_size: int = DEFAULT_CODEBOOK,
     ValueError: a parameter the sizes are read from is missing or of another rank, or the
       vocabulary is too small for `codebook_size` (naming the file).
   """
-  vocab, hidden = _shape(flat, "params/Embed_0/word_embeddings/embedding", where)
-  positions = _shape(flat, "params/Embed_0/position_embeddings/embedding", where)[0]
+  vocab, hidden = _shape(flat, "params/Embed_0/word_embeddings/embedding", where, 2)
+  positions = _shape(flat, "params/Embed_0/position_embeddings/embedding", where, 2)[0]
   layers = len({m.group(1) for name in flat
                 if (m := re.match(r"params/TransformerLayer_(\d+)/", name))})
   if layers < 1:
     raise ValueError(f"{where}: parameter params/TransformerLayer_0 is missing")
   heads = _shape(flat, "params/TransformerLayer_0/Attention_0/self_attention/query/kernel",
-                 where)[1]
-  inner = _shape(flat, "params/TransformerLayer_0/Mlp_0/intermediate_output/kernel", where)[1]
+                 where, 3)[1]
+  inner = _shape(flat, "params/TransformerLayer_0/Mlp_0/intermediate_output/kernel", where,
+                 2)[1]
   classes = vocab - 1 - codebook_size if num_classes is None else num_classes
   if classes < 1 or codebook_size + classes + 1 != vocab:
     raise ValueError(f"{where}: a vocabulary of {vocab} ids cannot hold codebook_size="
                      f"{codebook_size} codes, {classes} classes and the mask (V = K + C + 1)")
-  return MaskGitConfig(codebook_size=codebook_size, num_classes=classes,
-                       num_tokens=positions - 1, hidden_size=hidden, num_layers=layers,
-                       num_heads=heads, intermediate_size=inner)
+  return _config(MaskGitConfig, where, codebook_size=codebook_size, num_classes=classes,
+                 num_tokens=positions - 1, hidden_size=hidden, num_layers=layers,
+                 num_heads=heads, intermediate_size=inner)
 
 
 def decoder_config(flat: dict, where) -> VQGANDecoderConfig:
@@ -121,7 +135,7 @@ def decoder_config(flat: dict, where) -> VQGANDecoderConfig:
   Raises:
     ValueError: parameters the sizes are read from are missing, or the counts do not fit.
   """
-  codes, dim = _shape(flat, "params/quantizer/codebook", where)
+  codes, dim = _shape(flat, "params/quantizer/codebook", where, 2)
   convs = len({n.split("/")[2] for n in flat if re.match(r"params/decoder/Conv_\d+/", n)})
   blocks = len({n.split("/")[2] for n in flat if re.match(r"params/decoder/ResBlock_\d+/", n)})
   levels = convs - 1
@@ -130,10 +144,10 @@ def decoder_config(flat: dict, where) -> VQGANDecoderConfig:
                      "not form a VQGAN decoder")
   per = blocks // (levels + 1)
   widths = tuple(_shape(flat, f"params/decoder/ResBlock_{per * (levels - i)}/Conv_1/kernel",
-                        where)[3] for i in range(levels))
-  output = _shape(flat, f"params/decoder/Conv_{levels}/kernel", where)[3]
-  return VQGANDecoderConfig(codebook_size=codes, embedding_dim=dim, widths=widths,
-                            num_res_blocks=per, output_dim=output)
+                        where, 4)[3] for i in range(levels))
+  output = _shape(flat, f"params/decoder/Conv_{levels}/kernel", where, 4)[3]
+  return _config(VQGANDecoderConfig, where, codebook_size=codes, embedding_dim=dim,
+                 widths=widths, num_res_blocks=per, output_dim=output)
 
 
 def _read_into(build, names: dict[str, str], flat: dict, where):
@@ -150,8 +164,9 @@ def _read_into(build, names: dict[str, str], flat: dict, where):
 
 
 def load_transformer(path, *, codebook_size: int = DEFAULT_CODEBOOK,
-                     num_classes: int | None = None, dtype: str | None = None) -> MaskGit:
-  """A released (or `save_transformer`-written) MaskGIT transformer file as a `MaskGit`.
+                     num_classes: int | None = None) -> MaskGit:
+  """A released (or `save_transformer`-written) MaskGIT transformer file as a `MaskGit`
+  (float32, as released).
 
   Raises:
     ValueError: an unreadable file, or a tree or shape it cannot be (naming the parameter).
@@ -160,8 +175,6 @@ def load_transformer(path, *, codebook_size: int = DEFAULT_CODEBOOK,
   check_range("codebook_size", codebook_size, 1)
   flat = msgpack_io.flatten(msgpack_io.read_variables(path, "MaskGIT transformer checkpoint"))
   cfg = transformer_config(flat, where, codebook_size, num_classes)
-  if dtype is not None:
-    cfg = dataclasses.replace(cfg, dtype=dtype)
   return _read_into(lambda: MaskGit(cfg, rngs=nnx.Rngs(0)), transformer_names(cfg), flat, where)
 
 
@@ -203,9 +216,9 @@ def is_maskgit_folder(folder: pathlib.Path) -> bool:
 
 
 def _inside(folder: pathlib.Path, name, what: str) -> pathlib.Path:
-  """`folder / name` for a plain file name (no folder parts: nothing outside the folder)."""
-  if not isinstance(name, str) or not name or pathlib.PurePath(name).name != name or name in (
-      ".", ".."):
+  """`folder / name` for a plain file name whose file (links followed) lies in the folder."""
+  if (not isinstance(name, str) or not name or pathlib.PurePath(name).name != name
+      or name in (".", "..") or (folder / name).resolve().parent != folder.resolve()):
     raise ValueError(f"{folder / MANIFEST}: {what} must be a file name inside the folder, got "
                      f"{name!r}")
   return folder / name
@@ -238,18 +251,19 @@ def read_manifest(folder) -> dict:
   sizes = {}
   for name in ("codebook_size", "num_classes", "null_class", "step"):
     value = record.get(name)
-    if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+    if (value is None and name == "codebook_size") or (value is not None and (
+        not isinstance(value, int) or isinstance(value, bool))):
       raise ValueError(f"{folder / MANIFEST}: {name} must be an integer, got {value!r}")
     sizes[name] = value
   return {"transformer": _inside(folder, record.get("transformer"), "transformer"),
           "tokenizer": tokenizer, **sizes}
 
 
-def load_folder(folder, *, dtype: str | None = None) -> MaskGit:
+def load_folder(folder) -> MaskGit:
   """The transformer of a MaskGIT folder (`read_manifest`), its null class recorded."""
   manifest = read_manifest(folder)
   model = load_transformer(manifest["transformer"], codebook_size=manifest["codebook_size"],
-                           num_classes=manifest["num_classes"], dtype=dtype)
+                           num_classes=manifest["num_classes"])
   if manifest["null_class"] is not None:
     model.cfg = dataclasses.replace(model.cfg, null_class=manifest["null_class"])
   return model
@@ -260,6 +274,21 @@ def load_image_tokenizer(folder):
   `decode_tokens(ids [B, T]) -> pixels [B, H, W, C]` float32 in [0, 1]."""
   kind, where = read_manifest(folder)["tokenizer"]
   return PatchCodebook.load(where) if kind == "patches" else load_decoder(where)
+
+
+def check_fit(cfg: MaskGitConfig, tokenizer, where) -> None:
+  """Refuses an image tokenizer whose codebook (or, for a patch codebook, tokens per image)
+  differs from the transformer's, naming the folder.
+
+  Raises:
+    ValueError: the sizes differ.
+  """
+  codes = (tokenizer.codebook_size if isinstance(tokenizer, PatchCodebook)
+           else tokenizer.cfg.codebook_size)
+  tokens = tokenizer.num_tokens if isinstance(tokenizer, PatchCodebook) else cfg.num_tokens
+  if (codes, tokens) != (cfg.codebook_size, cfg.num_tokens):
+    raise ValueError(f"{where}: the image tokenizer has {codes} codes and {tokens} tokens per "
+                     f"image, the transformer {cfg.codebook_size} and {cfg.num_tokens}")
 
 
 def save_folder(model: MaskGit, folder, codebook: PatchCodebook, *, step: int | None = None

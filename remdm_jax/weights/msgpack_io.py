@@ -17,6 +17,16 @@ from flax import serialization
 from remdm_jax import files
 
 MAX_BYTES = 16 << 30          # the ImageNet-512 transformer is about 0.7 GB
+PARAMS_HEADER = b"\x81\xa6params"   # a msgpack map of one entry, the key "params"
+
+
+def starts_like_variables(path) -> bool:
+  """Whether the file begins as a flax msgpack of `{"params": ...}` (reads 8 bytes)."""
+  try:
+    with open(path, "rb") as handle:
+      return handle.read(len(PARAMS_HEADER)) == PARAMS_HEADER
+  except OSError:
+    return False
 
 
 def read_variables(path, what: str = "msgpack checkpoint", max_bytes: int | None = None) -> dict:
@@ -74,7 +84,8 @@ def check_shapes(flat: dict[str, object], expected: dict[str, tuple[int, ...]], 
   finite float arrays), in one line naming the first parameter that differs.
 
   Raises:
-    ValueError: a missing or unexpected parameter, a shape or dtype it cannot be.
+    ValueError: a missing or unexpected parameter, a shape or dtype it cannot be, or a NaN or
+      infinity.
   """
   missing = sorted(set(expected) - set(flat))
   if missing:
@@ -91,14 +102,13 @@ def check_shapes(flat: dict[str, object], expected: dict[str, tuple[int, ...]], 
     if tuple(value.shape) != tuple(shape):
       raise ValueError(f"{where}: parameter {name} has shape {list(value.shape)}, expected "
                        f"{list(shape)}")
+    if not np.all(np.isfinite(value)):
+      raise ValueError(f"{where}: parameter {name} holds NaN or infinity")
 
 
 def write_variables(path, tree: dict) -> None:
   """Writes a nested dict of arrays as a flax msgpack file (atomically)."""
-  path = pathlib.Path(path)
-  partial = path.with_name(path.name + ".partial")
-  partial.write_bytes(serialization.msgpack_serialize(_as_numpy(tree)))
-  partial.replace(path)
+  files.write_atomic(path, serialization.msgpack_serialize(_as_numpy(tree)))
 
 
 def _as_numpy(tree):
