@@ -33,6 +33,8 @@ FORBIDDEN = {   # room -> rooms (or modules) it must never import, at any depth 
                          "remdm_jax.weights", "remdm_jax.sampling", "remdm_jax.cli"),
     "remdm_jax.text": ("remdm_jax.jobs", "remdm_jax.training", "remdm_jax.sampling",
                        "remdm_jax.weights", "remdm_jax.cli"),
+    "remdm_jax.images": ("remdm_jax.jobs", "remdm_jax.training", "remdm_jax.sampling",
+                         "remdm_jax.cli"),
     "remdm_jax.tasks": ("remdm_jax.jobs", "remdm_jax.training", "remdm_jax.sampling",
                         "remdm_jax.weights", "remdm_jax.models", "remdm_jax.data",
                         "remdm_jax.cli"),
