@@ -147,6 +147,7 @@ def test_cache_is_refused_for_a_time_conditioned_model(tmp_path):
   assert out.shape == (1, 8)
 
 
+@pytest.mark.slow
 def test_job_records_can_keep_the_trajectory(tiny_model, tmp_path):
   cfg = sampler_config("loop", eta=0.1, num_steps=6)
   job = jobs.SampleJob(model=str(tiny_model), num_samples=3, batch_size=2, trajectory=True,
@@ -172,7 +173,8 @@ def _random_folder(path, **cfg_fields):
   return save_model(model, path, tokenizer="bytes"), model
 
 
-@pytest.mark.parametrize("guidance", ["none", "cfg", pytest.param("cbg", marks=pytest.mark.slow)])
+@pytest.mark.parametrize("guidance", [pytest.param("none", marks=pytest.mark.slow), "cfg",
+                                      pytest.param("cbg", marks=pytest.mark.slow)])
 def test_guided_jobs_decode_the_guided_argmax(guidance, tmp_path):
   """A job with class_label / guidance samples from the guided denoiser it names (and records
   the guidance in its manifest). The oracle is not the sampler: with one step from t = 1 and

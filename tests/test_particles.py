@@ -75,7 +75,8 @@ def test_one_particle_is_the_plain_decode(cfg, method):
   np.testing.assert_array_equal(run(cfg, product, 5, method, key=3), plain)
 
 
-@pytest.mark.parametrize("method", [Smc(1, every=1), BestOfN(1)], ids=["smc", "best_of_n"])
+@pytest.mark.parametrize("method", [pytest.param(Smc(1, every=1), marks=pytest.mark.slow),
+                                    BestOfN(1)], ids=["smc", "best_of_n"])
 def test_one_particle_is_the_plain_block_decode_with_the_dual_cache(tiny, method):
   cfg = remdm_jax.sampler_config("llada", block_length=4, num_steps=2, temperature=1.0,
                                  kv_cache="dual")
@@ -296,7 +297,8 @@ def _reference_of_first_pass(smc_result, batch, key):
   return np.asarray(smc_result.particles)[np.arange(batch), chosen]
 
 
-@pytest.mark.parametrize("case", ["cap", pytest.param("dual_cache", marks=pytest.mark.slow)])
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ["cap", "dual_cache"])
 def test_particle_gibbs_replays_its_reference_exactly(tiny, case):
   """One iteration is Smc itself; in the second, particle 0 of every example replays the
   line of ancestors drawn from the first (resampling at every step, so the line crosses

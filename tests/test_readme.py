@@ -46,10 +46,11 @@ def test_every_python_block_is_run_or_marked():
         "```python fence")
 
 
-# Documents whose snippets train a model or start device meshes (tens of seconds): in the
-# slow set.
-TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / "training.md",
-                      ROOT / "docs" / "guides" / "scale-out.md"}
+# Documents whose snippets train a model, start device meshes or compile many samplers (ten
+# seconds or more each): in the slow set.
+TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / name
+                      for name in ("training.md", "scale-out.md", "sampling.md", "models.md",
+                                   "particles.md", "reasoning.md")}
 
 
 @pytest.mark.parametrize("path", [

@@ -64,7 +64,8 @@ CONFIGS = {
 
 
 @pytest.mark.parametrize("name", [
-    pytest.param(name, marks=pytest.mark.slow) if name in ("eos-prefix", "sigma-cfg") else name
+    pytest.param(name, marks=pytest.mark.slow)
+    if name in ("eos-prefix", "sigma-cfg", "remdm-random") else name
     for name in CONFIGS])
 def test_every_prompt_equals_its_decode_alone(tiny, name):
   """Threshold decoding and the dual cache, ReMDM-LLaDA with random remasking, EOS with the
@@ -81,6 +82,7 @@ def test_every_prompt_equals_its_decode_alone(tiny, name):
     assert not got.nonfinite.any() and (got.tokens != MASK_ID).all()
 
 
+@pytest.mark.slow
 def test_tokens_do_not_depend_on_the_slots_the_order_or_the_devices(tiny):
   """8 slots over 8 devices against 2 slots on one, the queue reversed (each prompt keeps its
   global index): the same tokens, every example at temperature 1 with EOS and the dual
@@ -131,7 +133,8 @@ def test_model_calls_follow_the_rows_own_steps():
   assert eos.model_calls == 4 and eos.tokens[0].tolist() == [0, 1, 1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("kv_cache,fused", [("none", True), ("dual", True), ("dual", False)])
+@pytest.mark.parametrize("kv_cache,fused", [("none", True), ("dual", True),
+                                             pytest.param("dual", False, marks=pytest.mark.slow)])
 def test_slots_stay_busy_on_mixed_lengths(tiny, kv_cache, fused):
   """48 prompts of 1 to 20 ids, threshold 0.9: at 8 slots the queue makes at most 1.3 x (the
   calls of one prompt at a time) / 8. With the dual cache, rows starting a block are
@@ -204,6 +207,7 @@ def job_folder(tmp_path_factory):
   return model, folder / "prompts.txt"
 
 
+@pytest.mark.slow
 def test_a_job_writes_the_same_records_for_any_batch_size(job_folder, tmp_path, capsys):
   """The contract: `remdm-sample` with the llada strategy writes one record per prompt, its ids
   independent of `--job.batch_size` (1, 3 and 8 slots; threshold decoding, dual cache); the

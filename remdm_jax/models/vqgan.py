@@ -40,11 +40,6 @@ class VQGANDecoderConfig:
       raise ValueError(f"widths must be multiples of 32 (GroupNorm's 32 groups), got "
                        f"{self.widths}")
 
-  @property
-  def upsampling(self) -> int:
-    """Pixels per code along each side, `2^(levels - 1)`."""
-    return 2 ** (len(self.widths) - 1)
-
 
 def _conv(cin: int, cout: int, size: int, bias: bool, rngs: nnx.Rngs) -> nnx.Conv:
   return nnx.Conv(cin, cout, (size, size), use_bias=bias, rngs=rngs)
@@ -70,7 +65,8 @@ class ResBlock(nnx.Module):
 
 class VQGANDecoder(nnx.Module):
   """`decoder.decode_from_indices(ids [B, h, w] int32) -> pixels [B, h*u, w*u, 3] float32`
-  (`u = cfg.upsampling`), nominally in [0, 1] and not clipped (clip before saving)."""
+  (`u = 2^(levels - 1)`, `levels = len(cfg.widths)`), nominally in [0, 1] and not clipped
+  (clip before saving)."""
 
   def __init__(self, cfg: VQGANDecoderConfig, *, rngs: nnx.Rngs):
     self.cfg = cfg
