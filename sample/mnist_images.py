@@ -24,6 +24,7 @@ per sampler with one sample of each digit at each T.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import pathlib
 import sys
@@ -150,7 +151,9 @@ def _main(argv: list[str]) -> int:
   floors = reference_rows(splits, codebook, classifier, reference, args.per_class)
   labels = np.repeat(np.arange(10, dtype=np.int32), args.per_class)
   path = out / "cells.json"
-  settings = {"model": str(model_dir.absolute()), "per_class": args.per_class}
+  weights = maskgit_io.read_manifest(model_dir)["transformer"].read_bytes()
+  settings = {"model_sha256": hashlib.sha256(weights).hexdigest()[:16],
+              "per_class": args.per_class}
   cells = json.loads(path.read_text()) if path.is_file() else {"settings": settings}
   if cells["settings"] != settings:
     raise UsageError(f"{path} holds cells of {cells['settings']}; use another --out")

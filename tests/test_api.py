@@ -152,7 +152,8 @@ def test_small_conveniences():
 @pytest.mark.parametrize("time_conditioning,kwargs", [
     pytest.param(True, dict(strategy="loop", eta=0.05, num_steps=16, top_p=0.9),
                  marks=pytest.mark.slow),
-    (True, dict(strategy="conf", num_steps=16, temperature=0.8)),
+    pytest.param(True, dict(strategy="conf", num_steps=16, temperature=0.8),
+                 marks=pytest.mark.slow),
     (False, dict(strategy="mdlm", num_steps=16, cache=True)),
     # most positions are still masked at t_min = 0.6: the final removal reads the head's rows
     # of those positions, two per round

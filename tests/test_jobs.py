@@ -376,6 +376,7 @@ def llada_folder(tmp_path_factory):
   return write_folder(folder, config, released_tensors(config))
 
 
+@pytest.mark.slow
 def test_a_released_llada_folder_samples_as_a_job(llada_folder, tmp_path):
   """`--job.model` takes a released LLaDA folder: weights split over a model axis as they are
   read, prompts as user turns of its chat template, and the job resumes like any other."""

@@ -101,6 +101,7 @@ def test_data_parallel_tokens_identical_to_one_device(folder, devices):
   np.testing.assert_array_equal(runs[devices], runs[1], err_msg=f"{devices} devices")
 
 
+@pytest.mark.slow
 def test_block_decoding_with_dual_cache_identical_on_8_devices(folder):
   """Block decoding (temperature 1, random remasking, ReMDM-LLaDA steps, dual cache) over
   prompts of different lengths: the batch split over 8 devices gives one device's tokens."""

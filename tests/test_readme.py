@@ -50,7 +50,7 @@ def test_every_python_block_is_run_or_marked():
 # seconds or more each): in the slow set.
 TRAINING_DOCUMENTS = {ROOT / "docs" / "guides" / name
                       for name in ("training.md", "scale-out.md", "sampling.md", "models.md",
-                                   "particles.md", "reasoning.md")}
+                                   "particles.md", "reasoning.md", "guidance.md", "numerics.md")}
 
 
 @pytest.mark.parametrize("path", [

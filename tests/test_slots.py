@@ -133,8 +133,9 @@ def test_model_calls_follow_the_rows_own_steps():
   assert eos.model_calls == 4 and eos.tokens[0].tolist() == [0, 1, 1, 1, 1, 1]
 
 
-@pytest.mark.parametrize("kv_cache,fused", [("none", True), ("dual", True),
-                                             pytest.param("dual", False, marks=pytest.mark.slow)])
+@pytest.mark.parametrize("kv_cache,fused", [
+    ("none", True), pytest.param("dual", True, marks=pytest.mark.slow),
+    pytest.param("dual", False, marks=pytest.mark.slow)])
 def test_slots_stay_busy_on_mixed_lengths(tiny, kv_cache, fused):
   """48 prompts of 1 to 20 ids, threshold 0.9: at 8 slots the queue makes at most 1.3 x (the
   calls of one prompt at a time) / 8. With the dual cache, rows starting a block are

@@ -82,6 +82,7 @@ def test_interrupt_and_resume_is_bitwise_identical(tmp_path):
     np.testing.assert_array_equal(a, b)
 
 
+@pytest.mark.slow
 def test_ema_is_the_warmed_up_weighted_average_of_the_iterates():
   """The exported average equals its closed form, written independently of the recursion:
   weight (1 - d_k) prod_{j > k} d_j on the parameters after update k and prod_j d_j on the
@@ -440,6 +441,7 @@ def test_signal_saves_the_step_and_stops_with_its_exit_code(signum, tmp_path):
   assert signal.getsignal(signal.SIGINT) is before   # handler restored
 
 
+@pytest.mark.slow
 def test_diverging_run_stops_and_keeps_the_last_good_state(tmp_path):
   """A learning rate of 1e30 makes step 2's loss overflow: the run raises, that step is not
   applied, step 1 is checkpointed with finite parameters, and no model is exported."""
